@@ -1,0 +1,80 @@
+"""Every error dumpunet raises on purpose, under one base class.
+
+The CLI turns :class:`DumpUnetError` into a one-line message and exit status 1;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class DumpUnetError(Exception):
+    """Base class of all errors that are the user's to fix."""
+
+
+class SyntaxErrorWithCaret(DumpUnetError):
+    """An error in a piece of user text, rendered with a caret under the problem.
+
+    ``str(err)`` is::
+
+        bad block spec: unknown block 'IN12'
+          IN00-IN12(+2)
+               ^
+    """
+
+    kind = "bad input"
+
+    def __init__(self, message: str, text: str, pos: int, *, length: int = 1) -> None:
+        self.message = message
+        self.text = text
+        self.pos = max(0, min(pos, len(text)))
+        self.length = max(1, length)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        # Tabs and newlines would shift the caret; show them as spaces.
+        shown = self.text.replace("\t", " ").replace("\n", " ")
+        return f"{self.kind}: {self.message}\n  {shown}\n  {' ' * self.pos}{'^' * self.length}"
+
+
+class SpecError(SyntaxErrorWithCaret, ValueError):
+    """A block, layer or step spec that does not parse or names something unknown."""
+
+    def __init__(self, message: str, text: str, pos: int, *, length: int = 1, what: str = "spec") -> None:
+        self.kind = f"bad {what}"
+        super().__init__(message, text, pos, length=length)
+
+
+class ExpressionError(SyntaxErrorWithCaret, ValueError):
+    """A colour expression that is not in the allowed subset."""
+
+    kind = "bad expression"
+
+
+class PromptSyntaxError(SyntaxErrorWithCaret, ValueError):
+    """A per-block prompt group that does not parse."""
+
+    kind = "bad layer prompt"
+
+
+class StoreError(DumpUnetError):
+    """A store that is missing, foreign, newer than this version, or damaged."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """The path holds no store at all."""
+
+
+class IncompleteStepError(StoreError, LookupError):
+    """A step exists in the store's range but was never completely written."""
+
+
+class SelectionError(DumpUnetError, LookupError):
+    """A block, step, token or run that the store does not hold."""
+
+
+class ModelError(DumpUnetError):
+    """A model that cannot be found or loaded."""
+
+
+class RecordError(DumpUnetError):
+    """Recording cannot start or cannot go on (existing output, disk full, size limit)."""

@@ -1,0 +1,291 @@
+"""The block and step grammar shared by the recorder, the analyzer and the layer-prompt parser.
+
+A spec is a comma-separated list of items; spaces are allowed anywhere between tokens and
+block names are case-insensitive. An empty spec selects everything.
+
+======================  ======================================================
+``IN00``                one block
+``IN00, IN01, M00``     several blocks
+``IN00-OUT11``          an inclusive range, in the model's block order
+                        (IN11, M00 and OUT00 are neighbours)
+``IN00-OUT11(+2)``      every second block of the range, starting at its first
+``1,5,10``              steps (or channels, heads, ...): the same grammar on integers
+``1-20(+5)``            1, 6, 11, 16
+======================  ======================================================
+
+A diffusers module path (``down_blocks.1.attentions.0``) is accepted wherever a block name
+is, through the alias table of the model; :func:`resolve_block` documents the rule.
+
+Examples
+--------
+>>> parse_blocks("IN00-OUT11(+2)", SD1_BLOCKS)[:7]
+['IN00', 'IN02', 'IN04', 'IN06', 'IN08', 'IN10', 'M00']
+>>> parse_steps("1-20(+5)", 20)
+[1, 6, 11, 16]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from dumpunet.errors import SpecError
+
+__all__ = [
+    "SD1_BLOCKS",
+    "SDXL_BLOCKS",
+    "block_names",
+    "parse_blocks",
+    "parse_ints",
+    "parse_steps",
+    "resolve_block",
+]
+
+
+def block_names(n_in: int, n_out: int) -> list[str]:
+    """Return the community block names for a U-Net with ``n_in`` IN and ``n_out`` OUT blocks.
+
+    >>> block_names(2, 2)
+    ['IN00', 'IN01', 'M00', 'OUT00', 'OUT01']
+    """
+    return [f"IN{i:02d}" for i in range(n_in)] + ["M00"] + [f"OUT{i:02d}" for i in range(n_out)]
+
+
+SD1_BLOCKS: tuple[str, ...] = tuple(block_names(12, 12))
+SDXL_BLOCKS: tuple[str, ...] = tuple(block_names(9, 9))
+
+_TOKEN = re.compile(
+    r"""
+    (?P<space>\s+)
+  | (?P<int>\d+(?![A-Za-z_.]))
+  | (?P<name>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)
+  | (?P<punct>[,\-()+])
+    """,
+    re.VERBOSE,
+)
+
+
+@dataclass(frozen=True)
+class _Tok:
+    kind: str  # "int", "name", "punct", "end"
+    text: str
+    pos: int
+
+
+def _tokenize(text: str, what: str) -> list[_Tok]:
+    toks: list[_Tok] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise SpecError(f"unexpected character {text[pos]!r}", text, pos, what=what)
+        kind = m.lastgroup
+        assert kind is not None
+        if kind != "space":
+            toks.append(_Tok(kind, m.group(), pos))
+        pos = m.end()
+    toks.append(_Tok("end", "", len(text)))
+    return toks
+
+
+@dataclass(frozen=True)
+class _Item:
+    first: _Tok
+    last: _Tok | None
+    stride: int
+    stride_tok: _Tok | None
+
+
+def _parse_items(text: str, atom: str, what: str) -> list[_Item]:
+    """Parse ``item (',' item)*`` where an item is ``atom ['-' atom ['(' '+' INT ')']]``."""
+    toks = _tokenize(text, what)
+    i = 0
+    noun = "a block name" if atom == "name" else "a number"
+
+    def expect_atom(after: str) -> _Tok:
+        nonlocal i
+        tok = toks[i]
+        if tok.kind != atom:
+            got = "the end" if tok.kind == "end" else repr(tok.text)
+            raise SpecError(f"expected {noun} {after}, got {got}", text, tok.pos, what=what)
+        i += 1
+        return tok
+
+    def expect_punct(p: str, after: str) -> _Tok:
+        nonlocal i
+        tok = toks[i]
+        if tok.kind != "punct" or tok.text != p:
+            got = "the end" if tok.kind == "end" else repr(tok.text)
+            raise SpecError(f"expected {p!r} {after}, got {got}", text, tok.pos, what=what)
+        i += 1
+        return tok
+
+    items: list[_Item] = []
+    if toks[0].kind == "end":
+        return items
+    while True:
+        first = expect_atom("at the start of an item" if not items else "after ','")
+        last = None
+        stride, stride_tok = 1, None
+        if toks[i].kind == "punct" and toks[i].text == "-":
+            i += 1
+            last = expect_atom(f"after '{first.text}-'")
+            if toks[i].kind == "punct" and toks[i].text == "(":
+                i += 1
+                expect_punct("+", "after '(' (a range step looks like '(+2)')")
+                stride_tok = toks[i]
+                if stride_tok.kind != "int":
+                    got = "the end" if stride_tok.kind == "end" else repr(stride_tok.text)
+                    raise SpecError(f"expected a step size after '(+', got {got}", text, stride_tok.pos, what=what)
+                i += 1
+                stride = int(stride_tok.text)
+                if stride < 1:
+                    raise SpecError("range step must be at least +1", text, stride_tok.pos, what=what)
+                expect_punct(")", f"after '+{stride_tok.text}'")
+        elif toks[i].kind == "punct" and toks[i].text == "(":
+            raise SpecError("a step '(+N)' needs a range before it, like 'IN00-OUT11(+2)'", text, toks[i].pos, what=what)
+        items.append(_Item(first, last, stride, stride_tok))
+        tok = toks[i]
+        if tok.kind == "end":
+            return items
+        if tok.kind == "punct" and tok.text == ",":
+            i += 1
+            continue
+        raise SpecError(f"expected ',' or the end, got {tok.text!r}", text, tok.pos, what=what)
+
+
+def resolve_block(name: str, blocks: Sequence[str], aliases: Mapping[str, str] | None = None) -> str | None:
+    """Return the canonical block name that ``name`` refers to, or None.
+
+    ``name`` may be a block name in any case, or a diffusers module path listed in ``aliases``
+    (module path -> block name, as the store's block table or the recorder builds it).
+
+    >>> aliases = {"conv_in": "IN00", "down_blocks.0.attentions.0": "IN01"}
+    >>> resolve_block("in01", SD1_BLOCKS, aliases)
+    'IN01'
+    >>> resolve_block("down_blocks.0.attentions.0", SD1_BLOCKS, aliases)
+    'IN01'
+    >>> resolve_block("IN12", SD1_BLOCKS, aliases) is None
+    True
+    """
+    upper = name.upper()
+    for b in blocks:
+        if b.upper() == upper:
+            return b
+    if aliases:
+        if name in aliases:
+            return aliases[name]
+        lower = name.lower()
+        for alias, b in aliases.items():
+            if alias.lower() == lower:
+                return b
+    return None
+
+
+def parse_blocks(
+    spec: str,
+    blocks: Sequence[str],
+    *,
+    aliases: Mapping[str, str] | None = None,
+    what: str = "block spec",
+) -> list[str]:
+    """Return the blocks ``spec`` selects, in the model's block order, without repeats.
+
+    ``blocks`` is the model's ordered block list; an empty spec selects all of it.
+
+    >>> parse_blocks("M00, in00", SD1_BLOCKS)
+    ['IN00', 'M00']
+    >>> parse_blocks("IN10-OUT01", SD1_BLOCKS)
+    ['IN10', 'IN11', 'M00', 'OUT00', 'OUT01']
+    """
+    items = _parse_items(spec, "name", what)
+    if not items:
+        return list(blocks)
+    index = {b: k for k, b in enumerate(blocks)}
+
+    def look(tok: _Tok) -> int:
+        b = resolve_block(tok.text, blocks, aliases)
+        if b is None:
+            known = f"{blocks[0]}..{blocks[-1]}" if blocks else "none"
+            raise SpecError(
+                f"unknown block {tok.text!r} (this model has {known})", spec, tok.pos, length=len(tok.text), what=what
+            )
+        return index[b]
+
+    chosen: set[int] = set()
+    for item in items:
+        a = look(item.first)
+        if item.last is None:
+            chosen.add(a)
+            continue
+        z = look(item.last)
+        if z < a:
+            raise SpecError(
+                f"range {item.first.text}-{item.last.text} runs backwards (write {item.last.text}-{item.first.text})",
+                spec,
+                item.first.pos,
+                length=item.last.pos + len(item.last.text) - item.first.pos,
+                what=what,
+            )
+        chosen.update(range(a, z + 1, item.stride))
+    return [blocks[k] for k in sorted(chosen)]
+
+
+def parse_ints(
+    spec: str,
+    lo: int,
+    hi: int | None,
+    *,
+    noun: str = "step",
+    what: str = "step spec",
+) -> list[int]:
+    """Return the integers ``spec`` selects from ``lo..hi``, ascending, without repeats.
+
+    An empty spec selects ``lo..hi`` (which needs a known ``hi``). ``hi=None`` means the upper
+    bound is not known yet (the recorder before a run starts): only ``lo`` is checked.
+
+    >>> parse_ints("3, 1-2", 0, 9, noun="channel")
+    [1, 2, 3]
+    >>> parse_ints("", 1, 4)
+    [1, 2, 3, 4]
+    """
+    items = _parse_items(spec, "int", what)
+    if not items:
+        if hi is None:
+            raise ValueError("an empty spec needs a known upper bound")
+        return list(range(lo, hi + 1))
+
+    def check(tok: _Tok) -> int:
+        v = int(tok.text)
+        if v < lo or (hi is not None and v > hi):
+            rng = f"{lo}..{hi}" if hi is not None else f"{lo}.."
+            raise SpecError(f"{noun} {v} out of range {rng}", spec, tok.pos, length=len(tok.text), what=what)
+        return v
+
+    chosen: set[int] = set()
+    for item in items:
+        a = check(item.first)
+        if item.last is None:
+            chosen.add(a)
+            continue
+        z = check(item.last)
+        if z < a:
+            raise SpecError(
+                f"range {a}-{z} runs backwards (write {z}-{a})",
+                spec,
+                item.first.pos,
+                length=item.last.pos + len(item.last.text) - item.first.pos,
+                what=what,
+            )
+        chosen.update(range(a, z + 1, item.stride))
+    return sorted(chosen)
+
+
+def parse_steps(spec: str, total: int | None) -> list[int]:
+    """Return the 1-based sampler steps ``spec`` selects out of ``total``.
+
+    >>> parse_steps("1,5,10", 20)
+    [1, 5, 10]
+    """
+    return parse_ints(spec, 1, total, noun="step", what="step spec")

@@ -1,0 +1,333 @@
+"""The on-disk contract between the recorder and the analyzer.
+
+This is the only module that spells array paths, dimension names, dtypes, chunk shapes and
+codecs. Writers and readers ask it for paths (:func:`path`), create arrays through
+:func:`create_array` and open them through :func:`open_array`; ``docs/store-format.md``
+describes the same layout for people who open stores without dumpunet.
+
+Layout (``{run}`` is ``main`` for a plain recording, ``base``/``layered`` for a pair)::
+
+    /                                   attrs: dumpunet header, model, blocks, runs
+    runs/{run}/                         attrs: the generation parameters of that run
+    runs/{run}/call_step                int32  [call]        sampler step (1-based)
+    runs/{run}/call_substep             int32  [call]        U-Net call within the step
+    runs/{run}/call_timestep            float32[call]        scheduler timestep
+    runs/{run}/call_done                uint8  [call]        1 once every array of the call is written
+    runs/{run}/images                   uint8  [image, pixel_y, pixel_x, rgb]
+    runs/{run}/latents                  float32[image, latent_channel, latent_y, latent_x]
+    runs/{run}/blocks/{block}/output    f16/f32[call, image, guidance, channel, y, x]
+    runs/{run}/blocks/{block}/input     f16/f32[call, image, guidance, in_channel, in_y, in_x]
+    runs/{run}/attention/{layer}/{feature}   see ATTENTION_FEATURES
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from dumpunet.errors import StoreError, StoreNotFoundError
+
+FORMAT_VERSION = 1
+"""Major version: a reader refuses a store whose major version is newer than this."""
+FORMAT_MINOR = 0
+"""Minor version: additions that older readers can ignore."""
+STORE_KIND = "dumpunet-store"
+HEADER_KEY = "dumpunet"
+
+GUIDANCE_LABELS: tuple[str, ...] = ("uncond", "cond")
+"""Order of the guidance axis when classifier-free guidance is on (diffusers batches uncond first)."""
+
+RECORD_DTYPES = {"fp16": "float16", "fp32": "float32"}
+
+Guidance = Literal["uncond", "cond"]
+
+
+@dataclass(frozen=True)
+class ArrayKind:
+    """One kind of array in the store: where it lives, its dims, dtype and chunking rule."""
+
+    key: str
+    template: str
+    dims: tuple[str, ...]
+    dtype: str | None  # None: chosen per recording (RECORD_DTYPES)
+    description: str
+    chunk_rule: Literal["slab", "per_image", "calls"]
+
+    def path(self, **names: str) -> str:
+        return self.template.format(**names)
+
+    def chunks(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """One chunk per (call, image, guidance) slab, per image, or 64 calls of a 1-D table."""
+        if self.chunk_rule == "slab":
+            return (1, 1, 1, *shape[3:])
+        if self.chunk_rule == "per_image":
+            return (1, *shape[1:])
+        return (CALL_CHUNK,)
+
+
+CALL_CHUNK = 64
+
+CALL_STEP = ArrayKind("call_step", "runs/{run}/call_step", ("call",), "int32", "sampler step of each recorded U-Net call, 1-based", "calls")
+CALL_SUBSTEP = ArrayKind(
+    "call_substep",
+    "runs/{run}/call_substep",
+    ("call",),
+    "int32",
+    "index of the U-Net call within its sampler step (0 for one-call samplers; 0/1 for Heun, DPM2, ...)",
+    "calls",
+)
+CALL_TIMESTEP = ArrayKind("call_timestep", "runs/{run}/call_timestep", ("call",), "float32", "scheduler timestep passed to the U-Net", "calls")
+CALL_DONE = ArrayKind(
+    "call_done",
+    "runs/{run}/call_done",
+    ("call",),
+    "uint8",
+    "1 once every array of the call is written; written last, so 0 marks an interrupted call",
+    "calls",
+)
+CALL_ARRAYS = (CALL_STEP, CALL_SUBSTEP, CALL_TIMESTEP, CALL_DONE)
+
+IMAGES = ArrayKind(
+    "images", "runs/{run}/images", ("image", "pixel_y", "pixel_x", "rgb"), "uint8", "final decoded images", "per_image"
+)
+LATENTS = ArrayKind(
+    "latents",
+    "runs/{run}/latents",
+    ("image", "latent_channel", "latent_y", "latent_x"),
+    "float32",
+    "final latents, before the VAE decodes them",
+    "per_image",
+)
+BLOCK_OUTPUT = ArrayKind(
+    "output",
+    "runs/{run}/blocks/{block}/output",
+    ("call", "image", "guidance", "channel", "y", "x"),
+    None,
+    "what the block returns",
+    "slab",
+)
+BLOCK_INPUT = ArrayKind(
+    "input",
+    "runs/{run}/blocks/{block}/input",
+    ("call", "image", "guidance", "in_channel", "in_y", "in_x"),
+    None,
+    "what the block's first module receives (OUT blocks: after the skip connection is concatenated)",
+    "slab",
+)
+BLOCK_ARRAYS = {"output": BLOCK_OUTPUT, "input": BLOCK_INPUT}
+
+ATTENTION_FEATURES: dict[str, ArrayKind] = {
+    "qk": ArrayKind(
+        "qk",
+        "runs/{run}/attention/{layer}/qk",
+        ("call", "image", "guidance", "head", "query", "token"),
+        None,
+        "softmax attention probabilities (rows sum to 1 over 'token')",
+        "slab",
+    ),
+    "k": ArrayKind(
+        "k",
+        "runs/{run}/attention/{layer}/k",
+        ("call", "image", "guidance", "head", "token", "head_dim"),
+        None,
+        "projected keys, split into heads",
+        "slab",
+    ),
+    "vqk": ArrayKind(
+        "vqk",
+        "runs/{run}/attention/{layer}/vqk",
+        ("call", "image", "guidance", "head", "query", "head_dim"),
+        None,
+        "per-head attention output before the output projection",
+        "slab",
+    ),
+}
+
+
+def codecs_for(kind: ArrayKind) -> dict[str, Any]:
+    """Compressor settings of an array kind (see docs/benchmarks.md for the measurement)."""
+    if kind.chunk_rule == "slab":
+        # fp16 activations compress ~1.08x with zstd-1 but cost a third of the write speed;
+        # the writer sets the recording speed, so activations are stored uncompressed.
+        return {"compressors": None}
+    return {"compressors": ZstdCodec(level=3)}
+
+
+CHUNK_KEY_ENCODING = {"name": "default", "separator": "/"}
+
+
+def path(kind: ArrayKind, **names: str) -> str:
+    """Return the store path of one array, e.g. ``path(BLOCK_OUTPUT, run="main", block="IN01")``."""
+    return kind.path(**names)
+
+
+def create_array(
+    root: zarr.Group,
+    kind: ArrayKind,
+    shape: Sequence[int],
+    *,
+    dtype: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+    **names: str,
+) -> zarr.Array:
+    """Create one array of ``kind`` under ``root`` with the schema's dims, chunks and codecs."""
+    dt = kind.dtype or dtype
+    if dt is None:
+        raise ValueError(f"{kind.key} needs a dtype")
+    attrs = {"description": kind.description, **(attributes or {})}
+    return root.create_array(
+        kind.path(**names),
+        shape=tuple(shape),
+        chunks=kind.chunks(shape),
+        dtype=dt,
+        fill_value=0,
+        dimension_names=list(kind.dims),
+        chunk_key_encoding=CHUNK_KEY_ENCODING,
+        attributes=attrs,
+        **codecs_for(kind),
+    )
+
+
+def open_array(root: zarr.Group, kind: ArrayKind, **names: str) -> zarr.Array:
+    """Open one array of ``kind``; a missing one raises KeyError."""
+    node = root[kind.path(**names)]
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"{kind.path(**names)} is not an array")
+    return node
+
+
+def run_group_path(run: str) -> str:
+    return f"runs/{run}"
+
+
+def blocks_group_path(run: str) -> str:
+    return f"runs/{run}/blocks"
+
+
+def attention_group_path(run: str) -> str:
+    return f"runs/{run}/attention"
+
+
+# --------------------------------------------------------------------------- header
+
+
+def header(*, writer: str, created: str) -> dict[str, Any]:
+    """The ``dumpunet`` attribute of the root group that marks a directory as a dumpunet store."""
+    return {
+        "kind": STORE_KIND,
+        "format_version": FORMAT_VERSION,
+        "format_minor": FORMAT_MINOR,
+        "writer": writer,
+        "created": created,
+    }
+
+
+def check_header(attrs: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Return the header of a root group's attributes, refusing foreign and newer stores."""
+    head = attrs.get(HEADER_KEY)
+    if not isinstance(head, Mapping) or head.get("kind") != STORE_KIND:
+        raise StoreError(f"{where} is a zarr store but not a dumpunet store (no '{HEADER_KEY}' header)")
+    version = head.get("format_version")
+    if not isinstance(version, int):
+        raise StoreError(f"{where}: the dumpunet header has no integer format_version")
+    if version > FORMAT_VERSION:
+        raise StoreError(
+            f"{where} has store format version {version}, newer than this dumpunet reads "
+            f"(version {FORMAT_VERSION}); upgrade dumpunet to open it"
+        )
+    return dict(head)
+
+
+def open_root(where: str | Path, *, mode: Literal["r", "r+"] = "r") -> zarr.Group:
+    """Open the root group of a store after checking that it is a dumpunet store."""
+    p = Path(where)
+    if not p.exists():
+        raise StoreNotFoundError(f"no store at {p}")
+    if not p.is_dir():
+        raise StoreError(f"{p} is a file, not a store directory")
+    meta = p / "zarr.json"
+    if not meta.is_file():
+        raise StoreError(f"{p} is not a zarr v3 store (no zarr.json), so not a dumpunet store")
+    try:
+        doc = json.loads(meta.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{p}/zarr.json cannot be read: {exc}") from None
+    if doc.get("node_type") != "group":
+        raise StoreError(f"{p} is a zarr array, not a dumpunet store")
+    check_header(doc.get("attributes", {}), str(p))
+    return zarr.open_group(str(p), mode=mode, zarr_format=3)
+
+
+# --------------------------------------------------------------------------- block table
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """One row of the block table (root attribute ``blocks``)."""
+
+    name: str
+    module: str  # diffusers module whose output is the block output
+    modules: tuple[str, ...]  # every module of the unit, in call order
+    input_module: str  # module whose input is the block input
+    output_shape: tuple[int, int, int]  # channel, y, x at the recorded size
+    input_shape: tuple[int, int, int]
+    cross_attention: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "modules": list(self.modules),
+            "input_module": self.input_module,
+            "output_shape": list(self.output_shape),
+            "input_shape": list(self.input_shape),
+            "cross_attention": self.cross_attention,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> BlockInfo:
+        return cls(
+            name=d["name"],
+            module=d["module"],
+            modules=tuple(d["modules"]),
+            input_module=d["input_module"],
+            output_shape=tuple(d["output_shape"]),  # type: ignore[arg-type]
+            input_shape=tuple(d["input_shape"]),  # type: ignore[arg-type]
+            cross_attention=bool(d["cross_attention"]),
+        )
+
+
+def block_aliases(blocks: Sequence[BlockInfo]) -> dict[str, str]:
+    """Module path -> block name, for every module of every block (see specs.resolve_block)."""
+    out: dict[str, str] = {}
+    for b in blocks:
+        for m in (b.module, b.input_module, *b.modules):
+            out.setdefault(m, b.name)
+    return out
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def block_shape(kind: ArrayKind, n_calls: int, n_images: int, n_guidance: int, chw: Sequence[int]) -> tuple[int, ...]:
+    return (n_calls, n_images, n_guidance, *chw)
+
+
+def nbytes(shape: Sequence[int], dtype: str) -> int:
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    raise AssertionError
