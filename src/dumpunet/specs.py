@@ -27,7 +27,7 @@ Examples
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dumpunet.errors import SpecError
@@ -36,6 +36,7 @@ __all__ = [
     "SD1_BLOCKS",
     "SDXL_BLOCKS",
     "block_names",
+    "format_ints",
     "parse_blocks",
     "parse_ints",
     "parse_steps",
@@ -289,3 +290,17 @@ def parse_steps(spec: str, total: int | None) -> list[int]:
     [1, 5, 10]
     """
     return parse_ints(spec, 1, total, noun="step", what="step spec")
+
+
+def format_ints(values: Iterable[int]) -> str:
+    """Format integers compactly: ``[1, 2, 3, 5]`` -> ``'1-3,5'`` (the spec grammar reads it back)."""
+    vals = sorted(set(values))
+    parts: list[str] = []
+    i = 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        parts.append(str(vals[i]) if i == j else f"{vals[i]}-{vals[j]}")
+        i = j + 1
+    return ",".join(parts)

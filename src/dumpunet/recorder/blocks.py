@@ -1,0 +1,132 @@
+"""Derive the community block table (IN00..., M00, OUT00...) from a diffusers U-Net's structure.
+
+Rules (SD1: 25 blocks, SDXL: 19), independent of any hard-coded model list:
+
+- ``IN00`` is ``conv_in``;
+- per down block, one IN block per (resnet, attention) layer, then one per downsampler;
+- ``M00`` is the mid block;
+- per up block, one OUT block per (resnet, attention) layer; the up block's upsampler belongs
+  to its last OUT block, so that block's output is the upsampled tensor.
+
+A block's output is what its last module returns; its input is what its first module receives
+(for OUT blocks that is the hidden state after the skip connection is concatenated).
+
+Examples
+--------
+For SD1.5 at 512x512: ``IN01`` = ``down_blocks.0.resnets.0`` + ``down_blocks.0.attentions.0``,
+output 320x64x64; ``IN03`` = ``down_blocks.0.downsamplers.0``, 320x32x32; ``OUT02`` =
+``up_blocks.0.resnets.2`` + ``up_blocks.0.upsamplers.0``, 1280x16x16; ``OUT11`` 320x64x64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from dumpunet.store_schema import BlockInfo
+
+
+@dataclass(frozen=True)
+class BlockUnit:
+    """One block: its name and the diffusers modules that make it up, in call order."""
+
+    name: str
+    modules: tuple[str, ...]
+    cross_attention: bool
+
+    @property
+    def output_module(self) -> str:
+        return self.modules[-1]
+
+    @property
+    def input_module(self) -> str:
+        return self.modules[0]
+
+
+def _has_cross_attention(module: nn.Module | None) -> bool:
+    if module is None:
+        return False
+    return any(getattr(m, "is_cross_attention", False) for m in module.modules())
+
+
+def unet_blocks(unet: nn.Module) -> list[BlockUnit]:
+    """Return the block table of a ``UNet2DConditionModel``-like U-Net, in execution order."""
+    units = [BlockUnit("IN00", ("conv_in",), False)]
+    for d, down in enumerate(unet.down_blocks):
+        attns = getattr(down, "attentions", None) or []
+        for j in range(len(down.resnets)):
+            mods = [f"down_blocks.{d}.resnets.{j}"]
+            attn = attns[j] if j < len(attns) else None
+            if attn is not None:
+                mods.append(f"down_blocks.{d}.attentions.{j}")
+            units.append(BlockUnit(f"IN{len(units):02d}", tuple(mods), _has_cross_attention(attn)))
+        for j in range(len(getattr(down, "downsamplers", None) or [])):
+            units.append(BlockUnit(f"IN{len(units):02d}", (f"down_blocks.{d}.downsamplers.{j}",), False))
+    n_in = len(units)
+    units.append(BlockUnit("M00", ("mid_block",), _has_cross_attention(unet.mid_block)))
+    for u, up in enumerate(unet.up_blocks):
+        attns = getattr(up, "attentions", None) or []
+        n_res = len(up.resnets)
+        for j in range(n_res):
+            mods = [f"up_blocks.{u}.resnets.{j}"]
+            attn = attns[j] if j < len(attns) else None
+            if attn is not None:
+                mods.append(f"up_blocks.{u}.attentions.{j}")
+            if j == n_res - 1:
+                mods += [f"up_blocks.{u}.upsamplers.{k}" for k in range(len(getattr(up, "upsamplers", None) or []))]
+            units.append(BlockUnit(f"OUT{len(units) - n_in - 1:02d}", tuple(mods), _has_cross_attention(attn)))
+    return units
+
+
+def block_table(unet: nn.Module, latent_hw: tuple[int, int]) -> list[BlockInfo]:
+    """Return the block table with input/output shapes ``(C, H, W)`` for a latent of ``latent_hw``.
+
+    Shapes are derived from the modules' channel attributes and the down/upsampling structure,
+    without running the model (the recorder checks them against the tensors it sees).
+    """
+    units = unet_blocks(unet)
+    mods = dict(unet.named_modules())
+    h, w = latent_hw
+    skips: list[tuple[int, int]] = []  # spatial size of every IN output, as the U-Net stacks them
+    shapes: dict[str, tuple[tuple[int, int, int], tuple[int, int, int]]] = {}
+    for unit in units:
+        first, last = mods[unit.input_module], mods[unit.output_module]
+        if unit.name == "IN00":
+            c_in, c_out = int(unet.config.in_channels), first.out_channels
+        elif unit.name == "M00":
+            c_in, c_out = first.resnets[0].in_channels, first.resnets[-1].out_channels
+        elif ".downsamplers." in unit.input_module:
+            c_in, c_out = first.channels, first.out_channels
+        else:
+            c_in, c_out = first.in_channels, last.out_channels
+        in_shape = (c_in, h, w)
+        if unit.name.startswith("IN"):
+            if ".downsamplers." in unit.output_module:
+                h, w = _downsampled(first, h, w)
+            skips.append((h, w))
+        elif unit.name.startswith("OUT"):
+            skips.pop()
+            if ".upsamplers." in unit.output_module and skips:
+                # diffusers upsamples to the size of the next skip connection
+                h, w = skips[-1]
+        shapes[unit.name] = (in_shape, (c_out, h, w))
+    return [
+        BlockInfo(
+            name=u.name,
+            module=u.output_module,
+            modules=u.modules,
+            input_module=u.input_module,
+            output_shape=shapes[u.name][1],
+            input_shape=shapes[u.name][0],
+            cross_attention=u.cross_attention,
+        )
+        for u in units
+    ]
+
+
+def _downsampled(module: nn.Module, h: int, w: int) -> tuple[int, int]:
+    """Spatial size after a diffusers ``Downsample2D`` (3x3 stride-2 conv, or 2x2 average pool)."""
+    if getattr(module, "use_conv", True) and getattr(module, "padding", 1) == 1:
+        return (h + 1) // 2, (w + 1) // 2
+    return h // 2, w // 2

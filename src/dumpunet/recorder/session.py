@@ -1,0 +1,402 @@
+"""The recording context manager: hooks in, one generation, hooks out.
+
+Only public diffusers/torch mechanisms are used: ``register_forward_hook`` and
+``register_forward_pre_hook`` on the U-Net and its submodules (and attention processors for
+attention capture). Hooks only read tensors; each captured tensor is copied (and converted to
+the store dtype) inside the hook, so later in-place operations cannot alter what is stored and
+nothing the U-Net computes changes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from dumpunet import store_schema as schema
+from dumpunet.errors import RecordError
+from dumpunet.recorder.blocks import block_table, unet_blocks
+from dumpunet.recorder.identity import software_versions, unet_fingerprint
+from dumpunet.specs import format_ints, parse_blocks, parse_ints
+from dumpunet.store_writer import SlabSource, StoreWriter
+
+_TORCH_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+
+
+def starts_new_step(scheduler: Any, call_index: int) -> bool:
+    """Tell whether the U-Net call about to run begins a new sampler step.
+
+    Second-order samplers (Heun, DPM2, DPM++ SDE) evaluate the U-Net twice per step and say so
+    through ``state_in_first_order``; PLMS evaluates its first step twice (``counter == 1`` is
+    the second evaluation). Every other sampler makes one call per step.
+    """
+    if call_index == 0:
+        return True
+    first = getattr(scheduler, "state_in_first_order", None)
+    if first is not None:
+        return bool(first)
+    if type(scheduler).__name__ == "PNDMScheduler" and getattr(scheduler.config, "skip_prk_steps", False):
+        return getattr(scheduler, "counter", 0) != 1
+    return True
+
+
+def executed_steps(scheduler: Any) -> int:
+    """Number of sampler steps the pipeline will run (img2img skips the first ones)."""
+    n = int(scheduler.num_inference_steps)
+    begin = getattr(scheduler, "begin_index", None) or 0
+    return n - begin // max(1, int(getattr(scheduler, "order", 1)))
+
+
+def _first_tensor(args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str = "hidden_states") -> torch.Tensor:
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    t = kwargs.get(name)
+    if isinstance(t, torch.Tensor):
+        return t
+    for v in kwargs.values():
+        if isinstance(v, torch.Tensor):
+            return v
+    raise RecordError("a hooked module was called without a tensor input")
+
+
+def _output_tensor(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    sample = getattr(output, "sample", None)
+    if isinstance(sample, torch.Tensor):
+        return sample
+    raise RecordError(f"cannot find the output tensor of a hooked module ({type(output).__name__})")
+
+
+def jsonable(value: Any) -> Any:
+    """Turn scheduler configs and similar into JSON-safe values."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        return value
+    return str(value)
+
+
+def decoded_to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Convert VAE decoder output ([-1, 1], NCHW) to uint8 NHWC exactly as diffusers' postprocess does."""
+    x = (images / 2 + 0.5).clamp(0, 1)
+    x = x.cpu().permute(0, 2, 3, 1).float().numpy()
+    return (x * 255).round().astype("uint8")
+
+
+class Recorder:
+    """Record block outputs (and optionally inputs) of every U-Net call of one generation.
+
+    Use it through :func:`dumpunet.record`; see there for the parameters.
+    """
+
+    def __init__(
+        self,
+        pipe: Any,
+        path: str | Path | None = None,
+        *,
+        blocks: str = "",
+        steps: str = "",
+        inputs: bool = False,
+        dtype: str = "fp16",
+        overwrite: bool = False,
+        run: str = "main",
+        run_info: Mapping[str, Any] | None = None,
+        model_info: Mapping[str, Any] | None = None,
+        progress: bool = True,
+        writer: StoreWriter | None = None,
+        max_queue_bytes: int = 1 << 30,
+    ) -> None:
+        if dtype not in _TORCH_DTYPES:
+            raise RecordError(f"unknown dtype {dtype!r}; choose one of {', '.join(_TORCH_DTYPES)}")
+        if (path is None) == (writer is None):
+            raise ValueError("pass exactly one of path and writer")
+        self.pipe = pipe
+        self.unet: nn.Module = pipe.unet
+        self.units = unet_blocks(self.unet)
+        names = [u.name for u in self.units]
+        aliases = {m: u.name for u in self.units for m in u.modules}
+        self.selected = parse_blocks(blocks, names, aliases=aliases)
+        self.steps_spec = steps
+        if steps.strip():  # syntax errors now; the range is checked once the step count is known
+            parse_ints(steps, 1, None, noun="step", what="step spec")
+        self.inputs = inputs
+        self.dtype = dtype
+        self.run = run
+        self.run_info = dict(run_info or {})
+        self.progress = progress
+        self._owns_writer = writer is None
+        self._writer_args = dict(path=path, overwrite=overwrite, max_queue_bytes=max_queue_bytes)
+        self._model_info = dict(model_info or {})
+        self.writer = writer
+        self._handles: list[Any] = []
+        self._reset_run_state()
+
+    def _reset_run_state(self) -> None:
+        self.n_calls = 0
+        self.step = 0
+        self.substep = 0
+        self.total_steps: int | None = None
+        self._record_steps: set[int] = set()
+        self._recording = False
+        self._slabs: dict[tuple[str, str], SlabSource] = {}
+        self._slab_bytes = 0
+        self._timestep = 0.0
+        self._batch: int | None = None
+        self._n_images = 1
+        self._n_guidance = 1
+        self._table: dict[str, schema.BlockInfo] = {}
+        self._images: list[np.ndarray] = []
+        self._latents: list[np.ndarray] = []
+        self._bar: tqdm | None = None
+
+    # ------------------------------------------------------------------ context manager
+
+    def __enter__(self) -> Recorder:
+        if self.writer is None:
+            model = {
+                "name": getattr(self.unet.config, "_name_or_path", "") or type(self.pipe).__name__,
+                "pipeline": type(self.pipe).__name__,
+                "unet_fingerprint": unet_fingerprint(self.unet),
+                **self._model_info,
+            }
+            self.writer = StoreWriter(
+                self._writer_args["path"],
+                root_attrs={"model": model, "versions": software_versions(), "runs": []},
+                overwrite=self._writer_args["overwrite"],
+                max_queue_bytes=self._writer_args["max_queue_bytes"],
+            )
+        try:
+            self._install()
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        self._remove()
+        if self._bar is not None:
+            self._bar.close()
+        assert self.writer is not None
+        try:
+            if exc is None:
+                if self.n_calls == 0:
+                    raise RecordError("the pipeline never called the U-Net inside the record block")
+                self.writer.finish_run(
+                    self.run,
+                    images=np.concatenate(self._images) if self._images else None,
+                    latents=np.concatenate(self._latents) if self._latents else None,
+                )
+            elif self.n_calls > 0:
+                reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"stopped by {type(exc).__name__}: {exc}"
+                self.writer.mark_interrupted(self.run, reason)
+        finally:
+            if self._owns_writer:
+                if exc is None:
+                    self.writer.close()
+                else:
+                    try:
+                        self.writer.close()
+                    except RecordError:
+                        pass  # the body's own exception is the one to report
+
+    def set_images(self, images: np.ndarray) -> None:
+        """Store these final images (uint8 ``[N, H, W, 3]``) instead of the decoder's output."""
+        self._images = [np.asarray(images, dtype=np.uint8)]
+
+    # ------------------------------------------------------------------ hooks
+
+    def _install(self) -> None:
+        mods = dict(self.unet.named_modules())
+        add = self._handles.append
+        add(self.unet.register_forward_pre_hook(self._on_unet_start, with_kwargs=True))
+        add(self.unet.register_forward_hook(self._on_unet_end))
+        for u in self.units:
+            if u.name not in self.selected:
+                continue
+            add(mods[u.output_module].register_forward_hook(self._output_hook(u.name)))
+            if self.inputs:
+                add(mods[u.input_module].register_forward_pre_hook(self._input_hook(u.name), with_kwargs=True))
+        vae = getattr(self.pipe, "vae", None)
+        if vae is not None:
+            add(vae.decoder.register_forward_hook(self._on_decoded))
+            entry = getattr(vae, "post_quant_conv", None) or vae.decoder
+            add(entry.register_forward_pre_hook(self._on_decode_start, with_kwargs=True))
+
+    def _remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def _on_unet_start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        sample = _first_tensor(args, kwargs, "sample")
+        if self.n_calls == 0:
+            self._setup(sample)
+        elif sample.shape[0] != self._batch:
+            raise RecordError(f"the U-Net batch changed from {self._batch} to {sample.shape[0]} during the run")
+        if starts_new_step(self.pipe.scheduler, self.n_calls):
+            self.step += 1
+            self.substep = 0
+        else:
+            self.substep += 1
+        t = args[1] if len(args) > 1 else kwargs.get("timestep", 0.0)
+        self._timestep = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
+        self._recording = self.step in self._record_steps
+        self._slabs = {}
+        self._slab_bytes = 0
+
+    def _on_unet_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self.n_calls += 1
+        if self._recording:
+            want = {(b, "output") for b in self.selected} | ({(b, "input") for b in self.selected} if self.inputs else set())
+            missing = sorted(want - set(self._slabs))
+            if missing:
+                raise RecordError(f"these blocks did not run during the U-Net call: {missing}")
+            assert self.writer is not None
+            self.writer.submit_call(
+                self.run,
+                step=self.step,
+                substep=self.substep,
+                timestep=self._timestep,
+                slabs=self._slabs,
+                nbytes=self._slab_bytes,
+            )
+            self._slabs = {}
+        if self._bar is not None:
+            self._bar.update(self.step - self._bar.n)
+
+    def _capture(self, key: tuple[str, str], t: torch.Tensor, expect: tuple[int, ...]) -> None:
+        if tuple(t.shape[1:]) != expect or t.shape[0] != self._batch:
+            raise RecordError(
+                f"{key[0]} {key[1]} has shape {tuple(t.shape)}, expected {(self._batch, *expect)} "
+                "(this U-Net's structure is not one dumpunet understands)"
+            )
+        shape = (self._n_guidance, self._n_images, *expect)
+        c = t.detach().to(dtype=_TORCH_DTYPES[self.dtype], copy=True)
+        self._slab_bytes += c.numel() * c.element_size()
+        if c.device.type == "cpu":
+            self._slabs[key] = c.numpy().reshape(shape)
+            return
+        host = c.to("cpu", non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+
+        def ready() -> np.ndarray:
+            event.synchronize()
+            return host.numpy().reshape(shape)
+
+        self._slabs[key] = ready
+
+    def _output_hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if self._recording:
+                self._capture((name, "output"), _output_tensor(output), self._table[name].output_shape)
+
+        return hook
+
+    def _input_hook(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if self._recording:
+                self._capture((name, "input"), _first_tensor(args, kwargs), self._table[name].input_shape)
+
+        return hook
+
+    def _on_decode_start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._latents.append(_first_tensor(args, kwargs).detach().float().cpu().numpy().copy())
+
+    def _on_decoded(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self._images.append(decoded_to_uint8(_output_tensor(output).detach()))
+
+    # ------------------------------------------------------------------ first call
+
+    def _setup(self, sample: torch.Tensor) -> None:
+        sched = self.pipe.scheduler
+        self._batch = int(sample.shape[0])
+        cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+        self._n_guidance = 2 if cfg and self._batch % 2 == 0 else 1
+        self._n_images = self._batch // self._n_guidance
+        latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
+        table = block_table(self.unet, latent_hw)
+        self._table = {b.name: b for b in table}
+        self.total_steps = executed_steps(sched)
+        self._record_steps = set(
+            parse_ints(self.steps_spec, 1, self.total_steps, noun="step", what="step spec")
+        )
+        labels = list(schema.GUIDANCE_LABELS) if self._n_guidance == 2 else ["cond"]
+        vae_sf = int(getattr(self.pipe, "vae_scale_factor", 8))
+        attrs = {
+            **jsonable(self.run_info),
+            "steps": self.total_steps,
+            "num_inference_steps": int(sched.num_inference_steps),
+            "scheduler": type(sched).__name__,
+            "scheduler_config": jsonable(dict(sched.config)),
+            "n_images": self._n_images,
+            "guidance": labels,
+            "latent_size": list(latent_hw),
+            "height": latent_hw[0] * vae_sf,
+            "width": latent_hw[1] * vae_sf,
+            "record_steps": format_ints(self._record_steps),
+            "recorded_blocks": list(self.selected),
+            "inputs": self.inputs,
+            "dtype": schema.RECORD_DTYPES[self.dtype],
+        }
+        assert self.writer is not None
+        self.writer.update_root_attrs({"blocks": [b.to_json() for b in table]})
+        self.writer.begin_run(
+            self.run,
+            attrs,
+            [self._table[b] for b in self.selected],
+            which=("output", "input") if self.inputs else ("output",),
+            n_images=self._n_images,
+            n_guidance=self._n_guidance,
+            dtype=schema.RECORD_DTYPES[self.dtype],
+        )
+        self._bar = tqdm(
+            total=self.total_steps, desc=f"record {self.run}", unit="step", file=sys.stderr, disable=not self.progress
+        )
+
+
+def record(pipe: Any, path: str | Path, **options: Any) -> Recorder:
+    """Record every selected U-Net block of the generation run inside the ``with`` block.
+
+    Parameters
+    ----------
+    pipe
+        A diffusers ``StableDiffusionPipeline``/``StableDiffusionXLPipeline`` or an img2img variant.
+    path
+        The store to create (a directory; an existing one needs ``overwrite=True``).
+    blocks, steps
+        Block and step specs (``"IN00-OUT11(+2)"``, ``"1-20(+5)"``); empty = all.
+    inputs
+        Also store each block's input.
+    dtype
+        ``"fp16"`` (default) or ``"fp32"`` for stored activations.
+    run_info
+        Extra JSON metadata for the run (prompt, seed, ... ; the CLI fills it).
+    progress
+        Show a progress bar on stderr.
+
+    Examples
+    --------
+    >>> with dumpunet.record(pipe, "out.zarr", blocks="IN00-OUT11", steps="1-20") as rec:  # doctest: +SKIP
+    ...     image = pipe("a cute girl", num_inference_steps=20).images[0]
+    """
+    return Recorder(pipe, path, **options)
