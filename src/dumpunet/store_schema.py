@@ -421,7 +421,7 @@ def validate(where: str | Path) -> Report:
                 problems.append(f"run {run}: marked complete but has no final images")
         n_img = run_attrs.get("n_images")
         n_guid = len(run_attrs.get("guidance", []))
-        for name, arr in _arrays_under(grp):
+        for name, arr in sorted(_arrays_under(grp), key=lambda item: item[0]):
             full = f"{run_group_path(run)}/{name}"
             kind = _kind_of(full)
             if kind is None:
