@@ -62,6 +62,8 @@ def _sigterm_as_interrupt() -> None:
 @main.command()
 @click.option("--model", default="tiny-sd1", show_default=True,
               help="tiny-sd1, tiny-sdxl, a diffusers folder, a .safetensors/.ckpt file, or a hub id (online).")
+@click.option("--config", type=click.Path(path_type=Path), default=None,
+              help="Single-file checkpoints: a local diffusers folder with the matching configs (needed offline).")
 @click.option("--prompt", default="", help="Prompt text.")
 @click.option("--negative-prompt", default="", help="Negative prompt (the unconditional half of cfg).")
 @click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps.")

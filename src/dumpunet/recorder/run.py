@@ -40,6 +40,7 @@ class RecordRequest:
     dtype: str = "fp16"
     device: str | None = None
     init_image: Path | None = None
+    config: Path | None = None
     strength: float = 0.6
     overwrite: bool = False
     quiet: bool = False
@@ -104,8 +105,10 @@ def _default_device() -> str:
 def prepare(req: RecordRequest) -> tuple[Any, dict[str, Any]]:
     """Load the pipeline with the requested sampler; check the block spec against its U-Net."""
     device = req.device or _default_device()
-    pipe, model_info = load_pipeline(req.model, img2img=req.init_image is not None, device=device)
-    pipe.scheduler = make_scheduler(req.sampler, pipe.scheduler.config)
+    pipe, model_info = load_pipeline(
+        req.model, img2img=req.init_image is not None, device=device, config=req.config
+    )
+    pipe.scheduler = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed)
     units = unet_blocks(pipe.unet)
     names = [u.name for u in units]
     parse_blocks(req.blocks, names, aliases={m: u.name for u in units for m in u.modules}, what="--blocks")
@@ -133,7 +136,7 @@ def estimate(req: RecordRequest, pipe: Any) -> Estimate:
             per_image += math.prod(b.output_shape) + (math.prod(b.input_shape) if req.inputs else 0)
     itemsize = np.dtype(schema.RECORD_DTYPES[req.dtype]).itemsize
     per_call = per_image * itemsize * guidance * req.batch_size
-    sched = make_scheduler(req.sampler, pipe.scheduler.config)
+    sched = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed)
     sched.set_timesteps(req.steps)
     calls_per_step = len(sched.timesteps) / req.steps
     n_steps = len(parse_ints(req.record_steps, 1, req.executed_steps)) if req.record_steps.strip() else req.executed_steps

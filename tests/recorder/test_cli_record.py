@@ -1,0 +1,175 @@
+"""``dumpunet record`` from the command line, on the embedded tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from click.testing import CliRunner  # noqa: E402
+
+import dumpunet  # noqa: E402
+from dumpunet import store_schema as schema  # noqa: E402
+from dumpunet.cli import main  # noqa: E402
+
+pytestmark = pytest.mark.recorder
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_record_then_info_lists_every_block_with_shapes(tmp_path):
+    out = tmp_path / "girl.zarr"
+    res = invoke("record", "--prompt", "a cute girl, pink hair", "--steps", "3", "--sampler", "DPM++ 2M Karras",
+                 "--cfg", "7", "--seed", "1719471015", "--blocks", "IN00-OUT11", "--width", "64", "--height", "64",
+                 "--out", str(out), "--quiet")
+    assert res.exit_code == 0, res.output
+    assert "size estimate:" in res.output and "25 blocks x 3 U-Net calls" in res.output
+    assert f"recorded 3 U-Net calls (3 steps, seed 1719471015) into {out}" in res.output
+    info = invoke("info", str(out))
+    assert info.exit_code == 0
+    rows = [line.split() for line in info.output.splitlines() if line.startswith("  IN") or line.startswith("  M00") or line.startswith("  OUT")]
+    assert [r[0] for r in rows] == list(dumpunet.specs.SD1_BLOCKS)
+    table = {b["name"]: b for b in json.loads(invoke("info", str(out), "--json").output)["blocks"]}
+    store = dumpunet.open(out)
+    for r in rows:
+        assert r[2] == "x".join(map(str, table[r[0]]["output_shape"]))
+        assert store.features(r[0], 3).shape == tuple(table[r[0]]["output_shape"])
+    assert "prompt           a cute girl, pink hair" in info.output
+    assert "seed             1719471015" in info.output
+    assert "sampler          DPM++ 2M Karras" in info.output
+    assert "steps            1-3 of 3 complete (3 U-Net calls)" in info.output
+    assert invoke("validate", str(out)).output.strip().endswith(": ok")
+
+
+def test_cli_image_matches_the_plain_pipeline(tmp_path):
+    from dumpunet.recorder.samplers import make_scheduler
+    from dumpunet.recorder.tiny import build_tiny_pipeline
+
+    out = tmp_path / "r.zarr"
+    res = invoke("record", "--model", "tiny-sdxl", "--prompt", "a cat", "--negative-prompt", "blurry", "--steps", "4",
+                 "--sampler", "Euler", "--seed", "42", "--width", "64", "--height", "64", "--out", str(out), "--quiet")
+    assert res.exit_code == 0, res.output
+    pipe = build_tiny_pipeline("tiny-sdxl")
+    pipe.scheduler = make_scheduler("Euler", pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe(prompt="a cat", negative_prompt="blurry", num_inference_steps=4, guidance_scale=7.0, height=64,
+                 width=64, generator=[torch.Generator().manual_seed(42)], output_type="np").images
+    np.testing.assert_array_equal(dumpunet.open(out).image(0), (plain[0] * 255).round().astype(np.uint8))
+
+
+def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path):
+    out = tmp_path / "d.zarr"
+    res = invoke("record", "--steps", "20", "--width", "64", "--height", "64", "--blocks", "IN01, OUT11",
+                 "--out", str(out), "--dry-run")
+    assert res.exit_code == 0
+    assert "2 blocks x 20 U-Net calls" in res.output and "64x64, batch 1, cfg on, fp16" in res.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--blocks", "IN00-IN12"], "Error: bad --blocks: unknown block 'IN12' (this model has IN00..OUT11)\n  IN00-IN12\n       ^^^^"),
+        (["--model", "tiny-sdxl", "--blocks", "IN10"], "Error: bad --blocks: unknown block 'IN10' (this model has IN00..OUT08)"),
+        (["--steps", "5", "--record-steps", "1-6"], "Error: bad --record-steps: step 6 out of range 1..5\n  1-6\n    ^"),
+        (["--sampler", "Euler b"], "Error: unknown sampler 'Euler b'"),
+        (["--model", "missing/dir/model"], "Error: no model at missing/dir/model"),
+        (["--width", "100"], "Error: --width must be a positive multiple of 8, got 100"),
+    ],
+)
+def test_bad_input_gets_one_readable_line_and_no_store(tmp_path, args, message):
+    out = tmp_path / "x.zarr"
+    res = CliRunner().invoke(main, ["record", "--out", str(out), "--steps", "3", *args])
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith(message), res.output
+    assert "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_existing_store_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "r.zarr"
+    base = ["record", "--steps", "2", "--width", "64", "--height", "64", "--blocks", "M00", "--quiet", "--out", str(out)]
+    assert invoke(*base).exit_code == 0
+    res = CliRunner().invoke(main, base)
+    assert res.exit_code == 1 and f"{out} already exists; choose another --out or pass --overwrite" in res.output
+    assert invoke(*base, "--overwrite", "--seed", "3").exit_code == 0
+    assert dumpunet.open(out).run().attrs["seed"] == 3
+
+
+def test_not_a_checkpoint_is_a_clear_error(tmp_path):
+    fake = tmp_path / "model.safetensors"
+    fake.write_text("this is not a checkpoint")
+    res = CliRunner().invoke(main, ["record", "--model", str(fake), "--out", str(tmp_path / "o.zarr")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert str(fake) in res.output
+
+
+def _record_proc(out, *extra):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "dumpunet.cli", "record", "--steps", "400", "--width", "64", "--height", "64",
+         "--blocks", "IN00-OUT11", "--out", str(out), "--quiet", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+
+
+def _wait_for_calls(out, n, timeout=120):
+    deadline = time.monotonic() + timeout
+    done = out / "runs/main/call_done"
+    while time.monotonic() < deadline:
+        try:
+            import zarr
+
+            if (done / "zarr.json").exists() and zarr.open_array(done, mode="r").shape[0] > n:
+                return
+        except Exception:  # the array is being created
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the recording did not start in time")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_record_leaves_a_sound_store(tmp_path):
+    out = tmp_path / "k.zarr"
+    proc = _record_proc(out)
+    try:
+        _wait_for_calls(out, 4)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(60)
+    info = invoke("info", str(out))
+    assert info.exit_code == 0 and "INCOMPLETE" in info.output
+    assert invoke("validate", str(out)).exit_code == 0
+    store = dumpunet.open(out)
+    assert len(store.steps) >= 4
+    assert store.features("OUT11", store.steps[-1]).shape[0] > 0
+    assert schema.validate(out).ok
+
+
+@pytest.mark.slow
+def test_sigterm_and_ctrl_c_stop_cleanly_with_a_message(tmp_path):
+    out = tmp_path / "t.zarr"
+    proc = _record_proc(out)
+    try:
+        _wait_for_calls(out, 3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("Error: interrupted; complete steps (1-")
+    run = dumpunet.open(out).run()
+    assert run.attrs["interrupted"] == "interrupted (Ctrl-C)"
+    assert schema.validate(out).ok

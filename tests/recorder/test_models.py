@@ -1,0 +1,296 @@
+"""load_pipeline: embedded, diffusers folder, single file, hub cache, and every refusal."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+from safetensors.torch import save_file  # noqa: E402
+
+from dumpunet.errors import ModelError  # noqa: E402
+from dumpunet.recorder.models import load_pipeline  # noqa: E402
+from dumpunet.recorder.tiny import build_tiny_pipeline  # noqa: E402
+
+pytestmark = pytest.mark.recorder
+
+NO_MODEL = "(expected a diffusers folder, a .safetensors/.ckpt file, tiny-sd1/tiny-sdxl or a hub id)"
+
+
+def generate(pipe) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(5)
+    return pipe("a cute girl, pink hair", num_inference_steps=2, generator=gen, output_type="np").images[0]
+
+
+@pytest.fixture(scope="module")
+def sd1_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models") / "tiny-sd1-diffusers"
+    build_tiny_pipeline("tiny-sd1").save_pretrained(folder)
+    return folder
+
+
+# --- an original-layout (LDM) checkpoint of tiny-sd1, to test single-file loading ---------------
+
+_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
+           "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
+_UNET_FIXED = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+               "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+
+
+def _resnet(rest: str) -> str:
+    part, leaf = rest.rsplit(".", 1)
+    return f"{_RESNET[part]}.{leaf}"
+
+
+def _ldm_unet_key(key: str) -> str:
+    """Name an SD1-layout diffusers U-Net weight the way CompVis' ``openaimodel.py`` does."""
+    head, leaf = key.rsplit(".", 1)
+    if head in _UNET_FIXED:
+        return f"{_UNET_FIXED[head]}.{leaf}"
+    if m := re.fullmatch(r"down_blocks\.(\d)\.(resnets|attentions)\.(\d)\.(.+)", key):
+        n = 3 * int(m[1]) + int(m[3]) + 1
+        return f"input_blocks.{n}.0.{_resnet(m[4])}" if m[2] == "resnets" else f"input_blocks.{n}.1.{m[4]}"
+    if m := re.fullmatch(r"down_blocks\.(\d)\.downsamplers\.0\.conv\.(.+)", key):
+        return f"input_blocks.{3 * int(m[1]) + 3}.0.op.{m[2]}"
+    if m := re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d)\.(.+)", key):
+        return f"middle_block.{2 * int(m[2])}.{_resnet(m[3])}" if m[1] == "resnets" else f"middle_block.1.{m[3]}"
+    if m := re.fullmatch(r"up_blocks\.(\d)\.(resnets|attentions)\.(\d)\.(.+)", key):
+        n = 3 * int(m[1]) + int(m[3])
+        return f"output_blocks.{n}.0.{_resnet(m[4])}" if m[2] == "resnets" else f"output_blocks.{n}.1.{m[4]}"
+    if m := re.fullmatch(r"up_blocks\.(\d)\.upsamplers\.0\.(.+)", key):
+        i = int(m[1])
+        return f"output_blocks.{3 * i + 2}.{1 if i == 0 else 2}.{m[2]}"
+    raise KeyError(key)
+
+
+def _ldm_vae_key(key: str, n_up: int) -> str:
+    key = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+    key = re.sub(r"down_blocks\.(\d)\.resnets\.", r"down.\1.block.", key)
+    key = re.sub(r"down_blocks\.(\d)\.downsamplers\.0\.", r"down.\1.downsample.", key)
+    key = re.sub(r"up_blocks\.(\d)\.resnets\.", lambda m: f"up.{n_up - 1 - int(m[1])}.block.", key)
+    key = re.sub(r"up_blocks\.(\d)\.upsamplers\.0\.", lambda m: f"up.{n_up - 1 - int(m[1])}.upsample.", key)
+    key = re.sub(r"mid_block\.resnets\.(\d)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", key)
+    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)\.(weight|bias)", key):
+        key = f"{m[1]}.mid.attn_1.{_VAE_ATTN[m[2]]}.{m[3]}"
+    return key
+
+
+def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
+    """Return tiny-sd1's weights under the key names of an original SD1 ``.ckpt``."""
+    out = {f"model.diffusion_model.{_ldm_unet_key(k)}": v for k, v in pipe.unet.state_dict().items()}
+    n_up = len(pipe.vae.decoder.up_blocks)
+    for k, v in pipe.vae.state_dict().items():
+        nk = _ldm_vae_key(k, n_up)
+        # the original VAE's mid attention uses 1x1 convolutions where diffusers uses linears
+        out[f"first_stage_model.{nk}"] = v[:, :, None, None] if ".attn_1." in nk and v.ndim == 2 else v
+    for k, v in pipe.text_encoder.state_dict().items():
+        out[f"cond_stage_model.transformer.text_model.{k.removeprefix('text_model.')}"] = v
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def sd1_checkpoints(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ckpt")
+    weights = ldm_state_dict(build_tiny_pipeline("tiny-sd1"))
+    save_file(weights, folder / "tiny.safetensors")
+    torch.save({"state_dict": weights}, folder / "tiny.ckpt")
+    return folder
+
+
+# --- loading ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "img2img", "expected"),
+    [
+        ("tiny-sd1", False, ("tiny-sd1", "sd1", "StableDiffusionPipeline")),
+        ("TINY-SDXL", True, ("tiny-sdxl", "sdxl", "StableDiffusionXLImg2ImgPipeline")),
+    ],
+)
+def test_embedded_models(model, img2img, expected):
+    pipe, meta = load_pipeline(model, img2img=img2img)
+    name, arch, cls = expected
+    assert meta == {"name": name, "source": "embedded", "path": None, "architecture": arch, "pipeline": cls}
+    assert type(pipe).__name__ == cls
+
+
+def test_embedded_model_in_another_dtype():
+    pipe, _ = load_pipeline("tiny-sd1", torch_dtype=torch.bfloat16)
+    assert {p.dtype for p in pipe.unet.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("name", ["tiny-sd1", "tiny-sdxl"])
+def test_diffusers_folder_reproduces_the_in_memory_image(tmp_path, name):
+    original = build_tiny_pipeline(name)
+    original.save_pretrained(tmp_path / name)
+    pipe, meta = load_pipeline(str(tmp_path / name))
+    arch = name.removeprefix("tiny-")
+    cls = "StableDiffusionXLPipeline" if arch == "sdxl" else "StableDiffusionPipeline"
+    assert meta == {"name": name, "source": "diffusers-folder", "path": str((tmp_path / name).resolve()),
+                    "architecture": arch, "pipeline": cls}
+    assert np.array_equal(generate(pipe), generate(original))
+
+
+def test_diffusers_folder_as_img2img(sd1_folder):
+    pipe, meta = load_pipeline(str(sd1_folder), img2img=True)
+    assert (type(pipe).__name__, meta["pipeline"]) == ("StableDiffusionImg2ImgPipeline",) * 2
+
+
+@pytest.mark.parametrize("filename", ["tiny.safetensors", "tiny.ckpt"])
+def test_single_file_with_a_local_config_reproduces_the_image(sd1_checkpoints, sd1_folder, filename):
+    path = sd1_checkpoints / filename
+    pipe, meta = load_pipeline(str(path), config=sd1_folder)
+    assert meta == {
+        "name": "tiny",
+        "source": "single-file",
+        "path": str(path.resolve()),
+        "architecture": "sd1",
+        "config": str(sd1_folder.resolve()),
+        "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "pipeline": "StableDiffusionPipeline",
+    }
+    assert np.array_equal(generate(pipe), generate(build_tiny_pipeline("tiny-sd1")))
+
+
+def test_hub_id_loads_from_the_local_cache(offline_hub, sd1_folder):
+    # the Hugging Face cache layout: models--owner--name/{refs/main, snapshots/<commit>/...}
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = offline_hub / "models--someone--tiny-sd1"
+    shutil.copytree(sd1_folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    pipe, meta = load_pipeline("someone/tiny-sd1")
+    assert meta == {"name": "someone/tiny-sd1", "source": "hub", "path": str(repo / "snapshots" / commit),
+                    "architecture": "sd1", "pipeline": "StableDiffusionPipeline"}
+    assert np.array_equal(generate(pipe), generate(build_tiny_pipeline("tiny-sd1")))
+
+
+# --- refusals ----------------------------------------------------------------------------------------
+
+
+def _fake_checkpoint(path, extra: dict[str, tuple[int, ...]]):
+    tensors = {"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3), **extra}
+    save_file({k: torch.zeros(shape) for k, shape in tensors.items()}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "arch", "repo"),
+    [
+        ({"cond_stage_model.transformer.text_model.final_layer_norm.weight": (768,)}, "sd1",
+         "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+        ({"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024)}, "sd2",
+         "stabilityai/stable-diffusion-2-1"),
+        ({"conditioner.embedders.1.model.ln_final.weight": (1280,)}, "sdxl", "stabilityai/stable-diffusion-xl-base-1.0"),
+    ],
+)
+def test_single_file_without_config_offline_names_what_is_missing(tmp_path, extra, arch, repo):
+    path = _fake_checkpoint(tmp_path / "model.safetensors", extra)
+    with pytest.raises(ModelError) as err:
+        load_pipeline(str(path))
+    assert str(err.value) == (
+        f"{path} is a single-file {arch} checkpoint; its pipeline is built from the component configs of {repo}, "
+        "which are not in the local Hugging Face cache, and the machine is offline (HF_HUB_OFFLINE). "
+        "Pass config=<a local diffusers folder of the same architecture>, or load once online to cache them."
+    )
+
+
+def test_single_file_missing_a_component_is_a_model_error(tmp_path, sd1_checkpoints, sd1_folder):
+    path = _fake_checkpoint(tmp_path / "unet-only.safetensors", {})
+    with pytest.raises(ModelError) as err:
+        load_pipeline(str(path), config=sd1_folder)
+    assert str(err.value).startswith(
+        f"cannot build a sd1 pipeline from {path} with the configs of {sd1_folder.resolve()}: "
+    )
+    assert "\n" not in str(err.value)
+
+
+def test_pickled_code_in_a_ckpt_is_refused_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("ran",))
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": Payload()}}, path)
+    with pytest.raises(ModelError) as err:
+        load_pipeline(str(path))
+    assert str(err.value) == (
+        f"{path} holds Python objects besides tensors, and .ckpt files are opened only with "
+        "torch.load(weights_only=True); convert it to .safetensors where you trust it"
+    )
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "message"),
+    [
+        ("notes.safetensors", b"just some text\n",
+         "{path} is not a valid .safetensors file: Error while deserializing header: header too large"),
+        ("notes.ckpt", b"just some text\n", "{path} is not a valid .ckpt file: "),
+        ("notes.txt", b"text", "{path} is not a checkpoint: expected a .safetensors or .ckpt file, got .txt"),
+    ],
+)
+def test_files_that_are_not_checkpoints(tmp_path, filename, content, message):
+    path = tmp_path / filename
+    path.write_bytes(content)
+    with pytest.raises(ModelError) as err:
+        load_pipeline(str(path))
+    assert str(err.value).startswith(message.format(path=path))
+
+
+def test_checkpoint_without_a_unet(tmp_path):
+    path = tmp_path / "vae.safetensors"
+    save_file({"encoder.conv_in.weight": torch.zeros(2), "decoder.conv_out.weight": torch.zeros(2)}, path)
+    with pytest.raises(ModelError) as err:
+        load_pipeline(str(path))
+    assert str(err.value) == (
+        f"{path} is not a Stable Diffusion checkpoint: none of its 2 tensors is a U-Net weight (model.diffusion_model.*)"
+    )
+
+
+@pytest.mark.parametrize("model", ["missing.safetensors", "./no/such/folder", "tiny-sd3", "~/nothing.ckpt"])
+def test_missing_models(model):
+    with pytest.raises(ModelError) as err:
+        load_pipeline(model)
+    assert str(err.value) == f"no model at {model} {NO_MODEL}"
+
+
+def test_folder_without_model_index(tmp_path):
+    with pytest.raises(ModelError) as err:
+        load_pipeline(str(tmp_path))
+    assert str(err.value) == f"{tmp_path} is a folder but not a diffusers pipeline (it has no model_index.json)"
+
+
+def test_hub_id_not_in_cache_offline_fails_at_once():
+    with pytest.raises(ModelError) as err:
+        load_pipeline("nobody/no-such-model")
+    assert str(err.value) == (
+        "nobody/no-such-model is not in the local Hugging Face cache and the machine is offline (HF_HUB_OFFLINE); "
+        "download it once online, or pass a local folder or checkpoint file"
+    )
+
+
+def test_config_is_for_checkpoints_only(tmp_path, sd1_checkpoints):
+    with pytest.raises(ModelError) as err:
+        load_pipeline("tiny-sd1", config=tmp_path)
+    assert str(err.value) == "config= applies to .safetensors/.ckpt checkpoints only, not to tiny-sd1"
+    with pytest.raises(ModelError) as err:
+        load_pipeline(str(sd1_checkpoints / "tiny.safetensors"), config=tmp_path)
+    assert str(err.value) == f"config {tmp_path} is not a diffusers folder (it has no model_index.json)"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_unavailable_device():
+    with pytest.raises(ModelError) as err:
+        load_pipeline("tiny-sd1", device="cuda")
+    assert str(err.value) == f"device 'cuda' is not available on this machine (torch {torch.__version__})"

@@ -1,0 +1,63 @@
+"""The analysis half never imports torch or diffusers (it must run on a laptop without them)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+BLOCKER = textwrap.dedent(
+    """
+    import sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "diffusers", "transformers", "safetensors"):
+                raise ImportError(f"{name} is blocked: the analyzer must not import it")
+            return None
+    sys.meta_path.insert(0, Block())
+    """
+)
+
+
+def run_blocked(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_core_modules_import_without_torch():
+    proc = run_blocked(
+        """
+        import dumpunet, dumpunet.store_schema, dumpunet.specs, dumpunet.store, dumpunet.summary, dumpunet.cli
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers"))
+        print("heavy:", heavy)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "heavy: []"
+
+
+def test_info_validate_and_help_run_without_torch(tmp_path):
+    from test_store import write_store
+
+    write_store(tmp_path / "s.zarr")
+    proc = run_blocked(
+        f"""
+        import sys
+        from click.testing import CliRunner
+        from dumpunet.cli import main
+        r = CliRunner()
+        for args in (["info", {str(tmp_path / "s.zarr")!r}], ["validate", {str(tmp_path / "s.zarr")!r}], ["--help"]):
+            res = r.invoke(main, args)
+            assert res.exit_code == 0, (args, res.output, res.exception)
+            print(res.output.splitlines()[0])
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers"))
+        print("heavy:", heavy)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("store     ")
+    assert lines[1] == f"{tmp_path / 's.zarr'}: ok"
+    assert lines[2].startswith("Usage: ")
+    assert lines[-1] == "heavy: []"
