@@ -131,15 +131,20 @@ class StoreWriter:
 
         self._put(task)
 
-    def add_arrays(self, run: str, arrays: Mapping[tuple[str, str], tuple[schema.ArrayKind, Sequence[int], str, dict[str, str]]]) -> None:
-        """Create extra per-call arrays of a run: key -> (kind, per-call shape, dtype, path names)."""
+    def add_arrays(self, run: str, arrays: Mapping[tuple[str, str], tuple[Any, ...]]) -> None:
+        """Create extra per-call arrays of a run.
+
+        ``arrays`` maps a slab key to (kind, shape without the call axis, dtype, path names,
+        attributes), e.g. ``("IN01.attn2", "qk") -> (ATTENTION_FEATURES["qk"], (1, 2, 8, 4096, 77),
+        "float16", {"layer": "IN01.attn2"}, {...})``.
+        """
         arrays = dict(arrays)
 
         def task() -> None:
             st = self._runs[run]
-            for key, (kind, shape, dtype, names) in arrays.items():
+            for key, (kind, shape, dtype, names, attrs) in arrays.items():
                 st.arrays[key] = schema.create_array(
-                    self.root, kind, (st.n_calls, *shape), dtype=dtype, run=run, **names
+                    self.root, kind, (st.n_calls, *shape), dtype=dtype, attributes=attrs, run=run, **names
                 )
 
         self._put(task)
@@ -166,20 +171,9 @@ class StoreWriter:
         def task() -> None:
             st = self._runs[run]
             k = st.n_calls
-            for arr in (*st.calls.values(), *st.arrays.values()):
-                arr.resize((k + 1, *arr.shape[1:]))
+            data = {key: src() if callable(src) else src for key, src in slabs.items()}
+            sync(_write_call(st, k, step, substep, timestep, data))
             st.n_calls = k + 1
-            st.calls["call_step"][k] = step
-            st.calls["call_substep"][k] = substep
-            st.calls["call_timestep"][k] = timestep
-            jobs = []
-            for key, src in slabs.items():
-                data = src() if callable(src) else src
-                arr = st.arrays[key]
-                # [guidance, image, ...] (U-Net batch order) -> [image, guidance, ...] (store order)
-                jobs.append(arr.async_array.setitem(k, np.swapaxes(data, 0, 1)))
-            sync(_gather(jobs))
-            st.calls["call_done"][k] = 1
             st.done_steps.add(step)
 
         self._put(task, size)
@@ -279,8 +273,32 @@ class StoreWriter:
         raise RecordError(f"writing {self.path} failed: {exc!r}; complete steps stay readable ({kept})") from exc
 
 
-async def _gather(jobs: list[Any]) -> None:
+import os as _os
+_EXACT = _os.environ.get("DU_EXACT", "1") == "1"
+_TWO_PHASE = True
+
+
+async def _write_call(st: _RunState, k: int, step: int, substep: int, timestep: float, data: Mapping[tuple[str, str], np.ndarray]) -> None:
+    grow = [arr.async_array.resize((k + 1,)) for arr in st.calls.values()]
+    for arr in st.arrays.values():
+        if arr.shape[0] <= k:
+            n = k + 1 if _EXACT else max(2 * arr.shape[0], 8)
+            grow.append(arr.async_array.resize((n, *arr.shape[1:])))
+    await asyncio.gather(*grow)
+    jobs = [
+        st.calls["call_step"].async_array.setitem(k, step),
+        st.calls["call_substep"].async_array.setitem(k, substep),
+        st.calls["call_timestep"].async_array.setitem(k, timestep),
+    ]
+    for key, x in data.items():
+        a = st.arrays[key].async_array
+        for g in range(x.shape[0]):
+            for i in range(x.shape[1]):
+                # exact chunk-shaped selection: zarr encodes the slab in place, without a merge copy
+                sel = (slice(k, k + 1), slice(i, i + 1), slice(g, g + 1))
+                jobs.append(a.setitem(sel, x[g : g + 1, i : i + 1].reshape(1, 1, 1, *x.shape[2:])))
     await asyncio.gather(*jobs)
+    await st.calls["call_done"].async_array.setitem(k, 1)
 
 
 def _prepare_target(path: Path, *, overwrite: bool) -> None:

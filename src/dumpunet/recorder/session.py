@@ -22,6 +22,15 @@ from tqdm import tqdm
 
 from dumpunet import store_schema as schema
 from dumpunet.errors import RecordError
+from dumpunet.recorder.attention import (
+    AttentionCapture,
+    AttentionLayer,
+    AttentionOptions,
+    LayerPlan,
+    attention_layers,
+    feature_shape,
+    query_grid,
+)
 from dumpunet.recorder.blocks import block_table, unet_blocks
 from dumpunet.recorder.identity import software_versions, unet_fingerprint
 from dumpunet.specs import format_ints, parse_blocks, parse_ints
@@ -125,6 +134,7 @@ class Recorder:
         progress: bool = True,
         writer: StoreWriter | None = None,
         max_queue_bytes: int = 1 << 30,
+        attention: AttentionOptions | str | None = "qk",
     ) -> None:
         if dtype not in _TORCH_DTYPES:
             raise RecordError(f"unknown dtype {dtype!r}; choose one of {', '.join(_TORCH_DTYPES)}")
@@ -140,6 +150,11 @@ class Recorder:
         if steps.strip():  # syntax errors now; the range is checked once the step count is known
             parse_ints(steps, 1, None, noun="step", what="step spec")
         self.inputs = inputs
+        if isinstance(attention, str) or attention is None:
+            feats = AttentionOptions.parse_features(attention or "")
+            attention = AttentionOptions(features=feats) if feats else None
+        self.attention = attention
+        self.attn_layers = self._select_layers(names, aliases)
         self.dtype = dtype
         self.run = run
         self.run_info = dict(run_info or {})
@@ -168,6 +183,26 @@ class Recorder:
         self._images: list[np.ndarray] = []
         self._latents: list[np.ndarray] = []
         self._bar: tqdm | None = None
+        self._attn: AttentionCapture | None = None
+        self._attn_shapes: dict[tuple[str, str], tuple[int, ...]] = {}
+        self._self_steps: set[int] = set()
+        self._token_ids: list[list[list[int]]] = []
+
+    def _select_layers(self, names: list[str], aliases: dict[str, str]) -> list[AttentionLayer]:
+        opts = self.attention
+        if opts is None:
+            return []
+        cross = set(parse_blocks(opts.blocks, names, aliases=aliases, what="attention block spec")) if opts.features else set()
+        own: set[str] = set()
+        if opts.self_attention:
+            if opts.self_steps.strip():
+                parse_ints(opts.self_steps, 1, None, noun="step", what="self-attention step spec")
+            own = set(parse_blocks(opts.self_blocks, names, aliases=aliases, what="self-attention block spec"))
+        return [
+            layer
+            for layer in attention_layers(self.unet, self.units)
+            if layer.block in (cross if layer.cross else own)
+        ]
 
     # ------------------------------------------------------------------ context manager
 
@@ -189,6 +224,8 @@ class Recorder:
             self._install()
         except BaseException:
             self._remove()
+            if self._owns_writer:
+                self.writer.close()
             raise
         return self
 
@@ -236,6 +273,16 @@ class Recorder:
             add(mods[u.output_module].register_forward_hook(self._output_hook(u.name)))
             if self.inputs:
                 add(mods[u.input_module].register_forward_pre_hook(self._input_hook(u.name), with_kwargs=True))
+        if self.attn_layers:
+            assert self.attention is not None
+            plans = [
+                LayerPlan(layer, self.attention.features if layer.cross else ("qk",)) for layer in self.attn_layers
+            ]
+            self._attn = AttentionCapture(self.unet, plans, self._on_attention, self._attention_active)
+            self._attn.install()
+        text_encoder = getattr(self.pipe, "text_encoder", None)
+        if text_encoder is not None:
+            add(text_encoder.register_forward_pre_hook(self._on_text_encoder, with_kwargs=True))
         vae = getattr(self.pipe, "vae", None)
         if vae is not None:
             add(vae.decoder.register_forward_hook(self._on_decoded))
@@ -245,11 +292,14 @@ class Recorder:
     def _remove(self) -> None:
         while self._handles:
             self._handles.pop().remove()
+        if self._attn is not None:
+            self._attn.remove()
+            self._attn = None
 
     def _on_unet_start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         sample = _first_tensor(args, kwargs, "sample")
         if self.n_calls == 0:
-            self._setup(sample)
+            self._setup(sample, kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None))
         elif sample.shape[0] != self._batch:
             raise RecordError(f"the U-Net batch changed from {self._batch} to {sample.shape[0]} during the run")
         if starts_new_step(self.pipe.scheduler, self.n_calls):
@@ -267,6 +317,10 @@ class Recorder:
         self.n_calls += 1
         if self._recording:
             want = {(b, "output") for b in self.selected} | ({(b, "input") for b in self.selected} if self.inputs else set())
+            if self._attn is not None:
+                want |= {
+                    (p.layer.name, f) for p in self._attn.plans.values() if self._attention_active(p) for f in p.features
+                }
             missing = sorted(want - set(self._slabs))
             if missing:
                 raise RecordError(f"these blocks did not run during the U-Net call: {missing}")
@@ -319,6 +373,67 @@ class Recorder:
 
         return hook
 
+    def _attention_active(self, plan: LayerPlan) -> bool:
+        return self._recording and (plan.layer.cross or self.step in self._self_steps)
+
+    def _on_attention(self, layer: str, feature: str, t: torch.Tensor) -> None:
+        self._capture((layer, feature), t, self._attn_shapes[(layer, feature)])
+
+    def _on_text_encoder(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        ids = args[0] if args else kwargs.get("input_ids")
+        if isinstance(ids, torch.Tensor) and self.n_calls == 0:
+            self._token_ids.append(ids.detach().cpu().tolist())
+
+    def _tokens(self) -> dict[str, Any]:
+        """Token ids and strings the text encoder saw: the prompt first, then the negative prompt."""
+        tok = getattr(self.pipe, "tokenizer", None)
+        if tok is None or not self._token_ids:
+            return {}
+        out: dict[str, Any] = {}
+        for label, rows in zip(("cond", "uncond"), self._token_ids):
+            out[label] = [{"ids": ids, "tokens": tok.convert_ids_to_tokens(ids)} for ids in rows]
+        eos = getattr(tok, "eos_token_id", None)
+        for rows in out.values():
+            for row in rows:
+                row["length"] = row["ids"].index(eos) + 1 if eos in row["ids"] else len(row["ids"])
+        return {"tokens": out}
+
+    def _setup_attention(self, context: torch.Tensor | None) -> None:
+        """Fix each layer's query selection and shapes, and create its arrays."""
+        assert self._attn is not None and self.attention is not None and self.writer is not None
+        opts = self.attention
+        mods = dict(self.unet.named_modules())
+        if opts.self_attention:
+            self._self_steps = set(
+                parse_ints(opts.self_steps, 1, self.total_steps, noun="step", what="self-attention step spec")
+            ) if opts.self_steps.strip() else set(range(1, (self.total_steps or 0) + 1))
+        arrays = {}
+        for path, plan in list(self._attn.plans.items()):
+            layer = plan.layer
+            attn = mods[path]
+            hw = self._table[layer.block].input_shape[1:]
+            heads = int(attn.heads)
+            head_dim = int(attn.to_k.out_features) // heads
+            attrs: dict[str, Any] = {"layer_hw": list(hw), "module": path, "cross_attention": layer.cross}
+            if layer.cross:
+                n_key = int(context.shape[1]) if context is not None else int(attn.to_k.in_features)
+                n_query = hw[0] * hw[1]
+            else:
+                ys, xs = query_grid(hw, opts.query_region, opts.query_stride)
+                n_key, n_query = hw[0] * hw[1], len(ys) * len(xs)
+                idx = torch.tensor([y * hw[1] + x for y in ys for x in xs], dtype=torch.long)
+                full = n_query == n_key
+                plan = LayerPlan(layer, plan.features, None if full else idx, opts.self_heads == "mean")
+                self._attn.plans[path] = plan
+                attrs.update(query_rows=ys, query_cols=xs, heads="mean" if plan.head_mean else "all")
+            for feature in plan.features:
+                shape = feature_shape(feature, layer, heads, head_dim, n_query, n_key, plan.head_mean)
+                self._attn_shapes[(layer.name, feature)] = shape
+                kind = schema.ATTENTION_FEATURES[feature]
+                arrays[(layer.name, feature)] = (kind, (self._n_images, self._n_guidance, *shape),
+                                                 schema.RECORD_DTYPES[self.dtype], {"layer": layer.name}, attrs)
+        self.writer.add_arrays(self.run, arrays)
+
     def _on_decode_start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._latents.append(_first_tensor(args, kwargs).detach().float().cpu().numpy().copy())
 
@@ -327,7 +442,7 @@ class Recorder:
 
     # ------------------------------------------------------------------ first call
 
-    def _setup(self, sample: torch.Tensor) -> None:
+    def _setup(self, sample: torch.Tensor, context: torch.Tensor | None) -> None:
         sched = self.pipe.scheduler
         self._batch = int(sample.shape[0])
         cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
@@ -357,6 +472,8 @@ class Recorder:
             "recorded_blocks": list(self.selected),
             "inputs": self.inputs,
             "dtype": schema.RECORD_DTYPES[self.dtype],
+            "attention_layers": [layer.name for layer in self.attn_layers],
+            **self._tokens(),
         }
         assert self.writer is not None
         self.writer.update_root_attrs({"blocks": [b.to_json() for b in table]})
@@ -369,6 +486,8 @@ class Recorder:
             n_guidance=self._n_guidance,
             dtype=schema.RECORD_DTYPES[self.dtype],
         )
+        if self._attn is not None:
+            self._setup_attention(context)
         self._bar = tqdm(
             total=self.total_steps, desc=f"record {self.run}", unit="step", file=sys.stderr, disable=not self.progress
         )

@@ -1,0 +1,293 @@
+"""Capture attention maps by wrapping whatever attention processor each layer has.
+
+The wrapper calls the layer's own processor and returns its output untouched, so the image
+stays bit-identical. What is stored is computed on the side from the query and key projections,
+which forward hooks on ``to_q``/``to_k`` hand over as the processor computes them (nothing is
+projected twice): ``qk`` = softmax(q·kᵀ·scale) per head, ``k`` = the keys per head, ``vqk`` =
+the per-head attention output, taken from the input of ``to_out[0]``.
+
+Layer names follow the blocks: ``IN01.attn2`` (cross-attention), ``OUT05.attn1``
+(self-attention); a block that holds several transformer blocks (SDXL) numbers them:
+``IN04.attn2.0``, ``IN04.attn2.1``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dumpunet.errors import RecordError
+from dumpunet.recorder.blocks import BlockUnit
+
+FEATURES = ("qk", "k", "vqk")
+
+
+@dataclass(frozen=True)
+class AttentionLayer:
+    """One attention module of the U-Net, named after its block."""
+
+    name: str
+    block: str
+    module: str
+    cross: bool
+
+    @property
+    def kind(self) -> str:
+        return "attn2" if self.cross else "attn1"
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return hasattr(module, "to_q") and hasattr(module, "to_k") and hasattr(module, "heads") and hasattr(module, "processor")
+
+
+def attention_layers(unet: nn.Module, units: Sequence[BlockUnit]) -> list[AttentionLayer]:
+    """Return every attention layer of the U-Net in execution order, named after its block."""
+    mods = dict(unet.named_modules())
+    layers: list[AttentionLayer] = []
+    for unit in units:
+        found: list[tuple[str, bool]] = []
+        for root in unit.modules:
+            for sub, m in mods[root].named_modules():
+                if _is_attention(m):
+                    found.append((f"{root}.{sub}", bool(getattr(m, "is_cross_attention", False))))
+        n_self = sum(1 for _, cross in found if not cross)
+        n_cross = sum(1 for _, cross in found if cross)
+        counters = {True: 0, False: 0}
+        for path, cross in found:
+            kind = "attn2" if cross else "attn1"
+            many = (n_cross if cross else n_self) > 1
+            name = f"{unit.name}.{kind}.{counters[cross]}" if many else f"{unit.name}.{kind}"
+            counters[cross] += 1
+            layers.append(AttentionLayer(name, unit.name, path, cross))
+    return layers
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What to store for one layer: features, which query pixels, whether heads are averaged."""
+
+    layer: AttentionLayer
+    features: tuple[str, ...]
+    query_index: torch.Tensor | None = None  # flat query pixel indices; None = all
+    head_mean: bool = False
+
+
+Sink = Callable[[str, str, torch.Tensor], None]
+"""Receives (layer name, feature, tensor [batch, head, ...]) once per layer call."""
+
+
+class _Wrapper:
+    """A processor that runs the original one and reports what the capture hooks saw."""
+
+    def __init__(self, inner: Any, capture: AttentionCapture, path: str) -> None:
+        self.inner = inner
+        self._capture = capture
+        self._path = path
+
+        # diffusers passes a layer only the keyword arguments its processor's __call__ declares
+        # (it inspects ``processor.__call__``): declare exactly what the wrapped processor does.
+        def call(*args: Any, **kwargs: Any) -> torch.Tensor:
+            return self._call(*args, **kwargs)
+
+        self.__call__ = functools.update_wrapper(call, inner.__call__)  # type: ignore[method-assign]
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self._call(attn, hidden_states, *args, **kwargs)
+
+    def _call(self, attn: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        cap = self._capture
+        plan = cap.plans[self._path]
+        active = cap.is_active(plan)
+        cap.stash.clear()
+        cap.listening = active
+        try:
+            out = self.inner(attn, hidden_states, *args, **kwargs)
+        finally:
+            cap.listening = False
+        if active:
+            cap.report(attn, plan)
+        return out
+
+
+class AttentionCapture:
+    """Install processor wrappers and projection hooks on the planned layers; remove them on exit."""
+
+    def __init__(
+        self, unet: nn.Module, plans: Iterable[LayerPlan], sink: Sink, is_active: Callable[[LayerPlan], bool]
+    ) -> None:
+        self.unet = unet
+        self.plans = {p.layer.module: p for p in plans}  # the recorder may refine plans later
+        self.sink = sink
+        self.is_active = is_active
+        self.listening = False
+        self.stash: dict[str, torch.Tensor] = {}
+        self._original: dict[str, Any] | None = None
+        self._handles: list[Any] = []
+
+    def install(self) -> None:
+        mods = dict(self.unet.named_modules())
+        original = dict(self.unet.attn_processors)
+        procs = dict(original)
+        for path, plan in self.plans.items():
+            attn = mods[path]
+            if getattr(attn, "fused_projections", False):
+                raise RecordError(f"{plan.layer.name}: fused QKV projections hide q and k; call unfuse_qkv_projections() first")
+            key = f"{path}.processor"
+            procs[key] = _Wrapper(original[key], self, path)
+            self._handles.append(attn.to_q.register_forward_hook(self._stasher("q")))
+            self._handles.append(attn.to_k.register_forward_hook(self._stasher("k")))
+            if "vqk" in plan.features:
+                self._handles.append(attn.to_out[0].register_forward_pre_hook(self._pre_stasher("vqk")))
+        self._original = original
+        self.unet.set_attn_processor(procs)  # it pops from the dict it gets: procs is ours
+
+    def remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+        if self._original is not None:
+            self.unet.set_attn_processor(dict(self._original))
+            self._original = None
+
+    def _stasher(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+            if self.listening:
+                self.stash[name] = output
+
+        return hook
+
+    def _pre_stasher(self, name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if self.listening:
+                self.stash[name] = args[0]
+
+        return hook
+
+    def report(self, attn: nn.Module, plan: LayerPlan) -> None:
+        """Compute the planned features from the stashed projections and hand them to the sink."""
+        q, k = self.stash.get("q"), self.stash.get("k")
+        if q is None or k is None:
+            raise RecordError(f"{plan.layer.name}: the processor did not use to_q/to_k; its attention cannot be recorded")
+        heads = int(attn.heads)
+        b = q.shape[0]
+        hd = k.shape[-1] // heads
+        qh = q.reshape(b, -1, heads, hd).transpose(1, 2)
+        kh = k.reshape(b, -1, heads, hd).transpose(1, 2)
+        if getattr(attn, "norm_q", None) is not None:
+            qh = attn.norm_q(qh)
+        if getattr(attn, "norm_k", None) is not None:
+            kh = attn.norm_k(kh)
+        name = plan.layer.name
+        if "qk" in plan.features:
+            self.sink(name, "qk", attention_probs(qh, kh, float(attn.scale), plan.query_index, plan.head_mean))
+        if "k" in plan.features:
+            self.sink(name, "k", kh)
+        if "vqk" in plan.features:
+            v = self.stash["vqk"].reshape(b, -1, heads, hd).transpose(1, 2)
+            if plan.query_index is not None:
+                v = v[:, :, plan.query_index.to(v.device)]
+            self.sink(name, "vqk", v)
+
+
+def attention_probs(
+    q: torch.Tensor, k: torch.Tensor, scale: float, query_index: torch.Tensor | None = None, head_mean: bool = False
+) -> torch.Tensor:
+    """softmax(q·kᵀ·scale) in float32, per head; optionally only some queries, or averaged over heads.
+
+    Computed one head at a time so that full self-attention maps (4096² per head at 512²) never
+    need more than one head's scores in float32 at once.
+    """
+    if query_index is not None:
+        q = q[:, :, query_index.to(q.device)]
+    b, h, nq, _ = q.shape
+    nk = k.shape[2]
+    out = torch.empty((b, 1 if head_mean else h, nq, nk), dtype=torch.float32, device=q.device)
+    if head_mean:
+        out.zero_()
+    for i in range(h):
+        p = torch.softmax((q[:, i].float() @ k[:, i].float().transpose(-1, -2)) * scale, dim=-1)
+        if head_mean:
+            out[:, 0] += p / h
+        else:
+            out[:, i] = p
+    return out
+
+
+# --------------------------------------------------------------------------- what to record
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    """Which attention maps to record.
+
+    Cross-attention (``attn2``) layers record ``features`` in every recorded step; self-attention
+    (``attn1``, ``[head, HW, HW]``: 4096² per head at 512²) is opt-in and filtered: by block
+    (``self_blocks``), by step (``self_steps``), head-averaged (``self_heads="mean"``), and/or only
+    for query pixels in ``query_region`` (fractions ``x0, y0, x1, y1`` of the image) at a stride.
+    """
+
+    features: tuple[str, ...] = ("qk",)
+    blocks: str = ""
+    self_attention: bool = False
+    self_blocks: str = ""
+    self_steps: str = ""
+    self_heads: str = "all"
+    query_stride: int = 1
+    query_region: tuple[float, float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.features if f not in FEATURES]
+        if bad:
+            raise RecordError(f"unknown attention feature {bad[0]!r}; choose from {', '.join(FEATURES)}")
+        if self.self_heads not in ("all", "mean"):
+            raise RecordError(f"self-attention heads must be 'all' or 'mean', got {self.self_heads!r}")
+        if self.query_stride < 1:
+            raise RecordError(f"query stride must be at least 1, got {self.query_stride}")
+        if self.query_region is not None:
+            x0, y0, x1, y1 = self.query_region
+            if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+                raise RecordError(f"query region {self.query_region} must be fractions 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1")
+
+    @classmethod
+    def parse_features(cls, text: str) -> tuple[str, ...]:
+        """``"qk,k"`` -> ``("qk", "k")``; ``""`` or ``"none"`` -> ``()``; UI names Q*K, K, V*Q*K accepted."""
+        names = {"qk": "qk", "q*k": "qk", "q·k": "qk", "k": "k", "vqk": "vqk", "v*q*k": "vqk", "v·q·k": "vqk"}
+        out: list[str] = []
+        for part in text.split(","):
+            p = part.strip().lower()
+            if not p or p == "none":
+                continue
+            if p not in names:
+                raise RecordError(f"unknown attention feature {part.strip()!r}; choose from qk, k, vqk (or none)")
+            if names[p] not in out:
+                out.append(names[p])
+        return tuple(out)
+
+
+def query_grid(hw: tuple[int, int], region: tuple[float, float, float, float] | None, stride: int) -> tuple[list[int], list[int]]:
+    """Rows and columns of the query pixels kept at a layer of spatial size ``hw`` (at least one each)."""
+    h, w = hw
+    x0, y0, x1, y1 = region or (0.0, 0.0, 1.0, 1.0)
+
+    def span(lo: float, hi: float, n: int) -> list[int]:
+        a = min(int(math.floor(lo * n)), n - 1)
+        b = max(a + 1, min(n, int(math.ceil(hi * n))))
+        return list(range(a, b, stride))
+
+    return span(y0, y1, h), span(x0, x1, w)
+
+
+def feature_shape(
+    feature: str, layer: AttentionLayer, heads: int, head_dim: int, n_query: int, n_key: int, head_mean: bool
+) -> tuple[int, ...]:
+    """Per-call, per-(image, guidance) shape of one stored attention feature."""
+    if feature == "qk":
+        return (1 if head_mean else heads, n_query, n_key)
+    if feature == "k":
+        return (heads, n_key, head_dim)
+    return (heads, n_query, head_dim)
