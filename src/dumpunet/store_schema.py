@@ -34,6 +34,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from dumpunet.errors import StoreError, StoreNotFoundError
+from dumpunet.specs import parse_ints
 
 FORMAT_VERSION = 1
 """Major version: a reader refuses a store whose major version is newer than this."""
@@ -74,6 +75,10 @@ class ArrayKind:
 
 
 CALL_CHUNK = 64
+
+STEPS_ATTR = "recorded_steps"
+"""Array attribute: the steps (spec grammar) an array holds when it is recorded at fewer steps than
+the run (self-attention with a step filter). Other calls of such an array are never written."""
 
 CALL_STEP = ArrayKind("call_step", "runs/{run}/call_step", ("call",), "int32", "sampler step of each recorded U-Net call, 1-based", "calls")
 CALL_SUBSTEP = ArrayKind(
@@ -451,7 +456,12 @@ def validate(where: str | Path) -> Report:
                 problems.append(f"{full}: {arr.shape[0]} calls, but call {done_idx[-1]} is marked complete")
                 continue
             missing = 0
-            for k in done_idx:
+            only = arr.attrs.get(STEPS_ATTR)
+            wanted = done_idx
+            if isinstance(only, str) and only:
+                steps = set(parse_ints(only, 0, None, noun="step", what=f"{full} {STEPS_ATTR}"))
+                wanted = [k for k in done_idx if int(calls["call_step"][k]) in steps]
+            for k in wanted:
                 for i in range(arr.shape[1]):
                     for g in range(arr.shape[2]):
                         key = arr.metadata.encode_chunk_key((int(k), i, g) + (0,) * (arr.ndim - 3))

@@ -426,6 +426,7 @@ class Recorder:
                 plan = LayerPlan(layer, plan.features, None if full else idx, opts.self_heads == "mean")
                 self._attn.plans[path] = plan
                 attrs.update(query_rows=ys, query_cols=xs, heads="mean" if plan.head_mean else "all")
+                attrs[schema.STEPS_ATTR] = format_ints(self._self_steps & self._record_steps)
             for feature in plan.features:
                 shape = feature_shape(feature, layer, heads, head_dim, n_query, n_key, plan.head_mean)
                 self._attn_shapes[(layer.name, feature)] = shape
