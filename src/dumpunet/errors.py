@@ -50,6 +50,10 @@ class ExpressionError(SyntaxErrorWithCaret, ValueError):
     kind = "bad expression"
 
 
+class ColorSpecError(DumpUnetError, ValueError):
+    """A colorization option that is unknown or out of range (method, transform, clamp, ...)."""
+
+
 class PromptSyntaxError(SyntaxErrorWithCaret, ValueError):
     """A per-block prompt group that does not parse."""
 

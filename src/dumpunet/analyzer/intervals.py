@@ -1,0 +1,393 @@
+"""Sound bounds of a colour expression over many small ranges of ``v`` at once.
+
+:mod:`dumpunet.analyzer.lut` needs to *prove* that every float ``v`` in a cell ``[a, b]`` gives
+the same pixel, so that a lookup table can stand in for :func:`expressions.evaluate` exactly.
+:func:`bound` walks the expression tree with interval arithmetic on numpy arrays (one entry per
+cell) and returns, per cell, bounds ``[lo, hi]`` on every non-NaN value the *float64 numpy
+evaluation* can produce for ``v`` in the cell, and whether NaN is possible.
+
+Why plain float endpoint arithmetic is sound here: IEEE ``+ - * / sqrt`` are correctly rounded and
+rounding is monotone, so for a monotone operation ``fl(f(a)) <= fl(f(x)) <= fl(f(b))`` holds for
+the very floats the exact path computes. Library functions (exp, log, sin, ``**``, ...) are only
+accurate to a few ulp, not monotone, so their bounds are widened by ``WIDEN`` (~45 ulp), far
+more than numpy's documented error (at most 4 ulp). Whatever cannot be bounded tightly (a pole
+inside the cell, ``inf - inf``, a NaN exponent) gives up: ``[-inf, inf]`` plus NaN, which only
+sends that cell to the exact path.
+
+An interval is empty (``lo > hi``, stored as ``[inf, -inf]``) when every value is NaN.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+import numpy as np
+
+from dumpunet.analyzer.expressions import FUNCTIONS, Expression, evaluate
+
+__all__ = ["Interval", "bound", "hls_to_rgb_bounds"]
+
+# Relative widening of library-function results: 1e-14 is about 45 ulp.
+WIDEN = 1e-14
+_INF = np.inf
+
+
+@dataclass
+class Interval:
+    """Per-cell bounds ``lo <= x <= hi`` of the non-NaN values, and whether NaN can occur."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    nan: np.ndarray
+
+    @property
+    def empty(self) -> np.ndarray:
+        return self.lo > self.hi
+
+    @classmethod
+    def point(cls, value: float, n: int) -> Interval:
+        if np.isnan(value):
+            return cls(np.full(n, _INF), np.full(n, -_INF), np.ones(n, bool))
+        return cls(np.full(n, value, dtype=np.float64), np.full(n, value, dtype=np.float64), np.zeros(n, bool))
+
+    def union(self, other: Interval) -> Interval:
+        # Empty intervals are [inf, -inf], so min/max ignore them.
+        return Interval(np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi), self.nan | other.nan)
+
+    def restrict(self, mask: np.ndarray) -> Interval:
+        """Keep the cells in ``mask``; make the others empty without NaN (for branch unions)."""
+        return Interval(np.where(mask, self.lo, _INF), np.where(mask, self.hi, -_INF), self.nan & mask)
+
+
+def _settle(lo, hi, nan, giveup, *operands: Interval) -> Interval:
+    """Finish a result: NaN endpoints or ``giveup`` widen to everything; NaN operands stay NaN."""
+    giveup = giveup | np.isnan(lo) | np.isnan(hi)
+    empty = np.zeros(lo.shape, bool)
+    for op in operands:
+        nan = nan | op.nan
+        empty |= op.empty
+    lo = np.where(giveup, -_INF, lo)
+    hi = np.where(giveup, _INF, hi)
+    nan = nan | giveup | empty
+    return Interval(np.where(empty, _INF, lo), np.where(empty, -_INF, hi), nan)
+
+
+def _widen(x: Interval) -> Interval:
+    lo = np.where(np.isfinite(x.lo), x.lo - np.abs(x.lo) * WIDEN - 1e-300, x.lo)
+    hi = np.where(np.isfinite(x.hi), x.hi + np.abs(x.hi) * WIDEN + 1e-300, x.hi)
+    return Interval(lo, hi, x.nan)
+
+
+def _corners(f, a: Interval, b: Interval, extra_nan=False) -> Interval:
+    """Bounds of ``f(x, y)`` for ``f`` monotone in each argument: the extremes sit at corners."""
+    c = np.stack([f(a.lo, b.lo), f(a.lo, b.hi), f(a.hi, b.lo), f(a.hi, b.hi)])
+    bad = np.isnan(c).any(axis=0)
+    return _settle(c.min(axis=0), c.max(axis=0), np.asarray(extra_nan), bad, a, b)
+
+
+def _contains_zero(x: Interval) -> np.ndarray:
+    return (x.lo <= 0) & (x.hi >= 0)
+
+
+def _has_inf(x: Interval) -> np.ndarray:
+    return np.isinf(x.lo) | np.isinf(x.hi)
+
+
+def _is_point(x: Interval) -> np.ndarray:
+    return (x.lo == x.hi) & ~x.nan
+
+
+def _add(a, b):
+    return _corners(np.add, a, b)
+
+
+def _sub(a, b):
+    return _corners(np.subtract, a, b)
+
+
+def _mul(a, b):
+    # 0 * inf is NaN and may sit inside the box, not at a corner.
+    extra = (_contains_zero(a) & _has_inf(b)) | (_contains_zero(b) & _has_inf(a))
+    return _corners(np.multiply, a, b, extra)
+
+
+def _div(a, b):
+    r = _corners(np.true_divide, a, b)
+    return _settle(r.lo, r.hi, r.nan, _contains_zero(b), a, b)
+
+
+def _pow(a, b):
+    """Bound ``np.power``, by the sign of the base and the kind of exponent.
+
+    For x >= 0, x ** y is monotone in each argument: the corners bound it. A negative base
+    gives NaN unless the exponent is an integer; with an integer point exponent x ** n is
+    monotone on each side of 0, so x = lo, hi and 0 bound it.
+    """
+    y = b.lo
+    point = _is_point(b) & np.isfinite(y)
+    integer = point & (np.floor(y) == y)
+    zero = _contains_zero(a)
+    neg = a.lo < 0
+    # The non-negative part of the base (all of it when a.lo >= 0).
+    base_lo = np.where(neg, 0.0, a.lo)
+    no_base = base_lo > a.hi
+    c = np.stack([np.power(base_lo, b.lo), np.power(base_lo, b.hi), np.power(a.hi, b.lo), np.power(a.hi, b.hi)])
+    lo, hi = c.min(axis=0), c.max(axis=0)
+    giveup = ~neg & np.isnan(c).any(axis=0)
+    # A zero base with a negative exponent is +-inf depending on the sign of that zero (for an
+    # odd exponent), which intervals do not see.
+    giveup |= ~neg & zero & (b.lo < 0)
+    # Negative base, non-integer point exponent: NaN, plus the non-negative part if any.
+    frac = neg & point & ~integer
+    giveup |= frac & ~no_base & np.isnan(c).any(axis=0)
+    # Negative base, integer point exponent.
+    cand = np.stack([np.power(a.lo, y), np.power(a.hi, y), np.where(zero, np.power(0.0, y), np.power(a.lo, y))])
+    use_int = neg & integer
+    lo = np.where(use_int, cand.min(axis=0), lo)
+    hi = np.where(use_int, cand.max(axis=0), hi)
+    giveup |= use_int & (np.isnan(cand).any(axis=0) | (zero & (y < 0)))
+    # Negative base with an exponent that is not a known point: anything.
+    giveup |= neg & ~point
+    # NaN ** 0 == 1 and 1 ** NaN == 1: with NaN operands anything goes.
+    giveup |= a.nan | b.nan | a.empty | b.empty
+    all_nan = frac & no_base & ~giveup
+    lo = np.where(all_nan, _INF, lo)
+    hi = np.where(all_nan, -_INF, hi)
+    # No operands passed on: an always-NaN operand must not make the result always NaN here.
+    return _widen(_settle(lo, hi, frac, giveup))
+
+
+def _mod_pieces(a: Interval, m: Interval) -> tuple[Interval, Interval]:
+    """Bound ``np.remainder(x, m)`` as the union of two intervals (the second often empty).
+
+    For a point ``m > 0``, ``np.remainder(x, m)`` is ``fl(x - floor(x/m)*m)``: monotone within
+    one period. When ``fl(b - a) < m/2``, ``[a, b]`` spans at most one period boundary, and
+    ``rem(a) <= rem(b)`` holds exactly when it spans none. Spanning one boundary gives
+    ``[rem(a), m]`` (the rounding can reach m) and ``[0, rem(b)]``.
+    """
+    ok = _is_point(m) & (m.lo > 0) & np.isfinite(m.lo) & np.isfinite(a.lo) & np.isfinite(a.hi)
+    mm = np.where(ok, m.lo, 1.0)
+    ra, rb = np.remainder(a.lo, mm), np.remainder(a.hi, mm)
+    short = ok & (np.subtract(a.hi, a.lo) < mm / 2)
+    same = short & (ra <= rb)
+    cross = short & (ra > rb)
+    first = _settle(np.where(same | cross, ra, 0.0), np.where(same, rb, mm), np.zeros(ok.shape, bool), ~ok, a, m)
+    second = _settle(np.zeros(ok.shape), rb, np.zeros(ok.shape, bool), np.zeros(ok.shape, bool), a, m)
+    return first, second.restrict(cross)
+
+
+def _mod(a, m):
+    first, second = _mod_pieces(a, m)
+    return first.union(second)
+
+
+def _neg(a):
+    return Interval(-a.hi, -a.lo, a.nan)
+
+
+def _abs(a):
+    lo = np.where(a.lo >= 0, a.lo, np.where(a.hi <= 0, -a.hi, 0.0))
+    hi = np.maximum(np.abs(a.lo), np.abs(a.hi))
+    return Interval(np.where(a.empty, _INF, lo), np.where(a.empty, -_INF, hi), a.nan)
+
+
+def _monotone(f, a: Interval, *, domain_lo: float | None = None, exact: bool = False) -> Interval:
+    """Bounds of an increasing ``f``; values below ``domain_lo`` give NaN (sqrt, log)."""
+    lo, hi, nan = a.lo, a.hi, a.nan
+    if domain_lo is not None:
+        nan = nan | (lo < domain_lo)
+        lo = np.maximum(lo, domain_lo)
+    empty = a.empty | (lo > hi)
+    f_lo = np.where(empty, _INF, f(np.where(empty, 0.0, lo)))
+    f_hi = np.where(empty, -_INF, f(np.where(empty, 0.0, hi)))
+    r = Interval(f_lo, f_hi, nan | empty)
+    return r if exact else _widen(r)
+
+
+def _periodic(f, a: Interval, peak: float, trough: float, period: float) -> Interval:
+    """Bounds of sin/cos: the endpoints, or +-1 where a peak/trough may lie inside (with slack)."""
+
+    def contains(c):
+        k_lo = np.ceil((a.lo - c) / period - 1e-9)
+        k_hi = np.floor((a.hi - c) / period + 1e-9)
+        return k_hi >= k_lo
+
+    big = ~(np.abs(a.lo) < 1e6) | ~(np.abs(a.hi) < 1e6) | (a.hi - a.lo >= period)
+    fl, fh = f(np.where(big, 0.0, a.lo)), f(np.where(big, 0.0, a.hi))
+    w = _widen(Interval(np.minimum(fl, fh), np.maximum(fl, fh), a.nan))
+    lo = np.where(contains(trough) | big, -1.0, w.lo)
+    hi = np.where(contains(peak) | big, 1.0, w.hi)
+    nan = a.nan | ~np.isfinite(a.lo) | ~np.isfinite(a.hi)
+    return _settle(lo, hi, nan, np.zeros(lo.shape, bool), a)
+
+
+def _tan(a):
+    k_lo = np.ceil((a.lo - np.pi / 2) / np.pi - 1e-9)
+    k_hi = np.floor((a.hi - np.pi / 2) / np.pi + 1e-9)
+    giveup = (k_hi >= k_lo) | ~(np.abs(a.lo) < 1e6) | ~(np.abs(a.hi) < 1e6)
+    w = _widen(Interval(np.tan(np.where(giveup, 0.0, a.lo)), np.tan(np.where(giveup, 0.0, a.hi)), a.nan))
+    return _settle(w.lo, w.hi, w.nan, giveup, a)
+
+
+def _minmax(f, a, b):
+    return _settle(f(a.lo, b.lo), f(a.hi, b.hi), np.zeros(a.lo.shape, bool), np.zeros(a.lo.shape, bool), a, b)
+
+
+def _sigmoid(a):
+    n = a.lo.shape[0]
+    one = Interval.point(1.0, n)
+    return _div(one, _add(one, _monotone(np.exp, _neg(a))))
+
+
+def _where(c, a, b):
+    # numpy's where(c, a, b) takes a where c != 0; NaN counts as true.
+    surely_true = (c.lo > 0) | (c.hi < 0) | c.empty
+    surely_false = (c.lo == 0) & (c.hi == 0) & ~c.nan
+    return a.restrict(~surely_false).union(b.restrict(~surely_true))
+
+
+def _compare(op: type, a: Interval, b: Interval) -> Interval:
+    """A comparison gives 1.0 or 0.0; with a NaN operand it is false (``!=``: true)."""
+    if op is ast.Lt:
+        yes, no = a.hi < b.lo, a.lo >= b.hi
+    elif op is ast.LtE:
+        yes, no = a.hi <= b.lo, a.lo > b.hi
+    elif op is ast.Gt:
+        yes, no = a.lo > b.hi, a.hi <= b.lo
+    elif op is ast.GtE:
+        yes, no = a.lo >= b.hi, a.hi < b.lo
+    else:
+        eq_yes = (a.lo == a.hi) & (b.lo == b.hi) & (a.lo == b.lo)
+        eq_no = (a.hi < b.lo) | (a.lo > b.hi)
+        yes, no = (eq_yes, eq_no) if op is ast.Eq else (eq_no, eq_yes)
+    some = ~(a.empty | b.empty)
+    nan_value = 1.0 if op is ast.NotEq else 0.0
+    maybe_nan = a.nan | b.nan
+    can_be_1 = (some & ~no) | (maybe_nan & (nan_value == 1.0))
+    can_be_0 = (some & ~yes) | (maybe_nan & (nan_value == 0.0))
+    lo = np.where(can_be_0, 0.0, 1.0)
+    hi = np.where(can_be_1, 1.0, 0.0)
+    return Interval(lo, hi, np.zeros(lo.shape, bool))
+
+
+_BINARY = {ast.Add: _add, ast.Sub: _sub, ast.Mult: _mul, ast.Div: _div, ast.Pow: _pow, ast.Mod: _mod}
+
+_UNARY = {
+    "abs": _abs,
+    "sqrt": lambda a: _monotone(np.sqrt, a, domain_lo=0.0, exact=True),
+    "exp": lambda a: _monotone(np.exp, a),
+    "log": lambda a: _monotone(np.log, a, domain_lo=0.0),
+    "log2": lambda a: _monotone(np.log2, a, domain_lo=0.0),
+    "log10": lambda a: _monotone(np.log10, a, domain_lo=0.0),
+    "tanh": lambda a: _monotone(np.tanh, a),
+    "arctan": lambda a: _monotone(np.arctan, a),
+    "floor": lambda a: _monotone(np.floor, a, exact=True),
+    "ceil": lambda a: _monotone(np.ceil, a, exact=True),
+    "sign": lambda a: _monotone(np.sign, a, exact=True),
+    "sin": lambda a: _periodic(np.sin, a, np.pi / 2, -np.pi / 2, 2 * np.pi),
+    "cos": lambda a: _periodic(np.cos, a, 0.0, np.pi, 2 * np.pi),
+    "tan": _tan,
+    "sigmoid": _sigmoid,
+}
+
+
+def _uses_v(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Name) and n.id == "v" for n in ast.walk(node))
+
+
+def _bound(node: ast.expr, v: Interval) -> Interval:
+    n = v.lo.shape[0]
+    if not _uses_v(node):
+        # A constant subtree: the exact path computes this very scalar.
+        return Interval.point(float(evaluate(Expression("", node, False), np.zeros(()))), n)
+    if isinstance(node, ast.Name):
+        return v
+    if isinstance(node, ast.BinOp):
+        return _BINARY[type(node.op)](_bound(node.left, v), _bound(node.right, v))
+    if isinstance(node, ast.UnaryOp):
+        x = _bound(node.operand, v)
+        return _neg(x) if isinstance(node.op, ast.USub) else x
+    if isinstance(node, ast.Compare):
+        left = _bound(node.left, v)
+        result = None
+        for op, sub in zip(node.ops, node.comparators, strict=True):
+            right = _bound(sub, v)
+            test = _compare(type(op), left, right)
+            result = test if result is None else _minmax(np.minimum, result, test)
+            left = right
+        assert result is not None
+        return result
+    if isinstance(node, ast.Call):
+        assert isinstance(node.func, ast.Name)
+        name = FUNCTIONS[node.func.id][0]
+        args = [_bound(arg, v) for arg in node.args]
+        if name in _UNARY:
+            return _UNARY[name](args[0])
+        if name == "minimum":
+            return _minmax(np.minimum, *args)
+        if name == "maximum":
+            return _minmax(np.maximum, *args)
+        if name == "clip":
+            return _minmax(np.minimum, _minmax(np.maximum, args[0], args[1]), args[2])
+        if name == "where":
+            return _where(*args)
+    raise AssertionError(f"no interval rule for {ast.dump(node)}")
+
+
+def bound(expr: Expression, lo: np.ndarray, hi: np.ndarray) -> Interval:
+    """Bound ``evaluate(expr, v)`` for every float ``v`` in ``[lo[i], hi[i]]``, per ``i``."""
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    with np.errstate(all="ignore"):
+        return _bound(expr.tree, Interval(lo, hi, np.zeros(lo.shape, bool)))
+
+
+# colorsys's constants, bit for bit.
+ONE_THIRD = 1.0 / 3.0
+ONE_SIXTH = 1.0 / 6.0
+TWO_THIRD = 2.0 / 3.0
+
+
+def _hue_bounds(m1: Interval, m2: Interval, hue: Interval) -> Interval:
+    """Bound colorsys's ``_v(m1, m2, hue)`` (hue already reduced modulo 1)."""
+    n = hue.lo.shape[0]
+    six = Interval.point(6.0, n)
+    d = _sub(m2, m1)
+    # hue < 1/6: m1 + (m2-m1)*hue*6
+    b1 = (hue.lo < ONE_SIXTH) & ~hue.empty
+    h1 = Interval(hue.lo, np.minimum(hue.hi, np.nextafter(ONE_SIXTH, 0.0)), np.zeros(n, bool))
+    r1 = _add(m1, _mul(_mul(d, h1), six))
+    # 1/6 <= hue < 1/2: m2
+    b2 = (hue.hi >= ONE_SIXTH) & (hue.lo < 0.5) & ~hue.empty
+    # 1/2 <= hue < 2/3: m1 + (m2-m1)*(2/3-hue)*6
+    b3 = (hue.hi >= 0.5) & (hue.lo < TWO_THIRD) & ~hue.empty
+    h3 = Interval(np.maximum(hue.lo, 0.5), np.minimum(hue.hi, np.nextafter(TWO_THIRD, 0.0)), np.zeros(n, bool))
+    r3 = _add(m1, _mul(_mul(d, _sub(Interval.point(TWO_THIRD, n), h3)), six))
+    # hue >= 2/3, or NaN: m1
+    b4 = ((hue.hi >= TWO_THIRD) & ~hue.empty) | hue.nan
+    out = r1.restrict(b1).union(m2.restrict(b2)).union(r3.restrict(b3)).union(m1.restrict(b4))
+    out.nan |= m1.nan | m2.nan
+    return out
+
+
+def hls_to_rgb_bounds(h: Interval, l: Interval, s: Interval) -> tuple[Interval, Interval, Interval]:
+    """Bound :func:`colorsys.hls_to_rgb` (argument order H, L, S) for h, l, s in [0, 1] or NaN."""
+    n = h.lo.shape[0]
+    with np.errstate(all="ignore"):
+        one, two, unit = Interval.point(1.0, n), Interval.point(2.0, n), Interval.point(1.0, n)
+        # s == 0 returns (l, l, l), which the general formula reproduces exactly, so no branch.
+        low = l.lo <= 0.5
+        high = l.hi > 0.5
+        l_low = Interval(l.lo, np.minimum(l.hi, 0.5), l.nan).restrict(low)
+        l_high = Interval(np.maximum(l.lo, np.nextafter(0.5, 1.0)), l.hi, l.nan).restrict(high)
+        m2 = _mul(l_low, _add(one, s)).restrict(low).union(_sub(_add(l_high, s), _mul(l_high, s)).restrict(high))
+        m2.nan |= l.nan | s.nan
+        empty = l.empty | s.empty
+        m2 = Interval(np.where(empty, _INF, m2.lo), np.where(empty, -_INF, m2.hi), m2.nan | empty)
+        m1 = _sub(_mul(two, l), m2)
+        rgb = []
+        for shift in (ONE_THIRD, 0.0, -ONE_THIRD):
+            first, second = _mod_pieces(_add(h, Interval.point(shift, n)) if shift else h, unit)
+            rgb.append(_hue_bounds(m1, m2, first).union(_hue_bounds(m1, m2, second)))
+        return tuple(rgb)  # type: ignore[return-value]

@@ -1,0 +1,76 @@
+"""Per-block summaries of feature maps: channel averages and differences.
+
+The original extension offered an extra "average" image per block next to the channel grid.
+Here the three reductions over the channels of one block ``[C, H, W]`` are:
+
+==========  ===========================================  =========================================
+``mean``    ``sum_c v / C``                              the original's "sum" choice (torch.mean)
+``1-norm``  ``sum_c |v|``                                the original divided this by C
+``2-norm``  ``sqrt(sum_c v**2)``                         the original divided this by C
+==========  ===========================================  =========================================
+
+Sums run in float64 in channel order; results are float32 ``[H, W]``. NaN anywhere in a pixel's
+channels makes that pixel NaN.
+
+Examples
+--------
+>>> x = np.array([[[3.0]], [[-4.0]]], dtype=np.float16)
+>>> [float(channel_average(x, k)[0, 0]) for k in ("mean", "1-norm", "2-norm")]
+[-0.5, 7.0, 5.0]
+>>> difference(np.float16([1.5]), np.float16([2.0]))
+array([-0.5], dtype=float32)
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from dumpunet.analyzer import kernels
+from dumpunet.analyzer._inputs import check_float, kernel_view
+from dumpunet.errors import ColorSpecError
+
+__all__ = ["channel_average", "difference"]
+
+_KINDS = {"mean": 0, "1-norm": 1, "2-norm": 2}
+
+
+def channel_average(
+    x: np.ndarray, kind: Literal["mean", "1-norm", "2-norm"] = "mean", *, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Reduce ``x`` ``[C, H, W]`` over its channels; return float32 ``[H, W]`` (or fill ``out``)."""
+    if kind not in _KINDS:
+        raise ColorSpecError(f"unknown channel average {kind!r} (valid: {', '.join(_KINDS)})")
+    x = check_float(np.asarray(x), "x")
+    if x.ndim != 3:
+        raise ValueError(f"x must be [C, H, W], got shape {x.shape}")
+    c, h, w = x.shape
+    acc = np.zeros(h * w, np.float64)
+    data, half = kernel_view(x.reshape(c, h * w))
+    kernels.channel_accumulate(data, half, _KINDS[kind], acc)
+    with np.errstate(all="ignore"):
+        if kind == "mean":
+            acc /= c
+        elif kind == "2-norm":
+            np.sqrt(acc, out=acc)
+    if out is None:
+        out = np.empty((h, w), np.float32)
+    out[...] = acc.reshape(h, w)
+    return out
+
+
+def difference(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+    """Return ``a - b`` in float32 (same shapes; float16/32/64 inputs), for difference maps."""
+    a = check_float(np.asarray(a), "a")
+    b = check_float(np.asarray(b), "b")
+    if a.shape != b.shape:
+        raise ValueError(f"cannot subtract maps of shapes {a.shape} and {b.shape}")
+    if out is None:
+        out = np.empty(a.shape, np.float32)
+    elif out.shape != a.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {a.shape}")
+    data_a, half_a = kernel_view(a.reshape(1, a.size))
+    data_b, half_b = kernel_view(b.reshape(1, b.size))
+    kernels.diff(data_a, half_a, data_b, half_b, out.reshape(a.size))
+    return out
