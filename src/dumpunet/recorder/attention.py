@@ -24,6 +24,7 @@ from torch import nn
 
 from dumpunet.errors import RecordError
 from dumpunet.recorder.blocks import BlockUnit
+from dumpunet.recorder.processors import ProcessorWrapper, wrap_processors
 
 FEATURES = ("qk", "k", "vqk")
 
@@ -82,25 +83,15 @@ Sink = Callable[[str, str, torch.Tensor], None]
 """Receives (layer name, feature, tensor [batch, head, ...]) once per layer call."""
 
 
-class _Wrapper:
-    """A processor that runs the original one and reports what the capture hooks saw."""
+class _CaptureWrapper(ProcessorWrapper):
+    """Runs the original processor and reports what the capture hooks saw."""
 
     def __init__(self, inner: Any, capture: AttentionCapture, path: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._capture = capture
         self._path = path
 
-        # diffusers passes a layer only the keyword arguments its processor's __call__ declares
-        # (it inspects ``processor.__call__``): declare exactly what the wrapped processor does.
-        def call(*args: Any, **kwargs: Any) -> torch.Tensor:
-            return self._call(*args, **kwargs)
-
-        self.__call__ = functools.update_wrapper(call, inner.__call__)  # type: ignore[method-assign]
-
-    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self._call(attn, hidden_states, *args, **kwargs)
-
-    def _call(self, attn: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def run(self, attn: nn.Module, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         cap = self._capture
         plan = cap.plans[self._path]
         active = cap.is_active(plan)
@@ -127,32 +118,29 @@ class AttentionCapture:
         self.is_active = is_active
         self.listening = False
         self.stash: dict[str, torch.Tensor] = {}
-        self._original: dict[str, Any] | None = None
+        self._restore: Callable[[], None] | None = None
         self._handles: list[Any] = []
 
     def install(self) -> None:
         mods = dict(self.unet.named_modules())
-        original = dict(self.unet.attn_processors)
-        procs = dict(original)
         for path, plan in self.plans.items():
             attn = mods[path]
             if getattr(attn, "fused_projections", False):
                 raise RecordError(f"{plan.layer.name}: fused QKV projections hide q and k; call unfuse_qkv_projections() first")
-            key = f"{path}.processor"
-            procs[key] = _Wrapper(original[key], self, path)
             self._handles.append(attn.to_q.register_forward_hook(self._stasher("q")))
             self._handles.append(attn.to_k.register_forward_hook(self._stasher("k")))
             if "vqk" in plan.features:
                 self._handles.append(attn.to_out[0].register_forward_pre_hook(self._pre_stasher("vqk")))
-        self._original = original
-        self.unet.set_attn_processor(procs)  # it pops from the dict it gets: procs is ours
+        self._restore = wrap_processors(
+            self.unet, {path: functools.partial(_CaptureWrapper, capture=self, path=path) for path in self.plans}
+        )
 
     def remove(self) -> None:
         while self._handles:
             self._handles.pop().remove()
-        if self._original is not None:
-            self.unet.set_attn_processor(dict(self._original))
-            self._original = None
+        if self._restore is not None:
+            self._restore()
+            self._restore = None
 
     def _stasher(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
