@@ -17,6 +17,7 @@ import click
 
 from dumpunet import __version__
 from dumpunet.errors import DumpUnetError
+from dumpunet.layouts import BUILTIN_LAYOUTS
 
 
 class _Group(click.Group):
@@ -59,55 +60,118 @@ def _sigterm_as_interrupt() -> None:
 # ----------------------------------------------------------------------------- record
 
 
+_GENERATION_OPTIONS = [
+    click.option("--model", default="tiny-sd1", show_default=True,
+                  help="tiny-sd1, tiny-sdxl, a diffusers folder, a .safetensors/.ckpt file, or a hub id (online)."),
+    click.option("--config", type=click.Path(path_type=Path), default=None,
+                  help="Single-file checkpoints: a local diffusers folder with the matching configs (needed offline)."),
+    click.option("--prompt", default="", help="Prompt text."),
+    click.option("--negative-prompt", default="", help="Negative prompt (the unconditional half of cfg)."),
+    click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps."),
+    click.option("--sampler", default="Euler a", show_default=True, help="A1111 sampler name, e.g. 'DPM++ 2M Karras'."),
+    click.option("--cfg", default=7.0, show_default=True, type=float, help="Classifier-free guidance scale (<= 1 turns it off)."),
+    click.option("--seed", default=-1, show_default=True, type=int, help="Seed; image i of a batch uses seed+i; -1 = random."),
+    click.option("--width", type=int, default=None, help="Image width (default: the model's)."),
+    click.option("--height", type=int, default=None, help="Image height (default: the model's)."),
+    click.option("--batch-size", default=1, show_default=True, type=int, help="Images per run."),
+    click.option("--record-steps", default="", help="Steps to record, e.g. '1,5,10' or '1-20(+5)'; empty = all."),
+    click.option("--inputs", is_flag=True, help="Also record each block's input."),
+    click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True, help="Stored activation dtype."),
+    click.option("--device", default=None, help="torch device (default: cuda if available, else cpu)."),
+    click.option("--init-image", type=click.Path(path_type=Path), default=None, help="img2img: start from this image."),
+    click.option("--strength", default=0.6, show_default=True, type=float, help="img2img strength."),
+    click.option("--attention", default="qk", show_default=True,
+                  help="Cross-attention features to record: qk (probabilities), k, vqk, comma-separated, or none."),
+    click.option("--attention-blocks", default="", help="Blocks whose cross-attention is recorded; empty = all."),
+    click.option("--self-attention", is_flag=True, help="Also record self-attention maps (large: see the filters)."),
+    click.option("--self-attention-blocks", default="", help="Blocks whose self-attention is recorded; empty = all."),
+    click.option("--self-attention-steps", default="", help="Steps at which self-attention is recorded; empty = all."),
+    click.option("--self-attention-heads", type=click.Choice(["all", "mean"]), default="all", show_default=True,
+                  help="Store every head, or their mean."),
+    click.option("--query-region", default=None, help="Self-attention: only queries in x0,y0,x1,y1 (fractions of the image)."),
+    click.option("--query-stride", default=1, show_default=True, type=int, help="Self-attention: every Nth query row and column."),
+    click.option("--max-bytes", type=int, default=None, help="Refuse to record more than this (default: the free disk space)."),
+    click.option("--out", required=True, type=click.Path(path_type=Path), help="Store to create (a directory)."),
+    click.option("--overwrite", is_flag=True, help="Replace an existing dumpunet store at --out."),
+    click.option("--dry-run", is_flag=True, help="Print the size estimate and exit."),
+    click.option("--quiet", is_flag=True, help="No progress bar."),
+]
+"""Options shared by record and sweep: model, sampling, what to record, where to write."""
+
+
+def _with(options: list[Any]) -> Any:
+    def apply(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
 @main.command()
-@click.option("--model", default="tiny-sd1", show_default=True,
-              help="tiny-sd1, tiny-sdxl, a diffusers folder, a .safetensors/.ckpt file, or a hub id (online).")
-@click.option("--config", type=click.Path(path_type=Path), default=None,
-              help="Single-file checkpoints: a local diffusers folder with the matching configs (needed offline).")
-@click.option("--prompt", default="", help="Prompt text.")
-@click.option("--negative-prompt", default="", help="Negative prompt (the unconditional half of cfg).")
-@click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps.")
-@click.option("--sampler", default="Euler a", show_default=True, help="A1111 sampler name, e.g. 'DPM++ 2M Karras'.")
-@click.option("--cfg", default=7.0, show_default=True, type=float, help="Classifier-free guidance scale (<= 1 turns it off).")
-@click.option("--seed", default=-1, show_default=True, type=int, help="Seed; image i of a batch uses seed+i; -1 = random.")
-@click.option("--width", type=int, default=None, help="Image width (default: the model's).")
-@click.option("--height", type=int, default=None, help="Image height (default: the model's).")
-@click.option("--batch-size", default=1, show_default=True, type=int, help="Images per run.")
+@_with(_GENERATION_OPTIONS)
 @click.option("--blocks", default="", help="Blocks to record, e.g. 'IN00-OUT11(+2)'; empty = all.")
-@click.option("--record-steps", default="", help="Steps to record, e.g. '1,5,10' or '1-20(+5)'; empty = all.")
-@click.option("--inputs", is_flag=True, help="Also record each block's input.")
-@click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True, help="Stored activation dtype.")
-@click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
-@click.option("--init-image", type=click.Path(path_type=Path), default=None, help="img2img: start from this image.")
-@click.option("--strength", default=0.6, show_default=True, type=float, help="img2img strength.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Store to create (a directory).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing dumpunet store at --out.")
-@click.option("--dry-run", is_flag=True, help="Print the size estimate and exit.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--pair", is_flag=True, help="Record a base run and a layered run (per-block prompts) into one store.")
+@click.option("--base", default=None, help="With --pair: the base prompt (default: the prompt with every (~: :~) group erased).")
 def record(**opts: Any) -> None:
-    """Generate one image while recording U-Net blocks into a zarr store.
+    """Generate one image while recording U-Net blocks and attention into a zarr store.
+
+    Per-block prompts: 'a (~: IN00-OUT11: cute; M00: excellent :~) girl' (see dumpunet explain).
 
     \b
     dumpunet record --prompt "a cute girl, pink hair" --steps 20 \\
         --sampler "DPM++ 2M Karras" --cfg 7 --seed 1719471015 --blocks IN00-OUT11 --out girl.zarr
     """
+    _record(opts)
+
+
+@main.command()
+@_with(_GENERATION_OPTIONS)
+@click.option("--insert", required=True, help="Text inserted into one block at a time, e.g. 'bad anatomy'.")
+@click.option("--blocks", default="", help="Blocks to insert it into, one run each; empty = all.")
+@click.option("--record-blocks", default="", help="Blocks recorded in every run; empty = all.")
+def sweep(**opts: Any) -> None:
+    """Record a base run and one run per block with TEXT inserted only there, paired in one store.
+
+    Run BLOCK uses '<prompt>, (~:BLOCK:<insert>:~)'; the base run gets '<prompt>, ' (that
+    group erased), the same seed and settings. Render the contact sheet with 'render --sweep'
+    and the differences with 'diff --pair BLOCK'.
+
+    \b
+    dumpunet sweep --prompt "a cute school girl, pink hair, wide shot" \\
+        --insert "bad anatomy" --blocks IN00-OUT11 --out sweep.zarr
+    """
+    opts["sweep_insert"] = opts.pop("insert")
+    opts["sweep_blocks"] = opts.pop("blocks")
+    opts["blocks"] = opts.pop("record_blocks")
+    _record(opts)
+
+
+def _record(opts: dict[str, Any]) -> None:
     _quiet_libraries()
     from dumpunet.recorder import run as recording
 
     dry_run = opts.pop("dry_run")
     req = recording.RecordRequest(**opts)
     pipe, model_info = recording.prepare(req)
+    for text in {req.prompt, req.negative_prompt}:
+        warning = recording.truncation_warning(pipe, text)
+        if warning:
+            click.echo(warning, err=True)
     est = recording.estimate(req, pipe)
     for line in est.lines():
         click.echo(line, err=True)
     if dry_run:
         return
+    recording.check_budget(req, est)
     _sigterm_as_interrupt()
     try:
         summary = recording.run(req, pipe, model_info)
     except KeyboardInterrupt:
         raise click.ClickException(_interrupted_message(req.out)) from None
-    click.echo(f"recorded {summary['calls']} U-Net calls ({summary['steps']} steps, seed {summary['seed']}) into {summary['out']}", err=True)
+    runs = summary["runs"]
+    what = f"runs {', '.join(runs)}" if len(runs) > 1 else f"{summary['steps']} steps"
+    click.echo(f"recorded {summary['calls']} U-Net calls ({what}, seed {summary['seed']}) into {summary['out']}", err=True)
 
 
 def _interrupted_message(out: Path) -> str:
@@ -158,6 +222,43 @@ def validate(store: Path) -> None:
         raise click.ClickException(f"{store} is not sound ({len(report.problems)} problem(s))")
     click.echo(f"{store}: ok")
 
+
+# ----------------------------------------------------------------------------- explain
+
+
+@main.command()
+@click.argument("prompt")
+@click.option("--negative", default="", help="Negative prompt; it may hold groups too.")
+@click.option("--model", type=click.Choice(list(BUILTIN_LAYOUTS)), default="sd1", show_default=True,
+              help="Built-in block layout: sd1/sd2/tiny-sd1 (25 blocks) or sdxl/tiny-sdxl (19 blocks).")
+@click.option("--store", "store_path", type=click.Path(path_type=Path), default=None,
+              help="Use this recorded store's block table instead of --model.")
+@click.option("--json", "as_json", is_flag=True, help='Print {"positive": {block: prompt}, "negative": {...}}.')
+@click.pass_context
+def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_path: Path | None, as_json: bool) -> None:
+    """Show the prompt every block gets from a per-block prompt, before any GPU time is spent.
+
+    \b
+    dumpunet explain "a (~: IN00-OUT11: cute; M00: excellent :~) girl"
+    """
+    from dumpunet.layouts import BlockLayout, builtin_layout
+    from dumpunet.prompts import explain as explain_prompts
+
+    if store_path is None:
+        layout = builtin_layout(model)
+    elif ctx.get_parameter_source("model") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("give --model or --store, not both")
+    else:
+        from dumpunet.store import open_store
+
+        layout = BlockLayout.from_block_table(str(store_path), open_store(store_path).block_table)
+    result = explain_prompts(prompt, negative, layout=layout)
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if as_json:
+        click.echo(json.dumps({"positive": result.positive, "negative": result.negative}, indent=2, ensure_ascii=False))
+    else:
+        click.echo("\n".join(result.lines()))
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

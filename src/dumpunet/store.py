@@ -241,6 +241,25 @@ class Store:
             self._runs[name] = Run(self, name)
         return self._runs[name]
 
+    @property
+    def pairs(self) -> list[dict[str, str]]:
+        """Paired runs (``--pair``, ``sweep``): dicts with ``base``, ``layered`` and ``label``."""
+        return [dict(p) for p in self.attrs.get("pairs", [])]
+
+    def pair(self, label: str | None = None) -> tuple[Run, Run]:
+        """Return the (base, layered) runs of one pair (default: the only or first pair)."""
+        pairs = self.pairs
+        if not pairs:
+            raise SelectionError(f"{self.path} holds no paired runs (record with --pair, or dumpunet sweep)")
+        if label is None:
+            chosen = pairs[0]
+        else:
+            found = [p for p in pairs if p["label"].upper() == label.upper()]
+            if not found:
+                raise SelectionError(f"no pair {label!r} in {self.path} (pairs: {', '.join(p['label'] for p in pairs)})")
+            chosen = found[0]
+        return self.run(chosen["base"]), self.run(chosen["layered"])
+
     def block_info(self, block: str) -> schema.BlockInfo:
         name = self.resolve_block(block)
         return next(b for b in self.block_table if b.name == name)

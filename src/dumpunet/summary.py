@@ -37,6 +37,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
         }
     return {
         "path": str(store.path),
+        "pairs": store.pairs,
         "format": store.header,
         "model": store.attrs.get("model", {}),
         "versions": store.attrs.get("versions", {}),
@@ -64,6 +65,13 @@ def describe(s: dict[str, Any]) -> str:
         for key, label in _RUN_FIELDS:
             if a.get(key) not in (None, ""):
                 lines.append(f"  {label:<16} {a[key]}")
+        order = [b["name"] for b in s["blocks"]]
+        for half, label in (("cond", "block prompts"), ("uncond", "block negatives")):
+            per_block = a.get("block_prompts", {}).get(half)
+            if per_block:
+                for text, names in _group_blocks(per_block, order):
+                    lines.append(f"  {label:<16} {names}: {text!r}")
+                    label = ""
         lines.append(
             f"  {'size':<16} {a.get('width')}x{a.get('height')}  images {a.get('n_images')}  "
             f"guidance {','.join(a.get('guidance', []))}  dtype {a.get('dtype')}"
@@ -76,6 +84,8 @@ def describe(s: dict[str, Any]) -> str:
             recorded.setdefault(b, set()).add("out")
         for b in run["recorded_inputs"]:
             recorded.setdefault(b, set()).add("in")
+    for p in s.get("pairs", []):
+        lines.append(f"pair {p['label']}: {p['layered']} vs base {p['base']}")
     lines.append("blocks")
     lines.append(f"  {'name':<6} {'module':<34} {'output':<14} {'input':<14} {'xattn':<5} recorded")
     for b in s["blocks"]:
@@ -86,3 +96,24 @@ def describe(s: dict[str, Any]) -> str:
             f"  {b['name']:<6} {b['module']:<34} {shape_out:<14} {shape_in:<14} {'yes' if b['cross_attention'] else 'no':<5} {rec}"
         )
     return "\n".join(lines)
+
+
+def _group_blocks(prompts: dict[str, str], order: list[str]) -> list[tuple[str, str]]:
+    """Group blocks by prompt: ``[("a cute girl", "IN00-IN11, OUT00-OUT11"), ("a excellent girl", "M00")]``."""
+    groups: dict[str, list[int]] = {}
+    for i, b in enumerate(order):
+        if b in prompts:
+            groups.setdefault(prompts[b], []).append(i)
+    out = []
+    for text, idx in groups.items():
+        runs: list[str] = []
+        start = prev = idx[0]
+        for i in [*idx[1:], None]:
+            if i is not None and i == prev + 1:
+                prev = i
+                continue
+            runs.append(order[start] if start == prev else f"{order[start]}-{order[prev]}")
+            if i is not None:
+                start = prev = i
+        out.append((text, ", ".join(runs)))
+    return out

@@ -1,8 +1,9 @@
-"""One ``dumpunet record`` invocation: load, check, estimate, generate while recording."""
+"""One ``dumpunet record`` (or ``sweep``) invocation: load, check, estimate, generate while recording."""
 
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,15 @@ import torch
 
 from dumpunet import store_schema as schema
 from dumpunet.errors import RecordError
+from dumpunet.prompts import parse_layer_prompt
+from dumpunet.recorder.attention import AttentionOptions, feature_shape, query_grid, select_layers
 from dumpunet.recorder.blocks import block_table, unet_blocks
+from dumpunet.recorder.conditioning import BlockConditioning
 from dumpunet.recorder.models import load_pipeline
 from dumpunet.recorder.samplers import make_scheduler
 from dumpunet.recorder.session import Recorder
 from dumpunet.specs import parse_blocks, parse_ints
+from dumpunet.store_writer import StoreWriter
 
 
 @dataclass
@@ -25,6 +30,7 @@ class RecordRequest:
 
     out: Path
     model: str = "tiny-sd1"
+    config: Path | None = None
     prompt: str = ""
     negative_prompt: str = ""
     steps: int = 20
@@ -38,9 +44,21 @@ class RecordRequest:
     record_steps: str = ""
     inputs: bool = False
     dtype: str = "fp16"
+    attention: str = "qk"
+    attention_blocks: str = ""
+    self_attention: bool = False
+    self_attention_blocks: str = ""
+    self_attention_steps: str = ""
+    self_attention_heads: str = "all"
+    query_region: str | None = None
+    query_stride: int = 1
+    max_bytes: int | None = None
+    pair: bool = False
+    base: str | None = None
+    sweep_insert: str | None = None
+    sweep_blocks: str = ""
     device: str | None = None
     init_image: Path | None = None
-    config: Path | None = None
     strength: float = 0.6
     overwrite: bool = False
     quiet: bool = False
@@ -63,10 +81,18 @@ class RecordRequest:
             raise RecordError(f"no init image at {self.init_image}")
         if self.seed < 0:
             self.seed = int(torch.randint(0, 2**32 - 1, (1,)).item())
-        # Spec syntax and ranges now, before any weights are loaded.
-        self.executed_steps  # noqa: B018 - raises for a strength that leaves no step
+        # Everything that can be checked without weights is checked now.
         if self.record_steps.strip():
             parse_ints(self.record_steps, 1, self.executed_steps, noun="step", what="--record-steps")
+        if self.self_attention_steps.strip():
+            parse_ints(self.self_attention_steps, 1, self.executed_steps, noun="step", what="--self-attention-steps")
+        self.attention_options()
+        positive, negative = parse_layer_prompt(self.prompt), parse_layer_prompt(self.negative_prompt)
+        if self.pair and self.base is None and not (positive.has_groups or negative.has_groups):
+            raise RecordError(
+                "--pair needs a layer-prompt group like 'a (~: M00: excellent :~) girl' in --prompt or "
+                "--negative-prompt, or --base TEXT to compare against"
+            )
         if self.out.exists() and not self.overwrite:
             raise RecordError(f"{self.out} already exists; choose another --out or pass --overwrite")
 
@@ -80,38 +106,121 @@ class RecordRequest:
             raise RecordError(f"--strength {self.strength} with --steps {self.steps} leaves no step to run")
         return n
 
+    def attention_options(self) -> AttentionOptions | None:
+        features = AttentionOptions.parse_features(self.attention)
+        if not features and not self.self_attention:
+            return None
+        region = None
+        if self.query_region:
+            try:
+                region = tuple(float(x) for x in self.query_region.split(","))
+            except ValueError:
+                region = ()
+            if len(region) != 4:
+                raise RecordError(f"--query-region takes x0,y0,x1,y1 as fractions of the image, got {self.query_region!r}")
+        return AttentionOptions(
+            features=features,
+            blocks=self.attention_blocks,
+            self_attention=self.self_attention,
+            self_blocks=self.self_attention_blocks,
+            self_steps=self.self_attention_steps,
+            self_heads=self.self_attention_heads,
+            query_region=region,  # type: ignore[arg-type]
+            query_stride=self.query_stride,
+        )
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One generation of a store: its run name and the prompt every block gets."""
+
+    name: str
+    prompt: str
+    negative: str
+    positive_blocks: dict[str, str] | None = None  # None: one prompt for every block
+    negative_blocks: dict[str, str] | None = None
+
+
+def plan_runs(req: RecordRequest, blocks: list[str], aliases: dict[str, str]) -> tuple[list[RunPlan], list[dict[str, str]]]:
+    """Decide the runs (and pairs) a request records: one plain run, one layered run, a pair, or a sweep."""
+
+    def layered(name: str, prompt: str, negative: str) -> RunPlan:
+        pos, neg = parse_layer_prompt(prompt), parse_layer_prompt(negative)
+        if not (pos.has_groups or neg.has_groups):
+            return RunPlan(name, prompt, negative)
+        return RunPlan(
+            name,
+            prompt,
+            negative,
+            pos.resolve(blocks, aliases),
+            neg.resolve(blocks, aliases) if negative else None,
+        )
+
+    if req.sweep_insert is not None:
+        insert = req.sweep_insert.replace("\\", "\\\\").replace(";", "\\;").replace(":", "\\:")
+        swept = parse_blocks(req.sweep_blocks, blocks, aliases=aliases, what="--blocks")
+        runs = [layered(b, f"{req.prompt}, (~:{b}:{insert}:~)", req.negative_prompt) for b in swept]
+        base = parse_layer_prompt(runs[0].prompt).base() if runs else req.prompt
+        plans = [RunPlan("base", base, req.negative_prompt), *runs]
+        return plans, [{"base": "base", "layered": b, "label": b} for b in swept]
+    main = layered("layered" if req.pair else "main", req.prompt, req.negative_prompt)
+    if not req.pair:
+        return [main], []
+    if req.base is not None:
+        base = RunPlan("base", req.base, req.negative_prompt)
+    else:
+        base = RunPlan("base", parse_layer_prompt(req.prompt).base(), parse_layer_prompt(req.negative_prompt).base())
+    return [base, main], [{"base": "base", "layered": "layered", "label": "layered"}]
+
 
 @dataclass(frozen=True)
 class Estimate:
     """Bytes a recording will write, before it starts."""
 
+    runs: int
     calls: int
     blocks: int
-    bytes_per_call: int
-    total_bytes: int
+    block_bytes: int
+    attention_layers: int
+    attention_bytes: int
     shape_note: str
 
+    @property
+    def total_bytes(self) -> int:
+        return (self.block_bytes + self.attention_bytes) * self.runs
+
     def lines(self) -> list[str]:
-        return [
-            f"size estimate: {schema.human_bytes(self.total_bytes)} raw "
-            f"({self.blocks} blocks x {self.calls} U-Net calls, {schema.human_bytes(self.bytes_per_call)} per call; {self.shape_note})",
+        hb = schema.human_bytes
+        runs = f" x {self.runs} runs" if self.runs > 1 else ""
+        out = [
+            f"size estimate: {hb(self.total_bytes)} raw{runs} ({self.shape_note})",
+            f"  blocks:    {hb(self.block_bytes)} ({self.blocks} blocks x {self.calls} U-Net calls)",
         ]
+        if self.attention_layers:
+            out.append(f"  attention: {hb(self.attention_bytes)} ({self.attention_layers} layers)")
+        return out
 
 
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def prepare(req: RecordRequest) -> tuple[Any, dict[str, Any]]:
-    """Load the pipeline with the requested sampler; check the block spec against its U-Net."""
-    device = req.device or _default_device()
-    pipe, model_info = load_pipeline(
-        req.model, img2img=req.init_image is not None, device=device, config=req.config
-    )
-    pipe.scheduler = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed)
+def _names(pipe: Any) -> tuple[list[str], dict[str, str]]:
     units = unet_blocks(pipe.unet)
-    names = [u.name for u in units]
-    parse_blocks(req.blocks, names, aliases={m: u.name for u in units for m in u.modules}, what="--blocks")
+    return [u.name for u in units], {m: u.name for u in units for m in u.modules}
+
+
+def prepare(req: RecordRequest) -> tuple[Any, dict[str, Any]]:
+    """Load the pipeline with the requested sampler; check every spec against its U-Net."""
+    device = req.device or _default_device()
+    pipe, model_info = load_pipeline(req.model, img2img=req.init_image is not None, device=device, config=req.config)
+    pipe.scheduler = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed)
+    names, aliases = _names(pipe)
+    parse_blocks(req.blocks, names, aliases=aliases, what="--blocks")
+    plan_runs(req, names, aliases)  # layer-prompt block specs
+    opts = req.attention_options()
+    if opts is not None:
+        select_layers(pipe.unet, unet_blocks(pipe.unet), opts)
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe, model_info
@@ -123,48 +232,104 @@ def _size(req: RecordRequest, pipe: Any) -> tuple[int, int]:
 
 
 def estimate(req: RecordRequest, pipe: Any) -> Estimate:
-    """Estimate the bytes of a recording from the block table and the sampler's call count."""
+    """Estimate the bytes of a recording from the block table, the attention plan and the sampler's calls."""
     h, w = _size(req, pipe)
     sf = int(pipe.vae_scale_factor)
-    table = block_table(pipe.unet, (h // sf, w // sf))
-    units = unet_blocks(pipe.unet)
-    selected = set(parse_blocks(req.blocks, [u.name for u in units], aliases={m: u.name for u in units for m in u.modules}))
+    table = {b.name: b for b in block_table(pipe.unet, (h // sf, w // sf))}
+    names, aliases = _names(pipe)
+    selected = set(parse_blocks(req.blocks, names, aliases=aliases))
     guidance = 2 if req.cfg > 1.0 else 1
-    per_image = 0
-    for b in table:
-        if b.name in selected:
-            per_image += math.prod(b.output_shape) + (math.prod(b.input_shape) if req.inputs else 0)
     itemsize = np.dtype(schema.RECORD_DTYPES[req.dtype]).itemsize
-    per_call = per_image * itemsize * guidance * req.batch_size
+    per_slab = itemsize * guidance * req.batch_size
+    elems = sum(
+        math.prod(b.output_shape) + (math.prod(b.input_shape) if req.inputs else 0) for n, b in table.items() if n in selected
+    )
     sched = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed)
     sched.set_timesteps(req.steps)
     calls_per_step = len(sched.timesteps) / req.steps
     n_steps = len(parse_ints(req.record_steps, 1, req.executed_steps)) if req.record_steps.strip() else req.executed_steps
     calls = max(1, round(n_steps * calls_per_step))
+    attn_elems, n_layers = 0.0, 0
+    opts = req.attention_options()
+    if opts is not None:
+        tokens = int(getattr(pipe.tokenizer, "model_max_length", 77))
+        mods = dict(pipe.unet.named_modules())
+        self_steps = (
+            len(parse_ints(opts.self_steps, 1, req.executed_steps)) if opts.self_steps.strip() else req.executed_steps
+        )
+        for layer in select_layers(pipe.unet, unet_blocks(pipe.unet), opts):
+            attn = mods[layer.module]
+            hw = table[layer.block].input_shape[1:]
+            heads, head_dim = int(attn.heads), int(attn.to_k.out_features) // int(attn.heads)
+            if layer.cross:
+                n = sum(math.prod(feature_shape(f, layer, heads, head_dim, hw[0] * hw[1], tokens, False)) for f in opts.features)
+                attn_elems += n * calls
+            else:
+                ys, xs = query_grid(hw, opts.query_region, opts.query_stride)
+                n = math.prod(feature_shape("qk", layer, heads, head_dim, len(ys) * len(xs), hw[0] * hw[1], opts.self_heads == "mean"))
+                attn_elems += n * calls * min(1.0, self_steps / max(1, n_steps))
+            n_layers += 1
+    runs = len(plan_runs(req, names, aliases)[0])
     return Estimate(
+        runs=runs,
         calls=calls,
         blocks=len(selected),
-        bytes_per_call=per_call,
-        total_bytes=per_call * calls,
+        block_bytes=elems * per_slab * calls,
+        attention_layers=n_layers,
+        attention_bytes=int(attn_elems * per_slab),
         shape_note=f"{w}x{h}, batch {req.batch_size}, {'cfg on' if guidance == 2 else 'cfg off'}, {req.dtype}",
     )
 
 
+def check_budget(req: RecordRequest, est: Estimate) -> None:
+    """Refuse a recording larger than --max-bytes (default: the free space where it goes)."""
+    target = req.out.resolve().parent
+    free = shutil.disk_usage(target if target.exists() else Path.cwd()).free
+    limit = req.max_bytes if req.max_bytes is not None else free
+    if est.total_bytes > limit:
+        what = f"--max-bytes {schema.human_bytes(limit)}" if req.max_bytes is not None else f"the {schema.human_bytes(free)} free on {target}"
+        raise RecordError(
+            f"the recording would write about {schema.human_bytes(est.total_bytes)}, more than {what}; "
+            "record fewer blocks, steps or attention layers (or raise --max-bytes)"
+        )
+
+
+def _tokens(pipe: Any, text: str) -> dict[str, Any]:
+    tok = pipe.tokenizer
+    ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
+    eos = tok.eos_token_id
+    return {"ids": ids, "tokens": tok.convert_ids_to_tokens(ids), "length": ids.index(eos) + 1 if eos in ids else len(ids)}
+
+
+def truncation_warning(pipe: Any, text: str) -> str | None:
+    """Say which words the text encoder will drop from a prompt longer than its window."""
+    tok = getattr(pipe, "tokenizer", None)
+    if tok is None or not text:
+        return None
+    ids = tok(text, truncation=False).input_ids
+    limit = tok.model_max_length
+    if len(ids) <= limit:
+        return None
+    dropped = tok.decode(ids[limit - 1 : -1])
+    return (
+        f"warning: the prompt is {len(ids)} tokens and the text encoder reads {limit} (with start and end), "
+        f"so the pipeline drops: {dropped!r}"
+    )
+
+
 def run(req: RecordRequest, pipe: Any, model_info: dict[str, Any]) -> dict[str, Any]:
-    """Generate once while recording into ``req.out``; return a summary for the CLI."""
+    """Generate every planned run while recording into ``req.out``; return a summary for the CLI."""
+    names, aliases = _names(pipe)
+    plans, pairs = plan_runs(req, names, aliases)
     h, w = _size(req, pipe)
-    generators = [torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch_size)]
-    kwargs: dict[str, Any] = dict(
-        prompt=req.prompt,
-        negative_prompt=req.negative_prompt or None,
+    base_kwargs: dict[str, Any] = dict(
         num_inference_steps=req.steps,
         guidance_scale=req.cfg,
         num_images_per_prompt=req.batch_size,
-        generator=generators,
         output_type="np",
     )
     if req.init_image is None:
-        kwargs.update(height=h, width=w)
+        base_kwargs.update(height=h, width=w)
     else:
         from PIL import Image
 
@@ -172,10 +337,32 @@ def run(req: RecordRequest, pipe: Any, model_info: dict[str, Any]) -> dict[str, 
             init = Image.open(req.init_image).convert("RGB").resize((w, h))
         except OSError as exc:
             raise RecordError(f"cannot read init image {req.init_image}: {exc}") from None
-        kwargs.update(image=init, strength=req.strength)
-    run_info = {
-        "prompt": req.prompt,
-        "negative_prompt": req.negative_prompt,
+        base_kwargs.update(image=init, strength=req.strength)
+    from dumpunet.recorder.identity import software_versions, unet_fingerprint
+
+    writer = StoreWriter(
+        req.out,
+        root_attrs={
+            "model": {**model_info, "unet_fingerprint": unet_fingerprint(pipe.unet)},
+            "versions": software_versions(),
+            "runs": [],
+            "pairs": pairs,
+        },
+        overwrite=req.overwrite,
+    )
+    calls = 0
+    try:
+        for plan in plans:
+            calls += _record_one(req, pipe, writer, plan, base_kwargs)
+    finally:
+        writer.close()
+    return {"out": str(req.out), "seed": req.seed, "steps": req.executed_steps, "calls": calls, "runs": [p.name for p in plans]}
+
+
+def _record_one(req: RecordRequest, pipe: Any, writer: StoreWriter, plan: RunPlan, base_kwargs: dict[str, Any]) -> int:
+    run_info: dict[str, Any] = {
+        "prompt": plan.prompt,
+        "negative_prompt": plan.negative,
         "seed": req.seed,
         "seeds": [req.seed + i for i in range(req.batch_size)],
         "sampler": req.sampler,
@@ -185,21 +372,37 @@ def run(req: RecordRequest, pipe: Any, model_info: dict[str, Any]) -> dict[str, 
         "strength": req.strength if req.init_image else None,
         **req.extra,
     }
+    kwargs = dict(base_kwargs, generator=[torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch_size)])
+    conditioning = None
+    if plan.positive_blocks is not None or plan.negative_blocks is not None:
+        names, _ = _names(pipe)
+        positive = plan.positive_blocks or {b: plan.prompt for b in names}
+        negative = plan.negative_blocks or ({b: plan.negative for b in names} if plan.negative else None)
+        conditioning = BlockConditioning(pipe, positive, negative, num_images=req.batch_size, guidance_scale=req.cfg)
+        kwargs.update(prompt=conditioning.pipeline_prompt, negative_prompt=conditioning.pipeline_negative)
+        run_info["block_prompts"] = {"cond": positive, **({"uncond": negative} if negative else {})}
+        distinct = set(positive.values()) | set((negative or {}).values())
+        run_info["prompt_tokens"] = {text: _tokens(pipe, text) for text in sorted(distinct)}
+    else:
+        kwargs.update(prompt=plan.prompt, negative_prompt=plan.negative or None)
     rec = Recorder(
         pipe,
-        req.out,
+        writer=writer,
+        run=plan.name,
         blocks=req.blocks,
         steps=req.record_steps,
         inputs=req.inputs,
         dtype=req.dtype,
-        overwrite=req.overwrite,
+        attention=req.attention_options(),
         run_info=run_info,
-        model_info=model_info,
         progress=not req.quiet,
     )
-    with rec:
-        result = pipe(**kwargs)
-        images = np.asarray(result.images)
-        rec.set_images((images * 255).round().astype(np.uint8))
-    return {"out": str(req.out), "seed": req.seed, "steps": req.executed_steps, "calls": rec.n_calls}
-
+    if conditioning is not None:
+        with conditioning, rec:
+            images = np.asarray(pipe(**kwargs).images)
+            rec.set_images((images * 255).round().astype(np.uint8))
+    else:
+        with rec:
+            images = np.asarray(pipe(**kwargs).images)
+            rec.set_images((images * 255).round().astype(np.uint8))
+    return rec.n_calls

@@ -24,12 +24,11 @@ from dumpunet import store_schema as schema
 from dumpunet.errors import RecordError
 from dumpunet.recorder.attention import (
     AttentionCapture,
-    AttentionLayer,
     AttentionOptions,
     LayerPlan,
-    attention_layers,
     feature_shape,
     query_grid,
+    select_layers,
 )
 from dumpunet.recorder.blocks import block_table, unet_blocks
 from dumpunet.recorder.identity import software_versions, unet_fingerprint
@@ -154,7 +153,7 @@ class Recorder:
             feats = AttentionOptions.parse_features(attention or "")
             attention = AttentionOptions(features=feats) if feats else None
         self.attention = attention
-        self.attn_layers = self._select_layers(names, aliases)
+        self.attn_layers = select_layers(self.unet, self.units, attention) if attention is not None else []
         self.dtype = dtype
         self.run = run
         self.run_info = dict(run_info or {})
@@ -187,22 +186,6 @@ class Recorder:
         self._attn_shapes: dict[tuple[str, str], tuple[int, ...]] = {}
         self._self_steps: set[int] = set()
         self._token_ids: list[list[list[int]]] = []
-
-    def _select_layers(self, names: list[str], aliases: dict[str, str]) -> list[AttentionLayer]:
-        opts = self.attention
-        if opts is None:
-            return []
-        cross = set(parse_blocks(opts.blocks, names, aliases=aliases, what="attention block spec")) if opts.features else set()
-        own: set[str] = set()
-        if opts.self_attention:
-            if opts.self_steps.strip():
-                parse_ints(opts.self_steps, 1, None, noun="step", what="self-attention step spec")
-            own = set(parse_blocks(opts.self_blocks, names, aliases=aliases, what="self-attention block spec"))
-        return [
-            layer
-            for layer in attention_layers(self.unet, self.units)
-            if layer.block in (cross if layer.cross else own)
-        ]
 
     # ------------------------------------------------------------------ context manager
 
