@@ -156,3 +156,31 @@ def test_format_ints_round_trips_through_the_grammar(values, text):
     assert format_ints(values) == text
     if values:
         assert parse_ints(text, 0, None) == sorted(set(values))
+
+
+XL_LAYERS = ["IN04.attn1.0", "IN04.attn2.0", "IN04.attn1.1", "IN04.attn2.1", "M00.attn1.0", "M00.attn2.0", "OUT05.attn2.1"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("", XL_LAYERS),
+        ("IN04", XL_LAYERS[:4]),
+        ("in04.attn2.1", ["IN04.attn2.1"]),
+        ("M00-OUT08", ["M00.attn1.0", "M00.attn2.0", "OUT05.attn2.1"]),
+        ("OUT05.attn2.1, IN04.attn1.0", ["IN04.attn1.0", "OUT05.attn2.1"]),
+        ("IN00-IN03", []),
+    ],
+)
+def test_layer_specs_take_layer_names_and_blocks(spec, expected):
+    from dumpunet.specs import parse_layers
+
+    assert parse_layers(spec, XL_LAYERS, SDXL_BLOCKS) == expected
+
+
+def test_layer_spec_errors_point_into_the_spec():
+    from dumpunet.specs import parse_layers
+
+    with pytest.raises(SpecError) as err:
+        parse_layers("IN04.attn2.0, IN12", XL_LAYERS, SDXL_BLOCKS, what="--layers")
+    assert str(err.value) == "bad --layers: unknown block 'IN12' (this model has IN00..OUT08)\n  IN04.attn2.0, IN12\n                ^^^^"

@@ -203,6 +203,13 @@ def parse_blocks(
     items = _parse_items(spec, "name", what)
     if not items:
         return list(blocks)
+    return [blocks[k] for k in sorted(_select_blocks(items, spec, blocks, aliases, what))]
+
+
+def _select_blocks(
+    items: Sequence[_Item], spec: str, blocks: Sequence[str], aliases: Mapping[str, str] | None, what: str
+) -> set[int]:
+    """Indices into ``blocks`` that block items select (errors point into ``spec``)."""
     index = {b: k for k, b in enumerate(blocks)}
 
     def look(tok: _Tok) -> int:
@@ -230,7 +237,7 @@ def parse_blocks(
                 what=what,
             )
         chosen.update(range(a, z + 1, item.stride))
-    return [blocks[k] for k in sorted(chosen)]
+    return chosen
 
 
 def parse_ints(
@@ -304,3 +311,34 @@ def format_ints(values: Iterable[int]) -> str:
         parts.append(str(vals[i]) if i == j else f"{vals[i]}-{vals[j]}")
         i = j + 1
     return ",".join(parts)
+
+
+def parse_layers(
+    spec: str,
+    layers: Sequence[str],
+    blocks: Sequence[str],
+    *,
+    aliases: Mapping[str, str] | None = None,
+    what: str = "layer spec",
+) -> list[str]:
+    """Return the attention layers ``spec`` selects, in ``layers`` order.
+
+    An item is a layer name (``IN04.attn2.1``, any case), or a block, block range or module path,
+    which selects every layer of those blocks (a layer ``B.attnN[.i]`` belongs to block ``B``).
+    An empty spec selects every layer.
+
+    >>> layers = ["IN01.attn1", "IN01.attn2", "M00.attn2", "OUT11.attn2"]
+    >>> parse_layers("IN01-M00", layers, SD1_BLOCKS)
+    ['IN01.attn1', 'IN01.attn2', 'M00.attn2']
+    >>> parse_layers("out11.attn2, IN01.attn1", layers, SD1_BLOCKS)
+    ['IN01.attn1', 'OUT11.attn2']
+    """
+    items = _parse_items(spec, "name", what)
+    if not items:
+        return list(layers)
+    by_upper = {name.upper(): name for name in layers}
+    chosen = {by_upper[it.first.text.upper()] for it in items if it.last is None and it.first.text.upper() in by_upper}
+    block_items = [it for it in items if not (it.last is None and it.first.text.upper() in by_upper)]
+    picked = {blocks[k] for k in _select_blocks(block_items, spec, blocks, aliases, what)}
+    chosen.update(name for name in layers if name.split(".", 1)[0] in picked)
+    return [name for name in layers if name in chosen]
