@@ -17,7 +17,7 @@ import zarr
 
 from dumpunet import store_schema as schema
 from dumpunet.errors import IncompleteStepError, SelectionError, StoreError
-from dumpunet.specs import format_ints, parse_blocks, parse_ints, resolve_block
+from dumpunet.specs import format_ints, parse_blocks, parse_ints, parse_layers, resolve_block
 
 Which = Literal["output", "input"]
 
@@ -162,6 +162,67 @@ class Run:
         out = arr[k, image, g]
         return out.astype(dtype) if dtype is not None else out
 
+    # ------------------------------------------------------------------ attention
+
+    @property
+    def attention_layers(self) -> list[str]:
+        """Attention layers recorded in this run, in U-Net order (``IN01.attn2``, ...)."""
+        return list(self.attrs.get("attention_layers", []))
+
+    def attention_array(self, layer: str, feature: str = "qk") -> zarr.Array:
+        """The zarr array of one attention feature, e.g. qk ``[call, image, guidance, head, query, token]``."""
+        name = next((n for n in self.attention_layers if n.upper() == layer.upper()), None)
+        if name is None:
+            got = self.attention_layers
+            raise SelectionError(
+                f"no attention layer {layer!r} recorded in run {self.name!r} "
+                + (f"(recorded: {', '.join(got)})" if got else "(this store was recorded without attention)")
+            )
+        try:
+            return schema.open_array(self.store.root, schema.ATTENTION_FEATURES[feature], run=self.name, layer=name)
+        except KeyError:
+            raise SelectionError(f"layer {name} has no recorded {feature!r} (record with --attention {feature})") from None
+
+    def attention(
+        self,
+        layer: str,
+        step: int,
+        *,
+        feature: str = "qk",
+        guidance: str = "cond",
+        image: int = 0,
+        substep: int = 0,
+        dtype: str | np.dtype | None = None,
+    ) -> np.ndarray:
+        """Return one layer's attention feature at a step: qk ``[head, query, token]`` (reads one chunk)."""
+        arr = self.attention_array(layer, feature)
+        g = self.guidance_index(guidance)
+        if not 0 <= image < arr.shape[1]:
+            raise SelectionError(f"image {image} out of range 0..{arr.shape[1] - 1}")
+        k = self.calls.index(step, substep)
+        only = arr.attrs.get(schema.STEPS_ATTR)
+        if only and step not in parse_ints(only, 0, None):
+            raise SelectionError(f"layer {layer} was recorded at steps {only} only, not at step {step}")
+        if k >= arr.shape[0]:
+            raise IncompleteStepError(f"step {step} of layer {layer} was not written")
+        out = arr[k, image, g]
+        return out.astype(dtype) if dtype is not None else out
+
+    def token_row(self, *, guidance: str = "cond", image: int = 0, block: str | None = None) -> dict[str, Any] | None:
+        """What the text encoder read for one half of the batch: ``{"ids", "tokens", "length"}``.
+
+        ``length`` counts the real tokens, start and end included. With per-block prompts,
+        ``block`` (or a layer name) picks that block's prompt. None where nothing was encoded
+        (SDXL's zeroed empty negative prompt) or the pipeline got embeddings directly.
+        """
+        prompts = self.attrs.get("block_prompts", {}).get(guidance)
+        if prompts and block is not None:
+            return self.attrs.get("prompt_tokens", {}).get(prompts.get(block.split(".", 1)[0]))
+        rows = self.attrs.get("tokens", {}).get(guidance)
+        if not rows:
+            return None
+        return rows[image] if len(rows) == self.n_images else rows[0]
+
     def image(self, i: int = 0) -> np.ndarray:
         """Return the final image ``i`` as uint8 ``[H, W, 3]``."""
         try:
@@ -276,6 +337,13 @@ class Store:
         if not spec.strip():
             return self.run(run).recorded(which)
         return parse_blocks(spec, self.blocks, aliases=self.aliases)
+
+    def select_layers(self, spec: str, *, run: str | None = None) -> list[str]:
+        """Parse a layer spec (layer names, or blocks) against the run's recorded attention layers."""
+        layers = self.run(run).attention_layers
+        if not layers:
+            raise SelectionError(f"{self.path} was recorded without attention (record with --attention qk)")
+        return parse_layers(spec, layers, self.blocks, aliases=self.aliases, what="layer spec")
 
     def select_steps(self, spec: str, *, run: str | None = None) -> list[int]:
         """Parse a step spec; an empty spec means every completely recorded step."""
