@@ -367,6 +367,21 @@ class Store:
         """Return the final image ``i`` as uint8 ``[H, W, 3]``."""
         return self.run(run).image(i)
 
+    def heatmap(self, word: str, **options: Any) -> np.ndarray:
+        """Return a DAAM-style heatmap ``[H, W]`` in [0, 1] of where ``word`` acts.
+
+        Options: ``layers``, ``steps`` (specs), ``guidance``, ``image``, ``run``; see
+        :func:`dumpunet.analyzer.heatmap.word_heatmap`.
+
+        Examples
+        --------
+        >>> store.heatmap("hair", steps="1-10").shape  # doctest: +SKIP
+        (512, 512)
+        """
+        from dumpunet.analyzer.heatmap import word_heatmap
+
+        return word_heatmap(self, word, **options)
+
     def disk_bytes(self) -> int:
         total = 0
         for dirpath, _, files in os.walk(self.path):

@@ -1,0 +1,136 @@
+"""Word heatmaps over the image (DAAM-style) and self-attention query maps, computed offline.
+
+Word heatmap: for every chosen cross-attention layer and step, the token's attention
+probabilities (summed over the word's sub-tokens, averaged over heads) form a map at the
+layer's resolution; each is upsampled (bicubic) to the image size and summed; the sum is
+normalized to [0, 1] by its own min and max (as DAAM does).
+
+Query map: for a self-attention layer recorded with ``--self-attention``, the row of the
+stored query pixel nearest to a chosen point, averaged over heads, treated the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from dumpunet.analyzer.tokens import select_tokens
+from dumpunet.errors import SelectionError
+
+if TYPE_CHECKING:
+    from dumpunet.store import Run, Store
+
+
+def _upsample(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    if m.shape == (h, w):
+        return m.astype(np.float32)
+    return np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize((w, h), Image.Resampling.BICUBIC))
+
+
+def _normalize(acc: np.ndarray) -> np.ndarray:
+    lo, hi = float(acc.min()), float(acc.max())
+    return (acc - lo) / (hi - lo) if hi > lo else np.zeros_like(acc)
+
+
+def _layers(store: Store, run: Run, spec: str, cross: bool) -> list[str]:
+    kind = ".attn2" if cross else ".attn1"
+    layers = [name for name in store.select_layers(spec, run=run.name) if kind in name]
+    if not layers:
+        what = "cross-attention" if cross else "self-attention (record with --self-attention)"
+        raise SelectionError(f"no {what} layer recorded among {spec or 'all layers'!r}")
+    return layers
+
+
+def word_heatmap(
+    store: Store,
+    word: str,
+    *,
+    layers: str = "",
+    steps: str = "",
+    guidance: str = "cond",
+    image: int = 0,
+    run: str | None = None,
+) -> np.ndarray:
+    """Return the word's heatmap ``[H, W]`` in [0, 1] at the image's size.
+
+    Examples
+    --------
+    >>> heat = store.heatmap("hair", steps="1-10")  # doctest: +SKIP
+    >>> heat.shape, float(heat.max())  # doctest: +SKIP
+    ((512, 512), 1.0)
+    """
+    r = store.run(run)
+    size = (int(r.attrs["height"]), int(r.attrs["width"]))
+    acc = np.zeros(size, np.float32)
+    for layer in _layers(store, r, layers, cross=True):
+        row = r.token_row(guidance=guidance, image=image, block=layer)
+        if row is None:
+            raise SelectionError(f"no tokens were recorded for the {guidance} half of {layer}")
+        idx = select_tokens(word, row["tokens"], int(row["length"]))
+        hw = tuple(r.attention_array(layer).attrs["layer_hw"])
+        for step in store.select_steps(steps, run=r.name):
+            probs = r.attention(layer, step, guidance=guidance, image=image, dtype=np.float32)
+            m = probs[:, :, idx].sum(axis=-1).mean(axis=0).reshape(hw)
+            acc += _upsample(m, size)
+    return _normalize(acc)
+
+
+def query_map(
+    store: Store,
+    point: Sequence[float],
+    *,
+    layers: str = "",
+    steps: str = "",
+    guidance: str = "cond",
+    image: int = 0,
+    run: str | None = None,
+) -> np.ndarray:
+    """Return where the query pixel nearest ``point`` (x, y as fractions) attends, ``[H, W]`` in [0, 1]."""
+    x, y = point
+    if not (0 <= x <= 1 and 0 <= y <= 1):
+        raise SelectionError(f"query point ({x}, {y}) must be fractions of the image in [0, 1]")
+    r = store.run(run)
+    size = (int(r.attrs["height"]), int(r.attrs["width"]))
+    acc = np.zeros(size, np.float32)
+    for layer in _layers(store, r, layers, cross=False):
+        attrs = r.attention_array(layer).attrs
+        h, w = attrs["layer_hw"]
+        rows, cols = attrs.get("query_rows", list(range(h))), attrs.get("query_cols", list(range(w)))
+        qy = int(np.argmin([abs((ry + 0.5) / h - y) for ry in rows]))
+        qx = int(np.argmin([abs((cx + 0.5) / w - x) for cx in cols]))
+        for step in store.select_steps(steps, run=r.name):
+            probs = r.attention(layer, step, guidance=guidance, image=image, dtype=np.float32)
+            m = probs[:, qy * len(cols) + qx, :].mean(axis=0).reshape(h, w)
+            acc += _upsample(m, size)
+    return _normalize(acc)
+
+
+# Turbo colormap (Google, Apache-2.0), as the 6th-degree polynomial fit its authors published.
+_TURBO = np.array(
+    [
+        [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
+        [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
+        [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
+    ]
+)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to uint8 RGB with the Turbo colormap."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    powers = v ** np.arange(6)
+    rgb = np.clip(powers @ _TURBO.T, 0.0, 1.0)
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5) -> np.ndarray:
+    """Blend the colormapped heatmap over an uint8 RGB image: ``(1-a)·image + a·color``."""
+    if image.shape[:2] != heat.shape:
+        raise SelectionError(f"heatmap {heat.shape} and image {image.shape[:2]} differ in size")
+    color = colormap(heat).astype(np.float32)
+    out = (1.0 - alpha) * image.astype(np.float32) + alpha * color
+    return np.clip(out.round(), 0, 255).astype(np.uint8)

@@ -1,0 +1,78 @@
+"""Token labels and token selection for attention views, without a tokenizer.
+
+The store keeps the token strings the text encoder read (CLIP BPE: ``girl</w>`` ends a word).
+A selection is a comma-separated list of words of the prompt (``pink,hair``; a word split into
+several tokens selects all of them), token indices and index ranges (``1-5``, ``0-76(+4)``).
+The default is the prompt's own tokens: no start/end token, no padding.
+
+Examples
+--------
+>>> toks = ["<|startoftext|>", "a</w>", "pink</w>", "m", "ars</w>", "<|endoftext|>"] + ["<|endoftext|>"] * 3
+>>> select_tokens("", toks, 6)
+[1, 2, 3, 4]
+>>> select_tokens("mars, 0", toks, 6)
+[0, 3, 4]
+>>> [label(toks[i]) for i in (0, 2, 5)]
+['<start>', 'pink', '<end>']
+"""
+
+from __future__ import annotations
+
+import re
+
+from dumpunet.errors import SelectionError
+from dumpunet.specs import parse_ints
+
+_SPECIAL = {"<|startoftext|>": "<start>", "<|endoftext|>": "<end>"}
+_INDEX = re.compile(r"^\s*\d+\s*(-\s*\d+\s*(\(\s*\+\s*\d+\s*\)\s*)?)?$")
+
+
+def label(token: str) -> str:
+    """A token as people read it: ``girl</w>`` -> ``girl``, ``<|startoftext|>`` -> ``<start>``."""
+    if token in _SPECIAL:
+        return _SPECIAL[token]
+    return token[:-4] if token.endswith("</w>") else token
+
+
+def _word_spans(word: str, tokens: list[str], length: int) -> list[list[int]]:
+    """Runs of tokens that spell ``word`` as whole words (case-insensitive, spaces ignored)."""
+    target = "".join(word.lower().split())
+    spans: list[list[int]] = []
+    for i in range(1, length):
+        if i > 1 and not tokens[i - 1].endswith("</w>"):
+            continue  # a match must start a word
+        text = ""
+        for j in range(i, length):
+            if tokens[j] in _SPECIAL:
+                break
+            text += label(tokens[j]).lower()
+            if not target.startswith(text):
+                break
+            if text == target and tokens[j].endswith("</w>"):
+                spans.append(list(range(i, j + 1)))
+                break
+    return spans
+
+
+def select_tokens(spec: str, tokens: list[str], length: int) -> list[int]:
+    """Token positions a selection names, ascending; errors list the prompt's words."""
+    if not spec.strip():
+        return list(range(1, max(1, length - 1)))
+    chosen: set[int] = set()
+    for part in spec.split(","):
+        if not part.strip():
+            continue
+        if _INDEX.match(part):
+            chosen.update(parse_ints(part.strip(), 0, len(tokens) - 1, noun="token", what="token selection"))
+            continue
+        spans = _word_spans(part, tokens, length)
+        if not spans:
+            words = " ".join(label(t) for t in tokens[1 : max(1, length - 1)])
+            raise SelectionError(
+                f"{part.strip()!r} is not a word of the prompt; its tokens are: {words} "
+                f"(or give token indices 0..{len(tokens) - 1})"
+            )
+        for span in spans:
+            chosen.update(span)
+    return sorted(chosen)
+
