@@ -144,7 +144,8 @@ class Recorder:
         self.units = unet_blocks(self.unet)
         names = [u.name for u in self.units]
         aliases = {m: u.name for u in self.units for m in u.modules}
-        self.selected = parse_blocks(blocks, names, aliases=aliases)
+        # 'none': attention only, no block outputs
+        self.selected = [] if blocks.strip().lower() == "none" else parse_blocks(blocks, names, aliases=aliases)
         self.steps_spec = steps
         if steps.strip():  # syntax errors now; the range is checked once the step count is known
             parse_ints(steps, 1, None, noun="step", what="step spec")
@@ -487,7 +488,11 @@ def record(pipe: Any, path: str | Path, **options: Any) -> Recorder:
     path
         The store to create (a directory; an existing one needs ``overwrite=True``).
     blocks, steps
-        Block and step specs (``"IN00-OUT11(+2)"``, ``"1-20(+5)"``); empty = all.
+        Block and step specs (``"IN00-OUT11(+2)"``, ``"1-20(+5)"``); empty = all; blocks
+        ``"none"`` records no block outputs (attention only).
+    attention
+        Cross-attention features (``"qk"``, ``"qk,k,vqk"``; ``None`` = no attention), or an
+        :class:`~dumpunet.recorder.attention.AttentionOptions` for block filters and self-attention.
     inputs
         Also store each block's input.
     dtype
