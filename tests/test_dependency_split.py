@@ -61,3 +61,32 @@ def test_info_validate_and_help_run_without_torch(tmp_path):
     assert lines[1] == f"{tmp_path / 's.zarr'}: ok"
     assert lines[2].startswith("Usage: ")
     assert lines[-1] == "heavy: []"
+
+
+def test_render_and_export_run_without_torch(tmp_path):
+    from test_store import write_store
+
+    store = tmp_path / "s.zarr"
+    write_store(store)
+    proc = run_blocked(
+        f"""
+        import sys
+        from click.testing import CliRunner
+        import dumpunet
+        from dumpunet.cli import main
+        r = CliRunner()
+        for args in (["render", {str(store)!r}, "--out", {str(tmp_path / "r")!r}, "--quiet"],
+                     ["render", {str(store)!r}, "--method", "pca", "--out", {str(tmp_path / "p")!r}, "--quiet"],
+                     ["export", {str(store)!r}, "--format", "safetensors", "--out", {str(tmp_path / "e")!r}],
+                     ["render", "--help"], ["export", "--help"]):
+            res = r.invoke(main, args)
+            assert res.exit_code == 0, (args, res.output, res.exception)
+        files = dumpunet.render({str(store)!r}, out={str(tmp_path / "a")!r}, average="mean", progress=False)
+        files += dumpunet.export({str(store)!r}, out={str(tmp_path / "b")!r}, format="npy", progress=False)
+        print(len(files))
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers", "safetensors"))
+        print("heavy:", heavy)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["18", "heavy:", "[]"]

@@ -260,5 +260,93 @@ def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_pa
     else:
         click.echo("\n".join(result.lines()))
 
+# ----------------------------------------------------------------------------- render / export
+
+_SELECTION_OPTIONS = [
+    click.option("--blocks", default="", help="Blocks, e.g. 'IN00-OUT11(+2)'; empty = every recorded block."),
+    click.option("--steps", default="", help="Steps, e.g. '1,5,10' or '1-20(+5)'; empty = every complete step."),
+    click.option("--images", default="", help="Images of the batch, e.g. '0' or '0-3'; empty = all."),
+    click.option("--guidance", type=click.Choice(["cond", "uncond", "both"]), default="cond", show_default=True,
+                 help="Which half of classifier-free guidance."),
+    click.option("--channels", default="", help="Channels, e.g. '0-15'; empty = all."),
+    click.option("--input", "inputs", is_flag=True, help="Block inputs (recorded with --inputs) instead of outputs."),
+    click.option("--run", default=None, help="Run of the store (default: main, or layered of a pair)."),
+]
+
+
+def _echo_written(files: list[Any], out: Path, noun: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([f.params for f in files], indent=1))
+    else:
+        plural = "" if len(files) == 1 else "s"
+        click.echo(f"wrote {len(files)} {noun}{plural} to {out} (parameters in manifest.json)", err=True)
+
+
+@main.command()
+@click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_with(_SELECTION_OPTIONS)
+@click.option("--scale", type=click.IntRange(min=1), default=1, show_default=True, help="Enlarge each tile N times.")
+@click.option("--average", type=click.Choice(["mean", "1-norm", "2-norm"], case_sensitive=False), default=None,
+              help="One channel-averaged map per block instead of the grid.")
+@click.option("--method", type=click.Choice(["White/Black", "Red/Blue", "Custom", "PCA"], case_sensitive=False),
+              default="Custom", show_default=True, help="Colorization; PCA colours the top 3 principal components.")
+@click.option("--transform", type=click.Choice(["auto01", "auto11", "linear", "sigmoid", "Auto [0,1]", "Auto [-1,1]"],
+              case_sensitive=False), default="auto01", show_default=True, help="Value transform.")
+@click.option("--auto-scope", type=click.Choice(["channel", "block", "step", "run"]), default="channel",
+              show_default=True, help="What one Auto min/max spans: each tile, a grid, all blocks of a step, the run.")
+@click.option("--clamp-min", type=float, default=-1.0, show_default=True, help="Linear: lower clamp.")
+@click.option("--clamp-max", type=float, default=1.0, show_default=True, help="Linear: upper clamp.")
+@click.option("--gain", type=float, default=1.0, show_default=True, help="Sigmoid gain.")
+@click.option("--offset", type=float, default=0.0, show_default=True, help="Sigmoid x-offset.")
+@click.option("--space", type=click.Choice(["rgb", "hsl"], case_sensitive=False), default="hsl", show_default=True,
+              help="Custom: colour space of the three expressions.")
+@click.option("--r", default="abs(v)", show_default=True, help="Custom RGB: red expression in v.")
+@click.option("--g", default="abs(v)", show_default=True, help="Custom RGB: green expression in v.")
+@click.option("--b", default="abs(v)", show_default=True, help="Custom RGB: blue expression in v.")
+@click.option("--h", default="(2+v)/3", show_default=True, help="Custom HSL: hue expression in v.")
+@click.option("--s", default="1.0", show_default=True, help="Custom HSL: saturation expression in v.")
+@click.option("--l", default="0.5", show_default=True, help="Custom HSL: lightness expression in v.")
+@click.option("--pca-basis", type=click.Path(path_type=Path), default=None,
+              help="PCA basis file (.npz): reused if it exists, else fitted here and saved.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (several stores: one subfolder each).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Worker threads reading, colouring and encoding (default: all CPUs).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest entries of the written files as JSON.")
+def render(stores: tuple[Path, ...], inputs: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
+    """Render block outputs as PNG grids (one tile per channel) plus a manifest.json.
+
+    \b
+    dumpunet render girl.zarr --blocks OUT11 --steps 20 --method "White/Black" \\
+        --transform sigmoid --gain 1 --offset 0 --out renders/
+    """
+    from dumpunet.analyzer.render import render as render_stores
+
+    _sigterm_as_interrupt()  # so a killed render removes its temporary files and writes its manifest
+    files = render_stores(list(stores), which="input" if inputs else "output", progress=not quiet, **opts)
+    _echo_written(files, opts["out"], "PNG file", as_json)
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@_with(_SELECTION_OPTIONS)
+@click.option("--format", "fmt", type=click.Choice(["bin", "npy", "safetensors"]), default="bin", show_default=True,
+              help="bin: one float32 file per channel (the original's dump); npy/safetensors: one per block and step.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest entries of the written files as JSON.")
+def export(store: Path, inputs: bool, fmt: str, quiet: bool, as_json: bool, **opts: Any) -> None:
+    """Export raw feature values as .bin (float32 per channel), .npy or .safetensors files.
+
+    \b
+    dumpunet export girl.zarr --blocks OUT11 --steps 20 --format bin --out dump/
+    """
+    from dumpunet.analyzer.export import export as export_store
+
+    _sigterm_as_interrupt()
+    files = export_store(store, which="input" if inputs else "output", format=fmt, progress=not quiet, **opts)
+    _echo_written(files, opts["out"], "file", as_json)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -7,7 +7,8 @@ original formulas operation for operation, without fastmath, so NaN and clamps b
 numpy and results are bit-identical to :mod:`._reference` wherever no library function is
 involved. Kernels run ``prange`` over maps and write into preallocated outputs; per map they
 make passes simple enough for LLVM to vectorize (transform, then quantize or index, then
-table lookups) into a per-map scratch row.
+table lookups) into a per-map scratch row. The entry kernels release the GIL (``nogil``), so
+a render's PNG-encoding threads keep running while the calling thread is inside a kernel.
 
 Value transforms (``code``; ``a, b, c, d`` are its parameters, ``mn, mx`` the map's range):
 
@@ -88,7 +89,7 @@ def _quantize(x):
     return np.uint8(np.int32(y))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def ordered_ranges(bits, shift, magnitude, exponent, out):
     """Per map, the min and max *order keys* of the finite values, from the floats' bits.
 
@@ -113,7 +114,7 @@ def ordered_ranges(bits, shift, magnitude, exponent, out):
         out[i, 1] = hi
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def colorize_gray(maps, half, ranges, code, absolute, a, b, c, d, out):
     """White/Black: out[i, j] = pixel of the transformed value (uint8 [N, P])."""
     n, p = maps.shape
@@ -124,7 +125,7 @@ def colorize_gray(maps, half, ranges, code, absolute, a, b, c, d, out):
             out[i, j] = _quantize(t[j])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def colorize_red_blue(maps, half, ranges, code, a, b, c, d, out):
     """Red/Blue: (t, 0, 0) for t > 0, (0, 0, -t) for t < 0 (uint8 [N, P, 3])."""
     n, p = maps.shape
@@ -153,7 +154,7 @@ def _entry_row(t, limits, lo, hi, scale, e):
         e[j] = entry if inside else (np.int32(2 * cells) if x != x else np.int32(-1))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def colorize_lut(maps, half, ranges, code, a, b, c, d, limits, colors, lo, hi, scale, out, pending):
     """Custom: pixels from the proven table; pending[i] counts map i's pixels left unwritten.
 
@@ -180,7 +181,7 @@ def colorize_lut(maps, half, ranges, code, a, b, c, d, limits, colors, lo, hi, s
         pending[i] = count
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def gather_pending(maps, half, ranges, code, a, b, c, d, limits, lo, hi, scale, offsets, index, values):
     """Collect flat index and transformed value of every pixel that colorize_lut left unwritten."""
     n, p = maps.shape
@@ -199,7 +200,7 @@ def gather_pending(maps, half, ranges, code, a, b, c, d, limits, lo, hi, scale, 
                 pos += 1
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def apply_table(bits, table, out):
     """out[i, j, :] = table[bits[i, j], :]: a float16 map through a per-value pixel table."""
     n, p = bits.shape
@@ -211,7 +212,7 @@ def apply_table(bits, table, out):
                 out[i, j, c] = table[k, c]
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def channel_accumulate(x, half, kind, acc):
     """acc[j] += sum over channels of x[c, j] (kind 0), |x[c, j]| (kind 1) or x[c, j]**2 (kind 2)."""
     n, p = x.shape
@@ -231,7 +232,7 @@ def channel_accumulate(x, half, kind, acc):
                     acc[j] += v * v
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def diff(a, half_a, b, half_b, out):
     """out = a - b in float32, elementwise; a and b are [1, P] (see _load), out is [P]."""
     p = out.shape[0]
@@ -240,7 +241,7 @@ def diff(a, half_a, b, half_b, out):
             out[j] = np.float32(_load(a, 0, j, half_a)) - np.float32(_load(b, 0, j, half_b))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def tile(images, cols, scale, out):
     """Lay images [N, H, W, C] out row by row, ``scale``-times enlarged, 1-pixel black gaps.
 

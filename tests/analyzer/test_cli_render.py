@@ -1,0 +1,122 @@
+"""The render and export commands, run exactly as the documentation writes them."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import dumpunet
+from dumpunet.cli import main
+
+EXAMPLES = [
+    'render girl.zarr --blocks OUT11 --steps 20 --method "White/Black" --transform sigmoid --gain 1 --offset 0 --out renders/',
+    'render girl.zarr --blocks "IN00-OUT11(+2)" --steps "1,5,10" --method custom --space hsl --h "(2+v)/3" --s 1.0 --l 0.5 --out renders/',
+    "render girl.zarr --blocks M00 --average 2-norm --out renders/",
+    "export girl.zarr --blocks OUT11 --steps 20 --format bin --out dump/",
+]
+
+
+@pytest.fixture
+def here(girl, tmp_path, monkeypatch):
+    (tmp_path / "girl.zarr").symlink_to(girl, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.mark.parametrize("line", EXAMPLES)
+def test_documented_examples_work_verbatim(here, line):
+    res = run(*shlex.split(line))
+    assert res.exit_code == 0, res.output
+    folder = here / ("dump" if line.startswith("export") else "renders")
+    listed = [e["file"] for e in json.loads((folder / "manifest.json").read_text())["files"]]
+    assert sorted(listed + ["manifest.json"]) == sorted(p.name for p in folder.iterdir())
+    expected = {0: ["OUT11-step020-img0-cond-white-black-sigmoid-1c5330.png"], 1: 39, 2: 4, 3: 4}[EXAMPLES.index(line)]
+    assert listed == expected if isinstance(expected, list) else len(listed) == expected
+    noun = ("file" if line.startswith("export") else "PNG file") + ("s" if len(listed) > 1 else "")
+    assert res.stderr.splitlines()[-1] == f"wrote {len(listed)} {noun} to {folder.name} (parameters in manifest.json)"
+
+
+def test_cli_and_api_write_the_same_pixels(here):
+    assert run(*shlex.split(EXAMPLES[0])).exit_code == 0
+    (f,) = dumpunet.render("girl.zarr", out="api", blocks="OUT11", steps="20", method="White/Black",
+                           transform="sigmoid", progress=False)
+    with Image.open(f) as a, Image.open(here / "renders" / f.path.name) as b:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_json_prints_the_manifest_entries_and_quiet_silences_the_bar(here):
+    res = run("render", "girl.zarr", "--blocks", "M00", "--steps", "20", "--out", "r", "--json", "--quiet", "--input")
+    assert res.exit_code == 0, res.output
+    entries = json.loads(res.stdout)
+    assert [e["file"] for e in entries] == ["M00-input-step020-img0-cond-custom-hsl-auto01-4079ce.png"]
+    assert entries[0]["which"] == "input"
+    assert res.stderr == ""
+
+
+@pytest.mark.parametrize("command", ["render", "export"])
+def test_help_carries_a_runnable_example(command):
+    res = run(command, "--help")
+    assert res.exit_code == 0
+    example = next(e for e in EXAMPLES if e.startswith(command)).split(" --")[0]
+    assert f"dumpunet {example}" in res.output
+
+
+def test_mistakes_exit_1_with_one_line_and_bad_options_exit_2(here):
+    res = run("render", "girl.zarr", "--blocks", "IN12", "--out", "r")
+    assert res.exit_code == 1
+    assert res.output == "Error: bad block spec: unknown block 'IN12' (this model has IN00..OUT11)\n  IN12\n  ^^^^\n"
+    assert not (here / "r").exists()
+    res = run("render", "girl.zarr", "--steps", "20", "--h", "1/(v", "--out", "r")
+    assert res.exit_code == 1 and res.output.startswith("Error: bad expression: H: '(' was never closed")
+    res = run("export", "girl.zarr", "--steps", "7", "--out", "d")
+    assert (res.exit_code, res.output) == (1, "Error: step 7 was not recorded (recorded steps: 1,5,10,20)\n")
+    res = run("render", "girl.zarr", "--method", "rainbow", "--out", "r")
+    assert res.exit_code == 2 and "Invalid value for '--method'" in res.output
+    res = run("render", "missing.zarr", "--out", "r")
+    assert res.exit_code == 1 and res.output.startswith("Error: no store at") and "Traceback" not in res.output
+
+
+SLOW_RENDER = """
+import sys, time
+from dumpunet.analyzer import render
+real = render.encode_png
+def slow(image, **kw):
+    time.sleep(0.05)
+    return real(image, **kw)
+render.encode_png = slow
+from dumpunet.cli import main
+sys.exit(main(["render", sys.argv[1], "--out", sys.argv[2], "--jobs", "2"]))
+"""
+
+
+def test_sigterm_mid_render_leaves_whole_files_listed_in_the_manifest(girl, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_RENDER, str(girl), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(out.glob("*.png"))) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    names = sorted(p.name for p in out.iterdir())
+    pngs = [n for n in names if n.endswith(".png")]
+    assert names == sorted(pngs + ["manifest.json"])  # no temporary files
+    assert 3 <= len(pngs) < 100
+    listed = [e["file"] for e in json.loads((out / "manifest.json").read_text())["files"]]
+    assert listed == pngs
