@@ -274,6 +274,31 @@ _SELECTION_OPTIONS = [
 ]
 
 
+def _color_options(*, pca: bool = False, h: str = "(2+v)/3") -> list[Any]:
+    """The colorization options every rendering command shares (the ColorSpec fields)."""
+    methods = ["White/Black", "Red/Blue", "Custom", *(["PCA"] if pca else [])]
+    return [
+        click.option("--method", type=click.Choice(methods, case_sensitive=False), default="Custom", show_default=True,
+                     help="Colorization" + ("; PCA colours the top 3 principal components." if pca else ".")),
+        click.option("--transform", type=click.Choice(["auto01", "auto11", "linear", "sigmoid", "Auto [0,1]", "Auto [-1,1]"],
+                     case_sensitive=False), default="auto01", show_default=True, help="Value transform."),
+        click.option("--auto-scope", type=click.Choice(["channel", "block", "step", "run"]), default="channel",
+                     show_default=True, help="What one Auto min/max spans: each tile, a grid, all blocks of a step, the run."),
+        click.option("--clamp-min", type=float, default=-1.0, show_default=True, help="Linear: lower clamp."),
+        click.option("--clamp-max", type=float, default=1.0, show_default=True, help="Linear: upper clamp."),
+        click.option("--gain", type=float, default=1.0, show_default=True, help="Sigmoid gain."),
+        click.option("--offset", type=float, default=0.0, show_default=True, help="Sigmoid x-offset."),
+        click.option("--space", type=click.Choice(["rgb", "hsl"], case_sensitive=False), default="hsl", show_default=True,
+                     help="Custom: colour space of the three expressions."),
+        click.option("--r", default="abs(v)", show_default=True, help="Custom RGB: red expression in v."),
+        click.option("--g", default="abs(v)", show_default=True, help="Custom RGB: green expression in v."),
+        click.option("--b", default="abs(v)", show_default=True, help="Custom RGB: blue expression in v."),
+        click.option("--h", default=h, show_default=True, help="Custom HSL: hue expression in v."),
+        click.option("--s", default="1.0", show_default=True, help="Custom HSL: saturation expression in v."),
+        click.option("--l", default="0.5", show_default=True, help="Custom HSL: lightness expression in v."),
+    ]
+
+
 def _echo_written(files: list[Any], out: Path, noun: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([f.params for f in files], indent=1))
@@ -288,24 +313,7 @@ def _echo_written(files: list[Any], out: Path, noun: str, as_json: bool) -> None
 @click.option("--scale", type=click.IntRange(min=1), default=1, show_default=True, help="Enlarge each tile N times.")
 @click.option("--average", type=click.Choice(["mean", "1-norm", "2-norm"], case_sensitive=False), default=None,
               help="One channel-averaged map per block instead of the grid.")
-@click.option("--method", type=click.Choice(["White/Black", "Red/Blue", "Custom", "PCA"], case_sensitive=False),
-              default="Custom", show_default=True, help="Colorization; PCA colours the top 3 principal components.")
-@click.option("--transform", type=click.Choice(["auto01", "auto11", "linear", "sigmoid", "Auto [0,1]", "Auto [-1,1]"],
-              case_sensitive=False), default="auto01", show_default=True, help="Value transform.")
-@click.option("--auto-scope", type=click.Choice(["channel", "block", "step", "run"]), default="channel",
-              show_default=True, help="What one Auto min/max spans: each tile, a grid, all blocks of a step, the run.")
-@click.option("--clamp-min", type=float, default=-1.0, show_default=True, help="Linear: lower clamp.")
-@click.option("--clamp-max", type=float, default=1.0, show_default=True, help="Linear: upper clamp.")
-@click.option("--gain", type=float, default=1.0, show_default=True, help="Sigmoid gain.")
-@click.option("--offset", type=float, default=0.0, show_default=True, help="Sigmoid x-offset.")
-@click.option("--space", type=click.Choice(["rgb", "hsl"], case_sensitive=False), default="hsl", show_default=True,
-              help="Custom: colour space of the three expressions.")
-@click.option("--r", default="abs(v)", show_default=True, help="Custom RGB: red expression in v.")
-@click.option("--g", default="abs(v)", show_default=True, help="Custom RGB: green expression in v.")
-@click.option("--b", default="abs(v)", show_default=True, help="Custom RGB: blue expression in v.")
-@click.option("--h", default="(2+v)/3", show_default=True, help="Custom HSL: hue expression in v.")
-@click.option("--s", default="1.0", show_default=True, help="Custom HSL: saturation expression in v.")
-@click.option("--l", default="0.5", show_default=True, help="Custom HSL: lightness expression in v.")
+@_with(_color_options(pca=True))
 @click.option("--pca-basis", type=click.Path(path_type=Path), default=None,
               help="PCA basis file (.npz): reused if it exists, else fitted here and saved.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (several stores: one subfolder each).")
@@ -346,6 +354,84 @@ def export(store: Path, inputs: bool, fmt: str, quiet: bool, as_json: bool, **op
     _sigterm_as_interrupt()
     files = export_store(store, which="input" if inputs else "output", format=fmt, progress=not quiet, **opts)
     _echo_written(files, opts["out"], "file", as_json)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _point(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        x, y = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected x,y as fractions of the image, got {value!r}") from None
+    return (x, y)
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--layers", default="", help="Layers or blocks, e.g. 'IN04-OUT08' or 'M00.attn2'; empty = all recorded.")
+@click.option("--steps", default="", help="Steps, e.g. '1,5,10'; empty = every complete step.")
+@click.option("--tokens", default="", help="Words of the prompt and/or token indices, e.g. 'pink,hair' or '0-10'; "
+              "empty = the prompt's tokens.")
+@click.option("--feature", type=click.Choice(["qk", "k", "vqk"]), default="qk", show_default=True,
+              help="qk: attention probabilities; k: keys; vqk: per-head output.")
+@click.option("--query", default=None, help="Self-attention layers: the query pixel as x,y fractions of the image.")
+@click.option("--images", default="", help="Images of the batch; empty = all.")
+@click.option("--guidance", type=click.Choice(["cond", "uncond", "both"]), default="cond", show_default=True,
+              help="cond: the prompt; uncond: the negative prompt, labelled with its own tokens.")
+@click.option("--run", default=None, help="Run of the store (default: main, or layered of a pair).")
+@click.option("--scale", type=click.IntRange(min=1), default=None, help="Enlarge each tile N times (default: to >= 32 px).")
+@_with(_color_options(h="(2-2*v)/3"))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest entries of the written files as JSON.")
+def attention(store: Path, quiet: bool, as_json: bool, query: str | None, **opts: Any) -> None:
+    """Render heads x tokens grids of attention maps: which token each head looks at.
+
+    \b
+    dumpunet attention girl.zarr --layers IN04-OUT08 --steps 1,5,10 --tokens "pink,hair" --out attn/
+    """
+    from dumpunet.analyzer.attention import render_attention
+    from dumpunet.analyzer.colorize import ColorSpec
+
+    color = ColorSpec(**{k: opts.pop(k) for k in _COLOR_FIELDS})
+    files = render_attention(store, color=color, query=_point(query), progress=not quiet, **opts)
+    _echo_written(files, opts["out"], "PNG file", as_json)
+
+
+_COLOR_FIELDS = ("method", "transform", "auto_scope", "clamp_min", "clamp_max", "gain", "offset", "space",
+                 "r", "g", "b", "h", "s", "l")
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--word", default=None, help="A word (or several, comma-separated) of the prompt: cross-attention heatmap.")
+@click.option("--query", default=None, help="Instead of --word: x,y fractions of the image; where that pixel attends "
+              "(self-attention, recorded with --self-attention).")
+@click.option("--layers", default="", help="Layers or blocks to aggregate; empty = all recorded.")
+@click.option("--steps", default="", help="Steps to aggregate, e.g. '1-10'; empty = every complete step.")
+@click.option("--images", default="", help="Images of the batch; empty = all.")
+@click.option("--guidance", type=click.Choice(["cond", "uncond"]), default="cond", show_default=True,
+              help="Which half: the prompt, or the negative prompt.")
+@click.option("--run", default=None, help="Run of the store (default: main, or layered of a pair).")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Opacity of the heatmap.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest entries of the written files as JSON.")
+def heatmap(store: Path, word: str | None, query: str | None, as_json: bool, **opts: Any) -> None:
+    """Overlay where a word acts (or where a pixel looks) on the final image, DAAM-style.
+
+    \b
+    dumpunet heatmap girl.zarr --word hair --out heat/
+    dumpunet heatmap girl.zarr --query 0.5,0.3 --layers OUT09-OUT11 --out heat/
+    """
+    from dumpunet.analyzer.heatmap import write_heatmaps
+
+    if (word is None) == (query is None):
+        raise click.UsageError("give exactly one of --word and --query")
+    files = write_heatmaps(store, word=word, query=_point(query), **opts)
+    _echo_written(files, opts["out"], "PNG file", as_json)
 
 
 if __name__ == "__main__":  # pragma: no cover

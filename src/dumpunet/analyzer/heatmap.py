@@ -11,17 +11,19 @@ stored query pixel nearest to a chosen point, averaged over heads, treated the s
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from dumpunet.analyzer.output import Manifest, WrittenFile, check_folder, prepare_folder, write_atomic
+from dumpunet.analyzer.png import encode_png
 from dumpunet.analyzer.tokens import select_tokens
 from dumpunet.errors import SelectionError
-
-if TYPE_CHECKING:
-    from dumpunet.store import Run, Store
+from dumpunet.specs import parse_ints
+from dumpunet.store import Run, Store, open_store
 
 
 def _upsample(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -134,3 +136,53 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5) -> np.nd
     color = colormap(heat).astype(np.float32)
     out = (1.0 - alpha) * image.astype(np.float32) + alpha * color
     return np.clip(out.round(), 0, 255).astype(np.uint8)
+
+
+def write_heatmaps(
+    store: Store | str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str],
+    word: str | None = None,
+    query: Sequence[float] | None = None,
+    layers: str = "",
+    steps: str = "",
+    images: str = "",
+    guidance: str = "cond",
+    run: str | None = None,
+    alpha: float = 0.5,
+) -> list[WrittenFile]:
+    """Write one overlay PNG per image: the word's heatmap (or the query pixel's map) on the final image.
+
+    Files: ``heatmap-{word}-img{i}-{guidance}.png`` or ``querymap-x{x}-y{y}-img{i}-{guidance}.png``.
+    """
+    st = store if isinstance(store, Store) else open_store(store)
+    r = st.run(run)
+    image_list = parse_ints(images, 0, r.n_images - 1, noun="image", what="image spec")
+    folder = check_folder(out)
+    results = []
+    for i in image_list:
+        if word is not None:
+            heat = word_heatmap(st, word, layers=layers, steps=steps, guidance=guidance, image=i, run=r.name)
+            slug = re.sub(r"[^A-Za-z0-9]+", "-", word).strip("-").lower() or "token"
+            name = f"heatmap-{slug}-img{i}-{guidance}.png"
+        else:
+            assert query is not None
+            heat = query_map(st, query, layers=layers, steps=steps, guidance=guidance, image=i, run=r.name)
+            name = f"querymap-x{query[0]:.3f}-y{query[1]:.3f}-img{i}-{guidance}.png"
+        results.append((name, overlay(r.image(i), heat, alpha=alpha), i))
+    prepare_folder(folder)
+    manifest = Manifest(folder)
+    written = []
+    try:
+        for name, pixels, i in results:
+            write_atomic(folder / name, encode_png(pixels))
+            entry = {
+                "file": name, "kind": "heatmap" if word is not None else "querymap", "store": str(st.path),
+                "run": r.name, "word": word, "query": list(query) if query is not None else None, "layers": layers,
+                "steps": steps, "image": i, "guidance": guidance, "alpha": alpha,
+            }
+            manifest.add(entry)
+            written.append(WrittenFile(folder / name, entry))
+    finally:
+        manifest.write()
+    return written

@@ -1,0 +1,205 @@
+"""The heads x tokens view of recorded attention: one PNG per (layer, step, image, guidance half).
+
+For a cross-attention layer (``IN04.attn2``), row *h* column *t* is the spatial map of how much
+head *h* attends to token *t* (the ``qk`` probabilities of every query pixel, laid out at the
+layer's resolution). Column headers are the decoded tokens, row headers the head index. Maps are
+coloured with the analyzer's engine (:class:`~dumpunet.analyzer.colorize.ColorSpec`); the
+default is the original extension's recommendation for attention: Custom / Auto [0,1] / HSL,
+H = (2-2*v)/3 (blue = little attention, red = much).
+
+``auto_scope``: ``channel`` normalizes each tile on its own, ``block`` the whole layer grid,
+``step`` every selected layer of the step, ``run`` everything selected.
+
+Self-attention layers (``OUT11.attn1``) show, per head, where the stored query pixel nearest to
+``query`` (x, y as fractions of the image) attends. ``feature="k"`` shows each head's keys
+(rows = tokens, columns = head dims); ``feature="vqk"`` each head's output channels.
+
+File names: ``{layer}-step{step:03}-img{image}-{guidance}-{feature}-{colorization}.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dumpunet.analyzer.colorize import ColorSpec, colorize, map_ranges, merge_ranges
+from dumpunet.analyzer.grid import tile
+from dumpunet.analyzer.labels import paste, text_image
+from dumpunet.analyzer.output import Manifest, WrittenFile, check_folder, prepare_folder, write_atomic
+from dumpunet.analyzer.png import encode_png, resolve_encoder
+from dumpunet.analyzer.tokens import label, select_tokens
+from dumpunet.errors import ColorSpecError, SelectionError
+from dumpunet.specs import parse_ints
+from dumpunet.store import Run, Store, open_store
+
+__all__ = ["ATTENTION_COLOR", "render_attention"]
+
+ATTENTION_COLOR = ColorSpec(method="Custom", transform="auto01", space="hsl", h="(2-2*v)/3", s="1.0", l="0.5")
+"""The default colorization of attention maps (the original extension's recommendation)."""
+
+_TILE_TARGET = 32  # default scale makes tiles at least this many pixels on a side
+
+
+@dataclass(frozen=True)
+class _Item:
+    layer: str
+    step: int
+    image: int
+    guidance: str
+
+
+def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[float] | None):
+    """Return (maps [rows*cols, h, w], rows, cols, row labels, column labels) for one item."""
+    arr = run.attention_array(item.layer, feature)
+    data = run.attention(item.layer, item.step, feature=feature, guidance=item.guidance, image=item.image, dtype=np.float32)
+    heads = data.shape[0]
+    head_labels = [f"h{i}" for i in range(heads)] if heads > 1 or arr.attrs.get("heads") != "mean" else ["mean"]
+    hw = tuple(arr.attrs["layer_hw"])
+    cross = bool(arr.attrs.get("cross_attention", ".attn2" in item.layer))
+    if feature == "k":
+        row = run.token_row(guidance=item.guidance, image=item.image, block=item.layer)
+        idx = _token_index(tokens, row, data.shape[1])
+        maps = data[:, idx, :]  # [head, token, dim]: one tile per head
+        return maps, 1, heads, [], head_labels
+    if feature == "vqk":
+        h, w = hw
+        maps = data.transpose(0, 2, 1).reshape(heads * data.shape[2], h, w)
+        return maps, heads, data.shape[2], head_labels, [str(d) for d in range(data.shape[2])]
+    if not cross:
+        if query is None:
+            raise SelectionError(f"{item.layer} is a self-attention layer: give --query x,y to choose the query pixel")
+        rows_, cols_ = arr.attrs.get("query_rows"), arr.attrs.get("query_cols")
+        qy = int(np.argmin([abs((r + 0.5) / hw[0] - query[1]) for r in rows_]))
+        qx = int(np.argmin([abs((c + 0.5) / hw[1] - query[0]) for c in cols_]))
+        maps = data[:, qy * len(cols_) + qx, :].reshape(heads, *hw)
+        return maps, heads, 1, head_labels, [f"query ({cols_[qx]},{rows_[qy]})"]
+    row = run.token_row(guidance=item.guidance, image=item.image, block=item.layer)
+    idx = _token_index(tokens, row, data.shape[2])
+    maps = data[:, :, idx].transpose(0, 2, 1).reshape(heads * len(idx), *hw)
+    names = row["tokens"] if row is not None else [str(i) for i in range(data.shape[2])]
+    return maps, heads, len(idx), head_labels, [f"{i}:{label(names[i])}" for i in idx]
+
+
+def _token_index(spec: str, row: dict | None, n: int) -> list[int]:
+    if row is None:  # no tokens recorded (e.g. SDXL's zeroed empty negative prompt): indices only
+        return parse_ints(spec, 0, n - 1, noun="token", what="token selection") if spec.strip() else list(range(n))
+    idx = select_tokens(spec, list(row["tokens"]), int(row["length"]))
+    if not idx:
+        raise SelectionError("the prompt has no tokens to show; give token indices, e.g. --tokens 0-76")
+    return idx
+
+
+def _framed(grid: np.ndarray, rows: int, cols: int, cell: tuple[int, int], row_labels: list[str], col_labels: list[str]) -> np.ndarray:
+    """Add a header band of (vertical) column labels and a left band of row labels."""
+    col_glyphs = [text_image(t, vertical=True) for t in col_labels]
+    row_glyphs = [text_image(t) for t in row_labels]
+    top = max((g.shape[0] for g in col_glyphs), default=0)
+    left = max((g.shape[1] for g in row_glyphs), default=0)
+    shape = (top + grid.shape[0], left + grid.shape[1], *grid.shape[2:])
+    canvas = np.zeros(shape, np.uint8)
+    canvas[top:, left:] = grid
+    ch, cw = cell
+    for c, g in enumerate(col_glyphs):
+        x = left + c * (cw + 1) + max(0, (cw - g.shape[1]) // 2)
+        paste(canvas, g, top - g.shape[0], x)
+    for r, g in enumerate(row_glyphs):
+        y = top + r * (ch + 1) + max(0, (ch - g.shape[0]) // 2)
+        paste(canvas, g, y, left - g.shape[1])
+    return canvas
+
+
+def render_attention(
+    store: Store | str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str],
+    layers: str = "",
+    steps: str = "",
+    tokens: str = "",
+    feature: str = "qk",
+    images: str = "",
+    guidance: str = "cond",
+    run: str | None = None,
+    query: Sequence[float] | None = None,
+    scale: int | None = None,
+    color: ColorSpec = ATTENTION_COLOR,
+    png_encoder: str | None = None,
+    progress: bool = True,
+) -> list[WrittenFile]:
+    """Render heads x tokens grids of recorded attention; return the written files.
+
+    Examples
+    --------
+    >>> render_attention("girl.zarr", out="attn", layers="IN04-OUT08", steps="1,5,10", tokens="pink,hair")  # doctest: +SKIP
+    """
+    st = store if isinstance(store, Store) else open_store(store)
+    r = st.run(run)
+    layer_list = st.select_layers(layers, run=r.name)
+    if query is None:  # self-attention maps need a query pixel to show
+        layer_list = [name for name in layer_list if ".attn1" not in name]
+        if not layer_list:
+            raise SelectionError(f"only self-attention layers match {layers!r}: give --query x,y to choose the query pixel")
+    if not layer_list:
+        raise SelectionError(f"no recorded attention layer matches {layers!r}")
+    step_list = st.select_steps(steps, run=r.name)
+    image_list = parse_ints(images, 0, r.n_images - 1, noun="image", what="image spec")
+    halves = r.guidance_labels if guidance == "both" else [guidance]
+    for g in halves:
+        r.guidance_index(g)
+    if scale is not None and (isinstance(scale, bool) or scale < 1):
+        raise ColorSpecError(f"scale must be a whole number of at least 1, got {scale!r}")
+    encoder = resolve_encoder(png_encoder)
+    folder = check_folder(out)
+    items = [_Item(layer, s, i, g) for s in step_list for layer in layer_list for i in image_list for g in halves]
+    # Read and check everything first, so a bad token or a missing step writes nothing.
+    grids = {item: _grids(r, item, feature, tokens, query) for item in items}
+    ranges = _shared_ranges(grids, color)
+    prepare_folder(folder)
+    manifest = Manifest(folder)
+    written: list[WrittenFile] = []
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), desc="attention", unit="png", disable=not progress)
+    try:
+        for item, (maps, rows, cols, row_labels, col_labels) in grids.items():
+            h, w = maps.shape[1:]
+            k = scale or max(1, min(16, math.ceil(_TILE_TARGET / max(1, min(h, w)))))
+            rng = ranges.get(item)
+            pixels = colorize(np.ascontiguousarray(maps), color, minmax=rng)
+            grid = _framed(tile(pixels, cols, rows, scale=k), rows, cols, (h * k, w * k), row_labels, col_labels)
+            name = f"{item.layer}-step{item.step:03d}-img{item.image}-{item.guidance}-{feature}-{color.slug()}.png"
+            write_atomic(folder / name, encode_png(grid, encoder=encoder))
+            entry = {
+                "file": name, "kind": "attention", "store": str(st.path), "run": r.name, "layer": item.layer,
+                "step": item.step, "image": item.image, "guidance": item.guidance, "feature": feature,
+                "rows": row_labels, "columns": col_labels, "scale": k, "color": color.to_json(),
+            }
+            manifest.add(entry)
+            written.append(WrittenFile(folder / name, entry))
+            bar.update(1)
+    finally:
+        bar.close()
+        manifest.write()
+    return written
+
+
+def _shared_ranges(grids: dict, color: ColorSpec) -> dict:
+    """Per-item (min, max) for the block/step/run scopes of the Auto transforms; {} for channel."""
+    scope = color.auto_scope if color.transform.startswith("auto") else "channel"
+    if scope == "channel":
+        return {}
+    per_item = {item: merge_ranges(map_ranges(np.ascontiguousarray(g[0]))) for item, g in grids.items()}
+    if scope == "block":
+        return per_item
+    keyed: dict = {}
+    for item, rng in per_item.items():
+        key = (item.step, item.image, item.guidance) if scope == "step" else (item.image, item.guidance)
+        keyed.setdefault(key, []).append(rng)
+    merged = {key: merge_ranges(*rs) for key, rs in keyed.items()}
+    return {
+        item: merged[(item.step, item.image, item.guidance) if scope == "step" else (item.image, item.guidance)]
+        for item in per_item
+    }
