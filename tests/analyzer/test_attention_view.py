@@ -1,0 +1,154 @@
+"""Attention grids and heatmaps from a synthetic store with known probabilities (no torch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+import dumpunet
+from dumpunet import store_schema as schema
+from dumpunet.analyzer.attention import ATTENTION_COLOR, render_attention
+from dumpunet.analyzer.colorize import colorize
+from dumpunet.analyzer.heatmap import colormap, overlay, query_map, word_heatmap
+from dumpunet.analyzer.tokens import label, select_tokens
+from dumpunet.cli import main
+from dumpunet.errors import SelectionError
+from dumpunet.store_schema import BlockInfo
+from dumpunet.store_writer import StoreWriter
+
+TOKENS = ["<|startoftext|>", "a</w>", "pink</w>", "h", "air</w>", "girl</w>", "<|endoftext|>"] + ["<|endoftext|>"] * 3
+NEG = ["<|startoftext|>", "bad</w>", "<|endoftext|>"] + ["<|endoftext|>"] * 7
+HEADS, HW, T = 2, (4, 4), len(TOKENS)
+IMAGE = 16  # pixels; the M00 layer runs at 16x16 too, so its heatmap needs no resampling
+
+
+def probs(step: int, layer: int, hw=HW, queries: int | None = None, keys: int = T) -> np.ndarray:
+    """Softmax rows [guidance, image, head, query, key], different for every argument."""
+    rng = np.random.default_rng([step, layer, hw[0]])
+    q = queries or hw[0] * hw[1]
+    logits = rng.normal(size=(2, 1, HEADS, q, keys))
+    p = np.exp(logits)
+    return (p / p.sum(-1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture
+def store(tmp_path):
+    block = BlockInfo("IN01", "down.0", ("down.0",), "down.0", (2, 4, 4), (2, 4, 4), True)
+    mid = BlockInfo("M00", "mid", ("mid",), "mid", (2, 16, 16), (2, 16, 16), True)
+    path = tmp_path / "a.zarr"
+    w = StoreWriter(path, root_attrs={"blocks": [block.to_json(), mid.to_json()]})
+    tokens = {"cond": [{"ids": list(range(T)), "tokens": TOKENS, "length": 7}],
+              "uncond": [{"ids": list(range(T)), "tokens": NEG, "length": 3}]}
+    w.begin_run("main", {"n_images": 1, "guidance": ["uncond", "cond"], "steps": 2, "height": IMAGE, "width": IMAGE,
+                         "attention_layers": ["IN01.attn1", "IN01.attn2", "M00.attn2"], "tokens": tokens},
+                [block], which=("output",), n_images=1, n_guidance=2, dtype="float32")
+    kind = schema.ATTENTION_FEATURES["qk"]
+    w.add_arrays("main", {
+        ("IN01.attn2", "qk"): (kind, (1, 2, HEADS, 16, T), "float32", {"layer": "IN01.attn2"},
+                               {"layer_hw": [4, 4], "cross_attention": True}),
+        ("M00.attn2", "qk"): (kind, (1, 2, HEADS, 256, T), "float32", {"layer": "M00.attn2"},
+                              {"layer_hw": [16, 16], "cross_attention": True}),
+        ("IN01.attn1", "qk"): (kind, (1, 2, HEADS, 4, 16), "float32", {"layer": "IN01.attn1"},
+                               {"layer_hw": [4, 4], "cross_attention": False, "query_rows": [0, 2],
+                                "query_cols": [1, 3], "heads": "all"}),
+    })
+    for s in (1, 2):
+        w.submit_call("main", step=s, substep=0, timestep=10.0 * s, slabs={
+            ("IN01", "output"): np.zeros((2, 1, 2, 4, 4), np.float32),
+            ("IN01.attn2", "qk"): probs(s, 1),
+            ("M00.attn2", "qk"): probs(s, 2, (16, 16)),
+            ("IN01.attn1", "qk"): probs(s, 3, queries=4, keys=16),
+        })
+    w.finish_run("main", images=np.full((1, IMAGE, IMAGE, 3), 100, np.uint8))
+    w.close()
+    return dumpunet.open(path)
+
+
+def test_tokens_select_words_subtokens_and_indices():
+    assert select_tokens("", TOKENS, 7) == [1, 2, 3, 4, 5]
+    assert select_tokens("hair", TOKENS, 7) == [3, 4]
+    assert select_tokens("pink hair, 0", TOKENS, 7) == [0, 2, 3, 4]
+    assert select_tokens("0-9(+3)", TOKENS, 7) == [0, 3, 6, 9]
+    assert [label(t) for t in TOKENS[:3]] == ["<start>", "a", "pink"]
+    with pytest.raises(SelectionError, match=r"'blue' is not a word of the prompt; its tokens are: a pink h air girl"):
+        select_tokens("blue", TOKENS, 7)
+
+
+def test_grid_rows_are_heads_and_columns_are_tokens(store, tmp_path):
+    files = render_attention(store, out=tmp_path / "r", layers="IN01", steps="2", tokens="pink,girl", scale=1,
+                             png_encoder="zlib", progress=False)
+    assert [f.path.name for f in files] == [f"IN01.attn2-step002-img0-cond-qk-{ATTENTION_COLOR.slug()}.png"]
+    entry = files[0].params
+    assert entry["rows"] == ["h0", "h1"] and entry["columns"] == ["2:pink", "5:girl"]
+    img = np.asarray(Image.open(files[0].path))
+    p = probs(2, 1)[1, 0]  # cond half, image 0: [head, query, token]
+    want = colorize(np.stack([p[h, :, t].reshape(4, 4) for h in range(2) for t in (2, 5)]), ATTENTION_COLOR)
+    grid = img[-(2 * 5 - 1):, -(2 * 5 - 1):]  # the bottom-right corner holds the 2x2 grid of 4x4 tiles
+    for k, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        np.testing.assert_array_equal(grid[r * 5 : r * 5 + 4, c * 5 : c * 5 + 4], want[k])
+    assert img.shape[0] > 9 and img[: img.shape[0] - 9].any()  # the header band holds text
+
+
+def test_negative_prompt_half_is_labelled_with_its_own_tokens(store, tmp_path):
+    files = render_attention(store, out=tmp_path / "r", layers="M00", steps="1", guidance="uncond", progress=False)
+    assert files[0].params["columns"] == ["1:bad"]
+
+
+def test_self_attention_needs_a_query_and_uses_the_nearest_stored_one(store, tmp_path):
+    with pytest.raises(SelectionError, match="only self-attention layers match 'IN01.attn1': give --query x,y"):
+        render_attention(store, out=tmp_path / "r", layers="IN01.attn1", progress=False)
+    files = render_attention(store, out=tmp_path / "r", layers="IN01.attn1", steps="1", query=(0.9, 0.1), scale=1,
+                             progress=False)
+    assert files[0].params["columns"] == ["query (3,0)"]  # stored rows 0,2 and cols 1,3: nearest is (x=3, y=0)
+
+
+def test_word_heatmap_matches_an_independent_sum(store):
+    heat = word_heatmap(store, "hair", layers="M00", steps="1-2")
+    acc = sum(probs(s, 2, (16, 16))[1, 0][:, :, [3, 4]].sum(-1).mean(0).reshape(16, 16) for s in (1, 2))
+    want = (acc - acc.min()) / (acc.max() - acc.min())
+    np.testing.assert_allclose(heat, want, atol=1e-6)
+    np.testing.assert_allclose(store.heatmap("hair", layers="M00"), heat)
+    assert word_heatmap(store, "hair").shape == (IMAGE, IMAGE)  # IN01's 4x4 maps are upsampled
+
+
+def test_query_map_and_overlay(store):
+    m = query_map(store, (0.1, 0.9), layers="IN01")
+    assert m.shape == (IMAGE, IMAGE) and m.min() == 0.0 and m.max() == 1.0
+    blended = overlay(store.image(0), m, alpha=0.5)
+    np.testing.assert_array_equal(blended, np.round(0.5 * 100 + 0.5 * colormap(m).astype(np.float32)).astype(np.uint8))
+    # Turbo's published polynomial (GLSL: dot(kRedVec4, v4) + dot(kRedVec2, v2)), one value at a time
+    red = (0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943)
+    green = (0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604)
+    blue = (0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973)
+    for x in (0.0, 0.3, 0.75, 1.0):
+        want = [round(255 * min(1.0, max(0.0, sum(c * x**k for k, c in enumerate(poly))))) for poly in (red, green, blue)]
+        assert colormap(np.array([x])).tolist() == [want]
+
+
+def test_attention_errors_name_what_exists(store, tmp_path):
+    with pytest.raises(SelectionError, match=r"no attention layer 'OUT11.attn2' recorded in run 'main' \(recorded: IN01.attn1, IN01.attn2, M00.attn2\)"):
+        store.run().attention("OUT11.attn2", 1)
+    with pytest.raises(SelectionError, match=r"layer M00.attn2 has no recorded 'k' \(record with --attention k\)"):
+        store.run().attention("M00.attn2", 1, feature="k")
+
+
+def test_cli_attention_and_heatmap(store, tmp_path):
+    r = CliRunner().invoke(main, ["attention", str(store.path), "--layers", "IN01-M00", "--steps", "1",
+                                  "--tokens", "hair", "--out", str(tmp_path / "a"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.png")) == [
+        f"IN01.attn2-step001-img0-cond-qk-{ATTENTION_COLOR.slug()}.png",
+        f"M00.attn2-step001-img0-cond-qk-{ATTENTION_COLOR.slug()}.png",
+    ]
+    r = CliRunner().invoke(main, ["heatmap", str(store.path), "--word", "pink", "--out", str(tmp_path / "h")])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "h" / "heatmap-pink-img0-cond.png").size == (IMAGE, IMAGE)
+    r = CliRunner().invoke(main, ["heatmap", str(store.path), "--word", "blue", "--out", str(tmp_path / "h2")])
+    assert r.exit_code == 1 and r.output.startswith("Error: 'blue' is not a word of the prompt")
+    assert not (tmp_path / "h2").exists()
+    r = CliRunner().invoke(main, ["heatmap", str(store.path), "--out", str(tmp_path / "h3")])
+    assert r.exit_code == 2 and "give exactly one of --word and --query" in r.output
+    for cmd in ("attention", "heatmap"):
+        assert CliRunner().invoke(main, [cmd, "--help"]).exit_code == 0
