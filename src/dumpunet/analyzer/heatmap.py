@@ -111,7 +111,7 @@ def query_map(
     return _normalize(acc)
 
 
-# Turbo colormap (Google, Apache-2.0), as the 6th-degree polynomial fit its authors published.
+# Turbo colormap (Google, Apache-2.0), as the degree-5 polynomial fit its authors published.
 _TURBO = np.array(
     [
         [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
