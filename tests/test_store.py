@@ -109,8 +109,8 @@ def test_one_feature_read_touches_one_chunk(tmp_path, monkeypatch):
 
     monkeypatch.setattr(zarr.storage.LocalStore, "get", spy)
     store.features("IN01", 2, guidance="uncond", image=1)
-    chunks = [k for k in reads if "/c/" in k]
-    assert chunks == ["runs/main/blocks/IN01/output/c/1/1/0/0/0/0"]
+    chunks = [k for k in reads if "/c." in k]
+    assert chunks == ["runs/main/blocks/IN01/output/c.1.1.0.0.0.0"]
 
 
 def test_selection_errors_name_what_exists(tmp_path):
@@ -168,7 +168,7 @@ def test_writer_refuses_to_clobber(tmp_path):
 def test_validate_finds_a_missing_chunk_and_a_wrong_dim(tmp_path):
     p = tmp_path / "s.zarr"
     write_store(p)
-    os.remove(p / "runs/main/blocks/IN01/output/c/1/0/1/0/0/0")
+    os.remove(p / "runs/main/blocks/IN01/output/c.1.0.1.0.0.0")
     meta_path = p / "runs/main/blocks/IN00/output/zarr.json"
     meta = json.loads(meta_path.read_text())
     meta["dimension_names"][3] = "chan"
@@ -187,7 +187,7 @@ def test_disk_full_keeps_complete_steps_readable(tmp_path, monkeypatch):
     budget = {"chunks": 2 * 8 + 3}  # two full calls (2 blocks x 2 images x 2 halves) and a bit of the third
 
     async def full_disk(self, key, value, *a, **kw):
-        if "/blocks/" in key and "/c/" in key:
+        if "/blocks/" in key and "/c." in key:
             if budget["chunks"] == 0:
                 raise OSError(errno.ENOSPC, "No space left on device")
             budget["chunks"] -= 1
@@ -231,7 +231,7 @@ def test_kill_mid_write_leaves_a_sound_store(tmp_path, sig):
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            done = p / "runs/main/call_done/c/0"
+            done = p / "runs/main/call_done/c.0"
             if done.exists() and zarr.open_array(p / "runs/main/call_done", mode="r").shape[0] > 5:
                 break
             time.sleep(0.05)

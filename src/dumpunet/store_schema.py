@@ -160,13 +160,15 @@ ATTENTION_FEATURES: dict[str, ArrayKind] = {
 def codecs_for(kind: ArrayKind) -> dict[str, Any]:
     """Compressor settings of an array kind (see docs/benchmarks.md for the measurement)."""
     if kind.chunk_rule == "slab":
-        # fp16 activations compress ~1.08x with zstd-1 but cost a third of the write speed;
-        # the writer sets the recording speed, so activations are stored uncompressed.
+        # fp16 activations compress ~1.08x with zstd-1 but halve the write speed (blosc-lz4: 1.01x,
+        # still -30%); the writer sets the recording speed, so activations are stored uncompressed.
         return {"compressors": None}
     return {"compressors": ZstdCodec(level=3)}
 
 
-CHUNK_KEY_ENCODING = {"name": "default", "separator": "/"}
+CHUNK_KEY_ENCODING = {"name": "default", "separator": "."}
+"""Flat chunk keys (``c.<call>.<image>.<guidance>.0.0.0``): with ``/`` every chunk file of a slab
+array needs about four new directories, which cost as much as the file (docs/benchmarks.md)."""
 
 
 def path(kind: ArrayKind, **names: str) -> str:

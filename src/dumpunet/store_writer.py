@@ -1,10 +1,12 @@
 """Write a store from a bounded background thread, so compression and I/O overlap the U-Net.
 
 The recorder hands over one U-Net call at a time (:meth:`StoreWriter.submit_call`); the writer
-thread grows the arrays by one call, writes every slab of the call concurrently through zarr's
-async API, and only then sets ``call_done`` for it. A run killed at any moment therefore leaves
-a store whose complete calls are readable and whose incomplete call is marked as such. zarr's
-local store replaces files atomically, so no chunk or metadata file is ever half-written.
+thread appends the call to the call table and writes every slab of the call concurrently through
+zarr's async API, and only once all of them are on disk sets ``call_done`` for it. A run killed
+at any moment therefore leaves a store whose complete calls are readable and whose incomplete call
+is marked as such. zarr's local store replaces files atomically, so no chunk or metadata file is
+ever half-written. Per-call arrays grow ahead of the call table (see ``_GROW_CALLS``) and are cut
+back to it when a run finishes or the writer closes; readers take the call count from the table.
 
 This module needs numpy and zarr only (no torch): the writer benchmark drives it without a model.
 """
@@ -16,6 +18,7 @@ import errno
 import queue
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,6 +27,9 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import BytesCodec
+from zarr.codecs.bytes import Endian
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from dumpunet import __version__
@@ -38,6 +44,18 @@ A callable lets the recorder hand over a device tensor whose copy to the host is
 the writer thread calls it when it gets to the slab.
 """
 
+_GROW_CALLS = 32
+"""Per-call arrays grow by this many calls at a time and are trimmed to the call count at the end.
+
+Growing by one call rewrites every array's zarr.json on every call: with 25 block arrays that is
+one small file per two chunk files, a third of the writer's time (docs/benchmarks.md). The call
+tables still grow by exactly one call, so their length stays the number of calls.
+"""
+
+_PROTO = default_buffer_prototype()
+_WRITE_RAW_CHUNKS = True
+"""Write uncompressed chunks straight to the store (False: through zarr's Array API; benchmarks)."""
+
 
 @dataclass
 class _RunState:
@@ -45,6 +63,7 @@ class _RunState:
     calls: dict[str, zarr.Array] = field(default_factory=dict)
     n_calls: int = 0
     done_steps: set[int] = field(default_factory=set)
+    table: dict[str, list[Any]] = field(default_factory=lambda: {kind.key: [] for kind in schema.CALL_ARRAYS})
 
 
 class StoreWriter:
@@ -87,9 +106,10 @@ class StoreWriter:
         self._pending_bytes = 0
         self._cond = threading.Condition()
         self._queue: queue.SimpleQueue[tuple[Callable[[], None], int] | None] = queue.SimpleQueue()
+        self._closed = False
+        self.busy_seconds = 0.0  # time the writer thread spent writing (for benchmarks)
         self._thread = threading.Thread(target=self._loop, name="dumpunet-writer", daemon=True)
         self._thread.start()
-        self._closed = False
 
     # ------------------------------------------------------------------ public, queued
 
@@ -172,7 +192,8 @@ class StoreWriter:
             st = self._runs[run]
             k = st.n_calls
             data = {key: src() if callable(src) else src for key, src in slabs.items()}
-            sync(_write_call(st, k, step, substep, timestep, data))
+            values = {"call_step": step, "call_substep": substep, "call_timestep": timestep, "call_done": 0}
+            sync(_write_call(st, k, values, data))
             st.n_calls = k + 1
             st.done_steps.add(step)
 
@@ -190,6 +211,7 @@ class StoreWriter:
         attrs = dict(attrs or {})
 
         def task() -> None:
+            _trim(self._runs[run])
             if images is not None:
                 arr = schema.create_array(self.root, schema.IMAGES, images.shape, run=run)
                 arr[...] = images
@@ -224,6 +246,8 @@ class StoreWriter:
         if self._closed:
             return
         self._closed = True
+        # not through _put: after an error the loop skips the trim, and the error surfaces below
+        self._queue.put((self._trim_all, 0))
         self._queue.put(None)
         self._thread.join()
         self._raise_if_failed()
@@ -247,15 +271,21 @@ class StoreWriter:
             if item is None:
                 return
             task, size = item
+            start = time.perf_counter()
             try:
                 if self._error is None:
                     task()
             except BaseException as exc:  # surfaced to the producer thread
                 self._error = exc
             finally:
+                self.busy_seconds += time.perf_counter() - start
                 with self._cond:
                     self._pending_bytes -= size
                     self._cond.notify_all()
+
+    def _trim_all(self) -> None:
+        for st in self._runs.values():
+            _trim(st)
 
     def _raise_if_failed(self) -> None:
         exc = self._error
@@ -273,32 +303,102 @@ class StoreWriter:
         raise RecordError(f"writing {self.path} failed: {exc!r}; complete steps stay readable ({kept})") from exc
 
 
-import os as _os
-_EXACT = _os.environ.get("DU_EXACT", "1") == "1"
-_TWO_PHASE = True
+async def _write_call(st: _RunState, k: int, values: Mapping[str, Any], data: Mapping[tuple[str, str], np.ndarray]) -> None:
+    """Write call ``k``: the call table and every slab at once, then ``call_done`` alone, last."""
+    unknown = data.keys() - st.arrays.keys()
+    if unknown:
+        raise KeyError(f"no array was created for {sorted(unknown)}")
+    for key, v in values.items():
+        st.table[key].append(v)
 
+    async def table_row(key: str) -> None:
+        arr = st.calls[key].async_array
+        await arr.resize((k + 1,))
+        if key != schema.CALL_DONE.key:
+            await _write_table_tail(arr, st.table[key])
 
-async def _write_call(st: _RunState, k: int, step: int, substep: int, timestep: float, data: Mapping[tuple[str, str], np.ndarray]) -> None:
-    grow = [arr.async_array.resize((k + 1,)) for arr in st.calls.values()]
-    for arr in st.arrays.values():
+    async def grow(arr: Any) -> None:
         if arr.shape[0] <= k:
-            n = k + 1 if _EXACT else max(2 * arr.shape[0], 8)
-            grow.append(arr.async_array.resize((n, *arr.shape[1:])))
-    await asyncio.gather(*grow)
+            await arr.resize((-(-(k + 1) // _GROW_CALLS) * _GROW_CALLS, *arr.shape[1:]))
+
+    async def write(arr: Any, slab: np.ndarray | None) -> None:
+        await grow(arr)
+        if slab is not None:
+            await _all(_slab_writes(arr, k, slab))
+
+    # One gather: the files are independent, and the event loop keeps every I/O thread busy.
+    # A failure leaves call_done unwritten, so the call reads as interrupted.
+    await _all(
+        [
+            *(table_row(kind.key) for kind in schema.CALL_ARRAYS),
+            *(write(arr.async_array, data.get(key)) for key, arr in st.arrays.items()),
+        ]
+    )
+    st.table[schema.CALL_DONE.key][-1] = 1
+    await _write_table_tail(st.calls[schema.CALL_DONE.key].async_array, st.table[schema.CALL_DONE.key])
+
+
+def _trim(st: _RunState) -> None:
+    """Cut the per-call arrays of a run back to the calls written (they grow ahead, see _GROW_CALLS)."""
     jobs = [
-        st.calls["call_step"].async_array.setitem(k, step),
-        st.calls["call_substep"].async_array.setitem(k, substep),
-        st.calls["call_timestep"].async_array.setitem(k, timestep),
+        arr.async_array.resize((st.n_calls, *arr.shape[1:]), delete_outside_chunks=False)
+        for arr in st.arrays.values()
+        if arr.shape[0] != st.n_calls
     ]
-    for key, x in data.items():
-        a = st.arrays[key].async_array
-        for g in range(x.shape[0]):
-            for i in range(x.shape[1]):
-                # exact chunk-shaped selection: zarr encodes the slab in place, without a merge copy
-                sel = (slice(k, k + 1), slice(i, i + 1), slice(g, g + 1))
-                jobs.append(a.setitem(sel, x[g : g + 1, i : i + 1].reshape(1, 1, 1, *x.shape[2:])))
-    await asyncio.gather(*jobs)
-    await st.calls["call_done"].async_array.setitem(k, 1)
+    if jobs:
+        sync(_all(jobs))
+
+
+async def _all(jobs: list[Any]) -> None:
+    """Await every job, then raise the first failure: no write is still running when a call fails."""
+    for result in await asyncio.gather(*jobs, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
+
+
+async def _write_table_tail(arr: Any, values: list[Any]) -> None:
+    """Write the last (partial) chunk of a call-table array whole, so zarr need not read it back first."""
+    n = len(values)
+    start = (n - 1) // arr.chunks[0] * arr.chunks[0]
+    await arr.setitem(slice(start, n), np.asarray(values[start:], dtype=arr.dtype))
+
+
+def _slab_writes(a: Any, k: int, x: np.ndarray) -> list[Any]:
+    """Coroutines that store one call's ``[guidance, image, ...]`` slab, one whole storage object each.
+
+    Each write covers exactly one chunk file (or one shard file), so zarr neither merges into a
+    fresh buffer nor reads back what is there, and two writes never share a file. Uncompressed
+    chunks are written straight to the store: their encoding is their little-endian bytes.
+    """
+    x = np.asarray(x)
+    want = (a.shape[2], a.shape[1], *a.shape[3:])
+    if tuple(x.shape) != want:
+        raise ValueError(f"{a.path}: slab of shape {tuple(x.shape)}, expected {want} ([guidance, image, ...])")
+    x = np.swapaxes(x, 0, 1)  # U-Net batch order [guidance, image] -> store order [image, guidance]
+    if _WRITE_RAW_CHUNKS and _raw_chunks(a):
+        le = np.asarray(x, dtype=a.dtype.newbyteorder("<"))
+        return [
+            (a.store_path / a.metadata.encode_chunk_key((k, i, g) + (0,) * (x.ndim - 2))).set(
+                _PROTO.buffer.from_array_like(np.ascontiguousarray(le[i, g]).reshape(-1).view(np.uint8))
+            )
+            for i in range(x.shape[0])
+            for g in range(x.shape[1])
+        ]
+    unit = a.shards or a.chunks
+    return [
+        a.setitem(
+            (slice(k, k + 1), slice(i, i + unit[1]), slice(g, g + unit[2])),
+            x[None, i : i + unit[1], g : g + unit[2]],
+        )
+        for i in range(0, x.shape[0], unit[1])
+        for g in range(0, x.shape[1], unit[2])
+    ]
+
+
+def _raw_chunks(a: Any) -> bool:
+    """Whether a chunk of ``a`` is stored as its plain little-endian bytes (no compressor, no shards)."""
+    codecs = a.metadata.codecs
+    return len(codecs) == 1 and isinstance(codecs[0], BytesCodec) and codecs[0].endian in (None, Endian.little)
 
 
 def _prepare_target(path: Path, *, overwrite: bool) -> None:
