@@ -173,3 +173,45 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_a_message(tmp_path):
     run = dumpunet.open(out).run()
     assert run.attrs["interrupted"] == "interrupted (Ctrl-C)"
     assert schema.validate(out).ok
+
+
+def test_a_recording_over_max_bytes_is_refused_with_the_estimate(tmp_path):
+    out = tmp_path / "big.zarr"
+    res = CliRunner().invoke(main, ["record", "--steps", "20", "--width", "512", "--height", "512", "--self-attention",
+                                    "--max-bytes", "1000000", "--out", str(out)])
+    assert res.exit_code == 1
+    lines = res.output.splitlines()
+    assert lines[0].startswith("size estimate: ") and "self-attention" in lines[2]
+    assert lines[-1].startswith("Error: the recording would write about ")
+    assert lines[-1].endswith("more than --max-bytes 1.00 MB; record fewer blocks, steps or attention layers (or raise --max-bytes)")
+    assert not out.exists()
+
+
+def test_self_attention_filters_shrink_the_estimate():
+    from dumpunet.recorder import run as recording
+
+    pipe, _ = recording.prepare(recording.RecordRequest(out=__import__("pathlib").Path("/nonexistent/x.zarr")))
+    sizes = {}
+    for name, extra in {
+        "all": {},
+        "mean": {"self_attention_heads": "mean"},
+        "stride": {"query_stride": 2},
+        "steps": {"self_attention_steps": "1-5"},
+    }.items():
+        req = recording.RecordRequest(out=__import__("pathlib").Path("/nonexistent/x.zarr"), steps=20, width=128,
+                                      height=128, attention="none", self_attention=True, blocks="none", **extra)
+        sizes[name] = recording.estimate(req, pipe).self_attention_bytes
+    assert sizes["mean"] * 2 == sizes["all"]  # tiny-sd1 has 2 heads
+    assert sizes["stride"] * 4 == sizes["all"]
+    assert sizes["steps"] * 4 == sizes["all"]
+
+
+def test_a_prompt_longer_than_the_window_warns_which_words_are_dropped(tmp_path):
+    words = " ".join(["girl"] * 80) + " with pink hair"
+    res = invoke("record", "--prompt", words, "--steps", "1", "--width", "64", "--height", "64", "--blocks", "M00",
+                 "--attention", "none", "--out", str(tmp_path / "t.zarr"), "--quiet")
+    assert res.exit_code == 0, res.output
+    warning = next(line for line in res.output.splitlines() if line.startswith("warning:"))
+    # 80 + 3 words and the start/end tokens; the encoder keeps the start token, 75 words and the end token
+    assert warning.startswith("warning: the prompt is 85 tokens and the text encoder reads 77")
+    assert warning.endswith("so the pipeline drops: 'girl girl girl girl girl with pink hair'")

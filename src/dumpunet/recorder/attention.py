@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from dumpunet.errors import RecordError
-from dumpunet.specs import parse_blocks, parse_ints
-from dumpunet.recorder.blocks import BlockUnit
+from dumpunet.specs import parse_ints
+from dumpunet.recorder.blocks import BlockUnit, select_blocks
 from dumpunet.recorder.processors import ProcessorWrapper, wrap_processors
 
 FEATURES = ("qk", "k", "vqk")
@@ -284,12 +284,10 @@ def feature_shape(
 
 def select_layers(unet: nn.Module, units: Sequence[BlockUnit], opts: AttentionOptions) -> list[AttentionLayer]:
     """The layers ``opts`` asks for, in execution order (block specs checked against ``units``)."""
-    names = [u.name for u in units]
-    aliases = {m: u.name for u in units for m in u.modules}
-    cross = set(parse_blocks(opts.blocks, names, aliases=aliases, what="attention block spec")) if opts.features else set()
+    cross = set(select_blocks(list(units), opts.blocks, what="attention block spec")) if opts.features else set()
     own: set[str] = set()
     if opts.self_attention:
         if opts.self_steps.strip():
             parse_ints(opts.self_steps, 1, None, noun="step", what="self-attention step spec")
-        own = set(parse_blocks(opts.self_blocks, names, aliases=aliases, what="self-attention block spec"))
+        own = set(select_blocks(list(units), opts.self_blocks, what="self-attention block spec"))
     return [layer for layer in attention_layers(unet, units) if layer.block in (cross if layer.cross else own)]

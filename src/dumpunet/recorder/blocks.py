@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from dumpunet.specs import parse_blocks
 from dumpunet.store_schema import BlockInfo
 
 
@@ -130,3 +131,11 @@ def _downsampled(module: nn.Module, h: int, w: int) -> tuple[int, int]:
     if getattr(module, "use_conv", True) and getattr(module, "padding", 1) == 1:
         return (h + 1) // 2, (w + 1) // 2
     return h // 2, w // 2
+
+
+def select_blocks(units: list[BlockUnit], spec: str, *, what: str = "block spec") -> list[str]:
+    """Blocks a spec selects, in U-Net order; module paths work as aliases; ``none`` selects none."""
+    if spec.strip().lower() == "none":
+        return []
+    names = [u.name for u in units]
+    return parse_blocks(spec, names, aliases={m: u.name for u in units for m in u.modules}, what=what)

@@ -15,7 +15,7 @@ from dumpunet import store_schema as schema
 from dumpunet.errors import RecordError
 from dumpunet.prompts import parse_layer_prompt
 from dumpunet.recorder.attention import AttentionOptions, feature_shape, query_grid, select_layers
-from dumpunet.recorder.blocks import block_table, unet_blocks
+from dumpunet.recorder.blocks import block_table, select_blocks, unet_blocks
 from dumpunet.recorder.conditioning import BlockConditioning
 from dumpunet.recorder.models import load_pipeline
 from dumpunet.recorder.samplers import make_scheduler
@@ -183,6 +183,7 @@ class Estimate:
     block_bytes: int
     attention_layers: int
     attention_bytes: int
+    self_attention_bytes: int
     shape_note: str
 
     @property
@@ -197,8 +198,20 @@ class Estimate:
             f"  blocks:    {hb(self.block_bytes)} ({self.blocks} blocks x {self.calls} U-Net calls)",
         ]
         if self.attention_layers:
-            out.append(f"  attention: {hb(self.attention_bytes)} ({self.attention_layers} layers)")
+            out.append(f"  attention: {hb(self.attention_bytes)} ({self.attention_layers} layers"
+                       + (f", self-attention {hb(self.self_attention_bytes)})" if self.self_attention_bytes else ")"))
+        if self.self_attention_bytes > LARGE_BYTES:
+            out.append(
+                f"warning: self-attention alone is {hb(self.self_attention_bytes * self.runs)}; narrow it with "
+                "--self-attention-blocks/-steps, --self-attention-heads mean, --query-region or --query-stride"
+            )
+        elif self.total_bytes > LARGE_BYTES:
+            out.append(f"warning: this recording is large ({hb(self.total_bytes)}); --dry-run shows the estimate only")
         return out
+
+
+LARGE_BYTES = 10 * 1000**3
+"""Estimates above this get a warning line."""
 
 
 def _default_device() -> str:
@@ -216,7 +229,7 @@ def prepare(req: RecordRequest) -> tuple[Any, dict[str, Any]]:
     pipe, model_info = load_pipeline(req.model, img2img=req.init_image is not None, device=device, config=req.config)
     pipe.scheduler = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed)
     names, aliases = _names(pipe)
-    parse_blocks(req.blocks, names, aliases=aliases, what="--blocks")
+    select_blocks(unet_blocks(pipe.unet), req.blocks, what="--blocks")
     plan_runs(req, names, aliases)  # layer-prompt block specs
     opts = req.attention_options()
     if opts is not None:
@@ -237,7 +250,7 @@ def estimate(req: RecordRequest, pipe: Any) -> Estimate:
     sf = int(pipe.vae_scale_factor)
     table = {b.name: b for b in block_table(pipe.unet, (h // sf, w // sf))}
     names, aliases = _names(pipe)
-    selected = set(parse_blocks(req.blocks, names, aliases=aliases))
+    selected = set(select_blocks(unet_blocks(pipe.unet), req.blocks))
     guidance = 2 if req.cfg > 1.0 else 1
     itemsize = np.dtype(schema.RECORD_DTYPES[req.dtype]).itemsize
     per_slab = itemsize * guidance * req.batch_size
@@ -249,7 +262,7 @@ def estimate(req: RecordRequest, pipe: Any) -> Estimate:
     calls_per_step = len(sched.timesteps) / req.steps
     n_steps = len(parse_ints(req.record_steps, 1, req.executed_steps)) if req.record_steps.strip() else req.executed_steps
     calls = max(1, round(n_steps * calls_per_step))
-    attn_elems, n_layers = 0.0, 0
+    attn_elems, self_elems, n_layers = 0.0, 0.0, 0
     opts = req.attention_options()
     if opts is not None:
         tokens = int(getattr(pipe.tokenizer, "model_max_length", 77))
@@ -267,7 +280,7 @@ def estimate(req: RecordRequest, pipe: Any) -> Estimate:
             else:
                 ys, xs = query_grid(hw, opts.query_region, opts.query_stride)
                 n = math.prod(feature_shape("qk", layer, heads, head_dim, len(ys) * len(xs), hw[0] * hw[1], opts.self_heads == "mean"))
-                attn_elems += n * calls * min(1.0, self_steps / max(1, n_steps))
+                self_elems += n * calls * min(1.0, self_steps / max(1, n_steps))
             n_layers += 1
     runs = len(plan_runs(req, names, aliases)[0])
     return Estimate(
@@ -276,7 +289,8 @@ def estimate(req: RecordRequest, pipe: Any) -> Estimate:
         blocks=len(selected),
         block_bytes=elems * per_slab * calls,
         attention_layers=n_layers,
-        attention_bytes=int(attn_elems * per_slab),
+        attention_bytes=int((attn_elems + self_elems) * per_slab),
+        self_attention_bytes=int(self_elems * per_slab),
         shape_note=f"{w}x{h}, batch {req.batch_size}, {'cfg on' if guidance == 2 else 'cfg off'}, {req.dtype}",
     )
 

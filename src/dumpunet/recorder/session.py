@@ -30,9 +30,9 @@ from dumpunet.recorder.attention import (
     query_grid,
     select_layers,
 )
-from dumpunet.recorder.blocks import block_table, unet_blocks
+from dumpunet.recorder.blocks import block_table, select_blocks, unet_blocks
 from dumpunet.recorder.identity import software_versions, unet_fingerprint
-from dumpunet.specs import format_ints, parse_blocks, parse_ints
+from dumpunet.specs import format_ints, parse_ints
 from dumpunet.store_writer import SlabSource, StoreWriter
 
 _TORCH_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
@@ -142,10 +142,7 @@ class Recorder:
         self.pipe = pipe
         self.unet: nn.Module = pipe.unet
         self.units = unet_blocks(self.unet)
-        names = [u.name for u in self.units]
-        aliases = {m: u.name for u in self.units for m in u.modules}
-        # 'none': attention only, no block outputs
-        self.selected = [] if blocks.strip().lower() == "none" else parse_blocks(blocks, names, aliases=aliases)
+        self.selected = select_blocks(self.units, blocks)
         self.steps_spec = steps
         if steps.strip():  # syntax errors now; the range is checked once the step count is known
             parse_ints(steps, 1, None, noun="step", what="step spec")
