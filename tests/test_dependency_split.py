@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 BLOCKER = textwrap.dedent(
     """
@@ -90,3 +91,30 @@ def test_render_and_export_run_without_torch(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["18", "heavy:", "[]"]
+
+
+def test_diff_and_contact_sheets_run_without_torch(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent / "analyzer"))
+    from synthetic_stores import make_paired_store
+
+    store = make_paired_store(tmp_path / "sweep.zarr", labels=("IN04", "M00"))
+    proc = run_blocked(
+        f"""
+        import sys
+        from click.testing import CliRunner
+        import dumpunet
+        from dumpunet.cli import main
+        r = CliRunner()
+        for args in (["diff", {str(store)!r}, "--pair", "M00", "--out", {str(tmp_path / "d")!r}, "--quiet"],
+                     ["render", {str(store)!r}, "--sweep", "--out", {str(tmp_path / "s")!r}],
+                     ["diff", "--help"]):
+            res = r.invoke(main, args)
+            assert res.exit_code == 0, (args, res.output, res.exception)
+        files = dumpunet.diff({str(store)!r}, out={str(tmp_path / "a")!r}, blocks="M00", steps="20", progress=False)
+        print(len(files))
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers", "safetensors"))
+        print("heavy:", heavy)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["7", "heavy:", "[]"]

@@ -1,7 +1,7 @@
 """dumpunet: record what every Stable Diffusion U-Net block does, then render it offline.
 
-Public API: :func:`open`, :func:`render` and :func:`export` (no torch needed) and :func:`record`
-(needs the ``record`` extra).
+Public API: :func:`open`, :func:`render`, :func:`diff` and :func:`export` (no torch needed) and
+:func:`record` (needs the ``record`` extra).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 from dumpunet.store import Store, open_store
 
 __version__ = "0.1.0"
-__all__ = ["Store", "export", "open", "record", "render", "__version__"]
+__all__ = ["Store", "diff", "export", "open", "record", "render", "__version__"]
 
 open = open_store  # noqa: A001 - dumpunet.open(path) is the documented entry point
 
@@ -24,12 +24,16 @@ def record(pipe: Any, path: Any, **options: Any) -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    # render and export load numba and the kernels: import them on first use, keeping
+    # render, diff and export load numba and the kernels: import them on first use, keeping
     # ``import dumpunet`` and ``dumpunet --help`` fast.
     if name == "render":
         from dumpunet.analyzer.render import render
 
         return render
+    if name == "diff":
+        from dumpunet.analyzer.diff import diff
+
+        return diff
     if name == "export":
         from dumpunet.analyzer.export import export
 

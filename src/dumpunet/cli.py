@@ -110,7 +110,7 @@ def _with(options: list[Any]) -> Any:
 
 @main.command()
 @_with(_GENERATION_OPTIONS)
-@click.option("--blocks", default="", help="Blocks to record, e.g. 'IN00-OUT11(+2)'; empty = all.")
+@click.option("--blocks", default="", help="Blocks to record, e.g. 'IN00-OUT11(+2)'; empty = all; none = attention only.")
 @click.option("--pair", is_flag=True, help="Record a base run and a layered run (per-block prompts) into one store.")
 @click.option("--base", default=None, help="With --pair: the base prompt (default: the prompt with every (~: :~) group erased).")
 def record(**opts: Any) -> None:
@@ -274,14 +274,14 @@ _SELECTION_OPTIONS = [
 ]
 
 
-def _color_options(*, pca: bool = False, h: str = "(2+v)/3") -> list[Any]:
+def _color_options(*, pca: bool = False, h: str = "(2+v)/3", transform: str = "auto01") -> list[Any]:
     """The colorization options every rendering command shares (the ColorSpec fields)."""
     methods = ["White/Black", "Red/Blue", "Custom", *(["PCA"] if pca else [])]
     return [
         click.option("--method", type=click.Choice(methods, case_sensitive=False), default="Custom", show_default=True,
                      help="Colorization" + ("; PCA colours the top 3 principal components." if pca else ".")),
         click.option("--transform", type=click.Choice(["auto01", "auto11", "linear", "sigmoid", "Auto [0,1]", "Auto [-1,1]"],
-                     case_sensitive=False), default="auto01", show_default=True, help="Value transform."),
+                     case_sensitive=False), default=transform, show_default=True, help="Value transform."),
         click.option("--auto-scope", type=click.Choice(["channel", "block", "step", "run"]), default="channel",
                      show_default=True, help="What one Auto min/max spans: each tile, a grid, all blocks of a step, the run."),
         click.option("--clamp-min", type=float, default=-1.0, show_default=True, help="Linear: lower clamp."),
@@ -321,16 +321,24 @@ def _echo_written(files: list[Any], out: Path, noun: str, as_json: bool) -> None
               help="Worker threads reading, colouring and encoding (default: all CPUs).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest entries of the written files as JSON.")
-def render(stores: tuple[Path, ...], inputs: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
+@click.option("--sweep", is_flag=True, help="Instead: a contact sheet of a sweep store's final images, "
+              "base first, one per block, labelled (sweep-img<i>.png); takes only --images.")
+@click.pass_context
+def render(ctx: click.Context, stores: tuple[Path, ...], inputs: bool, quiet: bool, as_json: bool, sweep: bool,
+           **opts: Any) -> None:
     """Render block outputs as PNG grids (one tile per channel) plus a manifest.json.
 
     \b
     dumpunet render girl.zarr --blocks OUT11 --steps 20 --method "White/Black" \\
         --transform sigmoid --gain 1 --offset 0 --out renders/
+    dumpunet render sweep.zarr --sweep --out sheet/
     """
     from dumpunet.analyzer.render import render as render_stores
 
     _sigterm_as_interrupt()  # so a killed render removes its temporary files and writes its manifest
+    if sweep:
+        _contact_sheets(ctx, stores, opts["images"], opts["out"], as_json)
+        return
     files = render_stores(list(stores), which="input" if inputs else "output", progress=not quiet, **opts)
     _echo_written(files, opts["out"], "PNG file", as_json)
 
@@ -353,6 +361,65 @@ def export(store: Path, inputs: bool, fmt: str, quiet: bool, as_json: bool, **op
 
     _sigterm_as_interrupt()
     files = export_store(store, which="input" if inputs else "output", format=fmt, progress=not quiet, **opts)
+    _echo_written(files, opts["out"], "file", as_json)
+
+
+_SWEEP_PARAMS = ("stores", "sweep", "images", "out", "quiet", "as_json", "jobs")
+
+
+def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], images: str, out: Path, as_json: bool) -> None:
+    from dumpunet.analyzer.sweep import contact_sheet
+
+    given = [p.opts[0] for p in ctx.command.params if p.name not in _SWEEP_PARAMS
+             and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"--sweep lays out final images; it takes only --images, not {', '.join(given)}")
+    if len(stores) != 1:
+        raise click.UsageError(f"--sweep takes one store, got {len(stores)}")
+    files = contact_sheet(stores[0], out=out, images=images)
+    _echo_written(files, out, "contact sheet", as_json)
+
+
+_PAIR_SELECTION_OPTIONS = _SELECTION_OPTIONS[:-1]
+"""The selection options but --run: a diff reads both runs of its pair."""
+
+
+@main.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--pair", default=None, help="The pair to compare, by label (a sweep: the block name); "
+              "default: the only or first pair.")
+@_with(_PAIR_SELECTION_OPTIONS)
+@click.option("--scale", type=click.IntRange(min=1), default=1, show_default=True, help="Enlarge each tile N times.")
+@click.option("--average", type=click.Choice(["mean", "1-norm", "2-norm"], case_sensitive=False), default=None,
+              help="One channel-averaged difference map per block instead of the grid.")
+@_with(_color_options(pca=True, transform="linear"))
+@click.option("--pca-basis", type=click.Path(path_type=Path), default=None,
+              help="PCA basis file (.npz) for differences: reused if it exists, else fitted here and saved.")
+@click.option("--no-finals", "finals", flag_value=False, default=True,
+              help="Skip the final images (for runs that did not finish).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (one per pair).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Worker threads reading, colouring and encoding (default: all CPUs).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest entries of the written files as JSON.")
+def diff(store: Path, inputs: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
+    """Show what a per-block prompt changed: layered - base of a pair, per block and step.
+
+    Writes difference maps diff-<block>-step<NNN>-img<i>-<guidance>-...png (coloured like
+    render; the default Linear transform keeps 0 at the middle colour, Red/Blue: black), and
+    summary.csv / summary.png: mean |layered - base| / mean |base| per block and step, to see
+    at a glance which blocks and steps changed most. Beside them the final images of both runs
+    and their pixel difference: final-base-, final-layered-, final-diff-, final-diff-norm-img<i>.png
+    (the last stretched so the largest difference is white).
+
+    \b
+    dumpunet diff girl.zarr --blocks IN00-OUT11 --steps 1-20 --method "Red/Blue" --out diff/
+    dumpunet diff sweep.zarr --pair IN04 --average 2-norm --clamp-min -4 --clamp-max 4 --out diff-IN04/
+    """
+    from dumpunet.analyzer.diff import diff as diff_pair
+
+    _sigterm_as_interrupt()
+    files = diff_pair(store, which="input" if inputs else "output", progress=not quiet, **opts)
     _echo_written(files, opts["out"], "file", as_json)
 
 

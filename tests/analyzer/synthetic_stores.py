@@ -75,3 +75,68 @@ def mark_interrupted(path: Path, step: int) -> None:
     """Make ``step`` look like a call a killed recording never finished (call_done = 0)."""
     done = zarr.open_array(path / "runs/main/call_done", mode="r+")
     done[RECORDED_STEPS.index(step)] = 0
+
+
+def make_paired_store(
+    path: Path,
+    *,
+    labels: tuple[str, ...] = ("layered",),
+    blocks: tuple[str, ...] = ("IN00", "IN04", "M00", "OUT11"),
+    n_images: int = 1,
+    steps: tuple[int, ...] = RECORDED_STEPS,
+    base_steps: tuple[int, ...] | None = None,
+    base_shapes: dict[str, tuple[int, int, int]] | None = None,
+    zero_base: tuple[tuple[str, int], ...] = (),
+    unfinished: tuple[str, ...] = (),
+    image_size: tuple[int, int] = (12, 16),
+) -> Path:
+    """A store with a run ``base`` and one layered run per label, paired as ``record --pair``
+    (label ``layered``) or ``sweep`` (labels = block names) lay them out.
+
+    Runs record ``steps`` (the base: ``base_steps`` if given). The base run's block data is
+    :func:`features` with seed 10 (all zero at the (block, step) pairs of ``zero_base``);
+    layered run k adds the features of seed 10 + k, weighted more in later blocks and steps, so
+    each block changes by its own amount.
+    Final images: :func:`final_image` (k), ``image_size`` (H, W); runs in ``unfinished`` have none.
+    """
+    table = block_table()
+    w = StoreWriter(path, root_attrs={"model": {"name": "tiny-test"}, "blocks": [b.to_json() for b in table]})
+    runs = ["base", *labels]
+    for k, run in enumerate(runs):
+        chosen = [b for b in table if b.name in blocks]
+        if run == "base" and base_shapes:
+            chosen = [BlockInfo(b.name, b.module, b.modules, b.input_module, base_shapes.get(b.name, b.output_shape),
+                                b.input_shape, True) for b in chosen]
+        w.begin_run(run, {"prompt": f"prompt {run}", "n_images": n_images, "guidance": ["uncond", "cond"],
+                          "steps": TOTAL_STEPS}, chosen, which=("output",), n_images=n_images, n_guidance=2,
+                    dtype="float16")
+        for s in base_steps if run == "base" and base_steps is not None else steps:
+            slabs = {}
+            for b in chosen:
+                x = features(b.name, s, n_images, seed=10)
+                if run == "base" and (b.name, s) in zero_base:
+                    x[:] = 0
+                elif run != "base":
+                    weight = 0.1 * (1 + blocks.index(b.name)) * (0.5 + s / TOTAL_STEPS)
+                    x = (x + weight * features(b.name, s, n_images, seed=10 + k)).astype(np.float16)
+                if x.shape[2:] != b.output_shape:
+                    x = np.resize(x, (2, n_images, *b.output_shape))
+                slabs[(b.name, "output")] = x
+            w.submit_call(run, step=s, substep=0, timestep=1000.0 - 50 * s, slabs=slabs)
+        if run not in unfinished:
+            images = np.stack([final_image(k, i, image_size) for i in range(n_images)])
+            w.finish_run(run, images=images, latents=np.zeros((n_images, 4, 1, 1), np.float32))
+    w.update_root_attrs({"pairs": [{"base": "base", "layered": run, "label": run} for run in labels]})
+    w.close()
+    return path
+
+
+def final_image(k: int, i: int, size: tuple[int, int] = (12, 16)) -> np.ndarray:
+    """Final image ``i`` of run ``k``: uint8 ``[H, W, 3]``, differing between runs in places."""
+    rng = np.random.default_rng([k, i])
+    base = np.random.default_rng([0, i]).integers(0, 256, (*size, 3), dtype=np.uint8)
+    img = base.copy()
+    if k:
+        mask = rng.random(size) < 0.3
+        img[mask] = rng.integers(0, 256, (int(mask.sum()), 3), dtype=np.uint8)
+    return img

@@ -24,6 +24,11 @@ above 1, and the colorization (:meth:`ColorSpec.slug`, or ``pca-{basis digest}``
 
 A ``manifest.json`` beside them lists every file with its parameters (:mod:`.output`).
 
+The pipeline (:func:`render_selections`) renders whatever a selection's ``read`` returns and
+names files by its ``file_stem``: :mod:`.diff` passes a
+:class:`~dumpunet.analyzer.selection.DiffSelection`, whose maps are ``layered - base`` and whose
+files are ``diff-OUT11-step020-...``.
+
 How the work runs: a pool of ``jobs`` threads each takes one file at a time: read the chunk, run
 the colorize and tile kernels (numba, without the GIL, one thread each), encode the PNG (deflate
 is most of the time and also runs without the GIL) and write it. So every core stays busy and
@@ -57,7 +62,7 @@ from dumpunet.errors import ColorSpecError, DumpUnetError
 from dumpunet.specs import format_ints
 from dumpunet.store import Store, open_store
 
-__all__ = ["AVERAGES", "RenderOptions", "render", "render_with"]
+__all__ = ["AVERAGES", "RenderOptions", "check_jobs", "render", "render_options", "render_selections", "render_with"]
 
 AVERAGES = ("mean", "1-norm", "2-norm")
 StoreLike = Store | str | os.PathLike[str]
@@ -186,17 +191,53 @@ def render(
     ...     dumpunet.render("girl.zarr", blocks="OUT00-OUT11", method="White/Black",
     ...                     transform="sigmoid", gain=gain, out="renders")
     """
+    opts = render_options(
+        blocks=blocks, steps=steps, images=images, guidance=guidance, channels=channels, scale=scale,
+        average=average, which=which, run=run, method=method, transform=transform, clamp_min=clamp_min,
+        clamp_max=clamp_max, gain=gain, offset=offset, space=space, r=r, g=g, b=b, h=h, s=s, l=l,
+        auto_scope=auto_scope, pca_basis=pca_basis,
+    )
+    return render_with(stores, opts, out=out, jobs=jobs, progress=progress, png_encoder=png_encoder)
+
+
+def render_options(
+    *,
+    blocks: str = "",
+    steps: str = "",
+    images: str = "",
+    guidance: Literal["cond", "uncond", "both"] = "cond",
+    channels: str = "",
+    scale: int = 1,
+    average: Literal["mean", "1-norm", "2-norm"] | None = None,
+    which: Literal["output", "input"] = "output",
+    run: str | None = None,
+    method: str = "Custom",
+    transform: str = "auto01",
+    clamp_min: float = -1.0,
+    clamp_max: float = 1.0,
+    gain: float = 1.0,
+    offset: float = 0.0,
+    space: str = "hsl",
+    r: str = "abs(v)",
+    g: str = "abs(v)",
+    b: str = "abs(v)",
+    h: str = "(2+v)/3",
+    s: str = "1.0",
+    l: str = "0.5",  # noqa: E741
+    auto_scope: Literal["channel", "block", "step", "run"] = "channel",
+    pca_basis: str | os.PathLike[str] | None = None,
+) -> RenderOptions:
+    """The :class:`RenderOptions` of :func:`render`'s keyword options (the same names and defaults)."""
     is_pca = str(method).strip().lower() == "pca"
     color = ColorSpec() if is_pca else ColorSpec(
         method, transform, clamp_min=clamp_min, clamp_max=clamp_max, gain=gain, offset=offset, space=space,
         r=r, g=g, b=b, h=h, s=s, l=l, auto_scope=auto_scope,
     )
-    opts = RenderOptions(
+    return RenderOptions(
         blocks=blocks, steps=steps, images=images, guidance=guidance, channels=channels, scale=scale,
         average=average, which=which, run=run, color=color, pca=is_pca,
         pca_basis=Path(pca_basis) if pca_basis is not None else None,
     )
-    return render_with(stores, opts, out=out, jobs=jobs, progress=progress, png_encoder=png_encoder)
 
 
 def render_with(
@@ -210,9 +251,7 @@ def render_with(
 ) -> list[WrittenFile]:
     """:func:`render` with the options as one :class:`RenderOptions`."""
     encoder = resolve_encoder(png_encoder)
-    jobs = default_jobs() if jobs is None else jobs
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ColorSpecError(f"jobs must be a whole number of at least 1, got {jobs!r}")
+    jobs = check_jobs(jobs)
     opened = [s if isinstance(s, Store) else open_store(s) for s in _as_list(stores)]
     if not opened:
         raise DumpUnetError("no store to render")
@@ -223,7 +262,33 @@ def render_with(
     ]
     check_folder(out)
     folders = [check_folder(f) for f in _folders(sels, Path(out))]
-    targets = [_Target(sel, folder, Manifest(folder)) for sel, folder in zip(sels, folders)]
+    return render_selections(sels, folders, opts, jobs=jobs, progress=progress, encoder=encoder)
+
+
+def check_jobs(jobs: int | None) -> int:
+    """The worker count to use: ``jobs``, or every CPU for None; refuse anything but a whole number >= 1."""
+    jobs = default_jobs() if jobs is None else jobs
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ColorSpecError(f"jobs must be a whole number of at least 1, got {jobs!r}")
+    return jobs
+
+
+def render_selections(
+    sels: Sequence[Selection],
+    folders: Sequence[Path],
+    opts: RenderOptions,
+    *,
+    jobs: int,
+    progress: bool,
+    encoder: str,
+) -> list[WrittenFile]:
+    """Render checked selections, each into its folder (created here), on ``jobs`` threads.
+
+    The pipeline behind :func:`render`, for anything that reads like a :class:`Selection` (a
+    :class:`~dumpunet.analyzer.selection.DiffSelection` renders difference maps). The selection
+    fields of ``opts`` are not used: the selections already say what to read.
+    """
+    targets = [_Target(sel, Path(folder), Manifest(Path(folder))) for sel, folder in zip(sels, folders)]
 
     bar = _progress_bar(sum(len(t.sel) for t in targets), progress)
     try:
@@ -311,7 +376,7 @@ def _prepare_basis(targets: list[_Target], opts: RenderOptions, bar) -> pca.Basi
     need: dict[str, tuple[int, Selection]] = {}
     for t in targets:
         for block in t.sel.blocks:
-            key = pca.basis_key(block, opts.which)
+            key = t.sel.basis_key(block)
             c = t.sel.shape(block)[0]
             prev = need.setdefault(key, (c, t.sel))
             if prev[0] != c:
@@ -334,7 +399,7 @@ def _prepare_basis(targets: list[_Target], opts: RenderOptions, bar) -> pca.Basi
         return basis
     bar.set_description("fit pca")
     for key in missing:
-        slabs = [(t.sel, sl) for t in targets for sl in t.sel.slabs("block") if pca.basis_key(sl.block, sl.which) == key]
+        slabs = [(t.sel, sl) for t in targets for sl in t.sel.slabs("block") if t.sel.basis_key(sl.block) == key]
         per = -(-pca.MAX_SAMPLES // len(slabs))
         rng = pca.seeded_rng(key)
         samples = np.concatenate([pca.sample_pixels(sel.read(sl), per, rng) for sel, sl in slabs])
@@ -355,7 +420,7 @@ def _task(t: _Target, slab: Slab, opts: RenderOptions, basis: pca.Basis | None) 
     n = 1 if opts.average is not None or opts.pca else c
     cols, rows = grid_shape(n, h, w)
     height, width = grid_size(cols, rows, h, w, opts.scale)
-    parts = [slab.name]
+    parts = [sel.file_stem(slab)]
     label = _channels_label(sel, slab.block)
     if label:
         parts.append(f"ch{label}")
@@ -363,7 +428,7 @@ def _task(t: _Target, slab: Slab, opts: RenderOptions, basis: pca.Basis | None) 
         parts.append("avg-" + opts.average.replace("-", ""))
     if opts.scale != 1:
         parts.append(f"x{opts.scale}")
-    entry: dict[str, Any] = {"kind": "render", "store": str(sel.store.path.resolve()), "run": sel.run.name}
+    entry: dict[str, Any] = sel.describe()
     entry.update(slab.params())
     entry.update(
         channels=sel.channel_text(slab.block),
@@ -373,7 +438,7 @@ def _task(t: _Target, slab: Slab, opts: RenderOptions, basis: pca.Basis | None) 
         average=opts.average,
     )
     if basis is not None:
-        key = pca.basis_key(slab.block, slab.which)
+        key = sel.basis_key(slab.block)
         digest = basis[key].digest
         parts.append(f"pca-{digest}")
         entry["colorization"] = None

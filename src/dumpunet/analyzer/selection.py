@@ -12,22 +12,29 @@ Examples
 >>> sel = select(dumpunet.open("girl.zarr"), blocks="OUT11", steps="20")  # doctest: +SKIP
 >>> [s.name for s in sel.slabs()]  # doctest: +SKIP
 ['OUT11-step020-img0-cond']
+
+:func:`select_pair` selects the same from both runs of a pair (``record --pair``, ``sweep``) and
+returns a :class:`DiffSelection`, whose :meth:`~DiffSelection.read` gives ``layered - base``:
+anything that renders a :class:`Selection` renders difference maps unchanged.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import zarr
 
+from dumpunet.analyzer.pca import basis_key
+from dumpunet.analyzer.reduce import difference
 from dumpunet.errors import SelectionError
 from dumpunet.specs import format_ints, parse_ints
 from dumpunet.store import Run, Store
 
-__all__ = ["Selection", "Slab", "select"]
+__all__ = ["DiffSelection", "DiffStats", "Selection", "Slab", "select", "select_pair"]
 
 Guidance = Literal["cond", "uncond", "both"]
 Which = Literal["output", "input"]
@@ -117,8 +124,98 @@ class Selection:
         chosen = self.channels[slab.block]
         return x if chosen is None else x[chosen]
 
+    def file_stem(self, slab: Slab) -> str:
+        """How a file showing ``slab`` starts: ``OUT11-step020-img0-cond``."""
+        return slab.name
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest fields every file of this selection shares."""
+        return {"kind": "render", "store": str(self.store.path.resolve()), "run": self.run.name}
+
+    def basis_key(self, block: str) -> str:
+        """The PCA basis entry that colours ``block`` (see :func:`dumpunet.analyzer.pca.basis_key`)."""
+        return basis_key(block, self.which)
+
     def __len__(self) -> int:
         return len(self.blocks) * len(self.steps) * len(self.images) * len(self.guidance)
+
+
+@dataclass(frozen=True)
+class DiffStats:
+    """How much one slab changed: means over its selected channels and pixels, in float64.
+
+    ``mean_abs_diff`` is ``mean(|layered - base|)`` of the float32 difference,
+    ``base_mean_abs`` is ``mean(|base|)``, and ``relative`` their ratio; where the base is all
+    zero, ``relative`` is 0 if nothing changed and ``inf`` otherwise.
+    """
+
+    mean_abs_diff: float
+    base_mean_abs: float
+
+    @property
+    def relative(self) -> float:
+        if self.base_mean_abs == 0:
+            return 0.0 if self.mean_abs_diff == 0 else math.inf
+        return self.mean_abs_diff / self.base_mean_abs
+
+
+@dataclass
+class DiffSelection(Selection):
+    """A selection of the layered run of a pair whose :meth:`read` returns ``layered - base``.
+
+    ``run``/``arrays``/``calls`` are the layered run's (slabs carry its call indices), the
+    ``base_*`` fields the base run's. Files are named ``diff-<slab>`` and described with
+    ``kind: "diff"``, so they can share a folder with renders of the same store.
+    """
+
+    base: Run
+    base_arrays: dict[str, zarr.Array]
+    base_calls: dict[int, int]
+    pair: dict[str, str]
+    _stats: dict[tuple[str, int, int, str], DiffStats] = field(default_factory=dict, repr=False)
+
+    def read_base(self, slab: Slab) -> np.ndarray:
+        """The selected channels of the base run at the slab's block, step, image and half."""
+        x = self.base_arrays[slab.block][self.base_calls[slab.step], slab.image, slab.guidance_index]
+        chosen = self.channels[slab.block]
+        return x if chosen is None else x[chosen]
+
+    def read(self, slab: Slab) -> np.ndarray:
+        """``layered - base`` of the selected channels, float32 ``[C, H, W]`` (reads two chunks).
+
+        The first read of a slab also notes its :class:`DiffStats`, so a render's own reads
+        fill the summary without a second pass over the store.
+        """
+        base = self.read_base(slab)
+        d = difference(super().read(slab), base)
+        key = (slab.block, slab.step, slab.image, slab.guidance)
+        if key not in self._stats:
+            self._stats[key] = DiffStats(float(np.abs(d).mean(dtype=np.float64)), float(np.abs(base).mean(dtype=np.float64)))
+        return d
+
+    def stats(self, slab: Slab) -> DiffStats:
+        """How much the slab changed (reads it if no render has yet)."""
+        key = (slab.block, slab.step, slab.image, slab.guidance)
+        if key not in self._stats:
+            self.read(slab)
+        return self._stats[key]
+
+    def file_stem(self, slab: Slab) -> str:
+        """``diff-OUT11-step020-img0-cond``."""
+        return f"diff-{slab.name}"
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "diff",
+            "store": str(self.store.path.resolve()),
+            "run": self.run.name,
+            "base_run": self.base.name,
+            "pair": self.pair["label"],
+        }
+
+    def basis_key(self, block: str) -> str:
+        """Differences get their own PCA basis entries (``OUT11-diff``): they centre on 0, features do not."""
+        return f"{basis_key(block, self.which)}-diff"
 
 
 def select(
@@ -172,3 +269,68 @@ def select(
         picked = parse_ints(channels, 0, n - 1, noun="channel", what=f"channel spec for {b}")
         chosen[b] = None if picked == list(range(n)) else picked
     return Selection(store, r, which, block_list, step_list, calls, image_list, halves, chosen, arrays)
+
+
+def select_pair(
+    store: Store,
+    *,
+    pair: str | None = None,
+    blocks: str = "",
+    steps: str = "",
+    images: str = "",
+    guidance: Guidance = "cond",
+    channels: str = "",
+    which: Which = "output",
+) -> DiffSelection:
+    """Select from both runs of a pair (default: the only or first pair) for difference maps.
+
+    The selection is checked against the layered run as :func:`select` does; the base run must
+    then hold the same blocks, with the same ``[image, guidance, channel, y, x]`` shapes, the
+    same guidance halves and every selected step, or a readable error says what differs.
+
+    Examples
+    --------
+    >>> sel = select_pair(dumpunet.open("sweep.zarr"), pair="IN04", blocks="OUT11", steps="20")  # doctest: +SKIP
+    >>> sel.read(next(sel.slabs())).dtype  # doctest: +SKIP
+    dtype('float32')
+    """
+    base, layered = store.pair(pair)
+    label = next(p["label"] for p in store.pairs if (p["base"], p["layered"]) == (base.name, layered.name))
+    sel = select(store, blocks=blocks, steps=steps, images=images, guidance=guidance, channels=channels,
+                 which=which, run=layered.name)
+    if base.guidance_labels != layered.guidance_labels:
+        raise SelectionError(
+            f"runs {base.name!r} and {layered.name!r} of pair {label!r} differ: guidance halves "
+            f"{', '.join(base.guidance_labels)} in {base.name!r} but {', '.join(layered.guidance_labels)} in {layered.name!r}"
+        )
+    base_arrays: dict[str, zarr.Array] = {}
+    for b in sel.blocks:
+        try:
+            arr = base.array(b, which)
+        except SelectionError:
+            raise SelectionError(
+                f"block {b} has recorded {which}s in run {layered.name!r} but not in base run {base.name!r} "
+                f"(recorded there: {', '.join(base.recorded(which)) or 'none'})"
+            ) from None
+        if arr.shape[1:] != sel.arrays[b].shape[1:]:
+            def dims(a: zarr.Array) -> str:
+                return "x".join(str(n) for n in a.shape[1:])
+
+            raise SelectionError(
+                f"runs {base.name!r} and {layered.name!r} of pair {label!r} differ: block {b} is "
+                f"{dims(arr)} in {base.name!r} but {dims(sel.arrays[b])} in {layered.name!r} "
+                "([image, guidance, channel, y, x])"
+            )
+        base_arrays[b] = arr
+    base_calls: dict[int, int] = {}
+    for s in sel.steps:
+        try:
+            base_calls[s] = base.calls.index(s, 0)
+        except SelectionError as exc:  # IncompleteStepError too
+            raise type(exc)(f"base run {base.name!r}: {exc}") from None
+        late = [b for b, arr in base_arrays.items() if base_calls[s] >= arr.shape[0]]
+        if late:
+            raise SelectionError(f"base run {base.name!r}: step {s} of block {late[0]} was not written")
+    fields_ = {name: getattr(sel, name) for name in Selection.__dataclass_fields__}
+    return DiffSelection(**fields_, base=base, base_arrays=base_arrays, base_calls=base_calls,
+                         pair={"base": base.name, "layered": layered.name, "label": label})

@@ -1,0 +1,206 @@
+"""Difference maps of a pair of runs: where and when a per-block prompt changed the U-Net.
+
+A store recorded with ``record --pair`` (or ``sweep``) holds a base run and a layered run with
+the same seed and settings. For each selected block, step, image and guidance half, ``layered -
+base`` (float32, :func:`~dumpunet.analyzer.reduce.difference`) is rendered exactly as
+:func:`~dumpunet.analyzer.render.render` renders features, with any colorization, ``average``,
+``scale`` or auto scope; only the names start with ``diff-``, so diffs and renders of one store
+can share a folder. Beside the maps go:
+
+=============================  ===============================================================
+``summary.csv``                one row per block, step, image, guidance half: ``mean_abs_diff``
+                               = mean ``|layered - base|``, ``base_mean_abs`` = mean ``|base|``
+                               (over the selected channels and all pixels, in float64), and
+                               ``relative`` = their ratio (0 where both are 0, ``inf`` where only
+                               the base is 0); values are written exactly (``repr`` of a float)
+``summary.png``                ``relative`` against step, one line per block (the mean over the
+                               selected images and guidance halves), legend sorted by peak
+``final-base-img{i}.png``      the final image of the base run
+``final-layered-img{i}.png``   the final image of the layered run
+``final-diff-img{i}.png``      ``|layered - base|`` per RGB channel, unscaled: the true pixel
+                               difference (mostly dark: a change of 10 is 10/255)
+``final-diff-norm-img{i}.png`` the same stretched so that the image's largest channel difference
+                               is white (``round(d * 255 / max d)``; black if nothing changed)
+=============================  ===============================================================
+
+Every file is written atomically and listed in ``manifest.json`` with its parameters. One pair
+per folder: diffing another pair of a sweep into the same folder replaces these files.
+
+Examples
+--------
+>>> dumpunet.diff("girl.zarr", blocks="IN00-OUT11", steps="1-20", method="Red/Blue", out="diff")  # doctest: +SKIP
+>>> dumpunet.diff("sweep.zarr", pair="IN04", average="2-norm", out="diff-IN04")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from dumpunet.analyzer.chart import line_chart
+from dumpunet.analyzer.output import Manifest, WrittenFile, check_folder, prepare_folder, write_atomic
+from dumpunet.analyzer.png import encode_png, resolve_encoder
+from dumpunet.analyzer.render import check_jobs, render_options, render_selections
+from dumpunet.analyzer.selection import DiffSelection, select_pair
+from dumpunet.errors import DumpUnetError, SelectionError
+from dumpunet.specs import format_ints
+from dumpunet.store import Store, open_store
+
+__all__ = ["SUMMARY_COLUMNS", "diff", "final_images", "summary_rows"]
+
+SUMMARY_COLUMNS = ("block", "step", "image", "guidance", "mean_abs_diff", "base_mean_abs", "relative")
+CHART_SIZE = (900, 500)
+
+
+def diff(
+    store: Store | str | os.PathLike[str],
+    *,
+    out: str | os.PathLike[str],
+    pair: str | None = None,
+    finals: bool = True,
+    jobs: int | None = None,
+    progress: bool = True,
+    png_encoder: str | None = None,
+    **options: Any,
+) -> list[WrittenFile]:
+    """Render ``layered - base`` of a pair, its summary and the final images into ``out``.
+
+    Parameters
+    ----------
+    store
+        A store with paired runs (path or :class:`~dumpunet.Store`).
+    pair
+        The pair's label (a sweep: the block name); default: the only or first pair.
+    finals
+        Also write the final images of both runs and their pixel difference (both runs must
+        have finished).
+    options
+        Every keyword option of :func:`~dumpunet.analyzer.render.render` but ``run``:
+        ``blocks``, ``steps``, ``images``, ``guidance``, ``channels``, ``scale``, ``average``,
+        ``which``, ``method``, ``transform``, ..., ``auto_scope``, ``pca_basis``, with one
+        other default: ``transform="linear"`` (clamped to [-1, 1]), so that no change has one
+        colour everywhere (black with Red/Blue) and colours mean the same in every map.
+    jobs, progress, png_encoder
+        As for :func:`~dumpunet.analyzer.render.render`.
+
+    Returns every file written: the maps, then ``summary.csv``, ``summary.png`` and the finals.
+
+    Examples
+    --------
+    >>> files = dumpunet.diff("girl.zarr", blocks="IN00-OUT11", steps="1-20", method="Red/Blue",
+    ...                       out="diff")  # doctest: +SKIP
+    >>> [f.path.name for f in files][-2:]  # doctest: +SKIP
+    ['final-diff-img0.png', 'final-diff-norm-img0.png']
+    """
+    if "run" in options:
+        raise DumpUnetError("diff reads the two runs of a pair: choose it with pair=..., not run=...")
+    opts = render_options(**{"transform": "linear", **options})
+    encoder = resolve_encoder(png_encoder)
+    jobs = check_jobs(jobs)
+    st = store if isinstance(store, Store) else open_store(store)
+    sel = select_pair(st, pair=pair, blocks=opts.blocks, steps=opts.steps, images=opts.images,
+                      guidance=opts.guidance, channels=opts.channels, which=opts.which)
+    pictures = final_images(sel) if finals else {}
+    folder = check_folder(out)
+
+    files = render_selections([sel], [folder], opts, jobs=jobs, progress=progress, encoder=encoder)
+    prepare_folder(folder)
+    manifest = Manifest(folder)
+    common = {"store": str(st.path.resolve()), "pair": sel.pair["label"], "base_run": sel.base.name,
+              "run": sel.run.name}
+    written: list[WrittenFile] = []
+
+    def put(name: str, data: bytes, entry: dict[str, Any]) -> None:
+        write_atomic(folder / name, data)
+        entry = {"file": name, **entry}
+        manifest.add(entry)
+        written.append(WrittenFile(folder / name, entry))
+
+    try:
+        rows = summary_rows(sel)
+        put("summary.csv", _csv(rows), {"kind": "diff-summary", **common, "which": sel.which,
+                                         "columns": list(SUMMARY_COLUMNS), "rows": len(rows)})
+        image, legend = summary_chart(sel, rows)
+        put("summary.png", encode_png(image, encoder=encoder),
+            {"kind": "diff-summary-chart", **common, "which": sel.which, "size": [image.shape[1], image.shape[0]],
+             "images": format_ints(sel.images), "guidance": [g for g, _ in sel.guidance], "legend": legend})
+        for i, (base, layered) in pictures.items():
+            put(f"final-base-img{i}.png", encode_png(base, encoder=encoder),
+                {"kind": "final", **common, "run": sel.base.name, "image": i})
+            put(f"final-layered-img{i}.png", encode_png(layered, encoder=encoder), {"kind": "final", **common, "image": i})
+            d = np.abs(layered.astype(np.int16) - base.astype(np.int16)).astype(np.uint8)
+            top = int(d.max())
+            put(f"final-diff-img{i}.png", encode_png(d, encoder=encoder),
+                {"kind": "final-diff", **common, "image": i, "max": top, "mean": float(d.mean(dtype=np.float64))})
+            norm = ((d.astype(np.uint32) * 255 + top // 2) // top).astype(np.uint8) if top else d
+            put(f"final-diff-norm-img{i}.png", encode_png(norm, encoder=encoder),
+                {"kind": "final-diff-normalized", **common, "image": i, "max": top})
+    finally:
+        manifest.write()
+    return files + written
+
+
+def final_images(sel: DiffSelection) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The final images ``{image: (base, layered)}`` of the selected images; refuse unfinished runs."""
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for i in sel.images:
+        pictures = []
+        for r in (sel.base, sel.run):
+            try:
+                pictures.append(r.image(i))
+            except SelectionError as exc:
+                raise SelectionError(f"{exc}; diff its recorded steps without the final images (--no-finals)") from None
+        base, layered = pictures
+        if base.shape != layered.shape:
+            raise SelectionError(
+                f"final image {i} is {base.shape[1]}x{base.shape[0]} in run {sel.base.name!r} but "
+                f"{layered.shape[1]}x{layered.shape[0]} in run {sel.run.name!r}; diff them with --no-finals"
+            )
+        out[i] = (base, layered)
+    return out
+
+
+def summary_rows(sel: DiffSelection) -> list[dict[str, Any]]:
+    """One row per slab (blocks in U-Net order, then steps, images, halves): the columns of ``summary.csv``."""
+    rows = []
+    for slab in sel.slabs("block"):
+        s = sel.stats(slab)
+        rows.append({"block": slab.block, "step": slab.step, "image": slab.image, "guidance": slab.guidance,
+                     "mean_abs_diff": s.mean_abs_diff, "base_mean_abs": s.base_mean_abs, "relative": s.relative})
+    return rows
+
+
+def _csv(rows: list[dict[str, Any]]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for row in rows:
+        w.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+    return buf.getvalue().encode()
+
+
+def summary_chart(sel: DiffSelection, rows: list[dict[str, Any]]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The line chart of ``relative`` per block against step (mean over images and halves)."""
+    by_block: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        by_block[row["block"]][row["step"]].append(row["relative"])
+    series = {
+        b: (list(steps), [math.fsum(v) / len(v) for v in steps.values()])
+        for b, steps in by_block.items()
+    }
+    halves = ", ".join(g for g, _ in sel.guidance)
+    what = "block input" if sel.which == "input" else "block"
+    pair = "" if sel.pair["label"] == sel.run.name else f" (pair {sel.pair['label']})"
+    title = f"{sel.label}: how much each {what} changed, run {sel.run.name} vs {sel.base.name}{pair}"
+    y_label = "mean |layered - base| / mean |base|"
+    if len(sel.images) > 1 or len(sel.guidance) > 1:
+        y_label += f"  (mean over images {format_ints(sel.images)}; {halves})"
+    else:
+        y_label += f"  (image {sel.images[0]}, {halves})"
+    return line_chart(series, title=title, x_label="step", y_label=y_label, size=CHART_SIZE)
