@@ -9,32 +9,28 @@ from importlib import metadata
 import torch
 from torch import nn
 
-_SMALL = 1 << 20  # tensors up to 1 MiB are hashed whole
-_WINDOWS = 16  # larger ones: this many evenly spaced windows ...
-_WINDOW = 4096  # ... of this many elements
+_WINDOW = 2048  # values hashed from the start, the middle and the end of each tensor
 
 
 def unet_fingerprint(unet: nn.Module) -> str:
     """Return a sha256 over every U-Net parameter's name, shape, dtype and a fixed sample of its values.
 
-    Small tensors are hashed whole; large ones through 16 evenly spaced windows of 4096 values, so
-    an SD1.5 U-Net is fingerprinted in milliseconds instead of the seconds a full 3.4 GB hash takes
-    (recording must not slow the run). Any retrained or merged checkpoint changes it.
+    Each tensor contributes its first, middle and last 2048 values (all of it when smaller), so
+    an SD1.5 U-Net is fingerprinted in about 10 ms instead of the seconds a full 3.4 GB hash
+    takes (recording must not slow the run). Retrained, merged or LoRA-fused weights change it.
     """
     h = hashlib.sha256()
     with torch.no_grad():
         for name, t in sorted(unet.state_dict().items()):
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
             flat = t.detach().reshape(-1)
-            if flat.numel() * flat.element_size() > _SMALL:
-                n = flat.numel()
-                starts = torch.linspace(0, n - _WINDOW, _WINDOWS, dtype=torch.float64).long()
-                idx = (starts[:, None] + torch.arange(_WINDOW)[None, :]).reshape(-1).to(flat.device)
-                flat = flat[idx]
-            flat = flat.cpu().contiguous()
-            if flat.dtype == torch.bfloat16:
-                flat = flat.view(torch.int16)
-            h.update(flat.numpy().tobytes())
+            n = flat.numel()
+            parts = [flat] if n <= 3 * _WINDOW else [flat[:_WINDOW], flat[n // 2 : n // 2 + _WINDOW], flat[-_WINDOW:]]
+            for part in parts:
+                part = part.cpu().contiguous()
+                if part.dtype == torch.bfloat16:
+                    part = part.view(torch.int16)
+                h.update(part.numpy().tobytes())
     return h.hexdigest()
 
 
