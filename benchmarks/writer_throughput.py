@@ -56,8 +56,8 @@ LZ4 = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=2)
 BZSTD = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=2)
 
 # Each variant changes the schema default in one or two ways. Keys: compressors (slab arrays),
-# sep (chunk key separator), shard (one shard per call and array), concurrency (zarr
-# 'async.concurrency'), grow (store_writer._GROW_CALLS), raw (store_writer._WRITE_RAW_CHUNKS).
+# sep (chunk key separator), shard (one shard per call and array), grow
+# (store_writer._GROW_CALLS), raw (store_writer._WRITE_RAW_CHUNKS: False = zarr's Array API).
 COMPARE: dict[str, dict] = {
     "schema default": {},
     "zstd-1": {"compressors": ZstdCodec(level=1)},
@@ -66,8 +66,6 @@ COMPARE: dict[str, dict] = {
     "sep '/'": {"sep": "/"},
     "sep '.'": {"sep": "."},
     "shard per call": {"shard": True},
-    "async.concurrency 2": {"concurrency": 2},
-    "async.concurrency 64": {"concurrency": 64},
     "grow 1 call at a time": {"grow": 1},
     "chunks via Array API": {"raw": False},
     "grow 1 + Array API": {"grow": 1, "raw": False},
@@ -75,7 +73,6 @@ COMPARE: dict[str, dict] = {
 DEFAULTS = {
     "codecs_for": schema.codecs_for,
     "sep": schema.CHUNK_KEY_ENCODING["separator"],
-    "concurrency": zarr.config.get("async.concurrency"),
     "grow": store_writer._GROW_CALLS,
     "raw": store_writer._WRITE_RAW_CHUNKS,
     "create_array": zarr.Group.create_array,
@@ -100,7 +97,6 @@ def configure(v: dict) -> None:
     schema.codecs_for = codecs_for
     schema.CHUNK_KEY_ENCODING = {**schema.CHUNK_KEY_ENCODING, "separator": v.get("sep", d["sep"])}
     zarr.Group.create_array = sharded if v.get("shard") else d["create_array"]
-    zarr.config.set({"async.concurrency": v.get("concurrency", d["concurrency"])})
     store_writer._GROW_CALLS = v.get("grow", d["grow"])
     store_writer._WRITE_RAW_CHUNKS = v.get("raw", d["raw"])
 

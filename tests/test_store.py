@@ -182,22 +182,23 @@ def test_validate_finds_a_missing_chunk_and_a_wrong_dim(tmp_path):
 
 
 def test_disk_full_keeps_complete_steps_readable(tmp_path, monkeypatch):
+    from dumpunet import store_writer
+
     p = tmp_path / "s.zarr"
-    orig = zarr.storage.LocalStore.set
     budget = {"chunks": 2 * 8 + 3}  # two full calls (2 blocks x 2 images x 2 halves) and a bit of the third
 
-    async def full_disk(self, key, value, *a, **kw):
-        if "/blocks/" in key and "/c." in key:
+    def full_disk(file, mode="r", *a, **kw):
+        if "w" in mode and "/blocks/" in str(file) and "/c." in str(file):
             if budget["chunks"] == 0:
                 raise OSError(errno.ENOSPC, "No space left on device")
             budget["chunks"] -= 1
-        return await orig(self, key, value, *a, **kw)
+        return open(file, mode, *a, **kw)
 
-    monkeypatch.setattr(zarr.storage.LocalStore, "set", full_disk)
+    monkeypatch.setattr(store_writer, "open", full_disk, raising=False)
     with pytest.raises(RecordError) as err:
         write_store(p, steps=5)
     assert str(err.value).startswith(f"disk full while writing {p}; complete steps stay readable (main: steps 1-2)")
-    monkeypatch.setattr(zarr.storage.LocalStore, "set", orig)
+    monkeypatch.undo()
     store = dumpunet.open(p)
     assert store.steps == [1, 2]
     np.testing.assert_array_equal(store.features("IN01", 2), slab(2, BLOCKS[1])[1, 0])

@@ -1,22 +1,31 @@
-"""Write a store from a bounded background thread, so compression and I/O overlap the U-Net.
+"""Write a store from a bounded background thread, so I/O overlaps the U-Net.
 
-The recorder hands over one U-Net call at a time (:meth:`StoreWriter.submit_call`); the writer
-thread appends the call to the call table and writes every slab of the call concurrently through
-zarr's async API, and only once all of them are on disk sets ``call_done`` for it. A run killed
-at any moment therefore leaves a store whose complete calls are readable and whose incomplete call
-is marked as such. zarr's local store replaces files atomically, so no chunk or metadata file is
-ever half-written. Per-call arrays grow ahead of the call table (see ``_GROW_CALLS``) and are cut
-back to it when a run finishes or the writer closes; readers take the call count from the table.
+The recorder hands over one U-Net call at a time (:meth:`StoreWriter.submit_call`). The writer
+thread appends the call to the call table with ``call_done`` = 0, writes every slab of the call as
+one chunk file, and only then sets ``call_done`` = 1. A run killed at any moment therefore leaves
+a store whose complete calls are readable and whose incomplete call is marked as such.
+
+Per-call arrays are written by this thread directly, without zarr's machinery, because zarr's
+per-file overhead is what a recording cannot spare: their zarr.json documents come from
+:func:`dumpunet.store_schema.array_document` (zarr's own format, built from a zarr template) and
+are replaced atomically (temporary file + rename); chunk files of uncompressed arrays are their
+little-endian bytes, written in place: a chunk interrupted mid-write belongs to a call whose
+``call_done`` was never set, so nothing reads it. Per-call arrays grow ahead of the call table
+(see ``_GROW_CALLS``) and are cut back to it when a run finishes or the writer closes; readers
+take the call count from the call table. Groups' attributes, final images and latents go
+through zarr.
 
 This module needs numpy and zarr only (no torch): the writer benchmark drives it without a model.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
+import json
+import os
 import queue
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,10 +36,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec
-from zarr.codecs.bytes import Endian
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from dumpunet import __version__
 from dumpunet import store_schema as schema
@@ -52,15 +58,71 @@ one small file per two chunk files, a third of the writer's time (docs/benchmark
 tables still grow by exactly one call, so their length stays the number of calls.
 """
 
-_PROTO = default_buffer_prototype()
 _WRITE_RAW_CHUNKS = True
-"""Write uncompressed chunks straight to the store (False: through zarr's Array API; benchmarks)."""
+"""Write uncompressed chunks as files directly (False: through zarr's Array API; benchmarks)."""
+
+
+class _Array:
+    """One per-call array of a run: its zarr.json document and its chunk files."""
+
+    def __init__(self, base: Path, kind: schema.ArrayKind, shape: Sequence[int], dtype: str | None,
+                 attrs: Mapping[str, Any] | None, names: Mapping[str, str]) -> None:
+        self.path = kind.path(**names)
+        self.dir = base / self.path
+        self.doc = schema.array_document(kind, shape, dtype=dtype, attributes=attrs)
+        self.meta = ArrayV3Metadata.from_dict(json.loads(json.dumps(self.doc)))
+        self.dtype = np.dtype(self.doc["data_type"]).newbyteorder("<")
+        codecs = self.doc["codecs"]
+        self.raw = _WRITE_RAW_CHUNKS and len(codecs) == 1 and codecs[0]["name"] == "bytes"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.doc["shape"])
+
+    def write_document(self) -> None:
+        _write_atomic(self.dir / "zarr.json", json.dumps(self.doc, indent=2).encode())
+
+    def resize(self, n_calls: int) -> None:
+        self.doc["shape"][0] = n_calls
+        self.write_document()
+
+    def chunk_file(self, coords: Sequence[int]) -> Path:
+        path = self.dir / self.meta.encode_chunk_key(tuple(coords))
+        if path.parent != self.dir:  # '/'-separated chunk keys nest folders
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_slab(self, k: int, slab: np.ndarray) -> None:
+        """Store call ``k``'s ``[guidance, image, ...]`` slab: one chunk file per (image, guidance)."""
+        want = (self.shape[2], self.shape[1], *self.shape[3:])
+        if tuple(slab.shape) != want:
+            raise ValueError(f"{self.path}: slab of shape {tuple(slab.shape)}, expected {want} ([guidance, image, ...])")
+        x = np.asarray(slab, dtype=self.dtype)
+        if not self.raw:  # compressed or sharded (benchmark variants): zarr encodes it
+            arr = zarr.open_array(self.dir, mode="r+", zarr_format=3)
+            arr[k] = np.swapaxes(x, 0, 1)
+            return
+        tail = (0,) * (x.ndim - 2)
+        for g in range(x.shape[0]):
+            for i in range(x.shape[1]):
+                # in place, not atomic: call_done is set only after every chunk of the call is written
+                with open(self.chunk_file((k, i, g, *tail)), "wb") as fh:
+                    fh.write(np.ascontiguousarray(x[g, i]).data)
+
+    def write_table_tail(self, values: list[Any]) -> None:
+        """Rewrite the last chunk of a 1-D call table (atomically: it holds earlier calls too)."""
+        size = self.doc["chunk_grid"]["configuration"]["chunk_shape"][0]
+        c = (len(values) - 1) // size
+        chunk = np.zeros(size, self.dtype)
+        part = values[c * size :]
+        chunk[: len(part)] = part
+        _write_atomic(self.chunk_file((c,)), chunk.tobytes())
 
 
 @dataclass
 class _RunState:
-    arrays: dict[tuple[str, str], zarr.Array] = field(default_factory=dict)
-    calls: dict[str, zarr.Array] = field(default_factory=dict)
+    arrays: dict[tuple[str, str], _Array] = field(default_factory=dict)
+    calls: dict[str, _Array] = field(default_factory=dict)
     n_calls: int = 0
     done_steps: set[int] = field(default_factory=set)
     table: dict[str, list[Any]] = field(default_factory=lambda: {kind.key: [] for kind in schema.CALL_ARRAYS})
@@ -141,13 +203,13 @@ class StoreWriter:
             grp.attrs.update({**attrs, "complete": False})
             self.root.attrs["runs"] = [*self.root.attrs.get("runs", []), run]
             for kind in schema.CALL_ARRAYS:
-                st.calls[kind.key] = schema.create_array(self.root, kind, (0,), run=run)
+                st.calls[kind.key] = self._create(kind, (0,), None, None, {"run": run})
             for b in blocks:
                 for w in which:
                     kind = schema.BLOCK_ARRAYS[w]
                     chw = b.output_shape if w == "output" else b.input_shape
                     shape = (0, n_images, n_guidance, *chw)
-                    st.arrays[(b.name, w)] = schema.create_array(self.root, kind, shape, dtype=dtype, run=run, block=b.name)
+                    st.arrays[(b.name, w)] = self._create(kind, shape, dtype, None, {"run": run, "block": b.name})
 
         self._put(task)
 
@@ -163,9 +225,7 @@ class StoreWriter:
         def task() -> None:
             st = self._runs[run]
             for key, (kind, shape, dtype, names, attrs) in arrays.items():
-                st.arrays[key] = schema.create_array(
-                    self.root, kind, (st.n_calls, *shape), dtype=dtype, attributes=attrs, run=run, **names
-                )
+                st.arrays[key] = self._create(kind, (st.n_calls, *shape), dtype, attrs, {"run": run, **names})
 
         self._put(task)
 
@@ -192,8 +252,8 @@ class StoreWriter:
             st = self._runs[run]
             k = st.n_calls
             data = {key: src() if callable(src) else src for key, src in slabs.items()}
-            values = {"call_step": step, "call_substep": substep, "call_timestep": timestep, "call_done": 0}
-            sync(_write_call(st, k, values, data))
+            values = {"call_step": step, "call_substep": substep, "call_timestep": timestep}
+            _write_call(st, k, values, data)
             st.n_calls = k + 1
             st.done_steps.add(step)
 
@@ -254,6 +314,22 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ internals
 
+    def _create(self, kind: schema.ArrayKind, shape: Sequence[int], dtype: str | None,
+                attrs: Mapping[str, Any] | None, names: Mapping[str, str]) -> _Array:
+        """Create an empty per-call array (and any missing parent group) by writing its documents."""
+        arr = _Array(self.path, kind, shape, dtype, attrs, names)
+        parent = arr.dir.parent
+        missing = []
+        while parent != self.path and not (parent / "zarr.json").exists():
+            missing.append(parent)
+            parent = parent.parent
+        for group in reversed(missing):
+            group.mkdir(exist_ok=True)
+            _write_atomic(group / "zarr.json", json.dumps(schema.GROUP_DOCUMENT).encode())
+        arr.dir.mkdir(parents=True, exist_ok=True)
+        arr.write_document()
+        return arr
+
     def _put(self, task: Callable[[], None], size: int = 0) -> None:
         self._raise_if_failed()
         if self._closed:
@@ -303,102 +379,47 @@ class StoreWriter:
         raise RecordError(f"writing {self.path} failed: {exc!r}; complete steps stay readable ({kept})") from exc
 
 
-async def _write_call(st: _RunState, k: int, values: Mapping[str, Any], data: Mapping[tuple[str, str], np.ndarray]) -> None:
-    """Write call ``k``: the call table and every slab at once, then ``call_done`` alone, last."""
+def _write_call(st: _RunState, k: int, values: Mapping[str, Any], data: Mapping[tuple[str, str], np.ndarray]) -> None:
+    """Write call ``k``: its call-table row (not done), every slab, then ``call_done`` = 1 last."""
     unknown = data.keys() - st.arrays.keys()
     if unknown:
         raise KeyError(f"no array was created for {sorted(unknown)}")
-    for key, v in values.items():
-        st.table[key].append(v)
-
-    async def table_row(key: str) -> None:
-        arr = st.calls[key].async_array
-        await arr.resize((k + 1,))
-        if key != schema.CALL_DONE.key:
-            await _write_table_tail(arr, st.table[key])
-
-    async def grow(arr: Any) -> None:
+    for kind in schema.CALL_ARRAYS:  # the call is listed, marked not done
+        table = st.table[kind.key]
+        table.append(0 if kind is schema.CALL_DONE else values[kind.key])
+        arr = st.calls[kind.key]
+        arr.write_table_tail(table)
+        arr.resize(k + 1)
+    for key, arr in st.arrays.items():
         if arr.shape[0] <= k:
-            await arr.resize((-(-(k + 1) // _GROW_CALLS) * _GROW_CALLS, *arr.shape[1:]))
-
-    async def write(arr: Any, slab: np.ndarray | None) -> None:
-        await grow(arr)
-        if slab is not None:
-            await _all(_slab_writes(arr, k, slab))
-
-    # One gather: the files are independent, and the event loop keeps every I/O thread busy.
-    # A failure leaves call_done unwritten, so the call reads as interrupted.
-    await _all(
-        [
-            *(table_row(kind.key) for kind in schema.CALL_ARRAYS),
-            *(write(arr.async_array, data.get(key)) for key, arr in st.arrays.items()),
-        ]
-    )
-    st.table[schema.CALL_DONE.key][-1] = 1
-    await _write_table_tail(st.calls[schema.CALL_DONE.key].async_array, st.table[schema.CALL_DONE.key])
+            arr.resize(-(-(k + 1) // _GROW_CALLS) * _GROW_CALLS)
+        if key in data:
+            arr.write_slab(k, data[key])
+    done = st.table[schema.CALL_DONE.key]
+    done[-1] = 1
+    st.calls[schema.CALL_DONE.key].write_table_tail(done)
 
 
 def _trim(st: _RunState) -> None:
     """Cut the per-call arrays of a run back to the calls written (they grow ahead, see _GROW_CALLS)."""
-    jobs = [
-        arr.async_array.resize((st.n_calls, *arr.shape[1:]), delete_outside_chunks=False)
-        for arr in st.arrays.values()
-        if arr.shape[0] != st.n_calls
-    ]
-    if jobs:
-        sync(_all(jobs))
+    for arr in st.arrays.values():
+        if arr.shape[0] != st.n_calls:
+            arr.resize(st.n_calls)
 
 
-async def _all(jobs: list[Any]) -> None:
-    """Await every job, then raise the first failure: no write is still running when a call fails."""
-    for result in await asyncio.gather(*jobs, return_exceptions=True):
-        if isinstance(result, BaseException):
-            raise result
-
-
-async def _write_table_tail(arr: Any, values: list[Any]) -> None:
-    """Write the last (partial) chunk of a call-table array whole, so zarr need not read it back first."""
-    n = len(values)
-    start = (n - 1) // arr.chunks[0] * arr.chunks[0]
-    await arr.setitem(slice(start, n), np.asarray(values[start:], dtype=arr.dtype))
-
-
-def _slab_writes(a: Any, k: int, x: np.ndarray) -> list[Any]:
-    """Coroutines that store one call's ``[guidance, image, ...]`` slab, one whole storage object each.
-
-    Each write covers exactly one chunk file (or one shard file), so zarr neither merges into a
-    fresh buffer nor reads back what is there, and two writes never share a file. Uncompressed
-    chunks are written straight to the store: their encoding is their little-endian bytes.
-    """
-    x = np.asarray(x)
-    want = (a.shape[2], a.shape[1], *a.shape[3:])
-    if tuple(x.shape) != want:
-        raise ValueError(f"{a.path}: slab of shape {tuple(x.shape)}, expected {want} ([guidance, image, ...])")
-    x = np.swapaxes(x, 0, 1)  # U-Net batch order [guidance, image] -> store order [image, guidance]
-    if _WRITE_RAW_CHUNKS and _raw_chunks(a):
-        le = np.asarray(x, dtype=a.dtype.newbyteorder("<"))
-        return [
-            (a.store_path / a.metadata.encode_chunk_key((k, i, g) + (0,) * (x.ndim - 2))).set(
-                _PROTO.buffer.from_array_like(np.ascontiguousarray(le[i, g]).reshape(-1).view(np.uint8))
-            )
-            for i in range(x.shape[0])
-            for g in range(x.shape[1])
-        ]
-    unit = a.shards or a.chunks
-    return [
-        a.setitem(
-            (slice(k, k + 1), slice(i, i + unit[1]), slice(g, g + unit[2])),
-            x[None, i : i + unit[1], g : g + unit[2]],
-        )
-        for i in range(0, x.shape[0], unit[1])
-        for g in range(0, x.shape[1], unit[2])
-    ]
-
-
-def _raw_chunks(a: Any) -> bool:
-    """Whether a chunk of ``a`` is stored as its plain little-endian bytes (no compressor, no shards)."""
-    codecs = a.metadata.codecs
-    return len(codecs) == 1 and isinstance(codecs[0], BytesCodec) and codecs[0].endian in (None, Endian.little)
+def _write_atomic(path: Path, content: bytes) -> None:
+    """Replace ``path`` with ``content`` atomically (a temporary file in the same folder, renamed)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _prepare_target(path: Path, *, overwrite: bool) -> None:
