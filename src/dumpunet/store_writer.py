@@ -58,6 +58,9 @@ one small file per two chunk files, a third of the writer's time (docs/benchmark
 tables still grow by exactly one call, so their length stays the number of calls.
 """
 
+WRITER_NICENESS = 10
+"""Nice value of the writer thread (Linux): recording should slow the U-Net as little as it can."""
+
 _WRITE_RAW_CHUNKS = True
 """Write uncompressed chunks as files directly (False: through zarr's Array API; benchmarks)."""
 
@@ -238,8 +241,12 @@ class StoreWriter:
         timestep: float,
         slabs: Mapping[tuple[str, str], SlabSource],
         nbytes: int | None = None,
+        on_written: Callable[[], None] | None = None,
     ) -> None:
         """Queue one U-Net call: every slab, then its completion mark.
+
+        ``on_written`` runs in the writer thread once the call is written (or failed): the
+        recorder hands its slab buffers back to reuse them.
 
         ``slabs`` maps (block or layer, array key) to a ``[guidance, image, ...]`` array. Blocks
         without a slab in this call keep zeros and the call is still complete (the recorder
@@ -251,9 +258,13 @@ class StoreWriter:
         def task() -> None:
             st = self._runs[run]
             k = st.n_calls
-            data = {key: src() if callable(src) else src for key, src in slabs.items()}
-            values = {"call_step": step, "call_substep": substep, "call_timestep": timestep}
-            _write_call(st, k, values, data)
+            try:
+                data = {key: src() if callable(src) else src for key, src in slabs.items()}
+                values = {"call_step": step, "call_substep": substep, "call_timestep": timestep}
+                _write_call(st, k, values, data)
+            finally:
+                if on_written is not None:
+                    on_written()
             st.n_calls = k + 1
             st.done_steps.add(step)
 
@@ -342,6 +353,11 @@ class StoreWriter:
         self._queue.put((task, size))
 
     def _loop(self) -> None:
+        # Yield the CPU to the U-Net's threads: the queue absorbs what the writer cannot do at once.
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
+        except (AttributeError, OSError):  # not Linux, or not allowed
+            pass
         while True:
             item = self._queue.get()
             if item is None:

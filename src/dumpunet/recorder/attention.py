@@ -183,21 +183,27 @@ class AttentionCapture:
             self.sink(name, "vqk", v)
 
 
+_ONE_SHOT_BYTES = 64 << 20
+"""Score tensors up to this size are computed for all heads at once; larger ones head by head."""
+
+
 def attention_probs(
     q: torch.Tensor, k: torch.Tensor, scale: float, query_index: torch.Tensor | None = None, head_mean: bool = False
 ) -> torch.Tensor:
     """softmax(q·kᵀ·scale) in float32, per head; optionally only some queries, or averaged over heads.
 
-    Computed one head at a time so that full self-attention maps (4096² per head at 512²) never
-    need more than one head's scores in float32 at once.
+    Cross-attention scores are small and computed in one batched matmul; full self-attention maps
+    (4096² per head at 512²) are computed one head at a time, so that no more than one head's
+    scores need to exist in float32 at once.
     """
     if query_index is not None:
         q = q[:, :, query_index.to(q.device)]
     b, h, nq, _ = q.shape
     nk = k.shape[2]
-    out = torch.empty((b, 1 if head_mean else h, nq, nk), dtype=torch.float32, device=q.device)
-    if head_mean:
-        out.zero_()
+    if b * h * nq * nk * 4 <= _ONE_SHOT_BYTES:
+        p = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * scale, dim=-1)
+        return p.mean(dim=1, keepdim=True) if head_mean else p
+    out = torch.zeros((b, 1 if head_mean else h, nq, nk), dtype=torch.float32, device=q.device)
     for i in range(h):
         p = torch.softmax((q[:, i].float() @ k[:, i].float().transpose(-1, -2)) * scale, dim=-1)
         if head_mean:

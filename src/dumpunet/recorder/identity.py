@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import weakref
+from functools import lru_cache
 from importlib import metadata
 
 import torch
 from torch import nn
 
 _WINDOW = 2048  # values hashed from the start, the middle and the end of each tensor
+
+
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[tuple[int, int], ...], str]] = weakref.WeakKeyDictionary()
 
 
 def unet_fingerprint(unet: nn.Module) -> str:
@@ -19,6 +24,11 @@ def unet_fingerprint(unet: nn.Module) -> str:
     an SD1.5 U-Net is fingerprinted in about 10 ms instead of the seconds a full 3.4 GB hash
     takes (recording must not slow the run). Retrained, merged or LoRA-fused weights change it.
     """
+    # Cached per module while no parameter has been replaced or changed in place.
+    key = tuple((p.data_ptr(), p._version) for p in unet.parameters())
+    cached = _CACHE.get(unet)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     h = hashlib.sha256()
     with torch.no_grad():
         for name, t in sorted(unet.state_dict().items()):
@@ -31,9 +41,11 @@ def unet_fingerprint(unet: nn.Module) -> str:
                 if part.dtype == torch.bfloat16:
                     part = part.view(torch.int16)
                 h.update(part.numpy().tobytes())
-    return h.hexdigest()
+    _CACHE[unet] = (key, h.hexdigest())
+    return _CACHE[unet][1]
 
 
+@lru_cache(maxsize=1)
 def software_versions() -> dict[str, str]:
     """Versions of the packages that shape a recording."""
     out = {"python": platform.python_version()}

@@ -31,6 +31,7 @@ from dumpunet.recorder.attention import (
     select_layers,
 )
 from dumpunet.recorder.blocks import block_table, select_blocks, unet_blocks
+from dumpunet.recorder.buffers import HostBuffers
 from dumpunet.recorder.identity import software_versions, unet_fingerprint
 from dumpunet.specs import format_ints, parse_ints
 from dumpunet.store_writer import SlabSource, StoreWriter
@@ -171,6 +172,8 @@ class Recorder:
         self._record_steps: set[int] = set()
         self._recording = False
         self._slabs: dict[tuple[str, str], SlabSource] = {}
+        self._taken: list[torch.Tensor] = []
+        self._buffers = HostBuffers()
         self._slab_bytes = 0
         self._timestep = 0.0
         self._batch: int | None = None
@@ -292,6 +295,7 @@ class Recorder:
         self._timestep = float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t)
         self._recording = self.step in self._record_steps
         self._slabs = {}
+        self._taken = []
         self._slab_bytes = 0
 
     def _on_unet_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -306,6 +310,7 @@ class Recorder:
             if missing:
                 raise RecordError(f"these blocks did not run during the U-Net call: {missing}")
             assert self.writer is not None
+            taken, self._taken = self._taken, []
             self.writer.submit_call(
                 self.run,
                 step=self.step,
@@ -313,6 +318,7 @@ class Recorder:
                 timestep=self._timestep,
                 slabs=self._slabs,
                 nbytes=self._slab_bytes,
+                on_written=lambda: self._buffers.give_back(taken),
             )
             self._slabs = {}
         if self._bar is not None:
@@ -325,12 +331,16 @@ class Recorder:
                 "(this U-Net's structure is not one dumpunet understands)"
             )
         shape = (self._n_guidance, self._n_images, *expect)
-        c = t.detach().to(dtype=_TORCH_DTYPES[self.dtype], copy=True)
-        self._slab_bytes += c.numel() * c.element_size()
-        if c.device.type == "cpu":
-            self._slabs[key] = c.numpy().reshape(shape)
+        dtype = _TORCH_DTYPES[self.dtype]
+        src = t.detach()
+        host = self._buffers.take(tuple(src.shape), dtype, pinned=src.device.type == "cuda")
+        self._taken.append(host)
+        self._slab_bytes += host.numel() * host.element_size()
+        if src.device.type == "cpu":
+            host.copy_(src)  # converts to the store dtype; later in-place changes to src cannot reach it
+            self._slabs[key] = host.numpy().reshape(shape)
             return
-        host = c.to("cpu", non_blocking=True)
+        host.copy_(src.to(dtype), non_blocking=True)
         event = torch.cuda.Event()
         event.record()
 
