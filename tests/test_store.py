@@ -247,3 +247,12 @@ def test_kill_mid_write_leaves_a_sound_store(tmp_path, sig):
     report = schema.validate(p)
     assert report.ok, report.problems
     assert not store.run().complete
+
+
+def test_files_get_the_usual_permissions(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    p = tmp_path / "s.zarr"
+    write_store(p)
+    for f in (p / "runs/main/blocks/IN01/output/zarr.json", p / "runs/main/call_done/c.0", p / "runs/main/blocks/IN01/output/c.0.0.0.0.0.0"):
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f

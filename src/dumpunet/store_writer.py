@@ -25,7 +25,6 @@ import json
 import os
 import queue
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,6 +40,7 @@ from zarr.core.metadata.v3 import ArrayV3Metadata
 from dumpunet import __version__
 from dumpunet import store_schema as schema
 from dumpunet.errors import RecordError, StoreError
+from dumpunet.files import write_atomic
 from dumpunet.specs import format_ints
 
 SlabSource = np.ndarray | Callable[[], np.ndarray]
@@ -83,7 +83,7 @@ class _Array:
         return tuple(self.doc["shape"])
 
     def write_document(self) -> None:
-        _write_atomic(self.dir / "zarr.json", json.dumps(self.doc, indent=2).encode())
+        write_atomic(self.dir / "zarr.json", json.dumps(self.doc, indent=2).encode())
 
     def resize(self, n_calls: int) -> None:
         self.doc["shape"][0] = n_calls
@@ -119,7 +119,7 @@ class _Array:
         chunk = np.zeros(size, self.dtype)
         part = values[c * size :]
         chunk[: len(part)] = part
-        _write_atomic(self.chunk_file((c,)), chunk.tobytes())
+        write_atomic(self.chunk_file((c,)), chunk.tobytes())
 
 
 @dataclass
@@ -336,7 +336,7 @@ class StoreWriter:
             parent = parent.parent
         for group in reversed(missing):
             group.mkdir(exist_ok=True)
-            _write_atomic(group / "zarr.json", json.dumps(schema.GROUP_DOCUMENT).encode())
+            write_atomic(group / "zarr.json", json.dumps(schema.GROUP_DOCUMENT).encode())
         arr.dir.mkdir(parents=True, exist_ok=True)
         arr.write_document()
         return arr
@@ -421,21 +421,6 @@ def _trim(st: _RunState) -> None:
     for arr in st.arrays.values():
         if arr.shape[0] != st.n_calls:
             arr.resize(st.n_calls)
-
-
-def _write_atomic(path: Path, content: bytes) -> None:
-    """Replace ``path`` with ``content`` atomically (a temporary file in the same folder, renamed)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _prepare_target(path: Path, *, overwrite: bool) -> None:

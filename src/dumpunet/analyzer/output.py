@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from dumpunet import __version__
 from dumpunet.errors import DumpUnetError
+from dumpunet.files import write_atomic
 
 __all__ = ["MANIFEST", "Manifest", "WrittenFile", "check_folder", "prepare_folder", "write_atomic"]
 
@@ -64,32 +64,6 @@ def prepare_folder(path: str | os.PathLike[str]) -> Path:
     except OSError as exc:
         raise DumpUnetError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
     return folder
-
-
-def write_atomic(path: Path, content: bytes | Callable[[IO[bytes]], None]) -> None:
-    """Write ``content`` (bytes, or a function writing to a binary file) to ``path`` atomically.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> p = Path(tempfile.mkdtemp()) / "a.bin"
-    >>> write_atomic(p, b"abc"); p.read_bytes()
-    b'abc'
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if isinstance(content, (bytes, bytearray, memoryview)):
-                fh.write(content)
-            else:
-                content(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class Manifest:
