@@ -27,7 +27,7 @@ Examples
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dumpunet.errors import SpecError
@@ -221,6 +221,11 @@ def _select_blocks(
             )
         return index[b]
 
+    return _expand(items, spec, look, what)
+
+
+def _expand(items: Sequence[_Item], spec: str, look: Callable[[_Tok], int], what: str) -> set[int]:
+    """The integers that items select once ``look`` maps their ends to integers."""
     chosen: set[int] = set()
     for item in items:
         a = look(item.first)
@@ -271,23 +276,7 @@ def parse_ints(
             raise SpecError(f"{noun} {v} out of range {rng}", spec, tok.pos, length=len(tok.text), what=what)
         return v
 
-    chosen: set[int] = set()
-    for item in items:
-        a = check(item.first)
-        if item.last is None:
-            chosen.add(a)
-            continue
-        z = check(item.last)
-        if z < a:
-            raise SpecError(
-                f"range {a}-{z} runs backwards (write {z}-{a})",
-                spec,
-                item.first.pos,
-                length=item.last.pos + len(item.last.text) - item.first.pos,
-                what=what,
-            )
-        chosen.update(range(a, z + 1, item.stride))
-    return sorted(chosen)
+    return sorted(_expand(items, spec, check, what))
 
 
 def parse_steps(spec: str, total: int | None) -> list[int]:

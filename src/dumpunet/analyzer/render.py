@@ -200,43 +200,24 @@ def render(
     return render_with(stores, opts, out=out, jobs=jobs, progress=progress, png_encoder=png_encoder)
 
 
-def render_options(
-    *,
-    blocks: str = "",
-    steps: str = "",
-    images: str = "",
-    guidance: Literal["cond", "uncond", "both"] = "cond",
-    channels: str = "",
-    scale: int = 1,
-    average: Literal["mean", "1-norm", "2-norm"] | None = None,
-    which: Literal["output", "input"] = "output",
-    run: str | None = None,
-    method: str = "Custom",
-    transform: str = "auto01",
-    clamp_min: float = -1.0,
-    clamp_max: float = 1.0,
-    gain: float = 1.0,
-    offset: float = 0.0,
-    space: str = "hsl",
-    r: str = "abs(v)",
-    g: str = "abs(v)",
-    b: str = "abs(v)",
-    h: str = "(2+v)/3",
-    s: str = "1.0",
-    l: str = "0.5",  # noqa: E741
-    auto_scope: Literal["channel", "block", "step", "run"] = "channel",
-    pca_basis: str | os.PathLike[str] | None = None,
-) -> RenderOptions:
-    """The :class:`RenderOptions` of :func:`render`'s keyword options (the same names and defaults)."""
-    is_pca = str(method).strip().lower() == "pca"
-    color = ColorSpec() if is_pca else ColorSpec(
-        method, transform, clamp_min=clamp_min, clamp_max=clamp_max, gain=gain, offset=offset, space=space,
-        r=r, g=g, b=b, h=h, s=s, l=l, auto_scope=auto_scope,
-    )
+_COLOR_FIELDS = ("method", "transform", "clamp_min", "clamp_max", "gain", "offset", "space",
+                 "r", "g", "b", "h", "s", "l", "auto_scope")
+
+
+def render_options(**options: Any) -> RenderOptions:
+    """The :class:`RenderOptions` of :func:`render`'s keyword options (the same names).
+
+    Options left out take :class:`RenderOptions`' and :class:`ColorSpec`'s defaults, which are
+    :func:`render`'s. ``method="pca"`` colours by principal components instead of a ColorSpec.
+    """
+    color = {k: options.pop(k) for k in _COLOR_FIELDS if k in options}
+    is_pca = str(color.get("method", "")).strip().lower() == "pca"
+    basis = options.pop("pca_basis", None)
     return RenderOptions(
-        blocks=blocks, steps=steps, images=images, guidance=guidance, channels=channels, scale=scale,
-        average=average, which=which, run=run, color=color, pca=is_pca,
-        pca_basis=Path(pca_basis) if pca_basis is not None else None,
+        **options,
+        color=ColorSpec() if is_pca else ColorSpec(**color),
+        pca=is_pca,
+        pca_basis=Path(basis) if basis is not None else None,
     )
 
 
