@@ -28,6 +28,7 @@ import numpy as np
 
 from dumpunet.analyzer.colorize import ColorSpec, colorize, map_ranges, merge_ranges
 from dumpunet.analyzer.grid import tile
+from dumpunet.analyzer.heatmap import nearest_query
 from dumpunet.analyzer.labels import paste, text_image
 from dumpunet.analyzer.output import Manifest, WrittenFile, check_folder, prepare_folder, write_atomic
 from dumpunet.analyzer.png import encode_png, resolve_encoder
@@ -72,11 +73,9 @@ def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[flo
     if not cross:
         if query is None:
             raise SelectionError(f"{item.layer} is a self-attention layer: give --query x,y to choose the query pixel")
-        rows_, cols_ = arr.attrs.get("query_rows"), arr.attrs.get("query_cols")
-        qy = int(np.argmin([abs((r + 0.5) / hw[0] - query[1]) for r in rows_]))
-        qx = int(np.argmin([abs((c + 0.5) / hw[1] - query[0]) for c in cols_]))
-        maps = data[:, qy * len(cols_) + qx, :].reshape(heads, *hw)
-        return maps, heads, 1, head_labels, [f"query ({cols_[qx]},{rows_[qy]})"]
+        q, (px, py) = nearest_query(arr.attrs, query)
+        maps = data[:, q, :].reshape(heads, *hw)
+        return maps, heads, 1, head_labels, [f"query ({px},{py})"]
     row = run.token_row(guidance=item.guidance, image=item.image, block=item.layer)
     idx = _token_index(tokens, row, data.shape[2])
     maps = data[:, :, idx].transpose(0, 2, 1).reshape(heads * len(idx), *hw)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -81,6 +82,15 @@ def word_heatmap(
     return _normalize(acc)
 
 
+def nearest_query(attrs: Mapping[str, Any], point: Sequence[float]) -> tuple[int, tuple[int, int]]:
+    """Index on the ``query`` axis, and (x, y) pixel, of the stored query nearest ``point`` (fractions)."""
+    h, w = attrs["layer_hw"]
+    rows, cols = attrs.get("query_rows", list(range(h))), attrs.get("query_cols", list(range(w)))
+    qy = int(np.argmin([abs((ry + 0.5) / h - point[1]) for ry in rows]))
+    qx = int(np.argmin([abs((cx + 0.5) / w - point[0]) for cx in cols]))
+    return qy * len(cols) + qx, (cols[qx], rows[qy])
+
+
 def query_map(
     store: Store,
     point: Sequence[float],
@@ -101,12 +111,10 @@ def query_map(
     for layer in _layers(store, r, layers, cross=False):
         attrs = r.attention_array(layer).attrs
         h, w = attrs["layer_hw"]
-        rows, cols = attrs.get("query_rows", list(range(h))), attrs.get("query_cols", list(range(w)))
-        qy = int(np.argmin([abs((ry + 0.5) / h - y) for ry in rows]))
-        qx = int(np.argmin([abs((cx + 0.5) / w - x) for cx in cols]))
+        q, _ = nearest_query(attrs, (x, y))
         for step in store.select_steps(steps, run=r.name):
             probs = r.attention(layer, step, guidance=guidance, image=image, dtype=np.float32)
-            m = probs[:, qy * len(cols) + qx, :].mean(axis=0).reshape(h, w)
+            m = probs[:, q, :].mean(axis=0).reshape(h, w)
             acc += _upsample(m, size)
     return _normalize(acc)
 
