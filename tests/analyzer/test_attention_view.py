@@ -152,3 +152,9 @@ def test_cli_attention_and_heatmap(store, tmp_path):
     assert r.exit_code == 2 and "give exactly one of --word and --query" in r.output
     for cmd in ("attention", "heatmap"):
         assert CliRunner().invoke(main, [cmd, "--help"]).exit_code == 0
+
+
+def test_an_empty_prompt_says_so():
+    empty = ["<|startoftext|>", "<|endoftext|>", "<|endoftext|>"]
+    with pytest.raises(SelectionError, match=r"^'hair' is not a word of the prompt; the prompt is empty \(or give token indices 0..2\)$"):
+        select_tokens("hair", empty, 2)

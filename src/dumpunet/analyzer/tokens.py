@@ -68,9 +68,9 @@ def select_tokens(spec: str, tokens: list[str], length: int) -> list[int]:
         spans = _word_spans(part, tokens, length)
         if not spans:
             words = " ".join(label(t) for t in tokens[1 : max(1, length - 1)])
+            have = f"its tokens are: {words}" if words else "the prompt is empty"
             raise SelectionError(
-                f"{part.strip()!r} is not a word of the prompt; its tokens are: {words} "
-                f"(or give token indices 0..{len(tokens) - 1})"
+                f"{part.strip()!r} is not a word of the prompt; {have} (or give token indices 0..{len(tokens) - 1})"
             )
         for span in spans:
             chosen.update(span)
