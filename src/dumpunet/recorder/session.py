@@ -9,7 +9,6 @@ nothing the U-Net computes changes.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,84 +31,13 @@ from dumpunet.recorder.attention import (
 )
 from dumpunet.recorder.blocks import block_table, select_blocks, unet_blocks
 from dumpunet.recorder.buffers import HostBuffers
+from dumpunet.recorder.calls import executed_steps, starts_new_step
 from dumpunet.recorder.identity import software_versions, unet_fingerprint
+from dumpunet.recorder.tensors import decoded_to_uint8, first_tensor, jsonable, output_tensor
 from dumpunet.specs import format_ints, parse_ints
 from dumpunet.store_writer import SlabSource, StoreWriter
 
 _TORCH_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
-
-
-def starts_new_step(scheduler: Any, call_index: int) -> bool:
-    """Tell whether the U-Net call about to run begins a new sampler step.
-
-    Second-order samplers (Heun, DPM2, DPM++ SDE) evaluate the U-Net twice per step and say so
-    through ``state_in_first_order``; PLMS evaluates its first step twice (``counter == 1`` is
-    the second evaluation). Every other sampler makes one call per step.
-    """
-    if call_index == 0:
-        return True
-    first = getattr(scheduler, "state_in_first_order", None)
-    if first is not None:
-        return bool(first)
-    if type(scheduler).__name__ == "PNDMScheduler" and getattr(scheduler.config, "skip_prk_steps", False):
-        return getattr(scheduler, "counter", 0) != 1
-    return True
-
-
-def executed_steps(scheduler: Any) -> int:
-    """Number of sampler steps the pipeline will run (img2img skips the first ones)."""
-    n = int(scheduler.num_inference_steps)
-    begin = getattr(scheduler, "begin_index", None) or 0
-    return n - begin // max(1, int(getattr(scheduler, "order", 1)))
-
-
-def _first_tensor(args: tuple[Any, ...], kwargs: Mapping[str, Any], name: str = "hidden_states") -> torch.Tensor:
-    if args and isinstance(args[0], torch.Tensor):
-        return args[0]
-    t = kwargs.get(name)
-    if isinstance(t, torch.Tensor):
-        return t
-    for v in kwargs.values():
-        if isinstance(v, torch.Tensor):
-            return v
-    raise RecordError("a hooked module was called without a tensor input")
-
-
-def _output_tensor(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    sample = getattr(output, "sample", None)
-    if isinstance(sample, torch.Tensor):
-        return sample
-    raise RecordError(f"cannot find the output tensor of a hooked module ({type(output).__name__})")
-
-
-def jsonable(value: Any) -> Any:
-    """Turn scheduler configs and similar into JSON-safe values."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items() if not str(k).startswith("_")}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        if isinstance(value, float) and not math.isfinite(value):
-            return str(value)
-        return value
-    return str(value)
-
-
-def decoded_to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Convert VAE decoder output ([-1, 1], NCHW) to uint8 NHWC exactly as diffusers' postprocess does."""
-    x = (images / 2 + 0.5).clamp(0, 1)
-    x = x.cpu().permute(0, 2, 3, 1).float().numpy()
-    return (x * 255).round().astype("uint8")
 
 
 class Recorder:
@@ -281,7 +209,7 @@ class Recorder:
             self._attn = None
 
     def _on_unet_start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        sample = _first_tensor(args, kwargs, "sample")
+        sample = first_tensor(args, kwargs, "sample")
         if self.n_calls == 0:
             self._setup(sample, kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None))
         elif sample.shape[0] != self._batch:
@@ -353,14 +281,14 @@ class Recorder:
     def _output_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             if self._recording:
-                self._capture((name, "output"), _output_tensor(output), self._table[name].output_shape)
+                self._capture((name, "output"), output_tensor(output), self._table[name].output_shape)
 
         return hook
 
     def _input_hook(self, name: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if self._recording:
-                self._capture((name, "input"), _first_tensor(args, kwargs), self._table[name].input_shape)
+                self._capture((name, "input"), first_tensor(args, kwargs), self._table[name].input_shape)
 
         return hook
 
@@ -427,10 +355,10 @@ class Recorder:
         self.writer.add_arrays(self.run, arrays)
 
     def _on_decode_start(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self._latents.append(_first_tensor(args, kwargs).detach().float().cpu().numpy().copy())
+        self._latents.append(first_tensor(args, kwargs).detach().float().cpu().numpy().copy())
 
     def _on_decoded(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        self._images.append(decoded_to_uint8(_output_tensor(output).detach()))
+        self._images.append(decoded_to_uint8(output_tensor(output).detach()))
 
     # ------------------------------------------------------------------ first call
 
