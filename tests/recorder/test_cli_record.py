@@ -215,3 +215,18 @@ def test_a_prompt_longer_than_the_window_warns_which_words_are_dropped(tmp_path)
     # 80 + 3 words and the start/end tokens; the encoder keeps the start token, 75 words and the end token
     assert warning.startswith("warning: the prompt is 85 tokens and the text encoder reads 77")
     assert warning.endswith("so the pipeline drops: 'girl girl girl girl girl with pink hair'")
+
+
+def test_img2img_from_the_cli_records_the_executed_steps(tmp_path):
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((96, 80, 3), 128, np.uint8)).save(photo)
+    out = tmp_path / "i2i.zarr"
+    res = invoke("record", "--init-image", str(photo), "--strength", "0.6", "--steps", "10", "--width", "64",
+                 "--height", "64", "--blocks", "M00", "--attention", "none", "--out", str(out), "--quiet")
+    assert res.exit_code == 0, res.output
+    run = dumpunet.open(out).run()
+    assert run.steps == [1, 2, 3, 4, 5, 6] and run.attrs["strength"] == 0.6 and run.attrs["init_image"] == str(photo)
+    res = CliRunner().invoke(main, ["record", "--init-image", str(tmp_path / "nope.png"), "--out", str(tmp_path / "x.zarr")])
+    assert res.exit_code == 1 and res.output.startswith(f"Error: no init image at {tmp_path / 'nope.png'}")
