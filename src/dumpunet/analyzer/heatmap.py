@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -67,19 +67,15 @@ def word_heatmap(
     ((512, 512), 1.0)
     """
     r = store.run(run)
-    size = (int(r.attrs["height"]), int(r.attrs["width"]))
-    acc = np.zeros(size, np.float32)
-    for layer in _layers(store, r, layers, cross=True):
+
+    def token_map(layer: str) -> Callable[[np.ndarray], np.ndarray]:
         row = r.token_row(guidance=guidance, image=image, block=layer)
         if row is None:
             raise SelectionError(f"no tokens were recorded for the {guidance} half of {layer}")
         idx = select_tokens(word, row["tokens"], int(row["length"]))
-        hw = tuple(r.attention_array(layer).attrs["layer_hw"])
-        for step in store.select_steps(steps, run=r.name):
-            probs = r.attention(layer, step, guidance=guidance, image=image, dtype=np.float32)
-            m = probs[:, :, idx].sum(axis=-1).mean(axis=0).reshape(hw)
-            acc += _upsample(m, size)
-    return _normalize(acc)
+        return lambda probs: probs[:, :, idx].sum(axis=-1).mean(axis=0)
+
+    return _aggregate(store, r, _layers(store, r, layers, cross=True), token_map, steps, guidance, image)
 
 
 def nearest_query(attrs: Mapping[str, Any], point: Sequence[float]) -> tuple[int, tuple[int, int]]:
@@ -106,16 +102,32 @@ def query_map(
     if not (0 <= x <= 1 and 0 <= y <= 1):
         raise SelectionError(f"query point ({x}, {y}) must be fractions of the image in [0, 1]")
     r = store.run(run)
+
+    def pixel_map(layer: str) -> Callable[[np.ndarray], np.ndarray]:
+        q, _ = nearest_query(r.attention_array(layer).attrs, (x, y))
+        return lambda probs: probs[:, q, :].mean(axis=0)
+
+    return _aggregate(store, r, _layers(store, r, layers, cross=False), pixel_map, steps, guidance, image)
+
+
+def _aggregate(
+    store: Store,
+    r: Run,
+    layers: list[str],
+    pick: Callable[[str], Callable[[np.ndarray], np.ndarray]],
+    steps: str,
+    guidance: str,
+    image: int,
+) -> np.ndarray:
+    """Sum ``pick(layer)(probs)`` over layers and steps, each upsampled to the image; normalize."""
     size = (int(r.attrs["height"]), int(r.attrs["width"]))
     acc = np.zeros(size, np.float32)
-    for layer in _layers(store, r, layers, cross=False):
-        attrs = r.attention_array(layer).attrs
-        h, w = attrs["layer_hw"]
-        q, _ = nearest_query(attrs, (x, y))
+    for layer in layers:
+        hw = tuple(r.attention_array(layer).attrs["layer_hw"])
+        reduce = pick(layer)
         for step in store.select_steps(steps, run=r.name):
             probs = r.attention(layer, step, guidance=guidance, image=image, dtype=np.float32)
-            m = probs[:, q, :].mean(axis=0).reshape(h, w)
-            acc += _upsample(m, size)
+            acc += _upsample(reduce(probs).reshape(hw), size)
     return _normalize(acc)
 
 
