@@ -96,11 +96,26 @@ def run_mode(pipe, mode: str, steps: int, tmp: Path, k: int) -> tuple[float, np.
     return time.perf_counter() - t0, image, stats
 
 
+def prewarm(nbytes: int) -> None:
+    """Touch ``nbytes`` of fresh memory and free it before a timed run.
+
+    On the VMs we measure on, memory the guest frees goes back to the host and its next first
+    touch is slow (0.5-7 GB/s); whichever mode allocates more fresh memory than the one before
+    it pays for that at random. Touching memory before every run puts all modes on equal terms.
+    """
+    if nbytes:
+        a = np.empty(nbytes, np.uint8)
+        a[::4096] = 1
+        del a
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--modes", default="plain,blocks,attention,peer")
+    ap.add_argument("--prewarm", type=float, default=3.0,
+                    help="GB of memory to touch before each timed run (0: off); see below")
     ap.add_argument("--dir", default=str(Path(__file__).resolve().parent.parent.parent),
                     help="where the stores go (default: beside the repo, on disk; /dev/shm: no disk writeback)")
     args = ap.parse_args()
@@ -117,6 +132,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir) as d:
         for k in range(args.repeats):
             for mode in modes:
+                prewarm(int(args.prewarm * 1e9))
                 dt, image, st = run_mode(pipe, mode, args.steps, Path(d), k)
                 reference = image if reference is None else reference
                 if not np.array_equal(image, reference):

@@ -120,6 +120,7 @@ class AttentionCapture:
         self.listening = False
         self.stash: dict[str, torch.Tensor] = {}
         self._restore: Callable[[], None] | None = None
+        self._scratch: dict[tuple[Any, ...], torch.Tensor] = {}  # score buffers, reused every call
         self._handles: list[Any] = []
 
     def install(self) -> None:
@@ -173,7 +174,8 @@ class AttentionCapture:
             kh = attn.norm_k(kh)
         name = plan.layer.name
         if "qk" in plan.features:
-            self.sink(name, "qk", attention_probs(qh, kh, float(attn.scale), plan.query_index, plan.head_mean))
+            self.sink(name, "qk", attention_probs(qh, kh, float(attn.scale), plan.query_index, plan.head_mean,
+                                                  scratch=self._scratch))
         if "k" in plan.features:
             self.sink(name, "k", kh)
         if "vqk" in plan.features:
@@ -188,20 +190,36 @@ _ONE_SHOT_BYTES = 64 << 20
 
 
 def attention_probs(
-    q: torch.Tensor, k: torch.Tensor, scale: float, query_index: torch.Tensor | None = None, head_mean: bool = False
+    q: torch.Tensor,
+    k: torch.Tensor,
+    scale: float,
+    query_index: torch.Tensor | None = None,
+    head_mean: bool = False,
+    *,
+    scratch: dict[tuple[Any, ...], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """softmax(q·kᵀ·scale) in float32, per head; optionally only some queries, or averaged over heads.
 
-    Cross-attention scores are small and computed in one batched matmul; full self-attention maps
-    (4096² per head at 512²) are computed one head at a time, so that no more than one head's
-    scores need to exist in float32 at once.
+    Cross-attention scores are small and computed in one batched matmul, in place in a buffer
+    from ``scratch`` that is reused on every call (fresh buffers cost page faults every call);
+    full self-attention maps (4096² per head at 512²) are computed one head at a time, so that
+    no more than one head's scores need to exist in float32 at once.
     """
     if query_index is not None:
         q = q[:, :, query_index.to(q.device)]
     b, h, nq, _ = q.shape
     nk = k.shape[2]
     if b * h * nq * nk * 4 <= _ONE_SHOT_BYTES:
-        p = torch.softmax((q.float() @ k.float().transpose(-1, -2)) * scale, dim=-1)
+        key = (b, h, nq, nk, q.device)
+        p = scratch.get(key) if scratch is not None else None
+        if p is None:
+            p = torch.empty((b, h, nq, nk), dtype=torch.float32, device=q.device)
+            if scratch is not None:
+                scratch[key] = p
+        torch.matmul(q.float(), k.float().transpose(-1, -2), out=p)
+        p.mul_(scale)
+        p.sub_(p.amax(dim=-1, keepdim=True)).exp_()
+        p.div_(p.sum(dim=-1, keepdim=True))
         return p.mean(dim=1, keepdim=True) if head_mean else p
     out = torch.zeros((b, 1 if head_mean else h, nq, nk), dtype=torch.float32, device=q.device)
     for i in range(h):
