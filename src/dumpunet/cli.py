@@ -299,6 +299,17 @@ def _color_options(*, pca: bool = False, h: str = "(2+v)/3", transform: str = "a
     ]
 
 
+_JOBS_OPTION = [
+    click.option("--jobs", type=click.IntRange(min=1), default=None,
+                 help="Worker threads reading, colouring and encoding (default: all CPUs)."),
+]
+_WRITTEN_OPTIONS = [
+    click.option("--quiet", is_flag=True, help="No progress bar."),
+    click.option("--json", "as_json", is_flag=True, help="Print the manifest entries of the written files as JSON."),
+]
+"""Options of every command that writes files with a manifest (see _echo_written)."""
+
+
 def _echo_written(files: list[Any], out: Path, noun: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([f.params for f in files], indent=1))
@@ -317,10 +328,7 @@ def _echo_written(files: list[Any], out: Path, noun: str, as_json: bool) -> None
 @click.option("--pca-basis", type=click.Path(path_type=Path), default=None,
               help="PCA basis file (.npz): reused if it exists, else fitted here and saved.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (several stores: one subfolder each).")
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Worker threads reading, colouring and encoding (default: all CPUs).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest entries of the written files as JSON.")
+@_with(_JOBS_OPTION + _WRITTEN_OPTIONS)
 @click.option("--sweep", is_flag=True, help="Instead: a contact sheet of a sweep store's final images, "
               "base first, one per block, labelled (sweep-img<i>.png); takes only --images.")
 @click.pass_context
@@ -349,8 +357,7 @@ def render(ctx: click.Context, stores: tuple[Path, ...], inputs: bool, quiet: bo
 @click.option("--format", "fmt", type=click.Choice(["bin", "npy", "safetensors"]), default="bin", show_default=True,
               help="bin: one float32 file per channel (the original's dump); npy/safetensors: one per block and step.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest entries of the written files as JSON.")
+@_with(_WRITTEN_OPTIONS)
 def export(store: Path, inputs: bool, fmt: str, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Export raw feature values as .bin (float32 per channel), .npy or .safetensors files.
 
@@ -398,10 +405,7 @@ _PAIR_SELECTION_OPTIONS = _SELECTION_OPTIONS[:-1]
 @click.option("--no-finals", "finals", flag_value=False, default=True,
               help="Skip the final images (for runs that did not finish).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (one per pair).")
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Worker threads reading, colouring and encoding (default: all CPUs).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest entries of the written files as JSON.")
+@_with(_JOBS_OPTION + _WRITTEN_OPTIONS)
 def diff(store: Path, inputs: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Show what a per-block prompt changed: layered - base of a pair, per block and step.
 
@@ -452,8 +456,7 @@ def _point(value: str | None) -> tuple[float, float] | None:
 @click.option("--scale", type=click.IntRange(min=1), default=None, help="Enlarge each tile N times (default: to >= 32 px).")
 @_with(_color_options(h="(2-2*v)/3"))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest entries of the written files as JSON.")
+@_with(_WRITTEN_OPTIONS)
 def attention(store: Path, quiet: bool, as_json: bool, query: str | None, **opts: Any) -> None:
     """Render heads x tokens grids of attention maps: which token each head looks at.
 
