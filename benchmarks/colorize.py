@@ -8,10 +8,10 @@ Columns, in Mpix/s (higher is better):
 original   the extension's own code: numpy transform, then ``np.vectorize`` over a Python
            function per pixel (``colorsys.hls_to_rgb`` for HSL, the red/blue lambda); White/Black
            needed no per-pixel step. Timed on a sample of maps and extrapolated.
-reference  ``dumpunet.analyzer._reference``: the test oracle (colorsys through np.vectorize).
+reference  ``tests/analyzer/reference.py``: the test oracle (colorsys through np.vectorize).
 numpy      the vectorized numpy exact path: numpy transform, ``expressions.evaluate``, the
            numpy port of hls_to_rgb (what a good pure-numpy implementation does).
-numba      ``dumpunet.analyzer.colorize`` (all threads, one thread, and on float32 input: float16
+numba      ``dumpunet.analyzer.color.colorize`` (all threads, one thread, and on float32 input: float16
            maps under Linear/Sigmoid go through a 65536-entry table of pixels per value).
 
 Then the first-call cost: numba compilation with an empty cache vs a filled one, each in a
@@ -31,9 +31,9 @@ import time
 import numba
 import numpy as np
 
-from dumpunet.analyzer import _reference as ref
-from dumpunet.analyzer.colorize import ColorSpec, colorize
-from dumpunet.analyzer.lut import build_lut, exact_pixels, quantize
+import reference as ref
+from dumpunet.analyzer.color.colorize import ColorSpec, colorize
+from dumpunet.analyzer.color.lut import build_lut, exact_pixels, quantize
 
 
 def smooth_maps(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -104,7 +104,7 @@ def best(fn, repeat: int) -> float:
 COMPILE_SNIPPET = """
 import time, numpy as np
 t0 = time.perf_counter()
-from dumpunet.analyzer.colorize import ColorSpec, colorize
+from dumpunet.analyzer.color.colorize import ColorSpec, colorize
 x = np.random.default_rng(0).standard_normal((4, 8, 8)).astype(np.float16)
 for spec in (ColorSpec(), ColorSpec("White/Black", "Sigmoid"), ColorSpec("Red/Blue", "Linear")):
     colorize(x, spec)

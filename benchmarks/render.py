@@ -42,11 +42,11 @@ import numba
 import numpy as np
 
 import dumpunet
-from dumpunet.analyzer.colorize import ColorSpec, colorize
+from dumpunet.analyzer.color.colorize import ColorSpec, colorize
 from dumpunet.analyzer.grid import grid_shape, tile
 from dumpunet.analyzer.png import ENCODERS, encode_png, resolve_encoder
-from dumpunet.store_schema import BlockInfo
-from dumpunet.store_writer import StoreWriter
+from dumpunet.store.schema import BlockInfo
+from dumpunet.store.writer import StoreWriter
 
 CACHE_VERSION = "sd15-512-v1"
 
@@ -163,7 +163,7 @@ COMPILE_SNIPPET = """
 import sys, time, tempfile
 t0 = time.perf_counter()
 import dumpunet
-from dumpunet.analyzer import kernels
+from dumpunet.analyzer.color import kernels
 t1 = time.perf_counter()
 out = tempfile.mkdtemp()
 dumpunet.render(sys.argv[1], blocks="OUT11", steps=sys.argv[2], out=out, progress=False)

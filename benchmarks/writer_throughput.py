@@ -31,10 +31,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from dumpunet import store_schema as schema
-from dumpunet import store_writer
-from dumpunet.store_schema import BlockInfo
-from dumpunet.store_writer import StoreWriter
+from dumpunet.store import schema
+from dumpunet.store import writer as store_writer
+from dumpunet.store.schema import BlockInfo
+from dumpunet.store.writer import StoreWriter
 
 SD15_512 = [
     *[(f"IN{i:02d}", (320, 64, 64)) for i in range(3)],

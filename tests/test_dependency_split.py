@@ -29,7 +29,7 @@ def run_blocked(code: str) -> subprocess.CompletedProcess[str]:
 def test_core_modules_import_without_torch():
     proc = run_blocked(
         """
-        import dumpunet, dumpunet.store_schema, dumpunet.specs, dumpunet.store, dumpunet.summary, dumpunet.cli
+        import dumpunet, dumpunet.store.schema, dumpunet.specs, dumpunet.store, dumpunet.store.summary, dumpunet.cli
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers"))
         print("heavy:", heavy)
         """

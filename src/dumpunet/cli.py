@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from dumpunet import __version__
+from dumpunet._version import __version__
 from dumpunet.errors import DumpUnetError
 from dumpunet.layouts import BUILTIN_LAYOUTS
 
@@ -149,7 +149,7 @@ def sweep(**opts: Any) -> None:
 
 def _record(opts: dict[str, Any]) -> None:
     _quiet_libraries()
-    from dumpunet.recorder import run as recording
+    from dumpunet.recorder import job as recording
 
     dry_run = opts.pop("dry_run")
     req = recording.RecordRequest(**opts)
@@ -197,7 +197,7 @@ def info(store: Path, as_json: bool) -> None:
     \b
     dumpunet info girl.zarr
     """
-    from dumpunet.summary import describe, summarize
+    from dumpunet.store.summary import describe, summarize
 
     summary = summarize(store)
     click.echo(json.dumps(summary, indent=2) if as_json else describe(summary))
@@ -211,7 +211,7 @@ def validate(store: Path) -> None:
     \b
     dumpunet validate girl.zarr
     """
-    from dumpunet.store_schema import validate as check
+    from dumpunet.store.validate import validate as check
 
     report = check(store)
     for note in report.notes:
@@ -463,8 +463,8 @@ def attention(store: Path, quiet: bool, as_json: bool, query: str | None, **opts
     \b
     dumpunet attention girl.zarr --layers IN04-OUT08 --steps 1,5,10 --tokens "pink,hair" --out attn/
     """
-    from dumpunet.analyzer.attention import render_attention
-    from dumpunet.analyzer.colorize import ColorSpec
+    from dumpunet.analyzer.attention_grids import render_attention
+    from dumpunet.analyzer.color.colorize import ColorSpec
 
     color = ColorSpec(**{k: opts.pop(k) for k in _COLOR_FIELDS})
     files = render_attention(store, color=color, query=_point(query), progress=not quiet, **opts)

@@ -8,8 +8,8 @@ import numpy as np
 import zarr
 
 from dumpunet.specs import SD1_BLOCKS
-from dumpunet.store_schema import BlockInfo
-from dumpunet.store_writer import StoreWriter
+from dumpunet.store.schema import BlockInfo
+from dumpunet.store.writer import StoreWriter
 
 # (C, H, W) per block: SD1's pattern of widths and sizes, scaled down to test size.
 SHAPES = {

@@ -8,15 +8,15 @@ from click.testing import CliRunner
 from PIL import Image
 
 import dumpunet
-from dumpunet import store_schema as schema
-from dumpunet.analyzer.attention import ATTENTION_COLOR, render_attention
-from dumpunet.analyzer.colorize import colorize
+from dumpunet.store import schema
+from dumpunet.analyzer.attention_grids import ATTENTION_COLOR, render_attention
+from dumpunet.analyzer.color.colorize import colorize
 from dumpunet.analyzer.heatmap import colormap, overlay, query_map, word_heatmap
 from dumpunet.analyzer.tokens import label, select_tokens
 from dumpunet.cli import main
 from dumpunet.errors import SelectionError
-from dumpunet.store_schema import BlockInfo
-from dumpunet.store_writer import StoreWriter
+from dumpunet.store.schema import BlockInfo
+from dumpunet.store.writer import StoreWriter
 
 TOKENS = ["<|startoftext|>", "a</w>", "pink</w>", "h", "air</w>", "girl</w>", "<|endoftext|>"] + ["<|endoftext|>"] * 3
 NEG = ["<|startoftext|>", "bad</w>", "<|endoftext|>"] + ["<|endoftext|>"] * 7

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dumpunet.analyzer import _reference as ref
-from dumpunet.analyzer.colorize import ColorSpec, colorize, map_ranges, merge_ranges
+import reference as ref
+from dumpunet.analyzer.color.colorize import ColorSpec, colorize, map_ranges, merge_ranges
 from dumpunet.errors import ColorSpecError, ExpressionError
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

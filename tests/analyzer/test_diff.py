@@ -12,7 +12,7 @@ from synthetic_stores import final_image, make_paired_store
 from test_render import by_hand, pixels
 
 import dumpunet
-from dumpunet.analyzer.colorize import ColorSpec, colorize
+from dumpunet.analyzer.color.colorize import ColorSpec, colorize
 from dumpunet.analyzer.reduce import channel_average
 from dumpunet.analyzer.selection import DiffStats, select_pair
 from dumpunet.errors import DumpUnetError, SelectionError

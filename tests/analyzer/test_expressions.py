@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from dumpunet.analyzer.expressions import evaluate, parse_expression
+from dumpunet.analyzer.color.expressions import evaluate, parse_expression
 from dumpunet.errors import ExpressionError
 
 V = np.array([-2.5, -1.0, -0.25, 0.0, 0.3, 0.5, 1.0, 4.0, np.nan, np.inf, -np.inf])

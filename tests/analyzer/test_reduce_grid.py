@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from dumpunet.analyzer import _reference as ref
+import reference as ref
 from dumpunet.analyzer.grid import grid_shape, tile
 from dumpunet.analyzer.reduce import channel_average, difference
 

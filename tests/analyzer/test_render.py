@@ -12,7 +12,7 @@ from PIL import Image
 
 import dumpunet
 from dumpunet.analyzer import render as render_module
-from dumpunet.analyzer.colorize import ColorSpec, colorize, map_ranges, merge_ranges
+from dumpunet.analyzer.color.colorize import ColorSpec, colorize, map_ranges, merge_ranges
 from dumpunet.analyzer.reduce import channel_average
 from dumpunet.errors import DumpUnetError, ExpressionError, IncompleteStepError, SelectionError, SpecError, StoreError
 

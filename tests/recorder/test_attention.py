@@ -13,7 +13,8 @@ pytest.importorskip("diffusers")
 import zarr  # noqa: E402
 
 import dumpunet  # noqa: E402
-from dumpunet.recorder.attention import AttentionOptions, attention_layers  # noqa: E402
+from dumpunet.store.validate import validate  # noqa: E402
+from dumpunet.recorder.attention_capture import AttentionOptions, attention_layers  # noqa: E402
 from dumpunet.recorder.blocks import unet_blocks  # noqa: E402
 from dumpunet.recorder.samplers import make_scheduler  # noqa: E402
 from dumpunet.recorder.tiny import build_tiny_pipeline  # noqa: E402
@@ -123,7 +124,7 @@ def test_self_attention_filters_shape_what_is_stored(tmp_path):
     data = arr[...]
     assert np.all(data[[0, 2]] == 0) and np.allclose(data[1].sum(-1), 1.0, atol=1e-5)  # only step 2 holds maps
     assert arr.attrs["recorded_steps"] == "2"
-    report = dumpunet.store_schema.validate(tmp_path / "s.zarr")
+    report = validate(tmp_path / "s.zarr")
     assert report.ok, report.problems
 
 

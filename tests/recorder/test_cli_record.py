@@ -18,7 +18,8 @@ pytest.importorskip("diffusers")
 from click.testing import CliRunner  # noqa: E402
 
 import dumpunet  # noqa: E402
-from dumpunet import store_schema as schema  # noqa: E402
+from dumpunet.store import schema
+from dumpunet.store.validate import validate  # noqa: E402
 from dumpunet.cli import main  # noqa: E402
 
 pytestmark = pytest.mark.recorder
@@ -154,7 +155,7 @@ def test_kill_9_mid_record_leaves_a_sound_store(tmp_path):
     store = dumpunet.open(out)
     assert len(store.steps) >= 4
     assert store.features("OUT11", store.steps[-1]).shape[0] > 0
-    assert schema.validate(out).ok
+    assert validate(out).ok
 
 
 @pytest.mark.slow
@@ -172,7 +173,7 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_a_message(tmp_path):
     assert err.strip().splitlines()[-1].startswith("Error: interrupted; complete steps (1-")
     run = dumpunet.open(out).run()
     assert run.attrs["interrupted"] == "interrupted (Ctrl-C)"
-    assert schema.validate(out).ok
+    assert validate(out).ok
 
 
 def test_a_recording_over_max_bytes_is_refused_with_the_estimate(tmp_path):
@@ -188,7 +189,7 @@ def test_a_recording_over_max_bytes_is_refused_with_the_estimate(tmp_path):
 
 
 def test_self_attention_filters_shrink_the_estimate():
-    from dumpunet.recorder import run as recording
+    from dumpunet.recorder import job as recording
 
     pipe, _ = recording.prepare(recording.RecordRequest(out=__import__("pathlib").Path("/nonexistent/x.zarr")))
     sizes = {}

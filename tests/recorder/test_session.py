@@ -9,7 +9,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import dumpunet  # noqa: E402
-from dumpunet import store_schema as schema  # noqa: E402
+from dumpunet.store import schema
+from dumpunet.store.validate import validate  # noqa: E402
 from dumpunet.errors import RecordError, SpecError  # noqa: E402
 from dumpunet.recorder.blocks import block_table, unet_blocks  # noqa: E402
 from dumpunet.recorder.samplers import make_scheduler  # noqa: E402
@@ -134,7 +135,7 @@ def test_hooks_are_removed_when_the_body_raises(tmp_path):
     assert store.steps == [1, 2, 3]  # the callback runs after step 3's U-Net call
     assert not store.run().complete
     assert store.run().attrs["interrupted"] == "interrupted (Ctrl-C)"
-    assert schema.validate(tmp_path / "r.zarr").ok
+    assert validate(tmp_path / "r.zarr").ok
 
 
 @pytest.mark.parametrize(

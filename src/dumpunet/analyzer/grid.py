@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dumpunet.analyzer import kernels
+from dumpunet.analyzer.color import kernels
 
 __all__ = ["grid_shape", "grid_size", "tile"]
 

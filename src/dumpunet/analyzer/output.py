@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dumpunet import __version__
+from dumpunet._version import __version__
 from dumpunet.errors import DumpUnetError
 from dumpunet.files import write_atomic
 

@@ -27,8 +27,8 @@ from typing import Literal
 
 import numpy as np
 
-from dumpunet.analyzer import kernels
-from dumpunet.analyzer._inputs import check_float, kernel_view
+from dumpunet.analyzer.color import kernels
+from dumpunet.analyzer.color.float16 import check_float, kernel_view
 from dumpunet.errors import ColorSpecError
 
 __all__ = ["channel_average", "difference"]

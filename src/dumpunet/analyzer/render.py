@@ -2,7 +2,7 @@
 
 Each channel of a block's ``[C, H, W]`` output is one tile of a grid laid out as the original
 extension did (:mod:`.grid`: channel 0 top left, row by row, 1-pixel black gaps), coloured by a
-:class:`~dumpunet.analyzer.colorize.ColorSpec`. ``average`` draws one map per block instead
+:class:`~dumpunet.analyzer.color.colorize.ColorSpec`. ``average`` draws one map per block instead
 (:func:`~dumpunet.analyzer.reduce.channel_average`); ``method="pca"`` colours each pixel by the
 block's top three principal components (:mod:`.pca`).
 
@@ -51,7 +51,7 @@ from typing import Any, Literal
 import numpy as np
 
 from dumpunet.analyzer import pca
-from dumpunet.analyzer.colorize import ColorSpec, colorize, map_ranges, merge_ranges
+from dumpunet.analyzer.color.colorize import ColorSpec, colorize, map_ranges, merge_ranges
 from dumpunet.analyzer.grid import grid_shape, grid_size, tile
 from dumpunet.analyzer.output import Manifest, WrittenFile, check_folder, prepare_folder, write_atomic
 from dumpunet.analyzer.png import encode_png, resolve_encoder
@@ -172,7 +172,7 @@ def render(
     which
         ``"output"`` or ``"input"`` (block inputs, where they were recorded).
     method, transform, clamp_min, clamp_max, gain, offset, space, r, g, b, h, s, l, auto_scope
-        The colorization (:class:`~dumpunet.analyzer.colorize.ColorSpec`); ``method="pca"``
+        The colorization (:class:`~dumpunet.analyzer.color.colorize.ColorSpec`); ``method="pca"``
         colours by principal components instead.
     pca_basis
         A basis file: reused if it exists (blocks it lacks are fitted and added), else fitted

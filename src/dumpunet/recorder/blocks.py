@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from dumpunet.specs import parse_blocks
-from dumpunet.store_schema import BlockInfo
+from dumpunet.store.schema import BlockInfo
 
 
 @dataclass(frozen=True)

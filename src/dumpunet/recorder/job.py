@@ -11,17 +11,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from dumpunet import store_schema as schema
+from dumpunet.store import schema
 from dumpunet.errors import RecordError
 from dumpunet.prompts import parse_layer_prompt
-from dumpunet.recorder.attention import AttentionOptions, feature_shape, query_grid, select_layers
+from dumpunet.recorder.attention_capture import AttentionOptions, feature_shape, query_grid, select_layers
 from dumpunet.recorder.blocks import block_table, select_blocks, unet_blocks
 from dumpunet.recorder.conditioning import BlockConditioning
 from dumpunet.recorder.models import load_pipeline
 from dumpunet.recorder.samplers import make_scheduler
-from dumpunet.recorder.session import Recorder
+from dumpunet.recorder.recorder import Recorder
 from dumpunet.specs import parse_blocks, parse_ints
-from dumpunet.store_writer import StoreWriter
+from dumpunet.store.writer import StoreWriter
 
 
 @dataclass

@@ -7,7 +7,7 @@ a store whose complete calls are readable and whose incomplete call is marked as
 
 Per-call arrays are written by this thread directly, without zarr's machinery, because zarr's
 per-file overhead is what a recording cannot spare: their zarr.json documents come from
-:func:`dumpunet.store_schema.array_document` (zarr's own format, built from a zarr template) and
+:func:`dumpunet.store.schema.array_document` (zarr's own format, built from a zarr template) and
 are replaced atomically (temporary file + rename); chunk files of uncompressed arrays are their
 little-endian bytes, written in place: a chunk interrupted mid-write belongs to a call whose
 ``call_done`` was never set, so nothing reads it. Per-call arrays grow ahead of the call table
@@ -37,8 +37,8 @@ import numpy as np
 import zarr
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
-from dumpunet import __version__
-from dumpunet import store_schema as schema
+from dumpunet._version import __version__
+from dumpunet.store import schema
 from dumpunet.errors import RecordError, StoreError
 from dumpunet.files import write_atomic
 from dumpunet.specs import format_ints
@@ -140,7 +140,7 @@ class StoreWriter:
     Examples
     --------
     >>> import numpy as np, tempfile, os
-    >>> from dumpunet.store_schema import BlockInfo
+    >>> from dumpunet.store.schema import BlockInfo
     >>> d = tempfile.mkdtemp()
     >>> w = StoreWriter(os.path.join(d, "s.zarr"), root_attrs={"model": {"name": "demo"}})
     >>> b = BlockInfo("IN00", "conv_in", ("conv_in",), "conv_in", (4, 8, 8), (4, 8, 8), False)
@@ -163,7 +163,7 @@ class StoreWriter:
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.root = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
         self.root.attrs.update(
-            {schema.HEADER_KEY: schema.header(writer=f"dumpunet {__version__}", created=created), **root_attrs}
+            {schema.HEADER_KEY: schema.header(writer=f"dumpunet {__version__}", created=created).to_json(), **root_attrs}
         )
         self._runs: dict[str, _RunState] = {}
         self._error: BaseException | None = None

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from dumpunet import store_schema as schema
+from dumpunet.store import schema
 from dumpunet.errors import IncompleteStepError, SelectionError, StoreError
 from dumpunet.specs import format_ints, parse_blocks, parse_ints, parse_layers, resolve_block
 

@@ -5,7 +5,7 @@ whatever the user typed. Here the text is parsed with ``ast.parse(mode="eval")``
 is checked against the grammar below; anything else is an :class:`ExpressionError` with a caret
 under the offending part. A validated expression is evaluated by walking its tree with numpy
 (:func:`evaluate`): this is the exact semantics that the fast lookup-table path in
-:mod:`dumpunet.analyzer.lut` reproduces.
+:mod:`dumpunet.analyzer.color.lut` reproduces.
 
 =========================  =====================================================================
 numbers                    ``1``, ``0.5``, ``2e-3`` (all arithmetic is float64)

@@ -12,8 +12,8 @@ import colorsys
 
 import numpy as np
 
-from dumpunet.analyzer.colorize import ColorSpec
-from dumpunet.analyzer.expressions import evaluate
+from dumpunet.analyzer.color.colorize import ColorSpec
+from dumpunet.analyzer.color.expressions import evaluate
 
 
 def map_ranges(maps: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any
 
 from dumpunet.specs import format_ints
 from dumpunet.store import Store, open_store
-from dumpunet.store_schema import human_bytes
+from dumpunet.store.schema import human_bytes
 
 _RUN_FIELDS = (
     ("prompt", "prompt"),

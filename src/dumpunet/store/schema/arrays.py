@@ -34,17 +34,15 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from dumpunet.errors import StoreError, StoreNotFoundError
+from dumpunet.store.schema.attrs import HEADER_KEY, BlockInfo, Header
+
+__all__ = ["ATTENTION_FEATURES", "ArrayKind", "BLOCK_ARRAYS", "BLOCK_INPUT", "BLOCK_OUTPUT", "BlockInfo", "CALL_ARRAYS", "CALL_CHUNK", "CALL_DONE", "CALL_STEP", "CALL_SUBSTEP", "CALL_TIMESTEP", "CHUNK_KEY_ENCODING", "FORMAT_MINOR", "FORMAT_VERSION", "GROUP_DOCUMENT", "HEADER_KEY", "Header", "IMAGES", "LATENTS", "RECORD_DTYPES", "STEPS_ATTR", "array_document", "attention_group_path", "block_aliases", "block_shape", "blocks_group_path", "check_header", "codecs_for", "create_array", "header", "human_bytes", "nbytes", "open_array", "open_root", "path", "run_group_path"]
 from dumpunet.specs import parse_ints
 
 FORMAT_VERSION = 1
 """Major version: a reader refuses a store whose major version is newer than this."""
 FORMAT_MINOR = 0
 """Minor version: additions that older readers can ignore."""
-STORE_KIND = "dumpunet-store"
-HEADER_KEY = "dumpunet"
-
-GUIDANCE_LABELS: tuple[str, ...] = ("uncond", "cond")
-"""Order of the guidance axis when classifier-free guidance is on (diffusers batches uncond first)."""
 
 RECORD_DTYPES = {"fp16": "float16", "fp32": "float32"}
 
@@ -263,31 +261,20 @@ def attention_group_path(run: str) -> str:
 # --------------------------------------------------------------------------- header
 
 
-def header(*, writer: str, created: str) -> dict[str, Any]:
-    """The ``dumpunet`` attribute of the root group that marks a directory as a dumpunet store."""
-    return {
-        "kind": STORE_KIND,
-        "format_version": FORMAT_VERSION,
-        "format_minor": FORMAT_MINOR,
-        "writer": writer,
-        "created": created,
-    }
+def header(*, writer: str, created: str) -> Header:
+    """The header of a new store, at this format version."""
+    return Header(format_version=FORMAT_VERSION, format_minor=FORMAT_MINOR, writer=writer, created=created)
 
 
-def check_header(attrs: Mapping[str, Any], where: str) -> dict[str, Any]:
+def check_header(attrs: Mapping[str, Any], where: str) -> Header:
     """Return the header of a root group's attributes, refusing foreign and newer stores."""
-    head = attrs.get(HEADER_KEY)
-    if not isinstance(head, Mapping) or head.get("kind") != STORE_KIND:
-        raise StoreError(f"{where} is a zarr store but not a dumpunet store (no '{HEADER_KEY}' header)")
-    version = head.get("format_version")
-    if not isinstance(version, int):
-        raise StoreError(f"{where}: the dumpunet header has no integer format_version")
-    if version > FORMAT_VERSION:
+    head = Header.from_json(attrs.get(HEADER_KEY), where)
+    if head.format_version > FORMAT_VERSION:
         raise StoreError(
-            f"{where} has store format version {version}, newer than this dumpunet reads "
+            f"{where} has store format version {head.format_version}, newer than this dumpunet reads "
             f"(version {FORMAT_VERSION}); upgrade dumpunet to open it"
         )
-    return dict(head)
+    return head
 
 
 def open_root(where: str | Path, *, mode: Literal["r", "r+"] = "r") -> zarr.Group:
@@ -311,42 +298,6 @@ def open_root(where: str | Path, *, mode: Literal["r", "r+"] = "r") -> zarr.Grou
 
 
 # --------------------------------------------------------------------------- block table
-
-
-@dataclass(frozen=True)
-class BlockInfo:
-    """One row of the block table (root attribute ``blocks``)."""
-
-    name: str
-    module: str  # diffusers module whose output is the block output
-    modules: tuple[str, ...]  # every module of the unit, in call order
-    input_module: str  # module whose input is the block input
-    output_shape: tuple[int, int, int]  # channel, y, x at the recorded size
-    input_shape: tuple[int, int, int]
-    cross_attention: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "module": self.module,
-            "modules": list(self.modules),
-            "input_module": self.input_module,
-            "output_shape": list(self.output_shape),
-            "input_shape": list(self.input_shape),
-            "cross_attention": self.cross_attention,
-        }
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> BlockInfo:
-        return cls(
-            name=d["name"],
-            module=d["module"],
-            modules=tuple(d["modules"]),
-            input_module=d["input_module"],
-            output_shape=tuple(d["output_shape"]),  # type: ignore[arg-type]
-            input_shape=tuple(d["input_shape"]),  # type: ignore[arg-type]
-            cross_attention=bool(d["cross_attention"]),
-        )
 
 
 def block_aliases(blocks: Sequence[BlockInfo]) -> dict[str, str]:
@@ -375,146 +326,3 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1000
     raise AssertionError
-
-
-# --------------------------------------------------------------------------- validation
-
-
-@dataclass
-class Report:
-    """What :func:`validate` found: ``problems`` make a store unsound, ``notes`` do not."""
-
-    problems: list[str]
-    notes: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def _kind_of(array_path: str) -> ArrayKind | None:
-    leaf = array_path.rsplit("/", 1)[-1]
-    if "/blocks/" in array_path:
-        return BLOCK_ARRAYS.get(leaf)
-    if "/attention/" in array_path:
-        return ATTENTION_FEATURES.get(leaf)
-    for kind in (*CALL_ARRAYS, IMAGES, LATENTS):
-        if kind.key == leaf:
-            return kind
-    return None
-
-
-def validate(where: str | Path) -> Report:
-    """Check a store against this schema; raise StoreError if it is not a dumpunet store at all.
-
-    Checks every array's dims, dtype and shape against the schema and the block table, the
-    call table's consistency, and that every chunk of every completed call exists on disk.
-    An interrupted run is sound (a note), a missing chunk of a completed call is not (a problem).
-    """
-    root = open_root(where)
-    base = Path(where)
-    attrs = dict(root.attrs)
-    problems: list[str] = []
-    notes: list[str] = []
-    try:
-        blocks = {b["name"]: BlockInfo.from_json(b) for b in attrs.get("blocks", [])}
-    except (KeyError, TypeError, ValueError) as exc:
-        return Report([f"block table unreadable: {exc!r}"], notes)
-    runs = attrs.get("runs", [])
-    if not isinstance(runs, list):
-        return Report(["root attribute 'runs' is not a list"], notes)
-    if not runs:
-        notes.append("no run recorded yet (stopped before the first U-Net call)")
-    for run in runs:
-        try:
-            grp = root[run_group_path(run)]
-        except KeyError:
-            problems.append(f"run {run!r} is listed but its group is missing")
-            continue
-        run_attrs = dict(grp.attrs)
-        lengths = {}
-        calls = {}
-        for kind in CALL_ARRAYS:
-            try:
-                arr = open_array(root, kind, run=run)
-            except KeyError:
-                problems.append(f"{kind.path(run=run)} is missing")
-                continue
-            lengths[kind.key] = arr.shape[0]
-            calls[kind.key] = arr[...]
-        if len(calls) != len(CALL_ARRAYS):
-            continue
-        n = min(lengths.values())
-        if max(lengths.values()) - n > 1:
-            problems.append(f"run {run}: call tables disagree in length {lengths}")
-        done = calls["call_done"][:n] == 1
-        done_idx = np.flatnonzero(done)
-        if not done.all():
-            notes.append(f"run {run}: {int((~done).sum())} U-Net call(s) not completely written (interrupted)")
-        if not run_attrs.get("complete", False):
-            reason = run_attrs.get("interrupted")
-            notes.append(f"run {run}: recording did not finish" + (f" ({reason})" if reason else ""))
-        else:
-            try:
-                img = open_array(root, IMAGES, run=run)
-                if img.shape[0] != run_attrs.get("n_images", img.shape[0]):
-                    problems.append(f"run {run}: {img.shape[0]} final images, expected {run_attrs.get('n_images')}")
-            except KeyError:
-                problems.append(f"run {run}: marked complete but has no final images")
-        n_img = run_attrs.get("n_images")
-        n_guid = len(run_attrs.get("guidance", []))
-        for name, arr in sorted(_arrays_under(grp), key=lambda item: item[0]):
-            full = f"{run_group_path(run)}/{name}"
-            kind = _kind_of(full)
-            if kind is None:
-                problems.append(f"{full}: not an array of this schema")
-                continue
-            dims = tuple(arr.metadata.dimension_names or ())
-            if dims != kind.dims:
-                problems.append(f"{full}: dimension names {dims}, expected {kind.dims}")
-            if kind.dtype is not None and str(arr.dtype) != kind.dtype:
-                problems.append(f"{full}: dtype {arr.dtype}, expected {kind.dtype}")
-            if kind.chunk_rule != "slab":
-                continue
-            if kind.dtype is None and str(arr.dtype) not in RECORD_DTYPES.values():
-                problems.append(f"{full}: dtype {arr.dtype} is not one of {sorted(RECORD_DTYPES.values())}")
-            if arr.shape[1:3] != (n_img, n_guid):
-                problems.append(f"{full}: image/guidance axes {arr.shape[1:3]}, expected {(n_img, n_guid)}")
-            if kind in BLOCK_ARRAYS.values():
-                block = name.split("/")[1]
-                info = blocks.get(block)
-                if info is None:
-                    problems.append(f"{full}: block {block} is not in the block table")
-                else:
-                    want = info.output_shape if kind.key == "output" else info.input_shape
-                    if tuple(arr.shape[3:]) != tuple(want):
-                        problems.append(f"{full}: shape {arr.shape[3:]}, block table says {tuple(want)}")
-            if len(done_idx) and arr.shape[0] <= done_idx[-1]:
-                problems.append(f"{full}: {arr.shape[0]} calls, but call {done_idx[-1]} is marked complete")
-                continue
-            missing = 0
-            only = arr.attrs.get(STEPS_ATTR)
-            wanted = done_idx
-            if isinstance(only, str) and only:
-                steps = set(parse_ints(only, 0, None, noun="step", what=f"{full} {STEPS_ATTR}"))
-                wanted = [k for k in done_idx if int(calls["call_step"][k]) in steps]
-            for k in wanted:
-                for i in range(arr.shape[1]):
-                    for g in range(arr.shape[2]):
-                        key = arr.metadata.encode_chunk_key((int(k), i, g) + (0,) * (arr.ndim - 3))
-                        if not (base / full / key).is_file():
-                            missing += 1
-            if missing:
-                problems.append(f"{full}: {missing} chunk(s) of completed calls are missing")
-    return Report(problems, notes)
-
-
-def _arrays_under(grp: zarr.Group, prefix: str = "") -> list[tuple[str, zarr.Array]]:
-    out: list[tuple[str, zarr.Array]] = []
-    for name, node in grp.members():
-        rel = f"{prefix}{name}"
-        if isinstance(node, zarr.Array):
-            out.append((rel, node))
-        else:
-            out.extend(_arrays_under(node, rel + "/"))
-    return out

@@ -3,7 +3,7 @@
 The value transforms bound ``v`` to a known domain ([0, 1] for Auto [0,1], [-1, 1] otherwise),
 so the pixel of a Custom colorization is a function of one float in that domain. The domain is
 cut into ``cells`` equal cells; for each cell, interval arithmetic
-(:mod:`dumpunet.analyzer.intervals`) tries to *prove* that every float in it gives one pixel.
+(:mod:`dumpunet.analyzer.color.intervals`) tries to *prove* that every float in it gives one pixel.
 A cell where the pixel changes is bisected (with the exact path) down to the two adjacent
 floats where it changes, and both sides are proven again, so one threshold per cell settles
 it; where bounds are loose, the sides are proven in pieces and a small gap around the
@@ -26,8 +26,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from dumpunet.analyzer.expressions import Expression, evaluate, parse_expression
-from dumpunet.analyzer.intervals import ONE_SIXTH, ONE_THIRD, TWO_THIRD, Interval, bound, hls_to_rgb_bounds
+from dumpunet.analyzer.color.expressions import Expression, evaluate, parse_expression
+from dumpunet.analyzer.color.intervals import ONE_SIXTH, ONE_THIRD, TWO_THIRD, Interval, bound, hls_to_rgb_bounds
 
 __all__ = ["CELLS", "CustomLut", "build_lut", "exact_pixels", "hls_to_rgb", "quantize"]
 

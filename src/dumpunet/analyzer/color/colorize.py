@@ -52,10 +52,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from dumpunet.analyzer import kernels
-from dumpunet.analyzer._inputs import HALF, check_float, kernel_view
-from dumpunet.analyzer.expressions import Expression, parse_expression
-from dumpunet.analyzer.lut import build_lut, exact_pixels
+from dumpunet.analyzer.color import kernels
+from dumpunet.analyzer.color.float16 import HALF, check_float, kernel_view
+from dumpunet.analyzer.color.expressions import Expression, parse_expression
+from dumpunet.analyzer.color.lut import build_lut, exact_pixels
 from dumpunet.errors import ColorSpecError
 
 __all__ = ["ColorSpec", "colorize", "map_ranges", "merge_ranges"]

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from dumpunet import store_schema as schema
+from dumpunet.store import schema
 from dumpunet.errors import RecordError
-from dumpunet.recorder.attention import (
+from dumpunet.recorder.attention_capture import (
     AttentionCapture,
     AttentionOptions,
     LayerPlan,
@@ -31,11 +31,11 @@ from dumpunet.recorder.attention import (
 )
 from dumpunet.recorder.blocks import block_table, select_blocks, unet_blocks
 from dumpunet.recorder.buffers import HostBuffers
-from dumpunet.recorder.calls import executed_steps, starts_new_step
+from dumpunet.recorder.step_clock import executed_steps, starts_new_step
 from dumpunet.recorder.identity import software_versions, unet_fingerprint
 from dumpunet.recorder.tensors import decoded_to_uint8, first_tensor, jsonable, output_tensor
 from dumpunet.specs import format_ints, parse_ints
-from dumpunet.store_writer import SlabSource, StoreWriter
+from dumpunet.store.writer import SlabSource, StoreWriter
 
 _TORCH_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
@@ -427,7 +427,7 @@ def record(pipe: Any, path: str | Path, **options: Any) -> Recorder:
         ``"none"`` records no block outputs (attention only).
     attention
         Cross-attention features (``"qk"``, ``"qk,k,vqk"``; ``None`` = no attention), or an
-        :class:`~dumpunet.recorder.attention.AttentionOptions` for block filters and self-attention.
+        :class:`~dumpunet.recorder.attention_capture.AttentionOptions` for block filters and self-attention.
     inputs
         Also store each block's input.
     dtype

@@ -3,7 +3,7 @@
 For a cross-attention layer (``IN04.attn2``), row *h* column *t* is the spatial map of how much
 head *h* attends to token *t* (the ``qk`` probabilities of every query pixel, laid out at the
 layer's resolution). Column headers are the decoded tokens, row headers the head index. Maps are
-coloured with the analyzer's engine (:class:`~dumpunet.analyzer.colorize.ColorSpec`); the
+coloured with the analyzer's engine (:class:`~dumpunet.analyzer.color.colorize.ColorSpec`); the
 default is the original extension's recommendation for attention: Custom / Auto [0,1] / HSL,
 H = (2-2*v)/3 (blue = little attention, red = much).
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dumpunet.analyzer.colorize import ColorSpec, colorize, map_ranges, merge_ranges
+from dumpunet.analyzer.color.colorize import ColorSpec, colorize, map_ranges, merge_ranges
 from dumpunet.analyzer.grid import tile
 from dumpunet.analyzer.heatmap import nearest_query
 from dumpunet.analyzer.labels import paste, text_image

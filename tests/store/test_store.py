@@ -17,11 +17,12 @@ import pytest
 import zarr
 
 import dumpunet
-from dumpunet import store_schema as schema
+from dumpunet.store import schema
+from dumpunet.store.validate import validate
 from dumpunet.errors import IncompleteStepError, RecordError, SelectionError, StoreError, StoreNotFoundError
 from dumpunet.store import open_store
-from dumpunet.store_schema import BlockInfo
-from dumpunet.store_writer import StoreWriter
+from dumpunet.store.schema import BlockInfo
+from dumpunet.store.writer import StoreWriter
 
 BLOCKS = [
     BlockInfo("IN00", "conv_in", ("conv_in",), "conv_in", (4, 8, 8), (4, 8, 8), False),
@@ -79,7 +80,7 @@ def test_round_trip_puts_each_image_and_guidance_half_in_place(tmp_path):
     assert store.features("down_blocks.0.attentions.0", 2).shape == (6, 4, 4)
     np.testing.assert_array_equal(store.image(1), np.full((16, 16, 3), 7, np.uint8))
     assert store.run().complete
-    assert schema.validate(p).ok
+    assert validate(p).ok
 
 
 def test_every_array_has_schema_dims_so_xarray_names_them(tmp_path):
@@ -173,7 +174,7 @@ def test_validate_finds_a_missing_chunk_and_a_wrong_dim(tmp_path):
     meta = json.loads(meta_path.read_text())
     meta["dimension_names"][3] = "chan"
     meta_path.write_text(json.dumps(meta))
-    report = schema.validate(p)
+    report = validate(p)
     assert report.problems == [
         "runs/main/blocks/IN00/output: dimension names ('call', 'image', 'guidance', 'chan', 'y', 'x'), "
         "expected ('call', 'image', 'guidance', 'channel', 'y', 'x')",
@@ -182,7 +183,7 @@ def test_validate_finds_a_missing_chunk_and_a_wrong_dim(tmp_path):
 
 
 def test_disk_full_keeps_complete_steps_readable(tmp_path, monkeypatch):
-    from dumpunet import store_writer
+    from dumpunet.store import writer as store_writer
 
     p = tmp_path / "s.zarr"
     budget = {"chunks": 2 * 8 + 3}  # two full calls (2 blocks x 2 images x 2 halves) and a bit of the third
@@ -204,7 +205,7 @@ def test_disk_full_keeps_complete_steps_readable(tmp_path, monkeypatch):
     np.testing.assert_array_equal(store.features("IN01", 2), slab(2, BLOCKS[1])[1, 0])
     with pytest.raises(IncompleteStepError, match=r"step 3 was not completely written \(the recording was interrupted\); complete steps: 1-2"):
         store.features("IN00", 3)
-    report = schema.validate(p)
+    report = validate(p)
     assert report.ok, report.problems
     assert "run main: recording did not finish" in report.notes
 
@@ -214,7 +215,7 @@ KILL_SCRIPT = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {tests!r})
     from test_store import BLOCKS, slab
-    from dumpunet.store_writer import StoreWriter
+    from dumpunet.store.writer import StoreWriter
     w = StoreWriter({path!r}, root_attrs={{"blocks": [b.to_json() for b in BLOCKS]}})
     w.begin_run("main", {{"n_images": 2, "guidance": ["uncond", "cond"], "steps": 10000}}, BLOCKS,
                 which=("output",), n_images=2, n_guidance=2, dtype="float16")
@@ -244,7 +245,7 @@ def test_kill_mid_write_leaves_a_sound_store(tmp_path, sig):
     assert len(steps) >= 5 and steps == list(range(1, len(steps) + 1))
     for s in (1, steps[-1]):
         np.testing.assert_array_equal(store.features("IN01", s, image=1), slab(s, BLOCKS[1])[1, 1])
-    report = schema.validate(p)
+    report = validate(p)
     assert report.ok, report.problems
     assert not store.run().complete
 

@@ -1,10 +1,10 @@
-"""Every numba kernel of the analyzer; plain-numpy references live in :mod:`._reference`.
+"""Every numba kernel of the analyzer; plain-numpy references live in ``tests/analyzer/reference.py``.
 
 Maps reach the kernels flattened to ``[N, P]`` (``P = H*W``), either as float32/float64 with
 ``half=None``, or as the raw bits of float16 (uint16; numba has no float16 on the CPU) with
 ``half`` the 65536-entry float32 decoding table. All arithmetic is float64 and follows the
 original formulas operation for operation, without fastmath, so NaN and clamps behave as in
-numpy and results are bit-identical to :mod:`._reference` wherever no library function is
+numpy and results are bit-identical to ``tests/analyzer/reference.py`` wherever no library function is
 involved. Kernels run ``prange`` over maps and write into preallocated outputs; per map they
 make passes simple enough for LLVM to vectorize (transform, then quantize or index, then
 table lookups) into a per-map scratch row. The entry kernels release the GIL (``nogil``), so

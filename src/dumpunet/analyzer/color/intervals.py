@@ -1,6 +1,6 @@
 """Sound bounds of a colour expression over many small ranges of ``v`` at once.
 
-:mod:`dumpunet.analyzer.lut` needs to *prove* that every float ``v`` in a cell ``[a, b]`` gives
+:mod:`dumpunet.analyzer.color.lut` needs to *prove* that every float ``v`` in a cell ``[a, b]`` gives
 the same pixel, so that a lookup table can stand in for :func:`expressions.evaluate` exactly.
 :func:`bound` walks the expression tree with interval arithmetic on numpy arrays (one entry per
 cell) and returns, per cell, bounds ``[lo, hi]`` on every non-NaN value the *float64 numpy
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dumpunet.analyzer.expressions import FUNCTIONS, Expression, evaluate
+from dumpunet.analyzer.color.expressions import FUNCTIONS, Expression, evaluate
 
 __all__ = ["Interval", "bound", "hls_to_rgb_bounds"]
 

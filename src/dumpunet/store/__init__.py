@@ -1,0 +1,16 @@
+"""The store: the whole on-disk contract between the recorder and the analyzer.
+
+- :mod:`.schema`: array kinds, paths, dims, dtypes, chunks and typed attributes (the contract);
+- :mod:`.reader`: :class:`Store`, the read-only object behind ``dumpunet.open``;
+- :mod:`.writer`: :class:`StoreWriter`, the recorder's background writer;
+- :mod:`.validate`: ``dumpunet validate``;
+- :mod:`.summary`: ``dumpunet info``.
+
+This package imports neither the recorder nor the analyzer.
+"""
+
+from __future__ import annotations
+
+from dumpunet.store.reader import CallTable, Run, Store, open_store
+
+__all__ = ["CallTable", "Run", "Store", "open_store"]

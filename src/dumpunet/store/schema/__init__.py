@@ -1,0 +1,36 @@
+"""The on-disk contract between the recorder and the analyzer, in two halves.
+
+- :mod:`.arrays`: array kinds, paths, dims, dtypes, chunks and codecs;
+  ``create_array``/``open_array``/``open_root``;
+- :mod:`.attrs`: every JSON attribute as a typed value with ``to_json``/``from_json``
+  (:class:`RootAttrs`, :class:`RunAttrs`, :class:`LayerAttrs`, ...).
+
+No module outside this package spells an array path, an attribute key or an axis position;
+``docs/store-format.md`` describes the same layout for people who open stores without dumpunet.
+"""
+
+from __future__ import annotations
+
+from dumpunet.store.schema.arrays import *  # noqa: F403
+from dumpunet.store.schema.arrays import __all__ as _arrays_all
+from dumpunet.store.schema.attrs import (
+    GUIDANCE_LABELS,
+    HEADER_KEY,
+    NAME_PATTERN,
+    STORE_KIND,
+    ArrayAttrs,
+    BlockInfo,
+    Header,
+    LayerAttrs,
+    PairInfo,
+    RootAttrs,
+    RunAttrs,
+    TokenRow,
+    check_name,
+)
+
+__all__ = [
+    *_arrays_all,
+    "GUIDANCE_LABELS", "HEADER_KEY", "NAME_PATTERN", "STORE_KIND", "ArrayAttrs", "BlockInfo", "Header",
+    "LayerAttrs", "PairInfo", "RootAttrs", "RunAttrs", "TokenRow", "check_name",
+]

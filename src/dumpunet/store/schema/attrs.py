@@ -1,0 +1,511 @@
+"""The store's JSON attributes as typed values: the only place that spells an attribute key.
+
+Each value parses its JSON with :meth:`from_json`, checking every field's type and naming the
+path of a bad one (``runs/main: attribute 'n_images' must be an integer, got 'two'``), and
+writes it back with :meth:`to_json`. Readers never index attribute dicts; writers never build
+them by hand. Keys that a value does not know are kept in ``extra`` and written back unchanged,
+so a store written by a newer minor version keeps its additions.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from dumpunet.errors import StoreError
+
+STORE_KIND = "dumpunet-store"
+HEADER_KEY = "dumpunet"
+GUIDANCE_LABELS: tuple[str, ...] = ("uncond", "cond")
+"""Order of the guidance axis when classifier-free guidance is on (diffusers batches uncond first)."""
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+"""What a run, block or layer name read from a store may look like: it becomes part of file
+names, so no separators, no ``..``, nothing hidden."""
+
+
+# --------------------------------------------------------------------------- field checks
+
+
+class _Fields:
+    """Typed access to one attribute dict, naming ``where`` and the key in every error."""
+
+    def __init__(self, doc: Any, where: str) -> None:
+        if not isinstance(doc, Mapping):
+            raise StoreError(f"{where}: attributes must be a JSON object, got {type(doc).__name__}")
+        self.doc = doc
+        self.where = where
+        self.used: set[str] = set()
+
+    def _get(self, key: str, default: Any, required: bool) -> Any:
+        self.used.add(key)
+        if key not in self.doc or self.doc[key] is None:
+            if required:
+                raise StoreError(f"{self.where}: attribute {key!r} is missing")
+            return default
+        return self.doc[key]
+
+    def _bad(self, key: str, want: str, got: Any) -> StoreError:
+        shown = repr(got)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return StoreError(f"{self.where}: attribute {key!r} must be {want}, got {shown}")
+
+    def int(self, key: str, default: int | None = None, *, required: bool = False, minimum: int | None = None) -> Any:
+        v = self._get(key, default, required)
+        if v is default:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self._bad(key, "an integer", v)
+        if minimum is not None and v < minimum:
+            raise self._bad(key, f"at least {minimum}", v)
+        return v
+
+    def float(self, key: str, default: float | None = None) -> Any:
+        v = self._get(key, default, False)
+        if v is default:
+            return v
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise self._bad(key, "a finite number", v)
+        return float(v)
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False) -> Any:
+        v = self._get(key, default, required)
+        if v is not default and not isinstance(v, str):
+            raise self._bad(key, "a string", v)
+        return v
+
+    def bool(self, key: str, default: bool = False) -> bool:
+        v = self._get(key, default, False)
+        if not isinstance(v, bool):
+            raise self._bad(key, "true or false", v)
+        return v
+
+    def obj(self, key: str) -> dict[str, Any]:
+        v = self._get(key, {}, False)
+        if not isinstance(v, Mapping):
+            raise self._bad(key, "a JSON object", v)
+        return dict(v)
+
+    def list(self, key: str, *, required: bool = False) -> list[Any]:
+        v = self._get(key, [], required)
+        if not isinstance(v, list):
+            raise self._bad(key, "a list", v)
+        return v
+
+    def ints(self, key: str, *, length: int | None = None, required: bool = False) -> tuple[int, ...] | None:
+        if key not in self.doc and not required:
+            self.used.add(key)
+            return None
+        v = self.list(key, required=required)
+        if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in v) or (length is not None and len(v) != length):
+            raise self._bad(key, f"a list of {length or 'some'} non-negative integers", v)
+        return tuple(v)
+
+    def strs(self, key: str, *, names: bool = False) -> tuple[str, ...]:
+        v = self.list(key)
+        if not all(isinstance(x, str) for x in v):
+            raise self._bad(key, "a list of strings", v)
+        if names:
+            for x in v:
+                check_name(x, f"{self.where}: attribute {key!r}")
+        return tuple(v)
+
+    def extra(self) -> dict[str, Any]:
+        return {k: v for k, v in self.doc.items() if k not in self.used}
+
+
+def check_name(name: Any, where: str) -> str:
+    """Return ``name`` if it may name a run, block or layer (it ends up in file names)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise StoreError(f"{where}: {name!r} is not a valid name (letters, digits, _ . + - only)")
+    return name
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- root
+
+
+@dataclass(frozen=True)
+class Header:
+    """The ``dumpunet`` attribute of the root group, which marks a directory as a dumpunet store."""
+
+    format_version: int
+    format_minor: int
+    writer: str
+    created: str
+    kind: str = STORE_KIND
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "format_version": self.format_version, "format_minor": self.format_minor,
+                "writer": self.writer, "created": self.created}
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str) -> Header:
+        if not isinstance(doc, Mapping) or doc.get("kind") != STORE_KIND:
+            raise StoreError(f"{where} is a zarr store but not a dumpunet store (no '{HEADER_KEY}' header)")
+        f = _Fields(doc, f"{where}: header")
+        version = doc.get("format_version")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise StoreError(f"{where}: the dumpunet header has no integer format_version")
+        return cls(format_version=version, format_minor=f.int("format_minor", 0),
+                   writer=f.str("writer", ""), created=f.str("created", ""))
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """One row of the block table (root attribute ``blocks``)."""
+
+    name: str
+    module: str  # diffusers module whose output is the block output
+    modules: tuple[str, ...]  # every module of the unit, in call order
+    input_module: str  # module whose input is the block input
+    output_shape: tuple[int, int, int]  # channel, y, x at the recorded size
+    input_shape: tuple[int, int, int]
+    cross_attention: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "modules": list(self.modules),
+            "input_module": self.input_module,
+            "output_shape": list(self.output_shape),
+            "input_shape": list(self.input_shape),
+            "cross_attention": self.cross_attention,
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str = "block table") -> BlockInfo:
+        f = _Fields(doc, where)
+        name = check_name(f.str("name", required=True), where)
+        f.where = f"{where} {name}"
+        return cls(
+            name=name,
+            module=f.str("module", required=True),
+            modules=f.strs("modules"),
+            input_module=f.str("input_module", required=True),
+            output_shape=f.ints("output_shape", length=3, required=True),  # type: ignore[arg-type]
+            input_shape=f.ints("input_shape", length=3, required=True),  # type: ignore[arg-type]
+            cross_attention=f.bool("cross_attention"),
+        )
+
+
+@dataclass(frozen=True)
+class PairInfo:
+    """One pair of runs (``record --pair``, ``sweep``): ``layered`` differs from ``base`` by per-block prompts."""
+
+    base: str
+    layered: str
+    label: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"base": self.base, "layered": self.layered, "label": self.label}
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str = "pairs") -> PairInfo:
+        f = _Fields(doc, where)
+        return cls(
+            base=check_name(f.str("base", required=True), where),
+            layered=check_name(f.str("layered", required=True), where),
+            label=f.str("label", required=True),
+        )
+
+
+@dataclass(frozen=True)
+class RootAttrs:
+    """The root group's attributes: header, model identity, versions, block table, runs, pairs."""
+
+    header: Header
+    model: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, Any] = field(default_factory=dict)
+    blocks: tuple[BlockInfo, ...] = ()
+    runs: tuple[str, ...] = ()
+    pairs: tuple[PairInfo, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            HEADER_KEY: self.header.to_json(),
+            "model": self.model,
+            "versions": self.versions,
+            "blocks": [b.to_json() for b in self.blocks],
+            "runs": list(self.runs),
+            "pairs": [p.to_json() for p in self.pairs],
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str) -> RootAttrs:
+        f = _Fields(doc, where)
+        f.used.add(HEADER_KEY)
+        header = Header.from_json(doc.get(HEADER_KEY), where)
+        blocks = tuple(BlockInfo.from_json(b, f"{where}: block table entry {i}") for i, b in enumerate(f.list("blocks")))
+        runs = f.strs("runs", names=True)
+        pairs = tuple(PairInfo.from_json(p, f"{where}: pairs entry {i}") for i, p in enumerate(f.list("pairs")))
+        return cls(header=header, model=f.obj("model"), versions=f.obj("versions"), blocks=blocks, runs=runs,
+                   pairs=pairs, extra=f.extra())
+
+    def with_run(self, run: str) -> RootAttrs:
+        return replace(self, runs=(*self.runs, run))
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """What the text encoder read for one prompt: token ids, their strings, the real length.
+
+    ``length`` counts the real tokens, start and end included.
+    """
+
+    ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    length: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ids": list(self.ids), "tokens": list(self.tokens), "length": self.length}
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str) -> TokenRow:
+        f = _Fields(doc, where)
+        ids = f.list("ids", required=True)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise f._bad("ids", "a list of integers", ids)
+        tokens = f.strs("tokens")
+        if len(tokens) != len(ids):
+            raise StoreError(f"{where}: {len(ids)} token ids but {len(tokens)} token strings")
+        length = f.int("length", len(ids), minimum=0)
+        if length > len(ids):
+            raise f._bad("length", f"at most {len(ids)}", length)
+        return cls(tuple(ids), tokens, length)
+
+
+def _per_guidance(f: _Fields, key: str) -> dict[str, Any]:
+    value = f.obj(key)
+    for label in value:
+        if label not in GUIDANCE_LABELS:
+            raise StoreError(f"{f.where}: attribute {key!r} has unknown guidance half {label!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class RunAttrs:
+    """The attributes of one run group (``runs/<run>``): how it was generated and what it holds.
+
+    The generation parameters (``prompt`` ... ``strength``) are written by ``dumpunet record``;
+    a recording through the Python API leaves them None. Every other field is the recorder's.
+    """
+
+    # what the sampler did
+    steps: int = 1  # sampler steps that ran (img2img: the last strength share)
+    num_inference_steps: int | None = None
+    scheduler: str | None = None
+    scheduler_config: dict[str, Any] = field(default_factory=dict)
+    # the axes
+    n_images: int = 1
+    guidance: tuple[str, ...] = ("cond",)
+    latent_size: tuple[int, ...] | None = None
+    height: int | None = None
+    width: int | None = None
+    # what was recorded
+    record_steps: str = ""
+    recorded_blocks: tuple[str, ...] = ()
+    inputs: bool = False
+    dtype: str | None = None
+    attention_layers: tuple[str, ...] = ()
+    # what the text encoder read
+    tokens: dict[str, tuple[TokenRow, ...]] = field(default_factory=dict)
+    block_prompts: dict[str, dict[str, str]] = field(default_factory=dict)
+    prompt_tokens: dict[str, TokenRow] = field(default_factory=dict)
+    # generation parameters (CLI recordings)
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    seed: int | None = None
+    seeds: tuple[int, ...] | None = None
+    sampler: str | None = None
+    cfg: float | None = None
+    requested_steps: int | None = None
+    init_image: str | None = None
+    strength: float | None = None
+    # completion
+    complete: bool = False
+    interrupted: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            v = getattr(self, f.name)
+            if f.name == "tokens":
+                v = {g: [r.to_json() for r in rows] for g, rows in v.items()}
+            elif f.name == "prompt_tokens":
+                v = {text: r.to_json() for text, r in v.items()}
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[f.name] = v
+        # keep the documents of older recordings: empty optional fields are left out
+        for key in ("tokens", "block_prompts", "prompt_tokens"):
+            if not out[key]:
+                del out[key]
+        return _drop_none(out)
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str) -> RunAttrs:
+        f = _Fields(doc, where)
+        guidance = f.strs("guidance") or ("cond",)
+        if any(g not in GUIDANCE_LABELS for g in guidance) or len(set(guidance)) != len(guidance):
+            raise f._bad("guidance", f"a list of distinct labels from {list(GUIDANCE_LABELS)}", list(guidance))
+        tokens = {
+            g: tuple(TokenRow.from_json(r, f"{where}: tokens {g} row {i}") for i, r in enumerate(_list(rows, f"{where}: tokens {g}")))
+            for g, rows in _per_guidance(f, "tokens").items()
+        }
+        block_prompts = {}
+        for g, table in _per_guidance(f, "block_prompts").items():
+            if not isinstance(table, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
+                raise StoreError(f"{where}: attribute 'block_prompts' {g} must map block names to texts")
+            block_prompts[g] = dict(table)
+        prompt_tokens = {
+            text: TokenRow.from_json(row, f"{where}: prompt_tokens {text!r}") for text, row in f.obj("prompt_tokens").items()
+        }
+        seeds = f.list("seeds") if "seeds" in doc and doc["seeds"] is not None else None
+        if seeds is not None and not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise f._bad("seeds", "a list of integers", seeds)
+        return cls(
+            steps=f.int("steps", 1, minimum=0),
+            num_inference_steps=f.int("num_inference_steps"),
+            scheduler=f.str("scheduler"),
+            scheduler_config=f.obj("scheduler_config"),
+            n_images=f.int("n_images", 1, minimum=1),
+            guidance=guidance,
+            latent_size=f.ints("latent_size", length=2),
+            height=f.int("height", minimum=1),
+            width=f.int("width", minimum=1),
+            record_steps=f.str("record_steps", ""),
+            recorded_blocks=f.strs("recorded_blocks", names=True),
+            inputs=f.bool("inputs"),
+            dtype=f.str("dtype"),
+            attention_layers=f.strs("attention_layers", names=True),
+            tokens=tokens,
+            block_prompts=block_prompts,
+            prompt_tokens=prompt_tokens,
+            prompt=f.str("prompt"),
+            negative_prompt=f.str("negative_prompt"),
+            seed=f.int("seed"),
+            seeds=tuple(seeds) if seeds is not None else None,
+            sampler=f.str("sampler"),
+            cfg=f.float("cfg"),
+            requested_steps=f.int("requested_steps"),
+            init_image=f.str("init_image"),
+            strength=f.float("strength"),
+            complete=f.bool("complete"),
+            interrupted=f.str("interrupted"),
+            extra=f.extra(),
+        )
+
+    def token_row(self, guidance: str, image: int = 0, block: str | None = None) -> TokenRow | None:
+        """What the text encoder read for one half of the batch (with per-block prompts: ``block``'s).
+
+        None where nothing was encoded (SDXL's zeroed empty negative prompt) or the pipeline got
+        embeddings directly.
+        """
+        prompts = self.block_prompts.get(guidance)
+        if prompts and block is not None:
+            text = prompts.get(block.split(".", 1)[0])
+            return self.prompt_tokens.get(text) if text is not None else None
+        rows = self.tokens.get(guidance)
+        if not rows:
+            return None
+        return rows[image] if len(rows) == self.n_images else rows[0]
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise StoreError(f"{where}: must be a list, got {type(value).__name__}")
+    return value
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+@dataclass(frozen=True)
+class ArrayAttrs:
+    """Attributes every per-call array carries: what it is and, if recorded at fewer steps, which."""
+
+    description: str = ""
+    recorded_steps: str | None = None  # spec grammar; other calls of the array are never written
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return _drop_none({**self.extra, "description": self.description, "recorded_steps": self.recorded_steps})
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str) -> ArrayAttrs:
+        f = _Fields(doc, where)
+        return cls(description=f.str("description", ""), recorded_steps=f.str("recorded_steps") or None, extra=f.extra())
+
+
+@dataclass(frozen=True)
+class LayerAttrs:
+    """Attributes of an attention array (``runs/<run>/attention/<layer>/<feature>``)."""
+
+    layer_hw: tuple[int, int]  # height, width of the layer's feature map
+    module: str = ""  # the diffusers attention module
+    cross_attention: bool = True
+    query_rows: tuple[int, ...] | None = None  # self-attention: the query pixels kept
+    query_cols: tuple[int, ...] | None = None
+    heads: str = "all"  # self-attention: "all", or "mean" (the head axis has length 1)
+    recorded_steps: str | None = None
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return _drop_none({
+            **self.extra,
+            "description": self.description or None,
+            "layer_hw": list(self.layer_hw),
+            "module": self.module,
+            "cross_attention": self.cross_attention,
+            "query_rows": list(self.query_rows) if self.query_rows is not None else None,
+            "query_cols": list(self.query_cols) if self.query_cols is not None else None,
+            "heads": None if self.cross_attention else self.heads,
+            "recorded_steps": self.recorded_steps,
+        })
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str) -> LayerAttrs:
+        f = _Fields(doc, where)
+        hw = f.ints("layer_hw", length=2, required=True)
+        assert hw is not None
+        heads = f.str("heads", "all")
+        if heads not in ("all", "mean"):
+            raise f._bad("heads", "'all' or 'mean'", heads)
+        rows, cols = f.ints("query_rows"), f.ints("query_cols")
+        for key, got, limit in (("query_rows", rows, hw[0]), ("query_cols", cols, hw[1])):
+            if got is not None and any(v >= limit for v in got):
+                raise f._bad(key, f"pixel indices below {limit}", list(got))
+        return cls(
+            layer_hw=(hw[0], hw[1]),
+            module=f.str("module", ""),
+            cross_attention=f.bool("cross_attention", True),
+            query_rows=rows,
+            query_cols=cols,
+            heads=heads,
+            recorded_steps=f.str("recorded_steps") or None,
+            description=f.str("description", ""),
+            extra=f.extra(),
+        )
+
+    @property
+    def queries(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The query pixels' rows and columns (every pixel unless a region or stride was recorded)."""
+        h, w = self.layer_hw
+        return (self.query_rows or tuple(range(h)), self.query_cols or tuple(range(w)))
