@@ -136,7 +136,15 @@ def test_diffusers_folder_reproduces_the_in_memory_image(tmp_path, name):
     cls = "StableDiffusionXLPipeline" if arch == "sdxl" else "StableDiffusionPipeline"
     assert meta == {"name": name, "source": "diffusers-folder", "path": str((tmp_path / name).resolve()),
                     "architecture": arch, "pipeline": cls}
-    assert np.array_equal(generate(pipe), generate(original))
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if hasattr(original, component):
+            loaded, built = getattr(pipe, component).state_dict(), getattr(original, component).state_dict()
+            assert loaded.keys() == built.keys()
+            assert all(torch.equal(loaded[k], built[k]) for k in built), component
+    # Same weights, same image up to float rounding: weights read from a safetensors file can sit at
+    # other memory alignments than freshly built ones, and the CPU BLAS then picks other kernels
+    # (seen: SDXL's text projection differs by 3e-7 with bit-equal weights and inputs).
+    np.testing.assert_allclose(generate(pipe), generate(original), rtol=0, atol=1e-4)
 
 
 def test_diffusers_folder_as_img2img(sd1_folder):
