@@ -45,7 +45,7 @@ import dumpunet
 from dumpunet.analyzer.color.colorize import ColorSpec, colorize
 from dumpunet.analyzer.grid import grid_shape, tile
 from dumpunet.analyzer.png import ENCODERS, encode_png, resolve_encoder
-from dumpunet.store.schema import BlockInfo
+from dumpunet.store.schema import BlockInfo, RunAttrs
 from dumpunet.store.writer import StoreWriter
 
 CACHE_VERSION = "sd15-512-v1"
@@ -114,9 +114,10 @@ def build_store(path: Path, steps: int) -> None:
     marker.unlink(missing_ok=True)
     blocks = block_table()
     t0 = time.perf_counter()
-    w = StoreWriter(path, root_attrs={"model": {"name": "synthetic-sd15-512"}, "blocks": [b.to_json() for b in blocks]})
-    w.begin_run("main", {"prompt": "synthetic", "n_images": 1, "guidance": ["uncond", "cond"], "steps": steps},
-                blocks, which=("output",), n_images=1, n_guidance=2, dtype="float16")
+    w = StoreWriter(path, model={"name": "synthetic-sd15-512"}, versions={})
+    w.set_block_table(blocks)
+    w.begin_run("main", RunAttrs(prompt="synthetic", n_images=1, guidance=("uncond", "cond"), steps=steps),
+                blocks, which=("output",), dtype="float16")
     rng = np.random.default_rng(1719471015)
     for s in range(1, steps + 1):
         slabs = {(b.name, "output"): smooth(rng, 2, *b.output_shape)[:, None] for b in blocks}

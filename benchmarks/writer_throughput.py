@@ -32,9 +32,8 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from dumpunet.store import schema
-from dumpunet.store import writer as store_writer
-from dumpunet.store.schema import BlockInfo
-from dumpunet.store.writer import StoreWriter
+from dumpunet.store.schema import BlockInfo, RunAttrs
+from dumpunet.store.writer import GROW_CALLS, StoreWriter
 
 SD15_512 = [
     *[(f"IN{i:02d}", (320, 64, 64)) for i in range(3)],
@@ -57,7 +56,7 @@ BZSTD = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=2)
 
 # Each variant changes the schema default in one or two ways. Keys: compressors (slab arrays),
 # sep (chunk key separator), shard (one shard per call and array), grow
-# (store_writer._GROW_CALLS), raw (store_writer._WRITE_RAW_CHUNKS: False = zarr's Array API).
+# (StoreWriter's grow_calls), raw (StoreWriter's raw_chunks: False = zarr's Array API).
 COMPARE: dict[str, dict] = {
     "schema default": {},
     "zstd-1": {"compressors": ZstdCodec(level=1)},
@@ -73,14 +72,14 @@ COMPARE: dict[str, dict] = {
 DEFAULTS = {
     "codecs_for": schema.codecs_for,
     "sep": schema.CHUNK_KEY_ENCODING["separator"],
-    "grow": store_writer._GROW_CALLS,
-    "raw": store_writer._WRITE_RAW_CHUNKS,
+    "grow": GROW_CALLS,
+    "raw": True,
     "create_array": zarr.Group.create_array,
 }
 
 
 def configure(v: dict) -> None:
-    """Apply one variant on top of the defaults (module attributes and zarr's config)."""
+    """Apply one variant's schema changes on top of the defaults (grow and raw go to StoreWriter)."""
     d = DEFAULTS
 
     def codecs_for(kind: schema.ArrayKind) -> dict:
@@ -97,8 +96,6 @@ def configure(v: dict) -> None:
     schema.codecs_for = codecs_for
     schema.CHUNK_KEY_ENCODING = {**schema.CHUNK_KEY_ENCODING, "separator": v.get("sep", d["sep"])}
     zarr.Group.create_array = sharded if v.get("shard") else d["create_array"]
-    store_writer._GROW_CALLS = v.get("grow", d["grow"])
-    store_writer._WRITE_RAW_CHUNKS = v.get("raw", d["raw"])
 
 
 def smooth_slab(rng: np.random.Generator, chw: tuple[int, int, int]) -> np.ndarray:
@@ -119,12 +116,13 @@ def make_data(seed: int = 0) -> tuple[list[BlockInfo], list[dict[tuple[str, str]
     return blocks, [{(n, "output"): smooth_slab(rng, chw) for n, chw in SD15_512} for _ in range(VARIANTS)]
 
 
-def time_writer(where: Path, blocks: list[BlockInfo], data: list[dict], steps: int) -> tuple[float, float, int]:
+def time_writer(where: Path, blocks: list[BlockInfo], data: list[dict], steps: int, v: dict) -> tuple[float, float, int]:
     """Return (seconds to close(), seconds to close() + os.sync(), bytes of chunk files)."""
     path = where / "bench.zarr"
-    w = StoreWriter(path, root_attrs={"blocks": [b.to_json() for b in blocks]})
-    w.begin_run("main", {"n_images": N_IMAGES, "guidance": ["uncond", "cond"]}, blocks,
-                which=("output",), n_images=N_IMAGES, n_guidance=N_GUIDANCE, dtype="float16")
+    w = StoreWriter(path, model={}, versions={}, grow_calls=v.get("grow", DEFAULTS["grow"]),
+                    raw_chunks=v.get("raw", DEFAULTS["raw"]))
+    w.set_block_table(blocks)
+    w.begin_run("main", RunAttrs(n_images=N_IMAGES, guidance=("uncond", "cond")), blocks, which=("output",), dtype="float16")
     w.flush()
     t0 = time.perf_counter()
     for s in range(steps):
@@ -198,7 +196,7 @@ def main() -> None:
                 disk.append(total / time_disk(where, total, buf) / 1e9)
                 configure(COMPARE[name])
                 prewarm(warm)
-                t_close, t_sync, stored = time_writer(where, blocks, data, args.steps)
+                t_close, t_sync, stored = time_writer(where, blocks, data, args.steps, COMPARE[name])
                 for out, x in zip(res[name], (total / t_close / 1e9, total / t_sync / 1e9, total / stored)):
                     out.append(x)
     finally:

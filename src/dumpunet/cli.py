@@ -200,7 +200,7 @@ def info(store: Path, as_json: bool) -> None:
     from dumpunet.store.summary import describe, summarize
 
     summary = summarize(store)
-    click.echo(json.dumps(summary, indent=2) if as_json else describe(summary))
+    click.echo(json.dumps(summary.to_json(), indent=2) if as_json else describe(summary))
 
 
 @main.command()

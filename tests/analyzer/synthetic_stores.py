@@ -8,7 +8,7 @@ import numpy as np
 import zarr
 
 from dumpunet.specs import SD1_BLOCKS
-from dumpunet.store.schema import BlockInfo
+from dumpunet.store.schema import BlockInfo, PairInfo, RunAttrs
 from dumpunet.store.writer import StoreWriter
 
 # (C, H, W) per block: SD1's pattern of widths and sizes, scaled down to test size.
@@ -57,9 +57,10 @@ def make_store(
     """
     blocks = block_table()
     which = ("output", "input") if inputs else ("output",)
-    w = StoreWriter(path, root_attrs={"model": {"name": "tiny-test"}, "blocks": [b.to_json() for b in blocks]})
-    w.begin_run("main", {"prompt": "a cute girl", "n_images": n_images, "guidance": ["uncond", "cond"],
-                         "steps": TOTAL_STEPS}, blocks, which=which, n_images=n_images, n_guidance=2, dtype="float16")
+    w = StoreWriter(path, model={"name": "tiny-test"}, versions={})
+    w.set_block_table(blocks)
+    info = RunAttrs(prompt="a cute girl", n_images=n_images, guidance=("uncond", "cond"), steps=TOTAL_STEPS)
+    w.begin_run("main", info, blocks, which=which, dtype="float16")
     for s in RECORDED_STEPS:
         sd = seed + 1 if s in other_seed_steps else seed
         slabs = {(b.name, "output"): features(b.name, s, n_images, sd) for b in blocks}
@@ -100,16 +101,16 @@ def make_paired_store(
     Final images: :func:`final_image` (k), ``image_size`` (H, W); runs in ``unfinished`` have none.
     """
     table = block_table()
-    w = StoreWriter(path, root_attrs={"model": {"name": "tiny-test"}, "blocks": [b.to_json() for b in table]})
+    w = StoreWriter(path, model={"name": "tiny-test"}, versions={})
+    w.set_block_table(table)
     runs = ["base", *labels]
     for k, run in enumerate(runs):
         chosen = [b for b in table if b.name in blocks]
         if run == "base" and base_shapes:
             chosen = [BlockInfo(b.name, b.module, b.modules, b.input_module, base_shapes.get(b.name, b.output_shape),
                                 b.input_shape, True) for b in chosen]
-        w.begin_run(run, {"prompt": f"prompt {run}", "n_images": n_images, "guidance": ["uncond", "cond"],
-                          "steps": TOTAL_STEPS}, chosen, which=("output",), n_images=n_images, n_guidance=2,
-                    dtype="float16")
+        info = RunAttrs(prompt=f"prompt {run}", n_images=n_images, guidance=("uncond", "cond"), steps=TOTAL_STEPS)
+        w.begin_run(run, info, chosen, which=("output",), dtype="float16")
         for s in base_steps if run == "base" and base_steps is not None else steps:
             slabs = {}
             for b in chosen:
@@ -126,7 +127,7 @@ def make_paired_store(
         if run not in unfinished:
             images = np.stack([final_image(k, i, image_size) for i in range(n_images)])
             w.finish_run(run, images=images, latents=np.zeros((n_images, 4, 1, 1), np.float32))
-    w.update_root_attrs({"pairs": [{"base": "base", "layered": run, "label": run} for run in labels]})
+    w.set_pairs([PairInfo(base="base", layered=run, label=run) for run in labels])
     w.close()
     return path
 

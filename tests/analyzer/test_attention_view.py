@@ -15,7 +15,7 @@ from dumpunet.analyzer.heatmap import colormap, overlay, query_map, word_heatmap
 from dumpunet.analyzer.tokens import label, select_tokens
 from dumpunet.cli import main
 from dumpunet.errors import SelectionError
-from dumpunet.store.schema import BlockInfo
+from dumpunet.store.schema import BlockInfo, LayerAttrs, RunAttrs, TokenRow
 from dumpunet.store.writer import StoreWriter
 
 TOKENS = ["<|startoftext|>", "a</w>", "pink</w>", "h", "air</w>", "girl</w>", "<|endoftext|>"] + ["<|endoftext|>"] * 3
@@ -38,21 +38,19 @@ def store(tmp_path):
     block = BlockInfo("IN01", "down.0", ("down.0",), "down.0", (2, 4, 4), (2, 4, 4), True)
     mid = BlockInfo("M00", "mid", ("mid",), "mid", (2, 16, 16), (2, 16, 16), True)
     path = tmp_path / "a.zarr"
-    w = StoreWriter(path, root_attrs={"blocks": [block.to_json(), mid.to_json()]})
-    tokens = {"cond": [{"ids": list(range(T)), "tokens": TOKENS, "length": 7}],
-              "uncond": [{"ids": list(range(T)), "tokens": NEG, "length": 3}]}
-    w.begin_run("main", {"n_images": 1, "guidance": ["uncond", "cond"], "steps": 2, "height": IMAGE, "width": IMAGE,
-                         "attention_layers": ["IN01.attn1", "IN01.attn2", "M00.attn2"], "tokens": tokens},
-                [block], which=("output",), n_images=1, n_guidance=2, dtype="float32")
+    w = StoreWriter(path, model={}, versions={})
+    w.set_block_table([block, mid])
+    tokens = {"cond": (TokenRow(tuple(range(T)), tuple(TOKENS), 7),),
+              "uncond": (TokenRow(tuple(range(T)), tuple(NEG), 3),)}
+    info = RunAttrs(n_images=1, guidance=("uncond", "cond"), steps=2, height=IMAGE, width=IMAGE,
+                    attention_layers=("IN01.attn1", "IN01.attn2", "M00.attn2"), tokens=tokens)
+    w.begin_run("main", info, [block], which=("output",), dtype="float32")
     kind = schema.ATTENTION_FEATURES["qk"]
     w.add_arrays("main", {
-        ("IN01.attn2", "qk"): (kind, (1, 2, HEADS, 16, T), "float32", {"layer": "IN01.attn2"},
-                               {"layer_hw": [4, 4], "cross_attention": True}),
-        ("M00.attn2", "qk"): (kind, (1, 2, HEADS, 256, T), "float32", {"layer": "M00.attn2"},
-                              {"layer_hw": [16, 16], "cross_attention": True}),
+        ("IN01.attn2", "qk"): (kind, (1, 2, HEADS, 16, T), "float32", {"layer": "IN01.attn2"}, LayerAttrs(layer_hw=(4, 4))),
+        ("M00.attn2", "qk"): (kind, (1, 2, HEADS, 256, T), "float32", {"layer": "M00.attn2"}, LayerAttrs(layer_hw=(16, 16))),
         ("IN01.attn1", "qk"): (kind, (1, 2, HEADS, 4, 16), "float32", {"layer": "IN01.attn1"},
-                               {"layer_hw": [4, 4], "cross_attention": False, "query_rows": [0, 2],
-                                "query_cols": [1, 3], "heads": "all"}),
+                               LayerAttrs(layer_hw=(4, 4), cross_attention=False, query_rows=(0, 2), query_cols=(1, 3))),
     })
     for s in (1, 2):
         w.submit_call("main", step=s, substep=0, timestep=10.0 * s, slabs={
@@ -109,7 +107,7 @@ def test_word_heatmap_matches_an_independent_sum(store):
     acc = sum(probs(s, 2, (16, 16))[1, 0][:, :, [3, 4]].sum(-1).mean(0).reshape(16, 16) for s in (1, 2))
     want = (acc - acc.min()) / (acc.max() - acc.min())
     np.testing.assert_allclose(heat, want, atol=1e-6)
-    np.testing.assert_allclose(store.heatmap("hair", layers="M00"), heat)
+    np.testing.assert_allclose(dumpunet.heatmap(store, "hair", layers="M00"), heat)
     assert word_heatmap(store, "hair").shape == (IMAGE, IMAGE)  # IN01's 4x4 maps are upsampled
 
 

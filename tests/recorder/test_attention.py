@@ -103,11 +103,11 @@ def test_tokens_of_both_halves_are_stored_for_labels(tmp_path):
     pipe = make_pipe()
     with dumpunet.record(pipe, tmp_path / "a.zarr", blocks="M00", progress=False):
         generate(pipe)
-    tokens = dumpunet.open(tmp_path / "a.zarr").run().attrs["tokens"]
+    tokens = dumpunet.open(tmp_path / "a.zarr").run().info.tokens
     cond, uncond = tokens["cond"][0], tokens["uncond"][0]
-    assert cond["tokens"][: cond["length"]] == ["<|startoftext|>", *pipe.tokenizer.tokenize(PROMPT), "<|endoftext|>"]
-    assert uncond["tokens"][: uncond["length"]] == ["<|startoftext|>", "bad</w>", "anatomy</w>", "<|endoftext|>"]
-    assert len(cond["ids"]) == 77
+    assert list(cond.tokens[: cond.length]) == ["<|startoftext|>", *pipe.tokenizer.tokenize(PROMPT), "<|endoftext|>"]
+    assert list(uncond.tokens[: uncond.length]) == ["<|startoftext|>", "bad</w>", "anatomy</w>", "<|endoftext|>"]
+    assert len(cond.ids) == 77
 
 
 def test_self_attention_filters_shape_what_is_stored(tmp_path):
@@ -117,7 +117,7 @@ def test_self_attention_filters_shape_what_is_stored(tmp_path):
     with dumpunet.record(pipe, tmp_path / "s.zarr", blocks="M00", attention=opts, dtype="fp32", progress=False):
         generate(pipe, steps=3)
     store = dumpunet.open(tmp_path / "s.zarr")
-    assert store.run().attrs["attention_layers"] == ["IN01.attn1", "OUT11.attn1"]
+    assert store.run().info.attention_layers == ("IN01.attn1", "OUT11.attn1")
     arr = zarr.open_array(tmp_path / "s.zarr/runs/main/attention/IN01.attn1/qk", mode="r")
     assert arr.shape == (3, 1, 2, 1, 4, 64)  # 3 calls; heads averaged; 2x2 queries of the top-left quarter of 8x8
     assert arr.attrs["query_rows"] == [0, 2] and arr.attrs["query_cols"] == [0, 2] and arr.attrs["heads"] == "mean"

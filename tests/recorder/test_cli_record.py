@@ -172,7 +172,7 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_a_message(tmp_path):
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("Error: interrupted; complete steps (1-")
     run = dumpunet.open(out).run()
-    assert run.attrs["interrupted"] == "interrupted (Ctrl-C)"
+    assert run.info.interrupted == "interrupted (Ctrl-C)"
     assert validate(out).ok
 
 
@@ -228,6 +228,6 @@ def test_img2img_from_the_cli_records_the_executed_steps(tmp_path):
                  "--height", "64", "--blocks", "M00", "--attention", "none", "--out", str(out), "--quiet")
     assert res.exit_code == 0, res.output
     run = dumpunet.open(out).run()
-    assert run.steps == [1, 2, 3, 4, 5, 6] and run.attrs["strength"] == 0.6 and run.attrs["init_image"] == str(photo)
+    assert run.steps == [1, 2, 3, 4, 5, 6] and run.info.strength == 0.6 and run.info.init_image == str(photo)
     res = CliRunner().invoke(main, ["record", "--init-image", str(tmp_path / "nope.png"), "--out", str(tmp_path / "x.zarr")])
     assert res.exit_code == 1 and res.output.startswith(f"Error: no init image at {tmp_path / 'nope.png'}")

@@ -18,6 +18,7 @@ from dumpunet.recorder.blocks import unet_blocks  # noqa: E402
 from dumpunet.recorder.conditioning import BlockConditioning  # noqa: E402
 from dumpunet.recorder.samplers import make_scheduler  # noqa: E402
 from dumpunet.recorder.tiny import build_tiny_pipeline  # noqa: E402
+from dumpunet.store.schema import PairInfo  # noqa: E402
 
 pytestmark = pytest.mark.recorder
 
@@ -103,13 +104,13 @@ def test_pair_records_base_and_layered_with_the_same_seed(tmp_path):
                  "--width", "64", "--height", "64", "--seed", "7", "--blocks", "M00, OUT11", "--out", str(out), "--quiet")
     assert res.exit_code == 0, res.output
     store = dumpunet.open(out)
-    assert store.pairs == [{"base": "base", "layered": "layered", "label": "layered"}]
+    assert store.pairs == [PairInfo(base="base", layered="layered", label="layered")]
     base, layered = store.pair()
-    assert base.attrs["prompt"] == "a  girl" and base.attrs["seed"] == layered.attrs["seed"] == 7
-    assert layered.attrs["block_prompts"]["cond"]["M00"] == "a excellent girl"
-    assert layered.attrs["block_prompts"]["cond"]["IN01"] == "a cute girl"
-    assert set(layered.attrs["prompt_tokens"]) == {"a cute girl", "a excellent girl"}
-    assert layered.attrs["prompt_tokens"]["a excellent girl"]["tokens"][:4] == ["<|startoftext|>", "a</w>", "excellent</w>", "girl</w>"]
+    assert base.info.prompt == "a  girl" and base.info.seed == layered.info.seed == 7
+    assert layered.info.block_prompts["cond"]["M00"] == "a excellent girl"
+    assert layered.info.block_prompts["cond"]["IN01"] == "a cute girl"
+    assert set(layered.info.prompt_tokens) == {"a cute girl", "a excellent girl"}
+    assert layered.info.prompt_tokens["a excellent girl"].tokens[:4] == ("<|startoftext|>", "a</w>", "excellent</w>", "girl</w>")
     assert not np.array_equal(base.features("M00", 1), layered.features("M00", 1))
     info = invoke("info", str(out))
     assert "block prompts    IN00-IN11, OUT00-OUT11: 'a cute girl'" in info.output
@@ -120,7 +121,7 @@ def test_pair_records_base_and_layered_with_the_same_seed(tmp_path):
     res = invoke("record", "--prompt", "a (~: M00: excellent :~) girl", "--pair", "--base", "a cute girl", "--steps", "2",
                  "--width", "64", "--height", "64", "--blocks", "M00", "--out", str(out2), "--quiet")
     assert res.exit_code == 0, res.output
-    assert dumpunet.open(out2).pair()[0].attrs["prompt"] == "a cute girl"
+    assert dumpunet.open(out2).pair()[0].info.prompt == "a cute girl"
 
 
 def test_sweep_pairs_one_run_per_block_against_one_base(tmp_path):
@@ -131,13 +132,13 @@ def test_sweep_pairs_one_run_per_block_against_one_base(tmp_path):
     assert res.exit_code == 0, res.output
     store = dumpunet.open(out)
     assert store.run_names == ["base", "IN01", "M00"]
-    assert [p["label"] for p in store.pairs] == ["IN01", "M00"]
+    assert [p.label for p in store.pairs] == ["IN01", "M00"]
     base = store.run("base")
-    assert base.attrs["prompt"] == "a cute school girl, pink hair, wide shot, "
-    m00 = store.run("M00").attrs["block_prompts"]["cond"]
+    assert base.info.prompt == "a cute school girl, pink hair, wide shot, "
+    m00 = store.run("M00").info.block_prompts["cond"]
     assert m00["M00"] == "a cute school girl, pink hair, wide shot, bad anatomy"
     assert m00["IN01"] == "a cute school girl, pink hair, wide shot, "
-    assert all(store.run(r).attrs["seed"] == 5 for r in store.run_names)
+    assert all(store.run(r).info.seed == 5 for r in store.run_names)
     assert store.run("M00").recorded() == ["OUT11"]
 
 

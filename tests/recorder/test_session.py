@@ -134,7 +134,7 @@ def test_hooks_are_removed_when_the_body_raises(tmp_path):
     store = dumpunet.open(tmp_path / "r.zarr")
     assert store.steps == [1, 2, 3]  # the callback runs after step 3's U-Net call
     assert not store.run().complete
-    assert store.run().attrs["interrupted"] == "interrupted (Ctrl-C)"
+    assert store.run().info.interrupted == "interrupted (Ctrl-C)"
     assert validate(tmp_path / "r.zarr").ok
 
 
@@ -155,7 +155,7 @@ def test_multi_call_samplers_map_each_call_to_its_step(tmp_path, sampler, steps,
     assert run.calls.step.tolist() == expected_steps
     assert run.calls.substep.tolist() == expected_substeps
     assert run.steps == list(range(1, steps + 1))
-    assert run.attrs["steps"] == steps
+    assert run.info.steps == steps
     if 1 in expected_substeps:
         k = expected_substeps.index(1)
         a = run.features("M00", expected_steps[k], substep=0)
@@ -169,7 +169,7 @@ def test_record_steps_selects_calls(tmp_path):
         generate(pipe, steps=5)
     store = dumpunet.open(tmp_path / "r.zarr")
     assert store.steps == [2, 4, 5]
-    assert store.run().attrs["record_steps"] == "2,4-5"
+    assert store.run().info.record_steps == "2,4-5"
     with pytest.raises(dumpunet.errors.SelectionError, match=r"step 3 was not recorded \(recorded steps: 2,4-5\)"):
         store.features("IN01", 3)
 
@@ -258,7 +258,7 @@ def test_img2img_records_the_executed_steps_bit_identically(tmp_path, model):
     assert np.array_equal(plain, recorded)
     run = dumpunet.open(tmp_path / "r.zarr").run()
     assert run.steps == [1, 2, 3, 4, 5]
-    assert run.attrs["steps"] == 5 and run.attrs["num_inference_steps"] == 10
+    assert run.info.steps == 5 and run.info.num_inference_steps == 10
 
 
 def test_an_unhookable_body_is_reported(tmp_path):

@@ -21,7 +21,7 @@ from dumpunet.store import schema
 from dumpunet.store.validate import validate
 from dumpunet.errors import IncompleteStepError, RecordError, SelectionError, StoreError, StoreNotFoundError
 from dumpunet.store import open_store
-from dumpunet.store.schema import BlockInfo
+from dumpunet.store.schema import BlockInfo, RunAttrs
 from dumpunet.store.writer import StoreWriter
 
 BLOCKS = [
@@ -50,10 +50,11 @@ def slab(step: int, block: BlockInfo, which: str = "output", n_img: int = 2, n_g
 
 
 def write_store(path: Path, steps: int = 3, *, inputs: bool = False, finish: bool = True) -> None:
-    w = StoreWriter(path, root_attrs={"model": {"name": "unit"}, "blocks": [b.to_json() for b in BLOCKS]})
+    w = StoreWriter(path, model={"name": "unit"}, versions={})
+    w.set_block_table(BLOCKS)
     which = ("output", "input") if inputs else ("output",)
-    w.begin_run("main", {"prompt": "p", "n_images": 2, "guidance": ["uncond", "cond"], "steps": steps},
-                BLOCKS, which=which, n_images=2, n_guidance=2, dtype="float16")
+    w.begin_run("main", RunAttrs(prompt="p", n_images=2, guidance=("uncond", "cond"), steps=steps),
+                BLOCKS, which=which, dtype="float16")
     for s in range(1, steps + 1):
         w.submit_call("main", step=s, substep=0, timestep=1000.0 - s,
                       slabs={(b.name, x): slab(s, b, x) for b in BLOCKS for x in which})
@@ -155,14 +156,14 @@ def test_writer_refuses_to_clobber(tmp_path):
     p = tmp_path / "s.zarr"
     write_store(p)
     with pytest.raises(RecordError, match="already exists; choose another --out or pass --overwrite"):
-        StoreWriter(p, root_attrs={})
+        StoreWriter(p, model={}, versions={})
     other = tmp_path / "precious"
     other.mkdir()
     (other / "thesis.tex").write_text("do not delete")
     with pytest.raises(RecordError, match="exists and is not a dumpunet store"):
-        StoreWriter(other, root_attrs={}, overwrite=True)
+        StoreWriter(other, model={}, versions={}, overwrite=True)
     assert (other / "thesis.tex").read_text() == "do not delete"
-    StoreWriter(p, root_attrs={}, overwrite=True).close()
+    StoreWriter(p, model={}, versions={}, overwrite=True).close()
     assert not (p / "runs").exists()
 
 
@@ -215,10 +216,12 @@ KILL_SCRIPT = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {tests!r})
     from test_store import BLOCKS, slab
+    from dumpunet.store.schema import RunAttrs
     from dumpunet.store.writer import StoreWriter
-    w = StoreWriter({path!r}, root_attrs={{"blocks": [b.to_json() for b in BLOCKS]}})
-    w.begin_run("main", {{"n_images": 2, "guidance": ["uncond", "cond"], "steps": 10000}}, BLOCKS,
-                which=("output",), n_images=2, n_guidance=2, dtype="float16")
+    w = StoreWriter({path!r}, model={{}}, versions={{}})
+    w.set_block_table(BLOCKS)
+    w.begin_run("main", RunAttrs(n_images=2, guidance=("uncond", "cond"), steps=10000), BLOCKS,
+                which=("output",), dtype="float16")
     for s in range(1, 10000):
         w.submit_call("main", step=s, substep=0, timestep=0.0, slabs={{(b.name, "output"): slab(s, b) for b in BLOCKS}})
     """

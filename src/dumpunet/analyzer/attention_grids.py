@@ -36,6 +36,7 @@ from dumpunet.analyzer.tokens import label, select_tokens
 from dumpunet.errors import ColorSpecError, SelectionError
 from dumpunet.specs import parse_ints
 from dumpunet.store import Run, Store, open_store
+from dumpunet.store.schema import TokenRow
 
 __all__ = ["ATTENTION_COLOR", "render_attention"]
 
@@ -55,12 +56,12 @@ class _Item:
 
 def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[float] | None):
     """Return (maps [rows*cols, h, w], rows, cols, row labels, column labels) for one item."""
-    arr = run.attention_array(item.layer, feature)
     data = run.attention(item.layer, item.step, feature=feature, guidance=item.guidance, image=item.image, dtype=np.float32)
     heads = data.shape[0]
-    head_labels = [f"h{i}" for i in range(heads)] if heads > 1 or arr.attrs.get("heads") != "mean" else ["mean"]
-    hw = tuple(arr.attrs["layer_hw"])
-    cross = bool(arr.attrs.get("cross_attention", ".attn2" in item.layer))
+    info = run.layer_info(item.layer, feature)
+    head_labels = [f"h{i}" for i in range(heads)] if heads > 1 or info.heads != "mean" else ["mean"]
+    hw = info.layer_hw
+    cross = info.cross_attention
     if feature == "k":
         row = run.token_row(guidance=item.guidance, image=item.image, block=item.layer)
         idx = _token_index(tokens, row, data.shape[1])
@@ -73,20 +74,20 @@ def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[flo
     if not cross:
         if query is None:
             raise SelectionError(f"{item.layer} is a self-attention layer: give --query x,y to choose the query pixel")
-        q, (px, py) = nearest_query(arr.attrs, query)
+        q, (px, py) = nearest_query(info, query)
         maps = data[:, q, :].reshape(heads, *hw)
         return maps, heads, 1, head_labels, [f"query ({px},{py})"]
     row = run.token_row(guidance=item.guidance, image=item.image, block=item.layer)
     idx = _token_index(tokens, row, data.shape[2])
     maps = data[:, :, idx].transpose(0, 2, 1).reshape(heads * len(idx), *hw)
-    names = row["tokens"] if row is not None else [str(i) for i in range(data.shape[2])]
+    names = row.tokens if row is not None else [str(i) for i in range(data.shape[2])]
     return maps, heads, len(idx), head_labels, [f"{i}:{label(names[i])}" for i in idx]
 
 
-def _token_index(spec: str, row: dict | None, n: int) -> list[int]:
+def _token_index(spec: str, row: TokenRow | None, n: int) -> list[int]:
     if row is None:  # no tokens recorded (e.g. SDXL's zeroed empty negative prompt): indices only
         return parse_ints(spec, 0, n - 1, noun="token", what="token selection") if spec.strip() else list(range(n))
-    idx = select_tokens(spec, list(row["tokens"]), int(row["length"]))
+    idx = select_tokens(spec, list(row.tokens), row.length)
     if not idx:
         raise SelectionError("the prompt has no tokens to show; give token indices, e.g. --tokens 0-76")
     return idx

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -25,6 +24,7 @@ from dumpunet.analyzer.tokens import select_tokens
 from dumpunet.errors import SelectionError
 from dumpunet.specs import parse_ints
 from dumpunet.store import Run, Store, open_store
+from dumpunet.store.schema import LayerAttrs
 
 
 def _upsample(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -62,7 +62,7 @@ def word_heatmap(
 
     Examples
     --------
-    >>> heat = store.heatmap("hair", steps="1-10")  # doctest: +SKIP
+    >>> heat = dumpunet.heatmap(store, "hair", steps="1-10")  # doctest: +SKIP
     >>> heat.shape, float(heat.max())  # doctest: +SKIP
     ((512, 512), 1.0)
     """
@@ -72,16 +72,16 @@ def word_heatmap(
         row = r.token_row(guidance=guidance, image=image, block=layer)
         if row is None:
             raise SelectionError(f"no tokens were recorded for the {guidance} half of {layer}")
-        idx = select_tokens(word, row["tokens"], int(row["length"]))
+        idx = select_tokens(word, list(row.tokens), row.length)
         return lambda probs: probs[:, :, idx].sum(axis=-1).mean(axis=0)
 
     return _aggregate(store, r, _layers(store, r, layers, cross=True), token_map, steps, guidance, image)
 
 
-def nearest_query(attrs: Mapping[str, Any], point: Sequence[float]) -> tuple[int, tuple[int, int]]:
+def nearest_query(info: LayerAttrs, point: Sequence[float]) -> tuple[int, tuple[int, int]]:
     """Index on the ``query`` axis, and (x, y) pixel, of the stored query nearest ``point`` (fractions)."""
-    h, w = attrs["layer_hw"]
-    rows, cols = attrs.get("query_rows", list(range(h))), attrs.get("query_cols", list(range(w)))
+    h, w = info.layer_hw
+    rows, cols = info.queries
     qy = int(np.argmin([abs((ry + 0.5) / h - point[1]) for ry in rows]))
     qx = int(np.argmin([abs((cx + 0.5) / w - point[0]) for cx in cols]))
     return qy * len(cols) + qx, (cols[qx], rows[qy])
@@ -104,7 +104,7 @@ def query_map(
     r = store.run(run)
 
     def pixel_map(layer: str) -> Callable[[np.ndarray], np.ndarray]:
-        q, _ = nearest_query(r.attention_array(layer).attrs, (x, y))
+        q, _ = nearest_query(r.layer_info(layer), (x, y))
         return lambda probs: probs[:, q, :].mean(axis=0)
 
     return _aggregate(store, r, _layers(store, r, layers, cross=False), pixel_map, steps, guidance, image)
@@ -120,10 +120,10 @@ def _aggregate(
     image: int,
 ) -> np.ndarray:
     """Sum ``pick(layer)(probs)`` over layers and steps, each upsampled to the image; normalize."""
-    size = (int(r.attrs["height"]), int(r.attrs["width"]))
+    size = (int(r.info.height or 0), int(r.info.width or 0))
     acc = np.zeros(size, np.float32)
     for layer in layers:
-        hw = tuple(r.attention_array(layer).attrs["layer_hw"])
+        hw = r.layer_info(layer).layer_hw
         reduce = pick(layer)
         for step in store.select_steps(steps, run=r.name):
             probs = r.attention(layer, step, guidance=guidance, image=image, dtype=np.float32)

@@ -295,7 +295,7 @@ def select_pair(
     dtype('float32')
     """
     base, layered = store.pair(pair)
-    label = next(p["label"] for p in store.pairs if (p["base"], p["layered"]) == (base.name, layered.name))
+    label = next(p.label for p in store.pairs if (p.base, p.layered) == (base.name, layered.name))
     sel = select(store, blocks=blocks, steps=steps, images=images, guidance=guidance, channels=channels,
                  which=which, run=layered.name)
     if base.guidance_labels != layered.guidance_labels:

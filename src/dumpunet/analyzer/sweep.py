@@ -71,11 +71,11 @@ def _cells(store: Store) -> list[_Cell]:
     pairs = store.pairs
     if not pairs:
         raise SelectionError(f"{store.path} holds no paired runs (record with --pair, or dumpunet sweep)")
-    bases = list(dict.fromkeys(p["base"] for p in pairs))
+    bases = list(dict.fromkeys(p.base for p in pairs))
     cells = [_Cell(b, "base" if len(bases) == 1 else f"base ({b})") for b in bases]
     for p in pairs:
-        done = p["layered"] in store.run_names and store.run(p["layered"]).complete
-        cells.append(_Cell(p["layered"] if done else None, p["label"] if done else f"{p['label']} (unfinished)"))
+        done = p.layered in store.run_names and store.run(p.layered).complete
+        cells.append(_Cell(p.layered if done else None, p.label if done else f"{p.label} (unfinished)"))
     return cells
 
 

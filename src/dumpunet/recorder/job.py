@@ -21,6 +21,7 @@ from dumpunet.recorder.models import load_pipeline
 from dumpunet.recorder.samplers import make_scheduler
 from dumpunet.recorder.recorder import Recorder
 from dumpunet.specs import parse_blocks, parse_ints
+from dumpunet.store.schema import PairInfo
 from dumpunet.store.writer import StoreWriter
 
 
@@ -356,12 +357,9 @@ def run(req: RecordRequest, pipe: Any, model_info: dict[str, Any]) -> dict[str, 
 
     writer = StoreWriter(
         req.out,
-        root_attrs={
-            "model": {**model_info, "unet_fingerprint": unet_fingerprint(pipe.unet)},
-            "versions": software_versions(),
-            "runs": [],
-            "pairs": pairs,
-        },
+        model={**model_info, "unet_fingerprint": unet_fingerprint(pipe.unet)},
+        versions=software_versions(),
+        pairs=[PairInfo(**p) for p in pairs],
         overwrite=req.overwrite,
     )
     calls = 0

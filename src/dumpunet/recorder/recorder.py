@@ -10,6 +10,7 @@ nothing the U-Net computes changes.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,8 @@ class Recorder:
             }
             self.writer = StoreWriter(
                 self._writer_args["path"],
-                root_attrs={"model": model, "versions": software_versions(), "runs": []},
+                model=model,
+                versions=software_versions(),
                 overwrite=self._writer_args["overwrite"],
                 max_queue_bytes=self._writer_args["max_queue_bytes"],
             )
@@ -333,7 +335,7 @@ class Recorder:
             hw = self._table[layer.block].input_shape[1:]
             heads = int(attn.heads)
             head_dim = int(attn.to_k.out_features) // heads
-            attrs: dict[str, Any] = {"layer_hw": list(hw), "module": path, "cross_attention": layer.cross}
+            attrs = schema.LayerAttrs(layer_hw=(int(hw[0]), int(hw[1])), module=path, cross_attention=layer.cross)
             if layer.cross:
                 n_key = int(context.shape[1]) if context is not None else int(attn.to_k.in_features)
                 n_query = hw[0] * hw[1]
@@ -344,8 +346,8 @@ class Recorder:
                 full = n_query == n_key
                 plan = LayerPlan(layer, plan.features, None if full else idx, opts.self_heads == "mean")
                 self._attn.plans[path] = plan
-                attrs.update(query_rows=ys, query_cols=xs, heads="mean" if plan.head_mean else "all")
-                attrs[schema.STEPS_ATTR] = format_ints(self._self_steps & self._record_steps)
+                attrs = replace(attrs, query_rows=tuple(ys), query_cols=tuple(xs), heads="mean" if plan.head_mean else "all",
+                                recorded_steps=format_ints(self._self_steps & self._record_steps))
             for feature in plan.features:
                 shape = feature_shape(feature, layer, heads, head_dim, n_query, n_key, plan.head_mean)
                 self._attn_shapes[(layer.name, feature)] = shape
@@ -377,7 +379,8 @@ class Recorder:
         )
         labels = list(schema.GUIDANCE_LABELS) if self._n_guidance == 2 else ["cond"]
         vae_sf = int(getattr(self.pipe, "vae_scale_factor", 8))
-        attrs = {
+        # TODO(recorder rewrite): build RunAttrs field by field instead of parsing a dict
+        attrs = schema.RunAttrs.from_json({
             **jsonable(self.run_info),
             "steps": self.total_steps,
             "num_inference_steps": int(sched.num_inference_steps),
@@ -394,16 +397,14 @@ class Recorder:
             "dtype": schema.RECORD_DTYPES[self.dtype],
             "attention_layers": [layer.name for layer in self.attn_layers],
             **self._tokens(),
-        }
+        }, f"runs/{self.run}")
         assert self.writer is not None
-        self.writer.update_root_attrs({"blocks": [b.to_json() for b in table]})
+        self.writer.set_block_table(table)
         self.writer.begin_run(
             self.run,
             attrs,
             [self._table[b] for b in self.selected],
             which=("output", "input") if self.inputs else ("output",),
-            n_images=self._n_images,
-            n_guidance=self._n_guidance,
             dtype=schema.RECORD_DTYPES[self.dtype],
         )
         if self._attn is not None:

@@ -71,7 +71,8 @@ class Run:
             grp = store.root[schema.run_group_path(name)]
         except KeyError:
             raise StoreError(f"{store.path}: run {name!r} is listed but missing") from None
-        self.attrs: dict[str, Any] = dict(grp.attrs)
+        self.info: schema.RunAttrs = schema.RunAttrs.from_json(dict(grp.attrs), f"{store.path}: run {name}")
+        self._layers: dict[tuple[str, str], schema.LayerAttrs] = {}
 
     @cached_property
     def calls(self) -> CallTable:
@@ -97,15 +98,15 @@ class Run:
     @property
     def complete(self) -> bool:
         """Whether the recording of this run finished (final images written)."""
-        return bool(self.attrs.get("complete", False))
+        return self.info.complete
 
     @property
     def guidance_labels(self) -> list[str]:
-        return list(self.attrs.get("guidance", ["cond"]))
+        return list(self.info.guidance)
 
     @property
     def n_images(self) -> int:
-        return int(self.attrs.get("n_images", 1))
+        return self.info.n_images
 
     def recorded(self, which: Which = "output") -> list[str]:
         """Blocks of this run that hold ``which`` arrays, in block order."""
@@ -153,24 +154,28 @@ class Run:
         >>> x = store.features("OUT11", step=20)  # doctest: +SKIP
         """
         arr = self.array(block, which)
-        g = self.guidance_index(guidance)
-        if not 0 <= image < arr.shape[1]:
-            raise SelectionError(f"image {image} out of range 0..{arr.shape[1] - 1}")
-        k = self.calls.index(step, substep)
-        if k >= arr.shape[0]:
-            raise IncompleteStepError(f"step {step} of block {block} was not written")
-        out = arr[k, image, g]
+        k = self._slab_call(arr, schema.BLOCK_ARRAYS[which], step, substep, image, f"block {block}")
+        out = arr[k, image, self.guidance_index(guidance)]
         return out.astype(dtype) if dtype is not None else out
+
+    def _slab_call(self, arr: zarr.Array, kind: schema.ArrayKind, step: int, substep: int, image: int, what: str) -> int:
+        """The call index of (step, substep) in a slab array, after checking the image index."""
+        n_images = arr.shape[kind.axis("image")]
+        if not 0 <= image < n_images:
+            raise SelectionError(f"image {image} out of range 0..{n_images - 1}")
+        k = self.calls.index(step, substep)
+        if k >= arr.shape[kind.axis("call")]:
+            raise IncompleteStepError(f"step {step} of {what} was not written")
+        return k
 
     # ------------------------------------------------------------------ attention
 
     @property
     def attention_layers(self) -> list[str]:
         """Attention layers recorded in this run, in U-Net order (``IN01.attn2``, ...)."""
-        return list(self.attrs.get("attention_layers", []))
+        return list(self.info.attention_layers)
 
-    def attention_array(self, layer: str, feature: str = "qk") -> zarr.Array:
-        """The zarr array of one attention feature, e.g. qk ``[call, image, guidance, head, query, token]``."""
+    def _layer_name(self, layer: str) -> str:
         name = next((n for n in self.attention_layers if n.upper() == layer.upper()), None)
         if name is None:
             got = self.attention_layers
@@ -178,10 +183,23 @@ class Run:
                 f"no attention layer {layer!r} recorded in run {self.name!r} "
                 + (f"(recorded: {', '.join(got)})" if got else "(this store was recorded without attention)")
             )
+        return name
+
+    def attention_array(self, layer: str, feature: str = "qk") -> zarr.Array:
+        """The zarr array of one attention feature, e.g. qk ``[call, image, guidance, head, query, token]``."""
+        name = self._layer_name(layer)
         try:
             return schema.open_array(self.store.root, schema.ATTENTION_FEATURES[feature], run=self.name, layer=name)
         except KeyError:
             raise SelectionError(f"layer {name} has no recorded {feature!r} (record with --attention {feature})") from None
+
+    def layer_info(self, layer: str, feature: str = "qk") -> schema.LayerAttrs:
+        """The attributes of one attention array: the layer's size, which query pixels were kept, ..."""
+        key = (self._layer_name(layer), feature)
+        if key not in self._layers:
+            arr = self.attention_array(*key)
+            self._layers[key] = schema.LayerAttrs.from_json(dict(arr.attrs), f"{self.store.path}: {arr.path}")
+        return self._layers[key]
 
     def attention(
         self,
@@ -197,31 +215,21 @@ class Run:
         """Return one layer's attention feature at a step: qk ``[head, query, token]`` (reads one chunk)."""
         arr = self.attention_array(layer, feature)
         g = self.guidance_index(guidance)
-        if not 0 <= image < arr.shape[1]:
-            raise SelectionError(f"image {image} out of range 0..{arr.shape[1] - 1}")
-        k = self.calls.index(step, substep)
-        only = arr.attrs.get(schema.STEPS_ATTR)
+        only = self.layer_info(layer, feature).recorded_steps
         if only and step not in parse_ints(only, 0, None):
             raise SelectionError(f"layer {layer} was recorded at steps {only} only, not at step {step}")
-        if k >= arr.shape[0]:
-            raise IncompleteStepError(f"step {step} of layer {layer} was not written")
+        k = self._slab_call(arr, schema.ATTENTION_FEATURES[feature], step, substep, image, f"layer {layer}")
         out = arr[k, image, g]
         return out.astype(dtype) if dtype is not None else out
 
-    def token_row(self, *, guidance: str = "cond", image: int = 0, block: str | None = None) -> dict[str, Any] | None:
-        """What the text encoder read for one half of the batch: ``{"ids", "tokens", "length"}``.
+    def token_row(self, *, guidance: str = "cond", image: int = 0, block: str | None = None) -> schema.TokenRow | None:
+        """What the text encoder read for one half of the batch (ids, token strings, real length).
 
-        ``length`` counts the real tokens, start and end included. With per-block prompts,
-        ``block`` (or a layer name) picks that block's prompt. None where nothing was encoded
-        (SDXL's zeroed empty negative prompt) or the pipeline got embeddings directly.
+        With per-block prompts, ``block`` (or a layer name) picks that block's prompt. None where
+        nothing was encoded (SDXL's zeroed empty negative prompt) or the pipeline got embeddings
+        directly. See :meth:`RunAttrs.token_row`.
         """
-        prompts = self.attrs.get("block_prompts", {}).get(guidance)
-        if prompts and block is not None:
-            return self.attrs.get("prompt_tokens", {}).get(prompts.get(block.split(".", 1)[0]))
-        rows = self.attrs.get("tokens", {}).get(guidance)
-        if not rows:
-            return None
-        return rows[image] if len(rows) == self.n_images else rows[0]
+        return self.info.token_row(guidance, image, block)
 
     def image(self, i: int = 0) -> np.ndarray:
         """Return the final image ``i`` as uint8 ``[H, W, 3]``."""
@@ -231,8 +239,9 @@ class Run:
             raise SelectionError(
                 f"run {self.name!r} has no final images (the recording did not finish)"
             ) from None
-        if not 0 <= i < arr.shape[0]:
-            raise SelectionError(f"image {i} out of range 0..{arr.shape[0] - 1}")
+        n = arr.shape[schema.IMAGES.axis("image")]
+        if not 0 <= i < n:
+            raise SelectionError(f"image {i} out of range 0..{n - 1}")
         return arr[i]
 
     def latents(self) -> np.ndarray:
@@ -256,12 +265,11 @@ class Store:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.root = schema.open_root(self.path)
-        attrs = dict(self.root.attrs)
-        self.header: dict[str, Any] = dict(attrs[schema.HEADER_KEY])
-        self.attrs = attrs
-        self.block_table: list[schema.BlockInfo] = [schema.BlockInfo.from_json(b) for b in attrs.get("blocks", [])]
+        self.info: schema.RootAttrs = schema.RootAttrs.from_json(dict(self.root.attrs), str(self.path))
+        self.header: schema.Header = self.info.header
+        self.block_table: list[schema.BlockInfo] = list(self.info.blocks)
         self.aliases = schema.block_aliases(self.block_table)
-        self.run_names: list[str] = list(attrs.get("runs", []))
+        self.run_names: list[str] = list(self.info.runs)
         self._runs: dict[str, Run] = {}
 
     def __repr__(self) -> str:
@@ -276,13 +284,8 @@ class Store:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """Run parameters, model identity and package versions, as JSON-like dicts."""
-        return {
-            "format": self.header,
-            "model": self.attrs.get("model", {}),
-            "versions": self.attrs.get("versions", {}),
-            "runs": {name: self.run(name).attrs for name in self.run_names},
-        }
+        """The root's and every run's attributes, as the JSON the store holds."""
+        return {"root": self.info.to_json(), "runs": {name: self.run(name).info.to_json() for name in self.run_names}}
 
     @property
     def default_run(self) -> str:
@@ -303,9 +306,9 @@ class Store:
         return self._runs[name]
 
     @property
-    def pairs(self) -> list[dict[str, str]]:
-        """Paired runs (``--pair``, ``sweep``): dicts with ``base``, ``layered`` and ``label``."""
-        return [dict(p) for p in self.attrs.get("pairs", [])]
+    def pairs(self) -> list[schema.PairInfo]:
+        """Paired runs (``--pair``, ``sweep``): each with ``base``, ``layered`` and ``label``."""
+        return list(self.info.pairs)
 
     def pair(self, label: str | None = None) -> tuple[Run, Run]:
         """Return the (base, layered) runs of one pair (default: the only or first pair)."""
@@ -315,15 +318,11 @@ class Store:
         if label is None:
             chosen = pairs[0]
         else:
-            found = [p for p in pairs if p["label"].upper() == label.upper()]
+            found = [p for p in pairs if p.label.upper() == label.upper()]
             if not found:
-                raise SelectionError(f"no pair {label!r} in {self.path} (pairs: {', '.join(p['label'] for p in pairs)})")
+                raise SelectionError(f"no pair {label!r} in {self.path} (pairs: {', '.join(p.label for p in pairs)})")
             chosen = found[0]
-        return self.run(chosen["base"]), self.run(chosen["layered"])
-
-    def block_info(self, block: str) -> schema.BlockInfo:
-        name = self.resolve_block(block)
-        return next(b for b in self.block_table if b.name == name)
+        return self.run(chosen.base), self.run(chosen.layered)
 
     def resolve_block(self, name: str) -> str:
         """Canonical block name for a block name or diffusers module path."""
@@ -350,7 +349,7 @@ class Store:
         r = self.run(run)
         if not spec.strip():
             return r.steps
-        total = int(r.attrs.get("steps", max(r.steps, default=1)))
+        total = max(r.info.steps, *r.steps)  # stores written without 'steps' know only what they hold
         return parse_ints(spec, 1, total, noun="step", what="step spec")
 
     # ------------------------------------------------------------------ shortcuts to the default run
@@ -366,21 +365,6 @@ class Store:
     def image(self, i: int = 0, *, run: str | None = None) -> np.ndarray:
         """Return the final image ``i`` as uint8 ``[H, W, 3]``."""
         return self.run(run).image(i)
-
-    def heatmap(self, word: str, **options: Any) -> np.ndarray:
-        """Return a DAAM-style heatmap ``[H, W]`` in [0, 1] of where ``word`` acts.
-
-        Options: ``layers``, ``steps`` (specs), ``guidance``, ``image``, ``run``; see
-        :func:`dumpunet.analyzer.heatmap.word_heatmap`.
-
-        Examples
-        --------
-        >>> store.heatmap("hair", steps="1-10").shape  # doctest: +SKIP
-        (512, 512)
-        """
-        from dumpunet.analyzer.heatmap import word_heatmap
-
-        return word_heatmap(self, word, **options)
 
     def disk_bytes(self) -> int:
         total = 0

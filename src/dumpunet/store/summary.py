@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dumpunet.specs import format_ints
 from dumpunet.store import Store, open_store
-from dumpunet.store.schema import human_bytes
+from dumpunet.store.schema import RootAttrs, RunAttrs, human_bytes
 
 _RUN_FIELDS = (
     ("prompt", "prompt"),
@@ -17,83 +18,120 @@ _RUN_FIELDS = (
     ("scheduler", "scheduler"),
     ("cfg", "cfg"),
 )
+"""RunAttrs fields that ``info`` shows as lines, with their labels."""
 
 
-def summarize(path: str | Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunSummary:
+    """One run of :class:`Summary`: its attributes and what its call table says."""
+
+    info: RunAttrs
+    steps: list[int]
+    incomplete_steps: list[int]
+    calls: int
+    recorded_outputs: list[str]
+    recorded_inputs: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attrs": self.info.to_json(),
+            "complete": self.info.complete,
+            "steps": self.steps,
+            "incomplete_steps": self.incomplete_steps,
+            "calls": self.calls,
+            "recorded_outputs": self.recorded_outputs,
+            "recorded_inputs": self.recorded_inputs,
+        }
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What ``dumpunet info`` shows; :meth:`to_json` is ``info --json``."""
+
+    path: str
+    root: RootAttrs
+    runs: dict[str, RunSummary]
+    disk_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "pairs": [p.to_json() for p in self.root.pairs],
+            "format": self.root.header.to_json(),
+            "model": self.root.model,
+            "versions": self.root.versions,
+            "blocks": [b.to_json() for b in self.root.blocks],
+            "runs": {name: r.to_json() for name, r in self.runs.items()},
+            "disk_bytes": self.disk_bytes,
+        }
+
+
+def summarize(path: str | Path) -> Summary:
     """Return model, runs, blocks (with shapes and what was recorded), steps and size of a store."""
     store: Store = open_store(path)
     runs = {}
     for name in store.run_names:
         r = store.run(name)
         calls = r.calls
-        runs[name] = {
-            "attrs": r.attrs,
-            "complete": r.complete,
-            "steps": r.steps,
-            "incomplete_steps": calls.incomplete_steps,
-            "calls": int(calls.done.sum()),
-            "recorded_outputs": r.recorded("output"),
-            "recorded_inputs": r.recorded("input"),
-        }
-    return {
-        "path": str(store.path),
-        "pairs": store.pairs,
-        "format": store.header,
-        "model": store.attrs.get("model", {}),
-        "versions": store.attrs.get("versions", {}),
-        "blocks": [b.to_json() for b in store.block_table],
-        "runs": runs,
-        "disk_bytes": store.disk_bytes(),
-    }
+        runs[name] = RunSummary(
+            info=r.info,
+            steps=r.steps,
+            incomplete_steps=calls.incomplete_steps,
+            calls=int(calls.done.sum()),
+            recorded_outputs=r.recorded("output"),
+            recorded_inputs=r.recorded("input"),
+        )
+    return Summary(str(store.path), store.info, runs, store.disk_bytes())
 
 
-def describe(s: dict[str, Any]) -> str:
-    """Render :func:`summarize` output as text for people."""
-    fmt = s["format"]
-    model = s["model"]
+def describe(s: Summary) -> str:
+    """Render a :class:`Summary` as text for people."""
+    fmt = s.root.header
+    model = s.root.model
     lines = [
-        f"store     {s['path']}  (format {fmt['format_version']}.{fmt.get('format_minor', 0)}, {fmt.get('writer', '?')}, {fmt.get('created', '?')})",
+        f"store     {s.path}  (format {fmt.format_version}.{fmt.format_minor}, {fmt.writer or '?'}, {fmt.created or '?'})",
         f"model     {model.get('name', '?')}  [{model.get('source', model.get('pipeline', '?'))}]"
         + (f"  unet {model['unet_fingerprint'][:12]}" if model.get("unet_fingerprint") else ""),
-        f"size      {human_bytes(s['disk_bytes'])} on disk",
+        f"size      {human_bytes(s.disk_bytes)} on disk",
     ]
+    order = [b.name for b in s.root.blocks]
     recorded: dict[str, set[str]] = {}
-    for name, run in s["runs"].items():
-        a = run["attrs"]
-        status = "complete" if run["complete"] else f"INCOMPLETE ({a.get('interrupted', 'recording did not finish')})"
+    for name, run in s.runs.items():
+        a = run.info
+        status = "complete" if a.complete else f"INCOMPLETE ({a.interrupted or 'recording did not finish'})"
         lines.append(f"run {name}: {status}")
         for key, label in _RUN_FIELDS:
-            if a.get(key) not in (None, ""):
-                lines.append(f"  {label:<16} {a[key]}")
-        order = [b["name"] for b in s["blocks"]]
+            value = getattr(a, key)
+            if value not in (None, ""):
+                lines.append(f"  {label:<16} {value}")
         for half, label in (("cond", "block prompts"), ("uncond", "block negatives")):
-            per_block = a.get("block_prompts", {}).get(half)
+            per_block = a.block_prompts.get(half)
             if per_block:
                 for text, names in _group_blocks(per_block, order):
                     lines.append(f"  {label:<16} {names}: {text!r}")
                     label = ""
         lines.append(
-            f"  {'size':<16} {a.get('width')}x{a.get('height')}  images {a.get('n_images')}  "
-            f"guidance {','.join(a.get('guidance', []))}  dtype {a.get('dtype')}"
+            f"  {'size':<16} {a.width}x{a.height}  images {a.n_images}  "
+            f"guidance {','.join(a.guidance)}  dtype {a.dtype}"
         )
-        steps = format_ints(run["steps"]) or "none"
-        lines.append(f"  {'steps':<16} {steps} of {a.get('steps')} complete ({run['calls']} U-Net calls)")
-        if run["incomplete_steps"]:
-            lines.append(f"  {'incomplete':<16} step(s) {format_ints(run['incomplete_steps'])}")
-        for b in run["recorded_outputs"]:
+        steps = format_ints(run.steps) or "none"
+        lines.append(f"  {'steps':<16} {steps} of {a.steps} complete ({run.calls} U-Net calls)")
+        if run.incomplete_steps:
+            lines.append(f"  {'incomplete':<16} step(s) {format_ints(run.incomplete_steps)}")
+        for b in run.recorded_outputs:
             recorded.setdefault(b, set()).add("out")
-        for b in run["recorded_inputs"]:
+        for b in run.recorded_inputs:
             recorded.setdefault(b, set()).add("in")
-    for p in s.get("pairs", []):
-        lines.append(f"pair {p['label']}: {p['layered']} vs base {p['base']}")
+    for p in s.root.pairs:
+        lines.append(f"pair {p.label}: {p.layered} vs base {p.base}")
     lines.append("blocks")
     lines.append(f"  {'name':<6} {'module':<34} {'output':<14} {'input':<14} {'xattn':<5} recorded")
-    for b in s["blocks"]:
-        shape_out = "x".join(map(str, b["output_shape"]))
-        shape_in = "x".join(map(str, b["input_shape"]))
-        rec = "+".join(sorted(recorded.get(b["name"], set()), reverse=True)) or "-"
+    for b in s.root.blocks:
+        shape_out = "x".join(map(str, b.output_shape))
+        shape_in = "x".join(map(str, b.input_shape))
+        rec = "+".join(sorted(recorded.get(b.name, set()), reverse=True)) or "-"
         lines.append(
-            f"  {b['name']:<6} {b['module']:<34} {shape_out:<14} {shape_in:<14} {'yes' if b['cross_attention'] else 'no':<5} {rec}"
+            f"  {b.name:<6} {b.module:<34} {shape_out:<14} {shape_in:<14} {'yes' if b.cross_attention else 'no':<5} {rec}"
         )
     return "\n".join(lines)
 

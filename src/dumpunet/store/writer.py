@@ -11,7 +11,7 @@ per-file overhead is what a recording cannot spare: their zarr.json documents co
 are replaced atomically (temporary file + rename); chunk files of uncompressed arrays are their
 little-endian bytes, written in place: a chunk interrupted mid-write belongs to a call whose
 ``call_done`` was never set, so nothing reads it. Per-call arrays grow ahead of the call table
-(see ``_GROW_CALLS``) and are cut back to it when a run finishes or the writer closes; readers
+(see ``grow_calls``) and are cut back to it when a run finishes or the writer closes; readers
 take the call count from the call table. Groups' attributes, final images and latents go
 through zarr.
 
@@ -28,7 +28,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,10 +38,11 @@ import zarr
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from dumpunet._version import __version__
-from dumpunet.store import schema
 from dumpunet.errors import RecordError, StoreError
 from dumpunet.files import write_atomic
 from dumpunet.specs import format_ints
+from dumpunet.store import schema
+from dumpunet.store.schema import ArrayAttrs, BlockInfo, LayerAttrs, PairInfo, RootAttrs, RunAttrs, check_name
 
 SlabSource = np.ndarray | Callable[[], np.ndarray]
 """A slab ``[guidance, image, ...]`` (the U-Net batch order) or a callable that returns one.
@@ -50,7 +51,7 @@ A callable lets the recorder hand over a device tensor whose copy to the host is
 the writer thread calls it when it gets to the slab.
 """
 
-_GROW_CALLS = 32
+GROW_CALLS = 32
 """Per-call arrays grow by this many calls at a time and are trimmed to the call count at the end.
 
 Growing by one call rewrites every array's zarr.json on every call: with 25 block arrays that is
@@ -61,22 +62,20 @@ tables still grow by exactly one call, so their length stays the number of calls
 WRITER_NICENESS = 10
 """Nice value of the writer thread (Linux): recording should slow the U-Net as little as it can."""
 
-_WRITE_RAW_CHUNKS = True
-"""Write uncompressed chunks as files directly (False: through zarr's Array API; benchmarks)."""
-
 
 class _Array:
     """One per-call array of a run: its zarr.json document and its chunk files."""
 
     def __init__(self, base: Path, kind: schema.ArrayKind, shape: Sequence[int], dtype: str | None,
-                 attrs: Mapping[str, Any] | None, names: Mapping[str, str]) -> None:
+                 attrs: ArrayAttrs | LayerAttrs | None, names: Mapping[str, str], *, raw_chunks: bool) -> None:
+        self.kind = kind
         self.path = kind.path(**names)
         self.dir = base / self.path
-        self.doc = schema.array_document(kind, shape, dtype=dtype, attributes=attrs)
+        self.doc = schema.array_document(kind, shape, dtype=dtype, attributes=attrs.to_json() if attrs else None)
         self.meta = ArrayV3Metadata.from_dict(json.loads(json.dumps(self.doc)))
         self.dtype = np.dtype(self.doc["data_type"]).newbyteorder("<")
         codecs = self.doc["codecs"]
-        self.raw = _WRITE_RAW_CHUNKS and len(codecs) == 1 and codecs[0]["name"] == "bytes"
+        self.raw = raw_chunks and len(codecs) == 1 and codecs[0]["name"] == "bytes"
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -97,7 +96,8 @@ class _Array:
 
     def write_slab(self, k: int, slab: np.ndarray) -> None:
         """Store call ``k``'s ``[guidance, image, ...]`` slab: one chunk file per (image, guidance)."""
-        want = (self.shape[2], self.shape[1], *self.shape[3:])
+        ax = self.kind.axis
+        want = (self.shape[ax("guidance")], self.shape[ax("image")], *self.shape[ax("guidance") + 1 :])
         if tuple(slab.shape) != want:
             raise ValueError(f"{self.path}: slab of shape {tuple(slab.shape)}, expected {want} ([guidance, image, ...])")
         x = np.asarray(slab, dtype=self.dtype)
@@ -124,6 +124,7 @@ class _Array:
 
 @dataclass
 class _RunState:
+    info: RunAttrs
     arrays: dict[tuple[str, str], _Array] = field(default_factory=dict)
     calls: dict[str, _Array] = field(default_factory=dict)
     n_calls: int = 0
@@ -135,16 +136,22 @@ class StoreWriter:
     """Create a dumpunet store at ``path`` and write it in the background.
 
     Every method only queues work, in order; errors of the writer thread surface as
-    :class:`RecordError` from the next call and from :meth:`close`.
+    :class:`RecordError` from the next call and from :meth:`close`. The root's and each run's
+    attributes are held as typed values (:class:`RootAttrs`, :class:`RunAttrs`) and rewritten
+    whole from them.
+
+    ``raw_chunks`` and ``grow_calls`` choose how per-call arrays are written (the benchmarks
+    compare variants): ``raw_chunks=False`` writes chunks through zarr's Array API.
 
     Examples
     --------
     >>> import numpy as np, tempfile, os
-    >>> from dumpunet.store.schema import BlockInfo
+    >>> from dumpunet.store.schema import BlockInfo, RunAttrs
     >>> d = tempfile.mkdtemp()
-    >>> w = StoreWriter(os.path.join(d, "s.zarr"), root_attrs={"model": {"name": "demo"}})
+    >>> w = StoreWriter(os.path.join(d, "s.zarr"), model={"name": "demo"}, versions={})
     >>> b = BlockInfo("IN00", "conv_in", ("conv_in",), "conv_in", (4, 8, 8), (4, 8, 8), False)
-    >>> w.begin_run("main", {"prompt": "demo"}, [b], which=("output",), n_images=1, n_guidance=2, dtype="float16")
+    >>> w.set_block_table([b])
+    >>> w.begin_run("main", RunAttrs(prompt="demo", guidance=("uncond", "cond")), [b], which=("output",), dtype="float16")
     >>> w.submit_call("main", step=1, substep=0, timestep=999.0,
     ...               slabs={("IN00", "output"): np.zeros((2, 1, 4, 8, 8), np.float16)})
     >>> w.close()
@@ -154,17 +161,29 @@ class StoreWriter:
         self,
         path: str | Path,
         *,
-        root_attrs: Mapping[str, Any],
+        model: Mapping[str, Any],
+        versions: Mapping[str, Any],
+        pairs: Sequence[PairInfo] = (),
         overwrite: bool = False,
         max_queue_bytes: int = 1 << 30,
+        raw_chunks: bool = True,
+        grow_calls: int = GROW_CALLS,
     ) -> None:
+        if grow_calls < 1:
+            raise ValueError(f"grow_calls must be at least 1, got {grow_calls}")
         self.path = Path(path)
         _prepare_target(self.path, overwrite=overwrite)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        self.root = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
-        self.root.attrs.update(
-            {schema.HEADER_KEY: schema.header(writer=f"dumpunet {__version__}", created=created).to_json(), **root_attrs}
+        self.info = RootAttrs(
+            header=schema.header(writer=f"dumpunet {__version__}", created=created),
+            model=dict(model),
+            versions=dict(versions),
+            pairs=tuple(pairs),
         )
+        self.root = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
+        self.root.attrs.put(self.info.to_json())
+        self.raw_chunks = raw_chunks
+        self.grow_calls = grow_calls
         self._runs: dict[str, _RunState] = {}
         self._error: BaseException | None = None
         self._max_bytes = max_queue_bytes
@@ -178,50 +197,61 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ public, queued
 
-    def update_root_attrs(self, attrs: Mapping[str, Any]) -> None:
-        """Merge ``attrs`` into the root group's attributes (in queue order)."""
-        attrs = dict(attrs)
-        self._put(lambda: self.root.attrs.update(attrs))
+    def set_block_table(self, blocks: Sequence[BlockInfo]) -> None:
+        """Write the model's block table (every block, recorded or not) into the root attributes."""
+        blocks = tuple(blocks)
+        self._put(lambda: self._write_root(blocks=blocks))
+
+    def set_pairs(self, pairs: Sequence[PairInfo]) -> None:
+        """Write the pairs of runs (``record --pair``, ``sweep``) into the root attributes."""
+        pairs = tuple(pairs)
+        self._put(lambda: self._write_root(pairs=pairs))
 
     def begin_run(
         self,
         run: str,
-        attrs: Mapping[str, Any],
-        blocks: Sequence[schema.BlockInfo],
+        attrs: RunAttrs,
+        blocks: Sequence[BlockInfo],
         *,
         which: Iterable[str],
-        n_images: int,
-        n_guidance: int,
         dtype: str,
     ) -> None:
-        """Create the group, call table and empty block arrays of one run."""
-        attrs = dict(attrs)
+        """Create the group, call table and empty block arrays of one run.
+
+        The image and guidance axes come from ``attrs.n_images`` and ``attrs.guidance``.
+        """
+        check_name(run, "run")
+        info = replace(attrs, complete=False)
         which = tuple(which)
         blocks = list(blocks)
 
         def task() -> None:
-            st = _RunState()
+            st = _RunState(info)
             self._runs[run] = st
             grp = self.root.create_group(schema.run_group_path(run))
-            grp.attrs.update({**attrs, "complete": False})
-            self.root.attrs["runs"] = [*self.root.attrs.get("runs", []), run]
+            grp.attrs.put(info.to_json())
+            self._write_root(runs=(*self.info.runs, run))
             for kind in schema.CALL_ARRAYS:
                 st.calls[kind.key] = self._create(kind, (0,), None, None, {"run": run})
             for b in blocks:
                 for w in which:
                     kind = schema.BLOCK_ARRAYS[w]
                     chw = b.output_shape if w == "output" else b.input_shape
-                    shape = (0, n_images, n_guidance, *chw)
+                    shape = (0, info.n_images, len(info.guidance), *chw)
                     st.arrays[(b.name, w)] = self._create(kind, shape, dtype, None, {"run": run, "block": b.name})
 
         self._put(task)
 
-    def add_arrays(self, run: str, arrays: Mapping[tuple[str, str], tuple[Any, ...]]) -> None:
+    def add_arrays(
+        self,
+        run: str,
+        arrays: Mapping[tuple[str, str], tuple[schema.ArrayKind, Sequence[int], str, Mapping[str, str], ArrayAttrs | LayerAttrs | None]],
+    ) -> None:
         """Create extra per-call arrays of a run.
 
         ``arrays`` maps a slab key to (kind, shape without the call axis, dtype, path names,
         attributes), e.g. ``("IN01.attn2", "qk") -> (ATTENTION_FEATURES["qk"], (1, 2, 8, 4096, 77),
-        "float16", {"layer": "IN01.attn2"}, {...})``.
+        "float16", {"layer": "IN01.attn2"}, LayerAttrs(layer_hw=(64, 64), ...))``.
         """
         arrays = dict(arrays)
 
@@ -261,7 +291,7 @@ class StoreWriter:
             try:
                 data = {key: src() if callable(src) else src for key, src in slabs.items()}
                 values = {"call_step": step, "call_substep": substep, "call_timestep": timestep}
-                _write_call(st, k, values, data)
+                _write_call(st, k, values, data, self.grow_calls)
             finally:
                 if on_written is not None:
                     on_written()
@@ -270,16 +300,8 @@ class StoreWriter:
 
         self._put(task, size)
 
-    def finish_run(
-        self,
-        run: str,
-        *,
-        images: np.ndarray | None = None,
-        latents: np.ndarray | None = None,
-        attrs: Mapping[str, Any] | None = None,
-    ) -> None:
+    def finish_run(self, run: str, *, images: np.ndarray | None = None, latents: np.ndarray | None = None) -> None:
         """Write the final images (uint8 [image, y, x, 3]) and latents, then mark the run complete."""
-        attrs = dict(attrs or {})
 
         def task() -> None:
             _trim(self._runs[run])
@@ -289,14 +311,13 @@ class StoreWriter:
             if latents is not None:
                 arr = schema.create_array(self.root, schema.LATENTS, latents.shape, run=run)
                 arr[...] = latents.astype(np.float32, copy=False)
-            grp = self.root[schema.run_group_path(run)]
-            grp.attrs.update({**attrs, "complete": True})
+            self._write_run(run, complete=True)
 
         self._put(task)
 
     def mark_interrupted(self, run: str, reason: str) -> None:
         """Record why a run stopped early (its complete calls stay readable)."""
-        self._put(lambda: self.root[schema.run_group_path(run)].attrs.update({"interrupted": reason}))
+        self._put(lambda: self._write_run(run, interrupted=reason))
 
     def completed_steps(self, run: str) -> list[int]:
         """Steps with at least one completely written call so far (read after :meth:`flush`)."""
@@ -325,10 +346,21 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ internals
 
+    def _write_root(self, **changes: Any) -> None:
+        """Replace fields of the root attributes and rewrite them (writer thread only)."""
+        self.info = replace(self.info, **changes)
+        self.root.attrs.put(self.info.to_json())
+
+    def _write_run(self, run: str, **changes: Any) -> None:
+        """Replace fields of a run's attributes and rewrite them (writer thread only)."""
+        st = self._runs[run]
+        st.info = replace(st.info, **changes)
+        self.root[schema.run_group_path(run)].attrs.put(st.info.to_json())
+
     def _create(self, kind: schema.ArrayKind, shape: Sequence[int], dtype: str | None,
-                attrs: Mapping[str, Any] | None, names: Mapping[str, str]) -> _Array:
+                attrs: ArrayAttrs | LayerAttrs | None, names: Mapping[str, str]) -> _Array:
         """Create an empty per-call array (and any missing parent group) by writing its documents."""
-        arr = _Array(self.path, kind, shape, dtype, attrs, names)
+        arr = _Array(self.path, kind, shape, dtype, attrs, names, raw_chunks=self.raw_chunks)
         parent = arr.dir.parent
         missing = []
         while parent != self.path and not (parent / "zarr.json").exists():
@@ -395,7 +427,8 @@ class StoreWriter:
         raise RecordError(f"writing {self.path} failed: {exc!r}; complete steps stay readable ({kept})") from exc
 
 
-def _write_call(st: _RunState, k: int, values: Mapping[str, Any], data: Mapping[tuple[str, str], np.ndarray]) -> None:
+def _write_call(st: _RunState, k: int, values: Mapping[str, Any], data: Mapping[tuple[str, str], np.ndarray],
+                grow_calls: int) -> None:
     """Write call ``k``: its call-table row (not done), every slab, then ``call_done`` = 1 last."""
     unknown = data.keys() - st.arrays.keys()
     if unknown:
@@ -408,7 +441,7 @@ def _write_call(st: _RunState, k: int, values: Mapping[str, Any], data: Mapping[
         arr.resize(k + 1)
     for key, arr in st.arrays.items():
         if arr.shape[0] <= k:
-            arr.resize(-(-(k + 1) // _GROW_CALLS) * _GROW_CALLS)
+            arr.resize(-(-(k + 1) // grow_calls) * grow_calls)
         if key in data:
             arr.write_slab(k, data[key])
     done = st.table[schema.CALL_DONE.key]
@@ -417,7 +450,7 @@ def _write_call(st: _RunState, k: int, values: Mapping[str, Any], data: Mapping[
 
 
 def _trim(st: _RunState) -> None:
-    """Cut the per-call arrays of a run back to the calls written (they grow ahead, see _GROW_CALLS)."""
+    """Cut the per-call arrays of a run back to the calls written (they grow ahead, see GROW_CALLS)."""
     for arr in st.arrays.values():
         if arr.shape[0] != st.n_calls:
             arr.resize(st.n_calls)

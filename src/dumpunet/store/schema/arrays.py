@@ -37,7 +37,6 @@ from dumpunet.errors import StoreError, StoreNotFoundError
 from dumpunet.store.schema.attrs import HEADER_KEY, BlockInfo, Header
 
 __all__ = ["ATTENTION_FEATURES", "ArrayKind", "BLOCK_ARRAYS", "BLOCK_INPUT", "BLOCK_OUTPUT", "BlockInfo", "CALL_ARRAYS", "CALL_CHUNK", "CALL_DONE", "CALL_STEP", "CALL_SUBSTEP", "CALL_TIMESTEP", "CHUNK_KEY_ENCODING", "FORMAT_MINOR", "FORMAT_VERSION", "GROUP_DOCUMENT", "HEADER_KEY", "Header", "IMAGES", "LATENTS", "RECORD_DTYPES", "STEPS_ATTR", "array_document", "attention_group_path", "block_aliases", "block_shape", "blocks_group_path", "check_header", "codecs_for", "create_array", "header", "human_bytes", "nbytes", "open_array", "open_root", "path", "run_group_path"]
-from dumpunet.specs import parse_ints
 
 FORMAT_VERSION = 1
 """Major version: a reader refuses a store whose major version is newer than this."""
@@ -62,6 +61,19 @@ class ArrayKind:
 
     def path(self, **names: str) -> str:
         return self.template.format(**names)
+
+    def axis(self, name: str) -> int:
+        """Position of the named dimension, e.g. ``BLOCK_OUTPUT.axis("image") == 1``.
+
+        Examples
+        --------
+        >>> BLOCK_OUTPUT.axis("channel"), ATTENTION_FEATURES["qk"].axis("token")
+        (3, 5)
+        """
+        try:
+            return self.dims.index(name)
+        except ValueError:
+            raise KeyError(f"{self.key} has no axis {name!r} (axes: {', '.join(self.dims)})") from None
 
     def chunks(self, shape: Sequence[int]) -> tuple[int, ...]:
         """One chunk per (call, image, guidance) slab, per image, or 64 calls of a 1-D table."""
@@ -291,9 +303,12 @@ def open_root(where: str | Path, *, mode: Literal["r", "r+"] = "r") -> zarr.Grou
         doc = json.loads(meta.read_text())
     except (OSError, ValueError) as exc:
         raise StoreError(f"{p}/zarr.json cannot be read: {exc}") from None
-    if doc.get("node_type") != "group":
-        raise StoreError(f"{p} is a zarr array, not a dumpunet store")
-    check_header(doc.get("attributes", {}), str(p))
+    if not isinstance(doc, dict) or doc.get("node_type") != "group":
+        raise StoreError(f"{p} is not a zarr group, so not a dumpunet store")
+    attrs = doc.get("attributes", {})
+    if not isinstance(attrs, dict):
+        raise StoreError(f"{p}: attributes must be a JSON object, got {type(attrs).__name__}")
+    check_header(attrs, str(p))
     return zarr.open_group(str(p), mode=mode, zarr_format=3)
 
 
