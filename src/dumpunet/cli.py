@@ -205,7 +205,8 @@ def info(store: Path, as_json: bool) -> None:
 
 @main.command()
 @click.argument("store", type=click.Path(path_type=Path))
-def validate(store: Path) -> None:
+@click.option("--quick", is_flag=True, help="Skip the byte-size check of every chunk file (existence is still checked).")
+def validate(store: Path, quick: bool) -> None:
     """Check a store; exit 0 if it is sound, else list what is wrong and exit 1.
 
     \b
@@ -213,7 +214,7 @@ def validate(store: Path) -> None:
     """
     from dumpunet.store.validate import validate as check
 
-    report = check(store)
+    report = check(store, quick=quick)
     for note in report.notes:
         click.echo(f"note: {note}")
     for problem in report.problems:

@@ -179,7 +179,7 @@ def test_validate_finds_a_missing_chunk_and_a_wrong_dim(tmp_path):
     assert report.problems == [
         "runs/main/blocks/IN00/output: dimension names ('call', 'image', 'guidance', 'chan', 'y', 'x'), "
         "expected ('call', 'image', 'guidance', 'channel', 'y', 'x')",
-        "runs/main/blocks/IN01/output: 1 chunk(s) of completed calls are missing",
+        "runs/main/blocks/IN01/output: call 1 (step 2) is complete but 1 of its chunk(s) are missing",
     ]
 
 

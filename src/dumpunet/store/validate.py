@@ -1,40 +1,304 @@
-"""Check a store against the schema: ``dumpunet validate`` and :func:`validate`."""
+"""Check a store against the schema: ``dumpunet validate`` and :func:`validate`.
+
+One check per part of the contract: the root's and each run's attributes (parsed through the
+typed values, so a malformed one is a problem naming the field), the call tables, the final
+images, and every block and attention array (dims, dtype, axes, the chunks of completed calls and
+their byte sizes). Every read goes through zarr's store API (exists, getsize, list), never the
+file system, so a store that is not a local directory validates the same way.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
+from zarr.abc.store import Store as ZarrStore
+from zarr.core.sync import sync
 
+from dumpunet.errors import DumpUnetError, StoreError
 from dumpunet.specs import parse_ints
 from dumpunet.store.schema import (
     ATTENTION_FEATURES,
     BLOCK_ARRAYS,
     CALL_ARRAYS,
+    CALL_DONE,
+    CALL_STEP,
     IMAGES,
     LATENTS,
     RECORD_DTYPES,
-    STEPS_ATTR,
+    ArrayAttrs,
     ArrayKind,
     BlockInfo,
-    open_array,
+    LayerAttrs,
+    RootAttrs,
+    RunAttrs,
+    check_header,
     open_root,
     run_group_path,
 )
+
+MAX_CHUNK_REPORTS = 10
+"""Damaged chunks named per array; more are counted in one line."""
 
 
 @dataclass
 class Report:
     """What :func:`validate` found: ``problems`` make a store unsound, ``notes`` do not."""
 
-    problems: list[str]
-    notes: list[str]
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+@dataclass
+class _Calls:
+    """A run's call table as far as it is sound: the step of every call and which are done."""
+
+    step: np.ndarray
+    done: np.ndarray  # indices of completely written calls
+
+
+class _Files:
+    """Existence and byte size of a store's keys, through zarr's store API."""
+
+    def __init__(self, store: ZarrStore, prefix: str) -> None:
+        self.store = store
+        self.prefix = f"{prefix}/" if prefix else ""
+
+    def keys(self, array_path: str) -> set[str]:
+        """Chunk keys under one array (relative to it), from one listing."""
+        base = f"{self.prefix}{array_path}/"
+
+        async def collect() -> list[str]:
+            return [k async for k in self.store.list_prefix(base)]
+
+        return {k[len(base):] for k in sync(collect()) if not k.endswith("zarr.json")}
+
+    def size(self, array_path: str, key: str) -> int:
+        return int(sync(self.store.getsize(f"{self.prefix}{array_path}/{key}")))
+
+
+def validate(where: str | Path | ZarrStore, *, quick: bool = False) -> Report:
+    """Check a store against this schema; raise StoreError if it is not a dumpunet store at all.
+
+    ``where`` is a store directory or any zarr store (``zarr.storage.MemoryStore``, ...). Checks
+    the attributes, every array's dims, dtype and shape against the schema and the block table,
+    the call table's consistency, that every chunk of every completed call exists, and (unless
+    ``quick``) that each uncompressed chunk has exactly its array's chunk size in bytes. An
+    interrupted run is sound (a note); a missing or damaged chunk of a completed call is not.
+
+    Examples
+    --------
+    >>> validate("girl.zarr").ok  # doctest: +SKIP
+    True
+    """
+    root = _open(where)
+    files = _Files(root.store, root.path)
+    report = Report()
+    try:
+        info = RootAttrs.from_json(dict(root.attrs), "root")
+    except StoreError as exc:
+        return Report([str(exc)])
+    blocks = {b.name: b for b in info.blocks}
+    if not info.runs:
+        report.notes.append("no run recorded yet (stopped before the first U-Net call)")
+    for run in info.runs:
+        _check_run(root, files, run, blocks, quick, report)
+    return report
+
+
+def _open(where: str | Path | ZarrStore) -> zarr.Group:
+    if isinstance(where, ZarrStore):
+        try:
+            root = zarr.open_group(store=where, mode="r", zarr_format=3)
+        except (FileNotFoundError, ValueError, TypeError) as exc:
+            raise StoreError(f"{where} is not a zarr v3 group: {exc}") from None
+        attrs = dict(root.attrs)
+        check_header(attrs, str(where))
+        return root
+    return open_root(where)
+
+
+def _check_run(root: zarr.Group, files: _Files, run: str, blocks: dict[str, BlockInfo], quick: bool,
+               report: Report) -> None:
+    try:
+        grp = root[run_group_path(run)]
+    except KeyError:
+        report.problems.append(f"run {run!r} is listed but its group is missing")
+        return
+    try:
+        info = RunAttrs.from_json(dict(grp.attrs), f"runs/{run}")
+    except StoreError as exc:
+        report.problems.append(str(exc))
+        return
+    calls = _check_call_tables(root, files, run, report)
+    if calls is None:
+        return
+    if len(calls.done) < len(calls.step):
+        report.notes.append(f"run {run}: {len(calls.step) - len(calls.done)} U-Net call(s) not completely written (interrupted)")
+    _check_final_images(root, run, info, report)
+    for name, arr in sorted(_arrays_under(grp, report, run_group_path(run)), key=lambda item: item[0]):
+        full = f"{run_group_path(run)}/{name}"
+        kind = _kind_of(full)
+        if kind is None:
+            report.problems.append(f"{full}: not an array of this schema")
+            continue
+        if kind in CALL_ARRAYS:  # checked above
+            continue
+        if not _check_dims_and_dtype(full, arr, kind, report) or kind.chunk_rule != "slab":
+            continue
+        if kind in BLOCK_ARRAYS.values():
+            _check_block_array(full, arr, kind, blocks, name.split("/")[1], report)
+        _check_slab_array(full, arr, kind, info, calls, files, quick, report)
+
+
+def _check_call_tables(root: zarr.Group, files: _Files, run: str, report: Report) -> _Calls | None:
+    """Check the four call tables' chunks, then read them; None if they cannot be read."""
+    tables: dict[str, np.ndarray] = {}
+    for kind in CALL_ARRAYS:
+        full = kind.path(run=run)
+        try:
+            arr = root[full]
+        except KeyError:
+            report.problems.append(f"{full} is missing")
+            continue
+        if not isinstance(arr, zarr.Array) or not _check_dims_and_dtype(full, arr, kind, report):
+            continue
+        n = arr.shape[kind.axis("call")]
+        chunk = arr.chunks[0]
+        keys = files.keys(full)
+        needed = [arr.metadata.encode_chunk_key((c,)) for c in range(math.ceil(n / chunk))] if n <= chunk * (len(keys) + 1) else None
+        if needed is None or any(k not in keys for k in needed):
+            report.problems.append(f"{full}: claims {n} calls but holds {len(keys)} chunk(s) of {chunk} calls")
+            continue
+        bad = [k for k in needed if files.size(full, k) != chunk * arr.dtype.itemsize]
+        if bad:
+            report.problems.append(f"{full}: chunk {bad[0]} is not {chunk * arr.dtype.itemsize} bytes (damaged call table)")
+            continue
+        tables[kind.key] = arr[...]
+    if len(tables) != len(CALL_ARRAYS):
+        return None
+    lengths = {key: len(t) for key, t in tables.items()}
+    n = min(lengths.values())
+    if max(lengths.values()) - n > 1:
+        report.problems.append(f"run {run}: call tables disagree in length {lengths}")
+    done = tables[CALL_DONE.key][:n] == 1
+    return _Calls(step=tables[CALL_STEP.key][:n].astype(np.int64), done=np.flatnonzero(done))
+
+
+def _check_final_images(root: zarr.Group, run: str, info: RunAttrs, report: Report) -> None:
+    if not info.complete:
+        reason = f" ({info.interrupted})" if info.interrupted else ""
+        report.notes.append(f"run {run}: recording did not finish{reason}")
+        return
+    try:
+        img = root[IMAGES.path(run=run)]
+    except KeyError:
+        report.problems.append(f"run {run}: marked complete but has no final images")
+        return
+    n = img.shape[IMAGES.axis("image")]
+    if n != info.n_images:
+        report.problems.append(f"run {run}: {n} final images, expected {info.n_images}")
+
+
+def _check_dims_and_dtype(full: str, arr: zarr.Array, kind: ArrayKind, report: Report) -> bool:
+    """Check an array's dimension names and dtype; False if its axes cannot be trusted."""
+    dims = tuple(arr.metadata.dimension_names or ())
+    if dims != kind.dims:
+        report.problems.append(f"{full}: dimension names {dims}, expected {kind.dims}")
+        return False
+    if kind.dtype is not None and str(arr.dtype) != kind.dtype:
+        report.problems.append(f"{full}: dtype {arr.dtype}, expected {kind.dtype}")
+    elif kind.dtype is None and str(arr.dtype) not in RECORD_DTYPES.values():
+        report.problems.append(f"{full}: dtype {arr.dtype} is not one of {sorted(RECORD_DTYPES.values())}")
+    return True
+
+
+def _check_block_array(full: str, arr: zarr.Array, kind: ArrayKind, blocks: dict[str, BlockInfo], block: str,
+                       report: Report) -> None:
+    info = blocks.get(block)
+    if info is None:
+        report.problems.append(f"{full}: block {block} is not in the block table")
+        return
+    want = info.output_shape if kind is BLOCK_ARRAYS["output"] else info.input_shape
+    got = tuple(arr.shape[kind.axis("guidance") + 1 :])
+    if got != tuple(want):
+        report.problems.append(f"{full}: shape {got}, block table says {tuple(want)}")
+
+
+def _check_slab_array(full: str, arr: zarr.Array, kind: ArrayKind, info: RunAttrs, calls: _Calls, files: _Files,
+                      quick: bool, report: Report) -> None:
+    """Check the image/guidance axes, and every chunk of the completed calls the array holds."""
+    attrs = _array_attrs(full, arr, kind, report)
+    if attrs is None:
+        return
+    n_images, n_guidance = arr.shape[kind.axis("image")], arr.shape[kind.axis("guidance")]
+    if (n_images, n_guidance) != (info.n_images, len(info.guidance)):
+        report.problems.append(f"{full}: image/guidance axes {(n_images, n_guidance)}, expected {(info.n_images, len(info.guidance))}")
+        return
+    done = calls.done
+    if len(done) and arr.shape[kind.axis("call")] <= done[-1]:
+        report.problems.append(f"{full}: {arr.shape[kind.axis('call')]} calls, but call {done[-1]} is marked complete")
+        return
+    if attrs.recorded_steps:
+        try:
+            steps = set(parse_ints(attrs.recorded_steps, 0, None, noun="step", what=f"{full} recorded_steps"))
+        except DumpUnetError as exc:
+            report.problems.append(str(exc).splitlines()[0])
+            return
+        done = np.array([k for k in done if int(calls.step[k]) in steps], dtype=np.int64)
+    keys = files.keys(full)
+    expected = math.prod(arr.chunks) * arr.dtype.itemsize
+    raw = _uncompressed(arr)
+    missing: dict[int, int] = {}
+    damaged: list[str] = []
+    for k, i, g in _slabs(done, n_images, n_guidance):
+        key = arr.metadata.encode_chunk_key((int(k), i, g) + (0,) * (arr.ndim - 3))
+        if key not in keys:
+            missing[int(k)] = missing.get(int(k), 0) + 1
+            continue
+        if quick or not raw:
+            continue
+        size = files.size(full, key)
+        if size != expected:
+            what = "truncated" if size < expected else "oversized"
+            damaged.append(f"{full}: call {k} (step {calls.step[k]}), image {i}, {info.guidance[g]}: chunk {key} is "
+                           f"{size} bytes, expected {expected} ({what})")
+    for k, n in missing.items():
+        report.problems.append(f"{full}: call {k} (step {calls.step[k]}) is complete but {n} of its chunk(s) are missing")
+    report.problems.extend(damaged[:MAX_CHUNK_REPORTS])
+    if len(damaged) > MAX_CHUNK_REPORTS:
+        report.problems.append(f"{full}: {len(damaged) - MAX_CHUNK_REPORTS} more damaged chunk(s)")
+
+
+def _array_attrs(full: str, arr: zarr.Array, kind: ArrayKind, report: Report) -> ArrayAttrs | LayerAttrs | None:
+    try:
+        if kind in ATTENTION_FEATURES.values():
+            return LayerAttrs.from_json(dict(arr.attrs), full)
+        return ArrayAttrs.from_json(dict(arr.attrs), full)
+    except StoreError as exc:
+        report.problems.append(str(exc))
+        return None
+
+
+def _uncompressed(arr: zarr.Array) -> bool:
+    """Whether chunks are stored as their raw bytes (a fixed size per chunk)."""
+    return not arr.compressors and not arr.filters and arr.shards is None
+
+
+def _slabs(done: np.ndarray, n_images: int, n_guidance: int) -> Iterator[tuple[int, int, int]]:
+    for k in done:
+        for i in range(n_images):
+            for g in range(n_guidance):
+                yield int(k), i, g
 
 
 def _kind_of(array_path: str) -> ArrayKind | None:
@@ -49,117 +313,18 @@ def _kind_of(array_path: str) -> ArrayKind | None:
     return None
 
 
-def validate(where: str | Path) -> Report:
-    """Check a store against this schema; raise StoreError if it is not a dumpunet store at all.
-
-    Checks every array's dims, dtype and shape against the schema and the block table, the
-    call table's consistency, and that every chunk of every completed call exists on disk.
-    An interrupted run is sound (a note), a missing chunk of a completed call is not (a problem).
-    """
-    root = open_root(where)
-    base = Path(where)
-    attrs = dict(root.attrs)
-    problems: list[str] = []
-    notes: list[str] = []
+def _arrays_under(grp: zarr.Group, report: Report, where: str, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every array below a group, relative to it; unreadable metadata is a problem, not a traceback."""
+    out: list[tuple[str, Any]] = []
     try:
-        blocks = {b["name"]: BlockInfo.from_json(b) for b in attrs.get("blocks", [])}
-    except (KeyError, TypeError, ValueError) as exc:
-        return Report([f"block table unreadable: {exc!r}"], notes)
-    runs = attrs.get("runs", [])
-    if not isinstance(runs, list):
-        return Report(["root attribute 'runs' is not a list"], notes)
-    if not runs:
-        notes.append("no run recorded yet (stopped before the first U-Net call)")
-    for run in runs:
-        try:
-            grp = root[run_group_path(run)]
-        except KeyError:
-            problems.append(f"run {run!r} is listed but its group is missing")
-            continue
-        run_attrs = dict(grp.attrs)
-        lengths = {}
-        calls = {}
-        for kind in CALL_ARRAYS:
-            try:
-                arr = open_array(root, kind, run=run)
-            except KeyError:
-                problems.append(f"{kind.path(run=run)} is missing")
-                continue
-            lengths[kind.key] = arr.shape[0]
-            calls[kind.key] = arr[...]
-        if len(calls) != len(CALL_ARRAYS):
-            continue
-        n = min(lengths.values())
-        if max(lengths.values()) - n > 1:
-            problems.append(f"run {run}: call tables disagree in length {lengths}")
-        done = calls["call_done"][:n] == 1
-        done_idx = np.flatnonzero(done)
-        if not done.all():
-            notes.append(f"run {run}: {int((~done).sum())} U-Net call(s) not completely written (interrupted)")
-        if not run_attrs.get("complete", False):
-            reason = run_attrs.get("interrupted")
-            notes.append(f"run {run}: recording did not finish" + (f" ({reason})" if reason else ""))
-        else:
-            try:
-                img = open_array(root, IMAGES, run=run)
-                if img.shape[0] != run_attrs.get("n_images", img.shape[0]):
-                    problems.append(f"run {run}: {img.shape[0]} final images, expected {run_attrs.get('n_images')}")
-            except KeyError:
-                problems.append(f"run {run}: marked complete but has no final images")
-        n_img = run_attrs.get("n_images")
-        n_guid = len(run_attrs.get("guidance", []))
-        for name, arr in sorted(_arrays_under(grp), key=lambda item: item[0]):
-            full = f"{run_group_path(run)}/{name}"
-            kind = _kind_of(full)
-            if kind is None:
-                problems.append(f"{full}: not an array of this schema")
-                continue
-            dims = tuple(arr.metadata.dimension_names or ())
-            if dims != kind.dims:
-                problems.append(f"{full}: dimension names {dims}, expected {kind.dims}")
-            if kind.dtype is not None and str(arr.dtype) != kind.dtype:
-                problems.append(f"{full}: dtype {arr.dtype}, expected {kind.dtype}")
-            if kind.chunk_rule != "slab":
-                continue
-            if kind.dtype is None and str(arr.dtype) not in RECORD_DTYPES.values():
-                problems.append(f"{full}: dtype {arr.dtype} is not one of {sorted(RECORD_DTYPES.values())}")
-            if arr.shape[1:3] != (n_img, n_guid):
-                problems.append(f"{full}: image/guidance axes {arr.shape[1:3]}, expected {(n_img, n_guid)}")
-            if kind in BLOCK_ARRAYS.values():
-                block = name.split("/")[1]
-                info = blocks.get(block)
-                if info is None:
-                    problems.append(f"{full}: block {block} is not in the block table")
-                else:
-                    want = info.output_shape if kind.key == "output" else info.input_shape
-                    if tuple(arr.shape[3:]) != tuple(want):
-                        problems.append(f"{full}: shape {arr.shape[3:]}, block table says {tuple(want)}")
-            if len(done_idx) and arr.shape[0] <= done_idx[-1]:
-                problems.append(f"{full}: {arr.shape[0]} calls, but call {done_idx[-1]} is marked complete")
-                continue
-            missing = 0
-            only = arr.attrs.get(STEPS_ATTR)
-            wanted = done_idx
-            if isinstance(only, str) and only:
-                steps = set(parse_ints(only, 0, None, noun="step", what=f"{full} {STEPS_ATTR}"))
-                wanted = [k for k in done_idx if int(calls["call_step"][k]) in steps]
-            for k in wanted:
-                for i in range(arr.shape[1]):
-                    for g in range(arr.shape[2]):
-                        key = arr.metadata.encode_chunk_key((int(k), i, g) + (0,) * (arr.ndim - 3))
-                        if not (base / full / key).is_file():
-                            missing += 1
-            if missing:
-                problems.append(f"{full}: {missing} chunk(s) of completed calls are missing")
-    return Report(problems, notes)
-
-
-def _arrays_under(grp: zarr.Group, prefix: str = "") -> list[tuple[str, zarr.Array]]:
-    out: list[tuple[str, zarr.Array]] = []
-    for name, node in grp.members():
+        members = list(grp.members())
+    except (ValueError, TypeError, KeyError) as exc:
+        report.problems.append(f"{where}/{prefix}: metadata unreadable: {exc}")
+        return out
+    for name, node in members:
         rel = f"{prefix}{name}"
         if isinstance(node, zarr.Array):
             out.append((rel, node))
         else:
-            out.extend(_arrays_under(node, rel + "/"))
+            out.extend(_arrays_under(node, report, where, rel + "/"))
     return out
