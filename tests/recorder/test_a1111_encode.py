@@ -11,8 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from dumpunet.a1111_prompts import Piece  # noqa: E402
-from dumpunet.recorder.a1111_encode import A1111Options, encode_texts, pipeline_embeds, split_chunks  # noqa: E402
+from dumpunet.recorder.a1111_encode import A1111Options, encode_texts, pipeline_embeds  # noqa: E402
 from dumpunet.recorder.tiny import build_tiny_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.recorder
@@ -79,13 +78,6 @@ def test_exactly_75_tokens_is_one_chunk_and_break_starts_a_new_one(sd1):
     assert [c.ids for c in cond.chunks[0]] == [tuple(chunk_ids(sd1, [girl])), tuple(chunk_ids(sd1, [cat]))]
     assert encode_texts(sd1, ["girl BREAK"]).n_chunks == 1
     assert encode_texts(sd1, [""]).n_chunks == 1
-
-
-def test_split_chunks_pads_after_the_first_eos_with_the_pad_token():
-    chunks = split_chunks([Piece("a", 2.0)], [[7, 8]], bos=1, eos=2, pad=0, comma=None)
-    assert chunks[0].ids == (1, 7, 8, 2) + (0,) * 73
-    assert chunks[0].weights == (1.0, 2.0, 2.0) + (1.0,) * 74
-    assert chunks[0].pieces == (-1, 0, 0) + (-1,) * 74
 
 
 # --------------------------------------------------------------------------------------- emphasis

@@ -2,15 +2,10 @@
 
 Behaviour re-derived from the web UI (``modules/sd_hijack_clip.py``, ``sd_emphasis.py``):
 
-- Each piece of :func:`dumpunet.a1111_prompts.parse_emphasis` is tokenized on its own, without
-  start/end tokens. Tokens fill chunks of 75; when a chunk is full and the next token is not a
-  comma, the tokens after the chunk's last comma move to the next chunk if that comma is among
-  the chunk's last 20 tokens. ``BREAK`` closes the chunk. A prompt of exactly 75 tokens is one
-  chunk; the empty prompt is one chunk.
-- Every chunk becomes ``BOS + 75 tokens (padded with EOS) + EOS`` = 77 tokens; where the
-  tokenizer pads with another token (SD2, SDXL's second encoder) every token after the first EOS
-  becomes that pad token. Each chunk is encoded on its own and the chunks are concatenated along
-  the token axis: a prompt of ``n`` chunks gives ``77 n`` tokens.
+- The prompt's pieces (:func:`dumpunet.a1111_prompts.parse_emphasis`) are laid out in 77-token
+  chunks by :mod:`dumpunet.a1111_chunks` (75 tokens, A1111's comma rule, ``BREAK``). Each chunk
+  is encoded on its own and the chunks are concatenated along the token axis: a prompt of ``n``
+  chunks gives ``77 n`` tokens.
 - Emphasis "original": the chunk's hidden states are multiplied by their tokens' weights, then
   scaled so that their mean (over everything encoded in one call, as A1111 batches the texts of
   one prompt's schedule) is what it was. "no-norm" skips the rescale, "ignore" the weights, and
@@ -37,13 +32,10 @@ from typing import Any
 
 import torch
 
+from dumpunet.a1111_chunks import CHUNK, Chunk, split_chunks, tokenize_chunks
 from dumpunet.a1111_prompts import EMPHASIS_MODES, Piece, parse_emphasis
 
-__all__ = ["CHUNK", "A1111Options", "Chunk", "Conditioning", "encode_texts", "pipeline_embeds", "split_chunks"]
-
-CHUNK = 75
-"""Prompt tokens per chunk; with its start and end token a chunk is 77 tokens."""
-COMMA_BACKTRACK = 20  # A1111's default "comma_padding_backtrack"
+__all__ = ["A1111Options", "Conditioning", "encode_texts", "pipeline_embeds"]
 
 
 @dataclass(frozen=True)
@@ -60,70 +52,6 @@ class A1111Options:
             raise ValueError(f"clip skip must be an integer of at least 1 (1 = last layer), got {self.clip_skip!r}")
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """One 77-token chunk: token ids, their weights, and the piece each token comes from (-1: added)."""
-
-    ids: tuple[int, ...]
-    weights: tuple[float, ...]
-    pieces: tuple[int, ...]
-
-
-def split_chunks(
-    pieces: Sequence[Piece],
-    tokenized: Sequence[Sequence[int]],
-    *,
-    bos: int,
-    eos: int,
-    pad: int,
-    comma: int | None,
-) -> list[Chunk]:
-    """Lay out tokenized pieces in 77-token chunks by A1111's rules (see the module docstring).
-
-    Examples
-    --------
-    >>> p = [Piece("x", 1.0), Piece("BREAK", 1.0, True), Piece("y", 2.0)]
-    >>> [c.ids[:4] for c in split_chunks(p, [[5], [], [6]], bos=1, eos=2, pad=0, comma=9)]
-    [(1, 5, 2, 0), (1, 6, 2, 0)]
-    """
-    chunks: list[Chunk] = []
-    ids: list[int] = []
-    weights: list[float] = []
-    origin: list[int] = []
-    last_comma = -1
-
-    def close() -> None:
-        nonlocal ids, weights, origin, last_comma
-        fill = CHUNK - len(ids)
-        row = [bos, *ids, *[eos] * fill, eos]
-        first_eos = len(ids) + 1
-        row[first_eos + 1 :] = [pad] * (len(row) - first_eos - 1)
-        chunks.append(Chunk(tuple(row), (1.0, *weights, *[1.0] * fill, 1.0), (-1, *origin, *[-1] * (fill + 1))))
-        ids, weights, origin, last_comma = [], [], [], -1
-
-    for index, (piece, tokens) in enumerate(zip(pieces, tokenized)):
-        if piece.is_break:
-            close()
-            continue
-        for token in tokens:
-            if token == comma:
-                last_comma = len(ids)
-            elif len(ids) == CHUNK and last_comma != -1 and CHUNK - last_comma <= COMMA_BACKTRACK:
-                cut = last_comma + 1
-                moved = ids[cut:], weights[cut:], origin[cut:]
-                ids, weights, origin = ids[:cut], weights[:cut], origin[:cut]
-                close()
-                ids, weights, origin = (list(x) for x in moved)
-            if len(ids) == CHUNK:
-                close()
-            ids.append(token)
-            weights.append(piece.weight)
-            origin.append(index)
-    if ids or not chunks:
-        close()
-    return chunks
-
-
 def _empty_chunk(bos: int, eos: int, pad: int) -> Chunk:
     return split_chunks([Piece("", 1.0)], [[]], bos=bos, eos=eos, pad=pad, comma=None)[0]
 
@@ -137,15 +65,12 @@ class _Encoder:
     sdxl: bool
     clip_skip: int
 
-    def ids(self) -> tuple[int, int, int, int | None]:
+    def ids(self) -> tuple[int, int, int]:
         tok = self.tokenizer
-        return tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.get_vocab().get(",</w>")
+        return tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
 
     def chunks(self, pieces: Sequence[Piece]) -> list[Chunk]:
-        texts = [p.text for p in pieces]
-        tokenized = self.tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
-        bos, eos, pad, comma = self.ids()
-        return split_chunks(pieces, tokenized, bos=bos, eos=eos, pad=pad, comma=comma)
+        return tokenize_chunks(self.tokenizer, pieces)
 
     def hidden(self, ids: tuple[int, ...], device: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encode one 77-token chunk as diffusers' ``encode_prompt`` does (same calls, same numerics)."""
@@ -240,7 +165,7 @@ def encode_texts(
     pooled: list[torch.Tensor | None] = [None] * len(texts)
     with torch.no_grad():
         for enc, chunks in zip(encoders, per_encoder):
-            empty = _empty_chunk(*enc.ids()[:3])
+            empty = _empty_chunk(*enc.ids())
             rows: list[list[torch.Tensor]] = [[] for _ in texts]
             for position in range(n):
                 batch = [c[position] if position < len(c) else empty for c in chunks]

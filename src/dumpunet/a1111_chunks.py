@@ -1,0 +1,142 @@
+"""A1111's 75-token chunks, and what ``explain`` shows of an A1111 prompt; no torch.
+
+A prompt's pieces (:func:`dumpunet.a1111_prompts.parse_emphasis`) are tokenized one by one,
+without start/end tokens, and laid out in chunks of 75 tokens (A1111, ``sd_hijack_clip.py``):
+when a chunk is full and the next token is not a comma, the tokens after the chunk's last comma
+move to the next chunk if that comma is among the chunk's last 20 tokens; ``BREAK`` closes the
+chunk; a prompt of exactly 75 tokens is one chunk, and the empty prompt is one chunk. Each chunk
+becomes ``BOS + 75 tokens (padded with EOS) + EOS`` = 77 tokens, and where the tokenizer pads
+with another token (SD2, SDXL's second encoder) every token after the first EOS becomes it.
+
+Examples
+--------
+>>> from dumpunet.a1111_prompts import Piece
+>>> chunks = split_chunks([Piece("a", 2.0)], [[7, 8]], bos=1, eos=2, pad=0, comma=None)
+>>> chunks[0].ids[:5], chunks[0].weights[:4], len(chunks[0].ids)
+((1, 7, 8, 2, 0), (1.0, 2.0, 2.0, 1.0), 77)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dumpunet.a1111_prompts import Piece, parse_emphasis, prompt_schedule
+
+__all__ = ["CHUNK", "Chunk", "explain_a1111", "split_chunks", "tokenize_chunks"]
+
+CHUNK = 75
+"""Prompt tokens per chunk; with its start and end token a chunk is 77 tokens."""
+COMMA_BACKTRACK = 20  # A1111's default "comma_padding_backtrack"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One 77-token chunk: token ids, their weights, and the piece each token comes from (-1: added)."""
+
+    ids: tuple[int, ...]
+    weights: tuple[float, ...]
+    pieces: tuple[int, ...]
+
+
+def split_chunks(
+    pieces: Sequence[Piece],
+    tokenized: Sequence[Sequence[int]],
+    *,
+    bos: int,
+    eos: int,
+    pad: int,
+    comma: int | None,
+) -> list[Chunk]:
+    """Lay out tokenized pieces in 77-token chunks by A1111's rules (see the module docstring).
+
+    Examples
+    --------
+    >>> p = [Piece("x", 1.0), Piece("BREAK", 1.0, True), Piece("y", 2.0)]
+    >>> [c.ids[:4] for c in split_chunks(p, [[5], [], [6]], bos=1, eos=2, pad=0, comma=9)]
+    [(1, 5, 2, 0), (1, 6, 2, 0)]
+    """
+    chunks: list[Chunk] = []
+    ids: list[int] = []
+    weights: list[float] = []
+    origin: list[int] = []
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal ids, weights, origin, last_comma
+        fill = CHUNK - len(ids)
+        row = [bos, *ids, *[eos] * fill, eos]
+        first_eos = len(ids) + 1
+        row[first_eos + 1 :] = [pad] * (len(row) - first_eos - 1)
+        chunks.append(Chunk(tuple(row), (1.0, *weights, *[1.0] * fill, 1.0), (-1, *origin, *[-1] * (fill + 1))))
+        ids, weights, origin, last_comma = [], [], [], -1
+
+    for index, (piece, tokens) in enumerate(zip(pieces, tokenized)):
+        if piece.is_break:
+            close()
+            continue
+        for token in tokens:
+            if token == comma:
+                last_comma = len(ids)
+            elif len(ids) == CHUNK and last_comma != -1 and CHUNK - last_comma <= COMMA_BACKTRACK:
+                cut = last_comma + 1
+                moved = ids[cut:], weights[cut:], origin[cut:]
+                ids, weights, origin = ids[:cut], weights[:cut], origin[:cut]
+                close()
+                ids, weights, origin = (list(x) for x in moved)
+            if len(ids) == CHUNK:
+                close()
+            ids.append(token)
+            weights.append(piece.weight)
+            origin.append(index)
+    if ids or not chunks:
+        close()
+    return chunks
+
+
+def tokenize_chunks(tokenizer: Any, pieces: Sequence[Piece]) -> list[Chunk]:
+    """Tokenize ``pieces`` with a CLIP tokenizer (transformers') and lay them out in chunks."""
+    tokenized = tokenizer([p.text for p in pieces], truncation=False, add_special_tokens=False)["input_ids"]
+    comma = tokenizer.get_vocab().get(",</w>")
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    return split_chunks(pieces, tokenized, bos=bos, eos=eos, pad=pad, comma=comma)
+
+
+def explain_a1111(prompt: str, steps: int, *, emphasis: str = "original", tokenizer: Any = None) -> dict[str, Any]:
+    """Describe how A1111 reads ``prompt`` over ``steps`` steps, as plain JSON values.
+
+    For each schedule entry: the text, its weighted pieces and, with a ``tokenizer``, its chunks
+    (each chunk's prompt tokens with their weights). ``notes`` say what was taken literally.
+
+    Examples
+    --------
+    >>> ex = explain_a1111("a [(cute:1.2):3] girl", 10)
+    >>> [(e["until_step"], e["text"]) for e in ex["schedule"]]
+    [(3, 'a  girl'), (10, 'a (cute:1.2) girl')]
+    >>> ex["schedule"][1]["pieces"][1]
+    {'text': 'cute', 'weight': 1.2, 'break': False}
+    """
+    schedule = prompt_schedule(prompt, steps)
+    notes = list(schedule.notes)
+    entries = []
+    for end, text in schedule.entries:
+        parsed = parse_emphasis(text, mode=emphasis)
+        notes.extend(n for n in parsed.notes if n not in notes)
+        entry: dict[str, Any] = {
+            "until_step": end,
+            "text": text,
+            "pieces": [{"text": p.text, "weight": p.weight, "break": p.is_break} for p in parsed.pieces],
+        }
+        if tokenizer is not None:
+            chunks = tokenize_chunks(tokenizer, parsed.pieces)
+            entry["chunks"] = [
+                [
+                    {"token": tok, "weight": w}
+                    for tok, w, origin in zip(tokenizer.convert_ids_to_tokens(list(c.ids)), c.weights, c.pieces)
+                    if origin >= 0
+                ]
+                for c in chunks
+            ]
+        entries.append(entry)
+    return {"prompt": prompt, "steps": steps, "emphasis": emphasis, "schedule": entries, "notes": notes}
