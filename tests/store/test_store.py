@@ -184,7 +184,7 @@ def test_validate_finds_a_missing_chunk_and_a_wrong_dim(tmp_path):
 
 
 def test_disk_full_keeps_complete_steps_readable(tmp_path, monkeypatch):
-    from dumpunet.store import writer as store_writer
+    from dumpunet.store import call_arrays
 
     p = tmp_path / "s.zarr"
     budget = {"chunks": 2 * 8 + 3}  # two full calls (2 blocks x 2 images x 2 halves) and a bit of the third
@@ -196,7 +196,7 @@ def test_disk_full_keeps_complete_steps_readable(tmp_path, monkeypatch):
             budget["chunks"] -= 1
         return open(file, mode, *a, **kw)
 
-    monkeypatch.setattr(store_writer, "open", full_disk, raising=False)
+    monkeypatch.setattr(call_arrays, "open", full_disk, raising=False)
     with pytest.raises(RecordError) as err:
         write_store(p, steps=5)
     assert str(err.value).startswith(f"disk full while writing {p}; complete steps stay readable (main: steps 1-2)")

@@ -128,3 +128,18 @@ def test_axes_are_named_by_the_schema():
     assert ATTENTION_FEATURES["k"].axis("token") == 4 and IMAGES.axis("rgb") == 3 and CALL_STEP.axis("call") == 0
     with pytest.raises(KeyError, match=r"output has no axis 'query' \(axes: call, image, guidance, channel, y, x\)"):
         BLOCK_OUTPUT.axis("query")
+
+
+def test_the_store_package_imports_neither_recorder_nor_analyzer():
+    """Function-level imports included (Store.heatmap once imported the analyzer)."""
+    import ast
+
+    import dumpunet.store
+
+    found = []
+    for path in Path(dumpunet.store.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[:2] in (["dumpunet", "analyzer"], ["dumpunet", "recorder"])]
+    assert found == []

@@ -42,7 +42,7 @@ from dumpunet.analyzer.selection import Selection, Slab, select
 from dumpunet.errors import DumpUnetError
 from dumpunet.store import Store, open_store
 
-__all__ = ["FORMATS", "export", "safetensors_bytes"]
+__all__ = ["FORMATS", "export"]
 
 FORMATS = ("bin", "npy", "safetensors")
 _ST_DTYPES = {np.dtype("float16"): "F16", np.dtype("float32"): "F32", np.dtype("float64"): "F64"}
@@ -163,18 +163,3 @@ def _write_safetensors(fh: IO[bytes], tensors: dict[str, np.ndarray], metadata: 
     fh.write(text)
     for a in tensors.values():
         fh.write(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes())
-
-
-def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
-    """Return a safetensors file's bytes (for tests and small tools).
-
-    >>> data = safetensors_bytes({"x": np.ones(2, np.float32)})
-    >>> n = struct.unpack("<Q", data[:8])[0]
-    >>> json.loads(data[8:8 + n]), n % 8, data[8 + n:] == np.ones(2, "<f4").tobytes()
-    ({'x': {'dtype': 'F32', 'shape': [2], 'data_offsets': [0, 8]}}, 0, True)
-    """
-    import io
-
-    buf = io.BytesIO()
-    _write_safetensors(buf, tensors, metadata or {})
-    return buf.getvalue()

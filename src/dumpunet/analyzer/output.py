@@ -116,11 +116,6 @@ class Manifest:
         merged = {**self._old, **self._new}
         return [merged[k] for k in sorted(merged)]
 
-    @property
-    def added(self) -> list[dict[str, Any]]:
-        """Entries added in this session, sorted by file name."""
-        return [self._new[k] for k in sorted(self._new)]
-
     def write(self) -> None:
         """Write the merged manifest atomically (nothing is written if nothing was added)."""
         if not self._new:

@@ -2,7 +2,8 @@
 
 - :mod:`.schema`: array kinds, paths, dims, dtypes, chunks and typed attributes (the contract);
 - :mod:`.reader`: :class:`Store`, the read-only object behind ``dumpunet.open``;
-- :mod:`.writer`: :class:`StoreWriter`, the recorder's background writer;
+- :mod:`.writer`: :class:`StoreWriter`, the recorder's background writer, and
+  :mod:`.call_arrays`, the per-call arrays it writes as files;
 - :mod:`.validate`: ``dumpunet validate``;
 - :mod:`.summary`: ``dumpunet info``.
 

@@ -5,12 +5,8 @@ thread appends the call to the call table with ``call_done`` = 0, writes every s
 one chunk file, and only then sets ``call_done`` = 1. A run killed at any moment therefore leaves
 a store whose complete calls are readable and whose incomplete call is marked as such.
 
-Per-call arrays are written by this thread directly, without zarr's machinery, because zarr's
-per-file overhead is what a recording cannot spare: their zarr.json documents come from
-:func:`dumpunet.store.schema.array_document` (zarr's own format, built from a zarr template) and
-are replaced atomically (temporary file + rename); chunk files of uncompressed arrays are their
-little-endian bytes, written in place: a chunk interrupted mid-write belongs to a call whose
-``call_done`` was never set, so nothing reads it. Per-call arrays grow ahead of the call table
+Per-call arrays are written by this thread directly, without zarr's machinery
+(:mod:`dumpunet.store.call_arrays`). Per-call arrays grow ahead of the call table
 (see ``grow_calls``) and are cut back to it when a run finishes or the writer closes; readers
 take the call count from the call table. Groups' attributes, final images and latents go
 through zarr.
@@ -28,20 +24,20 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.core.metadata.v3 import ArrayV3Metadata
 
 from dumpunet._version import __version__
 from dumpunet.errors import RecordError, StoreError
 from dumpunet.files import write_atomic
 from dumpunet.specs import format_ints
 from dumpunet.store import schema
+from dumpunet.store.call_arrays import CallArray, RunFiles, trim, write_call
 from dumpunet.store.schema import ArrayAttrs, BlockInfo, LayerAttrs, PairInfo, RootAttrs, RunAttrs, check_name
 
 SlabSource = np.ndarray | Callable[[], np.ndarray]
@@ -61,75 +57,6 @@ tables still grow by exactly one call, so their length stays the number of calls
 
 WRITER_NICENESS = 10
 """Nice value of the writer thread (Linux): recording should slow the U-Net as little as it can."""
-
-
-class _Array:
-    """One per-call array of a run: its zarr.json document and its chunk files."""
-
-    def __init__(self, base: Path, kind: schema.ArrayKind, shape: Sequence[int], dtype: str | None,
-                 attrs: ArrayAttrs | LayerAttrs | None, names: Mapping[str, str], *, raw_chunks: bool) -> None:
-        self.kind = kind
-        self.path = kind.path(**names)
-        self.dir = base / self.path
-        self.doc = schema.array_document(kind, shape, dtype=dtype, attributes=attrs.to_json() if attrs else None)
-        self.meta = ArrayV3Metadata.from_dict(json.loads(json.dumps(self.doc)))
-        self.dtype = np.dtype(self.doc["data_type"]).newbyteorder("<")
-        codecs = self.doc["codecs"]
-        self.raw = raw_chunks and len(codecs) == 1 and codecs[0]["name"] == "bytes"
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.doc["shape"])
-
-    def write_document(self) -> None:
-        write_atomic(self.dir / "zarr.json", json.dumps(self.doc, indent=2).encode())
-
-    def resize(self, n_calls: int) -> None:
-        self.doc["shape"][0] = n_calls
-        self.write_document()
-
-    def chunk_file(self, coords: Sequence[int]) -> Path:
-        path = self.dir / self.meta.encode_chunk_key(tuple(coords))
-        if path.parent != self.dir:  # '/'-separated chunk keys nest folders
-            path.parent.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def write_slab(self, k: int, slab: np.ndarray) -> None:
-        """Store call ``k``'s ``[guidance, image, ...]`` slab: one chunk file per (image, guidance)."""
-        ax = self.kind.axis
-        want = (self.shape[ax("guidance")], self.shape[ax("image")], *self.shape[ax("guidance") + 1 :])
-        if tuple(slab.shape) != want:
-            raise ValueError(f"{self.path}: slab of shape {tuple(slab.shape)}, expected {want} ([guidance, image, ...])")
-        x = np.asarray(slab, dtype=self.dtype)
-        if not self.raw:  # compressed or sharded (benchmark variants): zarr encodes it
-            arr = zarr.open_array(self.dir, mode="r+", zarr_format=3)
-            arr[k] = np.swapaxes(x, 0, 1)
-            return
-        tail = (0,) * (x.ndim - 2)
-        for g in range(x.shape[0]):
-            for i in range(x.shape[1]):
-                # in place, not atomic: call_done is set only after every chunk of the call is written
-                with open(self.chunk_file((k, i, g, *tail)), "wb") as fh:
-                    fh.write(np.ascontiguousarray(x[g, i]).data)
-
-    def write_table_tail(self, values: list[Any]) -> None:
-        """Rewrite the last chunk of a 1-D call table (atomically: it holds earlier calls too)."""
-        size = self.doc["chunk_grid"]["configuration"]["chunk_shape"][0]
-        c = (len(values) - 1) // size
-        chunk = np.zeros(size, self.dtype)
-        part = values[c * size :]
-        chunk[: len(part)] = part
-        write_atomic(self.chunk_file((c,)), chunk.tobytes())
-
-
-@dataclass
-class _RunState:
-    info: RunAttrs
-    arrays: dict[tuple[str, str], _Array] = field(default_factory=dict)
-    calls: dict[str, _Array] = field(default_factory=dict)
-    n_calls: int = 0
-    done_steps: set[int] = field(default_factory=set)
-    table: dict[str, list[Any]] = field(default_factory=lambda: {kind.key: [] for kind in schema.CALL_ARRAYS})
 
 
 class StoreWriter:
@@ -184,7 +111,7 @@ class StoreWriter:
         self.root.attrs.put(self.info.to_json())
         self.raw_chunks = raw_chunks
         self.grow_calls = grow_calls
-        self._runs: dict[str, _RunState] = {}
+        self._runs: dict[str, RunFiles] = {}
         self._error: BaseException | None = None
         self._max_bytes = max_queue_bytes
         self._pending_bytes = 0
@@ -226,7 +153,7 @@ class StoreWriter:
         blocks = list(blocks)
 
         def task() -> None:
-            st = _RunState(info)
+            st = RunFiles(info)
             self._runs[run] = st
             grp = self.root.create_group(schema.run_group_path(run))
             grp.attrs.put(info.to_json())
@@ -291,7 +218,7 @@ class StoreWriter:
             try:
                 data = {key: src() if callable(src) else src for key, src in slabs.items()}
                 values = {"call_step": step, "call_substep": substep, "call_timestep": timestep}
-                _write_call(st, k, values, data, self.grow_calls)
+                write_call(st, k, values, data, self.grow_calls)
             finally:
                 if on_written is not None:
                     on_written()
@@ -304,7 +231,7 @@ class StoreWriter:
         """Write the final images (uint8 [image, y, x, 3]) and latents, then mark the run complete."""
 
         def task() -> None:
-            _trim(self._runs[run])
+            trim(self._runs[run])
             if images is not None:
                 arr = schema.create_array(self.root, schema.IMAGES, images.shape, run=run)
                 arr[...] = images
@@ -358,9 +285,9 @@ class StoreWriter:
         self.root[schema.run_group_path(run)].attrs.put(st.info.to_json())
 
     def _create(self, kind: schema.ArrayKind, shape: Sequence[int], dtype: str | None,
-                attrs: ArrayAttrs | LayerAttrs | None, names: Mapping[str, str]) -> _Array:
+                attrs: ArrayAttrs | LayerAttrs | None, names: Mapping[str, str]) -> CallArray:
         """Create an empty per-call array (and any missing parent group) by writing its documents."""
-        arr = _Array(self.path, kind, shape, dtype, attrs, names, raw_chunks=self.raw_chunks)
+        arr = CallArray(self.path, kind, shape, dtype, attrs, names, raw_chunks=self.raw_chunks)
         parent = arr.dir.parent
         missing = []
         while parent != self.path and not (parent / "zarr.json").exists():
@@ -409,7 +336,7 @@ class StoreWriter:
 
     def _trim_all(self) -> None:
         for st in self._runs.values():
-            _trim(st)
+            trim(st)
 
     def _raise_if_failed(self) -> None:
         exc = self._error
@@ -425,35 +352,6 @@ class StoreWriter:
         if isinstance(exc, OSError):
             raise RecordError(f"cannot write {self.path}: {exc.strerror or exc}; complete steps stay readable ({kept})") from exc
         raise RecordError(f"writing {self.path} failed: {exc!r}; complete steps stay readable ({kept})") from exc
-
-
-def _write_call(st: _RunState, k: int, values: Mapping[str, Any], data: Mapping[tuple[str, str], np.ndarray],
-                grow_calls: int) -> None:
-    """Write call ``k``: its call-table row (not done), every slab, then ``call_done`` = 1 last."""
-    unknown = data.keys() - st.arrays.keys()
-    if unknown:
-        raise KeyError(f"no array was created for {sorted(unknown)}")
-    for kind in schema.CALL_ARRAYS:  # the call is listed, marked not done
-        table = st.table[kind.key]
-        table.append(0 if kind is schema.CALL_DONE else values[kind.key])
-        arr = st.calls[kind.key]
-        arr.write_table_tail(table)
-        arr.resize(k + 1)
-    for key, arr in st.arrays.items():
-        if arr.shape[0] <= k:
-            arr.resize(-(-(k + 1) // grow_calls) * grow_calls)
-        if key in data:
-            arr.write_slab(k, data[key])
-    done = st.table[schema.CALL_DONE.key]
-    done[-1] = 1
-    st.calls[schema.CALL_DONE.key].write_table_tail(done)
-
-
-def _trim(st: _RunState) -> None:
-    """Cut the per-call arrays of a run back to the calls written (they grow ahead, see GROW_CALLS)."""
-    for arr in st.arrays.values():
-        if arr.shape[0] != st.n_calls:
-            arr.resize(st.n_calls)
 
 
 def _prepare_target(path: Path, *, overwrite: bool) -> None:

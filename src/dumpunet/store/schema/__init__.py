@@ -3,7 +3,8 @@
 - :mod:`.arrays`: array kinds, paths, dims, dtypes, chunks and codecs;
   ``create_array``/``open_array``/``open_root``;
 - :mod:`.attrs`: every JSON attribute as a typed value with ``to_json``/``from_json``
-  (:class:`RootAttrs`, :class:`RunAttrs`, :class:`LayerAttrs`, ...).
+  (:class:`RootAttrs`, :class:`RunAttrs`, :class:`LayerAttrs`, ...), whose field checks live in
+  :mod:`.fields`.
 
 No module outside this package spells an array path, an attribute key or an axis position;
 ``docs/store-format.md`` describes the same layout for people who open stores without dumpunet.

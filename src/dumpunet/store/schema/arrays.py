@@ -1,7 +1,7 @@
 """The on-disk contract between the recorder and the analyzer.
 
 This is the only module that spells array paths, dimension names, dtypes, chunk shapes and
-codecs. Writers and readers ask it for paths (:func:`path`), create arrays through
+codecs. Writers and readers ask its array kinds for paths (:meth:`ArrayKind.path`), create arrays through
 :func:`create_array` and open them through :func:`open_array`; ``docs/store-format.md``
 describes the same layout for people who open stores without dumpunet.
 
@@ -23,20 +23,18 @@ Layout (``{run}`` is ``main`` for a plain recording, ``base``/``layered`` for a 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
 from dumpunet.errors import StoreError, StoreNotFoundError
 from dumpunet.store.schema.attrs import HEADER_KEY, BlockInfo, Header
 
-__all__ = ["ATTENTION_FEATURES", "ArrayKind", "BLOCK_ARRAYS", "BLOCK_INPUT", "BLOCK_OUTPUT", "BlockInfo", "CALL_ARRAYS", "CALL_CHUNK", "CALL_DONE", "CALL_STEP", "CALL_SUBSTEP", "CALL_TIMESTEP", "CHUNK_KEY_ENCODING", "FORMAT_MINOR", "FORMAT_VERSION", "GROUP_DOCUMENT", "HEADER_KEY", "Header", "IMAGES", "LATENTS", "RECORD_DTYPES", "STEPS_ATTR", "array_document", "attention_group_path", "block_aliases", "block_shape", "blocks_group_path", "check_header", "codecs_for", "create_array", "header", "human_bytes", "nbytes", "open_array", "open_root", "path", "run_group_path"]
+__all__ = ["ATTENTION_FEATURES", "ArrayKind", "BLOCK_ARRAYS", "BLOCK_INPUT", "BLOCK_OUTPUT", "BlockInfo", "CALL_ARRAYS", "CALL_CHUNK", "CALL_DONE", "CALL_STEP", "CALL_SUBSTEP", "CALL_TIMESTEP", "CHUNK_KEY_ENCODING", "FORMAT_MINOR", "FORMAT_VERSION", "GROUP_DOCUMENT", "HEADER_KEY", "Header", "IMAGES", "LATENTS", "RECORD_DTYPES", "STEPS_ATTR", "array_document", "block_aliases", "blocks_group_path", "check_header", "codecs_for", "create_array", "header", "human_bytes", "open_array", "open_root", "run_group_path"]
 
 FORMAT_VERSION = 1
 """Major version: a reader refuses a store whose major version is newer than this."""
@@ -216,11 +214,6 @@ def array_document(
     return doc
 
 
-def path(kind: ArrayKind, **names: str) -> str:
-    """Return the store path of one array, e.g. ``path(BLOCK_OUTPUT, run="main", block="IN01")``."""
-    return kind.path(**names)
-
-
 def create_array(
     root: zarr.Group,
     kind: ArrayKind,
@@ -264,10 +257,6 @@ def run_group_path(run: str) -> str:
 
 def blocks_group_path(run: str) -> str:
     return f"runs/{run}/blocks"
-
-
-def attention_group_path(run: str) -> str:
-    return f"runs/{run}/attention"
 
 
 # --------------------------------------------------------------------------- header
@@ -325,14 +314,6 @@ def block_aliases(blocks: Sequence[BlockInfo]) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- sizes
-
-
-def block_shape(kind: ArrayKind, n_calls: int, n_images: int, n_guidance: int, chw: Sequence[int]) -> tuple[int, ...]:
-    return (n_calls, n_images, n_guidance, *chw)
-
-
-def nbytes(shape: Sequence[int], dtype: str) -> int:
-    return math.prod(shape) * np.dtype(dtype).itemsize
 
 
 def human_bytes(n: float) -> str:

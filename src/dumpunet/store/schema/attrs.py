@@ -9,124 +9,20 @@ so a store written by a newer minor version keeps its additions.
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from dumpunet.errors import StoreError
+from dumpunet.store.schema.fields import NAME_PATTERN, Fields, check_name, drop_none
+
+__all__ = ["GUIDANCE_LABELS", "HEADER_KEY", "NAME_PATTERN", "STORE_KIND", "ArrayAttrs", "BlockInfo", "Header", "LayerAttrs",
+           "PairInfo", "RootAttrs", "RunAttrs", "TokenRow", "check_name"]
 
 STORE_KIND = "dumpunet-store"
 HEADER_KEY = "dumpunet"
 GUIDANCE_LABELS: tuple[str, ...] = ("uncond", "cond")
 """Order of the guidance axis when classifier-free guidance is on (diffusers batches uncond first)."""
-
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
-"""What a run, block or layer name read from a store may look like: it becomes part of file
-names, so no separators, no ``..``, nothing hidden."""
-
-
-# --------------------------------------------------------------------------- field checks
-
-
-class _Fields:
-    """Typed access to one attribute dict, naming ``where`` and the key in every error."""
-
-    def __init__(self, doc: Any, where: str) -> None:
-        if not isinstance(doc, Mapping):
-            raise StoreError(f"{where}: attributes must be a JSON object, got {type(doc).__name__}")
-        self.doc = doc
-        self.where = where
-        self.used: set[str] = set()
-
-    def _get(self, key: str, default: Any, required: bool) -> Any:
-        self.used.add(key)
-        if key not in self.doc or self.doc[key] is None:
-            if required:
-                raise StoreError(f"{self.where}: attribute {key!r} is missing")
-            return default
-        return self.doc[key]
-
-    def _bad(self, key: str, want: str, got: Any) -> StoreError:
-        shown = repr(got)
-        shown = shown if len(shown) <= 60 else shown[:57] + "..."
-        return StoreError(f"{self.where}: attribute {key!r} must be {want}, got {shown}")
-
-    def int(self, key: str, default: int | None = None, *, required: bool = False, minimum: int | None = None) -> Any:
-        v = self._get(key, default, required)
-        if v is default:
-            return v
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise self._bad(key, "an integer", v)
-        if minimum is not None and v < minimum:
-            raise self._bad(key, f"at least {minimum}", v)
-        return v
-
-    def float(self, key: str, default: float | None = None) -> Any:
-        v = self._get(key, default, False)
-        if v is default:
-            return v
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise self._bad(key, "a finite number", v)
-        return float(v)
-
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> Any:
-        v = self._get(key, default, required)
-        if v is not default and not isinstance(v, str):
-            raise self._bad(key, "a string", v)
-        return v
-
-    def bool(self, key: str, default: bool = False) -> bool:
-        v = self._get(key, default, False)
-        if not isinstance(v, bool):
-            raise self._bad(key, "true or false", v)
-        return v
-
-    def obj(self, key: str) -> dict[str, Any]:
-        v = self._get(key, {}, False)
-        if not isinstance(v, Mapping):
-            raise self._bad(key, "a JSON object", v)
-        return dict(v)
-
-    def list(self, key: str, *, required: bool = False) -> list[Any]:
-        v = self._get(key, [], required)
-        if not isinstance(v, list):
-            raise self._bad(key, "a list", v)
-        return v
-
-    def ints(self, key: str, *, length: int | None = None, required: bool = False) -> tuple[int, ...] | None:
-        if key not in self.doc and not required:
-            self.used.add(key)
-            return None
-        v = self.list(key, required=required)
-        if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in v) or (length is not None and len(v) != length):
-            raise self._bad(key, f"a list of {length or 'some'} non-negative integers", v)
-        return tuple(v)
-
-    def strs(self, key: str, *, names: bool = False) -> tuple[str, ...]:
-        v = self.list(key)
-        if not all(isinstance(x, str) for x in v):
-            raise self._bad(key, "a list of strings", v)
-        if names:
-            for x in v:
-                check_name(x, f"{self.where}: attribute {key!r}")
-        return tuple(v)
-
-    def extra(self) -> dict[str, Any]:
-        return {k: v for k, v in self.doc.items() if k not in self.used}
-
-
-def check_name(name: Any, where: str) -> str:
-    """Return ``name`` if it may name a run, block or layer (it ends up in file names)."""
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
-        raise StoreError(f"{where}: {name!r} is not a valid name (letters, digits, _ . + - only)")
-    return name
-
-
-def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if v is not None}
-
 
 # --------------------------------------------------------------------------- root
 
@@ -149,7 +45,7 @@ class Header:
     def from_json(cls, doc: Any, where: str) -> Header:
         if not isinstance(doc, Mapping) or doc.get("kind") != STORE_KIND:
             raise StoreError(f"{where} is a zarr store but not a dumpunet store (no '{HEADER_KEY}' header)")
-        f = _Fields(doc, f"{where}: header")
+        f = Fields(doc, f"{where}: header")
         version = doc.get("format_version")
         if isinstance(version, bool) or not isinstance(version, int):
             raise StoreError(f"{where}: the dumpunet header has no integer format_version")
@@ -182,7 +78,7 @@ class BlockInfo:
 
     @classmethod
     def from_json(cls, doc: Any, where: str = "block table") -> BlockInfo:
-        f = _Fields(doc, where)
+        f = Fields(doc, where)
         name = check_name(f.str("name", required=True), where)
         f.where = f"{where} {name}"
         return cls(
@@ -209,7 +105,7 @@ class PairInfo:
 
     @classmethod
     def from_json(cls, doc: Any, where: str = "pairs") -> PairInfo:
-        f = _Fields(doc, where)
+        f = Fields(doc, where)
         return cls(
             base=check_name(f.str("base", required=True), where),
             layered=check_name(f.str("layered", required=True), where),
@@ -242,7 +138,7 @@ class RootAttrs:
 
     @classmethod
     def from_json(cls, doc: Any, where: str) -> RootAttrs:
-        f = _Fields(doc, where)
+        f = Fields(doc, where)
         f.used.add(HEADER_KEY)
         header = Header.from_json(doc.get(HEADER_KEY), where)
         blocks = tuple(BlockInfo.from_json(b, f"{where}: block table entry {i}") for i, b in enumerate(f.list("blocks")))
@@ -274,7 +170,7 @@ class TokenRow:
 
     @classmethod
     def from_json(cls, doc: Any, where: str) -> TokenRow:
-        f = _Fields(doc, where)
+        f = Fields(doc, where)
         ids = f.list("ids", required=True)
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise f._bad("ids", "a list of integers", ids)
@@ -287,7 +183,7 @@ class TokenRow:
         return cls(tuple(ids), tokens, length)
 
 
-def _per_guidance(f: _Fields, key: str) -> dict[str, Any]:
+def _per_guidance(f: Fields, key: str) -> dict[str, Any]:
     value = f.obj(key)
     for label in value:
         if label not in GUIDANCE_LABELS:
@@ -356,11 +252,11 @@ class RunAttrs:
         for key in ("tokens", "block_prompts", "prompt_tokens"):
             if not out[key]:
                 del out[key]
-        return _drop_none(out)
+        return drop_none(out)
 
     @classmethod
     def from_json(cls, doc: Any, where: str) -> RunAttrs:
-        f = _Fields(doc, where)
+        f = Fields(doc, where)
         guidance = f.strs("guidance") or ("cond",)
         if any(g not in GUIDANCE_LABELS for g in guidance) or len(set(guidance)) != len(guidance):
             raise f._bad("guidance", f"a list of distinct labels from {list(GUIDANCE_LABELS)}", list(guidance))
@@ -445,11 +341,11 @@ class ArrayAttrs:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return _drop_none({**self.extra, "description": self.description, "recorded_steps": self.recorded_steps})
+        return drop_none({**self.extra, "description": self.description, "recorded_steps": self.recorded_steps})
 
     @classmethod
     def from_json(cls, doc: Any, where: str) -> ArrayAttrs:
-        f = _Fields(doc, where)
+        f = Fields(doc, where)
         return cls(description=f.str("description", ""), recorded_steps=f.str("recorded_steps") or None, extra=f.extra())
 
 
@@ -468,7 +364,7 @@ class LayerAttrs:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return _drop_none({
+        return drop_none({
             **self.extra,
             "description": self.description or None,
             "layer_hw": list(self.layer_hw),
@@ -482,7 +378,7 @@ class LayerAttrs:
 
     @classmethod
     def from_json(cls, doc: Any, where: str) -> LayerAttrs:
-        f = _Fields(doc, where)
+        f = Fields(doc, where)
         hw = f.ints("layer_hw", length=2, required=True)
         assert hw is not None
         heads = f.str("heads", "all")

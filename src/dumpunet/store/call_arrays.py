@@ -1,0 +1,122 @@
+"""Per-call arrays written as files: their zarr.json documents and raw chunk files.
+
+The store writer's thread writes a run's per-call arrays through this module instead of zarr's
+Array API, whose per-file overhead a recording cannot spare (docs/benchmarks.md). zarr.json
+documents come from :func:`dumpunet.store.schema.array_document` and are replaced atomically;
+chunk files of uncompressed arrays are their little-endian bytes, written in place (a chunk
+interrupted mid-write belongs to a call whose ``call_done`` was never set, so nothing reads it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.core.metadata.v3 import ArrayV3Metadata
+
+from dumpunet.files import write_atomic
+from dumpunet.store import schema
+from dumpunet.store.schema import ArrayAttrs, LayerAttrs, RunAttrs
+
+
+class CallArray:
+    """One per-call array of a run: its zarr.json document and its chunk files."""
+
+    def __init__(self, base: Path, kind: schema.ArrayKind, shape: Sequence[int], dtype: str | None,
+                 attrs: ArrayAttrs | LayerAttrs | None, names: Mapping[str, str], *, raw_chunks: bool) -> None:
+        self.kind = kind
+        self.path = kind.path(**names)
+        self.dir = base / self.path
+        self.doc = schema.array_document(kind, shape, dtype=dtype, attributes=attrs.to_json() if attrs else None)
+        self.meta = ArrayV3Metadata.from_dict(json.loads(json.dumps(self.doc)))
+        self.dtype = np.dtype(self.doc["data_type"]).newbyteorder("<")
+        codecs = self.doc["codecs"]
+        self.raw = raw_chunks and len(codecs) == 1 and codecs[0]["name"] == "bytes"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.doc["shape"])
+
+    def write_document(self) -> None:
+        write_atomic(self.dir / "zarr.json", json.dumps(self.doc, indent=2).encode())
+
+    def resize(self, n_calls: int) -> None:
+        self.doc["shape"][0] = n_calls
+        self.write_document()
+
+    def chunk_file(self, coords: Sequence[int]) -> Path:
+        path = self.dir / self.meta.encode_chunk_key(tuple(coords))
+        if path.parent != self.dir:  # '/'-separated chunk keys nest folders
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def write_slab(self, k: int, slab: np.ndarray) -> None:
+        """Store call ``k``'s ``[guidance, image, ...]`` slab: one chunk file per (image, guidance)."""
+        ax = self.kind.axis
+        want = (self.shape[ax("guidance")], self.shape[ax("image")], *self.shape[ax("guidance") + 1 :])
+        if tuple(slab.shape) != want:
+            raise ValueError(f"{self.path}: slab of shape {tuple(slab.shape)}, expected {want} ([guidance, image, ...])")
+        x = np.asarray(slab, dtype=self.dtype)
+        if not self.raw:  # compressed or sharded (benchmark variants): zarr encodes it
+            arr = zarr.open_array(self.dir, mode="r+", zarr_format=3)
+            arr[k] = np.swapaxes(x, 0, 1)
+            return
+        tail = (0,) * (x.ndim - 2)
+        for g in range(x.shape[0]):
+            for i in range(x.shape[1]):
+                # in place, not atomic: call_done is set only after every chunk of the call is written
+                with open(self.chunk_file((k, i, g, *tail)), "wb") as fh:
+                    fh.write(np.ascontiguousarray(x[g, i]).data)
+
+    def write_table_tail(self, values: list[Any]) -> None:
+        """Rewrite the last chunk of a 1-D call table (atomically: it holds earlier calls too)."""
+        size = self.doc["chunk_grid"]["configuration"]["chunk_shape"][0]
+        c = (len(values) - 1) // size
+        chunk = np.zeros(size, self.dtype)
+        part = values[c * size :]
+        chunk[: len(part)] = part
+        write_atomic(self.chunk_file((c,)), chunk.tobytes())
+
+
+@dataclass
+class RunFiles:
+    info: RunAttrs
+    arrays: dict[tuple[str, str], CallArray] = field(default_factory=dict)
+    calls: dict[str, CallArray] = field(default_factory=dict)
+    n_calls: int = 0
+    done_steps: set[int] = field(default_factory=set)
+    table: dict[str, list[Any]] = field(default_factory=lambda: {kind.key: [] for kind in schema.CALL_ARRAYS})
+
+
+def write_call(st: RunFiles, k: int, values: Mapping[str, Any], data: Mapping[tuple[str, str], np.ndarray],
+                grow_calls: int) -> None:
+    """Write call ``k``: its call-table row (not done), every slab, then ``call_done`` = 1 last."""
+    unknown = data.keys() - st.arrays.keys()
+    if unknown:
+        raise KeyError(f"no array was created for {sorted(unknown)}")
+    for kind in schema.CALL_ARRAYS:  # the call is listed, marked not done
+        table = st.table[kind.key]
+        table.append(0 if kind is schema.CALL_DONE else values[kind.key])
+        arr = st.calls[kind.key]
+        arr.write_table_tail(table)
+        arr.resize(k + 1)
+    for key, arr in st.arrays.items():
+        if arr.shape[0] <= k:
+            arr.resize(-(-(k + 1) // grow_calls) * grow_calls)
+        if key in data:
+            arr.write_slab(k, data[key])
+    done = st.table[schema.CALL_DONE.key]
+    done[-1] = 1
+    st.calls[schema.CALL_DONE.key].write_table_tail(done)
+
+
+def trim(st: RunFiles) -> None:
+    """Cut the per-call arrays of a run back to the calls written (they grow ahead: StoreWriter's grow_calls)."""
+    for arr in st.arrays.values():
+        if arr.shape[0] != st.n_calls:
+            arr.resize(st.n_calls)
