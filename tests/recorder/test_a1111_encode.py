@@ -215,3 +215,65 @@ def test_sdxl_concatenates_both_encoders_and_pools_the_first_chunk(sdxl):
     for z, part in ((z_l.hidden_states[-2], cond.embeds[0][:, :77, :32]), (out.hidden_states[-2], cond.embeds[0][:, :77, 32:])):
         weighted = z * w.reshape(1, -1, 1)
         torch.testing.assert_close(part, weighted * (z.mean() / weighted.mean()), rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ prompt editing
+
+
+def unet_inputs(pipe, steps, **kwargs):
+    """Run the pipeline and return every U-Net call's text conditioning (and SDXL's pooled part)."""
+    from dumpunet.recorder.samplers import make_scheduler
+
+    seen = []
+
+    def spy(module, args, kw):
+        added = kw.get("added_cond_kwargs") or {}
+        seen.append((kw["encoder_hidden_states"].clone(), added.get("text_embeds")))
+
+    pipe.scheduler = make_scheduler("Euler", pipe.scheduler.config)
+    handle = pipe.unet.register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        pipe(num_inference_steps=steps, height=64, width=64, generator=torch.Generator().manual_seed(3),
+             output_type="np", **kwargs)
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_prompt_editing_changes_the_conditioning_at_a1111s_step(sd1):
+    from dumpunet.recorder.a1111_schedule import ScheduledConditioning
+
+    cond = ScheduledConditioning(sd1, "a [cute:ugly:1] girl", "blurry", steps=4)
+    seen = unet_inputs(sd1, 4, **cond.pipeline_kwargs())
+    with torch.no_grad():
+        cute, neg = sd1.encode_prompt("a cute girl", "cpu", 1, True, negative_prompt="blurry")[:2]
+        ugly = sd1.encode_prompt("a ugly girl", "cpu", 1, False)[0]
+    expected = [cute, cute, ugly, ugly]  # 'when' 1 covers steps 0 and 1
+    assert len(seen) == 4
+    for (got, _), pos in zip(seen, expected):
+        assert torch.equal(got, torch.cat([neg, pos]))
+    assert cond.texts_at(2) == ("a ugly girl", "blurry")
+
+
+def test_alternation_on_sdxl_changes_the_pooled_embedding_too(sdxl):
+    from dumpunet.recorder.a1111_schedule import ScheduledConditioning
+
+    cond = ScheduledConditioning(sdxl, "a [cat|dog]", steps=3)
+    seen = unet_inputs(sdxl, 3, **cond.pipeline_kwargs())
+    with torch.no_grad():
+        texts = {w: sdxl.encode_prompt(f"a {w}", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
+                 for w in ("cat", "dog")}
+    for (got, pooled), word in zip(seen, ["cat", "cat", "dog"]):
+        emb, _, pool, _ = texts[word]
+        assert torch.equal(got, torch.cat([torch.zeros_like(emb), emb]))
+        assert torch.equal(pooled, torch.cat([torch.zeros_like(pool), pool]))
+
+
+def test_a_prompt_without_editing_installs_no_callback(sd1):
+    from dumpunet.recorder.a1111_schedule import ScheduledConditioning
+
+    cond = ScheduledConditioning(sd1, "a (cute:1.2) girl", "blurry", steps=3)
+    kwargs = cond.pipeline_kwargs()
+    plain, _, _ = pipeline_embeds(sd1, "a (cute:1.2) girl", "blurry")
+    assert sorted(kwargs) == ["negative_prompt_embeds", "prompt_embeds"] and not cond.edited
+    assert all(torch.equal(kwargs[k], plain[k]) for k in kwargs)
