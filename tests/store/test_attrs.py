@@ -180,3 +180,13 @@ def test_a_store_written_before_the_typed_attributes_still_opens(tmp_path):
     assert store.select_steps("") == [1, 2] and store.image(0)[0, 0].tolist() == [9, 9, 9]
     heat = dumpunet.heatmap(store, "girl")
     assert heat.shape == (16, 16) and heat[-1, -1] == 1.0 and heat[0, 0] == 0.0
+
+
+def test_step_specs_of_a_run_without_calls_use_its_steps_attribute(tmp_path):
+    from dumpunet.store.writer import StoreWriter
+
+    w = StoreWriter(tmp_path / "s.zarr", model={}, versions={})
+    w.begin_run("main", RunAttrs(steps=5), [], which=("output",), dtype="float16")
+    w.close()
+    store = dumpunet.open(tmp_path / "s.zarr")
+    assert store.steps == [] and store.select_steps("2-3") == [2, 3] and store.select_steps("") == []

@@ -349,7 +349,7 @@ class Store:
         r = self.run(run)
         if not spec.strip():
             return r.steps
-        total = max(r.info.steps, *r.steps)  # stores written without 'steps' know only what they hold
+        total = max([r.info.steps, *r.steps])  # stores written without 'steps' know only what they hold
         return parse_ints(spec, 1, total, noun="step", what="step spec")
 
     # ------------------------------------------------------------------ shortcuts to the default run
