@@ -88,3 +88,19 @@ def test_explain_shows_chunks_with_a_tokenizer():
         [{"token": "cute</w>", "weight": 1.5}, {"token": "girl</w>", "weight": 1.0}],
         [{"token": "pink</w>", "weight": 1.0}, {"token": "hair</w>", "weight": 1.0}],
     ]
+
+
+def test_token_labels_cover_77_n_tokens_with_their_chunk():
+    pytest.importorskip("transformers")
+    from dumpunet.a1111_chunks import token_labels, tokenize_chunks
+    from dumpunet.a1111_prompts import parse_emphasis
+    from dumpunet.recorder.tokenizer import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    labels = token_labels(tok, tokenize_chunks(tok, parse_emphasis("(cute:1.5) girl BREAK pink hair").pieces))
+    assert len(labels) == 154
+    assert [lab["chunk"] for lab in labels] == [0] * 77 + [1] * 77
+    assert [(lab["token"], lab["weight"]) for lab in labels[:4]] == [
+        ("<|startoftext|>", 1.0), ("cute</w>", 1.5), ("girl</w>", 1.0), ("<|endoftext|>", 1.0)]
+    assert [lab["token"] for lab in labels[77:81]] == ["<|startoftext|>", "pink</w>", "hair</w>", "<|endoftext|>"]
+    assert [lab["piece"] for lab in labels[77:81]] == [-1, 3, 3, -1]

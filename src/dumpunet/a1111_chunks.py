@@ -24,7 +24,7 @@ from typing import Any
 
 from dumpunet.a1111_prompts import Piece, parse_emphasis, prompt_schedule
 
-__all__ = ["CHUNK", "Chunk", "explain_a1111", "split_chunks", "tokenize_chunks"]
+__all__ = ["CHUNK", "Chunk", "explain_a1111", "split_chunks", "token_labels", "tokenize_chunks"]
 
 CHUNK = 75
 """Prompt tokens per chunk; with its start and end token a chunk is 77 tokens."""
@@ -140,3 +140,28 @@ def explain_a1111(prompt: str, steps: int, *, emphasis: str = "original", tokeni
             ]
         entries.append(entry)
     return {"prompt": prompt, "steps": steps, "emphasis": emphasis, "schedule": entries, "notes": notes}
+
+
+def token_labels(tokenizer: Any, chunks: Sequence[Chunk]) -> list[dict[str, Any]]:
+    """Label every one of the ``77 n`` tokens of ``chunks``: id, string, chunk, weight, piece.
+
+    A token's chunk is also its position // 77, so a store's token row of ``77 n`` ids and
+    strings says which chunk each token belongs to without another field.
+
+    Examples
+    --------
+    >>> from dumpunet.a1111_prompts import Piece
+    >>> class Tok:
+    ...     def convert_ids_to_tokens(self, ids):
+    ...         return [f"t{i}" for i in ids]
+    >>> chunks = split_chunks([Piece("a", 1.5)], [[7] * 76], bos=1, eos=2, pad=2, comma=None)
+    >>> labels = token_labels(Tok(), chunks)
+    >>> len(labels), labels[1], labels[78]["chunk"], labels[78]["position"]
+    (154, {'id': 7, 'token': 't7', 'chunk': 0, 'position': 1, 'weight': 1.5, 'piece': 0}, 1, 1)
+    """
+    out = []
+    for n, chunk in enumerate(chunks):
+        strings = tokenizer.convert_ids_to_tokens(list(chunk.ids))
+        for k, (i, s, w, p) in enumerate(zip(chunk.ids, strings, chunk.weights, chunk.pieces)):
+            out.append({"id": i, "token": s, "chunk": n, "position": k, "weight": w, "piece": p})
+    return out
