@@ -277,3 +277,29 @@ def test_a_prompt_without_editing_installs_no_callback(sd1):
     plain, _, _ = pipeline_embeds(sd1, "a (cute:1.2) girl", "blurry")
     assert sorted(kwargs) == ["negative_prompt_embeds", "prompt_embeds"] and not cond.edited
     assert all(torch.equal(kwargs[k], plain[k]) for k in kwargs)
+
+
+# ------------------------------------------------------------------------------- per-block prompts
+
+
+def test_per_block_prompts_with_a1111_syntax(sd1):
+    from dumpunet.prompts import parse_layer_prompt
+    from dumpunet.recorder.a1111_encode import prompt_pair_encoder
+    from dumpunet.recorder.blocks import unet_blocks
+    from dumpunet.recorder.conditioning import BlockConditioning
+
+    names = [u.name for u in unet_blocks(sd1.unet)]
+    long = " ".join(["cat"] * 80)
+    table = parse_layer_prompt(f"a (~: IN00-OUT11: (cute:1.3); M00: [excellent]; OUT05: {long} :~) girl").resolve(names)
+    cond = BlockConditioning(sd1, table, None, encode=prompt_pair_encoder(sd1))
+
+    def expected(text):
+        kwargs, _, _ = pipeline_embeds(sd1, text, "")
+        return torch.cat([kwargs["negative_prompt_embeds"], kwargs["prompt_embeds"]])
+
+    assert torch.equal(cond.contexts["IN01"], expected("a (cute:1.3) girl"))
+    assert torch.equal(cond.contexts["M00"], expected("a [excellent] girl"))
+    assert cond.contexts["OUT05"].shape == (2, 154, 32)
+    with cond:
+        image = sd1(prompt=cond.pipeline_prompt, num_inference_steps=2, height=64, width=64, output_type="np").images
+    assert np.isfinite(image).all()

@@ -35,7 +35,7 @@ import torch
 from dumpunet.a1111_chunks import CHUNK, Chunk, split_chunks, tokenize_chunks
 from dumpunet.a1111_prompts import EMPHASIS_MODES, Piece, parse_emphasis
 
-__all__ = ["A1111Options", "Conditioning", "encode_texts", "pipeline_embeds"]
+__all__ = ["A1111Options", "Conditioning", "encode_texts", "pipeline_embeds", "prompt_pair_encoder"]
 
 
 @dataclass(frozen=True)
@@ -210,3 +210,17 @@ def pipeline_embeds(
         kwargs["pooled_prompt_embeds"] = pos.pooled[0]
         kwargs["negative_pooled_prompt_embeds"] = neg.pooled[0]
     return kwargs, pos, neg
+
+
+def prompt_pair_encoder(pipe: Any, options: A1111Options = A1111Options()) -> Any:
+    """Return ``(prompt, negative) -> (positive, negative)`` A1111 embeddings, for per-block prompts.
+
+    Each block's effective prompt is encoded A1111's way; blocks may get different chunk counts
+    (cross-attention takes any number of tokens), positive and negative of one block match.
+    """
+
+    def encode(prompt: str, negative: str) -> tuple[torch.Tensor, torch.Tensor]:
+        kwargs, _, _ = pipeline_embeds(pipe, prompt, negative, options)
+        return kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"]
+
+    return encode

@@ -13,7 +13,7 @@ blocks with cross-attention (ties: the earliest such block). See docs/layer-prom
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -63,6 +63,10 @@ class BlockConditioning:
         Block name -> effective prompt (negative may be None: the pipeline's default).
     num_images, guidance_scale
         What the pipeline will be called with (they fix the embedding batch).
+    encode
+        ``(prompt, negative) -> (positive, negative)`` embeddings of batch 1, in place of the
+        pipeline's ``encode_prompt`` (e.g. A1111's conditioning:
+        :func:`dumpunet.recorder.a1111_encode.prompt_pair_encoder`).
 
     Use as a context manager around the pipeline call, and call the pipeline with
     ``prompt=cond.pipeline_prompt, negative_prompt=cond.pipeline_negative``.
@@ -76,8 +80,10 @@ class BlockConditioning:
         *,
         num_images: int = 1,
         guidance_scale: float = 7.0,
+        encode: Callable[[str, str], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         self.pipe = pipe
+        self.encode = encode
         units = unet_blocks(pipe.unet)
         self.cross_layers = [layer for layer in attention_layers(pipe.unet, units) if layer.cross]
         cross_blocks = [u.name for u in units if u.cross_attention]
@@ -97,6 +103,9 @@ class BlockConditioning:
         with torch.no_grad():
             for b in blocks:
                 key = (self.positive[b], self.negative[b] if self.negative is not None else None)
+                if key not in cache and self.encode is not None:
+                    pos, neg = (x.repeat(self.num_images, 1, 1) for x in self.encode(key[0], key[1] or ""))
+                    cache[key] = torch.cat([neg, pos]) if self.do_cfg else pos
                 if key not in cache:
                     res = self.pipe.encode_prompt(
                         prompt=key[0],
