@@ -323,8 +323,8 @@ def _echo_written(files: list[Any], out: Path, noun: str, as_json: bool) -> None
 @click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
 @_with(_SELECTION_OPTIONS)
 @click.option("--scale", type=click.IntRange(min=1), default=1, show_default=True, help="Enlarge each tile N times.")
-@click.option("--average", type=click.Choice(["mean", "1-norm", "2-norm"], case_sensitive=False), default=None,
-              help="One channel-averaged map per block instead of the grid.")
+@click.option("--average", type=click.Choice(["mean", "1-norm", "2-norm", "l1", "l2"], case_sensitive=False), default=None,
+              help="One channel-averaged map per block instead of the grid (1-norm, 2-norm: divided by the channel count, as in the original; l1, l2: not).")
 @_with(_color_options(pca=True))
 @click.option("--pca-basis", type=click.Path(path_type=Path), default=None,
               help="PCA basis file (.npz): reused if it exists, else fitted here and saved.")
@@ -398,8 +398,8 @@ _PAIR_SELECTION_OPTIONS = _SELECTION_OPTIONS[:-1]
               "default: the only or first pair.")
 @_with(_PAIR_SELECTION_OPTIONS)
 @click.option("--scale", type=click.IntRange(min=1), default=1, show_default=True, help="Enlarge each tile N times.")
-@click.option("--average", type=click.Choice(["mean", "1-norm", "2-norm"], case_sensitive=False), default=None,
-              help="One channel-averaged difference map per block instead of the grid.")
+@click.option("--average", type=click.Choice(["mean", "1-norm", "2-norm", "l1", "l2"], case_sensitive=False), default=None,
+              help="One channel-averaged difference map per block instead of the grid (1-norm, 2-norm: divided by the channel count; l1, l2: not).")
 @_with(_color_options(pca=True, transform="linear"))
 @click.option("--pca-basis", type=click.Path(path_type=Path), default=None,
               help="PCA basis file (.npz) for differences: reused if it exists, else fitted here and saved.")

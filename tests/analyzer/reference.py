@@ -35,7 +35,7 @@ def quantize(x: np.ndarray) -> np.ndarray:
 
 
 def transform(maps: np.ndarray, spec: ColorSpec, ranges: np.ndarray | None = None) -> np.ndarray:
-    """The transformed value of every element, float64 [N, H, W] (White/Black already |.|-ed)."""
+    """The transformed value of every element, float64 [N, H, W] (White/Black Sigmoid already |.|-ed)."""
     x = maps.astype(np.float64)
     gray = spec.method == "White/Black"
     mn_, mx_ = spec.clamp_min, spec.clamp_max
@@ -51,7 +51,7 @@ def transform(maps: np.ndarray, spec: ColorSpec, ranges: np.ndarray | None = Non
                     continue
                 t = (np.clip(x[i], mn, mx) - mn) / (mx - mn)
                 out[i] = (t - 0.5) * 2.0 if spec.transform == "auto11" else t
-            return np.abs(out) if gray else out
+            return out
         if spec.transform == "linear":
             if gray:
                 big = max(abs(mn_), abs(mx_))
@@ -89,15 +89,19 @@ def colorize(maps: np.ndarray, spec: ColorSpec, ranges: np.ndarray | None = None
 
 
 def channel_reduce(x: np.ndarray, kind: str) -> np.ndarray:
-    """[C, H, W] -> [H, W] float32: mean, sum |x| ("l1") or sqrt(sum x**2) ("l2") over channels."""
+    """[C, H, W] -> [H, W] float32 over channels: mean, sum |x| ("l1"), sqrt(sum x**2) ("l2"),
+    and the original's "1-norm" and "2-norm": those norms divided by C."""
     y = x.astype(np.float64)
+    c = y.shape[0]
     with np.errstate(all="ignore"):
         if kind == "mean":
-            r = y.mean(axis=0) if y.shape[0] else np.full(y.shape[1:], np.nan)
-        elif kind == "l1":
+            r = y.mean(axis=0) if c else np.full(y.shape[1:], np.nan)
+        elif kind in ("l1", "1-norm"):
             r = np.abs(y).sum(axis=0)
         else:
             r = np.sqrt((y * y).sum(axis=0))
+        if kind in ("1-norm", "2-norm"):
+            r = r / np.float64(c)
     return r.astype(np.float32)
 
 

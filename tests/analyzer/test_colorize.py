@@ -111,8 +111,8 @@ def test_white_black_by_hand():
     assert _px(lin, [-0.5, 0.25, 3.0, 0.0]) == [128, 64, 255, 0]
     lin2 = ColorSpec("White/Black", "Linear", clamp_min=0.5, clamp_max=2.0)  # X = 0.5, Y = 2
     assert _px(lin2, [1.25, 0.0, 2.0]) == [128, 0, 255]
-    # Auto [-1,1] shows |t|: both ends of the map's range white, the middle black.
-    assert _px(ColorSpec("White/Black", "Auto [-1,1]"), [0.0, 1.0, 2.0]) == [255, 0, 255]
+    # Auto [-1,1] goes to the pixel as it is, like the original's: the lower half of the range is black.
+    assert _px(ColorSpec("White/Black", "Auto [-1,1]"), [0.0, 1.0, 1.5, 2.0]) == [0, 0, 128, 255]
     # inf lands on the end of the finite range; NaN is black.
     auto = ColorSpec("White/Black", "Auto [0,1]")
     assert _px(auto, [0.0, 0.5, 1.0, np.inf, -np.inf, np.nan]) == [0, 128, 255, 255, 0, 0]
@@ -121,6 +121,7 @@ def test_white_black_by_hand():
 def test_constant_maps_pass_through_unchanged():
     assert _px(ColorSpec("White/Black", "Auto [0,1]"), [0.25, 0.25]) == [64, 64]
     assert _px(ColorSpec("White/Black", "Auto [0,1]"), [3.0, 3.0]) == [255, 255]
+    assert _px(ColorSpec("White/Black", "Auto [-1,1]"), [-0.5, -0.5]) == [0, 0]  # the original's black
     assert _px(ColorSpec("Red/Blue", "Auto [-1,1]"), [-0.5, -0.5]) == [[0, 0, 128], [0, 0, 128]]
 
 

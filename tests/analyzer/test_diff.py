@@ -58,7 +58,7 @@ def test_maps_are_renders_of_layered_minus_base(paired, tmp_path):
     ]
     for f in maps:
         d = by_numpy(paired, f.params["block"], f.params["step"], image=1)
-        cols, rows = {6: (3, 2), 8: (4, 2)}[d.shape[0]]
+        cols, rows = {6: (2, 3), 8: (4, 2)}[d.shape[0]]  # the original's layout
         np.testing.assert_array_equal(pixels(f), by_hand(colorize(d, spec), cols, rows))
         assert {k: f.params[k] for k in ("kind", "run", "base_run", "pair", "image")} == {
             "kind": "diff", "run": "layered", "base_run": "base", "pair": "layered", "image": 1}

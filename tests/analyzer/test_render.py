@@ -50,9 +50,9 @@ def test_grid_is_colorize_plus_tiling_of_every_channel(girl, tmp_path):
         files = render(girl, tmp_path, blocks="IN04", steps="5", **kw)
         assert [f.path.name for f in files] == [f"IN04-step005-img0-cond-{spec.slug()}.png"]
         x = store.features("IN04", 5, guidance="cond")
-        expected = by_hand(colorize(x, spec), cols=3, rows=2)
+        expected = by_hand(colorize(x, spec), cols=2, rows=3)  # the original's layout of 6 channels of 4x4
         got = pixels(files[0])
-        assert got.shape == ((4 + 1) * 2 - 1, (4 + 1) * 3 - 1, *(() if spec.grayscale else (3,)))
+        assert got.shape == ((4 + 1) * 3 - 1, (4 + 1) * 2 - 1, *(() if spec.grayscale else (3,)))
         np.testing.assert_array_equal(got, expected)
 
 
@@ -123,7 +123,7 @@ def test_repeated_renders_into_one_folder_accumulate_in_the_manifest(girl, tmp_p
 
 def test_average_draws_one_map_per_block(girl, tmp_path):
     store = dumpunet.open(girl)
-    for kind, slug in (("mean", "mean"), ("1-norm", "1norm"), ("2-norm", "2norm")):
+    for kind, slug in (("mean", "mean"), ("1-norm", "1norm"), ("2-norm", "2norm"), ("l2", "l2")):
         (f,) = render(girl, tmp_path, blocks="M00", steps="20", average=kind, scale=3)
         assert f.path.name == f"M00-step020-img0-cond-avg-{slug}-x3-{DEFAULT_SLUG}.png"
         avg = channel_average(store.features("M00", 20), kind)[None]
@@ -162,7 +162,7 @@ def test_auto_scope_step_and_run_share_one_range(girl, tmp_path):
         x = store.features(f.params["block"], f.params["step"])
         spec = ColorSpec(auto_scope="step")
         np.testing.assert_array_equal(
-            pixels(f), by_hand(colorize(x, spec, minmax=per_step[f.params["step"]]), *{4: (2, 2), 8: (4, 2), 6: (3, 2)}[x.shape[0]])
+            pixels(f), by_hand(colorize(x, spec, minmax=per_step[f.params["step"]]), *{4: (2, 2), 8: (4, 2), 6: (2, 3)}[x.shape[0]])
         )
     run = merge_ranges(*per_step.values())
     files = render(girl, tmp_path / "run", blocks="IN00,M00,OUT08", steps="1,20", auto_scope="run")
@@ -200,7 +200,7 @@ ERRORS = [
     ({"images": "0,2"}, SpecError, "bad image spec: image 2 out of range 0..1\n  0,2\n    ^"),
     ({"h": "(2+v"}, ExpressionError, "bad expression: H: '(' was never closed\n  (2+v\n  ^"),
     ({"method": "rainbow"}, DumpUnetError, "unknown colorize method 'rainbow' (valid: Custom, Red/Blue, White/Black)"),
-    ({"average": "sum"}, DumpUnetError, "unknown channel average 'sum' (valid: mean, 1-norm, 2-norm)"),
+    ({"average": "sum"}, DumpUnetError, "unknown channel average 'sum' (valid: mean, 1-norm, 2-norm, l1, l2)"),
     ({"scale": 0}, DumpUnetError, "scale must be a whole number of at least 1, got 0"),
     ({"which": "input", "blocks": "IN00"}, SelectionError, "block IN00 has no recorded input in run 'main' (recorded: none)"),
     ({"method": "pca", "average": "mean"}, DumpUnetError, "method pca colours the channel vectors; it cannot be combined with an average"),

@@ -2,13 +2,15 @@
 
 Channel 0 sits at the top left, then row by row. Tiles are separated by 1-pixel black lines,
 with no outer border, so a grid of ``cols x rows`` tiles of ``w x h`` pixels is
-``cols*(w+1) - 1`` wide and ``rows*(h+1) - 1`` high. :func:`grid_shape` picks the most nearly
-square layout that holds exactly N tiles.
+``cols*(w+1) - 1`` wide and ``rows*(h+1) - 1`` high. :func:`grid_shape` picks the layout by the
+original's rule, so a block's grid has the same rows and columns as there at every image size.
 
 Examples
 --------
 >>> grid_shape(320, 8, 8)
 (20, 16)
+>>> grid_shape(320, 64, 32, image=(512, 256))  # SD1 IN00 of a 256x512 portrait
+(32, 10)
 >>> images = np.full((4, 2, 2), 255, np.uint8)
 >>> tile(images, *grid_shape(4, 2, 2))
 array([[255, 255,   0, 255, 255],
@@ -32,31 +34,51 @@ def grid_size(cols: int, rows: int, h: int, w: int, scale: int = 1) -> tuple[int
     return max(rows * (h * scale + 1) - 1, 0), max(cols * (w * scale + 1) - 1, 0)
 
 
-def grid_shape(n: int, h: int, w: int) -> tuple[int, int]:
-    """Return ``(cols, rows)`` with ``cols * rows == n`` making the grid most nearly square.
+def grid_shape(n: int, h: int, w: int, *, image: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Return ``(cols, rows)`` with ``cols * rows == n``, by the original extension's rule.
 
-    Among the divisors of ``n``, the one minimizing ``|grid width - grid height|`` wins; on a
-    tie the wider grid does. ``n == 0`` gives ``(0, 0)``.
+    The rule grows the grid one factor of ``n`` at a time, measuring it in tiles of the
+    original's proportions: each factor 2 of ``n``, then the odd rest, multiplies the columns
+    if the grid is not wider than high (so ties widen it), else the rows. Then, while one side is
+    more than twice the other and its tile count is even, a factor 2 moves from it to the other.
 
-    >>> grid_shape(7, 8, 8), grid_shape(4, 8, 8), grid_shape(1, 8, 8)
-    ((7, 1), (2, 2), (1, 1))
+    The original sized a tile from the image, not from the map: a block at 1/k of the latent
+    resolution was ``8/k * ceil(size / 64)`` units per side, which differs from the map's own
+    shape where the image size is not a multiple of 64. Pass the generated image's ``(height,
+    width)`` in pixels as ``image`` to use those proportions (as :func:`dumpunet.render` does
+    when the store knows them); without it the map's ``h x w`` is used. ``n == 0`` gives
+    ``(0, 0)``.
+
+    >>> grid_shape(7, 8, 8), grid_shape(4, 8, 8), grid_shape(1, 8, 8), grid_shape(10, 16, 16)
+    ((7, 1), (2, 2), (1, 1), (2, 5))
     """
     if n < 0 or h < 0 or w < 0:
         raise ValueError(f"negative grid size: n={n}, h={h}, w={w}")
     if n == 0:
         return (0, 0)
-    best: tuple[int, int] | None = None
-    best_key: tuple[int, int] | None = None
-    for cols in range(1, n + 1):
-        if n % cols:
-            continue
-        rows = n // cols
-        height, width = grid_size(cols, rows, h, w)
-        key = (abs(width - height), -width)
-        if best_key is None or key < best_key:
-            best, best_key = (cols, rows), key
-    assert best is not None
-    return best
+    if image is not None:
+        unit_h, unit_w = (-(-int(side) // 64) for side in image)
+    else:
+        unit_h, unit_w = h, w
+    cols = rows = 1
+    rest = n
+    factors = []
+    while rest % 2 == 0:
+        factors.append(2)
+        rest //= 2
+    factors.append(rest)
+    for f in factors:
+        if cols * unit_w <= rows * unit_h:
+            cols *= f
+        else:
+            rows *= f
+    if cols * unit_w > rows * unit_h:
+        while cols * unit_w > 2 * rows * unit_h and cols % 2 == 0:
+            cols, rows = cols // 2, rows * 2
+    else:
+        while 2 * cols * unit_w < rows * unit_h and rows % 2 == 0:
+            cols, rows = cols * 2, rows // 2
+    return cols, rows
 
 
 def tile(images: np.ndarray, cols: int, rows: int, scale: int = 1, out: np.ndarray | None = None) -> np.ndarray:

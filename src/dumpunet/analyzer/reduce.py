@@ -1,12 +1,14 @@
 """Per-block summaries of feature maps: channel averages and differences.
 
 The original extension offered an extra "average" image per block next to the channel grid.
-Here the three reductions over the channels of one block ``[C, H, W]`` are:
+Here the reductions over the channels of one block ``[C, H, W]`` are:
 
 ==========  ===========================================  =========================================
 ``mean``    ``sum_c v / C``                              the original's "sum" choice (torch.mean)
-``1-norm``  ``sum_c |v|``                                the original divided this by C
-``2-norm``  ``sqrt(sum_c v**2)``                         the original divided this by C
+``1-norm``  ``sum_c |v| / C``                            the original's "1-norm" (its norm / C)
+``2-norm``  ``sqrt(sum_c v**2) / C``                     the original's "2-norm" (its norm / C)
+``l1``      ``sum_c |v|``                                the plain 1-norm, not divided by C
+``l2``      ``sqrt(sum_c v**2)``                         the plain 2-norm (Euclidean length)
 ==========  ===========================================  =========================================
 
 Sums run in float64 in channel order; results are float32 ``[H, W]``. NaN anywhere in a pixel's
@@ -15,8 +17,8 @@ channels makes that pixel NaN.
 Examples
 --------
 >>> x = np.array([[[3.0]], [[-4.0]]], dtype=np.float16)
->>> [float(channel_average(x, k)[0, 0]) for k in ("mean", "1-norm", "2-norm")]
-[-0.5, 7.0, 5.0]
+>>> [float(channel_average(x, k)[0, 0]) for k in AVERAGES]
+[-0.5, 3.5, 2.5, 7.0, 5.0]
 >>> difference(np.float16([1.5]), np.float16([2.0]))
 array([-0.5], dtype=float32)
 """
@@ -31,13 +33,24 @@ from dumpunet.analyzer.color import kernels
 from dumpunet.analyzer.color.float16 import check_float, kernel_view
 from dumpunet.errors import ColorSpecError
 
-__all__ = ["channel_average", "difference"]
+__all__ = ["AVERAGES", "channel_average", "difference"]
 
-_KINDS = {"mean": 0, "1-norm": 1, "2-norm": 2}
+# name -> (kernel kind: 0 sum, 1 sum of |v|, 2 sum of v**2; square root; divide by C)
+_KINDS = {
+    "mean": (0, False, True),
+    "1-norm": (1, False, True),
+    "2-norm": (2, True, True),
+    "l1": (1, False, False),
+    "l2": (2, True, False),
+}
+AVERAGES = tuple(_KINDS)
 
 
 def channel_average(
-    x: np.ndarray, kind: Literal["mean", "1-norm", "2-norm"] = "mean", *, out: np.ndarray | None = None
+    x: np.ndarray,
+    kind: Literal["mean", "1-norm", "2-norm", "l1", "l2"] = "mean",
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Reduce ``x`` ``[C, H, W]`` over its channels; return float32 ``[H, W]`` (or fill ``out``)."""
     if kind not in _KINDS:
@@ -48,12 +61,13 @@ def channel_average(
     c, h, w = x.shape
     acc = np.zeros(h * w, np.float64)
     data, half = kernel_view(x.reshape(c, h * w))
-    kernels.channel_accumulate(data, half, _KINDS[kind], acc)
+    code, root, per_channel = _KINDS[kind]
+    kernels.channel_accumulate(data, half, code, acc)
     with np.errstate(all="ignore"):
-        if kind == "mean":
-            acc /= c
-        elif kind == "2-norm":
+        if root:
             np.sqrt(acc, out=acc)
+        if per_channel:
+            acc /= c
     if out is None:
         out = np.empty((h, w), np.float32)
     out[...] = acc.reshape(h, w)

@@ -16,7 +16,7 @@ The Auto transforms normalize by a minimum and maximum taken over ``auto_scope``
 ===========  ========================================================================
 
 File names say what a file shows: ``{block}[-input]-step{step:03}-img{image}-{guidance}``, then
-``-ch{channels}`` for a channel subset, ``-avg-{mean|1norm|2norm}``, ``-x{scale}`` for a scale
+``-ch{channels}`` for a channel subset, ``-avg-{mean|1norm|2norm|l1|l2}``, ``-x{scale}`` for a scale
 above 1, and the colorization (:meth:`ColorSpec.slug`, or ``pca-{basis digest}``)::
 
     OUT11-step020-img0-cond-custom-hsl-auto01-4079ce.png
@@ -56,7 +56,7 @@ from dumpunet.analyzer.grid import grid_shape, grid_size, tile
 from dumpunet.analyzer.output import Manifest, WrittenFile, check_folder, prepare_folder, write_atomic
 from dumpunet.analyzer.png import encode_png, resolve_encoder
 from dumpunet.analyzer.pool import default_jobs, kernel_lock, run_parallel, scratch
-from dumpunet.analyzer.reduce import channel_average
+from dumpunet.analyzer.reduce import AVERAGES, channel_average
 from dumpunet.analyzer.selection import Selection, Slab, select
 from dumpunet.errors import ColorSpecError, DumpUnetError
 from dumpunet.specs import format_ints
@@ -64,7 +64,6 @@ from dumpunet.store import Store, open_store
 
 __all__ = ["AVERAGES", "RenderOptions", "check_jobs", "render", "render_options", "render_selections", "render_with"]
 
-AVERAGES = ("mean", "1-norm", "2-norm")
 StoreLike = Store | str | os.PathLike[str]
 
 
@@ -132,7 +131,7 @@ def render(
     guidance: Literal["cond", "uncond", "both"] = "cond",
     channels: str = "",
     scale: int = 1,
-    average: Literal["mean", "1-norm", "2-norm"] | None = None,
+    average: Literal["mean", "1-norm", "2-norm", "l1", "l2"] | None = None,
     which: Literal["output", "input"] = "output",
     run: str | None = None,
     method: str = "Custom",
@@ -168,7 +167,8 @@ def render(
     scale
         Enlarge each tile ``scale`` times (nearest neighbour).
     average
-        ``"mean"``, ``"1-norm"`` or ``"2-norm"`` over channels: one map per block instead of a grid.
+        ``"mean"``, ``"1-norm"``, ``"2-norm"`` (both divided by the channel count, as in the
+        original), ``"l1"`` or ``"l2"`` over channels: one map per block instead of a grid.
     which
         ``"output"`` or ``"input"`` (block inputs, where they were recorded).
     method, transform, clamp_min, clamp_max, gain, offset, space, r, g, b, h, s, l, auto_scope
@@ -399,7 +399,8 @@ def _task(t: _Target, slab: Slab, opts: RenderOptions, basis: pca.Basis | None) 
     sel = t.sel
     c, h, w = sel.shape(slab.block)
     n = 1 if opts.average is not None or opts.pca else c
-    cols, rows = grid_shape(n, h, w)
+    size = (sel.run.attrs.get("height"), sel.run.attrs.get("width"))
+    cols, rows = grid_shape(n, h, w, image=size if None not in size else None)  # the original's layout
     height, width = grid_size(cols, rows, h, w, opts.scale)
     parts = [sel.file_stem(slab)]
     label = _channels_label(sel, slab.block)

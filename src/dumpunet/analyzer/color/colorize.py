@@ -8,8 +8,8 @@ method       transform   pixel
 White/Black  Linear      gray ``(|clamp(v)| - X) / (Y - X)``; ``Y = max(|min|, |max|)``, ``X = 0``
                          if clamp min and max differ in sign, else ``min(|min|, |max|)``
 White/Black  Sigmoid     gray ``|sigmoid(gain*(v+offset)) - 0.5| * 2``
-White/Black  Auto        gray ``|t|``, t the Auto value below (|t| matters only for Auto [-1,1]:
-                         both ends of the map's range are white, its middle black)
+White/Black  Auto        gray ``t``, the Auto value below, as it is: Auto [-1,1] shows the lower
+                         half of the map's range black and its upper half black to white
 Red/Blue     any         ``t = ((clamp(v) - min)/(max - min) - 0.5) * 2`` (Linear),
                          ``(sigmoid(gain*(v+offset)) - 0.5) * 2`` (Sigmoid) or Auto;
                          red ``t`` where ``t > 0``, blue ``-t`` where ``t < 0``
@@ -198,10 +198,12 @@ def _transform_params(spec: ColorSpec) -> tuple[int, bool, float, float, float, 
     """Kernel (code, absolute, a, b, c, d) for the spec; see :mod:`.kernels`."""
     gray = spec.grayscale
     lo, hi = spec.clamp_min, spec.clamp_max
+    # White/Black takes |.| only where the original's transform did (its Sigmoid); Auto values
+    # go to the pixel as they are, so negative ones are black.
     if spec.transform == "auto01":
-        return kernels.AUTO01, gray, 0.0, 0.0, 0.0, 0.0
+        return kernels.AUTO01, False, 0.0, 0.0, 0.0, 0.0
     if spec.transform == "auto11":
-        return kernels.AUTO11, gray, 0.0, 0.0, 0.0, 0.0
+        return kernels.AUTO11, False, 0.0, 0.0, 0.0, 0.0
     if spec.transform == "sigmoid":
         return kernels.SIGMOID, gray, spec.gain, spec.offset, 0.0, 0.0
     if gray:

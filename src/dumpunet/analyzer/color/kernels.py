@@ -20,7 +20,7 @@ LINEAR_ABS     ``(|clamp(v, a, b)| - c) / (d - c)``  (White/Black; c, d = X, Y o
 SIGMOID        ``(1 / (1 + exp(-a * (v + b))) - 0.5) * 2``  (a = gain, b = offset)
 =============  ===================================================================================
 
-``absolute`` takes ``|t|`` afterwards (White/Black with AUTO01, AUTO11, SIGMOID).
+``absolute`` takes ``|t|`` afterwards (White/Black with SIGMOID, the original's sigmoid_abs).
 A pixel channel is ``clip(x * 256, 0, 255)`` truncated, NaN as 0.
 """
 
