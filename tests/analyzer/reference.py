@@ -29,7 +29,8 @@ def map_ranges(maps: np.ndarray) -> np.ndarray:
 
 
 def quantize(x: np.ndarray) -> np.ndarray:
-    y = np.clip(x * 256, 0, 255)
+    with np.errstate(over="ignore"):
+        y = np.clip(x * 256, 0, 255)
     y[np.isnan(y)] = 0
     return y.astype(np.uint8)
 
@@ -68,9 +69,9 @@ _hls = np.vectorize(colorsys.hls_to_rgb, otypes=[np.float64, np.float64, np.floa
 def custom_channels(t: np.ndarray, spec: ColorSpec) -> np.ndarray:
     """Float RGB [..., 3] of a Custom spec at transformed values ``t``."""
     if spec.space == "rgb":
-        chans = [np.clip(evaluate(e, t), 0, 1) for e in (spec.r, spec.g, spec.b)]
+        chans = [evaluate(e, t) for e in (spec.r, spec.g, spec.b)]
     else:
-        h, s, l = (np.clip(evaluate(e, t), 0, 1) for e in (spec.h, spec.s, spec.l))
+        h, s, l = (evaluate(e, t) for e in (spec.h, spec.s, spec.l))  # unclipped, as the original
         with np.errstate(all="ignore"):  # colorsys on NaN
             chans = list(_hls(h, l, s)) if t.size else [t.copy(), t.copy(), t.copy()]
     return np.stack(chans, axis=-1)

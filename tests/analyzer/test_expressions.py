@@ -36,6 +36,19 @@ ACCEPTED = [
     ("pi * e * v", lambda v: np.pi * np.e * v),
     ("1/v + 1/0 - 0/0", lambda v: 1 / v + np.inf - np.nan),
     ("  (v\n + 1)  ", lambda v: v + 1),
+    # numpy functions and Python syntax the original accepted (it evaluated one value at a time)
+    ("power(v, 3) + square(v)", lambda v: np.power(v, 3.0) + np.square(v)),
+    ("round(v) + round(3.3 * v, 1) + round(v, -1)", lambda v: np.round(v) + np.round(3.3 * v, 1) + np.round(v, -1)),
+    ("arcsin(v) + arccos(v) + asin(v) - acos(v)", lambda v: np.arcsin(v) + np.arccos(v) + np.arcsin(v) - np.arccos(v)),
+    ("sinh(v) + cosh(v) + tanh(v)", lambda v: np.sinh(v) + np.cosh(v) + np.tanh(v)),
+    ("fmod(v, 0.3) + hypot(v, 2)", lambda v: np.fmod(v, 0.3) + np.hypot(v, 2.0)),
+    ("v // 0.3 + 7 // v", lambda v: np.floor_divide(v, 0.3) + np.floor_divide(7.0, v)),
+    ("v if v > 0 else -v", lambda v: np.where(v > 0, v, -v)),
+    ("1 if v - v else 2", lambda v: np.where(v - v != 0, 1.0, 2.0)),  # NaN is true, as in Python
+    ("v and 2", lambda v: np.where(v != 0, 2.0, v)),  # Python: a if not a else b
+    ("v or 2", lambda v: np.where(v != 0, v, 2.0)),  # Python: a if a else b
+    ("v > 0 and v < 1 and 5", lambda v: np.where((v > 0) & (v < 1), 5.0, 0.0)),
+    ("v < 0 or 0.5 or v", lambda v: np.where(v < 0, 1.0, 0.5)),
 ]
 
 
@@ -63,8 +76,8 @@ def _err(text: str, name: str | None = None) -> str:
 
 
 ALLOWED = (
-    "abs, arctan, atan, ceil, clip, cos, exp, floor, log, log10, log2, max, maximum, min, minimum, sigmoid, sign, sin, "
-    "sqrt, tan, tanh, where"
+    "abs, acos, arccos, arcsin, arctan, asin, atan, ceil, clip, cos, cosh, exp, floor, fmod, hypot, log, log10, log2, "
+    "max, maximum, min, minimum, power, round, sigmoid, sign, sin, sinh, sqrt, square, tan, tanh, where"
 )
 
 # (text, message, caret line): the caret line is exactly what str(err) shows under the text.
@@ -83,21 +96,31 @@ REJECTED = [
     ("[v for v in v]", "comprehensions are not allowed", "^^^^^^^^^^^^^^"),
     ('"s"', "strings are not allowed (only numbers)", "^^^"),
     ("abs('s')", "strings are not allowed (only numbers)", "    ^^^"),
-    ("v if v else 1", "'a if c else b' is not allowed (use where(c, a, b))", "^^^^^^^^^^^^^"),
     ("clip(v, lo=0, hi=1)", "keyword arguments are not allowed", "        ^^^^"),
     ("abs(*v)", "'*' unpacking is not allowed", "    ^^"),
     ("min(v)", "min() takes 2 arguments, got 1", "^^^^^^"),
     ("abs(v, 1)", "abs() takes 1 argument, got 2", "^^^^^^^^^"),
     ("abs", "'abs' is a function: call it, like abs(v)", "^^^"),
     ("v(1)", f"'v' is not a function (allowed: {ALLOWED})", "^"),
-    ("v // 2", "operator '//' is not allowed (allowed: + - * / ** %) (use floor(a / b))", "^^^^^^"),
-    ("v & 1", "operator '&' is not allowed (allowed: + - * / ** %)", "^^^^^"),
+    ("v @ 2", "operator '@' is not allowed (allowed: + - * / // ** %)", "^^^^^"),
+    ("v & 1", "operator '&' is not allowed (allowed: + - * / // ** %)", "^^^^^"),
     ("not v", "operator 'not' is not allowed (use 1 - c)", "^^^^^"),
-    (
-        "v and 1",
-        "'and'/'or' are not allowed (comparisons give 1.0 or 0.0: use a*b for and, maximum(a, b) for or)",
-        "^^^^^^^",
-    ),
+    ("round(v, 1, 2)", "round() takes 1 or 2 arguments, got 3", "^^^^^^^^^^^^^^"),
+    ("round(v, 0.5)", "round()'s second argument must be a whole number of digits from -15 to 15, like 2", "         ^^^"),
+    ("round(v, v)", "round()'s second argument must be a whole number of digits from -15 to 15, like 2", "         ^"),
+    ("power(v)", "power() takes 2 arguments, got 1", "^^^^^^^^"),
+    # hostile input inside the conditionals and the new functions is refused like anywhere else
+    ("v if v.__class__ else 0", "attribute access '.__class__' is not allowed", "     ^^^^^^^^^^^"),
+    ("1 if v else [].__class__", "attribute access '.__class__' is not allowed", "            ^^^^^^^^^^^^"),
+    ("v and __import__('os')", f"function '__import__' is not allowed (allowed: {ALLOWED})", "      ^^^^^^^^^^"),
+    ("(lambda: 1)() or v", "only the listed functions can be called, by name", " ^^^^^^^^^"),
+    ("v or (y := 1)", "':=' is not allowed", "      ^^^^^^"),
+    ("v // ().__class__", "attribute access '.__class__' is not allowed", "     ^^^^^^^^^^^^"),
+    ("hypot(v, open('f'))", f"function 'open' is not allowed (allowed: {ALLOWED})", "         ^^^^"),
+    ("power(v, '2')", "strings are not allowed (only numbers)", "         ^^^"),
+    ("fmod(v, x)", "name 'x' is not allowed (use v, pi or e)", "        ^"),
+    ("round(abs, 1)", "'abs' is a function: call it, like abs(v)", "      ^^^"),
+    ("v if v else lambda: 1", "lambda is not allowed", "            ^^^^^^^^^"),
     ("v in v", "operator 'in' is not allowed (allowed: < <= > >= == !=)", "^^^^^^"),
     ("True", "True is not allowed (use 1.0)", "^^^^"),
     ("1j", "complex numbers are not allowed", "^^"),

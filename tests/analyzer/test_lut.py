@@ -17,18 +17,22 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 
 LEAVES = st.sampled_from(["v", "v", "v", "0", "1", "0.5", "2", "3", "-1", "0.25", "pi", "10", "1e-3", "0.3"])
 UNARY = ["abs", "sqrt", "exp", "log", "log2", "log10", "sin", "cos", "tan", "tanh", "arctan", "floor", "ceil", "sign",
-         "sigmoid", "-"]
-BINARY = ["+", "-", "*", "/", "**", "%", "<", "<=", ">", ">=", "==", "!="]
+         "sigmoid", "-", "square", "round", "arcsin", "arccos", "sinh", "cosh"]
+BINARY = ["+", "-", "*", "/", "**", "%", "//", "<", "<=", ">", ">=", "==", "!=", "and", "or"]
 
 
 def _extend(inner):
     return st.one_of(
         st.tuples(st.sampled_from(UNARY), inner).map(lambda t: f"{t[0]}({t[1]})"),
         st.tuples(inner, st.sampled_from(BINARY), inner).map(lambda t: f"({t[0]}) {t[1]} ({t[2]})"),
-        st.tuples(st.sampled_from(["min", "max"]), inner, inner).map(lambda t: f"{t[0]}({t[1]}, {t[2]})"),
+        st.tuples(st.sampled_from(["min", "max", "power", "fmod", "hypot"]), inner, inner).map(
+            lambda t: f"{t[0]}({t[1]}, {t[2]})"
+        ),
+        st.tuples(inner, st.sampled_from(["-2", "0", "1", "3"])).map(lambda t: f"round({t[0]}, {t[1]})"),
         st.tuples(st.sampled_from(["clip", "where"]), inner, inner, inner).map(
             lambda t: f"{t[0]}({t[1]}, {t[2]}, {t[3]})"
         ),
+        st.tuples(inner, inner, inner).map(lambda t: f"({t[0]}) if ({t[1]}) else ({t[2]})"),
     )
 
 
@@ -37,6 +41,8 @@ EXPRESSIONS = st.recursive(LEAVES, _extend, max_leaves=7)
 TYPICAL = st.sampled_from([
     "abs(v)", "(2+v)/3", "(2-2*v)/3", "v*v", "sqrt(abs(v))", "0.5 + 0.5*sin(6*v)", "where(v > 0.2, 1, 0.3)",
     "floor(8*v)/8", "(3*v) % 1", "sigmoid(12*v)", "clip(4*v, 0, 1)", "1/(1+abs(v))", "exp(-4*v*v)", "v**3",
+    "fmod(3*v, 1)", "(8*v) // 1 / 8", "round(v, 1)", "v if v > 0.5 else 1 - v", "v > 0.3 and 0.8 or 0.2",
+    "hypot(v, 0.5)", "tanh(3*v)", "(v - 0.5) * 0.9 + 0.5 and arcsin(v)",
 ])
 
 
@@ -53,6 +59,11 @@ def _sample_points(lo, hi, rng, n):
 @example(text="(v - 0.5) % 0.25", seed=3, wide=True)
 @example(text="1 / (v - 0.1) + v / (v + 1)", seed=4, wide=False)  # poles inside cells
 @example(text="1 ** sqrt(v) + sqrt(v) ** 0", seed=5, wide=False)  # 1 ** NaN == NaN ** 0 == 1
+@example(text="fmod(8*v - 3, 0.7) + fmod(v, -0.25)", seed=6, wide=True)  # fmod keeps the sign of x
+@example(text="(5*v) // 0.3 + 1 // v", seed=7, wide=True)
+@example(text="hypot(log(v), exp(1000*v))", seed=8, wide=True)  # hypot(inf, NaN) is inf
+@example(text="(v - 0.5 and 2) + (v > 1 or v) + (1 if v < 0.3 else v)", seed=9, wide=False)
+@example(text="arcsin(v) + arccos(v - 1) + round(7.3*v, 1) + square(v - 1)", seed=10, wide=False)
 def test_bounds_contain_every_value_the_exact_path_computes(text, seed, wide):
     expr = parse_expression(text)
     rng = np.random.default_rng(seed)
@@ -74,16 +85,25 @@ def test_bounds_contain_every_value_the_exact_path_computes(text, seed, wide):
 @SETTINGS
 @given(seed=st.integers(0, 2**32 - 1))
 def test_hls_bounds_contain_colorsys(seed):
+    # H, S and L reach colorsys unclipped, as in the original: any float, the hue wraps.
     rng = np.random.default_rng(seed)
     n = 200
     lo = rng.random((3, n)) * np.where(rng.random((3, n)) < 0.3, 0.0, 1.0)
     hi = np.minimum(lo + rng.random((3, n)) * np.where(rng.random((3, n)) < 0.5, 1e-3, 0.5), 1.0)
+    wide = rng.random((3, n)) < 0.4
+    lo = np.where(wide, lo * 6 - 3, lo)
+    hi = np.where(wide, np.maximum(hi * 6 - 3, lo), hi)
     lo[:, :5], hi[:, :5] = 0.5, 0.5  # l == 0.5 exactly is colorsys's branch point
+    lo[2, 5:10], hi[2, 5:10] = 0.0, 0.0  # s == 0 returns (l, l, l) ...
+    lo[1, 5:10] = hi[1, 5:10] = [1e308, -1e308, np.inf, -np.inf, 3.0]  # ... also where 2*l overflows
+    lo[0, 10:12], hi[0, 10:12] = [-np.inf, 1e300], [np.inf, 1e300]
     nan = rng.random((3, n)) < 0.1
     h, l, s = (Interval(lo[i], hi[i], nan[i]) for i in range(3))
     bounds = hls_to_rgb_bounds(h, l, s)
     frac = rng.random((3, n, 8))
-    pts = lo[..., None] + (hi - lo)[..., None] * frac
+    with np.errstate(invalid="ignore"):
+        pts = np.where((lo == hi)[..., None], lo[..., None], lo[..., None] + (hi - lo)[..., None] * frac)
+    pts[0, 10] = [-np.inf, np.inf, -1e300, -2.75, 0.0, 0.5, 7.25, 1e300]
     pts = np.where(nan[..., None] & (rng.random((3, n, 8)) < 0.3), np.nan, pts)
     for k in range(8):
         rgb = [colorsys.hls_to_rgb(*(float(pts[i, j, k]) for i in (0, 1, 2))) for j in range(n)]

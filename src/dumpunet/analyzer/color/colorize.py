@@ -14,8 +14,9 @@ Red/Blue     any         ``t = ((clamp(v) - min)/(max - min) - 0.5) * 2`` (Linea
                          ``(sigmoid(gain*(v+offset)) - 0.5) * 2`` (Sigmoid) or Auto;
                          red ``t`` where ``t > 0``, blue ``-t`` where ``t < 0``
 Custom       any         the same ``t`` as Red/Blue goes into three expressions (R, G, B or
-                         H, S, L; see :mod:`.expressions`), each clipped to [0, 1]; HSL is
-                         converted as ``colorsys.hls_to_rgb(h, l, s)``
+                         H, S, L; see :mod:`.expressions`); HSL is converted as
+                         ``colorsys.hls_to_rgb(h, l, s)`` unclipped, like the original: the
+                         hue wraps around (h mod 1), S and L act beyond [0, 1]
 ===========  ==========  ====================================================================
 
 Auto [0,1] is ``(clamp(v, mn, mx) - mn) / (mx - mn)`` and Auto [-1,1] is ``(that - 0.5) * 2``,

@@ -10,18 +10,25 @@ under the offending part. A validated expression is evaluated by walking its tre
 =========================  =====================================================================
 numbers                    ``1``, ``0.5``, ``2e-3`` (all arithmetic is float64)
 names                      ``v`` (the transformed feature value), ``pi``, ``e``
-operators                  ``+ - * / ** %``, unary ``-`` and ``+``
+operators                  ``+ - * / // ** %``, unary ``-`` and ``+``
 comparisons                ``< <= > >= == !=``, chains like ``0 < v < 0.5``; they give 1.0 or 0.0
-functions                  ``abs sqrt exp log log2 log10 sin cos tan tanh arctan`` (alias
-                           ``atan``) ``floor ceil sign sigmoid`` (one argument),
-                           ``minimum maximum min max`` (two), ``clip(x, lo, hi)`` and
-                           ``where(c, a, b)`` (three)
+conditions                 ``a if c else b``, ``a and b``, ``a or b`` (Python's meaning, see below)
+functions                  one argument: ``abs sqrt square exp log log2 log10 sin cos tan arcsin
+                           arccos arctan sinh cosh tanh floor ceil sign sigmoid`` (aliases ``asin
+                           acos atan``); ``round(x)`` or ``round(x, n)`` with a whole number n;
+                           two: ``minimum maximum min max power fmod hypot``; three:
+                           ``clip(x, lo, hi)`` and ``where(c, a, b)``
 =========================  =====================================================================
 
 Numpy semantics throughout: ``1/0`` is inf, ``log(-1)`` and ``0/0`` are NaN, no exception and no
 warning. ``min``/``max`` are :func:`numpy.minimum`/:func:`numpy.maximum` (NaN wins),
 ``clip(x, lo, hi)`` is ``minimum(maximum(x, lo), hi)``, ``where(c, a, b)`` picks ``a`` where
-``c != 0`` (NaN counts as true, as in numpy), ``sigmoid(x)`` is ``1 / (1 + exp(-x))``.
+``c != 0`` (NaN counts as true, as in numpy), ``sigmoid(x)`` is ``1 / (1 + exp(-x))``,
+``round`` rounds half to even (:func:`numpy.round`), ``//`` is :func:`numpy.floor_divide`.
+The original evaluated expressions on one value at a time, so Python's conditionals worked
+there; here they mean the same per element: ``a if c else b`` is ``where(c, a, b)``,
+``a and b`` is ``b`` where ``a`` is true (non-zero or NaN) and ``a`` elsewhere, ``a or b`` is
+``a`` where ``a`` is true and ``b`` elsewhere.
 
 Examples
 --------
@@ -64,10 +71,25 @@ def _where(c, a, b):
     return np.where(np.not_equal(c, 0.0), a, b)
 
 
-# name -> (canonical name, number of arguments, numpy implementation)
+def _round(x, decimals=0.0):
+    return np.round(x, int(decimals))
+
+
+# name -> (canonical name, number of arguments, numpy implementation); round takes 1 or 2
 FUNCTIONS: dict[str, tuple[str, int, Callable[..., np.ndarray]]] = {
     "abs": ("abs", 1, np.abs),
     "sqrt": ("sqrt", 1, np.sqrt),
+    "square": ("square", 1, np.square),
+    "round": ("round", 1, _round),
+    "arcsin": ("arcsin", 1, np.arcsin),
+    "asin": ("arcsin", 1, np.arcsin),
+    "arccos": ("arccos", 1, np.arccos),
+    "acos": ("arccos", 1, np.arccos),
+    "sinh": ("sinh", 1, np.sinh),
+    "cosh": ("cosh", 1, np.cosh),
+    "power": ("power", 2, np.power),
+    "fmod": ("fmod", 2, np.fmod),
+    "hypot": ("hypot", 2, np.hypot),
     "exp": ("exp", 1, np.exp),
     "log": ("log", 1, np.log),
     "log2": ("log2", 1, np.log2),
@@ -97,6 +119,7 @@ BINARY: dict[type, tuple[str, Callable[..., np.ndarray]]] = {
     ast.Div: ("/", np.true_divide),
     ast.Pow: ("**", np.power),
     ast.Mod: ("%", np.remainder),
+    ast.FloorDiv: ("//", np.floor_divide),
 }
 
 COMPARE: dict[type, tuple[str, Callable[..., np.ndarray]]] = {
@@ -109,7 +132,6 @@ COMPARE: dict[type, tuple[str, Callable[..., np.ndarray]]] = {
 }
 
 _OPERATOR_TEXT: dict[type, str] = {
-    ast.FloorDiv: "//",
     ast.MatMult: "@",
     ast.LShift: "<<",
     ast.RShift: ">>",
@@ -128,8 +150,6 @@ _FORBIDDEN: dict[type, str] = {
     ast.Attribute: "attribute access is not allowed",
     ast.Subscript: "subscripts like v[0] are not allowed",
     ast.Lambda: "lambda is not allowed",
-    ast.IfExp: "'a if c else b' is not allowed (use where(c, a, b))",
-    ast.BoolOp: "'and'/'or' are not allowed (comparisons give 1.0 or 0.0: use a*b for and, maximum(a, b) for or)",
     ast.ListComp: "comprehensions are not allowed",
     ast.SetComp: "comprehensions are not allowed",
     ast.DictComp: "comprehensions are not allowed",
@@ -207,8 +227,7 @@ class _Checker:
         elif isinstance(node, ast.BinOp):
             if type(node.op) not in BINARY:
                 op = _OPERATOR_TEXT.get(type(node.op), type(node.op).__name__)
-                hint = " (use floor(a / b))" if isinstance(node.op, ast.FloorDiv) else ""
-                raise self.fail(f"operator '{op}' is not allowed (allowed: + - * / ** %){hint}", node)
+                raise self.fail(f"operator '{op}' is not allowed (allowed: + - * / // ** %)", node)
             self.check(node.left)
             self.check(node.right)
         elif isinstance(node, ast.UnaryOp):
@@ -227,6 +246,12 @@ class _Checker:
                 self.check(sub)
         elif isinstance(node, ast.Call):
             self.check_call(node)
+        elif isinstance(node, ast.IfExp):
+            for sub in (node.test, node.body, node.orelse):
+                self.check(sub)
+        elif isinstance(node, ast.BoolOp):
+            for sub in node.values:
+                self.check(sub)
         else:
             message = _FORBIDDEN.get(type(node), f"'{type(node).__name__}' is not allowed")
             if isinstance(node, ast.Attribute):
@@ -248,7 +273,16 @@ class _Checker:
             if isinstance(arg, ast.Starred):
                 raise self.fail("'*' unpacking is not allowed", arg)
         _, arity, _ = FUNCTIONS[func.id]
-        if len(node.args) != arity:
+        if func.id == "round" and len(node.args) in (1, 2):
+            digits = node.args[1] if len(node.args) == 2 else ast.Constant(0)
+            if isinstance(digits, ast.UnaryOp) and isinstance(digits.op, (ast.USub, ast.UAdd)):
+                digits = digits.operand
+            if not (isinstance(digits, ast.Constant) and type(digits.value) is int and digits.value <= 15):
+                message = "round()'s second argument must be a whole number of digits from -15 to 15, like 2"
+                raise self.fail(message, node.args[1])
+        elif func.id == "round":
+            raise self.fail(f"round() takes 1 or 2 arguments, got {len(node.args)}", node)
+        elif len(node.args) != arity:
             noun = "argument" if arity == 1 else "arguments"
             raise self.fail(f"{func.id}() takes {arity} {noun}, got {len(node.args)}", node)
         for arg in node.args:
@@ -317,6 +351,15 @@ def _eval(node: ast.expr, v: np.ndarray):
     if isinstance(node, ast.Call):
         assert isinstance(node.func, ast.Name)
         return FUNCTIONS[node.func.id][2](*(_eval(arg, v) for arg in node.args))
+    if isinstance(node, ast.IfExp):
+        return np.where(np.not_equal(_eval(node.test, v), 0.0), _eval(node.body, v), _eval(node.orelse, v))
+    if isinstance(node, ast.BoolOp):
+        result = _eval(node.values[0], v)
+        for sub in node.values[1:]:
+            true = np.not_equal(result, 0.0)  # Python's truth of a float: non-zero or NaN
+            nxt = _eval(sub, v)
+            result = np.where(true, nxt, result) if isinstance(node.op, ast.And) else np.where(true, result, nxt)
+        return result
     raise AssertionError(f"unvalidated node {type(node).__name__}")  # parse_expression let it through
 
 

@@ -182,6 +182,44 @@ def _mod(a, m):
     return first.union(second)
 
 
+def _fmod_up(lo, hi, m):
+    """Bounds of ``np.fmod(x, m)`` for ``0 <= lo <= x <= hi`` and m > 0: fmod is exact, so it is
+    monotone within a period, and ``hi - lo < m`` with ``fmod(lo) <= fmod(hi)`` means one period."""
+    r_lo, r_hi = np.fmod(lo, m), np.fmod(hi, m)
+    same = (np.subtract(hi, lo) < m) & (r_lo <= r_hi)
+    return np.where(same, r_lo, 0.0), np.where(same, r_hi, m)
+
+
+def _fmod(a, m):
+    """Bound ``np.fmod(x, m)`` (the sign of x, ``x - trunc(x/m)*m``) for a finite point ``m != 0``;
+    negative x mirror positive ones: ``fmod(x, m) == -fmod(-x, |m|)``."""
+    ok = _is_point(m) & np.isfinite(m.lo) & (m.lo != 0) & np.isfinite(a.lo) & np.isfinite(a.hi)
+    mm = np.where(ok, np.abs(m.lo), 1.0)
+    lo, hi = np.where(ok, a.lo, 0.0), np.where(ok, a.hi, 0.0)
+    up_lo, up_hi = _fmod_up(np.maximum(lo, 0.0), np.maximum(hi, 0.0), mm)
+    dn_lo, dn_hi = _fmod_up(np.maximum(-hi, 0.0), np.maximum(-lo, 0.0), mm)
+    up = Interval(up_lo, up_hi, np.zeros(ok.shape, bool)).restrict(hi >= 0)
+    down = Interval(-dn_hi, -dn_lo, np.zeros(ok.shape, bool)).restrict(lo < 0)
+    r = up.union(down)
+    return _settle(r.lo, r.hi, r.nan, ~ok, a, m)
+
+
+def _floordiv(a, b):
+    """Bound ``np.floor_divide``: below 2**40 it is the exact floor of the exact quotient, which
+    is monotone in each argument away from a zero divisor, so the corners bound it."""
+    r = _corners(np.floor_divide, a, b)
+    q = _corners(np.true_divide, a, b)
+    giveup = _contains_zero(b) | ~(np.maximum(np.abs(q.lo), np.abs(q.hi)) < 2.0**40)
+    return _settle(r.lo, r.hi, r.nan, giveup, a, b)
+
+
+def _hypot(a, b):
+    """Bound ``np.hypot``: increasing in |x| and |y|; ``hypot(inf, NaN)`` is inf, so NaN gives up."""
+    r = _corners(np.hypot, _abs(a), _abs(b))
+    giveup = a.nan | b.nan | a.empty | b.empty
+    return _widen(_settle(r.lo, r.hi, r.nan, giveup))
+
+
 def _neg(a):
     return Interval(-a.hi, -a.lo, a.nan)
 
@@ -192,12 +230,17 @@ def _abs(a):
     return Interval(np.where(a.empty, _INF, lo), np.where(a.empty, -_INF, hi), a.nan)
 
 
-def _monotone(f, a: Interval, *, domain_lo: float | None = None, exact: bool = False) -> Interval:
-    """Bounds of an increasing ``f``; values below ``domain_lo`` give NaN (sqrt, log)."""
+def _monotone(
+    f, a: Interval, *, domain_lo: float | None = None, domain_hi: float | None = None, exact: bool = False
+) -> Interval:
+    """Bounds of an increasing ``f``; values outside ``[domain_lo, domain_hi]`` give NaN (sqrt, log)."""
     lo, hi, nan = a.lo, a.hi, a.nan
     if domain_lo is not None:
         nan = nan | (lo < domain_lo)
         lo = np.maximum(lo, domain_lo)
+    if domain_hi is not None:
+        nan = nan | (hi > domain_hi)
+        hi = np.minimum(hi, domain_hi)
     empty = a.empty | (lo > hi)
     f_lo = np.where(empty, _INF, f(np.where(empty, 0.0, lo)))
     f_hi = np.where(empty, -_INF, f(np.where(empty, 0.0, hi)))
@@ -271,7 +314,10 @@ def _compare(op: type, a: Interval, b: Interval) -> Interval:
     return Interval(lo, hi, np.zeros(lo.shape, bool))
 
 
-_BINARY = {ast.Add: _add, ast.Sub: _sub, ast.Mult: _mul, ast.Div: _div, ast.Pow: _pow, ast.Mod: _mod}
+_BINARY = {
+    ast.Add: _add, ast.Sub: _sub, ast.Mult: _mul, ast.Div: _div, ast.Pow: _pow, ast.Mod: _mod, ast.FloorDiv: _floordiv,
+}
+_CALLS2 = {"power": _pow, "fmod": _fmod, "hypot": _hypot}
 
 _UNARY = {
     "abs": _abs,
@@ -280,8 +326,14 @@ _UNARY = {
     "log": lambda a: _monotone(np.log, a, domain_lo=0.0),
     "log2": lambda a: _monotone(np.log2, a, domain_lo=0.0),
     "log10": lambda a: _monotone(np.log10, a, domain_lo=0.0),
+    "square": lambda a: _monotone(np.square, _abs(a), exact=True),
     "tanh": lambda a: _monotone(np.tanh, a),
+    "sinh": lambda a: _monotone(np.sinh, a),
+    "cosh": lambda a: _monotone(np.cosh, _abs(a)),
     "arctan": lambda a: _monotone(np.arctan, a),
+    "arcsin": lambda a: _monotone(np.arcsin, a, domain_lo=-1.0, domain_hi=1.0),
+    # arccos decreases: arccos(x) is the increasing arccos(-y) at y = -x (negation is exact).
+    "arccos": lambda a: _monotone(lambda y: np.arccos(np.negative(y)), _neg(a), domain_lo=-1.0, domain_hi=1.0),
     "floor": lambda a: _monotone(np.floor, a, exact=True),
     "ceil": lambda a: _monotone(np.ceil, a, exact=True),
     "sign": lambda a: _monotone(np.sign, a, exact=True),
@@ -332,6 +384,25 @@ def _bound(node: ast.expr, v: Interval) -> Interval:
             return _minmax(np.minimum, _minmax(np.maximum, args[0], args[1]), args[2])
         if name == "where":
             return _where(*args)
+        if name in _CALLS2:
+            return _CALLS2[name](*args)
+        if name == "round":
+            # rint(x * 10**d) / 10**d (or the mirror for d < 0): every step is monotone.
+            d = int(evaluate(Expression("", node.args[1], False), np.zeros(()))) if len(args) == 2 else 0
+            return _monotone(lambda x: np.round(x, d), args[0], exact=True)
+    if isinstance(node, ast.IfExp):
+        return _where(_bound(node.test, v), _bound(node.body, v), _bound(node.orelse, v))
+    if isinstance(node, ast.BoolOp):
+        # Python's and/or on one float: "a and b" is b where a is true (non-zero or NaN), else a,
+        # which is then a zero; "a or b" is a where a is true, else b.
+        result = _bound(node.values[0], v)
+        for sub in node.values[1:]:
+            nxt = _bound(sub, v)
+            if isinstance(node.op, ast.And):
+                result = _where(result, nxt, Interval.point(0.0, n))
+            else:
+                result = _where(result, result, nxt)
+        return result
     raise AssertionError(f"no interval rule for {ast.dump(node)}")
 
 
@@ -372,11 +443,12 @@ def _hue_bounds(m1: Interval, m2: Interval, hue: Interval) -> Interval:
 
 
 def hls_to_rgb_bounds(h: Interval, l: Interval, s: Interval) -> tuple[Interval, Interval, Interval]:
-    """Bound :func:`colorsys.hls_to_rgb` (argument order H, L, S) for h, l, s in [0, 1] or NaN."""
+    """Bound :func:`colorsys.hls_to_rgb` (argument order H, L, S) for any h, l, s, NaN included."""
     n = h.lo.shape[0]
     with np.errstate(all="ignore"):
         one, two, unit = Interval.point(1.0, n), Interval.point(2.0, n), Interval.point(1.0, n)
-        # s == 0 returns (l, l, l), which the general formula reproduces exactly, so no branch.
+        # s == 0 returns (l, l, l): for moderate l the general formula gives exactly l too, but
+        # not where 2*l overflows or l is infinite, so that branch is joined in below.
         low = l.lo <= 0.5
         high = l.hi > 0.5
         l_low = Interval(l.lo, np.minimum(l.hi, 0.5), l.nan).restrict(low)
@@ -390,4 +462,5 @@ def hls_to_rgb_bounds(h: Interval, l: Interval, s: Interval) -> tuple[Interval, 
         for shift in (ONE_THIRD, 0.0, -ONE_THIRD):
             first, second = _mod_pieces(_add(h, Interval.point(shift, n)) if shift else h, unit)
             rgb.append(_hue_bounds(m1, m2, first).union(_hue_bounds(m1, m2, second)))
-        return tuple(rgb)  # type: ignore[return-value]
+        gray = _contains_zero(s) & ~s.empty
+        return tuple(c.union(l.restrict(gray)) for c in rgb)  # type: ignore[return-value]

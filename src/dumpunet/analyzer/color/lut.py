@@ -46,7 +46,8 @@ _PIECES = 8
 
 def quantize(x: np.ndarray) -> np.ndarray:
     """Return ``clip(x*256, 0, 255)`` truncated to uint8, NaN as 0 (the original's pixel rule)."""
-    y = np.clip(np.asarray(x, dtype=np.float64) * 256.0, 0.0, 255.0)
+    with np.errstate(over="ignore"):  # unclipped channels may be huge; they clip to 255
+        y = np.clip(np.asarray(x, dtype=np.float64) * 256.0, 0.0, 255.0)
     return np.where(np.isnan(y), 0.0, y).astype(np.uint8)
 
 
@@ -74,8 +75,12 @@ def hls_to_rgb(h: np.ndarray, l: np.ndarray, s: np.ndarray) -> tuple[np.ndarray,
 
 
 def exact_channels(t: np.ndarray, exprs: tuple[Expression, Expression, Expression], space: str) -> np.ndarray:
-    """Evaluate the three expressions at ``t``, clip each to [0, 1], convert HSL; float64 [..., 3]."""
-    a, b, c = (np.clip(evaluate(e, t), 0.0, 1.0) for e in exprs)
+    """Evaluate the three expressions at ``t`` (and convert HSL); float64 [..., 3], not clipped.
+
+    As in the original, H, S and L go to colorsys as they are: the hue wraps around (h mod 1)
+    and S, L outside [0, 1] give RGB outside [0, 1], which only the pixel rule clips.
+    """
+    a, b, c = (evaluate(e, t) for e in exprs)
     if space == "hsl":
         a, b, c = hls_to_rgb(a, c, b)  # exprs are (H, S, L); colorsys wants (h, l, s)
     return np.stack([a, b, c], axis=-1)
@@ -86,15 +91,11 @@ def exact_pixels(t: np.ndarray, exprs: tuple[Expression, Expression, Expression]
     return quantize(exact_channels(np.asarray(t, dtype=np.float64), exprs, space))
 
 
-def _clip01(x: Interval) -> Interval:
-    return Interval(np.clip(x.lo, 0.0, 1.0), np.clip(x.hi, 0.0, 1.0), x.nan)
-
-
 def _proven_pixels(lo, hi, exprs, space) -> tuple[np.ndarray, np.ndarray]:
     """For each range [lo[i], hi[i]]: (proven, pixel uint8 [n, 3]) where proven means one pixel."""
     chans = [bound(e, lo, hi) for e in exprs]
     if space == "hsl":
-        h, s, l = (_clip01(c) for c in chans)
+        h, s, l = chans
         chans = list(hls_to_rgb_bounds(h, l, s))
     proven = np.ones(lo.shape, bool)
     pixel = np.zeros(lo.shape + (3,), np.uint8)
