@@ -349,3 +349,36 @@ def test_render_lays_out_blocks_by_the_image_size(tmp_path):
     (f,) = dumpunet.render(path, out=tmp_path / "out", progress=False)
     grid = json.loads((tmp_path / "out" / "manifest.json").read_text())["files"][0]["grid"]
     assert (grid["cols"], grid["rows"]) == (32, 10) == (f.params["grid"]["cols"], f.params["grid"]["rows"])
+
+
+# -- recorded maps -------------------------------------------------------------------------------
+
+
+@pytest.mark.recorder
+@pytest.mark.slow
+def test_recorded_tiny_sd1_maps_and_grids(tmp_path):
+    """Maps of a real (tiny) SD1 recording at 200x136, an image size that is no multiple of 64."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    from dumpunet.recorder.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("tiny-sd1")
+    pipe.set_progress_bar_config(disable=True)
+    path = tmp_path / "tiny.zarr"
+    with dumpunet.record(pipe, path, blocks="IN00,IN04,M00,OUT11", progress=False):
+        pipe(prompt="a cute girl, pink hair", num_inference_steps=2, height=136, width=200,
+             generator=torch.Generator().manual_seed(1), output_type="np")
+    store = dumpunet.open(path)
+    for block in ("IN00", "M00"):
+        x = store.features(block, 2, guidance="cond")[:2]
+        for method, transform, space, exprs in CASES:
+            exact = Original(method, transform, dtype=np.float64, space=space, exprs=exprs)
+            expected = np.concatenate([exact(m[None]) for m in x])
+            diff = np.abs(colorize(x, _spec(method, transform, space, exprs)).astype(np.int16) - expected)
+            limit = 1 if transform == "Sigmoid" else 0  # an ulp of exp at a level boundary
+            assert diff.max() <= limit, (block, method, transform, space, exprs)
+    files = dumpunet.render(path, out=tmp_path / "out", steps="2", progress=False)
+    for f in files:
+        c, h, w = store.features(f.params["block"], 2).shape
+        grid = f.params["grid"]
+        assert (grid["cols"], grid["rows"]) == original_grid(c, math.ceil(200 / 64), math.ceil(136 / 64)), f.path.name
