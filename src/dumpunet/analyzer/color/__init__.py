@@ -4,6 +4,7 @@
   :func:`colorize`, the entry point;
 - :mod:`.expressions`: the safe expression language of Custom colours (parsed, never eval'ed);
 - :mod:`.intervals`: interval arithmetic that proves lookup-table cells exact;
+- :mod:`.hls`: HSL as the original converted it (colorsys on arrays, unclipped) and its bounds;
 - :mod:`.lut`: lookup tables for Custom expressions;
 - :mod:`.kernels`: every numba kernel (colour, channel averages, tiling), each with a numpy
   reference in ``tests/analyzer/reference.py``;

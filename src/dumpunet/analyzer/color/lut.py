@@ -27,9 +27,10 @@ from functools import lru_cache
 import numpy as np
 
 from dumpunet.analyzer.color.expressions import Expression, evaluate, parse_expression
-from dumpunet.analyzer.color.intervals import ONE_SIXTH, ONE_THIRD, TWO_THIRD, Interval, bound, hls_to_rgb_bounds
+from dumpunet.analyzer.color.hls import hls_to_rgb, hls_to_rgb_bounds
+from dumpunet.analyzer.color.intervals import bound
 
-__all__ = ["CELLS", "CustomLut", "build_lut", "exact_pixels", "hls_to_rgb", "quantize"]
+__all__ = ["CELLS", "CustomLut", "build_lut", "exact_pixels", "quantize"]
 
 CELLS = 1 << 15
 # Cells are widened by this much so that rounding in the kernel's cell index cannot leave a
@@ -49,29 +50,6 @@ def quantize(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):  # unclipped channels may be huge; they clip to 255
         y = np.clip(np.asarray(x, dtype=np.float64) * 256.0, 0.0, 255.0)
     return np.where(np.isnan(y), 0.0, y).astype(np.uint8)
-
-
-def _v(m1, m2, hue):
-    hue = np.remainder(hue, 1.0)
-    return np.where(
-        hue < ONE_SIXTH,
-        m1 + (m2 - m1) * hue * 6.0,
-        np.where(hue < 0.5, m2, np.where(hue < TWO_THIRD, m1 + (m2 - m1) * (TWO_THIRD - hue) * 6.0, m1)),
-    )
-
-
-def hls_to_rgb(h: np.ndarray, l: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`colorsys.hls_to_rgb` on arrays, operation for operation, so bit for bit.
-
-    >>> [float(c) for c in hls_to_rgb(np.array(2/3), np.array(0.5), np.array(1.0))]
-    [0.0, 0.0, 1.0]
-    """
-    with np.errstate(all="ignore"):
-        m2 = np.where(l <= 0.5, l * (1.0 + s), l + s - (l * s))
-        m1 = 2.0 * l - m2
-        rgb = (_v(m1, m2, h + ONE_THIRD), _v(m1, m2, h), _v(m1, m2, h - ONE_THIRD))
-        gray = s == 0.0
-        return tuple(np.where(gray, l, c) for c in rgb)  # type: ignore[return-value]
 
 
 def exact_channels(t: np.ndarray, exprs: tuple[Expression, Expression, Expression], space: str) -> np.ndarray:
