@@ -31,7 +31,7 @@ from dumpunet.analyzer.color.colorize import ColorSpec, colorize
 from dumpunet.analyzer.grid import grid_shape
 from dumpunet.analyzer.reduce import channel_average
 from dumpunet.layouts import builtin_layout
-from dumpunet.store.schema import BlockInfo
+from dumpunet.store.schema import BlockInfo, RunAttrs
 from dumpunet.store.writer import StoreWriter
 
 METHODS = ("White/Black", "Red/Blue", "Custom")
@@ -338,10 +338,10 @@ def test_render_lays_out_blocks_by_the_image_size(tmp_path):
     # A 256x512 run: IN00 has 320 channels of 64x32 and is drawn 32 tiles across, 10 down.
     path = tmp_path / "portrait.zarr"
     info = BlockInfo("IN00", "unet.conv_in", ("conv_in",), "unet.conv_in", (320, 64, 32), (4, 64, 32), False)
-    w = StoreWriter(path, root_attrs={"model": {"name": "tiny-test"}, "blocks": [info.to_json()]})
-    w.begin_run("main", {"n_images": 1, "guidance": ["cond"], "steps": 1, "height": 512, "width": 256,
-                         "latent_size": [64, 32]}, [info], which=("output",), n_images=1, n_guidance=1,
-                dtype="float16")
+    w = StoreWriter(path, model={"name": "tiny-test"}, versions={})
+    w.set_block_table([info])
+    attrs = RunAttrs(n_images=1, guidance=("cond",), steps=1, height=512, width=256, latent_size=(64, 32))
+    w.begin_run("main", attrs, [info], which=("output",), dtype="float16")
     x = np.random.default_rng(0).standard_normal((1, 1, 320, 64, 32)).astype(np.float16)
     w.submit_call("main", step=1, substep=0, timestep=999.0, slabs={("IN00", "output"): x})
     w.finish_run("main", images=np.zeros((1, 8, 8, 3), np.uint8), latents=np.zeros((1, 4, 1, 1), np.float32))

@@ -399,7 +399,7 @@ def _task(t: _Target, slab: Slab, opts: RenderOptions, basis: pca.Basis | None) 
     sel = t.sel
     c, h, w = sel.shape(slab.block)
     n = 1 if opts.average is not None or opts.pca else c
-    size = (sel.run.attrs.get("height"), sel.run.attrs.get("width"))
+    size = (sel.run.info.height, sel.run.info.width)
     cols, rows = grid_shape(n, h, w, image=size if None not in size else None)  # the original's layout
     height, width = grid_size(cols, rows, h, w, opts.scale)
     parts = [sel.file_stem(slab)]
