@@ -105,7 +105,7 @@ def test_existing_store_is_refused_unless_overwrite(tmp_path):
     res = CliRunner().invoke(main, base)
     assert res.exit_code == 1 and f"{out} already exists; choose another --out or pass --overwrite" in res.output
     assert invoke(*base, "--overwrite", "--seed", "3").exit_code == 0
-    assert dumpunet.open(out).run().attrs["seed"] == 3
+    assert dumpunet.open(out).run().info.seed == 3
 
 
 def test_not_a_checkpoint_is_a_clear_error(tmp_path):
