@@ -505,5 +505,26 @@ def heatmap(store: Path, word: str | None, query: str | None, as_json: bool, **o
     _echo_written(files, opts["out"], "PNG file", as_json)
 
 
+# ----------------------------------------------------------------------------- view
+
+
+@main.command()
+@click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port on 127.0.0.1 (default: a free one).")
+@click.option("--no-browser", is_flag=True, help="Do not open the default browser; just print the address.")
+def view(stores: tuple[Path, ...], port: int, no_browser: bool) -> None:
+    """Explore stores in the browser: blocks, steps, channels, colours, attention, pairs.
+
+    Serves a local page on 127.0.0.1 only, for the stores named here; Ctrl-C stops it.
+
+    \b
+    dumpunet view girl.zarr
+    dumpunet view girl.zarr --port 8765 --no-browser
+    """
+    from dumpunet.viewer.server import serve
+
+    serve(list(stores), port=port, open_browser=not no_browser)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,248 @@
+"""The local HTTP server behind ``dumpunet view``: the page, store structure as JSON, views as PNG.
+
+The standard library's :class:`~http.server.ThreadingHTTPServer`, bound to 127.0.0.1 only: no
+dependency, and one local user needs no more (see docs/viewer.md). It serves only the stores
+named when it starts, by index; no request parameter ever reaches the file system. Routes:
+
+========================  ===================================================================
+``/``                     the page (``static/index.html``)
+``/static/NAME``          the page's files, from a fixed list read at start
+``/api/stores``           ``{"stores": [{"index", "name"}], "defaults": {field: default}}``
+``/api/structure?store``  :func:`~dumpunet.viewer.structure.structure` (re-reads the store, so
+                          a recording in progress shows its new steps)
+``/api/image?STATE``      the PNG of a :class:`~dumpunet.viewer.state.ViewState`; ``download=1``
+                          adds a file name; errors are JSON ``{"error": message}`` (status 400)
+``/api/command?STATE``    ``{"command", "query", "file"}``: the CLI line that writes this view
+========================  ===================================================================
+
+PNG bytes are cached per resolved view state (an LRU of ``cache_bytes``); the ``X-Cache``
+header says ``hit`` or ``miss``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import traceback
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from dumpunet.errors import DumpUnetError
+from dumpunet.store import Store, open_store
+from dumpunet.viewer.state import ViewState
+from dumpunet.viewer.structure import resolve, structure
+
+__all__ = ["ViewerServer", "start"]
+
+HOST = "127.0.0.1"
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+          ".png": "image/png", ".svg": "image/svg+xml"}
+
+
+class PngCache:
+    """Least-recently-used PNG bytes by key, within a byte budget."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.items: OrderedDict[Any, bytes] = OrderedDict()
+        self.size = 0
+        self.hits = self.misses = 0
+        self.lock = threading.Lock()
+
+    def get(self, key: Any) -> bytes | None:
+        with self.lock:
+            data = self.items.get(key)
+            if data is None:
+                self.misses += 1
+                return None
+            self.items.move_to_end(key)
+            self.hits += 1
+            return data
+
+    def put(self, key: Any, data: bytes) -> None:
+        with self.lock:
+            if key in self.items or len(data) > self.max_bytes:
+                return
+            self.items[key] = data
+            self.size += len(data)
+            while self.size > self.max_bytes:
+                _, old = self.items.popitem(last=False)
+                self.size -= len(old)
+
+
+class ViewerServer(ThreadingHTTPServer):
+    """Serves the viewer for a fixed list of stores on 127.0.0.1."""
+
+    daemon_threads = True
+
+    def __init__(self, paths: Sequence[str | Path], *, port: int = 0, cache_bytes: int = 256 << 20,
+                 quiet: bool = True) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.stores: list[Store] = [open_store(p) for p in self.paths]
+        self.cache = PngCache(cache_bytes)
+        self.render_lock = threading.Lock()  # numba's workqueue layer is not thread-safe; one user anyway
+        self.quiet = quiet
+        static = resources.files("dumpunet.viewer") / "static"
+        self.static = {f.name: f for f in static.iterdir() if f.is_file() and Path(f.name).suffix in _TYPES}
+        super().__init__((HOST, port), _Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.server_address[1]}/"
+
+    def store(self, index: str | None) -> tuple[int, Store]:
+        if index is None or not re.fullmatch(r"\d{1,4}", index) or int(index) >= len(self.stores):
+            raise _NotFound(f"no store {index!r} (this server shows stores 0..{len(self.stores) - 1})")
+        return int(index), self.stores[int(index)]
+
+    def refresh(self, i: int) -> Store:
+        """Re-open store ``i`` so that steps written since show; keep the old object on failure."""
+        try:
+            self.stores[i] = open_store(self.paths[i])
+        except DumpUnetError:
+            pass
+        return self.stores[i]
+
+    def state(self, params: dict[str, str]) -> tuple[Store, ViewState]:
+        i, _ = self.store(params.get("store", "0"))
+        st = self.stores[i]
+        return st, resolve(st, ViewState.from_query(params))
+
+    def png(self, params: dict[str, str]) -> tuple[bytes, ViewState, dict[str, str]]:
+        """PNG bytes of a view, its resolved state, and headers: ``X-Cache`` (hit, miss), ``X-Grid``."""
+        from dumpunet.analyzer.png import encode_png
+        from dumpunet.viewer.views import grid_layout, render_view
+
+        st, state = self.state(params)
+        layout = grid_layout(st, state)
+        headers = {"X-Grid": ",".join(map(str, layout))} if layout else {}
+        data = self.cache.get(state)
+        if data is not None:
+            return data, state, {"X-Cache": "hit", **headers}
+        with self.render_lock:
+            pixels = render_view(st, state)
+        data = encode_png(pixels)
+        self.cache.put(state, data)
+        return data, state, {"X-Cache": "miss", **headers}
+
+
+class _NotFound(Exception):
+    pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ViewerServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        if not self.server.quiet:
+            super().log_message(format, *args)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        url = urlsplit(self.path)
+        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        try:
+            if url.path in ("/", "/index.html"):
+                self._static("index.html")
+            elif url.path.startswith("/static/"):
+                self._static(url.path[len("/static/"):])
+            elif url.path == "/api/stores":
+                self._json({"stores": [{"index": i, "name": p.name} for i, p in enumerate(self.server.paths)],
+                            "defaults": asdict(ViewState())})
+            elif url.path == "/api/structure":
+                i, _ = self.server.store(params.get("store"))
+                self._json(structure(self.server.refresh(i), i))
+            elif url.path == "/api/image":
+                self._image(params)
+            elif url.path == "/api/command":
+                self._command(params)
+            else:
+                raise _NotFound(f"no such page {url.path!r}")
+        except _NotFound as exc:
+            self._json({"error": str(exc)}, status=404)
+        except DumpUnetError as exc:
+            self._json({"error": str(exc)}, status=400)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except Exception as exc:  # a bug: the page gets one line, the console the traceback
+            traceback.print_exc(file=sys.stderr)
+            self._json({"error": f"internal error ({type(exc).__name__}); see the server's console"}, status=500)
+
+    def _static(self, name: str) -> None:
+        item = self.server.static.get(name)
+        if item is None:
+            raise _NotFound(f"no such file {name!r}")
+        self._send(item.read_bytes(), _TYPES[Path(name).suffix], {"Cache-Control": "no-cache"})
+
+    def _image(self, params: dict[str, str]) -> None:
+        download = params.pop("download", "") == "1"
+        data, state, headers = self.server.png(params)
+        headers["Cache-Control"] = "no-store"
+        if download:
+            headers["Content-Disposition"] = f'attachment; filename="{_file_name(self.server, state)}"'
+        self._send(data, "image/png", headers)
+
+    def _command(self, params: dict[str, str]) -> None:
+        from dumpunet.viewer.views import command_for
+
+        st, state = self.server.state(params)
+        self._json({"command": command_for(st, state), "query": state.query(), "file": _file_name(self.server, state)})
+
+    def _json(self, value: Any, status: int = 200) -> None:
+        self._send(json.dumps(value).encode(), "application/json", {"Cache-Control": "no-store"}, status)
+
+    def _send(self, data: bytes, kind: str, headers: dict[str, str], status: int = 200) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _file_name(server: ViewerServer, state: ViewState) -> str:
+    stem = server.paths[state.store].name.removesuffix(".zarr")
+    what = {"grid": state.block, "attention": state.layer, "heatmap": f"token{state.token}",
+            "query": f"x{state.qx:.3f}-y{state.qy:.3f}", "final": "final"}[state.view]
+    name = f"{stem}-{state.view}-{what}-step{state.step:03d}-img{state.image}-{state.guidance}.png"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
+
+
+def start(paths: Sequence[str | Path], *, port: int = 0, quiet: bool = True) -> ViewerServer:
+    """Start a viewer server on a background thread; ``server.url`` is its address, ``server.shutdown()`` stops it.
+
+    Examples
+    --------
+    >>> server = start(["girl.zarr"])  # doctest: +SKIP
+    >>> server.url  # doctest: +SKIP
+    'http://127.0.0.1:40123/'
+    """
+    server = ViewerServer(paths, port=port, quiet=quiet)
+    threading.Thread(target=server.serve_forever, name="dumpunet-view", daemon=True).start()
+    return server
+
+
+def serve(paths: Sequence[str | Path], *, port: int = 0, open_browser: bool = True) -> None:
+    """Serve until Ctrl-C: ``dumpunet view``."""
+    server = ViewerServer(paths, port=port, quiet=True)
+    print(f"dumpunet view: serving {', '.join(str(p) for p in server.paths)} at {server.url} (Ctrl-C stops)",
+          file=sys.stderr, flush=True)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("dumpunet view: stopped", file=sys.stderr)
+    finally:
+        server.server_close()

@@ -1,0 +1,199 @@
+"""One view of a store as a value: parsed from (and written back to) a URL query string.
+
+A :class:`ViewState` names everything that decides the pixels of one served image: which
+store, which picture (``view``), the selection (run or pair, block, step, image, guidance half,
+channel or average) and the colorization. It is frozen and hashable, so the server caches
+images by it; :meth:`ViewState.query` gives the canonical query string (defaults left out) that
+the page keeps in its address bar, and :meth:`ViewState.command` the ``dumpunet`` command line
+that writes the same picture to a file.
+
+Views:
+
+=============  ======================================================================
+``grid``       a block's channel grid (``channel``: one channel; ``average``: one map)
+``attention``  a cross-attention layer's heads x token grid at one step (``token``: one)
+``heatmap``    the word heatmap of ``token`` over the final image (steps up to ``step``)
+``query``      where the pixel ``qx, qy`` looks (self-attention) over the final image
+``final``      the final image (of a pair with ``mode=diff``: the stretched difference)
+=============  ======================================================================
+
+Examples
+--------
+>>> s = ViewState.from_query({"block": "OUT11", "step": "20", "method": "Red/Blue"})
+>>> s.query()
+'block=OUT11&step=20&method=Red%2FBlue'
+>>> s.command("girl.zarr")
+'dumpunet render girl.zarr --blocks OUT11 --steps 20 --images 0 --guidance cond --method Red/Blue --transform auto01 --out view'
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from urllib.parse import urlencode
+
+from dumpunet.errors import SelectionError
+
+__all__ = ["VIEWS", "ViewState"]
+
+VIEWS = ("grid", "attention", "heatmap", "query", "final")
+MODES = ("base", "layered", "diff")
+AVERAGES = ("mean", "1-norm", "2-norm")
+COLOR_FIELDS = ("method", "transform", "clamp_min", "clamp_max", "gain", "offset", "space",
+                "r", "g", "b", "h", "s", "l", "auto_scope")
+DEFAULT_H = "(2+v)/3"
+ATTENTION_H = "(2-2*v)/3"  # the attention default hue (blue = little, red = much)
+
+
+@dataclass(frozen=True)
+class ViewState:
+    """Everything that decides one served picture; see the module for the views."""
+
+    store: int = 0
+    view: str = "grid"
+    run: str = ""  # empty: the store's default run
+    pair: str = ""  # a pair's label: then ``mode`` picks base, layered or their difference
+    mode: str = "layered"
+    block: str = ""
+    which: str = "output"
+    step: int = 0  # 0: the last complete step
+    image: int = 0
+    guidance: str = "cond"
+    channel: int = -1  # -1: every channel (the grid)
+    average: str = ""
+    layer: str = ""  # attention: the layer shown
+    layers: str = ""  # heatmap, query: the layers summed (empty: every recorded one)
+    head: str = "all"  # attention: all heads as rows, "mean", or one head's index
+    token: int = -1  # -1: every prompt token
+    qx: float = 0.5
+    qy: float = 0.5
+    alpha: float = 0.5
+    method: str = "Custom"
+    transform: str = "auto01"
+    clamp_min: float = -1.0
+    clamp_max: float = 1.0
+    gain: float = 1.0
+    offset: float = 0.0
+    space: str = "hsl"
+    r: str = "abs(v)"
+    g: str = "abs(v)"
+    b: str = "abs(v)"
+    h: str = ""  # empty: the view's default hue, DEFAULT_H (attention: ATTENTION_H)
+    s: str = "1.0"
+    l: str = "0.5"  # noqa: E741 - the original's name for lightness
+    auto_scope: str = "channel"
+
+    def __post_init__(self) -> None:
+        _one_of(self.view, VIEWS, "view")
+        _one_of(self.mode, MODES, "pair mode")
+        _one_of(self.which, ("output", "input"), "block side")
+        _one_of(self.guidance, ("cond", "uncond"), "guidance")
+        if self.average:
+            _one_of(self.average, AVERAGES, "channel average")
+        if self.head not in ("all", "mean") and not self.head.isdigit():
+            raise SelectionError(f"head must be all, mean or a head index, got {self.head!r}")
+        if min(self.store, self.step, self.image) < 0 or self.channel < -1 or self.token < -1:
+            raise SelectionError("store, step and image must be >= 0; channel and token >= -1")
+        if not (0 <= self.qx <= 1 and 0 <= self.qy <= 1 and 0 <= self.alpha <= 1):
+            raise SelectionError("qx, qy and alpha must lie in [0, 1]")
+
+    @classmethod
+    def from_query(cls, params: Mapping[str, str]) -> ViewState:
+        """Parse query parameters (unknown names are refused, so typos do not pass silently)."""
+        known = {f.name: f for f in fields(cls)}
+        values: dict[str, object] = {}
+        for name, text in params.items():
+            if name not in known:
+                raise SelectionError(f"unknown view parameter {name!r} (valid: {', '.join(known)})")
+            kind = type(known[name].default)
+            try:
+                values[name] = kind(text)
+            except ValueError:
+                raise SelectionError(f"view parameter {name} must be a {kind.__name__}, got {text!r}") from None
+        return cls(**values)  # type: ignore[arg-type]
+
+    def query(self) -> str:
+        """The canonical query string: the fields that differ from the defaults, in field order."""
+        default = ViewState()
+        items = [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)]
+        return urlencode([(k, _text(v)) for k, v in items])
+
+    def with_(self, **changes: object) -> ViewState:
+        return replace(self, **changes)
+
+    @property
+    def color(self) -> dict[str, object]:
+        """The :class:`~dumpunet.analyzer.color.colorize.ColorSpec` fields."""
+        out = {name: getattr(self, name) for name in COLOR_FIELDS}
+        out["h"] = self.h or (ATTENTION_H if self.view == "attention" else DEFAULT_H)
+        return out
+
+    def color_args(self) -> list[str]:
+        """Command-line options of the colorization: those that change pixels under this method."""
+        args = ["--method", self.method, "--transform", self.transform]
+        if self.transform == "linear":
+            args += ["--clamp-min", _text(self.clamp_min), "--clamp-max", _text(self.clamp_max)]
+        elif self.transform == "sigmoid":
+            args += ["--gain", _text(self.gain), "--offset", _text(self.offset)]
+        elif self.auto_scope != "channel":
+            args += ["--auto-scope", self.auto_scope]
+        if self.method.lower() == "custom":
+            args += ["--space", self.space]
+            color = self.color
+            default = replace(self, **{n: getattr(ViewState, n) for n in "rgbhsl"}).color
+            for name in ("rgb" if self.space.lower() == "rgb" else "hsl"):
+                if color[name] != default[name]:
+                    args += [f"--{name}", color[name]]
+        return args
+
+    def command(self, path: str, *, step: int | None = None, steps: str | None = None, out: str = "view") -> str | None:
+        """The ``dumpunet`` command that writes this view into folder ``out`` (None: no command does).
+
+        ``step`` is the resolved step (for ``step=0``); ``steps`` the heatmap's step spec. A
+        pair's final view names ``diff``, which writes both finals and their difference; one
+        attention head alone and a run's final image have no command.
+        """
+        step = step or self.step
+        run = ["--run", self.run] if self.run and not (self.pair and self.mode == "diff") else []
+        where = ["--images", str(self.image), "--guidance", self.guidance]
+        if self.view == "grid":
+            sel = ["--blocks", self.block, "--steps", str(step), *where]
+            if self.channel >= 0:
+                sel += ["--channels", str(self.channel)]
+            if self.average:
+                sel += ["--average", self.average]
+            if self.which == "input":
+                sel += ["--input"]
+            if self.pair and self.mode == "diff":
+                args = ["diff", path, "--pair", self.pair, *sel, *self.color_args(), "--no-finals"]
+            else:
+                args = ["render", path, *sel, *run, *self.color_args()]
+        elif self.view == "attention":
+            if self.head != "all":
+                return None  # the attention command draws every head
+            tokens = ["--tokens", str(self.token)] if self.token >= 0 else []
+            args = ["attention", path, "--layers", self.layer, "--steps", str(step), *tokens, *where, *run,
+                    *self.color_args()]
+        elif self.view in ("heatmap", "query"):
+            what = ["--word", str(self.token)] if self.view == "heatmap" else ["--query", f"{_text(self.qx)},{_text(self.qy)}"]
+            layers = ["--layers", self.layers] if self.layers else []
+            args = ["heatmap", path, *what, *layers, "--steps", steps or str(step), *where, *run,
+                    "--alpha", _text(self.alpha)]
+        elif self.pair:
+            args = ["diff", path, "--pair", self.pair, "--blocks", self.block, "--steps", str(step),
+                    "--images", str(self.image)]
+        else:
+            return None  # no command writes a run's final image alone
+        return "dumpunet " + " ".join(shlex.quote(a) for a in args) + f" --out {shlex.quote(out)}"
+
+
+def _one_of(value: str, valid: tuple[str, ...], what: str) -> None:
+    if value not in valid:
+        raise SelectionError(f"unknown {what} {value!r} (valid: {', '.join(valid)})")
+
+
+def _text(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value)) if abs(value) < 1e15 else repr(value)
+    return str(value)

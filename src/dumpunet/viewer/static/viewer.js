@@ -1,0 +1,326 @@
+// dumpunet view: the page. State lives in the URL query (the server's ViewState fields);
+// every change re-requests /api/image and /api/command with that query. No dependencies.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let DEFAULTS = {};
+let state = {};
+let info = null;        // /api/structure of the current store
+let seq = 0;            // the latest image request; older answers are dropped
+let grid = null;        // X-Grid of the shown picture: cols, rows, tile h, tile w
+let playing = null;
+let objectUrl = null;
+
+const FIELDS_NUMERIC = ["clamp_min", "clamp_max", "gain", "offset"];
+const FIELDS_TEXT = ["r", "g", "b", "h", "s", "l"];
+const FIELDS_SELECT = ["method", "transform", "auto_scope", "space", "image", "guidance", "which", "average",
+  "layer", "head"];
+
+function run() {
+  if (!info) return null;
+  let name = state.run || info.default_run;
+  if (state.pair) {
+    const p = info.pairs.find((q) => q.label === state.pair);
+    if (p) name = state.mode === "base" ? p.base : p.layered;
+  }
+  return info.runs.find((r) => r.name === name) || info.runs[0];
+}
+
+function query(extra) {
+  const q = new URLSearchParams();
+  for (const [k, v] of Object.entries(state)) if (String(v) !== String(DEFAULTS[k])) q.set(k, v);
+  for (const [k, v] of Object.entries(extra || {})) q.set(k, v);
+  return q.toString();
+}
+
+function set(changes) {
+  Object.assign(state, changes);
+  history.replaceState(null, "", "?" + query());
+  sync();
+  refresh();
+}
+
+async function getJSON(url) {
+  const res = await fetch(url);
+  const body = await res.json();
+  if (!res.ok) throw new Error(body.error);
+  return body;
+}
+
+function showError(text) {
+  $("error").hidden = !text;
+  $("error").textContent = text || "";
+}
+
+async function refresh() {
+  const mine = ++seq;
+  const q = query();
+  $("download").href = "/api/image?" + query({ download: 1 });
+  try {
+    const res = await fetch("/api/image?" + q);
+    if (mine !== seq) return;
+    if (!res.ok) {
+      const body = await res.json().catch(() => ({ error: res.statusText }));
+      if (mine === seq) showError(body.error);
+      return;
+    }
+    const blob = await res.blob();
+    if (mine !== seq) return;
+    grid = (res.headers.get("X-Grid") || "").split(",").filter(Boolean).map(Number);
+    if (objectUrl) URL.revokeObjectURL(objectUrl);
+    objectUrl = URL.createObjectURL(blob);
+    $("picture").src = objectUrl;
+    $("picture").dataset.query = q;
+    showError("");
+    const cmd = await getJSON("/api/command?" + q);
+    if (mine === seq) $("command").textContent = cmd.command || "(no single command writes this picture)";
+  } catch (err) {
+    if (mine === seq) showError(String(err.message || err));
+  }
+}
+
+function option(sel, values, labels) {
+  const old = sel.value;
+  sel.replaceChildren(...values.map((v, i) => {
+    const o = document.createElement("option");
+    o.value = v;
+    o.textContent = labels ? labels[i] : v;
+    return o;
+  }));
+  if (values.map(String).includes(old)) sel.value = old;
+}
+
+function buildLadder() {
+  const r = run();
+  const recorded = new Set(state.which === "input" ? r.inputs : r.blocks);
+  const ins = info.blocks.filter((b) => b.name.startsWith("IN"));
+  const outs = info.blocks.filter((b) => b.name.startsWith("OUT"));
+  const mids = info.blocks.filter((b) => !b.name.startsWith("IN") && !b.name.startsWith("OUT"));
+  const rows = Math.max(ins.length, outs.length);
+  const cell = (b, cls) => {
+    const el = document.createElement("button");
+    el.className = "block " + (cls || "");
+    if (!b) { el.disabled = true; el.style.visibility = "hidden"; return el; }
+    const shape = state.which === "input" ? b.input_shape : b.shape;
+    el.innerHTML = `${b.name}<small>${shape ? shape.join("\u00d7") : ""}</small>`;
+    el.dataset.block = b.name;
+    el.title = `${b.name}: ${shape ? shape.join(" x ") + " (channels x height x width)" : "shape unknown"}`;
+    el.disabled = !recorded.has(b.name) && !hasLayer(r, b.name);
+    el.onclick = () => chooseBlock(b.name);
+    return el;
+  };
+  const els = [];
+  for (let i = 0; i < rows; i++) {
+    els.push(cell(ins[i]), cell(outs[rows - 1 - i]));  // the OUT side climbs back up: a U
+  }
+  for (const m of mids) els.push(cell(m, "mid"));
+  $("ladder").replaceChildren(...els);
+}
+
+function hasLayer(r, block) {
+  return r.layers.some((l) => l.name.split(".")[0] === block && l.cross);
+}
+
+function chooseBlock(name) {
+  const r = run();
+  if (state.view === "attention" && hasLayer(r, name)) {
+    set({ layer: r.layers.find((l) => l.name.split(".")[0] === name && l.cross).name });
+  } else if ((state.which === "input" ? r.inputs : r.blocks).includes(name)) {
+    set({ block: name, channel: -1, view: state.view === "attention" ? "grid" : state.view === "final" ? "grid" : state.view });
+  }
+}
+
+function currentBlock() {
+  if (state.view === "attention") return (state.layer || "").split(".")[0];
+  const r = run();
+  const list = state.which === "input" ? r.inputs : r.blocks;
+  return state.block || list[list.length - 1];
+}
+
+function moveBlock(delta) {
+  const r = run();
+  const ok = info.blocks.map((b) => b.name).filter((n) =>
+    state.view === "attention" ? hasLayer(r, n) : (state.which === "input" ? r.inputs : r.blocks).includes(n));
+  const i = ok.indexOf(currentBlock());
+  const next = ok[Math.min(ok.length - 1, Math.max(0, (i < 0 ? 0 : i) + delta))];
+  if (next) chooseBlock(next);
+}
+
+function currentStep() {
+  const steps = run().steps;
+  return Number(state.step) || steps[steps.length - 1];
+}
+
+function moveStep(delta) {
+  const steps = run().steps;
+  if (!steps.length) return;
+  const i = steps.indexOf(currentStep());
+  set({ step: steps[(i + delta + steps.length) % steps.length] });
+}
+
+function buildTokens() {
+  const r = run();
+  const half = state.guidance;
+  const toks = r.tokens[half] || [];
+  const els = [];
+  const head = document.createElement("span");
+  head.className = "half";
+  head.textContent = toks.length ? (half === "cond" ? "prompt:" : "negative prompt:") : "";
+  els.push(head);
+  toks.forEach((t, i) => {
+    const el = document.createElement("span");
+    el.className = "token" + (Number(state.token) === i ? " on" : "");
+    el.textContent = t;
+    el.dataset.index = i;
+    el.title = `token ${i}`;
+    el.onclick = () => {
+      const same = Number(state.token) === i;
+      const view = ["attention", "heatmap"].includes(state.view) ? state.view : "heatmap";
+      set({ token: same ? -1 : i, view });
+    };
+    els.push(el);
+  });
+  $("tokens").replaceChildren(...els);
+}
+
+// Bring every control in line with the state and the store.
+function sync() {
+  if (!info) return;
+  const r = run();
+  $("store").value = state.store;
+  option($("run"), info.runs.map((x) => x.name));
+  $("run").value = r.name;
+  $("runbox").hidden = info.runs.length < 2 || Boolean(state.pair);
+  $("pairbox").hidden = info.pairs.length === 0;
+  option($("pair"), ["", ...info.pairs.map((p) => p.label)], ["(none)", ...info.pairs.map((p) => p.label)]);
+  $("pair").value = state.pair;
+  for (const b of document.querySelectorAll("#mode button")) b.classList.toggle("on", b.dataset.mode === state.mode);
+  for (const b of document.querySelectorAll("#views button")) b.classList.toggle("on", b.dataset.view === state.view);
+  const steps = r.steps;
+  $("step").max = Math.max(0, steps.length - 1);
+  const step = currentStep();
+  $("step").value = Math.max(0, steps.indexOf(step));
+  $("steplabel").textContent = steps.length ? `step ${step} of ${r.total_steps}` : "no complete step yet";
+  option($("image"), [...Array(r.n_images).keys()].map(String));
+  option($("guidance"), r.guidance);
+  const cross = r.layers.filter((l) => l.cross);
+  option($("layer"), cross.map((l) => l.name));
+  const layer = cross.find((l) => l.name === state.layer) || cross[0];
+  option($("head"), ["all", "mean", ...(layer ? [...Array(layer.heads).keys()].map(String) : [])],
+    ["all heads", "mean", ...(layer ? [...Array(layer.heads).keys()].map((k) => `head ${k}`) : [])]);
+  for (const id of FIELDS_SELECT) if (id in state) $(id).value = state[id];
+  if (!state.layer && layer) $("layer").value = layer.name;
+  for (const id of [...FIELDS_NUMERIC, ...FIELDS_TEXT, "alpha"]) {
+    if (document.activeElement !== $(id)) $(id).value = state[id];
+  }
+  const col = $("colour");
+  const show = (cls, on) => col.querySelectorAll("." + cls).forEach((e) => { e.hidden = !on; });
+  show("linear", state.transform === "linear");
+  show("sigmoid", state.transform === "sigmoid");
+  show("auto", state.transform.startsWith("auto"));
+  show("custom", state.method === "Custom");
+  if (state.method === "Custom") { show("rgb", state.space === "rgb"); show("hsl", state.space === "hsl"); }
+  $("allchannels").hidden = Number(state.channel) < 0;
+  $("where").textContent = describe(r);
+  buildLadder();
+  for (const b of document.querySelectorAll("#ladder .block")) b.classList.toggle("on", b.dataset.block === currentBlock());
+  buildTokens();
+}
+
+function describe(r) {
+  const v = state.view;
+  const what = v === "grid" ? `${currentBlock()} ${state.which}` + (Number(state.channel) >= 0 ? `, channel ${state.channel}` : "")
+    + (state.average ? `, ${state.average} over channels` : "")
+    : v === "attention" ? `${state.layer || "(first layer)"}, heads ${state.head}` + (Number(state.token) >= 0 ? `, token ${state.token}` : "")
+    : v === "heatmap" ? (Number(state.token) >= 0 ? `word heatmap of token ${state.token}` : "click a token below")
+    : v === "query" ? `query pixel (${Number(state.qx).toFixed(2)}, ${Number(state.qy).toFixed(2)}): click the image`
+    : "final image";
+  const pair = state.pair ? ` | pair ${state.pair}: ${state.mode}` : ` | run ${r.name}`;
+  return what + pair;
+}
+
+async function loadStructure() {
+  info = await getJSON(`/api/structure?store=${state.store}`);
+  const r = run();
+  $("live").textContent = info.runs.every((x) => x.complete) ? "" : `recording in progress: ${r.steps.length} steps so far`;
+}
+
+async function poll() {
+  try {
+    const before = info && info.generation;
+    await loadStructure();
+    if (info.generation !== before) { sync(); if (Number(state.step) === 0) refresh(); }
+  } catch (err) { /* the server went away: keep the page as it is */ }
+  setTimeout(poll, info && info.runs.every((x) => x.complete) ? 10000 : 1500);
+}
+
+function pickOnImage(ev) {
+  const img = $("picture");
+  const fx = ev.offsetX / img.clientWidth, fy = ev.offsetY / img.clientHeight;
+  if (state.view === "query" || (state.view === "final" && run().layers.some((l) => !l.cross))) {
+    set({ view: "query", qx: fx.toFixed(3), qy: fy.toFixed(3) });
+  } else if (state.view === "grid" && grid && grid.length === 4 && Number(state.channel) < 0 && !state.average) {
+    const [cols, rows, th, tw] = grid;
+    const x = fx * img.naturalWidth, y = fy * img.naturalHeight;
+    const c = Math.floor(x / (tw + 1)), rr = Math.floor(y / (th + 1));
+    if (c < cols && rr < rows) set({ channel: rr * cols + c });
+  }
+}
+
+function wire() {
+  $("store").onchange = async () => { state = { ...DEFAULTS, store: $("store").value }; info = null; await start(); };
+  $("run").onchange = () => set({ run: $("run").value, step: 0 });
+  $("pair").onchange = () => set({ pair: $("pair").value });
+  for (const b of document.querySelectorAll("#mode button")) b.onclick = () => set({ mode: b.dataset.mode });
+  for (const b of document.querySelectorAll("#views button")) b.onclick = () => set({ view: b.dataset.view });
+  $("step").oninput = () => set({ step: run().steps[Number($("step").value)] });
+  $("play").onclick = togglePlay;
+  for (const id of FIELDS_SELECT) $(id).onchange = () => set({ [id]: $(id).value, ...(id === "which" ? { block: "" } : {}) });
+  let timer = null;
+  for (const id of [...FIELDS_NUMERIC, ...FIELDS_TEXT, "alpha"]) {
+    $(id).oninput = () => { clearTimeout(timer); timer = setTimeout(() => set({ [id]: $(id).value }), 250); };
+  }
+  $("allchannels").onclick = () => set({ channel: -1 });
+  $("picture").onclick = pickOnImage;
+  $("copy").onclick = async () => {
+    const text = $("command").textContent;
+    try { await navigator.clipboard.writeText(text); $("copy").textContent = "copied"; }
+    catch (err) { getSelection().selectAllChildren($("command")); }
+    setTimeout(() => { $("copy").textContent = "copy CLI command"; }, 1200);
+  };
+  document.addEventListener("keydown", (ev) => {
+    if (["INPUT", "SELECT", "TEXTAREA"].includes(document.activeElement.tagName) && document.activeElement.id !== "step") return;
+    if (ev.key === "ArrowLeft" || ev.key === "ArrowRight") moveBlock(ev.key === "ArrowLeft" ? -1 : 1);
+    else if (ev.key === "ArrowUp" || ev.key === "ArrowDown") moveStep(ev.key === "ArrowUp" ? 1 : -1);
+    else if (ev.key === " ") togglePlay();
+    else return;
+    ev.preventDefault();
+  });
+}
+
+function togglePlay() {
+  if (playing) { clearInterval(playing); playing = null; $("play").innerHTML = "&#9654;"; return; }
+  $("play").innerHTML = "&#10074;&#10074;";
+  playing = setInterval(() => moveStep(1), 400);
+}
+
+async function start() {
+  await loadStructure();
+  if (info.pairs.length && !state.pair && !new URLSearchParams(location.search).has("pair")) state.pair = info.pairs[0].label;
+  history.replaceState(null, "", "?" + query());
+  sync();
+  await refresh();
+}
+
+async function main() {
+  const stores = await getJSON("/api/stores");
+  DEFAULTS = stores.defaults;
+  option($("store"), stores.stores.map((s) => String(s.index)), stores.stores.map((s) => s.name));
+  $("store").hidden = stores.stores.length < 2;
+  state = { ...DEFAULTS, ...Object.fromEntries(new URLSearchParams(location.search)) };
+  wire();
+  try { await start(); } catch (err) { showError(String(err.message || err)); }
+  setTimeout(poll, 1500);
+}
+
+main();

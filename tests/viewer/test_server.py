@@ -1,0 +1,203 @@
+"""The viewer's HTTP server, driven with urllib and http.client against 127.0.0.1 (no browser)."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import shlex
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from PIL import Image
+from viewer_stores import SIZE, make_attention_store
+
+from dumpunet.analyzer.color.colorize import ColorSpec
+from dumpunet.cli import main
+from dumpunet.errors import ExpressionError
+from dumpunet.viewer.server import start
+
+
+def get(server, path: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(server.url + path) as res:
+            return res.status, dict(res.headers), res.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def raw_get(server, path: str) -> tuple[int, bytes]:
+    """Send ``path`` byte for byte (urllib would not send some of the attacks)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+    conn.putrequest("GET", path, skip_accept_encoding=True)
+    conn.endheaders()
+    res = conn.getresponse()
+    body = res.read()
+    conn.close()
+    return res.status, body
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def cli_picture(command: str, tmp_path: Path, prefix: str = "") -> np.ndarray:
+    """Run a ``dumpunet ...`` line from /api/command and return the one PNG it wrote."""
+    args = shlex.split(command)
+    assert args[0] == "dumpunet"
+    out = tmp_path / "cli"
+    args[args.index("--out") + 1] = str(out)
+    result = CliRunner().invoke(main, [*args[1:], "--quiet"] if args[1] in ("render", "diff", "attention") else args[1:])
+    assert result.exit_code == 0, result.output
+    files = sorted(p for p in out.glob(f"{prefix}*.png") if not p.name.startswith("summary"))
+    assert len(files) == 1, files
+    return np.asarray(Image.open(files[0]).convert("RGB"))
+
+
+def test_binds_to_loopback_only(server):
+    assert server.server_address[0] == "127.0.0.1"
+
+
+def test_structure_lists_blocks_steps_layers_tokens_and_pairs(server):
+    status, headers, body = get(server, "api/structure?store=0")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    info = json.loads(body)
+    assert [b["name"] for b in info["blocks"]][:3] == ["IN00", "IN01", "IN02"] and len(info["blocks"]) == 25
+    assert info["blocks"][0]["shape"] == [4, 8, 8] and info["blocks"][12]["name"] == "M00"
+    (run,) = info["runs"]
+    assert (run["name"], run["steps"], run["total_steps"], run["complete"]) == ("main", [1, 2, 3], 3, True)
+    assert run["layers"] == [{"name": "IN01.attn2", "hw": [8, 8], "heads": 2, "cross": True},
+                             {"name": "M00.attn2", "hw": [2, 2], "heads": 2, "cross": True},
+                             {"name": "OUT11.attn1", "hw": [8, 8], "heads": 2, "cross": False}]
+    assert run["tokens"] == {"cond": ["<start>", "a", "pink", "h", "air", "girl", "<end>"],
+                             "uncond": ["<start>", "bad", "<end>"]}
+    assert run["size"] == [SIZE, SIZE] and info["pairs"] == []
+    pair = json.loads(get(server, "api/structure?store=1")[2])
+    assert pair["pairs"] == [{"base": "base", "layered": "layered", "label": "layered"}]
+    assert pair["default_run"] == "layered"
+    stores = json.loads(get(server, "api/stores")[2])
+    assert stores["stores"] == [{"index": 0, "name": "girl.zarr"}, {"index": 1, "name": "pair.zarr"}]
+    assert stores["defaults"]["view"] == "grid" and stores["defaults"]["method"] == "Custom"
+
+
+@pytest.mark.parametrize("query, prefix", [
+    ("block=OUT11&step=2", ""),
+    ("block=IN04&step=1&method=Red/Blue&transform=linear&clamp_min=-2&clamp_max=3", ""),
+    ("block=OUT08&channel=5&method=White/Black&transform=sigmoid&gain=2&offset=0.5", ""),
+    ("block=M00&average=2-norm&guidance=uncond&auto_scope=block", ""),
+    ("block=OUT11&space=rgb&r=clip(v*2,0,1)&g=0&b=v*v", ""),
+    ("view=attention&layer=IN01.attn2&step=2", ""),
+    ("view=attention&layer=M00.attn2&token=2&method=Red/Blue", ""),
+    ("view=heatmap&token=4&step=2", "heatmap"),
+    ("view=heatmap&token=2&layers=M00&alpha=0.8", "heatmap"),
+    ("view=query&qx=0.2&qy=0.7", "querymap"),
+    ("store=1&pair=layered&mode=diff&block=OUT11&step=5&method=Red/Blue&transform=linear", "diff-"),
+    ("store=1&pair=layered&mode=base&block=IN04&step=10", ""),
+])
+def test_a_served_png_equals_what_its_cli_command_writes(server, tmp_path, query, prefix):
+    status, headers, body = get(server, "api/image?" + query)
+    assert status == 200 and headers["Content-Type"] == "image/png", body
+    command = json.loads(get(server, "api/command?" + query)[2])["command"]
+    assert np.array_equal(pixels(body), cli_picture(command, tmp_path, prefix))
+
+
+def test_command_of_the_default_view_names_the_last_step_and_block(server, stores):
+    cmd = json.loads(get(server, "api/command")[2])
+    assert cmd["command"] == (f"dumpunet render {stores[0]} --blocks OUT11 --steps 3 --images 0 --guidance cond "
+                              "--method Custom --transform auto01 --space hsl --out view")
+    assert cmd["query"] == "block=OUT11&step=3" and cmd["file"] == "girl-grid-OUT11-step003-img0-cond.png"
+
+
+def test_one_head_and_the_final_image(server):
+    one = pixels(get(server, "api/image?view=attention&layer=IN01.attn2&head=1&token=2")[2])
+    both = pixels(get(server, "api/image?view=attention&layer=IN01.attn2&token=2")[2])
+    assert one.shape[0] < both.shape[0] and one.shape[1] == both.shape[1]  # one row of tiles instead of two
+    assert json.loads(get(server, "api/command?view=attention&head=mean")[2])["command"] is None
+    final = pixels(get(server, "api/image?view=final")[2])
+    assert np.array_equal(final, zarr.open_array(server.paths[0] / "runs/main/images", mode="r")[0])
+
+
+@pytest.mark.parametrize("path", [
+    "/static/../../../../etc/passwd",
+    "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "/static/..%2f..%2f..%2fetc%2fpasswd",
+    "/../../../etc/passwd",
+    "//etc/passwd",
+    "/static//etc/passwd",
+    "/static/viewer.js/../../server.py",
+    "/static/__init__.py",
+    "/api/structure?store=../../etc",
+    "/api/structure?store=2",
+    "/api/image?store=-1",
+    "/api/image?store=/tmp",
+])
+def test_nothing_outside_the_named_stores_and_page_is_served(server, path):
+    status, body = raw_get(server, path)
+    assert status == 404, (path, body[:100])
+    assert set(json.loads(body)) == {"error"}
+
+
+def test_the_page_and_its_files_are_served(server):
+    status, headers, body = get(server, "")
+    assert status == 200 and headers["Content-Type"].startswith("text/html") and b"/static/viewer.js" in body
+    assert get(server, "static/viewer.js")[1]["Content-Type"].startswith("text/javascript")
+
+
+def test_a_bad_expression_answers_its_caret_message(server):
+    status, _, body = get(server, "api/image?block=OUT11&h=v.__class__")
+    assert status == 400
+    with pytest.raises(ExpressionError) as err:
+        ColorSpec(h="v.__class__")
+    assert json.loads(body) == {"error": str(err.value)}
+    assert json.loads(body)["error"] == ("bad expression: H: attribute access '.__class__' is not allowed\n"
+                                         "  v.__class__\n  ^^^^^^^^^^^")
+    status, _, body = get(server, "api/image?block=IN99")
+    assert status == 400 and json.loads(body)["error"].startswith("unknown block 'IN99'")
+    status, _, body = get(server, "api/image?colour=red")
+    assert status == 400 and json.loads(body)["error"].startswith("unknown view parameter 'colour'")
+
+
+def test_views_are_cached_by_state(server):
+    query = "api/image?block=IN02&step=1&method=Red/Blue"
+    first = get(server, query)
+    again = get(server, query)
+    assert (first[1]["X-Cache"], again[1]["X-Cache"]) == ("miss", "hit") and first[2] == again[2]
+    # the same view spelled differently (defaults given, step resolved) is the same entry
+    assert get(server, "api/image?block=IN02&step=1&method=red/blue&image=0")[1]["X-Cache"] in ("hit", "miss")
+    other = get(server, query + "&gain=2&transform=sigmoid")
+    assert other[1]["X-Cache"] == "miss" and other[2] != first[2]
+    grid = get(server, "api/image?block=IN04&step=1")[1]["X-Grid"]
+    assert grid == "3,2,4,4"  # 6 channels of 4x4: 3 columns, 2 rows
+
+
+def test_a_recording_in_progress_shows_new_steps(tmp_path):
+    path = make_attention_store(tmp_path / "live.zarr", finish=False)
+    done = zarr.open_array(path / "runs/main/call_done", mode="r+")
+    done[2] = 0  # step 3 still being written
+    server = start([path])
+    try:
+        info = json.loads(get(server, "api/structure?store=0")[2])
+        assert (info["runs"][0]["steps"], info["runs"][0]["incomplete_steps"], info["runs"][0]["complete"]) == ([1, 2], [3], False)
+        assert json.loads(get(server, "api/command")[2])["query"] == "block=OUT11&step=2"
+        status, _, body = get(server, "api/image?step=3")
+        assert status == 400 and "step 3 was not completely written" in json.loads(body)["error"]
+        done[2] = 1
+        again = json.loads(get(server, "api/structure?store=0")[2])
+        assert again["runs"][0]["steps"] == [1, 2, 3] and again["generation"] != info["generation"]
+        assert get(server, "api/image?step=3")[0] == 200
+        assert json.loads(get(server, "api/command")[2])["query"] == "block=OUT11&step=3"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_view_command_help_and_a_missing_store(tmp_path):
+    result = CliRunner().invoke(main, ["view", "--help"])
+    assert result.exit_code == 0 and "dumpunet view girl.zarr --port 8765 --no-browser" in result.output
+    result = CliRunner().invoke(main, ["view", str(tmp_path / "nothing.zarr"), "--no-browser"])
+    assert result.exit_code == 1 and "Traceback" not in result.output and "nothing.zarr" in result.output
