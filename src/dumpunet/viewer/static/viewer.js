@@ -57,23 +57,23 @@ async function refresh() {
   const q = query();
   $("download").href = "/api/image?" + query({ download: 1 });
   try {
-    const res = await fetch("/api/image?" + q);
+    // picture and command together, so the page never shows one view's command under another's picture
+    const [res, cmd] = await Promise.all([fetch("/api/image?" + q), fetch("/api/command?" + q)]);
     if (mine !== seq) return;
     if (!res.ok) {
       const body = await res.json().catch(() => ({ error: res.statusText }));
       if (mine === seq) showError(body.error);
       return;
     }
-    const blob = await res.blob();
+    const [blob, command] = await Promise.all([res.blob(), cmd.json()]);
     if (mine !== seq) return;
     grid = (res.headers.get("X-Grid") || "").split(",").filter(Boolean).map(Number);
     if (objectUrl) URL.revokeObjectURL(objectUrl);
     objectUrl = URL.createObjectURL(blob);
-    $("picture").src = objectUrl;
     $("picture").dataset.query = q;
+    $("command").textContent = command.command || "(no single command writes this picture)";
+    $("picture").src = objectUrl;
     showError("");
-    const cmd = await getJSON("/api/command?" + q);
-    if (mine === seq) $("command").textContent = cmd.command || "(no single command writes this picture)";
   } catch (err) {
     if (mine === seq) showError(String(err.message || err));
   }
@@ -131,7 +131,7 @@ function chooseBlock(name) {
 }
 
 function currentBlock() {
-  if (state.view === "attention") return (state.layer || "").split(".")[0];
+  if (state.view === "attention") return (state.layer || $("layer").value || "").split(".")[0];
   const r = run();
   const list = state.which === "input" ? r.inputs : r.blocks;
   return state.block || list[list.length - 1];
@@ -231,7 +231,7 @@ function describe(r) {
   const v = state.view;
   const what = v === "grid" ? `${currentBlock()} ${state.which}` + (Number(state.channel) >= 0 ? `, channel ${state.channel}` : "")
     + (state.average ? `, ${state.average} over channels` : "")
-    : v === "attention" ? `${state.layer || "(first layer)"}, heads ${state.head}` + (Number(state.token) >= 0 ? `, token ${state.token}` : "")
+    : v === "attention" ? `${state.layer || $("layer").value}, heads ${state.head}` + (Number(state.token) >= 0 ? `, token ${state.token}` : "")
     : v === "heatmap" ? (Number(state.token) >= 0 ? `word heatmap of token ${state.token}` : "click a token below")
     : v === "query" ? `query pixel (${Number(state.qx).toFixed(2)}, ${Number(state.qy).toFixed(2)}): click the image`
     : "final image";

@@ -1,0 +1,184 @@
+"""The viewer page in a real browser: Debian's chromium driven by Playwright.
+
+Skipped with a reason where Playwright or chromium is missing (CI installs both: .ci/run and
+the ``test`` extra). Screenshots of each step go to ``<tmp_path>/artifacts``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import urllib.request
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dumpunet.analyzer.grid import grid_shape, grid_size
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+TIMEOUT = 60_000  # ms; a first render compiles numba kernels
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, tmp_path):
+    pg = browser.new_page(viewport={"width": 1300, "height": 900})
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.set_default_timeout(TIMEOUT)
+    pg.artifacts = tmp_path / "artifacts"  # type: ignore[attr-defined]
+    pg.artifacts.mkdir()
+    yield pg
+    pg.close()
+    assert errors == []  # no JavaScript error on the way
+
+
+def shown(page) -> dict:
+    """What the page shows now: the picture's query and size, the URL state, error and command text."""
+    return page.evaluate("""() => ({
+        query: document.getElementById('picture').dataset.query ?? null,
+        width: document.getElementById('picture').naturalWidth,
+        height: document.getElementById('picture').naturalHeight,
+        src: document.getElementById('picture').src,
+        error: document.getElementById('error').hidden ? null : document.getElementById('error').textContent,
+        command: document.getElementById('command').textContent,
+    })""")
+
+
+def settle(page, before: dict | None = None, *, error_ends: bool = True) -> dict:
+    """Wait until the picture differs from ``before`` (or, with ``error_ends``, an error shows)."""
+    page.wait_for_function(
+        """([src, errorEnds]) => { const img = document.getElementById('picture');
+                     const err = !document.getElementById('error').hidden;
+                     return (errorEnds && err) || (!err && img.src !== src && img.complete && img.naturalWidth > 0
+                                    && document.getElementById('command').textContent.length > 0); }""",
+        arg=[before["src"] if before else "", error_ends])
+    page.wait_for_timeout(100)
+    return shown(page)
+
+
+def url_state(page) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(page.url).query).items()}
+
+
+def png_of(server, query: str) -> np.ndarray:
+    with urllib.request.urlopen(server.url + "api/image?" + query) as res:
+        return np.asarray(Image.open(io.BytesIO(res.read())).convert("RGB"))
+
+
+def snap(page, name: str) -> None:
+    page.screenshot(path=str(page.artifacts / f"{name}.png"))
+
+
+def test_scrub_steps_pick_blocks_channels_and_colours(page, server):
+    page.goto(server.url)
+    first = settle(page)
+    snap(page, "01-loaded")
+    assert first["error"] is None
+    assert "--blocks OUT11 --steps 3" in first["command"]
+    assert (first["height"], first["width"]) == grid_size(*grid_shape(4, 8, 8), 8, 8)  # OUT11: 4 x 8x8
+
+    page.locator("#step").fill("0")  # the slider's first position: step 1
+    moved = settle(page, first)
+    snap(page, "02-step1")
+    assert url_state(page)["step"] == "1" and "--steps 1" in moved["command"]
+    assert not np.array_equal(png_of(server, moved["query"]), png_of(server, first["query"]))
+
+    page.click("#ladder [data-block=IN04]")
+    block = settle(page, moved)
+    snap(page, "03-IN04")
+    assert url_state(page)["block"] == "IN04"
+    assert (block["height"], block["width"]) == grid_size(*grid_shape(6, 4, 4), 4, 4)
+    assert page.locator("#ladder .on").inner_text().startswith("IN04")
+
+    page.keyboard.press("ArrowRight")  # the next block of the ladder
+    nxt = settle(page, block)
+    assert url_state(page)["block"] == "IN05"
+
+    box = page.locator("#picture").bounding_box()  # the tile in the 2nd column of the 2nd row: channel 4
+    page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.75)
+    tile = settle(page, nxt)
+    snap(page, "04-channel")
+    assert url_state(page)["channel"] == "4" and "--channels 4" in tile["command"]
+    assert (tile["height"], tile["width"]) == (4, 4)
+
+    page.select_option("#method", "Red/Blue")
+    red = settle(page, tile)
+    snap(page, "05-red-blue")
+    assert url_state(page)["method"] == "Red/Blue" and "--method Red/Blue" in red["command"]
+    pix = png_of(server, red["query"])
+    assert not np.array_equal(pix, png_of(server, tile["query"]))
+    assert (pix[..., 1] == 0).all()  # Red/Blue has no green
+
+
+def test_a_bad_expression_shows_its_caret_message(page, server):
+    page.goto(server.url + "?block=OUT11")
+    first = settle(page)
+    page.fill("#h", "v.__class__")
+    page.wait_for_function("() => !document.getElementById('error').hidden")
+    snap(page, "06-bad-expression")
+    text = page.inner_text("#error")
+    assert text == "bad expression: H: attribute access '.__class__' is not allowed\n  v.__class__\n  ^^^^^^^^^^^"
+    assert "Traceback" not in page.content()
+    page.fill("#h", "(1-v)/3")
+    fixed = settle(page, first, error_ends=False)
+    assert fixed["error"] is None and "--h '(1-v)/3'" in fixed["command"]
+
+
+def test_tokens_attention_and_the_word_heatmap(page, server):
+    page.goto(server.url + "?view=attention")
+    grid = settle(page)
+    snap(page, "07-attention")
+    assert url_state(page)["view"] == "attention" and "dumpunet attention" in grid["command"]
+    assert page.locator("#tokens .token").all_inner_texts() == ["<start>", "a", "pink", "h", "air", "girl", "<end>"]
+    page.click("#tokens .token >> text=pink")
+    one = settle(page, grid)
+    assert url_state(page)["token"] == "2" and "--tokens 2" in one["command"] and one["width"] < grid["width"]
+    page.click("#views [data-view=heatmap]")
+    heat = settle(page, one)
+    snap(page, "08-heatmap")
+    assert url_state(page)["view"] == "heatmap" and "dumpunet heatmap" in heat["command"] and "--word 2" in heat["command"]
+    assert (heat["height"], heat["width"]) == (16, 16)  # the final image's size
+    page.click("#views [data-view=query]")
+    query = settle(page, heat)
+    box = page.locator("#picture").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75)
+    clicked = settle(page, query)
+    snap(page, "09-query")
+    assert (float(url_state(page)["qx"]), float(url_state(page)["qy"])) == pytest.approx((0.25, 0.75), abs=0.05)
+    assert "--query" in clicked["command"]
+
+
+def test_a_pair_toggles_base_layered_and_difference(page, server):
+    page.goto(server.url + "?store=1")
+    layered = settle(page)
+    assert url_state(page)["pair"] == "layered"
+    page.click("#mode [data-mode=diff]")
+    diff = settle(page, layered)
+    snap(page, "10-difference")
+    assert url_state(page)["mode"] == "diff" and diff["command"].startswith("dumpunet diff")
+    page.click("#mode [data-mode=base]")
+    base = settle(page, diff)
+    assert "--run base" in base["command"]
+    assert not np.array_equal(png_of(server, base["query"]), png_of(server, layered["query"]))
+    # the URL is the view: loading it again shows the same picture
+    page.goto(page.url)
+    again = settle(page)
+    assert again["query"] == base["query"]
+    structure = json.loads(urllib.request.urlopen(server.url + "api/structure?store=1").read())
+    assert page.locator("#pair option").all_inner_texts() == ["(none)", *[p["label"] for p in structure["pairs"]]]
