@@ -275,6 +275,12 @@ class Store:
     def __repr__(self) -> str:
         return f"<dumpunet.Store {str(self.path)!r} runs={self.run_names} blocks={len(self.blocks)} steps={format_ints(self.steps)}>"
 
+    def _repr_html_(self) -> str:
+        """The summary table a notebook shows (:mod:`dumpunet.viewer.summary`)."""
+        from dumpunet.viewer.summary import store_html
+
+        return store_html(self)
+
     # ------------------------------------------------------------------ structure
 
     @property

@@ -1,0 +1,155 @@
+"""Served-view latency of ``dumpunet view`` against the PNG-encode floor of the same images.
+
+Run: ``python benchmarks/view.py [--steps 10] [--repeats 5]``
+
+Builds a synthetic SD1.5-512 store once (cached in ``$TMPDIR/dumpunet-bench/view-sd15.zarr``):
+the five 320 x 64 x 64 blocks (IN01, IN02, OUT09-OUT11) and M00 (1280 x 8 x 8), ``--steps``
+steps, the cond half, fp16; cross-attention probabilities (8 heads, 77 tokens, fp16) of SD1.5's
+16 cross-attention layers at 64², 32², 16² and 8² queries; a 512 x 512 final image. Then
+starts the server on 127.0.0.1 and times HTTP requests from this process (urllib), all cache
+misses unless said:
+
+new view      the first view of a block at a step (each request another block or step)
+step change   OUT11 at the next step (the slider moving)
+cache hit     the same view again
+heatmap       the word heatmap of one token over the final image, summed over every layer and
+              every step up to the last (the heaviest heatmap of the store)
+floor         ``encode_png`` alone of the very same images, in this process
+
+Targets (issue 9): new view <= 100 ms median, step change <= 50 ms, heatmap <= 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from render import block_table, smooth  # noqa: E402 - the SD1.5-512 block table and feature maker
+
+from dumpunet.analyzer.png import encode_png  # noqa: E402
+from dumpunet.store import open_store, schema  # noqa: E402
+from dumpunet.store.writer import StoreWriter  # noqa: E402
+from dumpunet.viewer.server import start  # noqa: E402
+from dumpunet.viewer.state import ViewState  # noqa: E402
+from dumpunet.viewer.structure import resolve  # noqa: E402
+from dumpunet.viewer.views import render_view  # noqa: E402
+
+CACHE_VERSION = "view-sd15-512-v1"
+BLOCKS = ("IN01", "IN02", "M00", "OUT09", "OUT10", "OUT11")
+CROSS = {**{f"{b}.attn2": 64 for b in ("IN01", "IN02", "OUT09", "OUT10", "OUT11")},
+         **{f"{b}.attn2": 32 for b in ("IN04", "IN05", "OUT06", "OUT07", "OUT08")},
+         **{f"{b}.attn2": 16 for b in ("IN07", "IN08", "OUT03", "OUT04", "OUT05")}, "M00.attn2": 8}
+HEADS, T = 8, 77
+TOKENS = ["<|startoftext|>", "a</w>", "cute</w>", "girl</w>", ",</w>", "pink</w>", "hair</w>"] + ["<|endoftext|>"] * 70
+
+
+def build_store(path: Path, steps: int) -> None:
+    marker = path.with_suffix(".ok")
+    if marker.exists() and marker.read_text() == f"{CACHE_VERSION} {steps}" and path.is_dir():
+        return
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    t0 = time.perf_counter()
+    blocks = [b for b in block_table() if b.name in BLOCKS]
+    w = StoreWriter(path, root_attrs={"model": {"name": "synthetic-sd15-512"}, "blocks": [b.to_json() for b in block_table()]})
+    tokens = {"cond": [{"ids": list(range(T)), "tokens": TOKENS, "length": 8}]}
+    w.begin_run("main", {"prompt": "a cute girl, pink hair", "n_images": 1, "guidance": ["cond"], "steps": steps,
+                         "height": 512, "width": 512, "attention_layers": list(CROSS), "tokens": tokens},
+                blocks, which=("output",), n_images=1, n_guidance=1, dtype="float16")
+    kind = schema.ATTENTION_FEATURES["qk"]
+    w.add_arrays("main", {(name, "qk"): (kind, (1, 1, HEADS, n * n, T), "float16", {"layer": name},
+                                         {"layer_hw": [n, n], "cross_attention": True}) for name, n in CROSS.items()})
+    rng = np.random.default_rng(1719471015)
+    for s in range(1, steps + 1):
+        slabs = {(b.name, "output"): smooth(rng, 1, *b.output_shape)[:, None] for b in blocks}
+        for name, n in CROSS.items():
+            logits = rng.standard_normal((1, 1, HEADS, n * n, T), dtype=np.float32)
+            p = np.exp(logits)
+            slabs[(name, "qk")] = (p / p.sum(-1, keepdims=True)).astype(np.float16)
+        w.submit_call("main", step=s, substep=0, timestep=1000.0 - 1000 * s / steps, slabs=slabs)
+    image = rng.integers(0, 256, (1, 512, 512, 3), dtype=np.uint8)
+    w.finish_run("main", images=image, latents=np.zeros((1, 4, 64, 64), np.float32))
+    w.close()
+    marker.write_text(f"{CACHE_VERSION} {steps}")
+    print(f"built {path} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+
+def fetch(url: str) -> tuple[float, bytes, str]:
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(url) as res:
+        data = res.read()
+        cache = res.headers.get("X-Cache", "")
+    return (time.perf_counter() - t0) * 1000, data, cache
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5, help="passes over the views (medians over all requests)")
+    args = ap.parse_args()
+    path = Path(tempfile.gettempdir()) / "dumpunet-bench" / "view-sd15.zarr"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build_store(path, args.steps)
+    server = start([path])
+    store = open_store(path)
+    base = server.url + "api/image?"
+    try:
+        fetch(base + "block=OUT11&step=1&gain=3&transform=sigmoid")  # compile the kernels once, outside the timings
+        fetch(base + "view=heatmap&token=2&step=1")
+        rows: dict[str, list[float]] = {"new view": [], "step change": [], "cache hit": [], "heatmap": []}
+        queries: dict[str, list[str]] = {k: [] for k in rows}
+        big = [b for b in BLOCKS if b != "M00"]
+        for rep in range(args.repeats):
+            gain = f"&gain={1 + rep}"  # each pass another colour: every view is new to the cache
+            for k, block in enumerate(big):
+                q = f"block={block}&step={1 + (k + rep) % args.steps}&offset={rep}{gain}"
+                rows["new view"].append(fetch(base + q)[0])
+                queries["new view"].append(q)
+            for s in range(1, args.steps + 1):
+                q = f"block=OUT11&step={s}{gain}"
+                ms, _, cache = fetch(base + q)
+                assert cache == "miss"
+                rows["step change"].append(ms)
+                queries["step change"].append(q)
+                ms, _, cache = fetch(base + q)
+                assert cache == "hit"
+                rows["cache hit"].append(ms)
+            q = f"view=heatmap&token={2 + rep % 5}&step={args.steps}&alpha=0.{5 + rep % 4}"
+            rows["heatmap"].append(fetch(base + q)[0])
+            queries["heatmap"].append(q)
+        floor: dict[str, list[float]] = {}
+        for name in ("new view", "step change", "heatmap"):
+            for q in queries[name][: 2 * args.steps]:
+                params = dict(p.split("=", 1) for p in q.split("&"))
+                pixels = render_view(store, resolve(store, ViewState.from_query(params)))
+                t0 = time.perf_counter()
+                encode_png(pixels)
+                floor.setdefault(name, []).append((time.perf_counter() - t0) * 1000)
+                floor.setdefault(name + " size", []).append(pixels.shape[0] * pixels.shape[1] / 1e6)
+        report = {name: {"median_ms": round(statistics.median(ms), 1), "n": len(ms),
+                         "png_floor_ms": round(statistics.median(floor[name]), 1) if name in floor else None,
+                         "mpix": round(statistics.median(floor[name + " size"]), 3) if name in floor else None}
+                  for name, ms in rows.items()}
+    finally:
+        server.shutdown()
+    print(f"{'':14}{'median ms':>10}{'PNG floor ms':>14}{'Mpix':>8}{'n':>5}   (target)")
+    targets = {"new view": "<= 100", "step change": "<= 50", "heatmap": "<= 100", "cache hit": ""}
+    for name, r in report.items():
+        floor_ms = "" if r["png_floor_ms"] is None else r["png_floor_ms"]
+        mpix = "" if r["mpix"] is None else r["mpix"]
+        print(f"{name:14}{r['median_ms']:>10}{floor_ms:>14}{mpix:>8}{r['n']:>5}   {targets[name]}")
+    print(json.dumps(report), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
