@@ -196,8 +196,33 @@ def test_a_recording_in_progress_shows_new_steps(tmp_path):
         server.server_close()
 
 
-def test_view_command_help_and_a_missing_store(tmp_path):
+def test_view_command_help_a_missing_store_and_a_busy_port(tmp_path, server, stores):
+    result = CliRunner().invoke(main, ["view", str(stores[0]), "--port", str(server.server_address[1]), "--no-browser"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"cannot serve on 127.0.0.1:{server.server_address[1]}: Address already in use" in result.output
     result = CliRunner().invoke(main, ["view", "--help"])
     assert result.exit_code == 0 and "dumpunet view girl.zarr --port 8765 --no-browser" in result.output
     result = CliRunner().invoke(main, ["view", str(tmp_path / "nothing.zarr"), "--no-browser"])
     assert result.exit_code == 1 and "Traceback" not in result.output and "nothing.zarr" in result.output
+
+
+def test_dumpunet_view_serves_until_ctrl_c(stores):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "dumpunet.cli", "view", str(stores[0]), "--no-browser"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stderr.readline()
+        url = re.search(r"at (http://127\.0\.0\.1:\d+/)", line).group(1)
+        with urllib.request.urlopen(url + "api/stores", timeout=60) as res:
+            assert json.loads(res.read())["stores"] == [{"index": 0, "name": "girl.zarr"}]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert "dumpunet view: stopped" in proc.stderr.read()
+    finally:
+        proc.kill()

@@ -92,7 +92,10 @@ class ViewerServer(ThreadingHTTPServer):
         self.quiet = quiet
         static = resources.files("dumpunet.viewer") / "static"
         self.static = {f.name: f for f in static.iterdir() if f.is_file() and Path(f.name).suffix in _TYPES}
-        super().__init__((HOST, port), _Handler)
+        try:
+            super().__init__((HOST, port), _Handler)
+        except OSError as exc:
+            raise DumpUnetError(f"cannot serve on {HOST}:{port}: {exc.strerror or exc} (try another --port)") from None
 
     @property
     def url(self) -> str:
