@@ -37,6 +37,7 @@ from render import block_table, smooth  # noqa: E402 - the SD1.5-512 block table
 
 from dumpunet.analyzer.png import encode_png  # noqa: E402
 from dumpunet.store import open_store, schema  # noqa: E402
+from dumpunet.store.schema import LayerAttrs, RunAttrs, TokenRow  # noqa: E402
 from dumpunet.store.writer import StoreWriter  # noqa: E402
 from dumpunet.viewer.server import start  # noqa: E402
 from dumpunet.viewer.state import ViewState  # noqa: E402
@@ -61,14 +62,15 @@ def build_store(path: Path, steps: int) -> None:
     shutil.rmtree(path, ignore_errors=True)
     t0 = time.perf_counter()
     blocks = [b for b in block_table() if b.name in BLOCKS]
-    w = StoreWriter(path, root_attrs={"model": {"name": "synthetic-sd15-512"}, "blocks": [b.to_json() for b in block_table()]})
-    tokens = {"cond": [{"ids": list(range(T)), "tokens": TOKENS, "length": 8}]}
-    w.begin_run("main", {"prompt": "a cute girl, pink hair", "n_images": 1, "guidance": ["cond"], "steps": steps,
-                         "height": 512, "width": 512, "attention_layers": list(CROSS), "tokens": tokens},
-                blocks, which=("output",), n_images=1, n_guidance=1, dtype="float16")
+    w = StoreWriter(path, model={"name": "synthetic-sd15-512"}, versions={})
+    w.set_block_table(block_table())
+    tokens = {"cond": (TokenRow(tuple(range(T)), tuple(TOKENS), 8),)}
+    info = RunAttrs(prompt="a cute girl, pink hair", n_images=1, guidance=("cond",), steps=steps, height=512, width=512,
+                    attention_layers=tuple(CROSS), tokens=tokens)
+    w.begin_run("main", info, blocks, which=("output",), dtype="float16")
     kind = schema.ATTENTION_FEATURES["qk"]
     w.add_arrays("main", {(name, "qk"): (kind, (1, 1, HEADS, n * n, T), "float16", {"layer": name},
-                                         {"layer_hw": [n, n], "cross_attention": True}) for name, n in CROSS.items()})
+                                         LayerAttrs(layer_hw=(n, n))) for name, n in CROSS.items()})
     rng = np.random.default_rng(1719471015)
     for s in range(1, steps + 1):
         slabs = {(b.name, "output"): smooth(rng, 1, *b.output_shape)[:, None] for b in blocks}

@@ -8,6 +8,7 @@ import numpy as np
 from synthetic_stores import SHAPES, block_table, features
 
 from dumpunet.store import schema
+from dumpunet.store.schema import LayerAttrs, RunAttrs, TokenRow
 from dumpunet.store.writer import StoreWriter
 
 TOKENS = ["<|startoftext|>", "a</w>", "pink</w>", "h", "air</w>", "girl</w>", "<|endoftext|>"] + ["<|endoftext|>"] * 3
@@ -32,19 +33,19 @@ def final_image() -> np.ndarray:
 def make_attention_store(path: Path, *, steps: tuple[int, ...] = STEPS, finish: bool = True) -> Path:
     """25 SD1 blocks (tiny shapes), steps ``steps`` of 3, attention on IN01 and M00, self-attention on OUT11."""
     blocks = block_table()
-    w = StoreWriter(path, root_attrs={"model": {"name": "tiny-test"}, "blocks": [b.to_json() for b in blocks]})
-    tokens = {"cond": [{"ids": list(range(T)), "tokens": TOKENS, "length": 7}],
-              "uncond": [{"ids": list(range(T)), "tokens": NEG, "length": 3}]}
-    layers = [*CROSS, SELF[0]]
-    w.begin_run("main", {"prompt": "a pink hair girl", "n_images": 1, "guidance": ["uncond", "cond"], "steps": 3,
-                         "height": SIZE, "width": SIZE, "attention_layers": layers, "tokens": tokens},
-                blocks, which=("output",), n_images=1, n_guidance=2, dtype="float16")
+    w = StoreWriter(path, model={"name": "tiny-test"}, versions={})
+    w.set_block_table(blocks)
+    tokens = {"cond": (TokenRow(tuple(range(T)), tuple(TOKENS), 7),),
+              "uncond": (TokenRow(tuple(range(T)), tuple(NEG), 3),)}
+    info = RunAttrs(prompt="a pink hair girl", n_images=1, guidance=("uncond", "cond"), steps=3, height=SIZE,
+                    width=SIZE, attention_layers=(*CROSS, SELF[0]), tokens=tokens)
+    w.begin_run("main", info, blocks, which=("output",), dtype="float16")
     kind = schema.ATTENTION_FEATURES["qk"]
-    arrays = {(name, "qk"): (kind, (1, 2, HEADS, hw[0] * hw[1], T), "float32", {"layer": name},
-                             {"layer_hw": list(hw), "cross_attention": True}) for name, hw in CROSS.items()}
+    arrays = {(name, "qk"): (kind, (1, 2, HEADS, hw[0] * hw[1], T), "float32", {"layer": name}, LayerAttrs(layer_hw=hw))
+              for name, hw in CROSS.items()}
     hw = SELF[1]
     arrays[(SELF[0], "qk")] = (kind, (1, 2, HEADS, hw[0] * hw[1], hw[0] * hw[1]), "float32", {"layer": SELF[0]},
-                               {"layer_hw": list(hw), "cross_attention": False, "heads": "all"})
+                               LayerAttrs(layer_hw=hw, cross_attention=False))
     w.add_arrays("main", arrays)
     for s in steps:
         slabs = {(b.name, "output"): features(b.name, s, 1) for b in blocks}

@@ -16,30 +16,10 @@ from dumpunet.store import Run, Store
 __all__ = ["generation", "resolve", "run_for", "structure"]
 
 
-def _run_value(run: Run, name: str, default: Any = None) -> Any:
-    """One run attribute: the typed ``Run.info`` where the reader has it, else the attribute dict."""
-    info = getattr(run, "info", None)
-    if info is not None:
-        value = getattr(info, name, default)
-        return default if value is None else value
-    return run.attrs.get(name, default)
-
-
-def _layer_hw(run: Run, layer: str) -> tuple[int, int]:
-    info = getattr(run, "layer_info", None)
-    if info is not None:
-        return tuple(info(layer).layer_hw)  # type: ignore[return-value]
-    return tuple(run.attention_array(layer).attrs["layer_hw"])  # type: ignore[return-value]
-
-
 def _tokens(run: Run, guidance: str) -> list[str]:
     """The decoded tokens of one guidance half, start and end tokens included, padding left out."""
     row = run.token_row(guidance=guidance) if guidance in run.guidance_labels else None
-    if row is None:
-        return []
-    tokens = row["tokens"] if isinstance(row, dict) else row.tokens
-    length = int(row["length"] if isinstance(row, dict) else row.length)
-    return [label(t) for t in list(tokens)[:length]]
+    return [] if row is None else [label(t) for t in row.tokens[: row.length]]
 
 
 def _layers(run: Run) -> list[dict[str, Any]]:
@@ -49,23 +29,19 @@ def _layers(run: Run) -> list[dict[str, Any]]:
             arr = run.attention_array(name)
         except SelectionError:  # recorded as k or vqk only: nothing the viewer draws
             continue
-        out.append({"name": name, "hw": list(_layer_hw(run, name)), "heads": int(arr.shape[3]),
-                    "cross": ".attn2" in name})
+        info = run.layer_info(name)
+        out.append({"name": name, "hw": list(info.layer_hw), "heads": int(arr.shape[3]), "cross": info.cross_attention})
     return out
-
-
-def _pairs(store: Store) -> list[dict[str, str]]:
-    return [p if isinstance(p, dict) else {"base": p.base, "layered": p.layered, "label": p.label} for p in store.pairs]
 
 
 def _run(store: Store, name: str) -> dict[str, Any]:
     r = store.run(name)
-    height, width = _run_value(r, "height"), _run_value(r, "width")
+    height, width = r.info.height, r.info.width
     return {
         "name": name,
         "steps": r.steps,
         "incomplete_steps": r.calls.incomplete_steps,
-        "total_steps": int(_run_value(r, "steps", max(r.steps, default=1))),
+        "total_steps": r.info.steps,
         "complete": r.complete,
         "n_images": r.n_images,
         "guidance": [g for g in r.guidance_labels if g in ("cond", "uncond")],
@@ -74,7 +50,7 @@ def _run(store: Store, name: str) -> dict[str, Any]:
         "layers": _layers(r),
         "tokens": {g: _tokens(r, g) for g in r.guidance_labels},
         "size": [int(height), int(width)] if height and width else None,
-        "prompt": _run_value(r, "prompt"),
+        "prompt": r.info.prompt,
     }
 
 
@@ -87,7 +63,7 @@ def structure(store: Store, index: int) -> dict[str, Any]:
         "blocks": [{"name": b.name, "shape": list(b.output_shape) if b.output_shape else None,
                     "input_shape": list(b.input_shape) if b.input_shape else None} for b in store.block_table],
         "runs": runs,
-        "pairs": _pairs(store),
+        "pairs": [{"base": p.base, "layered": p.layered, "label": p.label} for p in store.pairs],
         "default_run": store.default_run if store.run_names else None,
         "generation": generation(store),
     }
