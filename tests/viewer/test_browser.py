@@ -182,3 +182,23 @@ def test_a_pair_toggles_base_layered_and_difference(page, server):
     assert again["query"] == base["query"]
     structure = json.loads(urllib.request.urlopen(server.url + "api/structure?store=1").read())
     assert page.locator("#pair option").all_inner_texts() == ["(none)", *[p["label"] for p in structure["pairs"]]]
+
+
+def test_a_second_store_beside_the_first(page, server):
+    page.goto(server.url + "?block=OUT11&step=1&compare=1")
+    first = settle(page)
+    page.wait_for_function("() => document.getElementById('picture2').naturalWidth > 0")
+    snap(page, "11-beside")
+    assert url_state(page)["compare"] == "1" and "compare" not in first["query"]
+    assert "--blocks OUT11 --steps 1" in first["command"] and "girl.zarr" in first["command"]
+    beside = page.evaluate("""async () => { const img = document.getElementById('picture2');
+        const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer()); return Array.from(bytes); }""")
+    want = png_of(server, "store=1&block=OUT11&step=1")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(bytes(beside))).convert("RGB")), want)
+    page.locator("#step").fill("1")  # step 2: recorded in girl.zarr, not in pair.zarr
+    settle(page, first)
+    page.wait_for_function("() => !document.getElementById('error2').hidden")
+    assert page.inner_text("#error2").startswith("step 2 was not recorded")
+    page.select_option("#compare", "")
+    page.wait_for_function("() => document.getElementById('frame2').hidden")
+    assert "compare" not in url_state(page)

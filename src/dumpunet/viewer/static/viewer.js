@@ -26,16 +26,20 @@ function run() {
   return info.runs.find((r) => r.name === name) || info.runs[0];
 }
 
-function query(extra) {
+// The page's URL holds the state plus "compare" (a second store shown beside); image and command
+// requests leave "compare" out (page: true keeps it).
+function query(extra, page) {
   const q = new URLSearchParams();
-  for (const [k, v] of Object.entries(state)) if (String(v) !== String(DEFAULTS[k])) q.set(k, v);
+  for (const [k, v] of Object.entries(state)) {
+    if (String(v) !== String(DEFAULTS[k]) && (page || k !== "compare")) q.set(k, v);
+  }
   for (const [k, v] of Object.entries(extra || {})) q.set(k, v);
   return q.toString();
 }
 
 function set(changes) {
   Object.assign(state, changes);
-  history.replaceState(null, "", "?" + query());
+  history.replaceState(null, "", "?" + query({}, true));
   sync();
   refresh();
 }
@@ -77,6 +81,24 @@ async function refresh() {
   } catch (err) {
     if (mine === seq) showError(String(err.message || err));
   }
+  if (mine === seq) refreshBeside(mine);
+}
+
+// The same view of the second store ("compare"), beside the first.
+async function refreshBeside(mine) {
+  $("frame2").hidden = state.compare === "";
+  if (state.compare === "") return;
+  const res = await fetch("/api/image?" + query({ store: state.compare }));
+  if (mine !== seq) return;
+  $("error2").hidden = res.ok;
+  if (!res.ok) {
+    $("error2").textContent = (await res.json().catch(() => ({ error: res.statusText }))).error;
+    $("picture2").removeAttribute("src");
+    return;
+  }
+  const old = $("picture2").src;
+  $("picture2").src = URL.createObjectURL(await res.blob());
+  if (old) URL.revokeObjectURL(old);
 }
 
 function option(sel, values, labels) {
@@ -188,6 +210,10 @@ function sync() {
   if (!info) return;
   const r = run();
   $("store").value = state.store;
+  const others = [...$("store").options].filter((o) => o.value !== String(state.store));
+  option($("compare"), ["", ...others.map((o) => o.value)], ["(none)", ...others.map((o) => o.textContent)]);
+  $("compare").value = state.compare;
+  $("comparebox").hidden = others.length === 0;
   option($("run"), info.runs.map((x) => x.name));
   $("run").value = r.name;
   $("runbox").hidden = info.runs.length < 2 || Boolean(state.pair);
@@ -269,6 +295,7 @@ function pickOnImage(ev) {
 
 function wire() {
   $("store").onchange = async () => { state = { ...DEFAULTS, store: $("store").value }; info = null; await start(); };
+  $("compare").onchange = () => set({ compare: $("compare").value });
   $("run").onchange = () => set({ run: $("run").value, step: 0 });
   $("pair").onchange = () => set({ pair: $("pair").value });
   for (const b of document.querySelectorAll("#mode button")) b.onclick = () => set({ mode: b.dataset.mode });
@@ -307,14 +334,14 @@ function togglePlay() {
 async function start() {
   await loadStructure();
   if (info.pairs.length && !state.pair && !new URLSearchParams(location.search).has("pair")) state.pair = info.pairs[0].label;
-  history.replaceState(null, "", "?" + query());
+  history.replaceState(null, "", "?" + query({}, true));
   sync();
   await refresh();
 }
 
 async function main() {
   const stores = await getJSON("/api/stores");
-  DEFAULTS = stores.defaults;
+  DEFAULTS = { ...stores.defaults, compare: "" };
   option($("store"), stores.stores.map((s) => String(s.index)), stores.stores.map((s) => s.name));
   $("store").hidden = stores.stores.length < 2;
   state = { ...DEFAULTS, ...Object.fromEntries(new URLSearchParams(location.search)) };
