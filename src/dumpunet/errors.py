@@ -80,5 +80,9 @@ class ModelError(DumpUnetError):
     """A model that cannot be found or loaded."""
 
 
+class OptionError(DumpUnetError, ValueError):
+    """An option value that is unknown, out of range or unavailable here (sampler, device, dtype, size)."""
+
+
 class RecordError(DumpUnetError):
     """Recording cannot start or cannot go on (existing output, disk full, size limit)."""

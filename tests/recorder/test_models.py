@@ -14,7 +14,7 @@ pytest.importorskip("diffusers")
 
 from safetensors.torch import save_file  # noqa: E402
 
-from dumpunet.errors import ModelError  # noqa: E402
+from dumpunet.errors import ModelError, OptionError  # noqa: E402
 from dumpunet.recorder.models import load_pipeline  # noqa: E402
 from dumpunet.recorder.tiny import build_tiny_pipeline  # noqa: E402
 
@@ -299,6 +299,14 @@ def test_config_is_for_checkpoints_only(tmp_path, sd1_checkpoints):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_unavailable_device():
-    with pytest.raises(ModelError) as err:
+    with pytest.raises(OptionError) as err:
         load_pipeline("tiny-sd1", device="cuda")
+    assert not isinstance(err.value, ModelError)
     assert str(err.value) == f"device 'cuda' is not available on this machine (torch {torch.__version__})"
+
+
+def test_unknown_device_is_an_option_error():
+    with pytest.raises(OptionError) as err:
+        load_pipeline("tiny-sd1", device="gpu0")
+    assert not isinstance(err.value, ModelError) and isinstance(err.value, ValueError)
+    assert str(err.value).startswith("unknown device 'gpu0': ")

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from dumpunet.errors import ModelError  # noqa: E402
+from dumpunet.errors import ModelError, OptionError  # noqa: E402
 from dumpunet.recorder.samplers import SAMPLERS, make_scheduler, sampler_table_markdown  # noqa: E402
 from dumpunet.recorder.tiny import build_tiny_pipeline  # noqa: E402
 
@@ -47,7 +47,7 @@ def test_every_requested_sampler_is_known():
 def test_sampler_builds_its_scheduler_and_runs(pipe, name):
     spec = SAMPLERS[name]
     if not installed(spec):
-        with pytest.raises(ModelError) as err:
+        with pytest.raises(OptionError) as err:
             make_scheduler(name, pipe.scheduler.config)
         missing = " ".join(p for p in spec.requires if importlib.util.find_spec(p) is None)
         assert str(err.value) == f"sampler {name!r} needs the {missing.replace(' ', ', ')} package: pip install {missing}"
@@ -84,8 +84,9 @@ def test_model_settings_do_not_leak_into_plain_samplers(pipe):
 
 
 def test_unknown_sampler_lists_the_known_names(pipe):
-    with pytest.raises(ModelError) as err:
+    with pytest.raises(OptionError) as err:
         make_scheduler("Euler b", pipe.scheduler.config)
+    assert not isinstance(err.value, ModelError) and isinstance(err.value, ValueError)
     assert str(err.value) == (
         "unknown sampler 'Euler b'; choose one of: Euler, Euler a, LMS, LMS Karras, Heun, DPM2, DPM2 Karras, "
         "DPM2 a, DPM2 a Karras, DPM++ 2M, DPM++ 2M Karras, DPM++ 2M SDE, DPM++ 2M SDE Karras, DPM++ SDE, "

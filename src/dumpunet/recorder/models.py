@@ -36,7 +36,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from dumpunet.errors import ModelError
+from dumpunet.errors import ModelError, OptionError
 from dumpunet.recorder.tiny import TINY_MODELS, build_tiny_pipeline
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def _check_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise ModelError(f"unknown device {device!r}: {exc}") from exc
+        raise OptionError(f"unknown device {device!r}: {exc}") from exc
     available = {
         "cpu": True,
         "cuda": torch.cuda.is_available(),
@@ -101,7 +101,7 @@ def _check_device(device: str) -> torch.device:
         "xpu": hasattr(torch, "xpu") and torch.xpu.is_available(),
     }
     if not available.get(dev.type, True):
-        raise ModelError(f"device {device!r} is not available on this machine (torch {torch.__version__})")
+        raise OptionError(f"device {device!r} is not available on this machine (torch {torch.__version__})")
     return dev
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from dumpunet.errors import ModelError
+from dumpunet.errors import OptionError
 
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin
@@ -101,7 +101,7 @@ _BY_KEY = {" ".join(name.lower().split()): spec for name, spec in SAMPLERS.items
 def _lookup(name: str) -> SamplerSpec:
     spec = _BY_KEY.get(" ".join(name.lower().split()))
     if spec is None:
-        raise ModelError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+        raise OptionError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
     return spec
 
 
@@ -125,7 +125,7 @@ def make_scheduler(name: str, base_config: Mapping[str, Any], *, seed: int | Non
     spec = _lookup(name)
     missing = [pkg for pkg in spec.requires if importlib.util.find_spec(pkg) is None]
     if missing:
-        raise ModelError(
+        raise OptionError(
             f"sampler {spec.name!r} needs the {', '.join(missing)} package: pip install {' '.join(missing)}"
         )
     import diffusers
@@ -137,7 +137,7 @@ def make_scheduler(name: str, base_config: Mapping[str, Any], *, seed: int | Non
     try:
         return cls.from_config(dict(base_config), **options)
     except ImportError as exc:  # diffusers' placeholder class for a missing optional backend
-        raise ModelError(f"sampler {spec.name!r} cannot be built: {' '.join(str(exc).split())}") from exc
+        raise OptionError(f"sampler {spec.name!r} cannot be built: {' '.join(str(exc).split())}") from exc
 
 
 def _literal(value: Any) -> str:
