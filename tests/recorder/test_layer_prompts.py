@@ -12,9 +12,9 @@ from click.testing import CliRunner  # noqa: E402
 
 import dumpunet  # noqa: E402
 from dumpunet.cli import main  # noqa: E402
-from dumpunet.layouts import BUILTIN_LAYOUTS  # noqa: E402
+from dumpunet.layouts import BUILTIN_LAYOUTS, BUILTIN_STRUCTURES  # noqa: E402
 from dumpunet.prompts import parse_layer_prompt  # noqa: E402
-from dumpunet.recorder.blocks import unet_blocks  # noqa: E402
+from dumpunet.recorder.blocks import unet_blocks, unet_structure  # noqa: E402
 from dumpunet.recorder.conditioning import BlockConditioning  # noqa: E402
 from dumpunet.recorder.samplers import make_scheduler  # noqa: E402
 from dumpunet.recorder.tiny import build_tiny_pipeline  # noqa: E402
@@ -45,7 +45,9 @@ def generate_layered(pipe, prompt, negative=None, steps=3):
 
 @pytest.mark.parametrize("model", ["tiny-sd1", "tiny-sdxl"])
 def test_builtin_layouts_equal_the_derived_block_tables(model):
-    units = unet_blocks(make_pipe(model).unet)
+    unet = make_pipe(model).unet
+    assert unet_structure(unet) == BUILTIN_STRUCTURES[model]  # explain and the recorder read one rule
+    units = unet_blocks(unet)
     layout = BUILTIN_LAYOUTS[model]
     assert list(layout.blocks) == [u.name for u in units]
     assert set(layout.cross_attention) == {u.name for u in units if u.cross_attention}

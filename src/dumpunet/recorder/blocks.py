@@ -1,15 +1,10 @@
-"""Derive the community block table (IN00..., M00, OUT00...) from a diffusers U-Net's structure.
+"""The block table (IN00..., M00, OUT00...) of a loaded diffusers U-Net, with shapes.
 
-Rules (SD1: 25 blocks, SDXL: 19), independent of any hard-coded model list:
-
-- ``IN00`` is ``conv_in``;
-- per down block, one IN block per (resnet, attention) layer, then one per downsampler;
-- ``M00`` is the mid block;
-- per up block, one OUT block per (resnet, attention) layer; the up block's upsampler belongs
-  to its last OUT block, so that block's output is the upsampled tensor.
-
-A block's output is what its last module returns; its input is what its first module receives
-(for OUT blocks that is the hidden state after the skip connection is concatenated).
+The block rule itself lives torch-free in :func:`dumpunet.layouts.block_units`; this module
+describes a torch U-Net's stages for it (:func:`unet_structure`) and derives each block's input
+and output shapes. A block's output is what its last module returns; its input is what its
+first module receives (for OUT blocks that is the hidden state after the skip connection is
+concatenated).
 
 Examples
 --------
@@ -20,29 +15,13 @@ output 320x64x64; ``IN03`` = ``down_blocks.0.downsamplers.0``, 320x32x32; ``OUT0
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import nn
 
+from dumpunet.layouts import BlockUnit, Stage, UNetStructure, block_units
 from dumpunet.specs import parse_blocks
 from dumpunet.store.schema import BlockInfo
 
-
-@dataclass(frozen=True)
-class BlockUnit:
-    """One block: its name and the diffusers modules that make it up, in call order."""
-
-    name: str
-    modules: tuple[str, ...]
-    cross_attention: bool
-
-    @property
-    def output_module(self) -> str:
-        return self.modules[-1]
-
-    @property
-    def input_module(self) -> str:
-        return self.modules[0]
+__all__ = ["BlockUnit", "block_table", "select_blocks", "unet_blocks", "unet_structure"]
 
 
 def _has_cross_attention(module: nn.Module | None) -> bool:
@@ -51,33 +30,27 @@ def _has_cross_attention(module: nn.Module | None) -> bool:
     return any(getattr(m, "is_cross_attention", False) for m in module.modules())
 
 
+def _stage(block: nn.Module, resamplers: str) -> Stage:
+    attns = getattr(block, "attentions", None) or []
+    return Stage(
+        resnets=len(block.resnets),
+        attentions=tuple(_has_cross_attention(a) for a in attns),
+        resamplers=len(getattr(block, resamplers, None) or []),
+    )
+
+
+def unet_structure(unet: nn.Module) -> UNetStructure:
+    """Describe a ``UNet2DConditionModel``-like U-Net's stages for :func:`dumpunet.layouts.block_units`."""
+    return UNetStructure(
+        down=tuple(_stage(d, "downsamplers") for d in unet.down_blocks),
+        mid_cross=_has_cross_attention(unet.mid_block),
+        up=tuple(_stage(u, "upsamplers") for u in unet.up_blocks),
+    )
+
+
 def unet_blocks(unet: nn.Module) -> list[BlockUnit]:
     """Return the block table of a ``UNet2DConditionModel``-like U-Net, in execution order."""
-    units = [BlockUnit("IN00", ("conv_in",), False)]
-    for d, down in enumerate(unet.down_blocks):
-        attns = getattr(down, "attentions", None) or []
-        for j in range(len(down.resnets)):
-            mods = [f"down_blocks.{d}.resnets.{j}"]
-            attn = attns[j] if j < len(attns) else None
-            if attn is not None:
-                mods.append(f"down_blocks.{d}.attentions.{j}")
-            units.append(BlockUnit(f"IN{len(units):02d}", tuple(mods), _has_cross_attention(attn)))
-        for j in range(len(getattr(down, "downsamplers", None) or [])):
-            units.append(BlockUnit(f"IN{len(units):02d}", (f"down_blocks.{d}.downsamplers.{j}",), False))
-    n_in = len(units)
-    units.append(BlockUnit("M00", ("mid_block",), _has_cross_attention(unet.mid_block)))
-    for u, up in enumerate(unet.up_blocks):
-        attns = getattr(up, "attentions", None) or []
-        n_res = len(up.resnets)
-        for j in range(n_res):
-            mods = [f"up_blocks.{u}.resnets.{j}"]
-            attn = attns[j] if j < len(attns) else None
-            if attn is not None:
-                mods.append(f"up_blocks.{u}.attentions.{j}")
-            if j == n_res - 1:
-                mods += [f"up_blocks.{u}.upsamplers.{k}" for k in range(len(getattr(up, "upsamplers", None) or []))]
-            units.append(BlockUnit(f"OUT{len(units) - n_in - 1:02d}", tuple(mods), _has_cross_attention(attn)))
-    return units
+    return list(block_units(unet_structure(unet)))
 
 
 def block_table(unet: nn.Module, latent_hw: tuple[int, int]) -> list[BlockInfo]:
