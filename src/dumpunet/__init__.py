@@ -16,13 +16,6 @@ __all__ = ["Store", "diff", "export", "heatmap", "open", "record", "render", "__
 open = open_store  # noqa: A001 - dumpunet.open(path) is the documented entry point
 
 
-def record(pipe: Any, path: Any, **options: Any) -> Any:
-    """Record a diffusers pipeline's U-Net blocks into a store; see :func:`dumpunet.recorder.recorder.record`."""
-    from dumpunet.recorder.recorder import record as _record
-
-    return _record(pipe, path, **options)
-
-
 def heatmap(store: Store, word: str, **options: Any) -> Any:
     """Return a DAAM-style heatmap ``[H, W]`` in [0, 1] of where ``word`` acts in a store's run.
 
@@ -40,8 +33,12 @@ def heatmap(store: Store, word: str, **options: Any) -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    # render, diff and export load numba and the kernels: import them on first use, keeping
-    # ``import dumpunet`` and ``dumpunet --help`` fast.
+    # render, diff and export load numba and the kernels, record loads torch: import them on
+    # first use, keeping ``import dumpunet`` and ``dumpunet --help`` fast (and torch optional).
+    if name == "record":
+        from dumpunet.recorder.recorder import record
+
+        return record
     if name == "render":
         from dumpunet.analyzer.render import render
 

@@ -153,12 +153,12 @@ def _record(opts: dict[str, Any]) -> None:
 
     dry_run = opts.pop("dry_run")
     req = recording.RecordRequest(**opts)
-    pipe, model_info = recording.prepare(req)
+    job = recording.prepare(req)
     for text in {req.prompt, req.negative_prompt}:
-        warning = recording.truncation_warning(pipe, text)
+        warning = recording.truncation_warning(job.pipe, text)
         if warning:
             click.echo(warning, err=True)
-    est = recording.estimate(req, pipe)
+    est = recording.estimate(job)
     for line in est.lines():
         click.echo(line, err=True)
     if dry_run:
@@ -166,7 +166,7 @@ def _record(opts: dict[str, Any]) -> None:
     recording.check_budget(req, est)
     _sigterm_as_interrupt()
     try:
-        summary = recording.run(req, pipe, model_info)
+        summary = recording.execute(job)
     except KeyboardInterrupt:
         raise click.ClickException(_interrupted_message(req.out)) from None
     runs = summary["runs"]

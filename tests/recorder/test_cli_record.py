@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -191,7 +192,7 @@ def test_a_recording_over_max_bytes_is_refused_with_the_estimate(tmp_path):
 def test_self_attention_filters_shrink_the_estimate():
     from dumpunet.recorder import job as recording
 
-    pipe, _ = recording.prepare(recording.RecordRequest(out=__import__("pathlib").Path("/nonexistent/x.zarr")))
+    job = recording.prepare(recording.RecordRequest(out=__import__("pathlib").Path("/nonexistent/x.zarr")))
     sizes = {}
     for name, extra in {
         "all": {},
@@ -201,7 +202,7 @@ def test_self_attention_filters_shrink_the_estimate():
     }.items():
         req = recording.RecordRequest(out=__import__("pathlib").Path("/nonexistent/x.zarr"), steps=20, width=128,
                                       height=128, attention="none", self_attention=True, blocks="none", **extra)
-        sizes[name] = recording.estimate(req, pipe).self_attention_bytes
+        sizes[name] = recording.estimate(dataclasses.replace(job, req=req)).self_attention_bytes
     assert sizes["mean"] * 2 == sizes["all"]  # tiny-sd1 has 2 heads
     assert sizes["stride"] * 4 == sizes["all"]
     assert sizes["steps"] * 4 == sizes["all"]

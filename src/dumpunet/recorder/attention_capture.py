@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from dumpunet.errors import RecordError
+from dumpunet.errors import OptionError, RecordError
 from dumpunet.specs import parse_ints
-from dumpunet.recorder.blocks import BlockUnit, select_blocks
+from dumpunet.layouts import BlockUnit
+from dumpunet.recorder.blocks import select_blocks
 from dumpunet.recorder.processors import ProcessorWrapper, wrap_processors
 
 FEATURES = ("qk", "k", "vqk")
@@ -70,18 +71,12 @@ def attention_layers(unet: nn.Module, units: Sequence[BlockUnit]) -> list[Attent
     return layers
 
 
-@dataclass(frozen=True)
-class LayerPlan:
-    """What to store for one layer: features, which query pixels, whether heads are averaged."""
-
-    layer: AttentionLayer
-    features: tuple[str, ...]
-    query_index: torch.Tensor | None = None  # flat query pixel indices; None = all
-    head_mean: bool = False
-
-
 Sink = Callable[[str, str, torch.Tensor], None]
 """Receives (layer name, feature, tensor [batch, head, ...]) once per layer call."""
+
+
+if TYPE_CHECKING:
+    from dumpunet.recorder.plan import LayerPlan
 
 
 class _CaptureWrapper(ProcessorWrapper):
@@ -108,33 +103,53 @@ class _CaptureWrapper(ProcessorWrapper):
 
 
 class AttentionCapture:
-    """Install processor wrappers and projection hooks on the planned layers; remove them on exit."""
+    """Install processor wrappers and projection hooks on attention layers; remove them on exit.
+
+    ``features`` names the layers and what each stores; the layers' plans
+    (:class:`~dumpunet.recorder.plan.LayerPlan`, which need the latent size) are handed over
+    with :meth:`use` before the first U-Net call runs.
+    """
 
     def __init__(
-        self, unet: nn.Module, plans: Iterable[LayerPlan], sink: Sink, is_active: Callable[[LayerPlan], bool]
+        self,
+        unet: nn.Module,
+        features: Mapping[AttentionLayer, tuple[str, ...]],
+        sink: Sink,
+        is_active: Callable[[LayerPlan], bool],
+        *,
+        one_shot_bytes: int,
     ) -> None:
         self.unet = unet
-        self.plans = {p.layer.module: p for p in plans}  # the recorder may refine plans later
+        self.features = {layer.module: f for layer, f in features.items()}
+        self._names = {layer.module: layer.name for layer in features}
+        self.plans: dict[str, LayerPlan] = {}
         self.sink = sink
         self.is_active = is_active
+        self.one_shot_bytes = one_shot_bytes
         self.listening = False
         self.stash: dict[str, torch.Tensor] = {}
         self._restore: Callable[[], None] | None = None
         self._scratch: dict[tuple[Any, ...], torch.Tensor] = {}  # score buffers, reused every call
+        self._query_index: dict[tuple[str, torch.device], torch.Tensor] = {}
         self._handles: list[Any] = []
+
+    def use(self, plans: Iterable[LayerPlan]) -> None:
+        """Take the plans of the installed layers."""
+        self.plans = {p.layer.module: p for p in plans}
+        assert set(self.plans) == set(self.features), "the attention plan names other layers than the installed ones"
 
     def install(self) -> None:
         mods = dict(self.unet.named_modules())
-        for path, plan in self.plans.items():
+        for path, features in self.features.items():
             attn = mods[path]
             if getattr(attn, "fused_projections", False):
-                raise RecordError(f"{plan.layer.name}: fused QKV projections hide q and k; call unfuse_qkv_projections() first")
+                raise RecordError(f"{self._names[path]}: fused QKV projections hide q and k; call unfuse_qkv_projections() first")
             self._handles.append(attn.to_q.register_forward_hook(self._stasher("q")))
             self._handles.append(attn.to_k.register_forward_hook(self._stasher("k")))
-            if "vqk" in plan.features:
+            if "vqk" in features:
                 self._handles.append(attn.to_out[0].register_forward_pre_hook(self._pre_stasher("vqk")))
         self._restore = wrap_processors(
-            self.unet, {path: functools.partial(_CaptureWrapper, capture=self, path=path) for path in self.plans}
+            self.unet, {path: functools.partial(_CaptureWrapper, capture=self, path=path) for path in self.features}
         )
 
     def remove(self) -> None:
@@ -173,20 +188,47 @@ class AttentionCapture:
         if getattr(attn, "norm_k", None) is not None:
             kh = attn.norm_k(kh)
         name = plan.layer.name
+        index = self._index(plan, q.device)
         if "qk" in plan.features:
-            self.sink(name, "qk", attention_probs(qh, kh, float(attn.scale), plan.query_index, plan.head_mean,
-                                                  scratch=self._scratch))
+            self.sink(name, "qk", attention_probs(qh, kh, float(attn.scale), index, plan.head_mean,
+                                                  scratch=self._scratch, one_shot_bytes=self.one_shot_bytes))
         if "k" in plan.features:
             self.sink(name, "k", kh)
         if "vqk" in plan.features:
             v = self.stash["vqk"].reshape(b, -1, heads, hd).transpose(1, 2)
-            if plan.query_index is not None:
-                v = v[:, :, plan.query_index.to(v.device)]
+            if index is not None:
+                v = v[:, :, index.to(v.device)]
             self.sink(name, "vqk", v)
 
+    def _index(self, plan: LayerPlan, device: torch.device) -> torch.Tensor | None:
+        if plan.query_index is None:
+            return None
+        key = (plan.layer.module, device)
+        if key not in self._query_index:
+            self._query_index[key] = torch.tensor(plan.query_index, dtype=torch.long, device=device)
+        return self._query_index[key]
 
-_ONE_SHOT_BYTES = 64 << 20
-"""Score tensors up to this size are computed for all heads at once; larger ones head by head."""
+
+ONE_SHOT_BYTES = 64 << 20
+"""Default: score tensors up to this size are computed for all heads at once; larger ones head by head."""
+
+
+def _softmax_into(p: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
+    """``p`` = softmax(q·kᵀ·scale) over the last axis, computed in place in ``p`` (float32)."""
+    torch.matmul(q, k.transpose(-1, -2), out=p)
+    p.mul_(scale)
+    p.sub_(p.amax(dim=-1, keepdim=True)).exp_()
+    p.div_(p.sum(dim=-1, keepdim=True))
+
+
+def _buffer(scratch: dict[tuple[Any, ...], torch.Tensor] | None, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    key = (*shape, device)
+    p = scratch.get(key) if scratch is not None else None
+    if p is None:
+        p = torch.empty(shape, dtype=torch.float32, device=device)
+        if scratch is not None:
+            scratch[key] = p
+    return p
 
 
 def attention_probs(
@@ -197,38 +239,45 @@ def attention_probs(
     head_mean: bool = False,
     *,
     scratch: dict[tuple[Any, ...], torch.Tensor] | None = None,
+    one_shot_bytes: int = ONE_SHOT_BYTES,
 ) -> torch.Tensor:
     """softmax(q·kᵀ·scale) in float32, per head; optionally only some queries, or averaged over heads.
 
-    Cross-attention scores are small and computed in one batched matmul, in place in a buffer
-    from ``scratch`` that is reused on every call (fresh buffers cost page faults every call);
-    full self-attention maps (4096² per head at 512²) are computed one head at a time, so that
-    no more than one head's scores need to exist in float32 at once.
+    Scores up to ``one_shot_bytes`` (cross-attention) are computed for all heads in one batched
+    matmul, in place in a buffer from ``scratch`` that is reused on every call (fresh buffers
+    cost page faults every call); larger ones (full self-attention maps, 4096² per head at 512²)
+    one head at a time, so that no more than one head's scores exist in float32 at once. Both
+    branches run the same float32 operations on each head (matmul, scale, max-subtracted exp,
+    divide by the sum; the head mean adds heads in order, then divides), so on the CPU they give
+    bit-identical maps (tested); on a GPU, cuBLAS may pick another matmul kernel for another
+    batch count, which can move a probability by a rounding step (measured: up to 6e-8).
     """
     if query_index is not None:
         q = q[:, :, query_index.to(q.device)]
     b, h, nq, _ = q.shape
     nk = k.shape[2]
-    if b * h * nq * nk * 4 <= _ONE_SHOT_BYTES:
-        key = (b, h, nq, nk, q.device)
-        p = scratch.get(key) if scratch is not None else None
-        if p is None:
-            p = torch.empty((b, h, nq, nk), dtype=torch.float32, device=q.device)
-            if scratch is not None:
-                scratch[key] = p
-        torch.matmul(q.float(), k.float().transpose(-1, -2), out=p)
-        p.mul_(scale)
-        p.sub_(p.amax(dim=-1, keepdim=True)).exp_()
-        p.div_(p.sum(dim=-1, keepdim=True))
-        return p.mean(dim=1, keepdim=True) if head_mean else p
-    out = torch.zeros((b, 1 if head_mean else h, nq, nk), dtype=torch.float32, device=q.device)
+    qf, kf = q.float(), k.float()
+    out: torch.Tensor
+    if b * h * nq * nk * 4 <= one_shot_bytes:
+        p = _buffer(scratch, (b, h, nq, nk), q.device)
+        _softmax_into(p, qf, kf, scale)
+        if not head_mean:
+            return p
+        out = p[:, :1].clone()
+        for i in range(1, h):
+            out[:, 0] += p[:, i]
+        return out.div_(h)
+    out = torch.empty((b, 1 if head_mean else h, nq, nk), dtype=torch.float32, device=q.device)
+    p = _buffer(scratch, (b, nq, nk), q.device)
     for i in range(h):
-        p = torch.softmax((q[:, i].float() @ k[:, i].float().transpose(-1, -2)) * scale, dim=-1)
-        if head_mean:
-            out[:, 0] += p / h
-        else:
+        _softmax_into(p, qf[:, i], kf[:, i], scale)
+        if not head_mean:
             out[:, i] = p
-    return out
+        elif i == 0:
+            out[:, 0] = p
+        else:
+            out[:, 0] += p
+    return out.div_(h) if head_mean else out
 
 
 # --------------------------------------------------------------------------- what to record
@@ -252,19 +301,20 @@ class AttentionOptions:
     self_heads: str = "all"
     query_stride: int = 1
     query_region: tuple[float, float, float, float] | None = None
+    one_shot_bytes: int = ONE_SHOT_BYTES  # larger score tensors are computed head by head (same values)
 
     def __post_init__(self) -> None:
         bad = [f for f in self.features if f not in FEATURES]
         if bad:
-            raise RecordError(f"unknown attention feature {bad[0]!r}; choose from {', '.join(FEATURES)}")
+            raise OptionError(f"unknown attention feature {bad[0]!r}; choose from {', '.join(FEATURES)}")
         if self.self_heads not in ("all", "mean"):
-            raise RecordError(f"self-attention heads must be 'all' or 'mean', got {self.self_heads!r}")
+            raise OptionError(f"self-attention heads must be 'all' or 'mean', got {self.self_heads!r}")
         if self.query_stride < 1:
-            raise RecordError(f"query stride must be at least 1, got {self.query_stride}")
+            raise OptionError(f"query stride must be at least 1, got {self.query_stride}")
         if self.query_region is not None:
             x0, y0, x1, y1 = self.query_region
             if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
-                raise RecordError(f"query region {self.query_region} must be fractions 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1")
+                raise OptionError(f"query region {self.query_region} must be fractions 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1")
 
     @classmethod
     def parse_features(cls, text: str) -> tuple[str, ...]:
@@ -276,7 +326,7 @@ class AttentionOptions:
             if not p or p == "none":
                 continue
             if p not in names:
-                raise RecordError(f"unknown attention feature {part.strip()!r}; choose from qk, k, vqk (or none)")
+                raise OptionError(f"unknown attention feature {part.strip()!r}; choose from qk, k, vqk (or none)")
             if names[p] not in out:
                 out.append(names[p])
         return tuple(out)
@@ -293,17 +343,6 @@ def query_grid(hw: tuple[int, int], region: tuple[float, float, float, float] | 
         return list(range(a, b, stride))
 
     return span(y0, y1, h), span(x0, x1, w)
-
-
-def feature_shape(
-    feature: str, layer: AttentionLayer, heads: int, head_dim: int, n_query: int, n_key: int, head_mean: bool
-) -> tuple[int, ...]:
-    """Per-call, per-(image, guidance) shape of one stored attention feature."""
-    if feature == "qk":
-        return (1 if head_mean else heads, n_query, n_key)
-    if feature == "k":
-        return (heads, n_key, head_dim)
-    return (heads, n_query, head_dim)
 
 
 def select_layers(unet: nn.Module, units: Sequence[BlockUnit], opts: AttentionOptions) -> list[AttentionLayer]:

@@ -1,4 +1,4 @@
-"""Host buffers for captured tensors, reused from call to call.
+"""Host copies of captured tensors: one U-Net call's :class:`Capture`, in buffers reused from call to call.
 
 A recording copies every captured tensor to the host once per U-Net call. Fresh buffers for
 each copy cost page faults on every call (and on VMs that hand freed memory back to the host,
@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 
+import numpy as np
 import torch
+
+from dumpunet.errors import RecordError
 
 
 class HostBuffers:
@@ -36,3 +40,65 @@ class HostBuffers:
         with self._lock:
             for t in tensors:
                 self._free[(tuple(t.shape), t.dtype, t.is_pinned())].append(t)
+
+
+class Capture:
+    """What one U-Net call stores: host copies of its tensors, each ready once its copy is.
+
+    A CPU tensor is copied (and converted to the store dtype) at once; a GPU tensor is copied
+    asynchronously into a pinned buffer and handed over as a callable that waits for the copy's
+    CUDA event, so the U-Net does not wait for the host. Later in-place changes to a captured
+    tensor cannot reach its copy.
+    """
+
+    def __init__(self, dtype: torch.dtype, n_guidance: int, n_images: int) -> None:
+        self.dtype = dtype
+        self.batch = n_guidance * n_images
+        self.rows = (n_guidance, n_images)
+        self.expect: dict[tuple[str, str], tuple[int, ...]] = {}  # what this call stores, per-row shapes
+        self.slabs: dict[tuple[str, str], np.ndarray | Callable[[], np.ndarray]] = {}
+        self.nbytes = 0
+        self._buffers = HostBuffers()
+        self._taken: list[torch.Tensor] = []
+
+    def start_call(self, expect: dict[tuple[str, str], tuple[int, ...]]) -> None:
+        """Begin a call that stores the arrays ``expect`` names, with these per-row shapes."""
+        self._buffers.give_back(self._taken)
+        self.expect, self.slabs, self.nbytes, self._taken = expect, {}, 0, []
+
+    def missing(self) -> list[tuple[str, str]]:
+        """Arrays this call should have stored and did not see."""
+        return sorted(set(self.expect) - set(self.slabs))
+
+    def add(self, key: tuple[str, str], t: torch.Tensor) -> None:
+        """Copy ``t`` (``[batch, *shape]``) as the array ``key`` of this call."""
+        expect = self.expect[key]
+        if tuple(t.shape[1:]) != expect or t.shape[0] != self.batch:
+            raise RecordError(
+                f"{key[0]} {key[1]} has shape {tuple(t.shape)}, expected {(self.batch, *expect)} "
+                "(this U-Net's structure is not one dumpunet understands)"
+            )
+        shape = (*self.rows, *expect)
+        src = t.detach()
+        host = self._buffers.take(tuple(src.shape), self.dtype, pinned=src.device.type == "cuda")
+        self._taken.append(host)
+        self.nbytes += host.numel() * host.element_size()
+        if src.device.type == "cpu":
+            host.copy_(src)
+            self.slabs[key] = host.numpy().reshape(shape)
+            return
+        host.copy_(src.to(self.dtype), non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+
+        def ready() -> np.ndarray:
+            event.synchronize()
+            return host.numpy().reshape(shape)
+
+        self.slabs[key] = ready
+
+    def take_call(self) -> tuple[dict[tuple[str, str], np.ndarray | Callable[[], np.ndarray]], int, Callable[[], None]]:
+        """This call's slabs and bytes, and the callback that recycles their buffers once written."""
+        slabs, nbytes, taken = self.slabs, self.nbytes, self._taken
+        self.slabs, self.nbytes, self._taken = {}, 0, []
+        return slabs, nbytes, lambda: self._buffers.give_back(taken)

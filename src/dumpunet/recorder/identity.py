@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import platform
 import weakref
+from collections.abc import Mapping
 from functools import lru_cache
 from importlib import metadata
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,3 +57,12 @@ def software_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def model_attrs(pipe: Any, info: Mapping[str, Any]) -> dict[str, Any]:
+    """The store's ``model`` attribute: name, pipeline class, ``info`` (the loader's metadata), U-Net fingerprint.
+
+    The API (:func:`dumpunet.record`) and ``dumpunet record`` both write it with this function.
+    """
+    name = getattr(pipe.unet.config, "_name_or_path", "") or type(pipe).__name__
+    return {"name": name, "pipeline": type(pipe).__name__, **info, "unet_fingerprint": unet_fingerprint(pipe.unet)}

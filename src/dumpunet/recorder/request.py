@@ -1,0 +1,182 @@
+"""What ``dumpunet record`` and ``dumpunet sweep`` are asked to do, as a value, and the runs it asks for.
+
+A :class:`RecordRequest` checks its own values when it is made (no model, no disk, no random
+draw); :func:`check` looks at the disk (the output folder, the init image); :func:`resolve_seed`
+draws the seed of a request that asks for a random one, where the recording starts.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from dumpunet.errors import OptionError, RecordError
+from dumpunet.prompts import parse_layer_prompt
+from dumpunet.recorder.attention_capture import AttentionOptions
+from dumpunet.recorder.plan import RecordOptions
+from dumpunet.specs import parse_blocks, parse_ints
+from dumpunet.store import schema
+
+__all__ = ["RecordRequest", "RunPrompts", "check", "resolve_seed", "run_prompts"]
+
+
+@dataclass(frozen=True)
+class RecordRequest:
+    """Everything ``dumpunet record`` takes; its values are checked when it is made, before any model is loaded."""
+
+    out: Path
+    model: str = "tiny-sd1"
+    config: Path | None = None
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    sampler: str = "Euler a"
+    cfg: float = 7.0
+    seed: int = -1  # -1: draw one when the recording starts (resolve_seed)
+    width: int | None = None
+    height: int | None = None
+    batch_size: int = 1
+    blocks: str = ""
+    record_steps: str = ""
+    inputs: bool = False
+    dtype: str = "fp16"
+    attention: str = "qk"
+    attention_blocks: str = ""
+    self_attention: bool = False
+    self_attention_blocks: str = ""
+    self_attention_steps: str = ""
+    self_attention_heads: str = "all"
+    query_region: str | None = None
+    query_stride: int = 1
+    max_bytes: int | None = None
+    pair: bool = False
+    base: str | None = None
+    sweep_insert: str | None = None
+    sweep_blocks: str = ""
+    device: str | None = None
+    init_image: Path | None = None
+    strength: float = 0.6
+    overwrite: bool = False
+    quiet: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise OptionError(f"--steps must be at least 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise OptionError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.dtype not in schema.RECORD_DTYPES:
+            raise OptionError(f"--dtype must be one of {', '.join(schema.RECORD_DTYPES)}, got {self.dtype!r}")
+        if not 0.0 < self.strength <= 1.0:
+            raise OptionError(f"--strength must be in (0, 1], got {self.strength}")
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if v is not None and (v < 8 or v % 8):
+                raise OptionError(f"--{name} must be a positive multiple of 8, got {v}")
+        # Everything that can be checked without weights is checked now.
+        if self.record_steps.strip():
+            parse_ints(self.record_steps, 1, self.executed_steps, noun="step", what="--record-steps")
+        if self.self_attention_steps.strip():
+            parse_ints(self.self_attention_steps, 1, self.executed_steps, noun="step", what="--self-attention-steps")
+        self.attention_options()
+        positive, negative = parse_layer_prompt(self.prompt), parse_layer_prompt(self.negative_prompt)
+        if self.pair and self.base is None and not (positive.has_groups or negative.has_groups):
+            raise OptionError(
+                "--pair needs a layer-prompt group like 'a (~: M00: excellent :~) girl' in --prompt or "
+                "--negative-prompt, or --base TEXT to compare against"
+            )
+
+    @property
+    def executed_steps(self) -> int:
+        """Sampler steps that run: all of them, or the last ``strength`` share for img2img."""
+        if self.init_image is None:
+            return self.steps
+        n = min(int(self.steps * self.strength), self.steps)
+        if n < 1:
+            raise OptionError(f"--strength {self.strength} with --steps {self.steps} leaves no step to run")
+        return n
+
+    def attention_options(self) -> AttentionOptions | None:
+        features = AttentionOptions.parse_features(self.attention)
+        if not features and not self.self_attention:
+            return None
+        region = None
+        if self.query_region:
+            try:
+                region = tuple(float(x) for x in self.query_region.split(","))
+            except ValueError:
+                region = ()
+            if len(region) != 4:
+                raise OptionError(f"--query-region takes x0,y0,x1,y1 as fractions of the image, got {self.query_region!r}")
+        return AttentionOptions(
+            features=features,
+            blocks=self.attention_blocks,
+            self_attention=self.self_attention,
+            self_blocks=self.self_attention_blocks,
+            self_steps=self.self_attention_steps,
+            self_heads=self.self_attention_heads,
+            query_region=region,  # type: ignore[arg-type]
+            query_stride=self.query_stride,
+        )
+
+    def record_options(self) -> RecordOptions:
+        """What every run of this request records."""
+        return RecordOptions(blocks=self.blocks, steps=self.record_steps, inputs=self.inputs, dtype=self.dtype,
+                             attention=self.attention_options())
+
+
+def check(req: RecordRequest) -> None:
+    """Check what the request needs from the disk: a free output path, a readable init image."""
+    if req.init_image is not None and not Path(req.init_image).is_file():
+        raise RecordError(f"no init image at {req.init_image}")
+    if req.out.exists() and not req.overwrite:
+        raise RecordError(f"{req.out} already exists; choose another --out or pass --overwrite")
+
+
+def resolve_seed(req: RecordRequest) -> RecordRequest:
+    """The request with a concrete seed: its own, or (seed -1) one drawn now from the OS's randomness."""
+    return req if req.seed >= 0 else replace(req, seed=secrets.randbelow(2**32 - 1))
+
+
+@dataclass(frozen=True)
+class RunPrompts:
+    """One run of a store (one generation): its name and the prompt every block gets."""
+
+    name: str
+    prompt: str
+    negative: str
+    positive_blocks: dict[str, str] | None = None  # None: one prompt for every block
+    negative_blocks: dict[str, str] | None = None
+
+
+def run_prompts(req: RecordRequest, blocks: list[str], aliases: dict[str, str]) -> tuple[list[RunPrompts], list[schema.PairInfo]]:
+    """Decide the runs (and pairs) a request records: one plain run, one layered run, a pair, or a sweep."""
+
+    def layered(name: str, prompt: str, negative: str) -> RunPrompts:
+        pos, neg = parse_layer_prompt(prompt), parse_layer_prompt(negative)
+        if not (pos.has_groups or neg.has_groups):
+            return RunPrompts(name, prompt, negative)
+        return RunPrompts(
+            name,
+            prompt,
+            negative,
+            pos.resolve(blocks, aliases),
+            neg.resolve(blocks, aliases) if negative else None,
+        )
+
+    if req.sweep_insert is not None:
+        insert = req.sweep_insert.replace("\\", "\\\\").replace(";", "\\;").replace(":", "\\:")
+        swept = parse_blocks(req.sweep_blocks, blocks, aliases=aliases, what="--blocks")
+        runs = [layered(b, f"{req.prompt}, (~:{b}:{insert}:~)", req.negative_prompt) for b in swept]
+        base = parse_layer_prompt(runs[0].prompt).base() if runs else req.prompt
+        return [RunPrompts("base", base, req.negative_prompt), *runs], [schema.PairInfo("base", b, b) for b in swept]
+    main = layered("layered" if req.pair else "main", req.prompt, req.negative_prompt)
+    if not req.pair:
+        return [main], []
+    if req.base is not None:
+        base_run = RunPrompts("base", req.base, req.negative_prompt)
+    else:
+        base_run = RunPrompts("base", parse_layer_prompt(req.prompt).base(), parse_layer_prompt(req.negative_prompt).base())
+    return [base_run, main], [schema.PairInfo("base", "layered", "layered")]
