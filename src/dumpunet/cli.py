@@ -169,9 +169,8 @@ def _record(opts: dict[str, Any]) -> None:
         summary = recording.execute(job)
     except KeyboardInterrupt:
         raise click.ClickException(_interrupted_message(req.out)) from None
-    runs = summary["runs"]
-    what = f"runs {', '.join(runs)}" if len(runs) > 1 else f"{summary['steps']} steps"
-    click.echo(f"recorded {summary['calls']} U-Net calls ({what}, seed {summary['seed']}) into {summary['out']}", err=True)
+    what = f"runs {', '.join(summary.runs)}" if len(summary.runs) > 1 else f"{summary.steps} steps"
+    click.echo(f"recorded {summary.calls} U-Net calls ({what}, seed {summary.seed}) into {summary.out}", err=True)
 
 
 def _interrupted_message(out: Path) -> str:

@@ -108,7 +108,7 @@ def test_api_and_cli_write_the_same_root_attributes(tmp_path):
     cli, api = (RootAttrs.from_json(dict(zarr.open_group(tmp_path / n, mode="r").attrs), n) for n in ("cli.zarr", "api.zarr"))
     assert dataclasses.replace(cli, header=api.header) == api
     assert api.model["unet_fingerprint"] and api.model["source"] == "embedded" and api.blocks
-    assert summary["seed"] == job.req.seed == dumpunet.open(tmp_path / "cli.zarr").run().attrs["seed"]
+    assert summary.seed == job.req.seed == dumpunet.open(tmp_path / "cli.zarr").run().info.seed
 
 
 # --------------------------------------------------------------------------- the request is a value

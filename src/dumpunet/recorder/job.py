@@ -8,7 +8,7 @@ plan; ``execute`` generates every run of it into one store.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,13 @@ from dumpunet.errors import RecordError
 from dumpunet.recorder.blocks import unet_blocks
 from dumpunet.recorder.conditioning import BlockConditioning
 from dumpunet.recorder.models import load_pipeline
-from dumpunet.recorder.plan import RecordingPlan, Selection, token_length
+from dumpunet.recorder.plan import RecordingPlan, Selection, token_length, token_row
 from dumpunet.recorder.recorder import Recorder, open_writer
 from dumpunet.recorder.request import RecordRequest, RunPrompts, check, resolve_seed, run_prompts
 from dumpunet.recorder.samplers import make_scheduler
 from dumpunet.store import schema
 
-__all__ = ["Estimate", "Job", "RecordRequest", "check_budget", "estimate", "execute", "prepare", "truncation_warning"]
+__all__ = ["Estimate", "Job", "RecordRequest", "Summary", "check_budget", "estimate", "execute", "prepare", "truncation_warning"]
 
 
 @dataclass(frozen=True)
@@ -142,11 +142,9 @@ def check_budget(req: RecordRequest, est: Estimate) -> None:
         )
 
 
-def _tokens(pipe: Any, text: str) -> dict[str, Any]:
+def _encoded(pipe: Any, text: str) -> schema.TokenRow:
     tok = pipe.tokenizer
-    ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids
-    eos = tok.eos_token_id
-    return {"ids": ids, "tokens": tok.convert_ids_to_tokens(ids), "length": ids.index(eos) + 1 if eos in ids else len(ids)}
+    return token_row(tok, tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids)
 
 
 def truncation_warning(pipe: Any, text: str) -> str | None:
@@ -165,7 +163,18 @@ def truncation_warning(pipe: Any, text: str) -> str | None:
     )
 
 
-def execute(job: Job) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Summary:
+    """What ``execute`` recorded, for the CLI's last line."""
+
+    out: Path
+    seed: int
+    steps: int  # sampler steps each run executed
+    calls: int  # U-Net calls over all runs
+    runs: tuple[str, ...]
+
+
+def execute(job: Job) -> Summary:
     """Generate every run of the job while recording into ``req.out``; return a summary for the CLI."""
     req, pipe = job.req, job.pipe
     runs, pairs = run_prompts(req, *job.names)
@@ -193,23 +202,23 @@ def execute(job: Job) -> dict[str, Any]:
             calls += _record_one(job, writer, run, base_kwargs)
     finally:
         writer.close()
-    return {"out": str(req.out), "seed": req.seed, "steps": req.executed_steps, "calls": calls, "runs": [r.name for r in runs]}
+    return Summary(req.out, req.seed, req.executed_steps, calls, tuple(r.name for r in runs))
 
 
 def _record_one(job: Job, writer: Any, run: RunPrompts, base_kwargs: dict[str, Any]) -> int:
     req, pipe = job.req, job.pipe
-    run_info: dict[str, Any] = {
-        "prompt": run.prompt,
-        "negative_prompt": run.negative,
-        "seed": req.seed,
-        "seeds": [req.seed + i for i in range(req.batch_size)],
-        "sampler": req.sampler,
-        "cfg": req.cfg,
-        "requested_steps": req.steps,
-        "init_image": str(req.init_image) if req.init_image else None,
-        "strength": req.strength if req.init_image else None,
-        **req.extra,
-    }
+    attrs = schema.RunAttrs(
+        prompt=run.prompt,
+        negative_prompt=run.negative,
+        seed=req.seed,
+        seeds=tuple(req.seed + i for i in range(req.batch_size)),
+        sampler=req.sampler,
+        cfg=req.cfg,
+        requested_steps=req.steps,
+        init_image=str(req.init_image) if req.init_image else None,
+        strength=req.strength if req.init_image else None,
+        extra=dict(req.extra),
+    )
     kwargs = dict(base_kwargs, generator=[torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch_size)])
     conditioning = None
     if run.positive_blocks is not None or run.negative_blocks is not None:
@@ -218,13 +227,13 @@ def _record_one(job: Job, writer: Any, run: RunPrompts, base_kwargs: dict[str, A
         negative = run.negative_blocks or ({b: run.negative for b in names} if run.negative else None)
         conditioning = BlockConditioning(pipe, positive, negative, num_images=req.batch_size, guidance_scale=req.cfg)
         kwargs.update(prompt=conditioning.pipeline_prompt, negative_prompt=conditioning.pipeline_negative)
-        run_info["block_prompts"] = {"cond": positive, **({"uncond": negative} if negative else {})}
+        uncond, cond = schema.GUIDANCE_LABELS
         distinct = set(positive.values()) | set((negative or {}).values())
-        run_info["prompt_tokens"] = {text: _tokens(pipe, text) for text in sorted(distinct)}
+        attrs = replace(attrs, block_prompts={cond: positive, **({uncond: negative} if negative else {})},
+                        prompt_tokens={text: _encoded(pipe, text) for text in sorted(distinct)})
     else:
         kwargs.update(prompt=run.prompt, negative_prompt=run.negative or None)
-    rec = Recorder(pipe, writer=writer, options=req.record_options(), run=run.name, run_info=run_info,
-                   progress=not req.quiet)
+    rec = Recorder(pipe, writer=writer, options=req.record_options(), run=run.name, attrs=attrs, progress=not req.quiet)
     if conditioning is not None:
         with conditioning, rec:
             images = np.asarray(pipe(**kwargs).images)

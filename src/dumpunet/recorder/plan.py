@@ -25,6 +25,7 @@ Examples
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,7 @@ from dumpunet.recorder.blocks import block_table, select_blocks, unet_blocks
 from dumpunet.specs import format_ints, parse_ints
 from dumpunet.store import schema
 
-__all__ = ["LayerPlan", "RecordOptions", "RecordingPlan", "Selection", "token_length"]
+__all__ = ["LayerPlan", "RecordOptions", "RecordingPlan", "Selection", "token_length", "token_row"]
 
 
 @dataclass(frozen=True)
@@ -128,20 +129,29 @@ class LayerPlan:
             return (self.heads, self.n_key, self.head_dim)
         return (self.heads, self.n_query, self.head_dim)
 
-    def attrs(self) -> dict[str, Any]:
+    def attrs(self) -> schema.LayerAttrs:
         """The layer's array attributes."""
-        out: dict[str, Any] = {"layer_hw": list(self.layer_hw), "module": self.layer.module, "cross_attention": self.layer.cross}
-        if not self.layer.cross:
-            h, w = self.layer_hw
-            rows, cols = list(self.query_rows or range(h)), list(self.query_cols or range(w))
-            out.update(query_rows=rows, query_cols=cols, heads="mean" if self.head_mean else "all")
-            out[schema.STEPS_ATTR] = format_ints(self.steps)
-        return out
+        if self.layer.cross:
+            return schema.LayerAttrs(layer_hw=self.layer_hw, module=self.layer.module, cross_attention=True)
+        h, w = self.layer_hw
+        return schema.LayerAttrs(
+            layer_hw=self.layer_hw, module=self.layer.module, cross_attention=False,
+            query_rows=self.query_rows or tuple(range(h)), query_cols=self.query_cols or tuple(range(w)),
+            heads="mean" if self.head_mean else "all", recorded_steps=format_ints(self.steps),
+        )
 
 
 def token_length(pipe: Any) -> int:
     """Tokens the text encoder hands the U-Net per prompt (its window, padded): the cross-attention key count."""
     return int(getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77))
+
+
+def token_row(tokenizer: Any, ids: Sequence[int]) -> schema.TokenRow:
+    """What the text encoder read for one prompt: ids, their strings, the length up to the end token."""
+    ids = [int(i) for i in ids]
+    eos = getattr(tokenizer, "eos_token_id", None)
+    length = ids.index(eos) + 1 if eos in ids else len(ids)
+    return schema.TokenRow(tuple(ids), tuple(tokenizer.convert_ids_to_tokens(ids)), length)
 
 
 def _steps(spec: str, total: int, what: str) -> frozenset[int]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from dumpunet.errors import RecordError
 from dumpunet.recorder.attention_capture import AttentionCapture, AttentionOptions
 from dumpunet.recorder.buffers import Capture
 from dumpunet.recorder.identity import model_attrs, software_versions
-from dumpunet.recorder.plan import LayerPlan, RecordingPlan, RecordOptions, Selection, token_length
+from dumpunet.recorder.plan import LayerPlan, RecordingPlan, RecordOptions, Selection, token_length, token_row
 from dumpunet.recorder.step_clock import StepClock, executed_steps
 from dumpunet.recorder.tensors import decoded_to_uint8, first_tensor, jsonable, output_tensor
 from dumpunet.specs import format_ints
@@ -62,20 +62,17 @@ def open_writer(
     Both :func:`record` and ``dumpunet record`` open their stores here, so the ``model`` and
     ``versions`` attributes of a store do not depend on which of them wrote it.
     """
-    return StoreWriter(
-        path,
-        root_attrs={"model": model_attrs(pipe, model_info), "versions": software_versions(), "runs": [],
-                    "pairs": [p.to_json() for p in pairs]},
-        overwrite=overwrite,
-        max_queue_bytes=max_queue_bytes,
-    )
+    return StoreWriter(path, model=model_attrs(pipe, model_info), versions=software_versions(), pairs=pairs,
+                       overwrite=overwrite, max_queue_bytes=max_queue_bytes)
 
 
 class Recorder:
     """Record block outputs (and optionally inputs) of every U-Net call of one generation.
 
     Use it through :func:`dumpunet.record`; see there for the parameters. ``writer`` (instead of
-    a path) records one more run into a store that is already open (``dumpunet record --pair``).
+    a path) records one more run into a store that is already open (``dumpunet record --pair``);
+    ``attrs`` holds the run's generation parameters (``dumpunet record`` fills them), to which the
+    recorder adds what it sees.
     """
 
     def __init__(
@@ -85,7 +82,7 @@ class Recorder:
         *,
         options: RecordOptions,
         run: str = "main",
-        run_info: Mapping[str, Any] | None = None,
+        attrs: schema.RunAttrs | None = None,
         model_info: Mapping[str, Any] | None = None,
         progress: bool = True,
         overwrite: bool = False,
@@ -98,7 +95,7 @@ class Recorder:
         self.options = options
         self.selection = Selection.of(pipe.unet, options)
         self.run_name = run
-        self.run_info = dict(run_info or {})
+        self.attrs = attrs or schema.RunAttrs()
         self.progress = progress
         self.writer = writer
         self._new_writer: Callable[[], StoreWriter] | None = None
@@ -274,19 +271,13 @@ class Recorder:
 
     # ------------------------------------------------------------------ first call
 
-    def _tokens(self) -> dict[str, Any]:
-        """Token ids and strings the text encoder saw: the prompt first, then the negative prompt."""
+    def _tokens(self) -> dict[str, tuple[schema.TokenRow, ...]]:
+        """What the text encoder read, per guidance half: the prompt first, then the negative prompt."""
         tok = getattr(self.pipe, "tokenizer", None)
-        if tok is None or not self._seen.token_ids:
+        if tok is None:
             return {}
-        out: dict[str, Any] = {}
-        for label, rows in zip(("cond", "uncond"), self._seen.token_ids):
-            out[label] = [{"ids": ids, "tokens": tok.convert_ids_to_tokens(ids)} for ids in rows]
-        eos = getattr(tok, "eos_token_id", None)
-        for rows in out.values():
-            for row in rows:
-                row["length"] = row["ids"].index(eos) + 1 if eos in row["ids"] else len(row["ids"])
-        return {"tokens": out}
+        uncond, cond = schema.GUIDANCE_LABELS
+        return {label: tuple(token_row(tok, ids) for ids in rows) for label, rows in zip((cond, uncond), self._seen.token_ids)}
 
     def _start(self, sample: torch.Tensor, context: torch.Tensor | None) -> None:
         """Make the plan, create the run and its arrays (first U-Net call)."""
@@ -304,28 +295,28 @@ class Recorder:
         self.plan = plan
         self._capture = Capture(_TORCH_DTYPES[self.options.dtype], n_guidance, plan.n_images)
         vae_sf = int(getattr(self.pipe, "vae_scale_factor", 8))
-        attrs = {
-            **jsonable(self.run_info),
-            "steps": plan.total_steps,
-            "num_inference_steps": int(sched.num_inference_steps),
-            "scheduler": type(sched).__name__,
-            "scheduler_config": jsonable(dict(sched.config)),
-            "n_images": plan.n_images,
-            "guidance": list(schema.GUIDANCE_LABELS) if n_guidance == 2 else ["cond"],
-            "latent_size": list(latent_hw),
-            "height": latent_hw[0] * vae_sf,
-            "width": latent_hw[1] * vae_sf,
-            "record_steps": format_ints(plan.record_steps),
-            "recorded_blocks": list(plan.blocks),
-            "inputs": self.options.inputs,
-            "dtype": self.options.store_dtype,
-            "attention_layers": [lp.layer.name for lp in plan.layers],
-            **self._tokens(),
-        }
+        attrs = replace(
+            self.attrs,
+            steps=plan.total_steps,
+            num_inference_steps=int(sched.num_inference_steps),
+            scheduler=type(sched).__name__,
+            scheduler_config=jsonable(dict(sched.config)),
+            n_images=plan.n_images,
+            guidance=schema.GUIDANCE_LABELS if n_guidance == 2 else schema.GUIDANCE_LABELS[1:],
+            latent_size=latent_hw,
+            height=latent_hw[0] * vae_sf,
+            width=latent_hw[1] * vae_sf,
+            record_steps=format_ints(plan.record_steps),
+            recorded_blocks=plan.blocks,
+            inputs=self.options.inputs,
+            dtype=self.options.store_dtype,
+            attention_layers=tuple(lp.layer.name for lp in plan.layers),
+            tokens=self._tokens(),
+        )
         writer = self._writer()
-        writer.update_root_attrs({"blocks": [b.to_json() for b in plan.table]})
+        writer.set_block_table(plan.table)
         writer.begin_run(self.run_name, attrs, [plan.block(b) for b in plan.blocks], which=plan.which,
-                         n_images=plan.n_images, n_guidance=n_guidance, dtype=self.options.store_dtype)
+                         dtype=self.options.store_dtype)
         if self._attn is not None:
             self._attn.use(plan.layers)
             writer.add_arrays(self.run_name, {
@@ -375,7 +366,8 @@ def record(
     run
         The run's name in the store (``runs/<run>``).
     run_info
-        Extra JSON metadata for the run (prompt, seed, ...; the CLI fills it).
+        JSON metadata for the run: the generation parameters of the run's attributes (``prompt``,
+        ``seed``, ...; see :class:`~dumpunet.store.schema.RunAttrs`) and any other keys, kept as given.
     model_info
         Extra JSON metadata for the model (the root ``model`` attribute; the CLI fills it).
     overwrite
@@ -394,5 +386,6 @@ def record(
         features = AttentionOptions.parse_features(attention or "")
         attention = AttentionOptions(features=features) if features else None
     options = RecordOptions(blocks=blocks, steps=steps, inputs=inputs, dtype=dtype, attention=attention)
-    return Recorder(pipe, path, options=options, run=run, run_info=run_info, model_info=model_info, progress=progress,
+    attrs = schema.RunAttrs.from_json(jsonable(dict(run_info or {})), "run_info")
+    return Recorder(pipe, path, options=options, run=run, attrs=attrs, model_info=model_info, progress=progress,
                     overwrite=overwrite, max_queue_bytes=max_queue_bytes)
