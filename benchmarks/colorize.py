@@ -31,7 +31,8 @@ import time
 import numba
 import numpy as np
 
-import reference as ref
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "analyzer"))
+import reference as ref  # noqa: E402 - the numpy test oracle lives with the tests
 from dumpunet.analyzer.color.colorize import ColorSpec, colorize
 from dumpunet.analyzer.color.lut import build_lut, exact_pixels, quantize
 

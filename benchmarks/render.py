@@ -11,7 +11,7 @@ floor     encode the very grids a render makes (read + colorize + tile done befo
           Measured on ``--floor-steps`` steps x 25 blocks (memory), reported in Mpix/s.
 compute   read + colorize + tile alone: CPU time of one thread (kernels single-threaded, as on
           a render's pool threads).
-render    ``dumpunet.render(store, guidance="cond")``: all blocks x all steps of one guidance
+render    ``dumpunet.render(store, Pick(guidance="cond"))``: all blocks x all steps of one guidance
           half as PNG grids written to disk (default colorization: Custom HSL, Auto [0,1]).
           ``ratio`` = render time / (pixels / floor rate of the same encoder); target <= 1.3.
           The CPU columns (process CPU ms per Mpix) give the same ratio without the noise of
@@ -167,9 +167,9 @@ import dumpunet
 from dumpunet.analyzer.color import kernels
 t1 = time.perf_counter()
 out = tempfile.mkdtemp()
-dumpunet.render(sys.argv[1], blocks="OUT11", steps=sys.argv[2], out=out, progress=False)
+dumpunet.render(sys.argv[1], dumpunet.Pick(blocks="OUT11", steps=sys.argv[2]), out=out, progress=False)
 t2 = time.perf_counter()
-dumpunet.render(sys.argv[1], blocks="OUT11", steps=sys.argv[2], out=out, progress=False)
+dumpunet.render(sys.argv[1], dumpunet.Pick(blocks="OUT11", steps=sys.argv[2]), out=out, progress=False)
 t3 = time.perf_counter()
 sigs = {n: len(getattr(kernels, n).signatures) for n in dir(kernels) if hasattr(getattr(kernels, n), "signatures")}
 print(t1 - t0, t2 - t1, t3 - t2, sigs)
@@ -202,7 +202,7 @@ def main() -> None:
     store = dumpunet.open(path)
     spec = ColorSpec()
     colorize(store.features("IN11", 1), spec)  # compile before timing
-    dumpunet.render(store, out=tempfile.mkdtemp(), blocks="IN11", steps="1", progress=False)
+    dumpunet.render(store, dumpunet.Pick(blocks="IN11", steps="1"), out=tempfile.mkdtemp(), progress=False)
     print(f"store: {path} ({store.disk_bytes() / 1e9:.2f} GB), {len(store.blocks)} blocks x {len(store.steps)} steps; "
           f"jobs={jobs}, cpus={os.cpu_count()}, colorization {spec.slug()}")
 
@@ -233,7 +233,8 @@ def main() -> None:
             for e in encoders:
                 shutil.rmtree(out, ignore_errors=True)
                 c0, t0 = cpu_seconds(), time.perf_counter()
-                files = dumpunet.render(store, out=out, guidance="cond", jobs=jobs, progress=False, png_encoder=e)
+                files = dumpunet.render(store, dumpunet.Pick(guidance="cond"), out=out, jobs=jobs, progress=False,
+                                        png_encoder=e)
                 t, c = time.perf_counter() - t0, cpu_seconds() - c0
                 total_px = sum(f.params["size"][0] * f.params["size"][1] for f in files)
                 e2e[e].append(total_px / 1e6 / t)

@@ -82,7 +82,8 @@ def test_render_and_export_run_without_torch(tmp_path):
                      ["render", "--help"], ["export", "--help"]):
             res = r.invoke(main, args)
             assert res.exit_code == 0, (args, res.output, res.exception)
-        files = dumpunet.render({str(store)!r}, out={str(tmp_path / "a")!r}, average="mean", progress=False)
+        files = dumpunet.render({str(store)!r}, style=dumpunet.GridStyle(average="mean"), out={str(tmp_path / "a")!r},
+                                progress=False)
         files += dumpunet.export({str(store)!r}, out={str(tmp_path / "b")!r}, format="npy", progress=False)
         print(len(files))
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers", "safetensors"))
@@ -110,7 +111,8 @@ def test_diff_and_contact_sheets_run_without_torch(tmp_path):
                      ["diff", "--help"]):
             res = r.invoke(main, args)
             assert res.exit_code == 0, (args, res.output, res.exception)
-        files = dumpunet.diff({str(store)!r}, out={str(tmp_path / "a")!r}, blocks="M00", steps="20", progress=False)
+        files = dumpunet.diff({str(store)!r}, dumpunet.Pick(blocks="M00", steps="20"), out={str(tmp_path / "a")!r},
+                              progress=False)
         print(len(files))
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers", "safetensors"))
         print("heavy:", heavy)

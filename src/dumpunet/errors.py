@@ -54,6 +54,14 @@ class ColorSpecError(DumpUnetError, ValueError):
     """A colorization option that is unknown or out of range (method, transform, clamp, ...)."""
 
 
+class OptionError(DumpUnetError, ValueError):
+    """An analysis option that is unknown, out of range, or not one the command takes (jobs, scale, ...)."""
+
+
+class OutputError(DumpUnetError, OSError):
+    """An output folder that cannot be used: a file, not creatable, or holding a foreign manifest."""
+
+
 class PromptSyntaxError(SyntaxErrorWithCaret, ValueError):
     """A per-block prompt group that does not parse."""
 

@@ -8,9 +8,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 import dumpunet
+from dumpunet import Pick
 from dumpunet.store import schema
 from dumpunet.analyzer.attention_grids import ATTENTION_COLOR, render_attention
-from dumpunet.analyzer.color.colorize import colorize
+from dumpunet.analyzer.color.colorize import ColorSpec, colorize, map_ranges, merge_ranges
 from dumpunet.analyzer.heatmap import colormap, overlay, query_map, word_heatmap
 from dumpunet.analyzer.tokens import label, select_tokens
 from dumpunet.cli import main
@@ -75,7 +76,7 @@ def test_tokens_select_words_subtokens_and_indices():
 
 
 def test_grid_rows_are_heads_and_columns_are_tokens(store, tmp_path):
-    files = render_attention(store, out=tmp_path / "r", layers="IN01", steps="2", tokens="pink,girl", scale=1,
+    files = render_attention(store, Pick(blocks="IN01", steps="2"), out=tmp_path / "r", tokens="pink,girl", scale=1,
                              png_encoder="zlib", progress=False)
     assert [f.path.name for f in files] == [f"IN01.attn2-step002-img0-cond-qk-{ATTENTION_COLOR.slug()}.png"]
     entry = files[0].params
@@ -90,29 +91,29 @@ def test_grid_rows_are_heads_and_columns_are_tokens(store, tmp_path):
 
 
 def test_negative_prompt_half_is_labelled_with_its_own_tokens(store, tmp_path):
-    files = render_attention(store, out=tmp_path / "r", layers="M00", steps="1", guidance="uncond", progress=False)
+    files = render_attention(store, Pick(blocks="M00", steps="1", guidance="uncond"), out=tmp_path / "r", progress=False)
     assert files[0].params["columns"] == ["1:bad"]
 
 
 def test_self_attention_needs_a_query_and_uses_the_nearest_stored_one(store, tmp_path):
     with pytest.raises(SelectionError, match="only self-attention layers match 'IN01.attn1': give --query x,y"):
-        render_attention(store, out=tmp_path / "r", layers="IN01.attn1", progress=False)
-    files = render_attention(store, out=tmp_path / "r", layers="IN01.attn1", steps="1", query=(0.9, 0.1), scale=1,
+        render_attention(store, Pick(blocks="IN01.attn1"), out=tmp_path / "r", progress=False)
+    files = render_attention(store, Pick(blocks="IN01.attn1", steps="1"), out=tmp_path / "r", query=(0.9, 0.1), scale=1,
                              progress=False)
     assert files[0].params["columns"] == ["query (3,0)"]  # stored rows 0,2 and cols 1,3: nearest is (x=3, y=0)
 
 
 def test_word_heatmap_matches_an_independent_sum(store):
-    heat = word_heatmap(store, "hair", layers="M00", steps="1-2")
+    heat = word_heatmap(store, "hair", Pick(blocks="M00", steps="1-2"))
     acc = sum(probs(s, 2, (16, 16))[1, 0][:, :, [3, 4]].sum(-1).mean(0).reshape(16, 16) for s in (1, 2))
     want = (acc - acc.min()) / (acc.max() - acc.min())
     np.testing.assert_allclose(heat, want, atol=1e-6)
-    np.testing.assert_allclose(dumpunet.heatmap(store, "hair", layers="M00"), heat)
+    np.testing.assert_allclose(dumpunet.heatmap(store, "hair", Pick(blocks="M00")), heat)
     assert word_heatmap(store, "hair").shape == (IMAGE, IMAGE)  # IN01's 4x4 maps are upsampled
 
 
 def test_query_map_and_overlay(store):
-    m = query_map(store, (0.1, 0.9), layers="IN01")
+    m = query_map(store, (0.1, 0.9), Pick(blocks="IN01"))
     assert m.shape == (IMAGE, IMAGE) and m.min() == 0.0 and m.max() == 1.0
     blended = overlay(store.image(0), m, alpha=0.5)
     np.testing.assert_array_equal(blended, np.round(0.5 * 100 + 0.5 * colormap(m).astype(np.float32)).astype(np.uint8))
@@ -133,16 +134,21 @@ def test_attention_errors_name_what_exists(store, tmp_path):
 
 
 def test_cli_attention_and_heatmap(store, tmp_path):
-    r = CliRunner().invoke(main, ["attention", str(store.path), "--layers", "IN01-M00", "--steps", "1",
+    r = CliRunner().invoke(main, ["attention", str(store.path), "--blocks", "IN01-M00", "--steps", "1",
                                   "--tokens", "hair", "--out", str(tmp_path / "a"), "--quiet"])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "a").glob("*.png")) == [
         f"IN01.attn2-step001-img0-cond-qk-{ATTENTION_COLOR.slug()}.png",
         f"M00.attn2-step001-img0-cond-qk-{ATTENTION_COLOR.slug()}.png",
     ]
-    r = CliRunner().invoke(main, ["heatmap", str(store.path), "--word", "pink", "--out", str(tmp_path / "h")])
+    r = CliRunner().invoke(main, ["heatmap", str(store.path), "--word", "1", "--layers", "M00", "--guidance", "both",
+                                  "--out", str(tmp_path / "h")])
     assert r.exit_code == 0, r.output
-    assert Image.open(tmp_path / "h" / "heatmap-pink-img0-cond.png").size == (IMAGE, IMAGE)
+    assert sorted(p.name for p in (tmp_path / "h").glob("*.png")) == ["heatmap-1-img0-cond.png", "heatmap-1-img0-uncond.png"]
+    for g in ("uncond", "cond"):
+        heat = word_heatmap(store, "1", Pick(blocks="M00", guidance=g))
+        want = overlay(store.image(0), heat, alpha=0.5)
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "h" / f"heatmap-1-img0-{g}.png")), want)
     r = CliRunner().invoke(main, ["heatmap", str(store.path), "--word", "blue", "--out", str(tmp_path / "h2")])
     assert r.exit_code == 1 and r.output.startswith("Error: 'blue' is not a word of the prompt")
     assert not (tmp_path / "h2").exists()
@@ -156,3 +162,21 @@ def test_an_empty_prompt_says_so():
     empty = ["<|startoftext|>", "<|endoftext|>", "<|endoftext|>"]
     with pytest.raises(SelectionError, match=r"^'hair' is not a word of the prompt; the prompt is empty \(or give token indices 0..2\)$"):
         select_tokens("hair", empty, 2)
+
+
+def test_auto_scope_run_is_one_range_over_everything_selected(store, tmp_path):
+    # auto_scope "run" means one (min, max) over every map selected, as in render and diff:
+    # both guidance halves and both steps share it.
+    color = ColorSpec(h="(2-2*v)/3", auto_scope="run")
+    files = render_attention(store, Pick(blocks="IN01.attn2", steps="1-2", guidance="both"), color,
+                             out=tmp_path / "r", tokens="1-2", scale=1, progress=False)
+    assert [(f.params["step"], f.params["guidance"]) for f in files] == [(1, "uncond"), (1, "cond"), (2, "uncond"), (2, "cond")]
+    maps = {(s, g): np.stack([probs(s, 1)[g, 0][h, :, t].reshape(4, 4) for h in range(2) for t in (1, 2)])
+            for s in (1, 2) for g in (0, 1)}
+    minmax = merge_ranges(*(map_ranges(m) for m in maps.values()))
+    for f, key in zip(files, maps):
+        assert f.params["range"] == list(minmax)
+        want = colorize(maps[key], color, minmax=minmax)
+        grid = np.asarray(Image.open(f.path))[-(2 * 5 - 1):, -(2 * 5 - 1):]
+        for k, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+            np.testing.assert_array_equal(grid[r * 5 : r * 5 + 4, c * 5 : c * 5 + 4], want[k])

@@ -67,8 +67,8 @@ def test_documented_examples_work_verbatim(here, line):
 def test_cli_and_api_write_the_same_files(here):
     assert run("diff", "sweep.zarr", "--pair", "M00", "--blocks", "OUT11", "--steps", "20", "--method", "White/Black",
                "--out", "cli", "--quiet").exit_code == 0
-    files = dumpunet.diff("sweep.zarr", pair="M00", blocks="OUT11", steps="20", method="White/Black", out="api",
-                          progress=False)
+    files = dumpunet.diff("sweep.zarr", dumpunet.Pick(blocks="OUT11", steps="20"),
+                          dumpunet.ColorSpec(method="White/Black", transform="linear"), pair="M00", out="api", progress=False)
     assert sorted(f.path.name for f in files) == sorted(p.name for p in (here / "cli").iterdir() if p.suffix != ".json")
     for f in files:
         if f.path.suffix == ".png":

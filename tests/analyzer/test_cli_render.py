@@ -7,6 +7,7 @@ import shlex
 
 import numpy as np
 import pytest
+import click
 from click.testing import CliRunner
 from PIL import Image
 
@@ -47,8 +48,8 @@ def test_documented_examples_work_verbatim(here, line):
 
 def test_cli_and_api_write_the_same_pixels(here):
     assert run(*shlex.split(EXAMPLES[0])).exit_code == 0
-    (f,) = dumpunet.render("girl.zarr", out="api", blocks="OUT11", steps="20", method="White/Black",
-                           transform="sigmoid", progress=False)
+    (f,) = dumpunet.render("girl.zarr", dumpunet.Pick(blocks="OUT11", steps="20"),
+                           dumpunet.ColorSpec(method="White/Black", transform="sigmoid"), out="api", progress=False)
     with Image.open(f) as a, Image.open(here / "renders" / f.path.name) as b:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -120,3 +121,21 @@ def test_sigterm_mid_render_leaves_whole_files_listed_in_the_manifest(girl, tmp_
     assert 3 <= len(pngs) < 100
     listed = [e["file"] for e in json.loads((out / "manifest.json").read_text())["files"]]
     assert listed == pngs
+
+
+def test_every_command_spells_and_explains_an_option_the_same_way():
+    from dumpunet.cli import main
+
+    seen: dict[str, set] = {}
+    for name in ("render", "export", "diff", "attention", "heatmap"):
+        for p in main.commands[name].params:
+            if isinstance(p, click.Option) and p.name != "help":
+                seen.setdefault(p.name, set()).add((p.opts[0], p.help))
+    assert {k: v for k, v in seen.items() if len(v) != 1} == {}
+    assert seen["which"] == {("--input", "Block inputs (recorded with --inputs) instead of outputs.")}
+    assert seen["clamp_min"] == {("--clamp-min", "Linear: lower clamp.")}
+    # the defaults a view starts from are values too: diff's Linear, attention's hue
+    params = {c: {p.name: p for p in main.commands[c].params} for c in ("render", "diff", "attention")}
+    assert [params[c]["transform"].default for c in params] == ["auto01", "linear", "auto01"]
+    assert [params[c]["h"].default for c in params] == ["(2+v)/3", "(2+v)/3", "(2-2*v)/3"]
+    assert "PCA" not in params["attention"]["method"].type.choices

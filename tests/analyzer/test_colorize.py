@@ -183,7 +183,7 @@ def test_spec_parses_ui_names():
     assert ColorSpec("Red/Blue", "auto01").method == "Red/Blue"
     assert ColorSpec(space="RGB").space == "rgb"
     assert ColorSpec(gain=np.float32(2.0)).gain == 2.0 and type(ColorSpec(gain=np.float32(2.0)).gain) is float
-    with pytest.raises(ColorSpecError, match=r"unknown colorize method 'Blue' \(valid: Custom, Red/Blue, White/Black\)"):
+    with pytest.raises(ColorSpecError, match=r"unknown colorize method 'Blue' \(valid: Custom, PCA, Red/Blue, White/Black\)"):
         ColorSpec("Blue")
     with pytest.raises(ColorSpecError, match=r"unknown value transform 'log' \(valid: auto01, auto11, linear, sigmoid\)"):
         ColorSpec(transform="log")

@@ -12,6 +12,8 @@ from synthetic_stores import final_image, make_paired_store
 from test_render import by_hand, pixels
 
 import dumpunet
+from dumpunet.analyzer.color.spec import DIFF_COLOR
+from values import split
 from dumpunet.analyzer.color.colorize import ColorSpec, colorize
 from dumpunet.analyzer.reduce import channel_average
 from dumpunet.analyzer.selection import DiffStats, select_pair
@@ -34,7 +36,8 @@ def swept(tmp_path_factory):
 
 
 def diff(store, out, **kw):
-    return dumpunet.diff(store, out=out, progress=False, **kw)
+    pick, color, style, rest = split(kw, color=DIFF_COLOR)
+    return dumpunet.diff(store, pick, color, style, out=out, progress=False, **rest)
 
 
 def read_csv(path) -> list[dict[str, str]]:
@@ -153,10 +156,10 @@ def test_final_images_and_their_pixel_difference(paired, tmp_path):
 
 
 def test_a_sweep_pair_by_label_and_pca_on_differences(swept, tmp_path):
-    sel = select_pair(dumpunet.open(swept), pair="m00", blocks="OUT11", steps="20")
+    sel = select_pair(dumpunet.open(swept), dumpunet.Pick(blocks="OUT11", steps="20"), pair="m00")
     assert (sel.base.name, sel.run.name, sel.pair["label"]) == ("base", "M00", "M00")
     np.testing.assert_array_equal(sel.read(next(sel.slabs())), by_numpy(swept, "OUT11", 20, run="M00"))
-    first = select_pair(dumpunet.open(swept), blocks="OUT11", steps="20")
+    first = select_pair(dumpunet.open(swept), dumpunet.Pick(blocks="OUT11", steps="20"))
     assert first.run.name == "IN04"
     files = diff(swept, tmp_path, pair="IN04", blocks="OUT11", steps="1,20", method="pca", finals=False)
     maps = [f for f in files if f.params["kind"] == "diff"]
@@ -166,7 +169,7 @@ def test_a_sweep_pair_by_label_and_pca_on_differences(swept, tmp_path):
 
 def test_the_render_pipeline_still_renders_features(paired, tmp_path):
     """Diffs share render's pipeline; rendering the base run gives the base's features."""
-    (f,) = dumpunet.render(paired, out=tmp_path, run="base", blocks="M00", steps="5", images="0",
+    (f,) = dumpunet.render(paired, dumpunet.Pick(run="base", blocks="M00", steps="5", images="0"), out=tmp_path,
                            progress=False)
     assert f.path.name == "M00-step005-img0-cond-custom-hsl-auto01-4079ce.png" and f.params["kind"] == "render"
     x = dumpunet.open(paired).features("M00", 5, run="base")

@@ -377,7 +377,7 @@ def test_recorded_tiny_sd1_maps_and_grids(tmp_path):
             diff = np.abs(colorize(x, _spec(method, transform, space, exprs)).astype(np.int16) - expected)
             limit = 1 if transform == "Sigmoid" else 0  # an ulp of exp at a level boundary
             assert diff.max() <= limit, (block, method, transform, space, exprs)
-    files = dumpunet.render(path, out=tmp_path / "out", steps="2", progress=False)
+    files = dumpunet.render(path, dumpunet.Pick(steps="2"), out=tmp_path / "out", progress=False)
     for f in files:
         c, h, w = store.features(f.params["block"], 2).shape
         grid = f.params["grid"]

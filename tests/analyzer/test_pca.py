@@ -8,8 +8,14 @@ from synthetic_stores import make_store
 from PIL import Image
 
 import dumpunet
+from values import split
 from dumpunet.analyzer.pca import Basis, BlockBasis, fit_basis
-from dumpunet.errors import DumpUnetError
+from dumpunet.errors import OptionError
+
+
+def render(store, **kw):
+    pick, color, style, rest = split(kw)
+    return dumpunet.render(store, pick, color, style, progress=False, **rest)
 
 
 def pixels(path) -> np.ndarray:
@@ -32,8 +38,7 @@ def test_fit_finds_the_principal_directions_with_deterministic_signs():
 
 def test_pixels_are_the_hand_projection(girl, tmp_path):
     basis_file = tmp_path / "basis.npz"
-    (f,) = dumpunet.render(girl, out=tmp_path, blocks="OUT08", steps="10", method="pca", pca_basis=basis_file,
-                           progress=False)
+    (f,) = render(girl, out=tmp_path, blocks="OUT08", steps="10", method="pca", pca_basis=basis_file)
     with np.load(basis_file, allow_pickle=False) as z:
         assert str(z["format"]) == "dumpunet-pca-basis/1"
         assert sorted(z.files) == ["OUT08.components", "OUT08.mean", "OUT08.meta", "OUT08.range", "format"]
@@ -53,23 +58,22 @@ def test_one_basis_gives_identical_colours_for_identical_data_across_stores(tmp_
     a = make_store(tmp_path / "a.zarr")
     b = make_store(tmp_path / "b.zarr", other_seed_steps=(1, 5, 10))  # agrees with a at step 20 only
     basis_file = tmp_path / "shared.npz"
-    fa = dumpunet.render(a, out=tmp_path / "ra", blocks="OUT09-OUT11", method="PCA", pca_basis=basis_file, progress=False)
+    fa = render(a, out=tmp_path / "ra", blocks="OUT09-OUT11", method="PCA", pca_basis=basis_file)
     saved = basis_file.read_bytes()
-    fb = dumpunet.render(b, out=tmp_path / "rb", blocks="OUT09-OUT11", method="pca", pca_basis=basis_file, progress=False)
+    fb = render(b, out=tmp_path / "rb", blocks="OUT09-OUT11", method="pca", pca_basis=basis_file)
     assert basis_file.read_bytes() == saved  # reused, not refitted
     at20 = lambda files: {f.path.name: f.path.read_bytes() for f in files if f.params["step"] == 20}  # noqa: E731
     assert at20(fa) == at20(fb) and len(at20(fa)) == 3
     # without the shared basis, b's own fit colours the same data differently
-    own = dumpunet.render(b, out=tmp_path / "own", blocks="OUT09-OUT11", method="pca", progress=False)
+    own = render(b, out=tmp_path / "own", blocks="OUT09-OUT11", method="pca")
     assert set(at20(own)).isdisjoint(at20(fa))
 
 
 def test_blocks_missing_from_a_basis_are_fitted_and_added(girl, tmp_path):
     basis_file = tmp_path / "basis.npz"
-    dumpunet.render(girl, out=tmp_path, blocks="OUT11", method="pca", pca_basis=basis_file, progress=False)
+    render(girl, out=tmp_path, blocks="OUT11", method="pca", pca_basis=basis_file)
     first = Basis.load(basis_file)["OUT11"]
-    dumpunet.render(girl, out=tmp_path, blocks="M00,OUT11", which="output", method="pca", pca_basis=basis_file,
-                    progress=False)
+    render(girl, out=tmp_path, blocks="M00,OUT11", which="output", method="pca", pca_basis=basis_file)
     both = Basis.load(basis_file)
     assert sorted(both) == ["M00", "OUT11"] and both["OUT11"].digest == first.digest
     assert both["M00"].meta == {"samples": 16, "stores": [str(girl.resolve())], "steps": "1,5,10,20"}
@@ -78,15 +82,15 @@ def test_blocks_missing_from_a_basis_are_fitted_and_added(girl, tmp_path):
 def test_basis_mismatch_and_foreign_files_are_refused(girl, tmp_path):
     basis_file = tmp_path / "basis.npz"
     Basis({"OUT11": BlockBasis(np.zeros(5, np.float32), np.zeros((3, 5), np.float32), np.zeros((3, 2)), {})}).save(basis_file)
-    with pytest.raises(DumpUnetError) as err:
-        dumpunet.render(girl, out=tmp_path / "o", blocks="OUT11", method="pca", pca_basis=basis_file, progress=False)
+    with pytest.raises(OptionError) as err:
+        render(girl, out=tmp_path / "o", blocks="OUT11", method="pca", pca_basis=basis_file)
     assert str(err.value) == f"PCA basis {basis_file} was fitted on 5 channels for OUT11, but {girl} has 4"
     junk = tmp_path / "junk.npz"
     junk.write_bytes(b"not a zip")
-    with pytest.raises(DumpUnetError) as err:
-        dumpunet.render(girl, out=tmp_path / "o", blocks="OUT11", method="pca", pca_basis=junk, progress=False)
+    with pytest.raises(OptionError) as err:
+        render(girl, out=tmp_path / "o", blocks="OUT11", method="pca", pca_basis=junk)
     assert str(err.value) == f"{junk} is not a dumpunet PCA basis file (expected dumpunet-pca-basis/1 .npz)"
-    with pytest.raises(DumpUnetError) as err:
-        dumpunet.render(girl, out=tmp_path / "o", blocks="OUT11", method="pca", channels="0-1", progress=False)
+    with pytest.raises(OptionError) as err:
+        render(girl, out=tmp_path / "o", blocks="OUT11", method="pca", channels="0-1")
     assert str(err.value) == "method pca uses every channel (the basis spans them all); leave channels empty"
     assert not (tmp_path / "o").exists()

@@ -107,3 +107,10 @@ def test_tile_matches_the_reference(data, rgb, scale):
     cols, rows = grid_shape(n, h, w)
     cols += data.draw(st.integers(0, 2))  # also grids with spare tiles
     np.testing.assert_array_equal(tile(images, cols, rows, scale), ref.tile(images, cols, rows, scale))
+
+
+def test_the_average_option_offers_exactly_the_averages_computed():
+    from dumpunet.analyzer.reduce import AVERAGES
+    from dumpunet.analyzer.style import AVERAGES as OFFERED
+
+    assert OFFERED == AVERAGES

@@ -9,12 +9,17 @@ import numpy as np
 import pytest
 from synthetic_stores import make_store, mark_interrupted
 from PIL import Image
+from values import split
 
 import dumpunet
 from dumpunet.analyzer import render as render_module
 from dumpunet.analyzer.color.colorize import ColorSpec, colorize, map_ranges, merge_ranges
+from dumpunet.analyzer.grid import grid_shape
 from dumpunet.analyzer.reduce import channel_average
-from dumpunet.errors import DumpUnetError, ExpressionError, IncompleteStepError, SelectionError, SpecError, StoreError
+from dumpunet import GridStyle, Pick
+from dumpunet.errors import (
+    DumpUnetError, ExpressionError, IncompleteStepError, OptionError, OutputError, SelectionError, SpecError, StoreError,
+)
 
 DEFAULT_SLUG = "custom-hsl-auto01-4079ce"
 
@@ -37,7 +42,8 @@ def by_hand(tiles: np.ndarray, cols: int, rows: int, scale: int = 1) -> np.ndarr
 
 
 def render(store, out, **kw):
-    return dumpunet.render(store, out=out, progress=False, **kw)
+    pick, color, style, rest = split(kw)
+    return dumpunet.render(store, pick, color, style, out=out, progress=False, **rest)
 
 
 def test_grid_is_colorize_plus_tiling_of_every_channel(girl, tmp_path):
@@ -176,7 +182,7 @@ def test_a_nan_expression_paints_black_instead_of_failing(girl, tmp_path):
 
 
 def test_several_stores_go_to_subfolders_under_one_progress_bar(girl, pair, tmp_path, capsys):
-    files = dumpunet.render([girl, pair], out=tmp_path, blocks="M00", steps="20", jobs=2)
+    files = dumpunet.render([girl, pair], Pick(blocks="M00", steps="20"), out=tmp_path, jobs=2)
     assert sorted(str(f.path.relative_to(tmp_path)) for f in files) == sorted([
         f"girl/M00-step020-img0-cond-{DEFAULT_SLUG}.png",
         f"pair/M00-step020-img0-cond-{DEFAULT_SLUG}.png",
@@ -199,11 +205,13 @@ ERRORS = [
     ({"blocks": "IN00", "channels": "2-4"}, SpecError, "bad channel spec for IN00: channel 4 out of range 0..3\n  2-4\n    ^"),
     ({"images": "0,2"}, SpecError, "bad image spec: image 2 out of range 0..1\n  0,2\n    ^"),
     ({"h": "(2+v"}, ExpressionError, "bad expression: H: '(' was never closed\n  (2+v\n  ^"),
-    ({"method": "rainbow"}, DumpUnetError, "unknown colorize method 'rainbow' (valid: Custom, Red/Blue, White/Black)"),
-    ({"average": "sum"}, DumpUnetError, "unknown channel average 'sum' (valid: mean, 1-norm, 2-norm, l1, l2)"),
-    ({"scale": 0}, DumpUnetError, "scale must be a whole number of at least 1, got 0"),
+    ({"method": "rainbow"}, DumpUnetError, "unknown colorize method 'rainbow' (valid: Custom, PCA, Red/Blue, White/Black)"),
+    ({"average": "sum"}, OptionError, "unknown channel average 'sum' (valid: mean, 1-norm, 2-norm, l1, l2)"),
+    ({"scale": 0}, OptionError, "scale must be a whole number of at least 1, got 0"),
+    ({"jobs": 0}, OptionError, "jobs must be a whole number of at least 1, got 0"),
+    ({"guidance": "all"}, OptionError, "unknown guidance 'all' (valid: cond, uncond, both)"),
     ({"which": "input", "blocks": "IN00"}, SelectionError, "block IN00 has no recorded input in run 'main' (recorded: none)"),
-    ({"method": "pca", "average": "mean"}, DumpUnetError, "method pca colours the channel vectors; it cannot be combined with an average"),
+    ({"method": "pca", "average": "mean"}, OptionError, "method pca colours the channel vectors; it cannot be combined with an average"),
     ({"run": "base"}, SelectionError, "no run 'base' in {store} (runs: main)"),
 ]
 
@@ -241,7 +249,7 @@ def test_foreign_newer_and_missing_stores_and_a_file_as_output(girl, tmp_path):
     with pytest.raises(StoreError, match=r"newer than this dumpunet reads \(version 1\)"):
         render(newer, tmp_path / "o")
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(DumpUnetError) as err:
+    with pytest.raises(OutputError) as err:
         render(girl, tmp_path / "afile", blocks="M00", steps="20")
     assert str(err.value) == f"output folder {tmp_path / 'afile'} is a file; choose a folder for --out"
     assert (tmp_path / "afile").read_text() == "x"
@@ -261,7 +269,7 @@ def test_a_failure_mid_render_leaves_whole_files_and_a_manifest_of_exactly_them(
 
     monkeypatch.setattr(render_module, "encode_png", flaky)
     with pytest.raises(type(failure)):
-        dumpunet.render(girl, out=tmp_path, blocks="IN00-IN11", steps="1", jobs=1, progress=False)
+        dumpunet.render(girl, Pick(blocks="IN00-IN11", steps="1"), out=tmp_path, jobs=1, progress=False)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")]
     pngs = [n for n in names if n.endswith(".png")]
@@ -286,7 +294,7 @@ def test_a_write_that_fails_halfway_leaves_no_file(tmp_path):
 
 def test_a_foreign_manifest_is_not_overwritten(girl, tmp_path):
     (tmp_path / "manifest.json").write_text('{"mine": true}')
-    with pytest.raises(DumpUnetError) as err:
+    with pytest.raises(OutputError) as err:
         render(girl, tmp_path, blocks="M00", steps="20")
     assert str(err.value) == f"{tmp_path / 'manifest.json'} exists but is not a dumpunet manifest; choose another output folder"
     assert (tmp_path / "manifest.json").read_text() == '{"mine": true}'
@@ -297,9 +305,39 @@ def test_a_foreign_manifest_is_not_overwritten(girl, tmp_path):
 def test_two_stores_with_one_name_are_refused(girl, tmp_path):
     copy = tmp_path / "copy" / "girl.zarr"
     shutil.copytree(girl, copy)
-    with pytest.raises(DumpUnetError) as err:
+    with pytest.raises(OptionError) as err:
         render([girl, copy], tmp_path / "out", blocks="M00", steps="20")
     assert str(err.value) == (
         f"stores {girl} and {copy} would both render into {tmp_path / 'out' / 'girl'}; rename one or render them separately"
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"method": "White/Black", "transform": "sigmoid", "gain": 2, "scale": 2},
+    {"method": "Red/Blue", "auto_scope": "block", "channels": "1-3", "guidance": "uncond"},
+    {"auto_scope": "run", "average": "2-norm", "which": "input"},
+    {"method": "pca"},
+])
+def test_render_image_is_the_png_render_writes(girl, tmp_path, kw):
+    pick, color, style, _ = split({"blocks": "OUT08", "steps": "10", **kw})
+    (f,) = dumpunet.render(girl, pick, color, style, out=tmp_path, progress=False)
+    with Image.open(f.path) as im:
+        want = np.asarray(im.convert("RGB"))
+    got = dumpunet.render_image(dumpunet.open(girl), pick, color, style)
+    assert got.dtype == np.uint8 and got.shape == (*want.shape[:2], 3)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_render_image_draws_exactly_one_grid(pair):
+    with pytest.raises(SelectionError) as err:
+        dumpunet.render_image(pair, Pick(blocks="M00,OUT11", steps="20"))
+    assert str(err.value) == (
+        "render_image draws one grid, but the pick selects 4 (2 blocks x 1 steps x 2 images x 1 guidance halves); "
+        "narrow blocks, steps, images or guidance"
+    )
+    img = dumpunet.render_image(pair, Pick(blocks="M00", steps="20", images="1"), style=GridStyle(scale=2))
+    x = dumpunet.open(pair).features("M00", 20, image=1)
+    cols, rows = grid_shape(8, 2, 2)
+    np.testing.assert_array_equal(img, by_hand(colorize(x, ColorSpec()), cols, rows, scale=2))

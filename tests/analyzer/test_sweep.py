@@ -10,6 +10,7 @@ from synthetic_stores import final_image, make_paired_store
 from test_render import pixels
 
 from dumpunet.analyzer.labels import paste, text_image
+from dumpunet import Pick
 from dumpunet.analyzer.sweep import GAP, contact_sheet, sheet_shape
 from dumpunet.errors import SelectionError, SpecError
 
@@ -50,7 +51,7 @@ def test_base_first_then_each_pair_in_order_labelled(tmp_path):
 
 def test_an_unfinished_run_gets_an_empty_labelled_cell(tmp_path):
     store = make_paired_store(tmp_path / "sweep.zarr", labels=("IN04", "M00"), unfinished=("M00",))
-    (f,) = contact_sheet(store, out=tmp_path / "sheet", images="0")
+    (f,) = contact_sheet(store, Pick(images="0"), out=tmp_path / "sheet")
     band = max(text_image(t).shape[0] for t in ("base", "IN04", "M00 (unfinished)"))
     assert f.params["cells"][2] == {"run": None, "caption": "M00 (unfinished)"}
     img = pixels(f)
@@ -75,5 +76,5 @@ def test_errors(girl, tmp_path):
         contact_sheet(store, out=tmp_path / "s")
     assert str(err.value) == "run 'base' has no final images (the recording did not finish)"
     with pytest.raises(SpecError):
-        contact_sheet(store, out=tmp_path / "s", images="1")
+        contact_sheet(store, Pick(images="1"), out=tmp_path / "s")
     assert not (tmp_path / "s").exists()

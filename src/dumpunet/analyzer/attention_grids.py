@@ -3,18 +3,20 @@
 For a cross-attention layer (``IN04.attn2``), row *h* column *t* is the spatial map of how much
 head *h* attends to token *t* (the ``qk`` probabilities of every query pixel, laid out at the
 layer's resolution). Column headers are the decoded tokens, row headers the head index. Maps are
-coloured with the analyzer's engine (:class:`~dumpunet.analyzer.color.colorize.ColorSpec`); the
+coloured with the analyzer's engine (:class:`~dumpunet.analyzer.color.spec.ColorSpec`); the
 default is the original extension's recommendation for attention: Custom / Auto [0,1] / HSL,
 H = (2-2*v)/3 (blue = little attention, red = much).
 
-``auto_scope``: ``channel`` normalizes each tile on its own, ``block`` the whole layer grid,
-``step`` every selected layer of the step, ``run`` everything selected.
+What one Auto range spans is planned as for render and diff (:mod:`.scope`): ``channel`` each
+tile on its own, ``block`` the whole layer grid, ``step`` every selected layer of the step (per
+image and guidance half), ``run`` everything selected.
 
 Self-attention layers (``OUT11.attn1``) show, per head, where the stored query pixel nearest to
 ``query`` (x, y as fractions of the image) attends. ``feature="k"`` shows each head's keys
 (rows = tokens, columns = head dims); ``feature="vqk"`` each head's output channels.
 
 File names: ``{layer}-step{step:03}-img{image}-{guidance}-{feature}-{colorization}.png``.
+Layers are picked by ``Pick.blocks`` (the CLI's ``--blocks``, or ``--layers``).
 """
 
 from __future__ import annotations
@@ -26,22 +28,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dumpunet.analyzer.color.colorize import ColorSpec, colorize, map_ranges, merge_ranges
+from dumpunet.analyzer.color.colorize import colorize
+from dumpunet.analyzer.color.spec import ATTENTION_COLOR, ColorSpec
 from dumpunet.analyzer.grid import tile
 from dumpunet.analyzer.heatmap import nearest_query
 from dumpunet.analyzer.labels import paste, text_image
-from dumpunet.analyzer.output import Manifest, WrittenFile, check_folder, prepare_folder, write_atomic
+from dumpunet.analyzer.output import OutputFolder, WrittenFile
+from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png, resolve_encoder
+from dumpunet.analyzer.pool import progress_bar
+from dumpunet.analyzer.scope import AutoRanges, json_range
 from dumpunet.analyzer.tokens import label, select_tokens
-from dumpunet.errors import ColorSpecError, SelectionError
+from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import parse_ints
 from dumpunet.store import Run, Store, open_store
 from dumpunet.store.schema import TokenRow
 
 __all__ = ["ATTENTION_COLOR", "render_attention"]
-
-ATTENTION_COLOR = ColorSpec(method="Custom", transform="auto01", space="hsl", h="(2-2*v)/3", s="1.0", l="0.5")
-"""The default colorization of attention maps (the original extension's recommendation)."""
 
 _TILE_TARGET = 32  # default scale makes tiles at least this many pixels on a side
 
@@ -114,29 +117,34 @@ def _framed(grid: np.ndarray, rows: int, cols: int, cell: tuple[int, int], row_l
 
 def render_attention(
     store: Store | str | os.PathLike[str],
+    pick: Pick = Pick(),
+    color: ColorSpec = ATTENTION_COLOR,
     *,
     out: str | os.PathLike[str],
-    layers: str = "",
-    steps: str = "",
     tokens: str = "",
     feature: str = "qk",
-    images: str = "",
-    guidance: str = "cond",
-    run: str | None = None,
     query: Sequence[float] | None = None,
     scale: int | None = None,
-    color: ColorSpec = ATTENTION_COLOR,
     png_encoder: str | None = None,
     progress: bool = True,
 ) -> list[WrittenFile]:
-    """Render heads x tokens grids of recorded attention; return the written files.
+    """Render heads x tokens grids of the attention layers ``pick`` selects; return the written files.
+
+    ``pick.blocks`` names layers or blocks; ``channels`` and ``which`` do not apply.
 
     Examples
     --------
-    >>> render_attention("girl.zarr", out="attn", layers="IN04-OUT08", steps="1,5,10", tokens="pink,hair")  # doctest: +SKIP
+    >>> render_attention("girl.zarr", Pick(blocks="IN04-OUT08", steps="1,5,10"), tokens="pink,hair",
+    ...                  out="attn")  # doctest: +SKIP
     """
+    pick.refuse("attention", "channels", "which")
+    if color.pca:
+        raise OptionError("method PCA colours block features; attention maps take White/Black, Red/Blue or Custom")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
+        raise OptionError(f"scale must be a whole number of at least 1, got {scale!r}")
     st = store if isinstance(store, Store) else open_store(store)
-    r = st.run(run)
+    r = st.run(pick.run)
+    layers = pick.blocks
     layer_list = st.select_layers(layers, run=r.name)
     if query is None:  # self-attention maps need a query pixel to show
         layer_list = [name for name in layer_list if ".attn1" not in name]
@@ -144,62 +152,37 @@ def render_attention(
             raise SelectionError(f"only self-attention layers match {layers!r}: give --query x,y to choose the query pixel")
     if not layer_list:
         raise SelectionError(f"no recorded attention layer matches {layers!r}")
-    step_list = st.select_steps(steps, run=r.name)
-    image_list = parse_ints(images, 0, r.n_images - 1, noun="image", what="image spec")
-    halves = r.guidance_labels if guidance == "both" else [guidance]
+    step_list = st.select_steps(pick.steps, run=r.name)
+    image_list = parse_ints(pick.images, 0, r.n_images - 1, noun="image", what="image spec")
+    halves = pick.halves or r.guidance_labels
     for g in halves:
         r.guidance_index(g)
-    if scale is not None and (isinstance(scale, bool) or scale < 1):
-        raise ColorSpecError(f"scale must be a whole number of at least 1, got {scale!r}")
     encoder = resolve_encoder(png_encoder)
-    folder = check_folder(out)
+    output = OutputFolder(out)
     items = [_Item(layer, s, i, g) for s in step_list for layer in layer_list for i in image_list for g in halves]
     # Read and check everything first, so a bad token or a missing step writes nothing.
     grids = {item: _grids(r, item, feature, tokens, query) for item in items}
-    ranges = _shared_ranges(grids, color)
-    prepare_folder(folder)
-    manifest = Manifest(folder)
+    ranges = AutoRanges(color)
+    if ranges.first_pass:
+        for item, g in grids.items():
+            ranges.add(np.ascontiguousarray(g[0]), step=item.step, image=item.image, guidance=item.guidance)
     written: list[WrittenFile] = []
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(items), desc="attention", unit="png", disable=not progress)
-    try:
+    with progress_bar(len(items), progress, unit="png", desc="attention") as bar, output:
         for item, (maps, rows, cols, row_labels, col_labels) in grids.items():
+            maps = np.ascontiguousarray(maps)
             h, w = maps.shape[1:]
             k = scale or max(1, min(16, math.ceil(_TILE_TARGET / max(1, min(h, w)))))
-            rng = ranges.get(item)
-            pixels = colorize(np.ascontiguousarray(maps), color, minmax=rng)
+            minmax = ranges.minmax(maps, step=item.step, image=item.image, guidance=item.guidance)
+            pixels = colorize(maps, color, minmax=minmax)
             grid = _framed(tile(pixels, cols, rows, scale=k), rows, cols, (h * k, w * k), row_labels, col_labels)
             name = f"{item.layer}-step{item.step:03d}-img{item.image}-{item.guidance}-{feature}-{color.slug()}.png"
-            write_atomic(folder / name, encode_png(grid, encoder=encoder))
             entry = {
-                "file": name, "kind": "attention", "store": str(st.path), "run": r.name, "layer": item.layer,
+                "kind": "attention", "store": str(st.path), "run": r.name, "layer": item.layer,
                 "step": item.step, "image": item.image, "guidance": item.guidance, "feature": feature,
                 "rows": row_labels, "columns": col_labels, "scale": k, "color": color.to_json(),
             }
-            manifest.add(entry)
-            written.append(WrittenFile(folder / name, entry))
+            if ranges.shared:
+                entry["range"] = json_range(minmax)
+            written.append(output.write(name, encode_png(grid, encoder=encoder), entry))
             bar.update(1)
-    finally:
-        bar.close()
-        manifest.write()
     return written
-
-
-def _shared_ranges(grids: dict, color: ColorSpec) -> dict:
-    """Per-item (min, max) for the block/step/run scopes of the Auto transforms; {} for channel."""
-    scope = color.auto_scope if color.transform.startswith("auto") else "channel"
-    if scope == "channel":
-        return {}
-    per_item = {item: merge_ranges(map_ranges(np.ascontiguousarray(g[0]))) for item, g in grids.items()}
-    if scope == "block":
-        return per_item
-    keyed: dict = {}
-    for item, rng in per_item.items():
-        key = (item.step, item.image, item.guidance) if scope == "step" else (item.image, item.guidance)
-        keyed.setdefault(key, []).append(rng)
-    merged = {key: merge_ranges(*rs) for key, rs in keyed.items()}
-    return {
-        item: merged[(item.step, item.image, item.guidance) if scope == "step" else (item.image, item.guidance)]
-        for item in per_item
-    }

@@ -23,13 +23,14 @@ can share a folder. Beside the maps go:
                                is white (``round(d * 255 / max d)``; black if nothing changed)
 =============================  ===============================================================
 
-Every file is written atomically and listed in ``manifest.json`` with its parameters. One pair
-per folder: diffing another pair of a sweep into the same folder replaces these files.
+Every file is written atomically and listed in the folder's one ``manifest.json`` with its
+parameters (:class:`~dumpunet.analyzer.output.OutputFolder`). One pair per folder: diffing another pair of a sweep into the same folder replaces these files.
 
 Examples
 --------
->>> dumpunet.diff("girl.zarr", blocks="IN00-OUT11", steps="1-20", method="Red/Blue", out="diff")  # doctest: +SKIP
->>> dumpunet.diff("sweep.zarr", pair="IN04", average="2-norm", out="diff-IN04")  # doctest: +SKIP
+>>> dumpunet.diff("girl.zarr", Pick(blocks="IN00-OUT11", steps="1-20"), ColorSpec("Red/Blue", "linear"),
+...               out="diff")  # doctest: +SKIP
+>>> dumpunet.diff("sweep.zarr", style=GridStyle(average="2-norm"), pair="IN04", out="diff-IN04")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -44,11 +45,17 @@ from typing import Any
 import numpy as np
 
 from dumpunet.analyzer.chart import line_chart
-from dumpunet.analyzer.output import Manifest, WrittenFile, check_folder, prepare_folder, write_atomic
+from dumpunet.analyzer.color.spec import DIFF_COLOR, ColorSpec
+from dumpunet.analyzer.output import OutputFolder, WrittenFile
+from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png, resolve_encoder
-from dumpunet.analyzer.render import check_jobs, render_options, render_selections
+from dumpunet.analyzer.pool import check_jobs, progress_bar
+from dumpunet.analyzer.render import write_grids
+from dumpunet.analyzer.render_plan import Target, plan_grids
+from dumpunet.analyzer.scope import AutoRanges
 from dumpunet.analyzer.selection import DiffSelection, select_pair
-from dumpunet.errors import DumpUnetError, SelectionError
+from dumpunet.analyzer.style import GridStyle
+from dumpunet.errors import SelectionError
 from dumpunet.specs import format_ints
 from dumpunet.store import Store, open_store
 
@@ -60,6 +67,9 @@ CHART_SIZE = (900, 500)
 
 def diff(
     store: Store | str | os.PathLike[str],
+    pick: Pick = Pick(),
+    color: ColorSpec = DIFF_COLOR,
+    style: GridStyle = GridStyle(),
     *,
     out: str | os.PathLike[str],
     pair: str | None = None,
@@ -67,7 +77,6 @@ def diff(
     jobs: int | None = None,
     progress: bool = True,
     png_encoder: str | None = None,
-    **options: Any,
 ) -> list[WrittenFile]:
     """Render ``layered - base`` of a pair, its summary and the final images into ``out``.
 
@@ -75,75 +84,73 @@ def diff(
     ----------
     store
         A store with paired runs (path or :class:`~dumpunet.Store`).
+    pick
+        What to compare, as for :func:`~dumpunet.analyzer.render.render` but without ``run``:
+        the pair names both runs.
+    color
+        The colorization; the default :data:`~dumpunet.analyzer.color.spec.DIFF_COLOR` is
+        Linear clamped to [-1, 1], so that no change has one colour everywhere (black with
+        Red/Blue) and colours mean the same in every map.
     pair
         The pair's label (a sweep: the block name); default: the only or first pair.
     finals
         Also write the final images of both runs and their pixel difference (both runs must
         have finished).
-    options
-        Every keyword option of :func:`~dumpunet.analyzer.render.render` but ``run``:
-        ``blocks``, ``steps``, ``images``, ``guidance``, ``channels``, ``scale``, ``average``,
-        ``which``, ``method``, ``transform``, ..., ``auto_scope``, ``pca_basis``, with one
-        other default: ``transform="linear"`` (clamped to [-1, 1]), so that no change has one
-        colour everywhere (black with Red/Blue) and colours mean the same in every map.
-    jobs, progress, png_encoder
+    style, jobs, progress, png_encoder
         As for :func:`~dumpunet.analyzer.render.render`.
 
     Returns every file written: the maps, then ``summary.csv``, ``summary.png`` and the finals.
 
     Examples
     --------
-    >>> files = dumpunet.diff("girl.zarr", blocks="IN00-OUT11", steps="1-20", method="Red/Blue",
-    ...                       out="diff")  # doctest: +SKIP
+    >>> files = dumpunet.diff("girl.zarr", Pick(blocks="IN00-OUT11", steps="1-20"),
+    ...                       ColorSpec("Red/Blue", "linear"), out="diff")  # doctest: +SKIP
     >>> [f.path.name for f in files][-2:]  # doctest: +SKIP
     ['final-diff-img0.png', 'final-diff-norm-img0.png']
     """
-    if "run" in options:
-        raise DumpUnetError("diff reads the two runs of a pair: choose it with pair=..., not run=...")
-    opts = render_options(**{"transform": "linear", **options})
+    style.check(pick, color)
     encoder = resolve_encoder(png_encoder)
     jobs = check_jobs(jobs)
     st = store if isinstance(store, Store) else open_store(store)
-    sel = select_pair(st, pair=pair, blocks=opts.blocks, steps=opts.steps, images=opts.images,
-                      guidance=opts.guidance, channels=opts.channels, which=opts.which)
+    sel = select_pair(st, pick, pair=pair)
     pictures = final_images(sel) if finals else {}
-    folder = check_folder(out)
+    target = Target(sel, OutputFolder(out), AutoRanges(color))
+    with progress_bar(len(sel), progress, unit="png", desc="render") as bar:
+        tasks, basis = plan_grids([target], color, style, status=bar.set_description)
+        with target.output as output:
+            files = write_grids(tasks, color, style, basis, jobs=jobs, encoder=encoder,
+                                on_done=lambda _: bar.update(1))
+            files += _write_summary_and_finals(output, sel, pictures, encoder)
+    return files
 
-    files = render_selections([sel], [folder], opts, jobs=jobs, progress=progress, encoder=encoder)
-    prepare_folder(folder)
-    manifest = Manifest(folder)
-    common = {"store": str(st.path.resolve()), "pair": sel.pair["label"], "base_run": sel.base.name,
+
+def _write_summary_and_finals(
+    output: OutputFolder, sel: DiffSelection, pictures: dict[int, tuple[np.ndarray, np.ndarray]], encoder: str
+) -> list[WrittenFile]:
+    common = {"store": str(sel.store.path.resolve()), "pair": sel.pair["label"], "base_run": sel.base.name,
               "run": sel.run.name}
-    written: list[WrittenFile] = []
-
-    def put(name: str, data: bytes, entry: dict[str, Any]) -> None:
-        write_atomic(folder / name, data)
-        entry = {"file": name, **entry}
-        manifest.add(entry)
-        written.append(WrittenFile(folder / name, entry))
-
-    try:
-        rows = summary_rows(sel)
-        put("summary.csv", _csv(rows), {"kind": "diff-summary", **common, "which": sel.which,
-                                         "columns": list(SUMMARY_COLUMNS), "rows": len(rows)})
-        image, legend = summary_chart(sel, rows)
-        put("summary.png", encode_png(image, encoder=encoder),
-            {"kind": "diff-summary-chart", **common, "which": sel.which, "size": [image.shape[1], image.shape[0]],
-             "images": format_ints(sel.images), "guidance": [g for g, _ in sel.guidance], "legend": legend})
-        for i, (base, layered) in pictures.items():
-            put(f"final-base-img{i}.png", encode_png(base, encoder=encoder),
-                {"kind": "final", **common, "run": sel.base.name, "image": i})
-            put(f"final-layered-img{i}.png", encode_png(layered, encoder=encoder), {"kind": "final", **common, "image": i})
-            d = np.abs(layered.astype(np.int16) - base.astype(np.int16)).astype(np.uint8)
-            top = int(d.max())
-            put(f"final-diff-img{i}.png", encode_png(d, encoder=encoder),
-                {"kind": "final-diff", **common, "image": i, "max": top, "mean": float(d.mean(dtype=np.float64))})
-            norm = ((d.astype(np.uint32) * 255 + top // 2) // top).astype(np.uint8) if top else d
-            put(f"final-diff-norm-img{i}.png", encode_png(norm, encoder=encoder),
-                {"kind": "final-diff-normalized", **common, "image": i, "max": top})
-    finally:
-        manifest.write()
-    return files + written
+    rows = summary_rows(sel)
+    written = [output.write("summary.csv", _csv(rows), {"kind": "diff-summary", **common, "which": sel.which,
+                                                         "columns": list(SUMMARY_COLUMNS), "rows": len(rows)})]
+    image, legend = summary_chart(sel, rows)
+    written.append(output.write(
+        "summary.png", encode_png(image, encoder=encoder),
+        {"kind": "diff-summary-chart", **common, "which": sel.which, "size": [image.shape[1], image.shape[0]],
+         "images": format_ints(sel.images), "guidance": [g for g, _ in sel.guidance], "legend": legend}))
+    for i, (base, layered) in pictures.items():
+        written.append(output.write(f"final-base-img{i}.png", encode_png(base, encoder=encoder),
+                                    {"kind": "final", **common, "run": sel.base.name, "image": i}))
+        written.append(output.write(f"final-layered-img{i}.png", encode_png(layered, encoder=encoder),
+                                    {"kind": "final", **common, "image": i}))
+        d = np.abs(layered.astype(np.int16) - base.astype(np.int16)).astype(np.uint8)
+        top = int(d.max())
+        written.append(output.write(f"final-diff-img{i}.png", encode_png(d, encoder=encoder),
+                                    {"kind": "final-diff", **common, "image": i, "max": top,
+                                     "mean": float(d.mean(dtype=np.float64))}))
+        norm = ((d.astype(np.uint32) * 255 + top // 2) // top).astype(np.uint8) if top else d
+        written.append(output.write(f"final-diff-norm-img{i}.png", encode_png(norm, encoder=encoder),
+                                    {"kind": "final-diff-normalized", **common, "image": i, "max": top}))
+    return written
 
 
 def final_images(sel: DiffSelection) -> dict[int, tuple[np.ndarray, np.ndarray]]:

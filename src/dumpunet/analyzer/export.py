@@ -22,7 +22,7 @@ https://github.com/huggingface/safetensors#format), so the analyzer needs no ext
 
 Examples
 --------
->>> dumpunet.export("girl.zarr", blocks="OUT11", steps="20", format="bin", out="dump")  # doctest: +SKIP
+>>> dumpunet.export("girl.zarr", Pick(blocks="OUT11", steps="20"), format="bin", out="dump")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,16 +30,16 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 from itertools import groupby
-from pathlib import Path
 from typing import IO, Any, Literal
 
 import numpy as np
 
-from dumpunet.analyzer.output import Manifest, WrittenFile, check_folder, prepare_folder, write_atomic
+from dumpunet.analyzer.output import OutputFolder, WrittenFile
+from dumpunet.analyzer.pick import Pick
+from dumpunet.analyzer.pool import progress_bar
 from dumpunet.analyzer.selection import Selection, Slab, select
-from dumpunet.errors import DumpUnetError
+from dumpunet.errors import OptionError
 from dumpunet.store import Store, open_store
 
 __all__ = ["FORMATS", "export"]
@@ -50,53 +50,36 @@ _ST_DTYPES = {np.dtype("float16"): "F16", np.dtype("float32"): "F32", np.dtype("
 
 def export(
     store: Store | str | os.PathLike[str],
+    pick: Pick = Pick(),
     *,
     out: str | os.PathLike[str],
-    blocks: str = "",
-    steps: str = "",
-    images: str = "",
-    guidance: Literal["cond", "uncond", "both"] = "cond",
-    channels: str = "",
-    which: Literal["output", "input"] = "output",
-    run: str | None = None,
     format: Literal["bin", "npy", "safetensors"] = "bin",  # noqa: A002 - the CLI's --format
     progress: bool = True,
 ) -> list[WrittenFile]:
-    """Write the selected feature values of a store to ``out`` as ``format`` files; return them.
+    """Write what ``pick`` selects of a store to ``out`` as ``format`` files; return them.
 
-    Selection arguments are those of :func:`dumpunet.render` (empty specs select everything).
+    ``pick`` is :func:`dumpunet.render`'s (empty specs select everything).
 
     Examples
     --------
-    >>> files = dumpunet.export("girl.zarr", blocks="OUT11", steps="20", format="npy", out="dump")  # doctest: +SKIP
+    >>> files = dumpunet.export("girl.zarr", Pick(blocks="OUT11", steps="20"), format="npy", out="dump")  # doctest: +SKIP
     >>> np.load(files[0]).shape  # doctest: +SKIP
     (1, 1, 320, 64, 64)
     """
     if format not in FORMATS:
-        raise DumpUnetError(f"unknown export format {format!r} (valid: {', '.join(FORMATS)})")
-    st = store if isinstance(store, Store) else open_store(store)
-    sel = select(st, blocks=blocks, steps=steps, images=images, guidance=guidance, channels=channels,
-                 which=which, run=run)
-    manifest = Manifest(check_folder(out))
-    folder = prepare_folder(out)
-    from tqdm.auto import tqdm
-
+        raise OptionError(f"unknown export format {format!r} (valid: {', '.join(FORMATS)})")
+    sel = select(store if isinstance(store, Store) else open_store(store), pick)
+    output = OutputFolder(out)
     done: list[WrittenFile] = []
-    total = len(sel.steps) * len(sel.blocks)
-    bar = tqdm(total=total, disable=not progress, file=sys.stderr, unit="map", desc="export", dynamic_ncols=True)
-    try:
+    with progress_bar(len(sel.steps) * len(sel.blocks), progress, unit="map", desc="export") as bar, output:
         for _, group in groupby(sel.slabs(), key=lambda s: (s.step, s.block)):
             slabs = list(group)
             if format == "bin":
                 for slab in slabs:
-                    _write_bin(sel, slab, folder, done)
+                    done += _write_bin(sel, slab, output)
             else:
-                _write_array(sel, slabs, folder, format, done)
+                done.append(_write_array(sel, slabs, output, format))
             bar.update(1)
-    finally:
-        bar.close()
-        manifest.extend(f.params for f in done)
-        manifest.write()
     return done
 
 
@@ -104,20 +87,19 @@ def _base(sel: Selection) -> dict[str, Any]:
     return {"kind": "export", "store": str(sel.store.path.resolve()), "run": sel.run.name}
 
 
-def _write_bin(sel: Selection, slab: Slab, folder: Path, done: list[WrittenFile]) -> None:
+def _write_bin(sel: Selection, slab: Slab, output: OutputFolder) -> list[WrittenFile]:
     x = sel.read(slab)
     channels = sel.channels[slab.block] or range(x.shape[0])
     block = f"{slab.block}-input" if slab.which == "input" else slab.block
+    written = []
     for row, c in enumerate(channels):
         name = f"{slab.image:03d}-{block}-{slab.step:03d}-{c:04d}-{slab.guidance}.bin"
-        path = folder / name
-        write_atomic(path, x[row].astype("<f4").tobytes())
-        entry = {"file": name, **_base(sel), **slab.params(), "channel": c, "format": "bin",
-                 "dtype": "<f4", "shape": list(x.shape[1:])}
-        done.append(WrittenFile(path, entry))
+        entry = {**_base(sel), **slab.params(), "channel": c, "format": "bin", "dtype": "<f4", "shape": list(x.shape[1:])}
+        written.append(output.write(name, x[row].astype("<f4").tobytes(), entry))
+    return written
 
 
-def _write_array(sel: Selection, slabs: list[Slab], folder: Path, fmt: str, done: list[WrittenFile]) -> None:
+def _write_array(sel: Selection, slabs: list[Slab], output: OutputFolder, fmt: str) -> WrittenFile:
     first = slabs[0]
     n_img, n_g = len(sel.images), len(sel.guidance)
     c, h, w = sel.shape(first.block)
@@ -126,7 +108,6 @@ def _write_array(sel: Selection, slabs: list[Slab], folder: Path, fmt: str, done
         arr[sel.images.index(slab.image), [g for _, g in sel.guidance].index(slab.guidance_index)] = sel.read(slab)
     block = f"{first.block}-input" if first.which == "input" else first.block
     name = f"{block}-step{first.step:03d}.{fmt}"
-    path = folder / name
     meta = {
         "block": first.block,
         "which": first.which,
@@ -140,13 +121,12 @@ def _write_array(sel: Selection, slabs: list[Slab], folder: Path, fmt: str, done
         "store": str(sel.store.path.resolve()),
         "run": sel.run.name,
     }
-    if fmt == "npy":
-        write_atomic(path, lambda fh: np.save(fh, arr, allow_pickle=False))
-    else:
-        write_atomic(path, lambda fh: _write_safetensors(fh, {"features": arr}, {k: str(v) for k, v in meta.items()}))
-    entry = {"file": name, "kind": "export", **meta, "images": sel.images, "guidance": [label for label, _ in sel.guidance],
+    entry = {"kind": "export", **meta, "images": sel.images, "guidance": [label for label, _ in sel.guidance],
              "format": fmt, "dtype": arr.dtype.str, "shape": list(arr.shape)}
-    done.append(WrittenFile(path, entry))
+    if fmt == "npy":
+        return output.write(name, lambda fh: np.save(fh, arr, allow_pickle=False), entry)
+    header = {k: str(v) for k, v in meta.items()}
+    return output.write(name, lambda fh: _write_safetensors(fh, {"features": arr}, header), entry)
 
 
 def _write_safetensors(fh: IO[bytes], tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:

@@ -7,6 +7,10 @@ normalized to [0, 1] by its own min and max (as DAAM does).
 
 Query map: for a self-attention layer recorded with ``--self-attention``, the row of the
 stored query pixel nearest to a chosen point, averaged over heads, treated the same way.
+
+Both read the layers, steps, image and guidance half a :class:`~dumpunet.analyzer.pick.Pick`
+selects (``blocks`` names layers or blocks); a map is of one image and one half, the files of
+:func:`write_heatmaps` one per selected image and half.
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 from PIL import Image
 
-from dumpunet.analyzer.output import Manifest, WrittenFile, check_folder, prepare_folder, write_atomic
+from dumpunet.analyzer.output import OutputFolder, WrittenFile
+from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png
 from dumpunet.analyzer.tokens import select_tokens
-from dumpunet.errors import SelectionError
+from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import parse_ints
 from dumpunet.store import Run, Store, open_store
 from dumpunet.store.schema import LayerAttrs
@@ -48,25 +54,16 @@ def _layers(store: Store, run: Run, spec: str, cross: bool) -> list[str]:
     return layers
 
 
-def word_heatmap(
-    store: Store,
-    word: str,
-    *,
-    layers: str = "",
-    steps: str = "",
-    guidance: str = "cond",
-    image: int = 0,
-    run: str | None = None,
-) -> np.ndarray:
-    """Return the word's heatmap ``[H, W]`` in [0, 1] at the image's size.
+def word_heatmap(store: Store, word: str, pick: Pick = Pick()) -> np.ndarray:
+    """Return the word's heatmap ``[H, W]`` in [0, 1] at the image's size, for one image and half.
 
     Examples
     --------
-    >>> heat = dumpunet.heatmap(store, "hair", steps="1-10")  # doctest: +SKIP
+    >>> heat = dumpunet.heatmap(store, "hair", Pick(steps="1-10"))  # doctest: +SKIP
     >>> heat.shape, float(heat.max())  # doctest: +SKIP
     ((512, 512), 1.0)
     """
-    r = store.run(run)
+    r, image, guidance = _one_map(store, pick)
 
     def token_map(layer: str) -> Callable[[np.ndarray], np.ndarray]:
         row = r.token_row(guidance=guidance, image=image, block=layer)
@@ -75,7 +72,7 @@ def word_heatmap(
         idx = select_tokens(word, list(row.tokens), row.length)
         return lambda probs: probs[:, :, idx].sum(axis=-1).mean(axis=0)
 
-    return _aggregate(store, r, _layers(store, r, layers, cross=True), token_map, steps, guidance, image)
+    return _aggregate(store, r, _layers(store, r, pick.blocks, cross=True), token_map, pick.steps, guidance, image)
 
 
 def nearest_query(info: LayerAttrs, point: Sequence[float]) -> tuple[int, tuple[int, int]]:
@@ -87,27 +84,32 @@ def nearest_query(info: LayerAttrs, point: Sequence[float]) -> tuple[int, tuple[
     return qy * len(cols) + qx, (cols[qx], rows[qy])
 
 
-def query_map(
-    store: Store,
-    point: Sequence[float],
-    *,
-    layers: str = "",
-    steps: str = "",
-    guidance: str = "cond",
-    image: int = 0,
-    run: str | None = None,
-) -> np.ndarray:
+def query_map(store: Store, point: Sequence[float], pick: Pick = Pick()) -> np.ndarray:
     """Return where the query pixel nearest ``point`` (x, y as fractions) attends, ``[H, W]`` in [0, 1]."""
     x, y = point
     if not (0 <= x <= 1 and 0 <= y <= 1):
-        raise SelectionError(f"query point ({x}, {y}) must be fractions of the image in [0, 1]")
-    r = store.run(run)
+        raise OptionError(f"query point ({x}, {y}) must be fractions of the image in [0, 1]")
+    r, image, guidance = _one_map(store, pick)
 
     def pixel_map(layer: str) -> Callable[[np.ndarray], np.ndarray]:
         q, _ = nearest_query(r.layer_info(layer), (x, y))
         return lambda probs: probs[:, q, :].mean(axis=0)
 
-    return _aggregate(store, r, _layers(store, r, layers, cross=False), pixel_map, steps, guidance, image)
+    return _aggregate(store, r, _layers(store, r, pick.blocks, cross=False), pixel_map, pick.steps, guidance, image)
+
+
+def _one_map(store: Store, pick: Pick) -> tuple[Run, int, str]:
+    """The run, image and guidance half of a pick that must select one of each."""
+    pick.refuse("a heatmap", "channels", "which")
+    r = store.run(pick.run)
+    images = parse_ints(pick.images, 0, r.n_images - 1, noun="image", what="image spec")
+    if len(images) != 1 or pick.halves is None:
+        raise SelectionError(
+            f"a heatmap is of one image and one guidance half; the pick selects images {pick.images or 'all'!r} "
+            f"of {r.n_images} and guidance {pick.guidance!r}"
+        )
+    r.guidance_index(pick.guidance)
+    return r, images[0], pick.guidance
 
 
 def _aggregate(
@@ -160,49 +162,42 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5) -> np.nd
 
 def write_heatmaps(
     store: Store | str | os.PathLike[str],
+    pick: Pick = Pick(),
     *,
     out: str | os.PathLike[str],
     word: str | None = None,
     query: Sequence[float] | None = None,
-    layers: str = "",
-    steps: str = "",
-    images: str = "",
-    guidance: str = "cond",
-    run: str | None = None,
     alpha: float = 0.5,
 ) -> list[WrittenFile]:
-    """Write one overlay PNG per image: the word's heatmap (or the query pixel's map) on the final image.
+    """Write one overlay PNG per selected image and half: the word's heatmap (or the query pixel's map) on the final image.
 
-    Files: ``heatmap-{word}-img{i}-{guidance}.png`` or ``querymap-x{x}-y{y}-img{i}-{guidance}.png``.
+    Give exactly one of ``word`` and ``query``. Files: ``heatmap-{word}-img{i}-{guidance}.png``
+    or ``querymap-x{x}-y{y}-img{i}-{guidance}.png``.
     """
+    if (word is None) == (query is None):
+        raise OptionError("give exactly one of word and query")
+    if not 0 <= alpha <= 1:
+        raise OptionError(f"alpha must be between 0 and 1, got {alpha!r}")
     st = store if isinstance(store, Store) else open_store(store)
-    r = st.run(run)
-    image_list = parse_ints(images, 0, r.n_images - 1, noun="image", what="image spec")
-    folder = check_folder(out)
+    r = st.run(pick.run)
+    image_list = parse_ints(pick.images, 0, r.n_images - 1, noun="image", what="image spec")
+    output = OutputFolder(out)
     results = []
     for i in image_list:
-        if word is not None:
-            heat = word_heatmap(st, word, layers=layers, steps=steps, guidance=guidance, image=i, run=r.name)
-            slug = re.sub(r"[^A-Za-z0-9]+", "-", word).strip("-").lower() or "token"
-            name = f"heatmap-{slug}-img{i}-{guidance}.png"
-        else:
-            assert query is not None
-            heat = query_map(st, query, layers=layers, steps=steps, guidance=guidance, image=i, run=r.name)
-            name = f"querymap-x{query[0]:.3f}-y{query[1]:.3f}-img{i}-{guidance}.png"
-        results.append((name, overlay(r.image(i), heat, alpha=alpha), i))
-    prepare_folder(folder)
-    manifest = Manifest(folder)
-    written = []
-    try:
-        for name, pixels, i in results:
-            write_atomic(folder / name, encode_png(pixels))
+        for g in pick.halves or r.guidance_labels:
+            one = replace(pick, run=r.name, images=str(i), guidance=g)
+            if word is not None:
+                heat = word_heatmap(st, word, one)
+                slug = re.sub(r"[^A-Za-z0-9]+", "-", word).strip("-").lower() or "token"
+                name = f"heatmap-{slug}-img{i}-{g}.png"
+            else:
+                heat = query_map(st, query, one)
+                name = f"querymap-x{query[0]:.3f}-y{query[1]:.3f}-img{i}-{g}.png"
             entry = {
-                "file": name, "kind": "heatmap" if word is not None else "querymap", "store": str(st.path),
-                "run": r.name, "word": word, "query": list(query) if query is not None else None, "layers": layers,
-                "steps": steps, "image": i, "guidance": guidance, "alpha": alpha,
+                "kind": "heatmap" if word is not None else "querymap", "store": str(st.path), "run": r.name,
+                "word": word, "query": list(query) if query is not None else None, "layers": pick.blocks,
+                "steps": pick.steps, "image": i, "guidance": g, "alpha": alpha,
             }
-            manifest.add(entry)
-            written.append(WrittenFile(folder / name, entry))
-    finally:
-        manifest.write()
-    return written
+            results.append((name, overlay(r.image(i), heat, alpha=alpha), entry))
+    with output:
+        return [output.write(name, encode_png(pixels), entry) for name, pixels, entry in results]

@@ -1,4 +1,10 @@
-"""Where rendered and exported files go: atomic writes and the ``manifest.json`` beside them.
+"""Where rendered and exported files go: one output folder, atomic writes, a ``manifest.json``.
+
+Every command that writes files (render, export, attention, heatmap, diff, the sweep's contact
+sheets) goes through one :class:`OutputFolder`: made before any work starts, it refuses a path
+that is a file and a folder holding a foreign or newer manifest, so a mistake writes nothing;
+entered, it creates the folder; :meth:`OutputFolder.write` writes each file atomically and
+notes its manifest entry; leaving writes ``manifest.json``, also after a failure or Ctrl-C.
 
 Every file is written under a temporary name in its own folder and moved into place with
 :func:`os.replace`, so a reader (or a crash, or Ctrl-C) never sees a half-written PNG, array
@@ -21,16 +27,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from dumpunet._version import __version__
-from dumpunet.errors import DumpUnetError
+from dumpunet.errors import OutputError
 from dumpunet.files import write_atomic
 
-__all__ = ["MANIFEST", "Manifest", "WrittenFile", "check_folder", "prepare_folder", "write_atomic"]
+__all__ = ["MANIFEST", "Manifest", "OutputFolder", "WrittenFile", "check_folder", "write_atomic"]
 
 MANIFEST = "manifest.json"
 MANIFEST_KIND = "dumpunet-manifest"
@@ -52,17 +58,7 @@ def check_folder(path: str | os.PathLike[str]) -> Path:
     """Refuse an output folder path that is a file (before anything is computed or created)."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
-        raise DumpUnetError(f"output folder {folder} is a file; choose a folder for --out")
-    return folder
-
-
-def prepare_folder(path: str | os.PathLike[str]) -> Path:
-    """Create the output folder (and its parents) if missing; refuse a path that is a file."""
-    folder = check_folder(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DumpUnetError(f"cannot create output folder {folder}: {exc.strerror or exc}") from None
+        raise OutputError(f"output folder {folder} is a file; choose a folder for --out")
     return folder
 
 
@@ -95,9 +91,9 @@ class Manifest:
         except (OSError, ValueError, KeyError, TypeError):
             files = None
         if files is None:
-            raise DumpUnetError(f"{self.path} exists but is not a dumpunet manifest; choose another output folder")
+            raise OutputError(f"{self.path} exists but is not a dumpunet manifest; choose another output folder")
         if not isinstance(version, int) or version > MANIFEST_VERSION:
-            raise DumpUnetError(
+            raise OutputError(
                 f"{self.path} has manifest version {version}, newer than this dumpunet writes "
                 f"(version {MANIFEST_VERSION}); choose another output folder"
             )
@@ -125,3 +121,44 @@ class Manifest:
             "files": self.entries,
         }
         write_atomic(self.path, (json.dumps(doc, indent=1, allow_nan=False) + "\n").encode())
+
+
+class OutputFolder:
+    """The one lifecycle of an output folder: check, create, write atomically, manifest last.
+
+    Make it before the work (it checks the path and reads the manifest already there), enter it
+    when the first file is ready, :meth:`write` each file; leaving writes the merged
+    ``manifest.json`` listing exactly the files completed, whether the body finished, failed
+    or was interrupted. :meth:`write` may be called from several threads at once.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> out = OutputFolder(Path(tempfile.mkdtemp()) / "renders")
+    >>> with out:
+    ...     f = out.write("a.txt", b"hi", {"kind": "note"})
+    >>> f.params, sorted(p.name for p in out.path.iterdir())
+    ({'file': 'a.txt', 'kind': 'note'}, ['a.txt', 'manifest.json'])
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = check_folder(path)
+        self.manifest = Manifest(self.path)
+
+    def __enter__(self) -> OutputFolder:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create output folder {self.path}: {exc.strerror or exc}") from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.manifest.write()
+
+    def write(self, name: str, content: bytes | Callable[[IO[bytes]], None], entry: Mapping[str, Any]) -> WrittenFile:
+        """Write ``content`` to ``name`` atomically, then note ``{"file": name, **entry}`` in the manifest."""
+        path = self.path / name
+        write_atomic(path, content)
+        params = {"file": name, **entry}
+        self.manifest.add(params)
+        return WrittenFile(path, params)

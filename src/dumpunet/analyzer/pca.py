@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from dumpunet.analyzer.output import write_atomic
-from dumpunet.errors import DumpUnetError
+from dumpunet.errors import OptionError
 
 __all__ = ["MAX_SAMPLES", "Basis", "BlockBasis", "basis_key", "fit_basis", "sample_pixels"]
 
@@ -144,7 +144,7 @@ class Basis(dict[str, BlockBasis]):
 
     @classmethod
     def load(cls, path: Path) -> Basis:
-        bad = DumpUnetError(f"{path} is not a dumpunet PCA basis file (expected {FORMAT} .npz)")
+        bad = OptionError(f"{path} is not a dumpunet PCA basis file (expected {FORMAT} .npz)")
         try:
             with np.load(path, allow_pickle=False) as z:
                 if "format" not in z.files or str(z["format"]) != FORMAT:

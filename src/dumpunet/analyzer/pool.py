@@ -29,8 +29,9 @@ import numba
 import numpy as np
 
 from dumpunet.analyzer.grid import tile
+from dumpunet.errors import OptionError
 
-__all__ = ["default_jobs", "kernel_lock", "run_parallel", "scratch"]
+__all__ = ["check_jobs", "default_jobs", "kernel_lock", "progress_bar", "run_parallel", "scratch"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,6 +47,23 @@ def default_jobs() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # macOS, Windows
         return max(1, os.cpu_count() or 1)
+
+
+def check_jobs(jobs: int | None) -> int:
+    """The worker count to use: ``jobs``, or every CPU for None; refuse anything but a whole number >= 1."""
+    jobs = default_jobs() if jobs is None else jobs
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise OptionError(f"jobs must be a whole number of at least 1, got {jobs!r}")
+    return jobs
+
+
+def progress_bar(total: int, enabled: bool, *, unit: str, desc: str) -> Any:
+    """A tqdm bar on stderr (a context manager), silent unless ``enabled``."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, file=sys.stderr, unit=unit, desc=desc, dynamic_ncols=True)
 
 
 def scratch(name: str, shape: tuple[int, ...]) -> np.ndarray:

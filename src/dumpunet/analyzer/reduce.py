@@ -31,7 +31,7 @@ import numpy as np
 
 from dumpunet.analyzer.color import kernels
 from dumpunet.analyzer.color.float16 import check_float, kernel_view
-from dumpunet.errors import ColorSpecError
+from dumpunet.errors import OptionError
 
 __all__ = ["AVERAGES", "channel_average", "difference"]
 
@@ -54,7 +54,7 @@ def channel_average(
 ) -> np.ndarray:
     """Reduce ``x`` ``[C, H, W]`` over its channels; return float32 ``[H, W]`` (or fill ``out``)."""
     if kind not in _KINDS:
-        raise ColorSpecError(f"unknown channel average {kind!r} (valid: {', '.join(_KINDS)})")
+        raise OptionError(f"unknown channel average {kind!r} (valid: {', '.join(_KINDS)})")
     x = check_float(np.asarray(x), "x")
     if x.ndim != 3:
         raise ValueError(f"x must be [C, H, W], got shape {x.shape}")

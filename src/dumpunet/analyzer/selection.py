@@ -9,7 +9,7 @@ as :meth:`dumpunet.store.Run.features` does by default.
 
 Examples
 --------
->>> sel = select(dumpunet.open("girl.zarr"), blocks="OUT11", steps="20")  # doctest: +SKIP
+>>> sel = select(dumpunet.open("girl.zarr"), Pick(blocks="OUT11", steps="20"))  # doctest: +SKIP
 >>> [s.name for s in sel.slabs()]  # doctest: +SKIP
 ['OUT11-step020-img0-cond']
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -30,17 +31,12 @@ import zarr
 
 from dumpunet.analyzer.pca import basis_key
 from dumpunet.analyzer.reduce import difference
-from dumpunet.errors import SelectionError
+from dumpunet.analyzer.pick import Pick
+from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import format_ints, parse_ints
 from dumpunet.store import Run, Store
 
 __all__ = ["DiffSelection", "DiffStats", "Selection", "Slab", "select", "select_pair"]
-
-Guidance = Literal["cond", "uncond", "both"]
-Which = Literal["output", "input"]
-GUIDANCE_CHOICES = ("cond", "uncond", "both")
-WHICH_CHOICES = ("output", "input")
-
 
 @dataclass(frozen=True)
 class Slab:
@@ -218,33 +214,20 @@ class DiffSelection(Selection):
         return f"{basis_key(block, self.which)}-diff"
 
 
-def select(
-    store: Store,
-    *,
-    blocks: str = "",
-    steps: str = "",
-    images: str = "",
-    guidance: Guidance = "cond",
-    channels: str = "",
-    which: Which = "output",
-    run: str | None = None,
-) -> Selection:
-    """Check a selection against a store and return it; raise a readable error if it is not there.
+def select(store: Store, pick: Pick) -> Selection:
+    """Check a pick against a store and return its selection; raise a readable error if it is not there.
 
     Empty specs select everything: every recorded block, every complete step, every image and
     channel. ``guidance="both"`` selects every recorded half, in the store's order.
     """
-    if which not in WHICH_CHOICES:
-        raise SelectionError(f"unknown block side {which!r} (valid: {', '.join(WHICH_CHOICES)})")
-    if guidance not in GUIDANCE_CHOICES:
-        raise SelectionError(f"unknown guidance {guidance!r} (valid: {', '.join(GUIDANCE_CHOICES)})")
-    r = store.run(run)
-    block_list = store.select_blocks(blocks, run=r.name, which=which)
+    which, guidance, channels = pick.which, pick.guidance, pick.channels
+    r = store.run(pick.run)
+    block_list = store.select_blocks(pick.blocks, run=r.name, which=which)
     if not block_list:
         raise SelectionError(f"run {r.name!r} of {store.path} has no recorded block {which}s")
     arrays = {b: r.array(b, which) for b in block_list}
 
-    step_list = store.select_steps(steps, run=r.name)
+    step_list = store.select_steps(pick.steps, run=r.name)
     if not step_list:
         raise SelectionError(f"run {r.name!r} of {store.path} has no completely written step")
     calls = {s: r.calls.index(s, 0) for s in step_list}
@@ -254,7 +237,7 @@ def select(
             raise SelectionError(f"step {late[0]} of block {b} was not written")
 
     n_images = min(int(a.shape[1]) for a in arrays.values())
-    image_list = parse_ints(images, 0, n_images - 1, noun="image", what="image spec")
+    image_list = parse_ints(pick.images, 0, n_images - 1, noun="image", what="image spec")
     if guidance == "both":
         halves = [(label, k) for k, label in enumerate(r.guidance_labels)]
     else:
@@ -271,17 +254,7 @@ def select(
     return Selection(store, r, which, block_list, step_list, calls, image_list, halves, chosen, arrays)
 
 
-def select_pair(
-    store: Store,
-    *,
-    pair: str | None = None,
-    blocks: str = "",
-    steps: str = "",
-    images: str = "",
-    guidance: Guidance = "cond",
-    channels: str = "",
-    which: Which = "output",
-) -> DiffSelection:
+def select_pair(store: Store, pick: Pick, *, pair: str | None = None) -> DiffSelection:
     """Select from both runs of a pair (default: the only or first pair) for difference maps.
 
     The selection is checked against the layered run as :func:`select` does; the base run must
@@ -290,14 +263,16 @@ def select_pair(
 
     Examples
     --------
-    >>> sel = select_pair(dumpunet.open("sweep.zarr"), pair="IN04", blocks="OUT11", steps="20")  # doctest: +SKIP
+    >>> sel = select_pair(dumpunet.open("sweep.zarr"), Pick(blocks="OUT11", steps="20"), pair="IN04")  # doctest: +SKIP
     >>> sel.read(next(sel.slabs())).dtype  # doctest: +SKIP
     dtype('float32')
     """
+    if pick.run is not None:
+        raise OptionError("diff reads the two runs of a pair: choose it with pair=..., not run=...")
     base, layered = store.pair(pair)
     label = next(p.label for p in store.pairs if (p.base, p.layered) == (base.name, layered.name))
-    sel = select(store, blocks=blocks, steps=steps, images=images, guidance=guidance, channels=channels,
-                 which=which, run=layered.name)
+    sel = select(store, replace(pick, run=layered.name))
+    which = pick.which
     if base.guidance_labels != layered.guidance_labels:
         raise SelectionError(
             f"runs {base.name!r} and {layered.name!r} of pair {label!r} differ: guidance halves "

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dumpunet.analyzer.labels import paste, text_image
-from dumpunet.analyzer.output import Manifest, WrittenFile, check_folder, prepare_folder, write_atomic
+from dumpunet.analyzer.output import OutputFolder, WrittenFile
+from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png, resolve_encoder
 from dumpunet.errors import SelectionError
 from dumpunet.specs import parse_ints
@@ -81,12 +82,14 @@ def _cells(store: Store) -> list[_Cell]:
 
 def contact_sheet(
     store: Store | str | os.PathLike[str],
+    pick: Pick = Pick(),
     *,
     out: str | os.PathLike[str],
-    images: str = "",
     png_encoder: str | None = None,
 ) -> list[WrittenFile]:
     """Write one labelled contact sheet per image of a sweep (or any paired) store; return the files.
+
+    The sheets show final images: of ``pick`` only ``images`` applies.
 
     Examples
     --------
@@ -94,11 +97,12 @@ def contact_sheet(
     >>> [f.path.name for f in files]  # doctest: +SKIP
     ['sweep-img0.png']
     """
+    pick.refuse("a contact sheet", "run", "blocks", "steps", "guidance", "channels", "which")
     st = store if isinstance(store, Store) else open_store(store)
     encoder = resolve_encoder(png_encoder)
     cells = _cells(st)
     first: Run = st.run(cells[0].run)
-    image_list = parse_ints(images, 0, first.n_images - 1, noun="image", what="image spec")
+    image_list = parse_ints(pick.images, 0, first.n_images - 1, noun="image", what="image spec")
     # Read every image first: a missing one fails before anything is written.
     pictures = {(c.run, i): st.run(c.run).image(i) for c in cells if c.run is not None for i in image_list}
     cell_h = max(p.shape[0] for p in pictures.values())
@@ -107,10 +111,9 @@ def contact_sheet(
     band = max(g.shape[0] for g in captions)
     cols, rows = sheet_shape(len(cells), band + cell_h, cell_w)
     height, width = rows * (band + cell_h + GAP) - GAP, cols * (cell_w + GAP) - GAP
-    folder = prepare_folder(check_folder(out))
-    manifest = Manifest(folder)
+    output = OutputFolder(out)
     written: list[WrittenFile] = []
-    try:
+    with output:
         for i in image_list:
             sheet = np.zeros((height, width, 3), np.uint8)
             for k, (cell, glyphs) in enumerate(zip(cells, captions)):
@@ -120,16 +123,11 @@ def contact_sheet(
                 if cell.run is not None:
                     p = pictures[(cell.run, i)]
                     sheet[y0 + band : y0 + band + p.shape[0], x0 : x0 + p.shape[1]] = p
-            name = f"sweep-img{i}.png"
-            write_atomic(folder / name, encode_png(sheet, encoder=encoder))
             entry = {
-                "file": name, "kind": "sweep", "store": str(st.path.resolve()), "image": i,
+                "kind": "sweep", "store": str(st.path.resolve()), "image": i,
                 "cells": [{"run": c.run, "caption": c.caption} for c in cells],
                 "grid": {"cols": cols, "rows": rows, "cell": [cell_h, cell_w], "caption": band, "gap": GAP},
                 "size": [width, height],
             }
-            manifest.add(entry)
-            written.append(WrittenFile(folder / name, entry))
-    finally:
-        manifest.write()
+            written.append(output.write(f"sweep-img{i}.png", encode_png(sheet, encoder=encoder), entry))
     return written

@@ -43,156 +43,18 @@ array([[  0,   0, 255],
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import numbers
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from functools import lru_cache
 
 import numpy as np
 
 from dumpunet.analyzer.color import kernels
 from dumpunet.analyzer.color.float16 import HALF, check_float, kernel_view
-from dumpunet.analyzer.color.expressions import Expression, parse_expression
 from dumpunet.analyzer.color.lut import build_lut, exact_pixels
+from dumpunet.analyzer.color.spec import ColorSpec
 from dumpunet.errors import ColorSpecError
 
 __all__ = ["ColorSpec", "colorize", "map_ranges", "merge_ranges"]
-
-_METHODS: dict[str, str] = {
-    "white/black": "White/Black",
-    "black/white": "White/Black",
-    "gray": "White/Black",
-    "grey": "White/Black",
-    "red/blue": "Red/Blue",
-    "custom": "Custom",
-}
-_TRANSFORMS: dict[str, str] = {
-    "auto01": "auto01",
-    "auto[0,1]": "auto01",
-    "auto11": "auto11",
-    "auto[-1,1]": "auto11",
-    "linear": "linear",
-    "sigmoid": "sigmoid",
-}
-_SPACES = ("rgb", "hsl")
-_SCOPES = ("channel", "block", "step", "run")
-_SLUGS = {"White/Black": "white-black", "Red/Blue": "red-blue", "Custom": "custom"}
-
-
-def _choice(value: str, table: Mapping[str, str] | tuple[str, ...], what: str) -> str:
-    key = "".join(str(value).lower().split())
-    if isinstance(table, tuple):
-        if key in table:
-            return key
-        valid = ", ".join(table)
-    else:
-        if key in table:
-            return table[key]
-        valid = ", ".join(sorted(set(table.values())))
-    raise ColorSpecError(f"unknown {what} {value!r} (valid: {valid})")
-
-
-@dataclass(frozen=True)
-class ColorSpec:
-    """How to colorize feature maps; the defaults are the original's UI defaults.
-
-    ``method`` and ``transform`` accept the UI's names in any case ("White/Black",
-    "Auto [0,1]", "Auto [-1,1]", "Linear", "Sigmoid") and are stored in canonical form.
-    Expressions are parsed here, so a bad one fails at construction with a caret.
-
-    >>> ColorSpec("white/black", "Sigmoid", gain=2.0).transform
-    'sigmoid'
-    """
-
-    method: str = "Custom"
-    transform: str = "auto01"
-    clamp_min: float = -1.0
-    clamp_max: float = 1.0
-    gain: float = 1.0
-    offset: float = 0.0
-    space: str = "hsl"
-    r: str = "abs(v)"
-    g: str = "abs(v)"
-    b: str = "abs(v)"
-    h: str = "(2+v)/3"
-    s: str = "1.0"
-    l: str = "0.5"  # noqa: E741 (the original's name for lightness)
-    auto_scope: str = "channel"
-    _exprs: dict[str, Expression] = field(init=False, repr=False, compare=False, hash=False)
-
-    def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        set_(self, "method", _choice(self.method, _METHODS, "colorize method"))
-        set_(self, "transform", _choice(self.transform, _TRANSFORMS, "value transform"))
-        set_(self, "space", _choice(self.space, _SPACES, "color space"))
-        set_(self, "auto_scope", _choice(self.auto_scope, _SCOPES, "auto scope"))
-        for name in ("clamp_min", "clamp_max", "gain", "offset"):
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
-                raise ColorSpecError(f"{name} must be a finite number, got {value!r}")
-            set_(self, name, float(value))
-        if not self.clamp_min < self.clamp_max:
-            raise ColorSpecError(f"clamp_min ({self.clamp_min}) must be less than clamp_max ({self.clamp_max})")
-        exprs = {name: parse_expression(getattr(self, name), name=name.upper()) for name in "rgbhsl"}
-        set_(self, "_exprs", exprs)
-
-    @property
-    def grayscale(self) -> bool:
-        return self.method == "White/Black"
-
-    @property
-    def expressions(self) -> tuple[Expression, Expression, Expression]:
-        """The three Custom expressions of the chosen space: (R, G, B) or (H, S, L)."""
-        names = "rgb" if self.space == "rgb" else "hsl"
-        return tuple(self._exprs[n] for n in names)  # type: ignore[return-value]
-
-    def _effective(self) -> dict[str, object]:
-        """The fields that change pixels under this method and transform."""
-        out: dict[str, object] = {"method": self.method, "transform": self.transform}
-        if self.transform == "linear":
-            out.update(clamp_min=self.clamp_min, clamp_max=self.clamp_max)
-        elif self.transform == "sigmoid":
-            out.update(gain=self.gain, offset=self.offset)
-        else:
-            out["auto_scope"] = self.auto_scope
-        if self.method == "Custom":
-            out["space"] = self.space
-            out.update({n: getattr(self, n) for n in self.space})
-        return out
-
-    def slug(self) -> str:
-        """A short file-name-safe name: method, transform and a 24-bit hash of what changes pixels.
-
-        >>> ColorSpec("White/Black", "Sigmoid").slug()
-        'white-black-sigmoid-1c5330'
-        """
-        parts = [_SLUGS[self.method]]
-        if self.method == "Custom":
-            parts.append(self.space)
-        parts.append(self.transform)
-        if self.transform.startswith("auto") and self.auto_scope != "channel":
-            parts.append(self.auto_scope)
-        digest = hashlib.sha256(json.dumps(self._effective(), sort_keys=True).encode()).hexdigest()
-        return "-".join(parts + [digest[:6]])
-
-    def to_json(self) -> str:
-        """All fields as a JSON object (store attributes hold this)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-        return json.dumps(data, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, data: str | Mapping[str, object]) -> ColorSpec:
-        """Inverse of :meth:`to_json`; accepts the JSON text or the decoded mapping."""
-        if isinstance(data, str):
-            data = json.loads(data)
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ColorSpecError(f"unknown colour spec fields {unknown} (valid: {', '.join(sorted(known))})")
-        return cls(**data)  # type: ignore[arg-type]
 
 
 def _transform_params(spec: ColorSpec) -> tuple[int, bool, float, float, float, float]:
@@ -334,6 +196,8 @@ def colorize(
     >>> colorize(maps, ColorSpec())[0, 0, 1]  # hue 5/6: magenta
     array([255,   0, 255], dtype=uint8)
     """
+    if spec.pca:
+        raise ColorSpecError("method PCA colours channel vectors by a fitted basis: render it with dumpunet.render")
     maps = check_float(np.asarray(maps))
     if maps.ndim != 3:
         raise ValueError(f"maps must be [N, H, W], got shape {maps.shape}")

@@ -1,0 +1,196 @@
+"""How to colour feature maps: the :class:`ColorSpec` value every drawing command takes.
+
+Each field is also a command-line option (:mod:`dumpunet.options`): its name, default, choices
+and help text are stated here once, and ``dumpunet render``, ``diff`` and ``attention`` generate
+their ``--method``, ``--transform``, ... ``--l`` options from them. What the methods and
+transforms compute is in :mod:`.colorize`. Two views start from other defaults, named here:
+:data:`ATTENTION_COLOR` and :data:`DIFF_COLOR`.
+
+Examples
+--------
+>>> ColorSpec().slug()
+'custom-hsl-auto01-4079ce'
+>>> ColorSpec("white/black", "Sigmoid", gain=2.0).transform
+'sigmoid'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+from dumpunet.analyzer.color.expressions import Expression, parse_expression
+from dumpunet.errors import ColorSpecError
+from dumpunet.options import option
+
+__all__ = ["ATTENTION_COLOR", "DIFF_COLOR", "METHODS", "SCOPES", "TRANSFORMS", "ColorSpec"]
+
+_METHODS: dict[str, str] = {
+    "white/black": "White/Black",
+    "black/white": "White/Black",
+    "gray": "White/Black",
+    "grey": "White/Black",
+    "red/blue": "Red/Blue",
+    "custom": "Custom",
+    "pca": "PCA",
+}
+_TRANSFORMS: dict[str, str] = {
+    "auto01": "auto01",
+    "auto[0,1]": "auto01",
+    "auto11": "auto11",
+    "auto[-1,1]": "auto11",
+    "linear": "linear",
+    "sigmoid": "sigmoid",
+}
+_SPACES = ("rgb", "hsl")
+_SCOPES = ("channel", "block", "step", "run")
+_SLUGS = {"White/Black": "white-black", "Red/Blue": "red-blue", "Custom": "custom", "PCA": "pca"}
+
+METHODS = ("White/Black", "Red/Blue", "Custom", "PCA")
+"""The methods as the original's UI spelled them (any case is accepted)."""
+TRANSFORMS = ("auto01", "auto11", "linear", "sigmoid", "Auto [0,1]", "Auto [-1,1]")
+SCOPES = _SCOPES
+
+
+def _choice(value: str, table: Mapping[str, str] | tuple[str, ...], what: str) -> str:
+    key = "".join(str(value).lower().split())
+    if isinstance(table, tuple):
+        if key in table:
+            return key
+        valid = ", ".join(table)
+    else:
+        if key in table:
+            return table[key]
+        valid = ", ".join(sorted(set(table.values())))
+    raise ColorSpecError(f"unknown {what} {value!r} (valid: {valid})")
+
+
+def _expr(name: str, default: str, space: str, what: str) -> str:
+    return field(default=default, metadata=option(f"Custom {space}: {what} expression in v.", flag=f"--{name}"))
+
+
+@dataclass(frozen=True)
+class ColorSpec:
+    """How to colorize feature maps; the defaults are the original's UI defaults.
+
+    ``method`` and ``transform`` accept the UI's names in any case ("White/Black",
+    "Auto [0,1]", "Auto [-1,1]", "Linear", "Sigmoid") and are stored in canonical form.
+    Expressions are parsed here, so a bad one fails at construction with a caret.
+    ``method="PCA"`` colours each pixel by the block's top three principal components instead
+    (:mod:`dumpunet.analyzer.pca`; render and diff only): the other fields then do nothing.
+
+    >>> ColorSpec("white/black", "Sigmoid", gain=2.0).transform
+    'sigmoid'
+    """
+
+    method: str = field(default="Custom", metadata=option(
+        "Colorization; PCA colours the top 3 principal components (render, diff).",
+        choices=METHODS, case_sensitive=False))
+    transform: str = field(default="auto01", metadata=option("Value transform.", choices=TRANSFORMS, case_sensitive=False))
+    clamp_min: float = field(default=-1.0, metadata=option("Linear: lower clamp.", type=float))
+    clamp_max: float = field(default=1.0, metadata=option("Linear: upper clamp.", type=float))
+    gain: float = field(default=1.0, metadata=option("Sigmoid gain.", type=float))
+    offset: float = field(default=0.0, metadata=option("Sigmoid x-offset.", type=float))
+    space: str = field(default="hsl", metadata=option(
+        "Custom: colour space of the three expressions.", choices=_SPACES, case_sensitive=False))
+    r: str = _expr("r", "abs(v)", "RGB", "red")
+    g: str = _expr("g", "abs(v)", "RGB", "green")
+    b: str = _expr("b", "abs(v)", "RGB", "blue")
+    h: str = _expr("h", "(2+v)/3", "HSL", "hue")
+    s: str = _expr("s", "1.0", "HSL", "saturation")
+    l: str = _expr("l", "0.5", "HSL", "lightness")  # noqa: E741 (the original's name for lightness)
+    auto_scope: str = field(default="channel", metadata=option(
+        "What one Auto min/max spans: each tile, a grid, all blocks of a step, the run.", choices=_SCOPES))
+    _exprs: dict[str, Expression] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "method", _choice(self.method, _METHODS, "colorize method"))
+        set_(self, "transform", _choice(self.transform, _TRANSFORMS, "value transform"))
+        set_(self, "space", _choice(self.space, _SPACES, "color space"))
+        set_(self, "auto_scope", _choice(self.auto_scope, _SCOPES, "auto scope"))
+        for name in ("clamp_min", "clamp_max", "gain", "offset"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+                raise ColorSpecError(f"{name} must be a finite number, got {value!r}")
+            set_(self, name, float(value))
+        if not self.clamp_min < self.clamp_max:
+            raise ColorSpecError(f"clamp_min ({self.clamp_min}) must be less than clamp_max ({self.clamp_max})")
+        exprs = {name: parse_expression(getattr(self, name), name=name.upper()) for name in "rgbhsl"}
+        set_(self, "_exprs", exprs)
+
+    @property
+    def grayscale(self) -> bool:
+        return self.method == "White/Black"
+
+    @property
+    def pca(self) -> bool:
+        """Colour by principal components (a basis, not the transform and expressions)."""
+        return self.method == "PCA"
+
+    @property
+    def scope(self) -> str:
+        """Which maps share one Auto range: :attr:`auto_scope`, or ``"none"`` (no Auto transform, or PCA)."""
+        return self.auto_scope if self.transform.startswith("auto") and not self.pca else "none"
+
+    @property
+    def expressions(self) -> tuple[Expression, Expression, Expression]:
+        """The three Custom expressions of the chosen space: (R, G, B) or (H, S, L)."""
+        names = "rgb" if self.space == "rgb" else "hsl"
+        return tuple(self._exprs[n] for n in names)  # type: ignore[return-value]
+
+    def _effective(self) -> dict[str, object]:
+        """The fields that change pixels under this method and transform."""
+        out: dict[str, object] = {"method": self.method, "transform": self.transform}
+        if self.transform == "linear":
+            out.update(clamp_min=self.clamp_min, clamp_max=self.clamp_max)
+        elif self.transform == "sigmoid":
+            out.update(gain=self.gain, offset=self.offset)
+        else:
+            out["auto_scope"] = self.auto_scope
+        if self.method == "Custom":
+            out["space"] = self.space
+            out.update({n: getattr(self, n) for n in self.space})
+        return out
+
+    def slug(self) -> str:
+        """A short file-name-safe name: method, transform and a 24-bit hash of what changes pixels.
+
+        >>> ColorSpec("White/Black", "Sigmoid").slug()
+        'white-black-sigmoid-1c5330'
+        """
+        parts = [_SLUGS[self.method]]
+        if self.method == "Custom":
+            parts.append(self.space)
+        parts.append(self.transform)
+        if self.transform.startswith("auto") and self.auto_scope != "channel":
+            parts.append(self.auto_scope)
+        digest = hashlib.sha256(json.dumps(self._effective(), sort_keys=True).encode()).hexdigest()
+        return "-".join(parts + [digest[:6]])
+
+    def to_json(self) -> str:
+        """All fields as a JSON object (store attributes hold this)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, data: str | Mapping[str, object]) -> ColorSpec:
+        """Inverse of :meth:`to_json`; accepts the JSON text or the decoded mapping."""
+        if isinstance(data, str):
+            data = json.loads(data)
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ColorSpecError(f"unknown colour spec fields {unknown} (valid: {', '.join(sorted(known))})")
+        return cls(**data)  # type: ignore[arg-type]
+
+
+ATTENTION_COLOR = ColorSpec(h="(2-2*v)/3")
+"""Attention maps: the original extension's recommendation (blue = little attention, red = much)."""
+
+DIFF_COLOR = ColorSpec(transform="linear")
+"""Difference maps: Linear clamped to [-1, 1], so no change has one colour everywhere (black with Red/Blue)."""

@@ -1,0 +1,101 @@
+"""Click options generated from :class:`~dumpunet.options.OptionSpec` values, and CLI plumbing.
+
+:func:`value_options` turns a value class's fields (``Pick``, ``ColorSpec``, ``GridStyle``) into
+click options and :func:`take` turns the parsed options back into the value, so a command
+neither lists the fields nor restates a default or a help text.
+
+Examples
+--------
+>>> import click
+>>> from dumpunet.analyzer.pick import Pick
+>>> @click.command()
+... @with_options(value_options(Pick, only=("blocks", "steps")))
+... def show(**opts):
+...     click.echo(take(Pick, opts))
+>>> from click.testing import CliRunner
+>>> print(CliRunner().invoke(show, ["--blocks", "OUT11"]).output.strip())
+Pick(run=None, blocks='OUT11', steps='', images='', guidance='cond', channels='', which='output')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dumpunet.options import OptionSpec, options_of
+
+__all__ = ["click_option", "sigterm_as_interrupt", "take", "value_options", "with_options"]
+
+Decorator = Callable[[Any], Any]
+
+
+def click_option(spec: OptionSpec, *, aliases: Iterable[str] = ()) -> Decorator:
+    """The click option of ``spec`` (``aliases``: further spellings, e.g. ``--layers``)."""
+    decls = [spec.cli, *aliases, spec.name]
+    kw: dict[str, Any] = {"help": spec.help, "default": spec.default, "required": spec.required}
+    if spec.flag_value is not None:
+        return click.option(*decls, flag_value=spec.flag_value, **kw)
+    if spec.choices is not None:
+        kw["type"] = click.Choice(list(spec.choices), case_sensitive=spec.case_sensitive)
+    elif spec.minimum is not None or spec.maximum is not None:
+        ranges = {int: click.IntRange, float: click.FloatRange}[spec.type]
+        kw["type"] = ranges(min=spec.minimum, max=spec.maximum)
+    elif spec.type is Path:
+        kw["type"] = click.Path(path_type=Path)
+    else:
+        kw["type"] = spec.type
+    kw["show_default"] = spec.default not in (None, "") and not spec.required
+    return click.option(*decls, **kw)
+
+
+def value_options(
+    cls: type,
+    *,
+    defaults: Any = None,
+    only: Iterable[str] | None = None,
+    skip: Iterable[str] = (),
+    aliases: Mapping[str, Iterable[str]] | None = None,
+    choices: Mapping[str, tuple[str, ...]] | None = None,
+) -> list[Decorator]:
+    """The click options of a value class's fields (defaults from the instance ``defaults`` if given)."""
+    keep = set(only) if only is not None else None
+    out = []
+    for spec in options_of(cls, defaults=defaults):
+        if spec.name in skip or (keep is not None and spec.name not in keep):
+            continue
+        if choices and spec.name in choices:
+            spec = dataclasses.replace(spec, choices=choices[spec.name])
+        out.append(click_option(spec, aliases=(aliases or {}).get(spec.name, ())))
+    return out
+
+
+def take(cls: type, opts: dict[str, Any]) -> Any:
+    """Pop the fields of value class ``cls`` that the command parsed from ``opts``; build the value."""
+    names = [f.name for f in dataclasses.fields(cls) if f.init and f.name in opts]
+    return cls(**{name: opts.pop(name) for name in names})
+
+
+def with_options(options: Iterable[Decorator]) -> Decorator:
+    """Apply click options in the order given (the order ``--help`` lists them)."""
+    options = list(options)
+
+    def apply(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
+def sigterm_as_interrupt() -> None:
+    """Make SIGTERM raise KeyboardInterrupt, so a killed command cleans up as for Ctrl-C."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)

@@ -1,0 +1,216 @@
+"""The analysis commands of the ``dumpunet`` CLI: render, export, diff, attention, heatmap.
+
+Each parses its options into the analysis values (:class:`~dumpunet.analyzer.pick.Pick`,
+:class:`~dumpunet.analyzer.color.spec.ColorSpec`, :class:`~dumpunet.analyzer.style.GridStyle`),
+whose fields generate the options (:mod:`.cli_options`), calls one library function and prints.
+Options that belong to no value are stated once in :data:`OPTIONS`. The analyzer itself is
+imported inside the commands, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dumpunet.analyzer.color.spec import ATTENTION_COLOR, DIFF_COLOR, METHODS, ColorSpec
+from dumpunet.analyzer.pick import Pick
+from dumpunet.analyzer.style import GridStyle
+from dumpunet.cli_options import click_option, sigterm_as_interrupt, take, value_options, with_options
+from dumpunet.options import OptionSpec, options_of
+
+__all__ = ["COMMANDS", "OPTIONS"]
+
+OPTIONS = {o.name: o for o in [
+    OptionSpec("out", "Output folder (made if missing; manifest.json beside the files lists them).", type=Path,
+               required=True),
+    OptionSpec("jobs", "Worker threads reading, colouring and encoding (default: all CPUs).", type=int, minimum=1),
+    OptionSpec("quiet", "No progress bar.", default=False, flag_value=True),
+    OptionSpec("as_json", "Print the manifest entries of the written files as JSON.", default=False, flag_value=True,
+               flag="--json"),
+    OptionSpec("sweep", "Instead: a contact sheet of a sweep store's final images, base first, one per block, "
+               "labelled (sweep-img<i>.png); takes only --images.", default=False, flag_value=True),
+    OptionSpec("format", "bin: one float32 file per channel (the original's dump); npy/safetensors: one per block "
+               "and step.", default="bin", choices=("bin", "npy", "safetensors")),
+    OptionSpec("pair", "The pair to compare, by label (a sweep: the block name); default: the only or first pair."),
+    OptionSpec("finals", "Skip the final images (for runs that did not finish).", default=True, flag_value=False,
+               flag="--no-finals"),
+    OptionSpec("tokens", "Words of the prompt and/or token indices, e.g. 'pink,hair' or '0-10'; empty = the "
+               "prompt's tokens.", default=""),
+    OptionSpec("feature", "qk: attention probabilities; k: keys; vqk: per-head output.", default="qk",
+               choices=("qk", "k", "vqk")),
+    OptionSpec("query", "The query pixel as x,y fractions of the image: self-attention layers (recorded with "
+               "--self-attention); for heatmap, instead of --word: where that pixel attends."),
+    OptionSpec("word", "A word (or several, comma-separated) of the prompt: cross-attention heatmap."),
+    OptionSpec("alpha", "Opacity of the heatmap.", default=0.5, type=float, minimum=0, maximum=1),
+]}
+"""The options that belong to no analysis value, each stated once."""
+
+_WRITTEN = ["out", "quiet", "as_json"]
+_LAYERS = {"blocks": ("--layers",)}  # attention views name layers; --layers reads as users say it
+_NO_PCA = {"method": tuple(m for m in METHODS if m != "PCA")}
+_AUTO_SCALE = click_option(next(o for o in options_of(GridStyle) if o.name == "scale").with_default(None))
+"""Attention's --scale: by default, enough to make tiles at least 32 pixels on a side."""
+
+
+def _options(*names: str) -> list[Any]:
+    return [click_option(OPTIONS[name]) for name in names]
+
+
+def _echo_written(files: list[Any], out: Path, noun: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps([f.params for f in files], indent=1))
+    else:
+        plural = "" if len(files) == 1 else "s"
+        click.echo(f"wrote {len(files)} {noun}{plural} to {out} (parameters in manifest.json)", err=True)
+
+
+def _point(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        x, y = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected x,y as fractions of the image, got {value!r}") from None
+    return (x, y)
+
+
+@click.command()
+@click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
+@with_options(value_options(Pick))
+@with_options(value_options(GridStyle))
+@with_options(value_options(ColorSpec))
+@with_options(_options("jobs", "sweep", *_WRITTEN))
+@click.pass_context
+def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, jobs: int | None, sweep: bool, quiet: bool,
+           as_json: bool, **opts: Any) -> None:
+    """Render block outputs as PNG grids (one tile per channel) plus a manifest.json.
+
+    Several stores render into one subfolder each of --out.
+
+    \b
+    dumpunet render girl.zarr --blocks OUT11 --steps 20 --method "White/Black" \\
+        --transform sigmoid --gain 1 --offset 0 --out renders/
+    dumpunet render sweep.zarr --sweep --out sheet/
+    """
+    pick, style, color = take(Pick, opts), take(GridStyle, opts), take(ColorSpec, opts)
+    sigterm_as_interrupt()  # so a killed render removes its temporary files and writes its manifest
+    if sweep:
+        _contact_sheets(ctx, stores, pick, out, as_json)
+        return
+    from dumpunet.analyzer.render import render as render_stores
+
+    files = render_stores(list(stores), pick, color, style, out=out, jobs=jobs, progress=not quiet)
+    _echo_written(files, out, "PNG file", as_json)
+
+
+_SWEEP_PARAMS = ("stores", "sweep", "images", "out", "quiet", "as_json", "jobs")
+
+
+def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, out: Path, as_json: bool) -> None:
+    from dumpunet.analyzer.sweep import contact_sheet
+
+    given = [p.opts[0] for p in ctx.command.params if p.name not in _SWEEP_PARAMS
+             and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"--sweep lays out final images; it takes only --images, not {', '.join(given)}")
+    if len(stores) != 1:
+        raise click.UsageError(f"--sweep takes one store, got {len(stores)}")
+    files = contact_sheet(stores[0], Pick(images=pick.images), out=out)
+    _echo_written(files, out, "contact sheet", as_json)
+
+
+@click.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@with_options(value_options(Pick))
+@with_options(_options("format", *_WRITTEN))
+def export(store: Path, format: str, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:  # noqa: A002
+    """Export raw feature values as .bin (float32 per channel), .npy or .safetensors files.
+
+    \b
+    dumpunet export girl.zarr --blocks OUT11 --steps 20 --format bin --out dump/
+    """
+    from dumpunet.analyzer.export import export as export_store
+
+    sigterm_as_interrupt()
+    files = export_store(store, take(Pick, opts), out=out, format=format, progress=not quiet)
+    _echo_written(files, out, "file", as_json)
+
+
+@click.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@with_options(_options("pair"))
+@with_options(value_options(Pick, skip=("run",)))
+@with_options(value_options(GridStyle))
+@with_options(value_options(ColorSpec, defaults=DIFF_COLOR))
+@with_options(_options("finals", "jobs", *_WRITTEN))
+def diff(store: Path, pair: str | None, finals: bool, out: Path, jobs: int | None, quiet: bool, as_json: bool,
+         **opts: Any) -> None:
+    """Show what a per-block prompt changed: layered - base of a pair, per block and step.
+
+    Writes difference maps diff-<block>-step<NNN>-img<i>-<guidance>-...png (coloured like
+    render; the default Linear transform keeps 0 at the middle colour, Red/Blue: black), and
+    summary.csv / summary.png: mean |layered - base| / mean |base| per block and step, to see
+    at a glance which blocks and steps changed most. Beside them the final images of both runs
+    and their pixel difference: final-base-, final-layered-, final-diff-, final-diff-norm-img<i>.png
+    (the last stretched so the largest difference is white).
+
+    \b
+    dumpunet diff girl.zarr --blocks IN00-OUT11 --steps 1-20 --method "Red/Blue" --out diff/
+    dumpunet diff sweep.zarr --pair IN04 --average 2-norm --clamp-min -4 --clamp-max 4 --out diff-IN04/
+    """
+    from dumpunet.analyzer.diff import diff as diff_pair
+
+    pick, style, color = take(Pick, opts), take(GridStyle, opts), take(ColorSpec, opts)
+    sigterm_as_interrupt()
+    files = diff_pair(store, pick, color, style, out=out, pair=pair, finals=finals, jobs=jobs, progress=not quiet)
+    _echo_written(files, out, "file", as_json)
+
+
+@click.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
+@with_options(_options("tokens", "feature", "query"))
+@with_options([_AUTO_SCALE])
+@with_options(value_options(ColorSpec, defaults=ATTENTION_COLOR, choices=_NO_PCA))
+@with_options(_options(*_WRITTEN))
+def attention(store: Path, tokens: str, feature: str, query: str | None, scale: int | None,
+              out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
+    """Render heads x tokens grids of attention maps: which token each head looks at.
+
+    Without --scale, tiles are enlarged to at least 32 pixels on a side.
+
+    \b
+    dumpunet attention girl.zarr --layers IN04-OUT08 --steps 1,5,10 --tokens "pink,hair" --out attn/
+    """
+    from dumpunet.analyzer.attention_grids import render_attention
+
+    files = render_attention(store, take(Pick, opts), take(ColorSpec, opts), out=out, tokens=tokens, feature=feature,
+                             query=_point(query), scale=scale, progress=not quiet)
+    _echo_written(files, out, "PNG file", as_json)
+
+
+@click.command()
+@click.argument("store", type=click.Path(path_type=Path))
+@with_options(_options("word", "query"))
+@with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
+@with_options(_options("alpha", "out", "as_json"))
+def heatmap(store: Path, word: str | None, query: str | None, alpha: float, out: Path, as_json: bool,
+            **opts: Any) -> None:
+    """Overlay where a word acts (or where a pixel looks) on the final image, DAAM-style.
+
+    \b
+    dumpunet heatmap girl.zarr --word hair --out heat/
+    dumpunet heatmap girl.zarr --query 0.5,0.3 --layers OUT09-OUT11 --out heat/
+    """
+    from dumpunet.analyzer.heatmap import write_heatmaps
+
+    if (word is None) == (query is None):
+        raise click.UsageError("give exactly one of --word and --query")
+    files = write_heatmaps(store, take(Pick, opts), out=out, word=word, query=_point(query), alpha=alpha)
+    _echo_written(files, out, "PNG file", as_json)
+
+
+COMMANDS = [render, export, diff, attention, heatmap]
