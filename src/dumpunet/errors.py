@@ -55,7 +55,8 @@ class ColorSpecError(DumpUnetError, ValueError):
 
 
 class OptionError(DumpUnetError, ValueError):
-    """An analysis option that is unknown, out of range, or not one the command takes (jobs, scale, ...)."""
+    """An option value that is unknown, out of range, unavailable here or not one the command takes
+    (jobs, scale, sampler, device, dtype, size, ...)."""
 
 
 class OutputError(DumpUnetError, OSError):
@@ -86,10 +87,6 @@ class SelectionError(DumpUnetError, LookupError):
 
 class ModelError(DumpUnetError):
     """A model that cannot be found or loaded."""
-
-
-class OptionError(DumpUnetError, ValueError):
-    """An option value that is unknown, out of range or unavailable here (sampler, device, dtype, size)."""
 
 
 class RecordError(DumpUnetError):
