@@ -110,8 +110,11 @@ def test_scrub_steps_pick_blocks_channels_and_colours(page, server):
     nxt = settle(page, block)
     assert url_state(page)["block"] == "IN05"
 
-    box = page.locator("#picture").bounding_box()  # the tile in the 2nd column of the 2nd row: channel 4
-    page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.75)
+    box = page.locator("#picture").bounding_box()  # the middle of channel 4's tile
+    cols, rows = grid_shape(6, 4, 4)
+    row, col = divmod(4, cols)
+    page.mouse.click(box["x"] + box["width"] * (col * 5 + 2) / nxt["width"],
+                     box["y"] + box["height"] * (row * 5 + 2) / nxt["height"])
     tile = settle(page, nxt)
     snap(page, "04-channel")
     assert url_state(page)["channel"] == "4" and "--channels 4" in tile["command"]

@@ -18,6 +18,7 @@ from PIL import Image
 from viewer_stores import SIZE, make_attention_store
 
 from dumpunet.analyzer.color.colorize import ColorSpec
+from dumpunet.analyzer.grid import grid_shape
 from dumpunet.cli import main
 from dumpunet.errors import ExpressionError
 from dumpunet.viewer.server import start
@@ -172,7 +173,7 @@ def test_views_are_cached_by_state(server):
     other = get(server, query + "&gain=2&transform=sigmoid")
     assert other[1]["X-Cache"] == "miss" and other[2] != first[2]
     grid = get(server, "api/image?block=IN04&step=1")[1]["X-Grid"]
-    assert grid == "3,2,4,4"  # 6 channels of 4x4: 3 columns, 2 rows
+    assert grid == ",".join(map(str, (*grid_shape(6, 4, 4), 4, 4)))  # 6 channels of 4x4: columns, rows, tile
 
 
 def test_a_recording_in_progress_shows_new_steps(tmp_path):

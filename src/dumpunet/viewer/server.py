@@ -15,8 +15,8 @@ named when it starts, by index; no request parameter ever reaches the file syste
 ``/api/command?STATE``    ``{"command", "query", "file"}``: the CLI line that writes this view
 ========================  ===================================================================
 
-PNG bytes are cached per resolved view state (an LRU of ``cache_bytes``); the ``X-Cache``
-header says ``hit`` or ``miss``.
+PNG bytes (deflate level ``png_level``, default 0: stored) are cached per resolved view state
+(an LRU of ``cache_bytes``); the ``X-Cache`` header says ``hit`` or ``miss``.
 """
 
 from __future__ import annotations
@@ -84,12 +84,15 @@ class ViewerServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, paths: Sequence[str | Path], *, port: int = 0, cache_bytes: int = 256 << 20,
-                 quiet: bool = True) -> None:
+                 png_level: int = 0, quiet: bool = True) -> None:
         self.paths = [Path(p) for p in paths]
         self.stores: list[Store] = [open_store(p) for p in self.paths]
         self.cache = PngCache(cache_bytes)
         self.render_lock = threading.Lock()  # numba's workqueue layer is not thread-safe; one user anyway
         self.quiet = quiet
+        # Level 0 (stored deflate): over loopback, bytes are free and deflate is most of a view's time
+        # (benchmarks/view.py: an SD1.5 OUT11 grid encodes in 15 ms CPU at level 0, 83 ms at level 1).
+        self.png_level = png_level
         static = resources.files("dumpunet.viewer") / "static"
         self.static = {f.name: f for f in static.iterdir() if f.is_file() and Path(f.name).suffix in _TYPES}
         try:
@@ -132,7 +135,7 @@ class ViewerServer(ThreadingHTTPServer):
             return data, state, {"X-Cache": "hit", **headers}
         with self.render_lock:
             pixels = render_view(st, state)
-        data = encode_png(pixels)
+        data = encode_png(pixels, level=self.png_level)
         self.cache.put(state, data)
         return data, state, {"X-Cache": "miss", **headers}
 
@@ -220,7 +223,7 @@ def _file_name(server: ViewerServer, state: ViewState) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
-def start(paths: Sequence[str | Path], *, port: int = 0, quiet: bool = True) -> ViewerServer:
+def start(paths: Sequence[str | Path], *, port: int = 0, png_level: int = 0, quiet: bool = True) -> ViewerServer:
     """Start a viewer server on a background thread; ``server.url`` is its address, ``server.shutdown()`` stops it.
 
     Examples
@@ -229,7 +232,7 @@ def start(paths: Sequence[str | Path], *, port: int = 0, quiet: bool = True) -> 
     >>> server.url  # doctest: +SKIP
     'http://127.0.0.1:40123/'
     """
-    server = ViewerServer(paths, port=port, quiet=quiet)
+    server = ViewerServer(paths, port=port, png_level=png_level, quiet=quiet)
     threading.Thread(target=server.serve_forever, name="dumpunet-view", daemon=True).start()
     return server
 
