@@ -25,7 +25,8 @@ def test_store_shows_as_an_html_summary(stores):
 def test_an_in_memory_render_displays_converts_and_saves(stores, server, tmp_path):
     pic = view_image(stores[0], block="IN04", step=2, method="White/Black")
     assert isinstance(pic, Rendered) and pic.state == ViewState(block="IN04", step=2, method="White/Black")
-    assert pic.pixels.dtype == np.uint8 and pic.shape == grid_size(*grid_shape(6, 4, 4), 4, 4)  # grayscale
+    assert pic.pixels.dtype == np.uint8 and pic.shape == (*grid_size(*grid_shape(6, 4, 4), 4, 4), 3)
+    assert (pic.pixels == pic.pixels[..., :1]).all()  # White/Black: three equal channels
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(pic._repr_png_()))), pic.pixels)
     assert np.array_equal(np.asarray(pic.to_pil()), pic.pixels)
     saved = pic.save(tmp_path / "in04.png")

@@ -2,10 +2,9 @@
 
 The one entry point, :func:`draw`, returns exactly the pixels the matching ``dumpunet``
 command (:meth:`ViewState.command`) writes, so a view and its downloaded PNG and CLI render
-agree. It reads a store through :mod:`dumpunet.analyzer.selection` and draws with the
-colorize/tile kernels, as :mod:`dumpunet.analyzer.render` does for one grid; attention grids,
-heatmaps and final-image differences follow :mod:`.attention_grids`, :mod:`.heatmap` and
-:mod:`.diff`.
+agree. Grids are :func:`dumpunet.analyzer.render.render_image` (a pair's difference: the same
+:func:`~dumpunet.analyzer.render.draw_grid` on a pair selection); attention grids, heatmaps and
+final-image differences follow :mod:`.attention_grids`, :mod:`.heatmap` and :mod:`.diff`.
 """
 
 from __future__ import annotations
@@ -14,12 +13,17 @@ import math
 
 import numpy as np
 
-from dumpunet.analyzer.attention_grids import _framed, _grids, _Item, _shared_ranges
-from dumpunet.analyzer.color.colorize import ColorSpec, colorize
+from dumpunet.analyzer.attention_grids import _framed, _grids, _Item
+from dumpunet.analyzer.color.colorize import colorize
+from dumpunet.analyzer.color.spec import ColorSpec
 from dumpunet.analyzer.grid import grid_shape, tile
 from dumpunet.analyzer.heatmap import overlay, query_map, word_heatmap
-from dumpunet.analyzer.reduce import channel_average
-from dumpunet.analyzer.selection import select, select_pair
+from dumpunet.analyzer.pick import Pick
+from dumpunet.analyzer.render import draw_grid, render_image
+from dumpunet.analyzer.render_plan import read_maps
+from dumpunet.analyzer.scope import AutoRanges
+from dumpunet.analyzer.selection import select_pair
+from dumpunet.analyzer.style import GridStyle
 from dumpunet.errors import SelectionError
 from dumpunet.specs import format_ints
 from dumpunet.store import Store
@@ -58,20 +62,18 @@ def heatmap_steps(store: Store, state: ViewState) -> str:
 
 def _grid(store: Store, state: ViewState) -> np.ndarray:
     color = ColorSpec(**state.color)
+    style = GridStyle(average=state.average or None)
     pick = dict(blocks=state.block, steps=str(state.step), images=str(state.image), guidance=state.guidance,
                 channels=str(state.channel) if state.channel >= 0 else "", which=state.which)
-    if state.pair and state.mode == "diff":
-        sel = select_pair(store, pair=state.pair, **pick)
-    else:
-        sel = select(store, run=run_for(store, state.run, state.pair, state.mode).name, **pick)
-    if len(sel.blocks) != 1:
-        raise SelectionError(f"a view shows one block, got {state.block!r}")
-    maps = sel.read(next(sel.slabs()))
-    if state.average:
-        maps = channel_average(maps, state.average)[None]
-    # One grid: the step and run Auto scopes span exactly this block, like scope "block".
-    pixels = colorize(maps, color)
-    return tile(pixels, *grid_shape(*pixels.shape[:3]))
+    if not (state.pair and state.mode == "diff"):
+        return render_image(store, Pick(run=run_for(store, state.run, state.pair, state.mode).name, **pick), color, style)
+    sel = select_pair(store, Pick(**pick), pair=state.pair)
+    slab = next(sel.slabs())
+    ranges = AutoRanges(color)
+    if ranges.first_pass:
+        ranges.add(read_maps(sel, slab, style.average), step=slab.step, image=slab.image, guidance=slab.guidance)
+    image, _ = draw_grid(sel, slab, color, style, ranges, None)
+    return image
 
 
 def _attention(store: Store, state: ViewState) -> np.ndarray:
@@ -90,23 +92,27 @@ def _attention(store: Store, state: ViewState) -> np.ndarray:
                 raise SelectionError(f"layer {state.layer} has heads 0..{rows - 1}, not {k}")
             maps, row_labels = heads[k], [row_labels[k]]
         rows = 1
+    maps = np.ascontiguousarray(maps)
     h, w = maps.shape[1:]
     k = max(1, min(16, math.ceil(_TILE_TARGET / max(1, min(h, w)))))
-    rng = _shared_ranges({item: (maps,)}, color).get(item)
-    pixels = colorize(np.ascontiguousarray(maps), color, minmax=rng)
+    ranges = AutoRanges(color)
+    where = dict(step=item.step, image=item.image, guidance=item.guidance)
+    if ranges.first_pass:
+        ranges.add(maps, **where)
+    pixels = colorize(maps, color, minmax=ranges.minmax(maps, **where))
     return _framed(tile(pixels, cols, rows, scale=k), rows, cols, (h * k, w * k), row_labels, col_labels)
 
 
 def _overlay(store: Store, state: ViewState) -> np.ndarray:
     r = run_for(store, state.run, state.pair, state.mode)
-    where = dict(layers=state.layers, steps=heatmap_steps(store, state), guidance=state.guidance, image=state.image,
-                 run=r.name)
+    pick = Pick(run=r.name, blocks=state.layers, steps=heatmap_steps(store, state), images=str(state.image),
+                guidance=state.guidance)
     if state.view == "heatmap":
         if state.token < 0:
             raise SelectionError("choose a token of the prompt for the word heatmap")
-        heat = word_heatmap(store, str(state.token), **where)
+        heat = word_heatmap(store, str(state.token), pick)
     else:
-        heat = query_map(store, (state.qx, state.qy), **where)
+        heat = query_map(store, (state.qx, state.qy), pick)
     return overlay(r.image(state.image), heat, alpha=state.alpha)
 
 
