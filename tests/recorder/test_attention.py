@@ -14,7 +14,7 @@ import zarr  # noqa: E402
 
 import dumpunet  # noqa: E402
 from dumpunet.store.validate import validate  # noqa: E402
-from dumpunet.recorder.attention_capture import AttentionOptions, attention_layers  # noqa: E402
+from dumpunet.recorder.attention_layers import AttentionOptions, attention_layers  # noqa: E402
 from dumpunet.recorder.blocks import unet_blocks  # noqa: E402
 from dumpunet.recorder.samplers import make_scheduler  # noqa: E402
 from dumpunet.recorder.tiny import build_tiny_pipeline  # noqa: E402

@@ -19,7 +19,6 @@ pytest.importorskip("diffusers")
 from click.testing import CliRunner  # noqa: E402
 
 import dumpunet  # noqa: E402
-from dumpunet.store import schema
 from dumpunet.store.validate import validate  # noqa: E402
 from dumpunet.cli import main  # noqa: E402
 

@@ -16,7 +16,8 @@ import zarr  # noqa: E402
 import dumpunet  # noqa: E402
 from dumpunet.errors import OptionError, RecordError  # noqa: E402
 from dumpunet.recorder import job as recording  # noqa: E402
-from dumpunet.recorder.attention_capture import AttentionOptions, attention_probs  # noqa: E402
+from dumpunet.recorder.attention_capture import attention_probs  # noqa: E402
+from dumpunet.recorder.attention_layers import AttentionOptions  # noqa: E402
 from dumpunet.recorder.request import RecordRequest, check, resolve_seed  # noqa: E402
 from dumpunet.recorder.samplers import make_scheduler  # noqa: E402
 from dumpunet.recorder.tiny import build_tiny_pipeline  # noqa: E402

@@ -9,7 +9,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import dumpunet  # noqa: E402
-from dumpunet.store import schema
 from dumpunet.store.validate import validate  # noqa: E402
 from dumpunet.errors import RecordError, SpecError  # noqa: E402
 from dumpunet.recorder.blocks import block_table, unet_blocks  # noqa: E402

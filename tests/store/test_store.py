@@ -20,7 +20,6 @@ import dumpunet
 from dumpunet.store import schema
 from dumpunet.store.validate import validate
 from dumpunet.errors import IncompleteStepError, RecordError, SelectionError, StoreError, StoreNotFoundError
-from dumpunet.store import open_store
 from dumpunet.store.schema import BlockInfo, RunAttrs
 from dumpunet.store.writer import StoreWriter
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from dumpunet.errors import RecordError
-from dumpunet.recorder.attention_capture import attention_layers
+from dumpunet.recorder.attention_layers import attention_layers
 from dumpunet.recorder.blocks import unet_blocks
 from dumpunet.recorder.processors import ProcessorWrapper, wrap_processors
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from dumpunet.errors import OptionError
 from dumpunet.layouts import BlockUnit
-from dumpunet.recorder.attention_capture import AttentionLayer, AttentionOptions, query_grid, select_layers
+from dumpunet.recorder.attention_layers import AttentionLayer, AttentionOptions, query_grid, select_layers
 from dumpunet.recorder.blocks import block_table, select_blocks, unet_blocks
 from dumpunet.specs import format_ints, parse_ints
 from dumpunet.store import schema

@@ -26,7 +26,8 @@ from torch import nn
 from tqdm import tqdm
 
 from dumpunet.errors import RecordError
-from dumpunet.recorder.attention_capture import AttentionCapture, AttentionOptions
+from dumpunet.recorder.attention_capture import AttentionCapture
+from dumpunet.recorder.attention_layers import AttentionOptions
 from dumpunet.recorder.buffers import Capture
 from dumpunet.recorder.identity import model_attrs, software_versions
 from dumpunet.recorder.plan import LayerPlan, RecordingPlan, RecordOptions, Selection, token_length, token_row
@@ -357,7 +358,7 @@ def record(
         ``"none"`` records no block outputs (attention only).
     attention
         Cross-attention features (``"qk"``, ``"qk,k,vqk"``; ``None`` or ``"none"`` = no attention),
-        or an :class:`~dumpunet.recorder.attention_capture.AttentionOptions` for block filters and
+        or an :class:`~dumpunet.recorder.attention_layers.AttentionOptions` for block filters and
         self-attention.
     inputs
         Also store each block's input.

@@ -14,7 +14,7 @@ from typing import Any
 
 from dumpunet.errors import OptionError, RecordError
 from dumpunet.prompts import parse_layer_prompt
-from dumpunet.recorder.attention_capture import AttentionOptions
+from dumpunet.recorder.attention_layers import AttentionOptions
 from dumpunet.recorder.plan import RecordOptions
 from dumpunet.specs import parse_blocks, parse_ints
 from dumpunet.store import schema
