@@ -34,7 +34,7 @@ from dumpunet.analyzer.reduce import difference
 from dumpunet.analyzer.pick import Pick
 from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import format_ints, parse_ints
-from dumpunet.store import Run, Store
+from dumpunet.store import Run, Store, schema
 
 __all__ = ["DiffSelection", "DiffStats", "Selection", "Slab", "select", "select_pair"]
 
@@ -92,13 +92,13 @@ class Selection:
 
     def shape(self, block: str) -> tuple[int, int, int]:
         """``(C, H, W)`` of the selected channels of a block."""
-        c, h, w = self.arrays[block].shape[3:]
+        c, h, w = schema.BLOCK_OUTPUT.slab_shape(self.arrays[block].shape)
         chosen = self.channels[block]
         return (c if chosen is None else len(chosen), h, w)
 
     def channel_text(self, block: str) -> str:
         chosen = self.channels[block]
-        return format_ints(chosen if chosen is not None else range(self.arrays[block].shape[3]))
+        return format_ints(chosen if chosen is not None else range(self.shape(block)[0]))
 
     def slabs(self, order: Literal["step", "block"] = "step") -> Iterator[Slab]:
         """Every slab, by step then block (or by block then step), then image, then guidance."""

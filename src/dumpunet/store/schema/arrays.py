@@ -73,10 +73,22 @@ class ArrayKind:
         except ValueError:
             raise KeyError(f"{self.key} has no axis {name!r} (axes: {', '.join(self.dims)})") from None
 
+    def slab_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """What one (call, image, guidance) slab of a slab array holds, e.g. ``(C, H, W)`` of a block.
+
+        Examples
+        --------
+        >>> BLOCK_OUTPUT.slab_shape((20, 1, 2, 320, 64, 64))
+        (320, 64, 64)
+        """
+        if self.chunk_rule != "slab":
+            raise KeyError(f"{self.key} is not stored in slabs")
+        return tuple(shape[self.axis("guidance") + 1 :])
+
     def chunks(self, shape: Sequence[int]) -> tuple[int, ...]:
         """One chunk per (call, image, guidance) slab, per image, or 64 calls of a 1-D table."""
         if self.chunk_rule == "slab":
-            return (1, 1, 1, *shape[3:])
+            return (1, 1, 1, *self.slab_shape(shape))
         if self.chunk_rule == "per_image":
             return (1, *shape[1:])
         return (CALL_CHUNK,)
