@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,6 +93,13 @@ def test_unknown_sampler_lists_the_known_names(pipe):
         "DPM2 a, DPM2 a Karras, DPM++ 2M, DPM++ 2M Karras, DPM++ 2M SDE, DPM++ 2M SDE Karras, DPM++ SDE, "
         "DPM++ SDE Karras, DDIM, PLMS, UniPC"
     )
+
+
+def test_docs_table_is_the_one_the_code_makes():
+    """docs/samplers.md shows exactly the table the sampler registry generates."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "samplers.md").read_text().splitlines()
+    table = [line for line in doc if line.startswith("|")]
+    assert table == sampler_table_markdown().splitlines()
 
 
 def test_markdown_table_has_one_row_per_sampler():
