@@ -276,8 +276,8 @@ class Store:
         return f"<dumpunet.Store {str(self.path)!r} runs={self.run_names} blocks={len(self.blocks)} steps={format_ints(self.steps)}>"
 
     def _repr_html_(self) -> str:
-        """The summary table a notebook shows (:mod:`dumpunet.viewer.summary`)."""
-        from dumpunet.viewer.summary import store_html
+        """The summary table a notebook shows (:func:`dumpunet.store.html.store_html`)."""
+        from dumpunet.store.html import store_html
 
         return store_html(self)
 
