@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from dumpunet.analyzer.color.colorize import ColorSpec, colorize
 from dumpunet.analyzer.color.expressions import evaluate, parse_expression
 from dumpunet.analyzer.color.hls import hls_to_rgb, hls_to_rgb_bounds
-from dumpunet.analyzer.color.intervals import Interval, bound
+from dumpunet.analyzer.color.bounds import bound
+from dumpunet.analyzer.color.intervals import Interval
 from dumpunet.analyzer.color.lut import build_lut, exact_pixels
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -28,7 +28,7 @@ import numpy as np
 
 from dumpunet.analyzer.color.expressions import Expression, evaluate, parse_expression
 from dumpunet.analyzer.color.hls import hls_to_rgb, hls_to_rgb_bounds
-from dumpunet.analyzer.color.intervals import bound
+from dumpunet.analyzer.color.bounds import bound
 
 __all__ = ["CELLS", "CustomLut", "build_lut", "exact_pixels", "quantize"]
 

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 from dumpunet.store.schema.arrays import *  # noqa: F403
 from dumpunet.store.schema.arrays import __all__ as _arrays_all
+from dumpunet.store.schema.array_attrs import ArrayAttrs, LayerAttrs
 from dumpunet.store.schema.attrs import (
     GUIDANCE_LABELS,
     HEADER_KEY,
     NAME_PATTERN,
     STORE_KIND,
-    ArrayAttrs,
     BlockInfo,
     Header,
-    LayerAttrs,
     PairInfo,
     RootAttrs,
     RunAttrs,
