@@ -24,7 +24,7 @@ from typing import Any
 
 from dumpunet.a1111_prompts import Piece, parse_emphasis, prompt_schedule
 
-__all__ = ["CHUNK", "Chunk", "explain_a1111", "split_chunks", "token_labels", "tokenize_chunks"]
+__all__ = ["CHUNK", "Chunk", "a1111_summary", "explain_a1111", "split_chunks", "token_labels", "tokenize_chunks"]
 
 CHUNK = 75
 """Prompt tokens per chunk; with its start and end token a chunk is 77 tokens."""
@@ -165,3 +165,29 @@ def token_labels(tokenizer: Any, chunks: Sequence[Chunk]) -> list[dict[str, Any]
         for k, (i, s, w, p) in enumerate(zip(chunk.ids, strings, chunk.weights, chunk.pieces)):
             out.append({"id": i, "token": s, "chunk": n, "position": k, "weight": w, "piece": p})
     return out
+
+
+def a1111_summary(explained: dict[str, Any]) -> str | None:
+    """One line on what A1111 syntax an :func:`explain_a1111` result uses; None for a plain prompt.
+
+    Examples
+    --------
+    >>> a1111_summary(explain_a1111("a (cute:1.3) girl BREAK [red:blue:5] hair", 10))
+    'weights cute:1.3; 1 BREAK; 2 schedule entries (steps 5, 10)'
+    >>> a1111_summary(explain_a1111("a cute girl", 10)) is None
+    True
+    """
+    weighted: dict[str, float] = {}
+    breaks = sum(piece["break"] for piece in explained["schedule"][0]["pieces"])
+    for entry in explained["schedule"]:
+        for piece in entry["pieces"]:
+            if piece["weight"] != 1.0 and piece["text"].strip():
+                weighted.setdefault(piece["text"].strip(), round(piece["weight"], 4))
+    parts = [f"weights {', '.join(f'{t}:{w:g}' for t, w in weighted.items())}"] if weighted else []
+    if breaks:
+        parts.append(f"{breaks} BREAK")
+    if len(explained["schedule"]) > 1:
+        ends = ", ".join(str(e["until_step"]) for e in explained["schedule"])
+        parts.append(f"{len(explained['schedule'])} schedule entries (steps {ends})")
+    parts += list(explained["notes"])
+    return "; ".join(parts) or None

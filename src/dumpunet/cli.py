@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from dumpunet._version import __version__
+from dumpunet.a1111_prompts import EMPHASIS_MODES
 from dumpunet.cli_options import sigterm_as_interrupt as _sigterm_as_interrupt
 from dumpunet.cli_options import with_options as _with
 from dumpunet.cli_views import COMMANDS
@@ -63,6 +64,10 @@ _GENERATION_OPTIONS = [
     click.option("--prompt", default="", help="Prompt text."),
     click.option("--negative-prompt", default="", help="Negative prompt (the unconditional half of cfg)."),
     click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps."),
+    click.option("--emphasis", type=click.Choice(EMPHASIS_MODES), default="original",
+                  show_default=True, help="A1111 emphasis mode for (word:1.2) weights; none reads brackets as text."),
+    click.option("--clip-skip", default=1, show_default=True, type=int,
+                  help="A1111 clip skip: read the text encoder's Nth layer from the end (1 = last)."),
     click.option("--sampler", default="Euler a", show_default=True, help="A1111 sampler name, e.g. 'DPM++ 2M Karras'."),
     click.option("--cfg", default=7.0, show_default=True, type=float, help="Classifier-free guidance scale (<= 1 turns it off)."),
     click.option("--seed", default=-1, show_default=True, type=int, help="Seed; image i of a batch uses seed+i; -1 = random."),
@@ -140,10 +145,6 @@ def _record(opts: dict[str, Any]) -> None:
     dry_run = opts.pop("dry_run")
     req = recording.RecordRequest(**opts)
     job = recording.prepare(req)
-    for text in {req.prompt, req.negative_prompt}:
-        warning = recording.truncation_warning(job.pipe, text)
-        if warning:
-            click.echo(warning, err=True)
     est = recording.estimate(job)
     for line in est.lines():
         click.echo(line, err=True)
@@ -219,14 +220,20 @@ def validate(store: Path, quick: bool) -> None:
               help="Built-in block layout: sd1/sd2/tiny-sd1 (25 blocks) or sdxl/tiny-sdxl (19 blocks).")
 @click.option("--store", "store_path", type=click.Path(path_type=Path), default=None,
               help="Use this recorded store's block table instead of --model.")
-@click.option("--json", "as_json", is_flag=True, help='Print {"positive": {block: prompt}, "negative": {...}}.')
+@click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps, for A1111 prompt editing.")
+@click.option("--emphasis", type=click.Choice(EMPHASIS_MODES), default="original", show_default=True,
+              help="A1111 emphasis mode, as for record.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print {"positive": {block: prompt}, "negative": {...}, "a1111": {"positive": ..., "negative": ...}}.')
 @click.pass_context
-def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_path: Path | None, as_json: bool) -> None:
+def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_path: Path | None, steps: int,
+            emphasis: str, as_json: bool) -> None:
     """Show the prompt every block gets from a per-block prompt, before any GPU time is spent.
 
     \b
     dumpunet explain "a (~: IN00-OUT11: cute; M00: excellent :~) girl"
     """
+    from dumpunet.a1111_chunks import a1111_summary, explain_a1111
     from dumpunet.layouts import BlockLayout, builtin_layout
     from dumpunet.prompts import explain as explain_prompts
 
@@ -241,10 +248,18 @@ def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_pa
     result = explain_prompts(prompt, negative, layout=layout)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
+    if steps < 1:
+        raise click.BadParameter(f"must be at least 1, got {steps}", param_hint="--steps")
+    a1111 = {"positive": explain_a1111(prompt, steps, emphasis=emphasis), "negative": explain_a1111(negative, steps, emphasis=emphasis)}
     if as_json:
-        click.echo(json.dumps({"positive": result.positive, "negative": result.negative}, indent=2, ensure_ascii=False))
+        doc = {"positive": result.positive, "negative": result.negative, "a1111": a1111}
+        click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
         click.echo("\n".join(result.lines()))
+        for which, explained in a1111.items():
+            line = a1111_summary(explained)
+            if line:
+                click.echo(f"A1111 {which} prompt: {line}")
 
 # ----------------------------------------------------------------------------- analysis
 

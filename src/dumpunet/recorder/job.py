@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from dumpunet.errors import RecordError
+from dumpunet.recorder.a1111_run import a1111_conditioning, uses_a1111
 from dumpunet.recorder.blocks import unet_blocks
 from dumpunet.recorder.conditioning import BlockConditioning
 from dumpunet.recorder.models import load_pipeline
@@ -25,7 +26,7 @@ from dumpunet.recorder.request import RecordRequest, RunPrompts, check, resolve_
 from dumpunet.recorder.samplers import make_scheduler
 from dumpunet.store import schema
 
-__all__ = ["Estimate", "Job", "RecordRequest", "Summary", "check_budget", "estimate", "execute", "prepare", "truncation_warning"]
+__all__ = ["Estimate", "Job", "RecordRequest", "Summary", "check_budget", "estimate", "execute", "prepare"]
 
 
 @dataclass(frozen=True)
@@ -147,22 +148,6 @@ def _encoded(pipe: Any, text: str) -> schema.TokenRow:
     return token_row(tok, tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids)
 
 
-def truncation_warning(pipe: Any, text: str) -> str | None:
-    """Say which words the text encoder will drop from a prompt longer than its window."""
-    tok = getattr(pipe, "tokenizer", None)
-    if tok is None or not text:
-        return None
-    ids = tok(text, truncation=False).input_ids
-    limit = tok.model_max_length
-    if len(ids) <= limit:
-        return None
-    dropped = tok.decode(ids[limit - 1 : -1])
-    return (
-        f"warning: the prompt is {len(ids)} tokens and the text encoder reads {limit} (with start and end), "
-        f"so the pipeline drops: {dropped!r}"
-    )
-
-
 @dataclass(frozen=True)
 class Summary:
     """What ``execute`` recorded, for the CLI's last line."""
@@ -221,16 +206,24 @@ def _record_one(job: Job, writer: Any, run: RunPrompts, base_kwargs: dict[str, A
     )
     kwargs = dict(base_kwargs, generator=[torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch_size)])
     conditioning = None
+    options, steps = req.a1111_options(), req.executed_steps
     if run.positive_blocks is not None or run.negative_blocks is not None:
         names, _ = job.names
         positive = run.positive_blocks or {b: run.prompt for b in names}
         negative = run.negative_blocks or ({b: run.negative for b in names} if run.negative else None)
+        if any(uses_a1111(pipe, text, options, steps) for text in {*positive.values(), *(negative or {}).values()}):
+            raise RecordError("A1111 prompt syntax (or --clip-skip, or a prompt over 75 tokens) with per-block prompts is not supported yet")
         conditioning = BlockConditioning(pipe, positive, negative, num_images=req.batch_size, guidance_scale=req.cfg)
         kwargs.update(prompt=conditioning.pipeline_prompt, negative_prompt=conditioning.pipeline_negative)
         uncond, cond = schema.GUIDANCE_LABELS
         distinct = set(positive.values()) | set((negative or {}).values())
         attrs = replace(attrs, block_prompts={cond: positive, **({uncond: negative} if negative else {})},
                         prompt_tokens={text: _encoded(pipe, text) for text in sorted(distinct)})
+    elif uses_a1111(pipe, run.prompt, options, steps) or uses_a1111(pipe, run.negative, options, steps):
+        embeds, tokens = a1111_conditioning(pipe, run.prompt, run.negative, options, steps=steps,
+                                            guidance=bool(req.cfg > 1.0))
+        kwargs.update(embeds)
+        attrs = replace(attrs, tokens=tokens)
     else:
         kwargs.update(prompt=run.prompt, negative_prompt=run.negative or None)
     rec = Recorder(pipe, writer=writer, options=req.record_options(), run=run.name, attrs=attrs, progress=not req.quiet)

@@ -312,7 +312,7 @@ class Recorder:
             inputs=self.options.inputs,
             dtype=self.options.store_dtype,
             attention_layers=tuple(lp.layer.name for lp in plan.layers),
-            tokens=self._tokens(),
+            tokens=self._tokens() or self.attrs.tokens,  # A1111 conditioning: encoded before the run
         )
         writer = self._writer()
         writer.set_block_table(plan.table)

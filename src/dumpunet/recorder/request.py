@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from dumpunet.errors import OptionError, RecordError
+from dumpunet.a1111_prompts import EMPHASIS_MODES
 from dumpunet.prompts import parse_layer_prompt
+from dumpunet.recorder.a1111_encode import A1111Options
 from dumpunet.recorder.attention_layers import AttentionOptions
 from dumpunet.recorder.plan import RecordOptions
 from dumpunet.specs import parse_blocks, parse_ints
@@ -58,6 +60,8 @@ class RecordRequest:
     device: str | None = None
     init_image: Path | None = None
     strength: float = 0.6
+    emphasis: str = "original"  # A1111's Emphasis mode
+    clip_skip: int = 1  # A1111's Clip skip (1 = last layer)
     overwrite: bool = False
     quiet: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -71,6 +75,10 @@ class RecordRequest:
             raise OptionError(f"--dtype must be one of {', '.join(schema.RECORD_DTYPES)}, got {self.dtype!r}")
         if not 0.0 < self.strength <= 1.0:
             raise OptionError(f"--strength must be in (0, 1], got {self.strength}")
+        if self.emphasis not in EMPHASIS_MODES:
+            raise OptionError(f"--emphasis must be one of {', '.join(EMPHASIS_MODES)}, got {self.emphasis!r}")
+        if self.clip_skip < 1:
+            raise OptionError(f"--clip-skip must be at least 1 (1 = last layer), got {self.clip_skip}")
         for name in ("width", "height"):
             v = getattr(self, name)
             if v is not None and (v < 8 or v % 8):
@@ -120,6 +128,10 @@ class RecordRequest:
             query_region=region,  # type: ignore[arg-type]
             query_stride=self.query_stride,
         )
+
+    def a1111_options(self) -> A1111Options:
+        """How prompts are read where A1111 syntax is used: emphasis mode and clip skip."""
+        return A1111Options(emphasis=self.emphasis, clip_skip=self.clip_skip)
 
     def record_options(self) -> RecordOptions:
         """What every run of this request records."""
