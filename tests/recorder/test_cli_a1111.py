@@ -10,10 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from click.testing import CliRunner  # noqa: E402
+from click.testing import CliRunner
 
-import dumpunet  # noqa: E402
-from dumpunet.cli import main  # noqa: E402
+import dumpunet
+from dumpunet.cli import main
 
 pytestmark = pytest.mark.recorder
 

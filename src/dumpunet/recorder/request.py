@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dumpunet.errors import OptionError, RecordError
 from dumpunet.a1111_prompts import EMPHASIS_MODES
+from dumpunet.errors import OptionError, RecordError
 from dumpunet.prompts import parse_layer_prompt
 from dumpunet.recorder.a1111_encode import A1111Options
 from dumpunet.recorder.attention_layers import AttentionOptions
