@@ -409,10 +409,14 @@ def test_cli_explain_json():
         main, ["explain", "a (~: IN00-OUT11: cute; M00: excellent :~) girl", "--negative", "(~: _: ugly :~)", "--json"]
     )
     assert res.exit_code == 0
-    assert json.loads(res.stdout) == {
+    doc = json.loads(res.stdout)
+    assert {k: doc[k] for k in ("positive", "negative")} == {
         "positive": table("a cute girl", M00="a excellent girl"),
         "negative": table("ugly"),
     }
+    # A1111 syntax is read outside the groups: their brackets and colons are no emphasis
+    assert (doc["a1111"]["positive"]["prompt"], doc["a1111"]["positive"]["notes"]) == ("a  girl", [])
+    assert (doc["a1111"]["negative"]["prompt"], doc["a1111"]["negative"]["notes"]) == ("", [])
 
 
 def test_cli_explain_warnings_go_to_stderr():

@@ -236,6 +236,7 @@ def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_pa
     from dumpunet.a1111_chunks import a1111_summary, explain_a1111
     from dumpunet.layouts import BlockLayout, builtin_layout
     from dumpunet.prompts import explain as explain_prompts
+    from dumpunet.prompts import parse_layer_prompt
 
     if store_path is None:
         layout = builtin_layout(model)
@@ -250,7 +251,9 @@ def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_pa
         click.echo(f"warning: {warning}", err=True)
     if steps < 1:
         raise click.BadParameter(f"must be at least 1, got {steps}", param_hint="--steps")
-    a1111 = {"positive": explain_a1111(prompt, steps, emphasis=emphasis), "negative": explain_a1111(negative, steps, emphasis=emphasis)}
+    # A1111 syntax is read in the text outside per-block groups: '(~:' and ':~)' are not emphasis
+    a1111 = {which: explain_a1111(parse_layer_prompt(text).base(), steps, emphasis=emphasis)
+             for which, text in (("positive", prompt), ("negative", negative))}
     if as_json:
         doc = {"positive": result.positive, "negative": result.negative, "a1111": a1111}
         click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
