@@ -19,18 +19,10 @@ from dumpunet.recorder import job as recording  # noqa: E402
 from dumpunet.recorder.attention_capture import attention_probs  # noqa: E402
 from dumpunet.recorder.attention_layers import AttentionOptions  # noqa: E402
 from dumpunet.recorder.request import RecordRequest, check, resolve_seed  # noqa: E402
-from dumpunet.recorder.samplers import make_scheduler  # noqa: E402
-from dumpunet.recorder.tiny import build_tiny_pipeline  # noqa: E402
 from dumpunet.store.schema import RootAttrs  # noqa: E402
+from test_attention import make_pipe  # noqa: E402  (one tiny-pipeline builder for the attention tests)
 
 pytestmark = pytest.mark.recorder
-
-
-def make_pipe(name="tiny-sd1"):
-    pipe = build_tiny_pipeline(name)
-    pipe.scheduler = make_scheduler("Euler", pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def generate(pipe, steps=2):
