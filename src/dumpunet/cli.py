@@ -17,6 +17,8 @@ import click
 from dumpunet._version import __version__
 from dumpunet.a1111_prompts import EMPHASIS_MODES
 from dumpunet.cli_options import sigterm_as_interrupt as _sigterm_as_interrupt
+from dumpunet.analyzer.pick import Pick
+from dumpunet.cli_options import take, value_options
 from dumpunet.cli_options import with_options as _with
 from dumpunet.cli_views import COMMANDS
 from dumpunet.errors import DumpUnetError
@@ -277,18 +279,36 @@ for _command in COMMANDS:
 @click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port on 127.0.0.1 (default: a free one).")
 @click.option("--no-browser", is_flag=True, help="Do not open the default browser; just print the address.")
-def view(stores: tuple[Path, ...], port: int, no_browser: bool) -> None:
+@click.option("--export", "export_to", type=click.Path(path_type=Path), default=None,
+              help="Instead of serving: write a static, self-contained report folder that opens from disk "
+                   "(default colours; --blocks, --steps, --images, --guidance narrow it).")
+@_with(value_options(Pick, only=("blocks", "steps", "images", "guidance")))
+@click.option("--quiet", is_flag=True, help="No progress bar (--export).")
+def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path | None, quiet: bool,
+         **opts: Any) -> None:
     """Explore stores in the browser: blocks, steps, channels, colours, attention, pairs.
 
     Serves a local page on 127.0.0.1 only, for the stores named here; Ctrl-C stops it.
+    With --export, writes the page and its pictures to a folder instead (open its index.html).
 
     \b
     dumpunet view girl.zarr
     dumpunet view girl.zarr --port 8765 --no-browser
+    dumpunet view girl.zarr --export report --steps '1-20(+5)'
     """
-    from dumpunet.viewer.server import serve
+    pick = take(Pick, opts)
+    if export_to is None:
+        if pick != Pick():
+            raise click.UsageError("--blocks, --steps, --images and --guidance choose what --export writes")
+        from dumpunet.viewer.server import serve
 
-    serve(list(stores), port=port, open_browser=not no_browser)
+        serve(list(stores), port=port, open_browser=not no_browser)
+        return
+    from dumpunet.viewer.report import export_report
+
+    files = export_report(list(stores), export_to, pick, progress=not quiet)
+    views = sum(1 for f in files if f.params["kind"] == "report-view")
+    click.echo(f"wrote a report of {views} views to {export_to}; open {export_to / 'index.html'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

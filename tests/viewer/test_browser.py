@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import urllib.request
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -205,3 +206,45 @@ def test_a_second_store_beside_the_first(page, server):
     page.select_option("#compare", "")
     page.wait_for_function("() => document.getElementById('frame2').hidden")
     assert "compare" not in url_state(page)
+
+
+def test_a_static_report_opens_from_disk(page, stores, tmp_path):
+    from dumpunet.analyzer.pick import Pick
+    from dumpunet.viewer.report import export_report
+
+    out = tmp_path / "report"
+    export_report(stores, out, Pick(steps="1,3"), progress=False)
+    page.goto((out / "index.html").as_uri())
+    first = settle(page)
+    snap(page, "12-report")
+    assert first["error"] is None and first["src"].startswith("file://")
+    assert "--blocks OUT11 --steps 3" in first["command"]
+    assert page.locator("#colour").is_hidden() and "static report" in page.inner_text("#live")
+    want = np.asarray(Image.open(out / Path(urlsplit(first["src"]).path).name))
+    assert (first["height"], first["width"]) == want.shape[:2]
+
+    page.click("#ladder [data-block=IN04]")
+    block = settle(page, first)
+    assert url_state(page)["block"] == "IN04" and "--blocks IN04 --steps 3" in block["command"]
+    page.locator("#step").fill("0")  # step 1: in the report
+    one = settle(page, block)
+    assert "--steps 1" in one["command"] and one["error"] is None
+    page.locator("#step").fill("1")  # step 2: left out of the report
+    page.wait_for_function("() => !document.getElementById('error').hidden")
+    assert "not exported" in page.inner_text("#error")
+
+    page.locator("#step").fill("2")
+    page.click("#views [data-view=attention]")
+    grid = settle(page, one)
+    assert "dumpunet attention" in grid["command"] and grid["error"] is None
+    page.click("#tokens .token >> text=pink")  # one token alone is a server view
+    page.wait_for_function("() => !document.getElementById('error').hidden")
+    page.click("#views [data-view=heatmap]")
+    heat = settle(page, grid)
+    snap(page, "13-report-heatmap")
+    assert "--word 2" in heat["command"] and (heat["height"], heat["width"]) == (16, 16)
+
+    page.goto((out / "index.html").as_uri() + "?store=1&mode=diff&step=1")  # the pair store: steps 1, 5, 10, 20
+    diff = settle(page)
+    snap(page, "14-report-difference")
+    assert diff["error"] is None and diff["command"].startswith("dumpunet diff")

@@ -9,7 +9,9 @@ let info = null;        // /api/structure of the current store
 let seq = 0;            // the latest image request; older answers are dropped
 let grid = null;        // X-Grid of the shown picture: cols, rows, tile h, tile w
 let playing = null;
-let objectUrl = null;
+
+// A static report (dumpunet view --export) carries the server's answers in report.js.
+const REPORT = window.DUMPUNET_REPORT || null;
 
 const FIELDS_NUMERIC = ["clamp_min", "clamp_max", "gain", "offset"];
 const FIELDS_TEXT = ["r", "g", "b", "h", "s", "l"];
@@ -45,6 +47,7 @@ function set(changes) {
 }
 
 async function getJSON(url) {
+  if (REPORT) return url === "/api/stores" ? REPORT.stores : REPORT.structures[Number(url.split("store=")[1])];
   const res = await fetch(url);
   const body = await res.json();
   if (!res.ok) throw new Error(body.error);
@@ -56,27 +59,57 @@ function showError(text) {
   $("error").textContent = text || "";
 }
 
+// The current view of store `store` (default: the page's): {src, grid, command, query, download};
+// throws the server's (or the report's) error message.
+async function picture(store) {
+  if (REPORT) return reportPicture(store === undefined ? state.store : store);
+  const q = query(store === undefined ? {} : { store });
+  const [res, cmd] = await Promise.all([fetch("/api/image?" + q), fetch("/api/command?" + q)]);
+  if (!res.ok) throw new Error((await res.json().catch(() => ({ error: res.statusText }))).error);
+  const [blob, command] = await Promise.all([res.blob(), cmd.json()]);
+  return { src: URL.createObjectURL(blob), grid: res.headers.get("X-Grid") || "", command: command.command, query: q,
+    download: "/api/image?" + query({ ...(store === undefined ? {} : { store }), download: 1 }) };
+}
+
+// The report's views are keyed by the fields that decide them, resolved as the server resolves
+// them (dumpunet.viewer.report.view_key builds the same keys).
+const KEY_FIELDS = { grid: ["which", "block", "average", "step", "image", "guidance"],
+  attention: ["layer", "head", "token", "step", "image", "guidance"], heatmap: ["token", "step", "image", "guidance"],
+  final: ["image"] };
+const FIELDS_COLOUR = [...FIELDS_NUMERIC, ...FIELDS_TEXT, "method", "transform", "auto_scope", "space", "alpha"];
+
+function reportPicture(store) {
+  const changed = FIELDS_COLOUR.filter((k) => String(state[k]) !== String(DEFAULTS[k]));
+  if (changed.length || Number(state.channel) >= 0 || !KEY_FIELDS[state.view]) {
+    throw new Error("this static report holds whole grids, attention, word heatmaps and final images in the "
+      + "default colours; `dumpunet view STORE` serves every other view");
+  }
+  const resolved = { ...state, store, step: currentStep(), block: currentBlock(), layer: state.layer || $("layer").value };
+  const key = Object.fromEntries(["store", "view", ...KEY_FIELDS[state.view]].map((n) => [n, resolved[n]]));
+  if (state.pair && state.mode === "diff") Object.assign(key, { pair: state.pair, mode: "diff" });
+  else key.run = run().name;
+  const entry = REPORT.views[Object.keys(key).sort().map((n) => `${n}=${key[n]}`).join("&")];
+  if (!entry) throw new Error("this view was not exported into the report (see its --blocks, --steps, --images, --guidance)");
+  if (entry.error) throw new Error(entry.error);
+  return { src: entry.file, grid: entry.grid.join(","), command: entry.command, query: entry.query, download: entry.file };
+}
+
+function show(img, shown) {
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  img.src = shown.src;
+}
+
 async function refresh() {
   const mine = ++seq;
-  const q = query();
-  $("download").href = "/api/image?" + query({ download: 1 });
   try {
     // picture and command together, so the page never shows one view's command under another's picture
-    const [res, cmd] = await Promise.all([fetch("/api/image?" + q), fetch("/api/command?" + q)]);
+    const shown = await picture();
     if (mine !== seq) return;
-    if (!res.ok) {
-      const body = await res.json().catch(() => ({ error: res.statusText }));
-      if (mine === seq) showError(body.error);
-      return;
-    }
-    const [blob, command] = await Promise.all([res.blob(), cmd.json()]);
-    if (mine !== seq) return;
-    grid = (res.headers.get("X-Grid") || "").split(",").filter(Boolean).map(Number);
-    if (objectUrl) URL.revokeObjectURL(objectUrl);
-    objectUrl = URL.createObjectURL(blob);
-    $("picture").dataset.query = q;
-    $("command").textContent = command.command || "(no single command writes this picture)";
-    $("picture").src = objectUrl;
+    grid = shown.grid.split(",").filter(Boolean).map(Number);
+    $("download").href = shown.download;
+    $("picture").dataset.query = shown.query;
+    $("command").textContent = shown.command || "(no single command writes this picture)";
+    show($("picture"), shown);
     showError("");
   } catch (err) {
     if (mine === seq) showError(String(err.message || err));
@@ -88,17 +121,17 @@ async function refresh() {
 async function refreshBeside(mine) {
   $("frame2").hidden = state.compare === "";
   if (state.compare === "") return;
-  const res = await fetch("/api/image?" + query({ store: state.compare }));
-  if (mine !== seq) return;
-  $("error2").hidden = res.ok;
-  if (!res.ok) {
-    $("error2").textContent = (await res.json().catch(() => ({ error: res.statusText }))).error;
+  try {
+    const shown = await picture(state.compare);
+    if (mine !== seq) return;
+    $("error2").hidden = true;
+    show($("picture2"), shown);
+  } catch (err) {
+    if (mine !== seq) return;
+    $("error2").hidden = false;
+    $("error2").textContent = String(err.message || err);
     $("picture2").removeAttribute("src");
-    return;
   }
-  const old = $("picture2").src;
-  $("picture2").src = URL.createObjectURL(await res.blob());
-  if (old) URL.revokeObjectURL(old);
 }
 
 function option(sel, values, labels) {
@@ -268,10 +301,12 @@ function describe(r) {
 async function loadStructure() {
   info = await getJSON(`/api/structure?store=${state.store}`);
   const r = run();
-  $("live").textContent = info.runs.every((x) => x.complete) ? "" : `recording in progress: ${r.steps.length} steps so far`;
+  $("live").textContent = REPORT ? "static report (default colours)"
+    : info.runs.every((x) => x.complete) ? "" : `recording in progress: ${r.steps.length} steps so far`;
 }
 
 async function poll() {
+  if (REPORT) return;  // a report is a snapshot
   try {
     const before = info && info.generation;
     await loadStructure();
@@ -346,6 +381,7 @@ async function main() {
   $("store").hidden = stores.stores.length < 2;
   state = { ...DEFAULTS, ...Object.fromEntries(new URLSearchParams(location.search)) };
   wire();
+  $("colour").hidden = Boolean(REPORT);
   try { await start(); } catch (err) { showError(String(err.message || err)); }
   setTimeout(poll, 1500);
 }

@@ -1,0 +1,102 @@
+"""``dumpunet view --export``: the static report folder (its page is driven in test_browser.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from dumpunet.analyzer.pick import Pick
+from dumpunet.cli import main
+from dumpunet.store import open_store
+from dumpunet.viewer.report import export_report, view_key
+from dumpunet.viewer.state import ViewState
+from dumpunet.viewer.views import render_view
+
+
+def _data(out: Path) -> dict:
+    text = (out / "report.js").read_text()
+    assert text.startswith("window.DUMPUNET_REPORT = ") and text.endswith(";\n")
+    return json.loads(text[len("window.DUMPUNET_REPORT = "):-2])
+
+
+@pytest.fixture(scope="module")
+def report(stores, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "report"
+    export_report(stores, out, progress=False)
+    return out
+
+
+def test_every_view_of_the_report_is_the_viewers_picture(report, stores):
+    views = _data(report)["views"]
+    kinds = {dict(parse_qsl(k))["view"] for k in views}
+    assert kinds == {"grid", "attention", "heatmap", "final"}
+    opened = [open_store(p) for p in stores]
+    for n, (key, entry) in enumerate(sorted(views.items())):
+        assert "error" not in entry, (key, entry)
+        if n % 9:
+            continue  # a sample: each check renders the view again
+        state = ViewState.from_query(dict(parse_qsl(entry["query"])))
+        want = render_view(opened[state.store], state)
+        got = np.asarray(Image.open(report / entry["file"]))
+        assert np.array_equal(got, want), key
+        assert view_key(state) == key
+
+
+def test_the_report_covers_runs_pairs_blocks_steps_layers_and_tokens(report, stores):
+    views = _data(report)["views"]
+    girl = open_store(stores[0])
+    r = girl.run()
+    for step in r.steps:
+        for block in r.recorded("output"):
+            for average in ("", "mean", "1-norm", "2-norm"):
+                assert view_key(ViewState(run=r.name, block=block, step=step, average=average)) in views
+        for token in range(r.token_row().length):
+            assert view_key(ViewState(view="heatmap", run=r.name, token=token, step=step)) in views
+    pair = open_store(stores[1])
+    for p in pair.pairs:
+        key = view_key(ViewState(store=1, pair=p.label, mode="diff", block="OUT11", step=pair.steps[-1]))
+        assert key in views
+
+
+def test_the_report_is_self_contained_and_listed_in_its_manifest(report):
+    files = {p.name for p in report.iterdir()}
+    manifest = json.loads((report / "manifest.json").read_text())
+    assert {e["file"] for e in manifest["files"]} | {"manifest.json"} == files
+    html = (report / "index.html").read_text()
+    assert '<script src="report.js"></script>' in html and "/static/" not in html and "http" not in html
+    for entry in _data(report)["views"].values():
+        assert (report / entry["file"]).resolve().parent == report.resolve()
+
+
+def test_export_narrows_to_blocks_and_steps_and_cli_says_so(stores, tmp_path):
+    res = CliRunner().invoke(main, ["view", str(stores[0]), "--export", str(tmp_path / "r"), "--blocks", "OUT11",
+                                    "--steps", "1", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("wrote a report of ") and "index.html" in res.output
+    keys = [dict(parse_qsl(k)) for k in _data(tmp_path / "r")["views"]]
+    assert {k["step"] for k in keys if "step" in k} == {"1"}
+    assert {k["block"] for k in keys if k["view"] == "grid"} == {"OUT11"}
+    assert {k["layer"].split(".")[0] for k in keys if k["view"] == "attention"} <= {"OUT11"}
+
+
+def test_selection_options_without_export_are_refused(stores):
+    res = CliRunner().invoke(main, ["view", str(stores[0]), "--steps", "1", "--no-browser"])
+    assert res.exit_code == 2 and "choose what --export writes" in res.output
+
+
+def test_a_bad_selection_writes_nothing(stores, tmp_path):
+    res = CliRunner().invoke(main, ["view", str(stores[0]), "--export", str(tmp_path / "r"), "--blocks", "IN99"])
+    assert res.exit_code == 1 and "IN99" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_pick_defaults_select_the_cond_half(stores, tmp_path):
+    export_report(stores[:1], tmp_path / "r", Pick(guidance="both", steps="3"), progress=False)
+    halves = {dict(parse_qsl(k)).get("guidance") for k in _data(tmp_path / "r")["views"]}
+    assert halves == {"cond", "uncond", None}  # final images have no guidance half
