@@ -78,6 +78,26 @@ def _text_config(tokenizer: Any, *, hidden: int, act: str, proj: int) -> Any:
     )
 
 
+def _text_encoder(cls: Any, config: Any) -> Any:
+    """A text encoder whose final layer norm has a trained-looking gain and bias.
+
+    With the default gain 1 and bias 0 every output token has mean 0 to rounding, and A1111's
+    emphasis rescale (original mean / weighted mean) would divide rounding noise by rounding
+    noise: factors of any size or sign, machine-dependent, NaN images. Real CLIP's final norm
+    has a learned bias, so the mean is a real number; these values come from their own generator
+    so that every other weight stays as the shared seed draws it.
+    """
+    import torch
+
+    model = cls(config)
+    norm = getattr(model, "text_model", model).final_layer_norm
+    gen = torch.Generator().manual_seed(TINY_SEED + 1)
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.1 * torch.randn(norm.weight.shape, generator=gen))
+        norm.bias.copy_(0.5 + 0.1 * torch.randn(norm.bias.shape, generator=gen))
+    return model
+
+
 def _vae(scaling_factor: float) -> Any:
     from diffusers import AutoencoderKL
 
@@ -101,7 +121,7 @@ def _sd1_components() -> dict[str, Any]:
     from transformers import CLIPTextModel
 
     tokenizer = tiny_tokenizer()
-    text_encoder = CLIPTextModel(_text_config(tokenizer, hidden=32, act="quick_gelu", proj=32))
+    text_encoder = _text_encoder(CLIPTextModel, _text_config(tokenizer, hidden=32, act="quick_gelu", proj=32))
     # SD1.5's unet config with channels (320, 640, 1280, 1280) / 40 and 8 heads -> 2 heads.
     # diffusers' `attention_head_dim` is the number of heads for this model family.
     unet = UNet2DConditionModel(
@@ -132,8 +152,8 @@ def _sdxl_components() -> dict[str, Any]:
     tokenizer = tiny_tokenizer()
     tokenizer_2 = tiny_tokenizer(pad_token="!")  # SDXL's OpenCLIP tokenizer pads with "!"
     # SDXL pairs CLIP ViT-L (quick_gelu) with OpenCLIP bigG (gelu, projected pooled output)
-    text_encoder = CLIPTextModel(_text_config(tokenizer, hidden=32, act="quick_gelu", proj=32))
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, hidden=64, act="gelu", proj=32))
+    text_encoder = _text_encoder(CLIPTextModel, _text_config(tokenizer, hidden=32, act="quick_gelu", proj=32))
+    text_encoder_2 = _text_encoder(CLIPTextModelWithProjection, _text_config(tokenizer_2, hidden=64, act="gelu", proj=32))
     time_dim = 8
     unet = UNet2DConditionModel(
         sample_size=_LATENT_SIZE,
