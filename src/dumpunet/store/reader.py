@@ -73,6 +73,7 @@ class Run:
             raise StoreError(f"{store.path}: run {name!r} is listed but missing") from None
         self.info: schema.RunAttrs = schema.RunAttrs.from_json(dict(grp.attrs), f"{store.path}: run {name}")
         self._layers: dict[tuple[str, str], schema.LayerAttrs] = {}
+        self._arrays: dict[str, zarr.Array] = {}
 
     @cached_property
     def calls(self) -> CallTable:
@@ -89,6 +90,20 @@ class Run:
             timestep=arrays["call_timestep"][:n],
             done=arrays["call_done"][:n] == 1,
         )
+
+    def _open(self, kind: schema.ArrayKind, **names: str) -> zarr.Array:
+        """Open a per-call array once for this run object; a missing one raises KeyError.
+
+        Opening reads the array's metadata (a few ms, more than a small chunk), and a heatmap reads
+        16 layers x 20 steps. The call table is loaded first: the writer grows an array before it
+        marks a call done, so an array opened after the table covers every call the table lists. A
+        store opened again (the viewer's live poll) has new run objects that see later steps.
+        """
+        path = kind.path(run=self.name, **names)
+        if path not in self._arrays:
+            self.calls  # noqa: B018 - load the call table before the array (see above)
+            self._arrays[path] = schema.open_array(self.store.root, kind, run=self.name, **names)
+        return self._arrays[path]
 
     @property
     def steps(self) -> list[int]:
@@ -121,7 +136,7 @@ class Run:
         """The zarr array ``[call, image, guidance, channel, y, x]`` of one block."""
         name = self.store.resolve_block(block)
         try:
-            return schema.open_array(self.store.root, schema.BLOCK_ARRAYS[which], run=self.name, block=name)
+            return self._open(schema.BLOCK_ARRAYS[which], block=name)
         except KeyError:
             got = self.recorded(which)
             raise SelectionError(
@@ -189,7 +204,7 @@ class Run:
         """The zarr array of one attention feature, e.g. qk ``[call, image, guidance, head, query, token]``."""
         name = self._layer_name(layer)
         try:
-            return schema.open_array(self.store.root, schema.ATTENTION_FEATURES[feature], run=self.name, layer=name)
+            return self._open(schema.ATTENTION_FEATURES[feature], layer=name)
         except KeyError:
             raise SelectionError(f"layer {name} has no recorded {feature!r} (record with --attention {feature})") from None
 
