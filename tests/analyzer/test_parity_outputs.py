@@ -15,6 +15,7 @@ docs/store-format.md, not through dumpunet's reader) and the original's document
 from __future__ import annotations
 
 import json
+import shlex
 import struct
 
 import numpy as np
@@ -24,6 +25,7 @@ import zarr
 from click.testing import CliRunner
 from PIL import Image
 from synthetic_stores import make_paired_store
+from test_cli_render import readme_commands
 
 import dumpunet
 from dumpunet import ColorSpec, GridStyle, Pick
@@ -323,3 +325,20 @@ def test_with_grid_via_the_cli_and_its_mistakes(girl, tmp_path):
     assert not (tmp_path / "x").exists()
     with pytest.raises(OptionError, match="render_image draws one grid"):
         dumpunet.render_image(girl, Pick(blocks="M00", steps="20"), style=GridStyle(average="mean", with_grid=True))
+
+
+# ----------------------------------------------------------------------------- the README's lines
+
+README_ATTENTION = [line for line in readme_commands("dumpunet ") if "--layers IN01.attn2" in line]
+
+
+def test_readme_attention_lines_run_as_written(attn, tmp_path, monkeypatch):
+    (tmp_path / "girl.zarr").symlink_to(attn, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    assert len(README_ATTENTION) == 2
+    for line in README_ATTENTION:
+        r = CliRunner().invoke(main, shlex.split(line)[1:])
+        assert r.exit_code == 0, (line, r.output)
+    # export: every head x token of both steps and images (cond); attention: one PNG per step and image
+    assert len(list((tmp_path / "dump-attn").glob("*.bin"))) == len(STEPS) * 2 * HEADS * T
+    assert sorted(p.name.split("-cond-")[1][:13] for p in (tmp_path / "attn").glob("*.png")) == ["qk-avg-2norm-"] * 4

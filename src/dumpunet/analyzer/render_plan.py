@@ -10,6 +10,9 @@ above 1, and the colorization (:meth:`ColorSpec.slug`, or ``pca-{basis digest}``
 
     OUT11-step020-img0-cond-custom-hsl-auto01-4079ce.png
     M00-step020-img0-cond-avg-2norm-custom-hsl-auto01-4079ce.png
+
+With ``GridStyle.with_grid`` each slab gets both: the averaged map, then the channel grid, each
+with its own Auto ranges.
 """
 
 from __future__ import annotations
