@@ -31,6 +31,7 @@ import dumpunet
 from dumpunet import ColorSpec, GridStyle, Pick
 from dumpunet.analyzer.attention_export import export_attention
 from dumpunet.analyzer.attention_grids import ATTENTION_COLOR, render_attention
+from dumpunet.analyzer.color.spec import DIFF_COLOR
 from dumpunet.cli import main
 from dumpunet.errors import OptionError
 from dumpunet.store import schema
@@ -326,6 +327,20 @@ def test_with_grid_via_the_cli_and_its_mistakes(girl, tmp_path):
     with pytest.raises(OptionError, match="render_image draws one grid"):
         dumpunet.render_image(girl, Pick(blocks="M00", steps="20"), style=GridStyle(average="mean", with_grid=True))
 
+
+
+def test_diff_with_grid_writes_the_averaged_difference_and_its_grid(paired, tmp_path):
+    pick = Pick(blocks="M00", steps="10", images="0")
+    both = dumpunet.diff(paired, pick, style=GridStyle(average="2-norm", with_grid=True), out=tmp_path / "both",
+                         finals=False, progress=False)
+    plain = dumpunet.diff(paired, pick, out=tmp_path / "plain", finals=False, progress=False)
+    maps = [f for f in both if f.path.name.startswith("diff-M00")]
+    assert [f.params["average"] for f in maps] == ["2-norm", None]
+    assert maps[1].path.read_bytes() == plain[0].path.read_bytes()
+    d = (raw(paired, "blocks/M00/output", 10, run="layered")[0, 1].astype(np.float32)
+         - raw(paired, "blocks/M00/output", 10, run="base")[0, 1].astype(np.float32))
+    expected = ref.colorize(original_average(d, "2-norm").astype(np.float32)[None], DIFF_COLOR)[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(maps[0])), expected)
 
 # ----------------------------------------------------------------------------- the README's lines
 

@@ -129,7 +129,7 @@ def diff(
     sel = select_pair(st, pick, pair=pair)
     pictures = final_images(sel) if finals else {}
     target = Target(sel, OutputFolder(out), AutoRanges(color))
-    with progress_bar(len(sel), progress, unit="png", desc="render") as bar:
+    with progress_bar(len(sel) * len(style.drawn()), progress, unit="png", desc="render") as bar:
         tasks, basis = plan_grids([target], color, style, status=bar.set_description)
         with target.output as output:
             files = write_grids(tasks, color, basis, jobs=jobs, encoder=encoder,

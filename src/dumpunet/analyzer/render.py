@@ -177,7 +177,7 @@ def render(
     sels = [select(s if isinstance(s, Store) else open_store(s), pick) for s in listed]
     check_folder(out)
     targets = [Target(sel, OutputFolder(f), AutoRanges(color)) for sel, f in zip(sels, folders(sels, out))]
-    with progress_bar(sum(len(sel) for sel in sels), progress, unit="png", desc="render") as bar:
+    with progress_bar(sum(len(sel) for sel in sels) * len(style.drawn()), progress, unit="png", desc="render") as bar:
         tasks, basis = plan_grids(targets, color, style, status=bar.set_description)
         with ExitStack() as stack:
             for t in targets:
