@@ -36,7 +36,8 @@ def swept(tmp_path_factory):
 
 
 def diff(store, out, **kw):
-    pick, color, style, rest = split(kw, color=DIFF_COLOR)
+    """Diff into bare tiles (plain) unless ``plain=False``: these tests check the grid's pixels."""
+    pick, color, style, rest = split({"plain": True, **kw}, color=DIFF_COLOR)
     return dumpunet.diff(store, pick, color, style, out=out, progress=False, **rest)
 
 
@@ -169,8 +170,8 @@ def test_a_sweep_pair_by_label_and_pca_on_differences(swept, tmp_path):
 
 def test_the_render_pipeline_still_renders_features(paired, tmp_path):
     """Diffs share render's pipeline; rendering the base run gives the base's features."""
-    (f,) = dumpunet.render(paired, dumpunet.Pick(run="base", blocks="M00", steps="5", images="0"), out=tmp_path,
-                           progress=False)
+    (f,) = dumpunet.render(paired, dumpunet.Pick(run="base", blocks="M00", steps="5", images="0"),
+                           style=dumpunet.GridStyle(plain=True), out=tmp_path, progress=False)
     assert f.path.name == "M00-step005-img0-cond-custom-hsl-auto01-4079ce.png" and f.params["kind"] == "render"
     x = dumpunet.open(paired).features("M00", 5, run="base")
     np.testing.assert_array_equal(pixels(f), by_hand(colorize(x, ColorSpec()), 4, 2))

@@ -300,9 +300,9 @@ def test_vqk_average_is_over_every_channel_and_file_names_keep_averages_apart(at
 
 def test_with_grid_writes_the_averaged_map_and_the_channel_grid(girl, tmp_path):
     pick, color = Pick(blocks="IN04", steps="5"), ColorSpec("White/Black", "linear", clamp_min=0.0, clamp_max=2.0)
-    files = dumpunet.render(girl, pick, color, GridStyle(average="1-norm", with_grid=True), out=tmp_path / "both",
-                            progress=False)
-    plain = dumpunet.render(girl, pick, color, out=tmp_path / "plain", progress=False)
+    files = dumpunet.render(girl, pick, color, GridStyle(average="1-norm", with_grid=True, plain=True),
+                            out=tmp_path / "both", progress=False)
+    plain = dumpunet.render(girl, pick, color, GridStyle(plain=True), out=tmp_path / "plain", progress=False)
     slug = color.slug()
     assert [f.path.name for f in files] == [f"IN04-step005-img0-cond-avg-1norm-{slug}.png", f"IN04-step005-img0-cond-{slug}.png"]
     x = raw(girl, "blocks/IN04/output", 5)[0, 1]
@@ -331,9 +331,10 @@ def test_with_grid_via_the_cli_and_its_mistakes(girl, tmp_path):
 
 def test_diff_with_grid_writes_the_averaged_difference_and_its_grid(paired, tmp_path):
     pick = Pick(blocks="M00", steps="10", images="0")
-    both = dumpunet.diff(paired, pick, style=GridStyle(average="2-norm", with_grid=True), out=tmp_path / "both",
-                         finals=False, progress=False)
-    plain = dumpunet.diff(paired, pick, out=tmp_path / "plain", finals=False, progress=False)
+    both = dumpunet.diff(paired, pick, style=GridStyle(average="2-norm", with_grid=True, plain=True),
+                         out=tmp_path / "both", finals=False, progress=False)
+    plain = dumpunet.diff(paired, pick, style=GridStyle(plain=True), out=tmp_path / "plain", finals=False,
+                          progress=False)
     maps = [f for f in both if f.path.name.startswith("diff-M00")]
     assert [f.params["average"] for f in maps] == ["2-norm", None]
     assert maps[1].path.read_bytes() == plain[0].path.read_bytes()

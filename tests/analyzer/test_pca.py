@@ -14,7 +14,8 @@ from dumpunet.errors import OptionError
 
 
 def render(store, **kw):
-    pick, color, style, rest = split(kw)
+    """Render bare tiles (plain) unless ``plain=False``: these tests check the grid's pixels."""
+    pick, color, style, rest = split({"plain": True, **kw})
     return dumpunet.render(store, pick, color, style, progress=False, **rest)
 
 

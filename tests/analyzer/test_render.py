@@ -42,7 +42,8 @@ def by_hand(tiles: np.ndarray, cols: int, rows: int, scale: int = 1) -> np.ndarr
 
 
 def render(store, out, **kw):
-    pick, color, style, rest = split(kw)
+    """Render bare tiles (plain) unless ``plain=False``: these tests check the grid's pixels."""
+    pick, color, style, rest = split({"plain": True, **kw})
     return dumpunet.render(store, pick, color, style, out=out, progress=False, **rest)
 
 
@@ -106,6 +107,7 @@ def test_manifest_lists_each_file_with_its_parameters(girl, tmp_path):
         "grid": {"cols": 4, "rows": 2, "tile": [2, 2], "scale": 1, "gap": 1},
         "size": [11, 5],
         "mode": "L",
+        "labels": False,
         "average": None,
         "colorization": {**json.loads(spec.to_json()), "slug": spec.slug()},
         "pca": None,
@@ -319,6 +321,7 @@ def test_two_stores_with_one_name_are_refused(girl, tmp_path):
     {"method": "Red/Blue", "auto_scope": "block", "channels": "1-3", "guidance": "uncond"},
     {"auto_scope": "run", "average": "2-norm", "which": "input"},
     {"method": "pca"},
+    {"method": "Red/Blue", "plain": True},
 ])
 def test_render_image_is_the_png_render_writes(girl, tmp_path, kw):
     pick, color, style, _ = split({"blocks": "OUT08", "steps": "10", **kw})
@@ -337,7 +340,7 @@ def test_render_image_draws_exactly_one_grid(pair):
         "render_image draws one grid, but the pick selects 4 (2 blocks x 1 steps x 2 images x 1 guidance halves); "
         "narrow blocks, steps, images or guidance"
     )
-    img = dumpunet.render_image(pair, Pick(blocks="M00", steps="20", images="1"), style=GridStyle(scale=2))
+    img = dumpunet.render_image(pair, Pick(blocks="M00", steps="20", images="1"), style=GridStyle(scale=2, plain=True))
     x = dumpunet.open(pair).features("M00", 20, image=1)
     cols, rows = grid_shape(8, 2, 2)
     np.testing.assert_array_equal(img, by_hand(colorize(x, ColorSpec()), cols, rows, scale=2))

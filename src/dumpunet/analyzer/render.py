@@ -35,6 +35,7 @@ from dumpunet.analyzer import pca
 from dumpunet.analyzer.color.colorize import colorize
 from dumpunet.analyzer.color.spec import ColorSpec
 from dumpunet.analyzer.grid import grid_size, tile
+from dumpunet.analyzer.grid_labels import bar_info, label_grid, title_lines
 from dumpunet.analyzer.output import OutputFolder, WrittenFile, check_folder
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png, resolve_encoder
@@ -107,6 +108,8 @@ def draw_grid(
 ) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Read one slab and draw its grid: uint8 ``[H, W]`` (White/Black) or ``[H, W, 3]``, and its Auto range.
 
+    Unless ``style.plain``, the grid is labelled (:func:`~dumpunet.analyzer.grid_labels.label_grid`).
+
     ``alloc(name, shape)`` gives the uint8 arrays written into (pool threads reuse buffers).
     """
     if basis is not None:
@@ -119,9 +122,16 @@ def draw_grid(
         pixels = colorize(maps, color, minmax=minmax, out=alloc("pixels", (*maps.shape, *rgb)))
     n, h, w = pixels.shape[:3]
     cols, rows = grid_layout(sel, n, h, w)
-    height, width = grid_size(cols, rows, h, w, style.scale)
-    out = alloc("grid", (height, width, *pixels.shape[3:]))
-    return tile(pixels, cols, rows, style.scale, out=out), minmax
+    k = style.tile_scale(h, w)
+    height, width = grid_size(cols, rows, h, w, k)
+    grid = tile(pixels, cols, rows, k, out=alloc("grid", (height, width, *pixels.shape[3:])))
+    if style.plain:
+        return grid, minmax
+    chosen = sel.channels[slab.block]
+    numbers = None if n == 1 else (list(chosen) if chosen is not None else list(range(n)))
+    lines = title_lines(sel, slab, color, average=style.average, scale=k)
+    return label_grid(grid, lines=lines, tiles=numbers, cols=cols, cell=(h * k, w * k), color=color,
+                      minmax=minmax), minmax
 
 
 def render(
@@ -204,6 +214,9 @@ def write_grids(
             image, minmax = draw_grid(t.sel, slab, color, task.style, t.ranges, basis, alloc=scratch)
         if t.ranges.scope == "block":
             task.entry["range"] = json_range(minmax)
+        task.entry["size"] = [image.shape[1], image.shape[0]]
+        if not task.style.plain:
+            task.entry["colorbar"] = bar_info(color, minmax)
         data = encode_png(image, encoder=encoder, scratch=scratch("filtered", (image.size + image.shape[0],)))
         return t.output.write(task.name, data, task.entry)
 

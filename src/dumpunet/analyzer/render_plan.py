@@ -115,21 +115,23 @@ def _task(t: Target, slab: Slab, color: ColorSpec, style: GridStyle, basis: pca.
     c, h, w = sel.shape(slab.block)
     n = 1 if style.average is not None or color.pca else c
     cols, rows = grid_layout(sel, n, h, w)
-    height, width = grid_size(cols, rows, h, w, style.scale)
+    k = style.tile_scale(h, w)
+    height, width = grid_size(cols, rows, h, w, k)
     parts = [sel.file_stem(slab)]
     label = _channels_label(sel, slab.block)
     if label:
         parts.append(f"ch{label}")
     if style.average is not None:
         parts.append(average_label(style.average))
-    if style.scale != 1:
+    if style.scale not in (None, 1):  # an automatic scale stays out of the name (the manifest has it)
         parts.append(f"x{style.scale}")
     entry: dict[str, Any] = sel.describe()
     entry.update(slab.params())
     entry.update(
         channels=sel.channel_text(slab.block),
-        grid={"cols": cols, "rows": rows, "tile": [h, w], "scale": style.scale, "gap": 1},
-        size=[width, height],
+        grid={"cols": cols, "rows": rows, "tile": [h, w], "scale": k, "gap": 1},
+        size=[width, height],  # the bare grid's; a labelled one's is set as it is drawn
+        labels=not style.plain,
         mode="L" if color.grayscale else "RGB",
         average=style.average,
     )

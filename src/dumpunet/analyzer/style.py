@@ -6,28 +6,42 @@ each field is also the command-line option of the same name (:mod:`dumpunet.opti
 Examples
 --------
 >>> GridStyle(average="2-norm", scale=2)
-GridStyle(scale=2, average='2-norm', with_grid=False, pca_basis=None)
+GridStyle(scale=2, average='2-norm', with_grid=False, pca_basis=None, plain=False)
+>>> GridStyle().tile_scale(8, 8), GridStyle(plain=True).tile_scale(8, 8), GridStyle(scale=3).tile_scale(8, 8)
+(8, 1, 3)
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dumpunet.errors import OptionError
 from dumpunet.options import option
 
-__all__ = ["AVERAGES", "GridStyle"]
+__all__ = ["AVERAGES", "TILE_TARGET", "GridStyle"]
 
 AVERAGES = ("mean", "1-norm", "2-norm", "l1", "l2")
 """Channel averages (:func:`~dumpunet.analyzer.reduce.channel_average` computes them)."""
 
+TILE_TARGET = 64
+"""Without ``scale``, labelled grids enlarge tiles to at least this many pixels on a side."""
+
 
 @dataclass(frozen=True)
 class GridStyle:
-    """Tile scale, channel average and PCA basis file of render and diff grids."""
+    """Tile scale, channel average, PCA basis file and labels of render and diff grids.
 
-    scale: int = field(default=1, metadata=option("Enlarge each tile N times (nearest neighbour).", type=int, minimum=1))
+    By default a grid is labelled (:mod:`~dumpunet.analyzer.grid_labels`: a title strip, channel
+    numbers on the tiles, a colour bar) and small maps are enlarged to tiles of at least
+    :data:`TILE_TARGET` pixels; ``plain`` gives the bare tiles at scale 1, as the original drew them.
+    An explicit ``scale`` is used as given in both.
+    """
+
+    scale: int | None = field(default=None, metadata=option(
+        f"Enlarge each tile N times (nearest neighbour); default: enough for tiles of at least {TILE_TARGET} "
+        "pixels on a side (1 with --plain).", type=int, minimum=1))
     average: str | None = field(default=None, metadata=option(
         "One channel-averaged map per block instead of the grid (1-norm, 2-norm: divided by the channel count, "
         "as in the original; l1, l2: not).", choices=AVERAGES, case_sensitive=False))
@@ -37,10 +51,15 @@ class GridStyle:
     pca_basis: Path | None = field(default=None, metadata=option(
         "PCA basis file (.npz): reused if it exists (blocks it lacks are fitted and added), else fitted here "
         "and saved, so other renders and stores share its colours.", type=Path))
+    plain: bool = field(default=False, metadata=option(
+        "Bare tiles as the original drew them: no title, channel numbers or colour bar, and scale 1 unless "
+        "--scale is given.", type=bool, flag_value=True))
 
     def __post_init__(self) -> None:
-        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1:
+        if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1):
             raise OptionError(f"scale must be a whole number of at least 1, got {self.scale!r}")
+        if not isinstance(self.plain, bool):
+            raise OptionError(f"plain must be True or False, got {self.plain!r}")
         if self.average is not None and self.average not in AVERAGES:
             raise OptionError(f"unknown channel average {self.average!r} (valid: {', '.join(AVERAGES)})")
         if not isinstance(self.with_grid, bool):
@@ -49,6 +68,15 @@ class GridStyle:
             raise OptionError("with_grid writes the channel grid beside the averaged map: it needs an average")
         if self.pca_basis is not None:
             object.__setattr__(self, "pca_basis", Path(self.pca_basis))
+
+    def tile_scale(self, h: int, w: int) -> int:
+        """How many times tiles of ``h x w`` are enlarged: ``scale`` if given, else 1 (plain) or
+        enough for :data:`TILE_TARGET` pixels on the shorter side."""
+        if self.scale is not None:
+            return self.scale
+        if self.plain:
+            return 1
+        return max(1, math.ceil(TILE_TARGET / max(1, min(h, w))))
 
     def drawn(self) -> tuple[GridStyle, ...]:
         """The styles each grid is drawn in: this one, and with ``with_grid`` the plain channel grid after it.

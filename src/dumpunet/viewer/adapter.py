@@ -62,7 +62,7 @@ def heatmap_steps(store: Store, state: ViewState) -> str:
 
 def _grid(store: Store, state: ViewState) -> np.ndarray:
     color = ColorSpec(**state.color)
-    style = GridStyle(average=state.average or None)
+    style = GridStyle(average=state.average or None, plain=True)  # the viewer's page labels the grid
     pick = dict(blocks=state.block, steps=str(state.step), images=str(state.image), guidance=state.guidance,
                 channels=str(state.channel) if state.channel >= 0 else "", which=state.which)
     if not (state.pair and state.mode == "diff"):

@@ -172,6 +172,29 @@ class ColorSpec:
         digest = hashlib.sha256(json.dumps(self._effective(), sort_keys=True).encode()).hexdigest()
         return "-".join(parts + [digest[:6]])
 
+    def words(self) -> str:
+        """The colorization in words, as a picture's title states it.
+
+        >>> ColorSpec().words()
+        'Custom HSL h=(2+v)/3 s=1.0 l=0.5, Auto [0,1] over each tile'
+        >>> ColorSpec("White/Black", "sigmoid", gain=2).words()
+        'White/Black, Sigmoid gain 2 offset 0'
+        """
+        if self.pca:
+            return "PCA: top 3 principal components as RGB"
+        method = self.method
+        if self.method == "Custom":
+            exprs = " ".join(f"{n}={getattr(self, n)}" for n in self.space)
+            method = f"Custom {self.space.upper()} {exprs}"
+        if self.transform == "linear":
+            how = f"Linear clamp [{self.clamp_min:g}, {self.clamp_max:g}]"
+        elif self.transform == "sigmoid":
+            how = f"Sigmoid gain {self.gain:g} offset {self.offset:g}"
+        else:
+            over = {"channel": "each tile", "block": "the grid", "step": "the step", "run": "the run"}[self.auto_scope]
+            how = f"Auto {'[0,1]' if self.transform == 'auto01' else '[-1,1]'} over {over}"
+        return f"{method}, {how}"
+
     def to_json(self) -> str:
         """All fields as a JSON object (store attributes hold this)."""
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.init}

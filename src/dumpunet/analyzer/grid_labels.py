@@ -1,0 +1,170 @@
+"""Labels around a render or diff grid: what it shows, which tile is which channel, what colours mean.
+
+A labelled grid (the default; ``GridStyle(plain=True)`` leaves the bare tiles) is the grid with
+
+- a title strip above it: store and run (a diff: ``run - base``), block with its diffusers module,
+  step with its timestep, image, guidance half, then the channels or their average, the tile
+  scale and the colorization in words (:meth:`ColorSpec.words`);
+- each tile's channel number in its top left corner (when the tile is large enough to hold it);
+- a colour bar below it: the colours of the values from :func:`bar_range`'s minimum to maximum,
+  drawn by the same colorization, with both ends written beside it.
+
+The range a colour bar shows is the range the colours mean: the clamp of Linear, the values
+Sigmoid takes from 2% to 98% of its span, and for the Auto transforms the range actually used
+(the grid's, step's or run's :class:`~dumpunet.analyzer.scope.AutoRanges`). With scope
+``channel`` every tile has its own range, so the bar runs from "tile min" to "tile max". PCA
+grids get no bar (their colours are three principal components).
+
+Examples
+--------
+>>> from dumpunet.analyzer.color.spec import ColorSpec
+>>> bar_range(ColorSpec(transform="linear", clamp_min=-2, clamp_max=2), None)
+(-2.0, 2.0)
+>>> bar_range(ColorSpec(auto_scope="block"), (0.25, 3.0))
+(0.25, 3.0)
+>>> bar_range(ColorSpec(), None) is None  # Auto over each tile: no one range
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from dumpunet.analyzer.color.colorize import colorize
+from dumpunet.analyzer.color.spec import ColorSpec
+from dumpunet.analyzer.labels import text_image
+from dumpunet.analyzer.selection import DiffSelection, Selection, Slab
+
+__all__ = ["SIGMOID_SPAN", "bar_info", "bar_range", "label_grid", "title_lines"]
+
+SIGMOID_SPAN = 4.0
+"""A Sigmoid bar spans ``-offset +- SIGMOID_SPAN / |gain|``: sigmoid(4) = 0.982."""
+
+BAR_HEIGHT = 12
+BAR_WIDTH = 256
+_GAP = 4  # pixels between the parts
+
+
+def bar_range(color: ColorSpec, minmax: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The values from the colour bar's one end to the other; None for none (PCA), or one per tile.
+
+    ``minmax`` is the Auto range the grid was coloured with (None: each tile its own).
+    """
+    if color.pca:
+        return None
+    if color.transform == "linear":
+        return (color.clamp_min, color.clamp_max)
+    if color.transform == "sigmoid":
+        half = SIGMOID_SPAN / abs(color.gain) if color.gain else 1.0
+        return (-color.offset - half, -color.offset + half)
+    if minmax is None or math.isnan(minmax[0]):
+        return None
+    return (float(minmax[0]), float(minmax[1]))
+
+
+def bar_info(color: ColorSpec, minmax: tuple[float, float] | None) -> dict[str, Any] | None:
+    """The manifest's ``colorbar``: ``min``, ``max`` and what they span (``tile``, ``grid``, ``step``,
+    ``run`` or ``fixed``); None where no bar is drawn."""
+    if color.pca:
+        return None
+    rng = bar_range(color, minmax)
+    spans = {"none": "fixed", "channel": "tile", "block": "grid"}.get(color.scope, color.scope)
+    if rng is None and spans != "tile":
+        return None  # an Auto range over no finite value
+    return {"min": None if rng is None else rng[0], "max": None if rng is None else rng[1], "spans": spans}
+
+
+def title_lines(sel: Selection, slab: Slab, color: ColorSpec, *, average: str | None, scale: int) -> list[str]:
+    """The title strip's lines: what the grid shows, then how it is drawn."""
+    run = f"run {sel.run.name}"
+    if isinstance(sel, DiffSelection):
+        run = f"diff {sel.run.name} - {sel.base.name}"
+    block = slab.block + (" input" if slab.which == "input" else "")
+    module = next((b.input_module if slab.which == "input" else b.module
+                   for b in sel.store.block_table if b.name == slab.block), "")
+    if module:
+        block += f" ({module})"
+    step = f"step {slab.step}" + (f" (t={slab.timestep:g})" if math.isfinite(slab.timestep) else "")
+    first = " | ".join([sel.label, run, block, step, f"image {slab.image}", slab.guidance])
+    channels = sel.channel_text(slab.block)
+    what = f"{average} over channels {channels}" if average else f"channels {channels}"
+    return [first, f"{what} | x{scale} | {color.words()}"]
+
+
+def _bar(color: ColorSpec, rng: tuple[float, float] | None) -> np.ndarray:
+    """The colour bar's pixels ``[BAR_HEIGHT, BAR_WIDTH(, 3)]``, coloured exactly as the grid's values."""
+    if rng is None:  # one range per tile: the tile's min to its max
+        values, minmax = np.linspace(0.0, 1.0, BAR_WIDTH), (0.0, 1.0)
+    else:
+        values, minmax = np.linspace(rng[0], rng[1], BAR_WIDTH), rng
+    row = colorize(values.astype(np.float32)[None, None], color, minmax=minmax)[0]  # [1, W(, 3)]
+    return np.repeat(row, BAR_HEIGHT, axis=0)
+
+
+def _number(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def label_grid(
+    grid: np.ndarray,
+    *,
+    lines: list[str],
+    tiles: list[int] | None,
+    cols: int,
+    cell: tuple[int, int],
+    color: ColorSpec,
+    minmax: tuple[float, float] | None,
+) -> np.ndarray:
+    """Frame a grid: title ``lines`` above, channel numbers ``tiles`` on its tiles, the colour bar below.
+
+    ``cell`` is a tile's ``(height, width)`` in pixels as drawn; ``tiles`` None draws no numbers.
+    Returns a new uint8 array of the grid's mode (gray or RGB) on black.
+    """
+    titles = [text_image(t) for t in lines]
+    bar = None
+    if not color.pca and bar_info(color, minmax) is not None:
+        rng = bar_range(color, minmax)
+        lo, hi = ("tile min", "tile max") if rng is None else (_number(rng[0]), _number(rng[1]))
+        ends = [text_image(lo), text_image(hi)]
+        bar = (_bar(color, rng), ends)
+    top = sum(g.shape[0] for g in titles) + _GAP
+    width = max([grid.shape[1], *(g.shape[1] for g in titles)])
+    height = top + grid.shape[0]
+    if bar is not None:
+        pixels, (lo_g, hi_g) = bar
+        bar_h = max(BAR_HEIGHT, lo_g.shape[0], hi_g.shape[0])
+        width = max(width, lo_g.shape[1] + pixels.shape[1] + hi_g.shape[1] + 2 * _GAP)
+        height += _GAP + bar_h
+    canvas = np.zeros((height, width, *grid.shape[2:]), np.uint8)
+    y = 0
+    for g in titles:
+        _put(canvas, g, y, 0)
+        y += g.shape[0]
+    canvas[top : top + grid.shape[0], : grid.shape[1]] = grid
+    if tiles is not None:
+        ch, cw = cell
+        for i, number in enumerate(tiles):
+            g = text_image(str(number), pad=1)
+            if g.shape[0] * 2 > ch or g.shape[1] > cw:
+                break  # tiles too small to hold their numbers: the title says which channels
+            r, c = divmod(i, cols)
+            _put(canvas, g, top + r * (ch + 1), c * (cw + 1))
+    if bar is not None:
+        pixels, (lo_g, hi_g) = bar
+        y = top + grid.shape[0] + _GAP
+        _put(canvas, lo_g, y, 0)
+        x = lo_g.shape[1] + _GAP
+        canvas[y : y + BAR_HEIGHT, x : x + pixels.shape[1]] = pixels
+        _put(canvas, hi_g, y, x + pixels.shape[1] + _GAP)
+    return canvas
+
+
+def _put(canvas: np.ndarray, glyphs: np.ndarray, y: int, x: int) -> None:
+    """Write white-on-black text over whatever is there (its black box included)."""
+    h = min(glyphs.shape[0], canvas.shape[0] - y)
+    w = min(glyphs.shape[1], canvas.shape[1] - x)
+    g = glyphs[:h, :w]
+    canvas[y : y + h, x : x + w] = g[:, :, None] if canvas.ndim == 3 else g
