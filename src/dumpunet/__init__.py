@@ -1,7 +1,7 @@
 """dumpunet: record what every Stable Diffusion U-Net block does, then render it offline.
 
 Public API: :func:`open`; the analysis values :class:`Pick` (what to read), :class:`ColorSpec`
-(how to colour) and :class:`GridStyle` (tile scale, channel average, PCA basis);
+(how to colour) and :class:`GridStyle` (tile scale, channel average, PCA basis, labels or plain);
 :func:`render_image` (one grid as an array), :func:`render`, :func:`diff`, :func:`export`,
 :func:`export_attention`, :func:`attention` and :func:`heatmap` (no torch needed); and :func:`record` (needs the
 ``record`` extra).

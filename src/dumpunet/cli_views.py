@@ -103,6 +103,9 @@ def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, jobs: int | 
            as_json: bool, **opts: Any) -> None:
     """Render block outputs as PNG grids (one tile per channel) plus a manifest.json.
 
+    Grids are labelled (title, channel numbers, colour bar) and small maps enlarged;
+    --plain writes the bare tiles.
+
     Several stores render into one subfolder each of --out.
 
     \b
@@ -183,7 +186,8 @@ def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: P
     """Show what a per-block prompt changed: layered - base of a pair, per block and step.
 
     Writes difference maps diff-<block>-step<NNN>-img<i>-<guidance>-...png (coloured like
-    render; the default Linear transform keeps 0 at the middle colour, Red/Blue: black), and
+    render, labelled unless --plain; the default Linear transform keeps 0 at the middle colour,
+    Red/Blue: black), and
     summary.csv / summary.png: mean |layered - base| / mean |base| per block and step, to see
     at a glance which blocks and steps changed most. Beside them the final images of both runs
     and their pixel difference: final-base-, final-layered-, final-diff-, final-diff-norm-img<i>.png

@@ -38,6 +38,7 @@ EXPECTED = {
     '--blocks OUT11 --steps 20 --method "White/Black" --transform sigmoid --out': [
         "OUT11-step020-img0-cond-white-black-sigmoid-1c5330.png"],
     '--blocks "IN00-OUT11(+2)" --steps "1,5,10"': 39,  # 13 blocks x 3 steps
+    "--blocks OUT11 --steps 20 --plain": ["OUT11-step020-img0-cond-custom-hsl-auto01-4079ce.png"],
     "--blocks M00 --average 2-norm --with-grid": 8,  # 4 recorded steps x (average, grid)
     "--blocks OUT11 --method pca --pca-basis basis.npz": 4,
     "--blocks OUT11 --steps 20 --format bin": 4,  # one .bin per channel of the synthetic OUT11

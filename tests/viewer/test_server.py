@@ -110,7 +110,7 @@ def test_a_served_png_equals_what_its_cli_command_writes(server, tmp_path, query
 def test_command_of_the_default_view_names_the_last_step_and_block(server, stores):
     cmd = json.loads(get(server, "api/command")[2])
     assert cmd["command"] == (f"dumpunet render {stores[0]} --blocks OUT11 --steps 3 --images 0 --guidance cond "
-                              "--method Custom --transform auto01 --space hsl --out view")
+                              "--method Custom --transform auto01 --space hsl --plain --out view")
     assert cmd["query"] == "block=OUT11&step=3" and cmd["file"] == "girl-grid-OUT11-step003-img0-cond.png"
 
 

@@ -4,7 +4,7 @@ A store recorded with ``record --pair`` (or ``sweep``) holds a base run and a la
 the same seed and settings. For each selected block, step, image and guidance half, ``layered -
 base`` (float32, :func:`~dumpunet.analyzer.reduce.difference`) is rendered exactly as
 :func:`~dumpunet.analyzer.render.render` renders features, with any colorization, ``average``,
-``scale`` or auto scope; only the names start with ``diff-``, so diffs and renders of one store
+``scale``, auto scope or ``plain`` (labelled by default, the title naming both runs); only the names start with ``diff-``, so diffs and renders of one store
 can share a folder. Beside the maps go:
 
 =============================  ===============================================================

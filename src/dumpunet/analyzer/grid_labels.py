@@ -29,6 +29,7 @@ True
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,14 @@ def _bar(color: ColorSpec, rng: tuple[float, float] | None) -> np.ndarray:
     return np.repeat(row, BAR_HEIGHT, axis=0)
 
 
+@lru_cache(maxsize=4096)
+def _tile_number(n: int) -> np.ndarray:
+    """A tile's channel number (cached: a grid of 1280 tiles draws each number once per process)."""
+    g = text_image(str(n), pad=1)
+    g.flags.writeable = False
+    return g
+
+
 def _number(x: float) -> str:
     return f"{x:.4g}"
 
@@ -147,7 +156,7 @@ def label_grid(
     if tiles is not None:
         ch, cw = cell
         for i, number in enumerate(tiles):
-            g = text_image(str(number), pad=1)
+            g = _tile_number(number)
             if g.shape[0] * 2 > ch or g.shape[1] > cw:
                 break  # tiles too small to hold their numbers: the title says which channels
             r, c = divmod(i, cols)

@@ -2,7 +2,8 @@
 
 Each channel of a block's ``[C, H, W]`` output is one tile of a grid laid out as the original
 extension did (:mod:`.grid`: channel 0 top left, row by row, 1-pixel black gaps), coloured by a
-:class:`~dumpunet.analyzer.color.spec.ColorSpec`. ``average`` draws one map per block instead
+:class:`~dumpunet.analyzer.color.spec.ColorSpec` and, unless ``GridStyle.plain``, labelled
+(:mod:`.grid_labels`). ``average`` draws one map per block instead
 (:func:`~dumpunet.analyzer.reduce.channel_average`); ``method="PCA"`` colours each pixel by the
 block's top three principal components (:mod:`.pca`). The Auto transforms normalize over
 ``auto_scope`` (:mod:`.scope`).
@@ -158,7 +159,9 @@ def render(
         The colorization (:class:`~dumpunet.analyzer.color.spec.ColorSpec`); method ``PCA``
         colours by principal components instead.
     style
-        The grid (:class:`~dumpunet.analyzer.style.GridStyle`): ``scale`` enlarges each tile;
+        The grid (:class:`~dumpunet.analyzer.style.GridStyle`): labelled by default (a title,
+        channel numbers, a colour bar: :mod:`~dumpunet.analyzer.grid_labels`), ``plain`` draws
+        the bare tiles; ``scale`` enlarges each tile (default: to at least 64 pixels, 1 if plain);
         ``average`` (``"mean"``, ``"1-norm"`` or ``"2-norm"`` over channels) draws one map per
         block instead, ``with_grid`` the channel grid too (a second file, as the original
         showed the averaged map beside the grid); ``pca_basis`` is a basis file for method PCA: reused if it exists

@@ -5,11 +5,18 @@ PCA basis, runs the Auto first pass (:mod:`.scope`), and names every file with i
 entry, so a mistake fails before any folder is made. :mod:`.render` then draws and writes.
 
 File names say what a file shows: ``{block}[-input]-step{step:03}-img{image}-{guidance}``, then
-``-ch{channels}`` for a channel subset, ``-avg-{mean|1norm|2norm|l1|l2}``, ``-x{scale}`` for a scale
-above 1, and the colorization (:meth:`ColorSpec.slug`, or ``pca-{basis digest}``)::
+``-ch{channels}`` for a channel subset, ``-avg-{mean|1norm|2norm|l1|l2}``, ``-x{scale}`` for a given
+scale above 1 (the automatic one of labelled grids is in the manifest only), and the colorization
+(:meth:`ColorSpec.slug`, or ``pca-{basis digest}``)::
 
     OUT11-step020-img0-cond-custom-hsl-auto01-4079ce.png
     M00-step020-img0-cond-avg-2norm-custom-hsl-auto01-4079ce.png
+
+Each manifest entry holds the slab's parameters, ``grid`` (columns, rows, tile size, the scale
+used, gap), ``size`` (the picture's width and height as drawn), ``labels`` (False for
+``GridStyle.plain``), the colorization or PCA basis, ``range`` (a shared Auto range) and, for
+labelled grids, ``colorbar``: the ``min`` and ``max`` of the colour bar and what they span
+(:func:`~dumpunet.analyzer.grid_labels.bar_info`).
 
 With ``GridStyle.with_grid`` each slab gets both: the averaged map, then the channel grid, each
 with its own Auto ranges.

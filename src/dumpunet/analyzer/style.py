@@ -56,7 +56,8 @@ class GridStyle:
         "--scale is given.", type=bool, flag_value=True))
 
     def __post_init__(self) -> None:
-        if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1):
+        bad_scale = isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1
+        if self.scale is not None and bad_scale:
             raise OptionError(f"scale must be a whole number of at least 1, got {self.scale!r}")
         if not isinstance(self.plain, bool):
             raise OptionError(f"plain must be True or False, got {self.plain!r}")
@@ -79,7 +80,7 @@ class GridStyle:
         return max(1, math.ceil(TILE_TARGET / max(1, min(h, w))))
 
     def drawn(self) -> tuple[GridStyle, ...]:
-        """The styles each grid is drawn in: this one, and with ``with_grid`` the plain channel grid after it.
+        """The styles each grid is drawn in: this one, and with ``with_grid`` the channel grid (no average) after it.
 
         >>> [s.average for s in GridStyle(average="mean", with_grid=True).drawn()]
         ['mean', None]

@@ -23,7 +23,7 @@ Examples
 >>> s.query()
 'block=OUT11&step=20&method=Red%2FBlue'
 >>> s.command("girl.zarr")
-'dumpunet render girl.zarr --blocks OUT11 --steps 20 --images 0 --guidance cond --method Red/Blue --transform auto01 --out view'
+'dumpunet render girl.zarr --blocks OUT11 --steps 20 --images 0 --guidance cond --method Red/Blue --transform auto01 --plain --out view'
 """
 
 from __future__ import annotations
@@ -166,9 +166,9 @@ class ViewState:
             if self.which == "input":
                 sel += ["--input"]
             if self.pair and self.mode == "diff":
-                args = ["diff", path, "--pair", self.pair, *sel, *self.color_args(), "--no-finals"]
-            else:
-                args = ["render", path, *sel, *run, *self.color_args()]
+                args = ["diff", path, "--pair", self.pair, *sel, *self.color_args(), "--plain", "--no-finals"]
+            else:  # --plain: the viewer shows bare grids, whose tiles a click maps to channels
+                args = ["render", path, *sel, *run, *self.color_args(), "--plain"]
         elif self.view == "attention":
             if self.head != "all":
                 return None  # the attention command draws every head
