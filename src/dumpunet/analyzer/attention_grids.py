@@ -46,6 +46,7 @@ from dumpunet.analyzer.pool import progress_bar
 from dumpunet.analyzer.reduce import AVERAGES, average_label, channel_average
 from dumpunet.analyzer.scope import AutoRanges, json_range
 from dumpunet.analyzer.selection import select_attention
+from dumpunet.analyzer.style import ATTENTION_TILE_TARGET
 from dumpunet.analyzer.tokens import label, select_tokens
 from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import parse_ints
@@ -54,7 +55,6 @@ from dumpunet.store.schema import TokenRow
 
 __all__ = ["ATTENTION_COLOR", "render_attention"]
 
-_TILE_TARGET = 32  # default scale makes tiles at least this many pixels on a side
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ def render_attention(
         for item, (maps, rows, cols, row_labels, col_labels) in grids.items():
             maps = np.ascontiguousarray(maps)
             h, w = maps.shape[1:]
-            k = scale or max(1, min(16, math.ceil(_TILE_TARGET / max(1, min(h, w)))))
+            k = scale or max(1, min(16, math.ceil(ATTENTION_TILE_TARGET / max(1, min(h, w)))))
             minmax = ranges.minmax(maps, step=item.step, image=item.image, guidance=item.guidance)
             pixels = colorize(maps, color, minmax=minmax)
             grid = _framed(tile(pixels, cols, rows, scale=k), rows, cols, (h * k, w * k), row_labels, col_labels)

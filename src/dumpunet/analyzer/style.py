@@ -20,13 +20,15 @@ from pathlib import Path
 from dumpunet.errors import OptionError
 from dumpunet.options import option
 
-__all__ = ["AVERAGES", "TILE_TARGET", "GridStyle"]
+__all__ = ["ATTENTION_TILE_TARGET", "AVERAGES", "TILE_TARGET", "GridStyle"]
 
 AVERAGES = ("mean", "1-norm", "2-norm", "l1", "l2")
 """Channel averages (:func:`~dumpunet.analyzer.reduce.channel_average` computes them)."""
 
 TILE_TARGET = 64
 """Without ``scale``, labelled grids enlarge tiles to at least this many pixels on a side."""
+ATTENTION_TILE_TARGET = 32
+"""The same for attention grids (:mod:`~dumpunet.analyzer.attention_grids`)."""
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class GridStyle:
 
     scale: int | None = field(default=None, metadata=option(
         f"Enlarge each tile N times (nearest neighbour); default: enough for tiles of at least {TILE_TARGET} "
-        "pixels on a side (1 with --plain).", type=int, minimum=1))
+        f"pixels on a side (render, diff; 1 with --plain) or {ATTENTION_TILE_TARGET} (attention).", type=int, minimum=1))
     average: str | None = field(default=None, metadata=option(
         "One channel-averaged map per block instead of the grid (1-norm, 2-norm: divided by the channel count, "
         "as in the original; l1, l2: not).", choices=AVERAGES, case_sensitive=False))
