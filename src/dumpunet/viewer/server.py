@@ -90,6 +90,7 @@ class ViewerServer(ThreadingHTTPServer):
         self.cache = PngCache(cache_bytes)
         self.render_lock = threading.Lock()  # numba's workqueue layer is not thread-safe; one user anyway
         self.quiet = quiet
+        self.thread: threading.Thread | None = None  # the background thread of start()
         # Level 0 (stored deflate): over loopback, bytes are free and deflate is most of a view's time
         # (benchmarks/view.py: an SD1.5 OUT11 grid encodes in 15 ms CPU at level 0, 83 ms at level 1).
         self.png_level = png_level
@@ -99,6 +100,18 @@ class ViewerServer(ThreadingHTTPServer):
             super().__init__((HOST, port), _Handler)
         except OSError as exc:
             raise DumpUnetError(f"cannot serve on {HOST}:{port}: {exc.strerror or exc} (try another --port)") from None
+
+    def add(self, path: str | Path) -> int:
+        """Serve one more store (a notebook's ``show()``); return its index (the old one if already served)."""
+        path = Path(path)
+        with self.render_lock:
+            for i, known in enumerate(self.paths):
+                if known.resolve() == path.resolve():
+                    return i
+            store = open_store(path)
+            self.paths.append(path)
+            self.stores.append(store)
+            return len(self.stores) - 1
 
     @property
     def url(self) -> str:
@@ -233,7 +246,8 @@ def start(paths: Sequence[str | Path], *, port: int = 0, png_level: int = 0, qui
     'http://127.0.0.1:40123/'
     """
     server = ViewerServer(paths, port=port, png_level=png_level, quiet=quiet)
-    threading.Thread(target=server.serve_forever, name="dumpunet-view", daemon=True).start()
+    server.thread = threading.Thread(target=server.serve_forever, name="dumpunet-view", daemon=True)
+    server.thread.start()
     return server
 
 
