@@ -26,14 +26,14 @@ def three(tmp_path_factory):
     srv.server_close()
 
 
-def picture(page, before: str = "") -> dict:
+def picture(tab, before: str = "") -> dict:
     """Wait until the picture's request differs from ``before`` and has loaded, or an error shows."""
-    page.wait_for_function(
+    tab.wait_for_function(
         """(before) => { const img = document.getElementById('picture');
                          if (!document.getElementById('error').hidden) return true;
                          return img.dataset.query !== undefined && img.dataset.query !== before && img.complete
                                 && img.naturalWidth > 0; }""", arg=before)
-    return page.evaluate("""() => ({
+    return tab.evaluate("""() => ({
         query: document.getElementById('picture').dataset.query,
         width: document.getElementById('picture').naturalWidth,
         height: document.getElementById('picture').naturalHeight,
@@ -44,7 +44,7 @@ def picture(page, before: str = "") -> dict:
     })""")
 
 
-def test_minus_shows_a_minus_b_and_its_summary_chart(page, three):
+def test_minus_shows_a_minus_b_and_its_summary_chart(page, three):  # noqa: F811
     page.goto(three.url + "?block=OUT11&step=5&method=Red/Blue")
     alone = picture(page)
     assert alone["error"] is None and not alone["summary"]  # no pair, nothing subtracted: no chart
@@ -69,7 +69,7 @@ def test_minus_shows_a_minus_b_and_its_summary_chart(page, three):
                                        "summary chart, not the attention view")
 
 
-def test_a_pairs_summary_chart_tab(page, three):
+def test_a_pairs_summary_chart_tab(page, three):  # noqa: F811
     page.goto(three.url + "?store=2")
     first = picture(page)
     assert first["error"] is None and first["summary"]
