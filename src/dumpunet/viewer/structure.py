@@ -98,8 +98,10 @@ def resolve(store: Store, state):
     if state.view == "summary":
         if state.minus < 0 and not state.pair:
             raise SelectionError("the summary chart compares two runs: choose a pair, or another store to subtract")
-        if state.minus < 0:
-            state = state.with_(mode="diff")  # the chart of a pair is the same in every mode
+        # only these fields change the chart (so colours, blocks or tokens share one cached chart);
+        # a pair's chart is the same in every mode
+        kept = {k: getattr(state, k) for k in ("store", "minus", "run", "pair", "mode", "which", "step", "image", "guidance")}
+        state = type(state)(**{**kept, "view": "summary", "mode": "diff" if state.minus < 0 else state.mode})
     r = run_for(store, state.run, state.pair, state.mode)
     changes: dict[str, Any] = {}
     if state.pair and state.mode != "diff":
