@@ -3,8 +3,8 @@
 Public API: :func:`open`; the analysis values :class:`Pick` (what to read), :class:`ColorSpec`
 (how to colour) and :class:`GridStyle` (tile scale, channel average, PCA basis, labels or plain);
 :func:`render_image` (one grid as an array), :func:`render`, :func:`diff`, :func:`export`,
-:func:`export_attention`, :func:`attention` and :func:`heatmap` (no torch needed); and :func:`record` (needs the
-``record`` extra).
+:func:`export_attention`, :func:`attention` and :func:`heatmap` (no torch needed); :func:`view`
+(the viewer in a notebook cell, also ``store.show()``); and :func:`record` (needs the ``record`` extra).
 
 Examples
 --------
@@ -21,8 +21,8 @@ from dumpunet._version import __version__
 from dumpunet.store import Store, open_store
 
 __all__ = [
-    "ColorSpec", "GridStyle", "Pick", "Store", "attention", "diff", "export", "export_attention", "heatmap", "open", "record", "render",
-    "render_image", "__version__",
+    "ColorSpec", "GridStyle", "Pick", "Store", "attention", "diff", "export", "export_attention", "heatmap", "open", "record",
+    "render", "render_image", "view", "__version__",
 ]
 
 open = open_store  # noqa: A001 - dumpunet.open(path) is the documented entry point
@@ -42,6 +42,7 @@ _LAZY = {
     "export_attention": "dumpunet.analyzer.attention_export:export_attention",
     "attention": "dumpunet.analyzer.attention_grids:render_attention",
     "heatmap": "dumpunet.analyzer.heatmap:word_heatmap",
+    "view": "dumpunet.viewer.notebook:view",
 }
 
 

@@ -289,11 +289,13 @@ def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path 
     """Explore stores in the browser: blocks, steps, channels, colours, attention, pairs.
 
     Serves a local page on 127.0.0.1 only, for the stores named here; Ctrl-C stops it.
+    Several stores: one beside another, or their difference (the page's "minus" menu).
     With --export, writes the page and its pictures to a folder instead (open its index.html).
 
     \b
     dumpunet view girl.zarr
     dumpunet view girl.zarr --port 8765 --no-browser
+    dumpunet view a.zarr b.zarr
     dumpunet view girl.zarr --export report --steps '1-20(+5)'
     """
     pick = take(Pick, opts)

@@ -65,7 +65,7 @@ from dumpunet.errors import SelectionError
 from dumpunet.specs import format_ints
 from dumpunet.store import Store, open_store
 
-__all__ = ["SUMMARY_COLUMNS", "diff", "final_images", "summary_rows"]
+__all__ = ["SUMMARY_COLUMNS", "diff", "final_difference", "final_images", "summary_chart", "summary_rows"]
 
 SUMMARY_COLUMNS = ("block", "step", "image", "guidance", "mean_abs_diff", "base_mean_abs", "relative")
 CHART_SIZE = (900, 500)
@@ -158,15 +158,25 @@ def _write_summary_and_finals(
                                     {"kind": "final", **common, "run": sel.base.name, "image": i}))
         written.append(output.write(f"final-layered-img{i}.png", encode_png(layered, encoder=encoder),
                                     {"kind": "final", **common, "image": i}))
-        d = np.abs(layered.astype(np.int16) - base.astype(np.int16)).astype(np.uint8)
+        d, norm = final_difference(base, layered)
         top = int(d.max())
         written.append(output.write(f"final-diff-img{i}.png", encode_png(d, encoder=encoder),
                                     {"kind": "final-diff", **common, "image": i, "max": top,
                                      "mean": float(d.mean(dtype=np.float64))}))
-        norm = ((d.astype(np.uint32) * 255 + top // 2) // top).astype(np.uint8) if top else d
         written.append(output.write(f"final-diff-norm-img{i}.png", encode_png(norm, encoder=encoder),
                                     {"kind": "final-diff-normalized", **common, "image": i, "max": top}))
     return written
+
+
+def final_difference(base: np.ndarray, layered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``|layered - base|`` of two uint8 images, and the same stretched so that its largest value is 255.
+
+    >>> final_difference(np.array([10, 20], np.uint8), np.array([13, 14], np.uint8))
+    (array([3, 6], dtype=uint8), array([128, 255], dtype=uint8))
+    """
+    d = np.abs(layered.astype(np.int16) - base.astype(np.int16)).astype(np.uint8)
+    top = int(d.max())
+    return d, ((d.astype(np.uint32) * 255 + top // 2) // top).astype(np.uint8) if top else d
 
 
 def final_images(sel: DiffSelection) -> dict[int, tuple[np.ndarray, np.ndarray]]:

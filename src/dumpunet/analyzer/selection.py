@@ -15,14 +15,15 @@ Examples
 
 :func:`select_pair` selects the same from both runs of a pair (``record --pair``, ``sweep``) and
 returns a :class:`DiffSelection`, whose :meth:`~DiffSelection.read` gives ``layered - base``:
-anything that renders a :class:`Selection` renders difference maps unchanged.
+anything that renders a :class:`Selection` renders difference maps unchanged. :func:`select_stores`
+does the same for a run of each of two stores (``dumpunet view a.zarr b.zarr``: A - B).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -35,7 +36,10 @@ from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import format_ints, parse_ints
 from dumpunet.store import Run, Store, schema
 
-__all__ = ["AttentionSelection", "DiffSelection", "DiffStats", "Selection", "Slab", "select", "select_attention", "select_pair"]
+__all__ = [
+    "AttentionSelection", "DiffSelection", "DiffStats", "Selection", "Slab", "matching_run", "select", "select_attention",
+    "select_pair", "select_stores",
+]
 
 @dataclass(frozen=True)
 class Slab:
@@ -270,11 +274,53 @@ def select_pair(store: Store, pick: Pick, *, pair: str | None = None) -> DiffSel
     base, layered = store.pair(pair)
     label = next(p.label for p in store.pairs if (p.base, p.layered) == (base.name, layered.name))
     sel = select(store, replace(pick, run=layered.name))
-    which = pick.which
+    return _against(sel, base, {"base": base.name, "layered": layered.name, "label": label},
+                    repr(base.name), repr(layered.name), f"of pair {label!r}")
+
+
+def select_stores(store: Store, pick: Pick, base_store: Store) -> DiffSelection:
+    """Select the same from a run of each of two stores: reads give ``store - base_store``.
+
+    ``pick.run`` names the run of ``store``; ``base_store`` gives its run of the same name, or
+    its default run. Both stores must share the U-Net layout (the same blocks with the same
+    shapes), and the two runs are checked as :func:`select_pair` checks a pair's.
+
+    Examples
+    --------
+    >>> a, b = dumpunet.open("a.zarr"), dumpunet.open("b.zarr")  # doctest: +SKIP
+    >>> sel = select_stores(a, Pick(blocks="OUT11", steps="20"), b)  # doctest: +SKIP
+    """
+    sel = select(store, pick)
+    name, base_name = store.path.name, base_store.path.name
+    layout = [(b.name, b.output_shape) for b in store.block_table]
+    base_layout = [(b.name, b.output_shape) for b in base_store.block_table]
+    if layout != base_layout:
+        if [b for b, _ in layout] != [b for b, _ in base_layout]:
+            what = f"{len(layout)} blocks ({layout[0][0]}-{layout[-1][0]}) against {len(base_layout)}"
+        else:
+            b, x, y = next((b, x, y) for (b, x), (_, y) in zip(layout, base_layout) if x != y)
+            what = f"block {b} is {'x'.join(map(str, x))} in {name} but {'x'.join(map(str, y))} in {base_name}"
+        raise SelectionError(f"{name} and {base_name} have different U-Net layouts: {what}; "
+                             "a difference needs two recordings of one model at one size")
+    base = matching_run(base_store, sel.run.name)
+    label = f"{name}:{sel.run.name} - {base_name}:{base.name}"
+    return _against(sel, base, {"base": base.name, "layered": sel.run.name, "label": label},
+                    f"{base.name!r} of {base_name}", f"{sel.run.name!r} of {name}", "")
+
+
+def matching_run(store: Store, name: str) -> Run:
+    """The run of ``store`` named ``name``, or its default run: what another store's run is compared with."""
+    return store.run(name if name in store.run_names else None)
+
+
+def _against(sel: Selection, base: Run, pair: dict[str, str], base_desc: str, desc: str, of: str) -> DiffSelection:
+    """``sel`` as a :class:`DiffSelection` against run ``base``, checked to hold the same blocks, halves and steps."""
+    layered, which = sel.run, sel.which
+    runs = f"runs {base_desc} and {desc}" + (f" {of}" if of else "")
     if base.guidance_labels != layered.guidance_labels:
         raise SelectionError(
-            f"runs {base.name!r} and {layered.name!r} of pair {label!r} differ: guidance halves "
-            f"{', '.join(base.guidance_labels)} in {base.name!r} but {', '.join(layered.guidance_labels)} in {layered.name!r}"
+            f"{runs} differ: guidance halves "
+            f"{', '.join(base.guidance_labels)} in {base_desc} but {', '.join(layered.guidance_labels)} in {desc}"
         )
     base_arrays: dict[str, zarr.Array] = {}
     for b in sel.blocks:
@@ -282,7 +328,7 @@ def select_pair(store: Store, pick: Pick, *, pair: str | None = None) -> DiffSel
             arr = base.array(b, which)
         except SelectionError:
             raise SelectionError(
-                f"block {b} has recorded {which}s in run {layered.name!r} but not in base run {base.name!r} "
+                f"block {b} has recorded {which}s in run {desc} but not in base run {base_desc} "
                 f"(recorded there: {', '.join(base.recorded(which)) or 'none'})"
             ) from None
         if arr.shape[1:] != sel.arrays[b].shape[1:]:
@@ -290,8 +336,7 @@ def select_pair(store: Store, pick: Pick, *, pair: str | None = None) -> DiffSel
                 return "x".join(str(n) for n in a.shape[1:])
 
             raise SelectionError(
-                f"runs {base.name!r} and {layered.name!r} of pair {label!r} differ: block {b} is "
-                f"{dims(arr)} in {base.name!r} but {dims(sel.arrays[b])} in {layered.name!r} "
+                f"{runs} differ: block {b} is {dims(arr)} in {base_desc} but {dims(sel.arrays[b])} in {desc} "
                 "([image, guidance, channel, y, x])"
             )
         base_arrays[b] = arr
@@ -300,13 +345,12 @@ def select_pair(store: Store, pick: Pick, *, pair: str | None = None) -> DiffSel
         try:
             base_calls[s] = base.calls.index(s, 0)
         except SelectionError as exc:  # IncompleteStepError too
-            raise type(exc)(f"base run {base.name!r}: {exc}") from None
+            raise type(exc)(f"base run {base_desc}: {exc}") from None
         late = [b for b, arr in base_arrays.items() if base_calls[s] >= arr.shape[0]]
         if late:
-            raise SelectionError(f"base run {base.name!r}: step {s} of block {late[0]} was not written")
-    fields_ = {f.name: getattr(sel, f.name) for f in fields(Selection)}
-    return DiffSelection(**fields_, base=base, base_arrays=base_arrays, base_calls=base_calls,
-                         pair={"base": base.name, "layered": layered.name, "label": label})
+            raise SelectionError(f"base run {base_desc}: step {s} of block {late[0]} was not written")
+    fields_ = {name: getattr(sel, name) for name in Selection.__dataclass_fields__}
+    return DiffSelection(**fields_, base=base, base_arrays=base_arrays, base_calls=base_calls, pair=pair)
 
 
 @dataclass(frozen=True)

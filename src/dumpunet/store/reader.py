@@ -296,6 +296,17 @@ class Store:
 
         return store_html(self)
 
+    def show(self, *, height: int = 720, **state: Any) -> Any:
+        """Show ``dumpunet view`` of this store in a notebook cell (:func:`dumpunet.view`; the viewer's own import).
+
+        Examples
+        --------
+        >>> store.show(block="OUT11", step=20)  # doctest: +SKIP
+        """
+        from dumpunet.viewer.notebook import view
+
+        return view(self, height=height, **state)
+
     # ------------------------------------------------------------------ structure
 
     @property

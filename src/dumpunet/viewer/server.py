@@ -10,9 +10,12 @@ named when it starts, by index; no request parameter ever reaches the file syste
 ``/api/stores``           ``{"stores": [{"index", "name"}], "defaults": {field: default}}``
 ``/api/structure?store``  :func:`~dumpunet.viewer.structure.structure` (re-reads the store, so
                           a recording in progress shows its new steps)
-``/api/image?STATE``      the PNG of a :class:`~dumpunet.viewer.state.ViewState`; ``download=1``
+``/api/image?STATE``      the PNG of a :class:`~dumpunet.viewer.state.ViewState` (``minus``: another
+                          served store's index, subtracted); ``download=1``
                           adds a file name; errors are JSON ``{"error": message}`` (status 400)
 ``/api/command?STATE``    ``{"command", "query", "file"}``: the CLI line that writes this view
+``/api/summary?STATE``    the numbers of the summary chart: ``{"rows", "legend", "query"}``, the
+                          rows of diff's ``summary.csv`` (non-finite values as null)
 ========================  ===================================================================
 
 PNG bytes (deflate level ``png_level``, default 0: stored) are cached per resolved view state
@@ -22,6 +25,7 @@ PNG bytes (deflate level ``png_level``, default 0: stored) are cached per resolv
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import threading
@@ -90,6 +94,7 @@ class ViewerServer(ThreadingHTTPServer):
         self.cache = PngCache(cache_bytes)
         self.render_lock = threading.Lock()  # numba's workqueue layer is not thread-safe; one user anyway
         self.quiet = quiet
+        self.thread: threading.Thread | None = None  # the background thread of start()
         # Level 0 (stored deflate): over loopback, bytes are free and deflate is most of a view's time
         # (benchmarks/view.py: an SD1.5 OUT11 grid encodes in 15 ms CPU at level 0, 83 ms at level 1).
         self.png_level = png_level
@@ -99,6 +104,18 @@ class ViewerServer(ThreadingHTTPServer):
             super().__init__((HOST, port), _Handler)
         except OSError as exc:
             raise DumpUnetError(f"cannot serve on {HOST}:{port}: {exc.strerror or exc} (try another --port)") from None
+
+    def add(self, path: str | Path) -> int:
+        """Serve one more store (a notebook's ``show()``); return its index (the old one if already served)."""
+        path = Path(path)
+        with self.render_lock:
+            for i, known in enumerate(self.paths):
+                if known.resolve() == path.resolve():
+                    return i
+            store = open_store(path)
+            self.paths.append(path)
+            self.stores.append(store)
+            return len(self.stores) - 1
 
     @property
     def url(self) -> str:
@@ -119,6 +136,8 @@ class ViewerServer(ThreadingHTTPServer):
 
     def state(self, params: dict[str, str]) -> tuple[Store, ViewState]:
         i, _ = self.store(params.get("store", "0"))
+        if "minus" in params and params["minus"] != "-1":
+            self.store(params["minus"])
         st = self.stores[i]
         return st, resolve(st, ViewState.from_query(params))
 
@@ -133,8 +152,9 @@ class ViewerServer(ThreadingHTTPServer):
         data = self.cache.get(state)
         if data is not None:
             return data, state, {"X-Cache": "hit", **headers}
+        minus = self.stores[state.minus] if state.minus >= 0 else None
         with self.render_lock:
-            pixels = render_view(st, state)
+            pixels = render_view(st, state, minus)
         data = encode_png(pixels, level=self.png_level)
         self.cache.put(state, data)
         return data, state, {"X-Cache": "miss", **headers}
@@ -170,6 +190,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._image(params)
             elif url.path == "/api/command":
                 self._command(params)
+            elif url.path == "/api/summary":
+                self._summary(params)
             else:
                 raise _NotFound(f"no such page {url.path!r}")
         except _NotFound as exc:
@@ -202,6 +224,16 @@ class _Handler(BaseHTTPRequestHandler):
         st, state = self.server.state(params)
         self._json({"command": command_for(st, state), "query": state.query(), "file": _file_name(self.server, state)})
 
+    def _summary(self, params: dict[str, str]) -> None:
+        from dumpunet.viewer.adapter import summary
+
+        st, state = self.server.state({**params, "view": "summary"})
+        minus = self.server.stores[state.minus] if state.minus >= 0 else None
+        with self.server.render_lock:
+            _, rows, legend = summary(st, state, minus)
+        finite = [{k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in r.items()} for r in rows]
+        self._json({"rows": finite, "legend": legend, "query": state.query()})
+
     def _json(self, value: Any, status: int = 200) -> None:
         self._send(json.dumps(value).encode(), "application/json", {"Cache-Control": "no-store"}, status)
 
@@ -217,8 +249,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 def _file_name(server: ViewerServer, state: ViewState) -> str:
     stem = server.paths[state.store].name.removesuffix(".zarr")
+    if state.minus >= 0:
+        stem += "-minus-" + server.paths[state.minus].name.removesuffix(".zarr")
     what = {"grid": state.block, "attention": state.layer, "heatmap": f"token{state.token}",
-            "query": f"x{state.qx:.3f}-y{state.qy:.3f}", "final": "final"}[state.view]
+            "query": f"x{state.qx:.3f}-y{state.qy:.3f}", "final": "final", "summary": "blocks"}[state.view]
     name = f"{stem}-{state.view}-{what}-step{state.step:03d}-img{state.image}-{state.guidance}.png"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
@@ -233,7 +267,8 @@ def start(paths: Sequence[str | Path], *, port: int = 0, png_level: int = 0, qui
     'http://127.0.0.1:40123/'
     """
     server = ViewerServer(paths, port=port, png_level=png_level, quiet=quiet)
-    threading.Thread(target=server.serve_forever, name="dumpunet-view", daemon=True).start()
+    server.thread = threading.Thread(target=server.serve_forever, name="dumpunet-view", daemon=True)
+    server.thread.start()
     return server
 
 

@@ -15,7 +15,13 @@ Views:
 ``heatmap``    the word heatmap of ``token`` over the final image (steps up to ``step``)
 ``query``      where the pixel ``qx, qy`` looks (self-attention) over the final image
 ``final``      the final image (of a pair with ``mode=diff``: the stretched difference)
+``summary``    a pair's ``diff`` summary chart: how much each block changed, per step
+               (the steps up to ``step``)
 =============  ======================================================================
+
+With ``minus`` (another store's index), grids, final images and the summary chart show the
+difference of two stores, ``store - minus``: the run shown minus the other store's run of the
+same name (or its default run).
 
 Examples
 --------
@@ -37,7 +43,7 @@ from dumpunet.errors import SelectionError
 
 __all__ = ["VIEWS", "ViewState"]
 
-VIEWS = ("grid", "attention", "heatmap", "query", "final")
+VIEWS = ("grid", "attention", "heatmap", "query", "final", "summary")
 MODES = ("base", "layered", "diff")
 AVERAGES = ("mean", "1-norm", "2-norm")
 COLOR_FIELDS = ("method", "transform", "clamp_min", "clamp_max", "gain", "offset", "space",
@@ -51,6 +57,7 @@ class ViewState:
     """Everything that decides one served picture; see the module for the views."""
 
     store: int = 0
+    minus: int = -1  # another store's index: show ``store - minus`` (grids, final images, summary)
     view: str = "grid"
     run: str = ""  # empty: the store's default run
     pair: str = ""  # a pair's label: then ``mode`` picks base, layered or their difference
@@ -93,8 +100,10 @@ class ViewState:
             _one_of(self.average, AVERAGES, "channel average")
         if self.head not in ("all", "mean") and not self.head.isdigit():
             raise SelectionError(f"head must be all, mean or a head index, got {self.head!r}")
-        if min(self.store, self.step, self.image) < 0 or self.channel < -1 or self.token < -1:
-            raise SelectionError("store, step and image must be >= 0; channel and token >= -1")
+        if min(self.store, self.step, self.image) < 0 or min(self.channel, self.token, self.minus) < -1:
+            raise SelectionError("store, step and image must be >= 0; channel, token and minus >= -1")
+        if self.minus == self.store:
+            raise SelectionError(f"minus names the shown store itself ({self.store}); choose another store")
         if not (0 <= self.qx <= 1 and 0 <= self.qy <= 1 and 0 <= self.alpha <= 1):
             raise SelectionError("qx, qy and alpha must lie in [0, 1]")
 
@@ -150,10 +159,12 @@ class ViewState:
     def command(self, path: str, *, step: int | None = None, steps: str | None = None, out: str = "view") -> str | None:
         """The ``dumpunet`` command that writes this view into folder ``out`` (None: no command does).
 
-        ``step`` is the resolved step (for ``step=0``); ``steps`` the heatmap's step spec. A
+        ``step`` is the resolved step (for ``step=0``); ``steps`` the heatmap's (or summary's) step spec. A
         pair's final view names ``diff``, which writes both finals and their difference; one
-        attention head alone and a run's final image have no command.
+        attention head alone, a run's final image and the difference of two stores have no command.
         """
+        if self.minus >= 0:
+            return None  # diff compares the runs of one store
         step = step or self.step
         run = ["--run", self.run] if self.run and not (self.pair and self.mode == "diff") else []
         where = ["--images", str(self.image), "--guidance", self.guidance]
@@ -180,6 +191,9 @@ class ViewState:
             layers = ["--layers", self.layers] if self.layers else []
             args = ["heatmap", path, *what, *layers, "--steps", steps or str(step), *where, *run,
                     "--alpha", _text(self.alpha)]
+        elif self.view == "summary":
+            which = ["--input"] if self.which == "input" else []
+            args = ["diff", path, "--pair", self.pair, "--steps", steps or str(step), *where, *which, "--no-finals"]
         elif self.pair:
             args = ["diff", path, "--pair", self.pair, "--blocks", self.block, "--steps", str(step),
                     "--images", str(self.image)]

@@ -88,6 +88,20 @@ def run_for(store: Store, run: str, pair: str, mode: str) -> Run:
 
 def resolve(store: Store, state):
     """Fill a state's defaults from the store: the last complete step, the first recorded block or layer."""
+    if state.minus >= 0:
+        if state.pair and state.mode == "diff":
+            raise SelectionError("show either the pair's difference or the difference of two stores, not both "
+                                 "(choose base or layered to subtract the other store from it)")
+        if state.view not in ("grid", "final", "summary"):
+            raise SelectionError(f"the difference of two stores shows channel grids, final images and the summary "
+                                 f"chart, not the {state.view} view")
+    if state.view == "summary":
+        if state.minus < 0 and not state.pair:
+            raise SelectionError("the summary chart compares two runs: choose a pair, or another store to subtract")
+        # only these fields change the chart (so colours, blocks or tokens share one cached chart);
+        # a pair's chart is the same in every mode
+        kept = {k: getattr(state, k) for k in ("store", "minus", "run", "pair", "mode", "which", "step", "image", "guidance")}
+        state = type(state)(**{**kept, "view": "summary", "mode": "diff" if state.minus < 0 else state.mode})
     r = run_for(store, state.run, state.pair, state.mode)
     changes: dict[str, Any] = {}
     if state.pair and state.mode != "diff":

@@ -27,11 +27,14 @@ from dumpunet.viewer.structure import resolve
 __all__ = ["Rendered", "command_for", "grid_layout", "render_view", "view_image"]
 
 
-def render_view(store: Store, state: ViewState) -> np.ndarray:
-    """The pixels of a resolved view: uint8 ``[H, W]`` (White/Black grids) or ``[H, W, 3]``."""
+def render_view(store: Store, state: ViewState, minus: Store | None = None) -> np.ndarray:
+    """The pixels of a resolved view: uint8 ``[H, W]`` (White/Black grids) or ``[H, W, 3]``.
+
+    ``minus``: the store that ``state.minus`` names, subtracted from ``store``.
+    """
     from dumpunet.viewer.adapter import draw
 
-    return draw(store, state)
+    return draw(store, state, minus)
 
 
 def grid_layout(store: Store, state: ViewState) -> tuple[int, int, int, int] | None:
@@ -45,7 +48,7 @@ def command_for(store: Store, state: ViewState) -> str | None:
     """The ``dumpunet`` command line that writes the picture of a resolved view (None: none does)."""
     from dumpunet.viewer.adapter import heatmap_steps
 
-    steps = heatmap_steps(store, state) if state.view in ("heatmap", "query") else None
+    steps = heatmap_steps(store, state) if state.view in ("heatmap", "query", "summary") else None
     return state.command(str(store.path), steps=steps)
 
 

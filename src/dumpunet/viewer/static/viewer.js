@@ -80,7 +80,7 @@ const FIELDS_COLOUR = [...FIELDS_NUMERIC, ...FIELDS_TEXT, "method", "transform",
 
 function reportPicture(store) {
   const changed = FIELDS_COLOUR.filter((k) => String(state[k]) !== String(DEFAULTS[k]));
-  if (changed.length || Number(state.channel) >= 0 || !KEY_FIELDS[state.view]) {
+  if (changed.length || Number(state.channel) >= 0 || Number(state.minus) >= 0 || !KEY_FIELDS[state.view]) {
     throw new Error("this static report holds whole grids, attention, word heatmaps and final images in the "
       + "default colours; `dumpunet view STORE` serves every other view");
   }
@@ -181,7 +181,7 @@ function chooseBlock(name) {
   if (state.view === "attention" && hasLayer(r, name)) {
     set({ layer: r.layers.find((l) => l.name.split(".")[0] === name && l.cross).name });
   } else if ((state.which === "input" ? r.inputs : r.blocks).includes(name)) {
-    set({ block: name, channel: -1, view: state.view === "attention" ? "grid" : state.view === "final" ? "grid" : state.view });
+    set({ block: name, channel: -1, view: ["attention", "final", "summary"].includes(state.view) ? "grid" : state.view });
   }
 }
 
@@ -246,6 +246,9 @@ function sync() {
   const others = [...$("store").options].filter((o) => o.value !== String(state.store));
   option($("compare"), ["", ...others.map((o) => o.value)], ["(none)", ...others.map((o) => o.textContent)]);
   $("compare").value = state.compare;
+  option($("minus"), ["-1", ...others.map((o) => o.value)], ["(none)", ...others.map((o) => o.textContent)]);
+  $("minus").value = state.minus;
+  document.querySelector('#views [data-view="summary"]').hidden = !state.pair && Number(state.minus) < 0;
   $("comparebox").hidden = others.length === 0;
   option($("run"), info.runs.map((x) => x.name));
   $("run").value = r.name;
@@ -293,9 +296,11 @@ function describe(r) {
     : v === "attention" ? `${state.layer || $("layer").value}, heads ${state.head}` + (Number(state.token) >= 0 ? `, token ${state.token}` : "")
     : v === "heatmap" ? (Number(state.token) >= 0 ? `word heatmap of token ${state.token}` : "click a token below")
     : v === "query" ? `query pixel (${Number(state.qx).toFixed(2)}, ${Number(state.qy).toFixed(2)}): click the image`
+    : v === "summary" ? "summary chart: how much each block changed, per step"
     : "final image";
   const pair = state.pair ? ` | pair ${state.pair}: ${state.mode}` : ` | run ${r.name}`;
-  return what + pair;
+  const minus = Number(state.minus) >= 0 ? ` \u2212 store ${$("minus").selectedOptions[0].textContent}` : "";
+  return what + pair + minus;
 }
 
 async function loadStructure() {
@@ -331,6 +336,7 @@ function pickOnImage(ev) {
 function wire() {
   $("store").onchange = async () => { state = { ...DEFAULTS, store: $("store").value }; info = null; await start(); };
   $("compare").onchange = () => set({ compare: $("compare").value });
+  $("minus").onchange = () => set({ minus: $("minus").value });
   $("run").onchange = () => set({ run: $("run").value, step: 0 });
   $("pair").onchange = () => set({ pair: $("pair").value });
   for (const b of document.querySelectorAll("#mode button")) b.onclick = () => set({ mode: b.dataset.mode });
