@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -349,7 +349,7 @@ def _against(sel: Selection, base: Run, pair: dict[str, str], base_desc: str, de
         late = [b for b, arr in base_arrays.items() if base_calls[s] >= arr.shape[0]]
         if late:
             raise SelectionError(f"base run {base_desc}: step {s} of block {late[0]} was not written")
-    fields_ = {name: getattr(sel, name) for name in Selection.__dataclass_fields__}
+    fields_ = {f.name: getattr(sel, f.name) for f in fields(Selection)}
     return DiffSelection(**fields_, base=base, base_arrays=base_arrays, base_calls=base_calls, pair=pair)
 
 
