@@ -2,10 +2,11 @@
 
 One check per part of the contract: the root's and each run's attributes (parsed through the
 typed values, so a malformed one is a problem naming the field), the call tables, the final
-images, and every block and attention array (dims, dtype, axes, the chunks of completed calls and
-their byte sizes). Every read goes through zarr's store API (exists, getsize, list), never the
-file system, so a store that is not a local directory validates the same way.
-"""
+images and latents, and every block and attention array (dims, dtype, chunk shape, axes, the
+chunks of completed calls and their byte sizes, through :mod:`.chunks`, the checks the reader
+makes too). Every read goes through zarr's store API (exists, getsize, list), so a store that is
+not a local directory validates the same way; a local one is also walked for links and special
+files (:mod:`.localfiles`), which are reported and never read."""
 
 from __future__ import annotations
 
@@ -74,9 +75,10 @@ def validate(where: str | Path | ZarrStore, *, quick: bool = False) -> Report:
 
     ``where`` is a store directory or any zarr store (``zarr.storage.MemoryStore``, ...). Checks
     the attributes, every array's dims, dtype and shape against the schema and the block table,
-    the call table's consistency, that every chunk of every completed call exists, and (unless
-    ``quick``) that each uncompressed chunk has exactly its array's chunk size in bytes. An
-    interrupted run is sound (a note); a missing or damaged chunk of a completed call is not.
+    the call table's consistency, that every chunk of every completed call exists as a regular
+    file, and (unless ``quick``) that each uncompressed chunk has exactly its array's chunk size in
+    bytes and each final image and latents chunk decodes. An interrupted run is sound (a note); a
+    missing or damaged chunk of a completed call is not, nor is a link or special file anywhere.
 
     Examples
     --------
