@@ -3,7 +3,7 @@
 - :mod:`.schema`: array kinds, paths, dims, dtypes, chunks and typed attributes (the contract);
 - :mod:`.reader`: :class:`Store`, the read-only object behind ``dumpunet.open``, reading through
   :mod:`.localfiles` (regular files below the root only) and :mod:`.chunks` (each chunk checked
-  before it is read);
+  before it is read), with :mod:`.calls` for each run's call table;
 - :mod:`.writer`: :class:`StoreWriter`, the recorder's background writer, and
   :mod:`.call_arrays`, the per-call arrays it writes as files;
 - :mod:`.validate`: ``dumpunet validate``;
