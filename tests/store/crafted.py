@@ -38,13 +38,15 @@ COMMANDS: dict[str, list[str]] = {
     "attention": ["attention", "{store}", "--layers", "IN01.attn2", "--steps", "1-2", "--quiet", "--out", "{out}"],
     "heatmap": ["heatmap", "{store}", "--word", "girl", "--out", "{out}"],
     "diff": ["diff", "{store}", "--blocks", "IN01,OUT11", "--steps", "1-2", "--jobs", "1", "--quiet", "--out", "{out}"],
+    "sweep": ["render", "{store}", "--sweep", "--out", "{out}"],  # the contact sheet of every pair's final images
 }
 """Every reading command, as the corpus runs it (``{store}``, ``{out}`` filled in)."""
 
 ALL = frozenset(COMMANDS)
 BLOCKS = frozenset({"render", "export", "diff"})
 ATTENTION = frozenset({"attention", "heatmap"})
-FINALS = frozenset({"heatmap", "diff"})  # overlay on / place beside the final image
+FINALS = frozenset({"heatmap", "diff", "sweep"})  # overlay on / place beside / lay out the final images
+CALLS = ALL - {"sweep"}  # the contact sheet reads final images only, no call table
 NONE: frozenset[str] = frozenset()
 
 
@@ -198,13 +200,13 @@ KINDS: list[Damage] = [
            ATT, ATTENTION),
     Damage("attention-layer-hw-string", _attrs(ATT, _set("layer_hw", "8x8")), "'layer_hw'", ATTENTION),
     # --- call tables
-    Damage("call-done-truncated", _bytes(f"{L}/call_done/c.0", lambda b: b[:3]), f"{L}/call_done", ALL),
-    Damage("call-step-deleted", _delete(f"{L}/call_step/c.0"), f"{L}/call_step", ALL),
-    Damage("call-step-fifo", _replace(f"{L}/call_step/c.0", _fifo), f"{L}/call_step", ALL),
-    Damage("call-step-huge-shape", _shape(f"{L}/call_step", [10**12]), f"{L}/call_step", ALL),
-    Damage("call-done-huge-shape", _shape(f"{L}/call_done", [10**12]), f"{L}/call_done", ALL),
+    Damage("call-done-truncated", _bytes(f"{L}/call_done/c.0", lambda b: b[:3]), f"{L}/call_done", CALLS),
+    Damage("call-step-deleted", _delete(f"{L}/call_step/c.0"), f"{L}/call_step", CALLS),
+    Damage("call-step-fifo", _replace(f"{L}/call_step/c.0", _fifo), f"{L}/call_step", CALLS),
+    Damage("call-step-huge-shape", _shape(f"{L}/call_step", [10**12]), f"{L}/call_step", CALLS),
+    Damage("call-done-huge-shape", _shape(f"{L}/call_done", [10**12]), f"{L}/call_done", CALLS),
     Damage("call-done-float64", _json(f"{L}/call_done/zarr.json", lambda d: d.__setitem__("data_type", "float64")),
-           f"{L}/call_done", ALL),
+           f"{L}/call_done", CALLS),
     # --- final images
     Damage("images-huge-count", _shape(f"{L}/images", [10**9, 64, 64, 3]), f"{L}/images", FINALS),
     Damage("images-huge-pixels", _shape(f"{L}/images", [1, 10**6, 10**6, 3], [1, 10**6, 10**6, 3]), f"{L}/images", FINALS),
@@ -234,7 +236,7 @@ KINDS: list[Damage] = [
            "'output_shape'", ALL),
     Damage("pairs-string", _attrs("", _set("pairs", "base,layered")), "'pairs'", ALL),
     Damage("pairs-entry-missing-layered", _attrs("", lambda a: a["pairs"][0].pop("layered")), "'layered'", ALL),
-    Damage("pairs-entry-unknown-run", _attrs("", lambda a: a["pairs"][0].__setitem__("base", "nobody")), "'nobody'", {"diff"}),
+    Damage("pairs-entry-unknown-run", _attrs("", lambda a: a["pairs"][0].__setitem__("base", "nobody")), "'nobody'", {"diff", "sweep"}),
     # --- run attributes
     Damage("run-zarr-json-deleted", _delete(f"{L}/zarr.json"), "'layered'", ALL),
     Damage("run-n-images-string", _attrs(L, _set("n_images", "1")), "'n_images'", ALL),

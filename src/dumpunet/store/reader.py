@@ -35,6 +35,7 @@ class Run:
             raise StoreError(f"{store.path}: run {name!r} is listed but missing") from None
         self.info: schema.RunAttrs = schema.RunAttrs.from_json(dict(grp.attrs), f"{store.path}: run {name}")
         self._layers: dict[tuple[str, str], schema.LayerAttrs] = {}
+        self._recorded: dict[str, list[str]] = {}
 
     @cached_property
     def calls(self) -> CallTable:
@@ -59,7 +60,9 @@ class Run:
         return self.info.n_images
 
     def recorded(self, which: Which = "output") -> list[str]:
-        """Blocks of this run that hold ``which`` arrays, in block order."""
+        """Blocks of this run that hold ``which`` arrays, in block order (the writer creates them all as the run begins)."""
+        if which in self._recorded:
+            return list(self._recorded[which])
         kind = schema.BLOCK_ARRAYS[which]
         out = []
         for b in self.store.blocks:  # one node per block, so a damaged zarr.json is named by its path
@@ -70,7 +73,8 @@ class Run:
             except StoreError as exc:
                 raise StoreError(f"{self.store.path}: {exc}") from None
             out.append(b)
-        return out
+        self._recorded[which] = out
+        return list(out)
 
     def array(self, block: str, which: Which = "output") -> zarr.Array:
         """The zarr array ``[call, image, guidance, channel, y, x]`` of one block."""
