@@ -192,11 +192,19 @@ KINDS: list[Damage] = [
     Damage("block-dimension-names", _json(f"{BLK}/zarr.json", lambda d: d.__setitem__("dimension_names", list("abcdef"))),
            BLK, BLOCKS),
     Damage("block-dtype-float64", _json(f"{BLK}/zarr.json", lambda d: d.__setitem__("data_type", "float64")), BLK, BLOCKS),
+    Damage("block-unknown-codec", _json(f"{BLK}/zarr.json", lambda d: d.__setitem__("codecs", [{"name": "evil"}])),
+           BLK, BLOCKS | {"info"}),
+    Damage("block-unknown-dtype", _json(f"{BLK}/zarr.json", lambda d: d.__setitem__("data_type", "evil")),
+           BLK, BLOCKS | {"info"}),
+    Damage("block-zstd-over-raw-chunks", _json(f"{BLK}/zarr.json", lambda d: d["codecs"].append(
+        {"name": "zstd", "configuration": {"level": 3, "checksum": False}})), BLK, BLOCKS),
     Damage("block-recorded-steps-int", _attrs(BLK, _set("recorded_steps", 5)), "'recorded_steps'", BLOCKS),
     # --- attention
     Damage("attention-chunk-truncated", _bytes(f"{ATT}/{ATT_CHUNK}", lambda b: b[:7]), ATT, ATTENTION),
     Damage("attention-chunk-deleted", _delete(f"{ATT}/{ATT_CHUNK}"), ATT, ATTENTION),
     Damage("attention-chunk-link-to-dev-zero", _replace(f"{ATT}/{ATT_CHUNK}", lambda p, o: os.symlink("/dev/zero", p)),
+           ATT, ATTENTION),
+    Damage("attention-fill-value-string", _json(f"{ATT}/zarr.json", lambda d: d.__setitem__("fill_value", "abc")),
            ATT, ATTENTION),
     Damage("attention-layer-hw-string", _attrs(ATT, _set("layer_hw", "8x8")), "'layer_hw'", ATTENTION),
     # --- call tables
@@ -239,6 +247,7 @@ KINDS: list[Damage] = [
     Damage("pairs-entry-unknown-run", _attrs("", lambda a: a["pairs"][0].__setitem__("base", "nobody")), "'nobody'", {"diff", "sweep"}),
     # --- run attributes
     Damage("run-zarr-json-deleted", _delete(f"{L}/zarr.json"), "'layered'", ALL),
+    Damage("run-group-says-array", _json(f"{L}/zarr.json", lambda d: d.__setitem__("node_type", "array")), L, ALL),
     Damage("run-n-images-string", _attrs(L, _set("n_images", "1")), "'n_images'", ALL),
     Damage("run-guidance-unknown", _attrs(L, _set("guidance", ["cond", "neg"])), "'guidance'", ALL),
     Damage("run-attention-layer-escaping", _attrs(L, _set("attention_layers", ["/outside/ESCAPED"])),

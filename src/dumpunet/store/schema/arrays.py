@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import zarr
 from zarr.codecs import ZstdCodec
+from zarr.core.sync import sync
 
 from dumpunet.errors import StoreError, StoreNotFoundError
 from dumpunet.store.localfiles import SafeLocalStore, StoreFiles, UnsafeFileError
@@ -260,7 +261,11 @@ def node(root: zarr.Group, path: str) -> zarr.Array | zarr.Group:
     """The array or group at ``path``; a missing one raises KeyError, unreadable metadata StoreError."""
     try:
         return root[path]
-    except (KeyError, UnsafeFileError):  # the unsafe key names its own path
+    except KeyError:
+        if sync(root.store.exists(f"{root.path}/{path}/zarr.json".lstrip("/"))):  # there, but zarr found no node in it
+            raise StoreError(f"{path}/zarr.json: metadata unreadable (not a zarr array or group document)") from None
+        raise
+    except UnsafeFileError:  # the unsafe key names its own path
         raise
     except StoreError as exc:
         raise StoreError(f"{path}: {exc}") from None
