@@ -77,7 +77,7 @@ def validate(where: str | Path | ZarrStore, *, quick: bool = False) -> Report:
     the attributes, every array's dims, dtype and shape against the schema and the block table,
     the call table's consistency, that every chunk of every completed call exists as a regular
     file, and (unless ``quick``) that each uncompressed chunk has exactly its array's chunk size in
-    bytes and each final image and latents chunk decodes. An interrupted run is sound (a note); a
+    bytes and each compressed chunk (final images, latents) decodes. An interrupted run is sound (a note); a
     missing or damaged chunk of a completed call is not, nor is a link or special file anywhere.
 
     Examples
