@@ -3,7 +3,7 @@
 Public API: :func:`open`; the analysis values :class:`Pick` (what to read), :class:`ColorSpec`
 (how to colour) and :class:`GridStyle` (tile scale, channel average, PCA basis);
 :func:`render_image` (one grid as an array), :func:`render`, :func:`diff`, :func:`export`,
-:func:`attention` and :func:`heatmap` (no torch needed); and :func:`record` (needs the
+:func:`export_attention`, :func:`attention` and :func:`heatmap` (no torch needed); and :func:`record` (needs the
 ``record`` extra).
 
 Examples
@@ -21,7 +21,7 @@ from dumpunet._version import __version__
 from dumpunet.store import Store, open_store
 
 __all__ = [
-    "ColorSpec", "GridStyle", "Pick", "Store", "attention", "diff", "export", "heatmap", "open", "record", "render",
+    "ColorSpec", "GridStyle", "Pick", "Store", "attention", "diff", "export", "export_attention", "heatmap", "open", "record", "render",
     "render_image", "__version__",
 ]
 
@@ -39,6 +39,7 @@ _LAZY = {
     "render_image": "dumpunet.analyzer.render:render_image",
     "diff": "dumpunet.analyzer.diff:diff",
     "export": "dumpunet.analyzer.export:export",
+    "export_attention": "dumpunet.analyzer.attention_export:export_attention",
     "attention": "dumpunet.analyzer.attention_grids:render_attention",
     "heatmap": "dumpunet.analyzer.heatmap:word_heatmap",
 }

@@ -9,6 +9,7 @@ imported inside the commands, so ``--help`` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,15 @@ import click
 
 from dumpunet.analyzer.color.spec import ATTENTION_COLOR, DIFF_COLOR, METHODS, ColorSpec
 from dumpunet.analyzer.pick import Pick
-from dumpunet.analyzer.style import GridStyle
-from dumpunet.cli_options import click_option, sigterm_as_interrupt, take, value_options, with_options
+from dumpunet.analyzer.style import AVERAGES, GridStyle
+from dumpunet.analyzer.tensor_files import FORMATS
+from dumpunet.cli_options import (
+    click_option,
+    sigterm_as_interrupt,
+    take,
+    value_options,
+    with_options,
+)
 from dumpunet.options import OptionSpec, options_of
 
 __all__ = ["COMMANDS", "OPTIONS"]
@@ -32,8 +40,15 @@ OPTIONS = {o.name: o for o in [
                flag="--json"),
     OptionSpec("sweep", "Instead: a contact sheet of a sweep store's final images, base first, one per block, "
                "labelled (sweep-img<i>.png); takes only --images.", default=False, flag_value=True),
-    OptionSpec("format", "bin: one float32 file per channel (the original's dump); npy/safetensors: one per block "
-               "and step.", default="bin", choices=("bin", "npy", "safetensors")),
+    OptionSpec("format", "bin: one float32 file per channel (the original's dump; attention: per head x token); "
+               "npy/safetensors: one per block (or layer) and step.", default="bin", choices=FORMATS),
+    OptionSpec("layers", "Export these attention layers instead of blocks, e.g. 'IN01.attn2' or 'IN04-OUT08' "
+               "(their recorded layers); --feature says which."),
+    OptionSpec("export", "Also write the layered - base tensors as files (the original's \"Dump difference tensors "
+               "to files\"): bin, npy or safetensors, as export writes features.", choices=FORMATS),
+    OptionSpec("head_average", "Reduce the heads to one map (qk: per token; vqk: over all channels): mean, or the "
+               "original's 1-norm and 2-norm (divided by the count); l1, l2: not divided.", choices=AVERAGES,
+               case_sensitive=False, flag="--average"),
     OptionSpec("pair", "The pair to compare, by label (a sweep: the block name); default: the only or first pair."),
     OptionSpec("finals", "Skip the final images (for runs that did not finish).", default=True, flag_value=False,
                flag="--no-finals"),
@@ -125,17 +140,34 @@ def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, ou
 @click.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @with_options(value_options(Pick))
-@with_options(_options("format", *_WRITTEN))
-def export(store: Path, format: str, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:  # noqa: A002
+@with_options(_options("layers", "feature", "format", *_WRITTEN))
+@click.pass_context
+def export(ctx: click.Context, store: Path, layers: str | None, feature: str, format: str, out: Path,  # noqa: A002
+           quiet: bool, as_json: bool, **opts: Any) -> None:
     """Export raw feature values as .bin (float32 per channel), .npy or .safetensors files.
+
+    With --layers, attention layers instead: bin writes the original's Q*K dump, one file
+    per head x token.
 
     \b
     dumpunet export girl.zarr --blocks OUT11 --steps 20 --format bin --out dump/
+    dumpunet export girl.zarr --layers IN01.attn2 --steps 20 --format bin --out dump-attn/
     """
-    from dumpunet.analyzer.export import export as export_store
-
+    pick = take(Pick, opts)
     sigterm_as_interrupt()
-    files = export_store(store, take(Pick, opts), out=out, format=format, progress=not quiet)
+    if layers is None:
+        if ctx.get_parameter_source("feature") is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("--feature chooses what --layers exports; blocks have no attention feature")
+        from dumpunet.analyzer.export import export as export_store
+
+        files = export_store(store, pick, out=out, format=format, progress=not quiet)
+    else:
+        if pick.blocks:
+            raise click.UsageError("give --blocks (block features) or --layers (attention), not both")
+        from dumpunet.analyzer.attention_export import export_attention
+
+        files = export_attention(store, dataclasses.replace(pick, blocks=layers), out=out, format=format,
+                                 feature=feature, progress=not quiet)
     _echo_written(files, out, "file", as_json)
 
 
@@ -145,9 +177,9 @@ def export(store: Path, format: str, out: Path, quiet: bool, as_json: bool, **op
 @with_options(value_options(Pick, skip=("run",)))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec, defaults=DIFF_COLOR))
-@with_options(_options("finals", "jobs", *_WRITTEN))
-def diff(store: Path, pair: str | None, finals: bool, out: Path, jobs: int | None, quiet: bool, as_json: bool,
-         **opts: Any) -> None:
+@with_options(_options("export", "finals", "jobs", *_WRITTEN))
+def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: Path, jobs: int | None, quiet: bool,
+         as_json: bool, **opts: Any) -> None:
     """Show what a per-block prompt changed: layered - base of a pair, per block and step.
 
     Writes difference maps diff-<block>-step<NNN>-img<i>-<guidance>-...png (coloured like
@@ -160,35 +192,39 @@ def diff(store: Path, pair: str | None, finals: bool, out: Path, jobs: int | Non
     \b
     dumpunet diff girl.zarr --blocks IN00-OUT11 --steps 1-20 --method "Red/Blue" --out diff/
     dumpunet diff sweep.zarr --pair IN04 --average 2-norm --clamp-min -4 --clamp-max 4 --out diff-IN04/
+    dumpunet diff girl.zarr --blocks OUT11 --steps 20 --export bin --out diff-dump/
     """
     from dumpunet.analyzer.diff import diff as diff_pair
 
     pick, style, color = take(Pick, opts), take(GridStyle, opts), take(ColorSpec, opts)
     sigterm_as_interrupt()
-    files = diff_pair(store, pick, color, style, out=out, pair=pair, finals=finals, jobs=jobs, progress=not quiet)
+    files = diff_pair(store, pick, color, style, out=out, pair=pair, finals=finals, export=export, jobs=jobs,
+                      progress=not quiet)
     _echo_written(files, out, "file", as_json)
 
 
 @click.command()
 @click.argument("store", type=click.Path(path_type=Path))
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
-@with_options(_options("tokens", "feature", "query"))
+@with_options(_options("tokens", "feature", "query", "head_average"))
 @with_options([_AUTO_SCALE])
 @with_options(value_options(ColorSpec, defaults=ATTENTION_COLOR, choices=_NO_PCA))
 @with_options(_options(*_WRITTEN))
-def attention(store: Path, tokens: str, feature: str, query: str | None, scale: int | None,
-              out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
+def attention(store: Path, tokens: str, feature: str, query: str | None, head_average: str | None,
+              scale: int | None, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Render heads x tokens grids of attention maps: which token each head looks at.
 
     Without --scale, tiles are enlarged to at least 32 pixels on a side.
 
     \b
     dumpunet attention girl.zarr --layers IN04-OUT08 --steps 1,5,10 --tokens "pink,hair" --out attn/
+    dumpunet attention girl.zarr --layers IN04.attn2 --average 2-norm --out attn/
     """
     from dumpunet.analyzer.attention_grids import render_attention
 
     files = render_attention(store, take(Pick, opts), take(ColorSpec, opts), out=out, tokens=tokens, feature=feature,
-                             query=_point(query), scale=scale, progress=not quiet)
+                             query=_point(query), scale=scale, average=head_average,
+                             progress=not quiet)
     _echo_written(files, out, "PNG file", as_json)
 
 

@@ -112,6 +112,47 @@ def test_word_heatmap_matches_an_independent_sum(store):
     assert word_heatmap(store, "hair").shape == (IMAGE, IMAGE)  # IN01's 4x4 maps are upsampled
 
 
+def test_word_heatmap_over_resolutions_is_the_sum_of_each_upsampled_map(tmp_path):
+    # Two layers share 4x6, one is 8x12, one is at the image's own 16x24; fp16 as recorded, a
+    # non-square image. The heatmap must equal every (layer, step) map upsampled on its own and summed.
+    hws = {"IN01.attn2": (4, 6), "IN02.attn2": (4, 6), "IN04.attn2": (8, 12), "M00.attn2": (16, 24)}
+    blocks = [BlockInfo(name, name, (name,), name, (2, 4, 4), (2, 4, 4), True) for name in ("IN01", "IN02", "IN04", "M00")]
+    w = StoreWriter(tmp_path / "r.zarr", model={}, versions={})
+    w.set_block_table(blocks)
+    info = RunAttrs(n_images=1, guidance=("uncond", "cond"), steps=3, height=16, width=24, attention_layers=tuple(hws),
+                    tokens={"cond": (TokenRow(tuple(range(T)), tuple(TOKENS), 7),)})
+    w.begin_run("main", info, blocks[:1], which=("output",), dtype="float16")
+    kind = schema.ATTENTION_FEATURES["qk"]
+    w.add_arrays("main", {(name, "qk"): (kind, (1, 2, HEADS, h * wd, T), "float16", {"layer": name}, LayerAttrs(layer_hw=(h, wd)))
+                          for name, (h, wd) in hws.items()})
+    stored = {}
+    for s in (1, 2, 3):
+        for k, (name, hw) in enumerate(hws.items()):
+            stored[name, s] = probs(s, 10 + k, hw).astype(np.float16)
+        w.submit_call("main", step=s, substep=0, timestep=10.0 * s,
+                      slabs={("IN01", "output"): np.zeros((2, 1, 2, 4, 4), np.float16),
+                             **{(name, "qk"): stored[name, s] for name in hws}})
+    w.finish_run("main", images=np.zeros((1, 16, 24, 3), np.uint8))
+    w.close()
+
+    def upsampled(name: str, s: int) -> np.ndarray:
+        m = stored[name, s][1, 0].astype(np.float32)[:, :, [3, 4]].sum(-1).mean(0).reshape(hws[name])  # cond, "h"+"air"
+        return np.asarray(Image.fromarray(m, mode="F").resize((24, 16), Image.Resampling.BICUBIC), np.float64)
+
+    def normalized(weights: dict[str, float]) -> np.ndarray:
+        acc = sum(weights[name] * upsampled(name, s) for name in hws for s in (1, 2, 3))
+        return (acc - acc.min()) / (acc.max() - acc.min())
+
+    want = normalized(dict.fromkeys(hws, 1.0))
+    heat = word_heatmap(dumpunet.open(tmp_path / "r.zarr"), "hair", Pick())
+    assert heat.shape == (16, 24)
+    np.testing.assert_allclose(heat, want, rtol=1e-5, atol=1e-5)
+    # the data tells the resolutions apart: dropping one, or counting one twice, moves the map far beyond the tolerance
+    for name in ("IN01.attn2", "IN04.attn2", "M00.attn2"):
+        for weight in (0.0, 2.0):
+            assert np.abs(normalized({**dict.fromkeys(hws, 1.0), name: weight}) - want).max() > 1e-3
+
+
 def test_query_map_and_overlay(store):
     m = query_map(store, (0.1, 0.9), Pick(blocks="IN01"))
     assert m.shape == (IMAGE, IMAGE) and m.min() == 0.0 and m.max() == 1.0

@@ -19,6 +19,7 @@ EXAMPLES = [
     'diff girl.zarr --blocks IN00-OUT11 --steps 1-20 --method "Red/Blue" --out diff/',
     "diff sweep.zarr --pair IN04 --average 2-norm --clamp-min -4 --clamp-max 4 --out diff-IN04/",
     "render sweep.zarr --sweep --out sheet/",
+    "diff girl.zarr --blocks OUT11 --steps 20 --export bin --out diff-dump/",
 ]
 
 
@@ -51,7 +52,8 @@ def test_documented_examples_work_verbatim(here, line):
     listed = [e["file"] for e in json.loads((folder / "manifest.json").read_text())["files"]]
     assert sorted(listed + ["manifest.json"]) == sorted(p.name for p in folder.iterdir())
     finals = ["final-base-img0.png", "final-diff-img0.png", "final-diff-norm-img0.png", "final-layered-img0.png"]
-    expected = {0: 25 * 20 + 2 + 4, 1: 4 * 4 + 2 + 4, 2: 1}[EXAMPLES.index(line)]
+    # maps, summary.csv/png, finals; the last: OUT11's map and its 4 channels as .bin files
+    expected = {0: 25 * 20 + 2 + 4, 1: 4 * 4 + 2 + 4, 2: 1, 3: 1 + 4 + 2 + 4}[EXAMPLES.index(line)]
     assert len(listed) == expected
     if line.startswith("diff"):
         assert set(finals + ["summary.csv", "summary.png"]) <= set(listed)

@@ -30,14 +30,15 @@ def readme_commands(prefix: str) -> list[str]:
 
 
 EXAMPLES = [line.removeprefix("dumpunet ") for line in readme_commands("dumpunet render girl.zarr")
-            + readme_commands("dumpunet export girl.zarr")]
-"""The render and export lines of the README's walkthrough, as written there."""
+            + readme_commands("dumpunet export girl.zarr") if "--layers" not in line]
+"""The render and export lines of the README's walkthrough, as written there (those of attention
+layers run in test_parity_outputs, on a store with attention)."""
 
 EXPECTED = {
     '--blocks OUT11 --steps 20 --method "White/Black" --transform sigmoid --out': [
         "OUT11-step020-img0-cond-white-black-sigmoid-1c5330.png"],
     '--blocks "IN00-OUT11(+2)" --steps "1,5,10"': 39,  # 13 blocks x 3 steps
-    "--blocks M00 --average 2-norm": 4,  # 4 recorded steps
+    "--blocks M00 --average 2-norm --with-grid": 8,  # 4 recorded steps x (average, grid)
     "--blocks OUT11 --method pca --pca-basis basis.npz": 4,
     "--blocks OUT11 --steps 20 --format bin": 4,  # one .bin per channel of the synthetic OUT11
 }

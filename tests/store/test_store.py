@@ -115,6 +115,56 @@ def test_one_feature_read_touches_one_chunk(tmp_path, monkeypatch):
     assert chunks == ["runs/main/blocks/IN01/output/c.1.1.0.0.0.0"]
 
 
+def test_a_run_reads_an_arrays_metadata_once(tmp_path, monkeypatch):
+    p = tmp_path / "s.zarr"
+    write_store(p)
+    store = dumpunet.open(p)
+    store.features("IN01", 1)  # opens the array (and the call table)
+    reads: list[str] = []
+    orig = SafeLocalStore.get
+
+    async def spy(self, key, *a, **kw):
+        reads.append(key)
+        return await orig(self, key, *a, **kw)
+
+    monkeypatch.setattr(SafeLocalStore, "get", spy)
+    np.testing.assert_array_equal(store.features("IN01", 2), slab(2, BLOCKS[1])[1, 0])
+    np.testing.assert_array_equal(store.features("IN01", 3, image=0, guidance="uncond"), slab(3, BLOCKS[1])[0, 0])
+    assert reads == ["runs/main/blocks/IN01/output/c.1.0.1.0.0.0", "runs/main/blocks/IN01/output/c.2.0.0.0.0.0"]
+
+
+def test_a_run_opened_during_a_recording_reads_every_step_it_lists(tmp_path, monkeypatch):
+    # A recording completes a call just after the reader opened an array (arrays grow one call at
+    # a time here): the run must not list a step that its opened array is too short to hold.
+    p = tmp_path / "s.zarr"
+    w = StoreWriter(p, model={}, versions={}, grow_calls=1)
+    w.set_block_table(BLOCKS)
+    w.begin_run("main", RunAttrs(n_images=2, guidance=("uncond", "cond"), steps=3), BLOCKS, which=("output",), dtype="float16")
+
+    def write_step(s: int) -> None:
+        w.submit_call("main", step=s, substep=0, timestep=0.0, slabs={(b.name, "output"): slab(s, b) for b in BLOCKS})
+        w.flush()
+
+    write_step(1)
+    run = dumpunet.open(p).run()
+    orig = schema.open_array
+
+    def open_then_record(root, kind, **names):
+        arr = orig(root, kind, **names)
+        if kind is schema.BLOCK_ARRAYS["output"] and w.completed_steps("main") == [1]:
+            write_step(2)
+        return arr
+
+    monkeypatch.setattr(schema, "open_array", open_then_record)
+    np.testing.assert_array_equal(run.features("IN01", 1), slab(1, BLOCKS[1])[1, 0])
+    assert w.completed_steps("main") == [1, 2]
+    for s in run.steps:
+        np.testing.assert_array_equal(run.features("IN01", s), slab(s, BLOCKS[1])[1, 0])
+    monkeypatch.undo()
+    w.close()
+    assert dumpunet.open(p).steps == [1, 2]  # a store opened again sees the new step
+
+
 def test_selection_errors_name_what_exists(tmp_path):
     p = tmp_path / "s.zarr"
     write_store(p)

@@ -15,7 +15,13 @@ Self-attention layers (``OUT11.attn1``) show, per head, where the stored query p
 ``query`` (x, y as fractions of the image) attends. ``feature="k"`` shows each head's keys
 (rows = tokens, columns = head dims); ``feature="vqk"`` each head's output channels.
 
-File names: ``{layer}-step{step:03}-img{image}-{guidance}-{feature}-{colorization}.png``.
+``average`` reduces the heads to one map, as the original's "averaged map" did, with its
+definitions (:func:`~dumpunet.analyzer.reduce.channel_average`: ``mean``; ``1-norm`` and
+``2-norm`` divided by the number of heads): qk one map per token, k one map, and vqk one map
+over all its channels (heads x head dims, the original's V*Q*K channel average).
+
+File names: ``{layer}-step{step:03}-img{image}-{guidance}-{feature}[-avg-{kind}]-{colorization}.png``
+(``-avg-2norm``: different averages do not overwrite each other).
 Layers are picked by ``Pick.blocks`` (the CLI's ``--blocks``, or ``--layers``).
 """
 
@@ -37,7 +43,9 @@ from dumpunet.analyzer.output import OutputFolder, WrittenFile
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png, resolve_encoder
 from dumpunet.analyzer.pool import progress_bar
+from dumpunet.analyzer.reduce import AVERAGES, average_label, channel_average
 from dumpunet.analyzer.scope import AutoRanges, json_range
+from dumpunet.analyzer.selection import select_attention
 from dumpunet.analyzer.tokens import label, select_tokens
 from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import parse_ints
@@ -57,34 +65,50 @@ class _Item:
     guidance: str
 
 
-def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[float] | None):
-    """Return (maps [rows*cols, h, w], rows, cols, row labels, column labels) for one item."""
+def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[float] | None, average: str | None = None):
+    """Return (maps [rows*cols, h, w], rows, cols, row labels, column labels) for one item.
+
+    With ``average``, the heads of each token (qk), the heads (k) or every channel (vqk) are
+    reduced to one map by :func:`~dumpunet.analyzer.reduce.channel_average`: one row of tiles.
+    """
     data = run.attention(item.layer, item.step, feature=feature, guidance=item.guidance, image=item.image, dtype=np.float32)
     heads = data.shape[0]
     info = run.layer_info(item.layer, feature)
     head_labels = [f"h{i}" for i in range(heads)] if heads > 1 or info.heads != "mean" else ["mean"]
+    if average is not None:
+        head_labels = [average]
     hw = info.layer_hw
     cross = info.cross_attention
     if feature == "k":
         row = run.token_row(guidance=item.guidance, image=item.image, block=item.layer)
         idx = _token_index(tokens, row, data.shape[1])
         maps = data[:, idx, :]  # [head, token, dim]: one tile per head
-        return maps, 1, heads, [], head_labels
+        if average is not None:
+            maps = channel_average(maps, average)[None]
+        return maps, 1, len(maps), [], head_labels
     if feature == "vqk":
         h, w = hw
         maps = data.transpose(0, 2, 1).reshape(heads * data.shape[2], h, w)
+        if average is not None:  # the original's V*Q*K average: over all channels (heads x dims)
+            return channel_average(maps, average)[None], 1, 1, head_labels, ["all"]
         return maps, heads, data.shape[2], head_labels, [str(d) for d in range(data.shape[2])]
     if not cross:
         if query is None:
             raise SelectionError(f"{item.layer} is a self-attention layer: give --query x,y to choose the query pixel")
         q, (px, py) = nearest_query(info, query)
         maps = data[:, q, :].reshape(heads, *hw)
-        return maps, heads, 1, head_labels, [f"query ({px},{py})"]
+        if average is not None:
+            maps = channel_average(maps, average)[None]
+        return maps, len(maps), 1, head_labels, [f"query ({px},{py})"]
     row = run.token_row(guidance=item.guidance, image=item.image, block=item.layer)
     idx = _token_index(tokens, row, data.shape[2])
-    maps = data[:, :, idx].transpose(0, 2, 1).reshape(heads * len(idx), *hw)
+    per_token = data[:, :, idx].transpose(2, 0, 1).reshape(len(idx), heads, *hw)  # [token, head, h, w]
+    if average is not None:
+        maps = np.stack([channel_average(x, average) for x in per_token])
+    else:
+        maps = per_token.transpose(1, 0, 2, 3).reshape(heads * len(idx), *hw)
     names = row.tokens if row is not None else [str(i) for i in range(data.shape[2])]
-    return maps, heads, len(idx), head_labels, [f"{i}:{label(names[i])}" for i in idx]
+    return maps, len(maps) // len(idx), len(idx), head_labels, [f"{i}:{label(names[i])}" for i in idx]
 
 
 def _token_index(spec: str, row: TokenRow | None, n: int) -> list[int]:
@@ -125,6 +149,7 @@ def render_attention(
     feature: str = "qk",
     query: Sequence[float] | None = None,
     scale: int | None = None,
+    average: str | None = None,
     png_encoder: str | None = None,
     progress: bool = True,
 ) -> list[WrittenFile]:
@@ -137,31 +162,25 @@ def render_attention(
     >>> render_attention("girl.zarr", Pick(blocks="IN04-OUT08", steps="1,5,10"), tokens="pink,hair",
     ...                  out="attn")  # doctest: +SKIP
     """
-    pick.refuse("attention", "channels", "which")
     if color.pca:
         raise OptionError("method PCA colours block features; attention maps take White/Black, Red/Blue or Custom")
+    if average is not None and average not in AVERAGES:
+        raise OptionError(f"unknown head average {average!r} (valid: {', '.join(AVERAGES)})")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
         raise OptionError(f"scale must be a whole number of at least 1, got {scale!r}")
     st = store if isinstance(store, Store) else open_store(store)
-    r = st.run(pick.run)
-    layers = pick.blocks
-    layer_list = st.select_layers(layers, run=r.name)
+    sel = select_attention(st, pick, "attention")
+    layer_list = sel.layers
     if query is None:  # self-attention maps need a query pixel to show
         layer_list = [name for name in layer_list if ".attn1" not in name]
         if not layer_list:
-            raise SelectionError(f"only self-attention layers match {layers!r}: give --query x,y to choose the query pixel")
-    if not layer_list:
-        raise SelectionError(f"no recorded attention layer matches {layers!r}")
-    step_list = st.select_steps(pick.steps, run=r.name)
-    image_list = parse_ints(pick.images, 0, r.n_images - 1, noun="image", what="image spec")
-    halves = pick.halves or r.guidance_labels
-    for g in halves:
-        r.guidance_index(g)
+            raise SelectionError(f"only self-attention layers match {pick.blocks!r}: give --query x,y to choose the query pixel")
+    r = sel.run
     encoder = resolve_encoder(png_encoder)
     output = OutputFolder(out)
-    items = [_Item(layer, s, i, g) for s in step_list for layer in layer_list for i in image_list for g in halves]
+    items = [_Item(layer, s, i, g) for s, layer, i, g in sel.items() if layer in layer_list]
     # Read and check everything first, so a bad token or a missing step writes nothing.
-    grids = {item: _grids(r, item, feature, tokens, query) for item in items}
+    grids = {item: _grids(r, item, feature, tokens, query, average) for item in items}
     ranges = AutoRanges(color)
     if ranges.first_pass:
         for item, g in grids.items():
@@ -175,10 +194,11 @@ def render_attention(
             minmax = ranges.minmax(maps, step=item.step, image=item.image, guidance=item.guidance)
             pixels = colorize(maps, color, minmax=minmax)
             grid = _framed(tile(pixels, cols, rows, scale=k), rows, cols, (h * k, w * k), row_labels, col_labels)
-            name = f"{item.layer}-step{item.step:03d}-img{item.image}-{item.guidance}-{feature}-{color.slug()}.png"
+            avg = f"-{average_label(average)}" if average is not None else ""
+            name = f"{item.layer}-step{item.step:03d}-img{item.image}-{item.guidance}-{feature}{avg}-{color.slug()}.png"
             entry = {
                 "kind": "attention", "store": str(st.path), "run": r.name, "layer": item.layer,
-                "step": item.step, "image": item.image, "guidance": item.guidance, "feature": feature,
+                "step": item.step, "image": item.image, "guidance": item.guidance, "feature": feature, "average": average,
                 "rows": row_labels, "columns": col_labels, "scale": k, "color": color.to_json(),
             }
             if ranges.shared:

@@ -23,6 +23,10 @@ can share a folder. Beside the maps go:
                                is white (``round(d * 255 / max d)``; black if nothing changed)
 =============================  ===============================================================
 
+With ``export``, the ``layered - base`` tensors (float32) are written too, as
+:func:`~dumpunet.analyzer.export.export` writes features: ``bin`` under the original's dump names
+(``000-OUT11-020-0000-cond.bin``), ``npy`` and ``safetensors`` as ``diff-OUT11-step020.npy``.
+
 Every file is written atomically and listed in the folder's one ``manifest.json`` with its
 parameters (:class:`~dumpunet.analyzer.output.OutputFolder`). One pair per folder: diffing another pair of a sweep into the same folder replaces these files.
 
@@ -46,6 +50,7 @@ import numpy as np
 
 from dumpunet.analyzer.chart import line_chart
 from dumpunet.analyzer.color.spec import DIFF_COLOR, ColorSpec
+from dumpunet.analyzer.export import write_tensors
 from dumpunet.analyzer.output import OutputFolder, WrittenFile
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png, resolve_encoder
@@ -55,6 +60,7 @@ from dumpunet.analyzer.render_plan import Target, plan_grids
 from dumpunet.analyzer.scope import AutoRanges
 from dumpunet.analyzer.selection import DiffSelection, select_pair
 from dumpunet.analyzer.style import GridStyle
+from dumpunet.analyzer.tensor_files import check_format
 from dumpunet.errors import SelectionError
 from dumpunet.specs import format_ints
 from dumpunet.store import Store, open_store
@@ -74,6 +80,7 @@ def diff(
     out: str | os.PathLike[str],
     pair: str | None = None,
     finals: bool = True,
+    export: str | None = None,
     jobs: int | None = None,
     progress: bool = True,
     png_encoder: str | None = None,
@@ -96,10 +103,15 @@ def diff(
     finals
         Also write the final images of both runs and their pixel difference (both runs must
         have finished).
+    export
+        Also write the ``layered - base`` tensors as ``bin``, ``npy`` or ``safetensors`` files
+        (:func:`~dumpunet.analyzer.export.write_tensors`), as the original's "Dump difference
+        tensors to files" did.
     style, jobs, progress, png_encoder
         As for :func:`~dumpunet.analyzer.render.render`.
 
-    Returns every file written: the maps, then ``summary.csv``, ``summary.png`` and the finals.
+    Returns every file written: the maps, the tensor files, then ``summary.csv``, ``summary.png``
+    and the finals.
 
     Examples
     --------
@@ -109,17 +121,21 @@ def diff(
     ['final-diff-img0.png', 'final-diff-norm-img0.png']
     """
     style.check(pick, color)
+    if export is not None:
+        check_format(export)
     encoder = resolve_encoder(png_encoder)
     jobs = check_jobs(jobs)
     st = store if isinstance(store, Store) else open_store(store)
     sel = select_pair(st, pick, pair=pair)
     pictures = final_images(sel) if finals else {}
     target = Target(sel, OutputFolder(out), AutoRanges(color))
-    with progress_bar(len(sel), progress, unit="png", desc="render") as bar:
+    with progress_bar(len(sel) * len(style.drawn()), progress, unit="png", desc="render") as bar:
         tasks, basis = plan_grids([target], color, style, status=bar.set_description)
         with target.output as output:
-            files = write_grids(tasks, color, style, basis, jobs=jobs, encoder=encoder,
+            files = write_grids(tasks, color, basis, jobs=jobs, encoder=encoder,
                                 on_done=lambda _: bar.update(1))
+            if export is not None:
+                files += write_tensors(sel, output, export)
             files += _write_summary_and_finals(output, sel, pictures, encoder)
     return files
 

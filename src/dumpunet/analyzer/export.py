@@ -15,9 +15,12 @@
                     ``dims`` (``image,guidance,channel,y,x``), ``store`` and ``run``
 ==================  ===============================================================================
 
-Safetensors files are written here directly (8-byte little-endian header length, the JSON header
-padded with spaces to a multiple of 8, then the raw little-endian data; see
-https://github.com/huggingface/safetensors#format), so the analyzer needs no extra package.
+The formats themselves are :mod:`.tensor_files`'s. :func:`write_tensors` writes any selection:
+:func:`dumpunet.diff` passes its pair selection (``diff --export``), whose maps are ``layered -
+base`` in float32; its npy and safetensors files are named ``diff-{block}-step{step:03}...``,
+their metadata adds ``base_run`` and ``pair``, and its bin files keep the original's names (the
+original dumped its difference tensors under the same names as features, into their own folder).
+Attention layers are exported by :mod:`.attention_export`.
 ``manifest.json`` lists every file (:mod:`.output`); every file is written atomically.
 
 Examples
@@ -27,11 +30,10 @@ Examples
 
 from __future__ import annotations
 
-import json
 import os
-import struct
+from collections.abc import Callable
 from itertools import groupby
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -39,13 +41,16 @@ from dumpunet.analyzer.output import OutputFolder, WrittenFile
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.pool import progress_bar
 from dumpunet.analyzer.selection import Selection, Slab, select
-from dumpunet.errors import OptionError
+from dumpunet.analyzer.tensor_files import (
+    FORMATS,
+    array_file,
+    bin_bytes,
+    bin_name,
+    check_format,
+)
 from dumpunet.store import Store, open_store
 
-__all__ = ["FORMATS", "export"]
-
-FORMATS = ("bin", "npy", "safetensors")
-_ST_DTYPES = {np.dtype("float16"): "F16", np.dtype("float32"): "F32", np.dtype("float64"): "F64"}
+__all__ = ["FORMATS", "export", "write_tensors"]
 
 
 def export(
@@ -66,48 +71,61 @@ def export(
     >>> np.load(files[0]).shape  # doctest: +SKIP
     (1, 1, 320, 64, 64)
     """
-    if format not in FORMATS:
-        raise OptionError(f"unknown export format {format!r} (valid: {', '.join(FORMATS)})")
+    check_format(format)
     sel = select(store if isinstance(store, Store) else open_store(store), pick)
     output = OutputFolder(out)
-    done: list[WrittenFile] = []
     with progress_bar(len(sel.steps) * len(sel.blocks), progress, unit="map", desc="export") as bar, output:
-        for _, group in groupby(sel.slabs(), key=lambda s: (s.step, s.block)):
-            slabs = list(group)
-            if format == "bin":
-                for slab in slabs:
-                    done += _write_bin(sel, slab, output)
-            else:
-                done.append(_write_array(sel, slabs, output, format))
-            bar.update(1)
+        return write_tensors(sel, output, format, on_done=lambda: bar.update(1))
+
+
+def write_tensors(
+    sel: Selection, output: OutputFolder, fmt: str, *, on_done: Callable[[], None] = lambda: None
+) -> list[WrittenFile]:
+    """Write every (block, step) of ``sel`` as ``fmt`` files into the entered ``output``."""
+    check_format(fmt)
+    done: list[WrittenFile] = []
+    for _, group in groupby(sel.slabs(), key=lambda s: (s.step, s.block)):
+        slabs = list(group)
+        if fmt == "bin":
+            for slab in slabs:
+                done += _write_bin(sel, slab, output)
+        else:
+            done.append(_write_array(sel, slabs, output, fmt))
+        on_done()
     return done
 
 
 def _base(sel: Selection) -> dict[str, Any]:
-    return {"kind": "export", "store": str(sel.store.path.resolve()), "run": sel.run.name}
+    """The manifest fields every file shares: ``export`` (or ``diff-export``), store, run (and pair)."""
+    shared = sel.describe()
+    return {**shared, "kind": "export" if shared["kind"] == "render" else f"{shared['kind']}-export"}
+
+
+def _block_part(slab: Slab) -> str:
+    return f"{slab.block}-input" if slab.which == "input" else slab.block
 
 
 def _write_bin(sel: Selection, slab: Slab, output: OutputFolder) -> list[WrittenFile]:
     x = sel.read(slab)
     channels = sel.channels[slab.block] or range(x.shape[0])
-    block = f"{slab.block}-input" if slab.which == "input" else slab.block
     written = []
     for row, c in enumerate(channels):
-        name = f"{slab.image:03d}-{block}-{slab.step:03d}-{c:04d}-{slab.guidance}.bin"
+        name = bin_name(slab.image, _block_part(slab), slab.step, c, slab.guidance)
         entry = {**_base(sel), **slab.params(), "channel": c, "format": "bin", "dtype": "<f4", "shape": list(x.shape[1:])}
-        written.append(output.write(name, x[row].astype("<f4").tobytes(), entry))
+        written.append(output.write(name, bin_bytes(x[row]), entry))
     return written
 
 
 def _write_array(sel: Selection, slabs: list[Slab], output: OutputFolder, fmt: str) -> WrittenFile:
     first = slabs[0]
-    n_img, n_g = len(sel.images), len(sel.guidance)
-    c, h, w = sel.shape(first.block)
-    arr = np.empty((n_img, n_g, c, h, w), sel.arrays[first.block].dtype)
-    for slab in slabs:
-        arr[sel.images.index(slab.image), [g for _, g in sel.guidance].index(slab.guidance_index)] = sel.read(slab)
-    block = f"{first.block}-input" if first.which == "input" else first.block
-    name = f"{block}-step{first.step:03d}.{fmt}"
+    halves = [g for _, g in sel.guidance]
+    maps = {(slab.image, slab.guidance_index): sel.read(slab) for slab in slabs}
+    sample = maps[first.image, first.guidance_index]
+    arr = np.empty((len(sel.images), len(halves), *sample.shape), sample.dtype)
+    for (image, g), x in maps.items():
+        arr[sel.images.index(image), halves.index(g)] = x
+    name = f"{sel.prefix}{_block_part(first)}-step{first.step:03d}.{fmt}"
+    base = _base(sel)
     meta = {
         "block": first.block,
         "which": first.which,
@@ -118,28 +136,9 @@ def _write_array(sel: Selection, slabs: list[Slab], output: OutputFolder, fmt: s
         "guidance": ",".join(label for label, _ in sel.guidance),
         "channels": sel.channel_text(first.block),
         "dims": "image,guidance,channel,y,x",
-        "store": str(sel.store.path.resolve()),
-        "run": sel.run.name,
+        **{k: v for k, v in base.items() if k != "kind"},
     }
-    entry = {"kind": "export", **meta, "images": sel.images, "guidance": [label for label, _ in sel.guidance],
+    entry = {"kind": base["kind"], **meta, "images": sel.images, "guidance": [label for label, _ in sel.guidance],
              "format": fmt, "dtype": arr.dtype.str, "shape": list(arr.shape)}
-    if fmt == "npy":
-        return output.write(name, lambda fh: np.save(fh, arr, allow_pickle=False), entry)
     header = {k: str(v) for k, v in meta.items()}
-    return output.write(name, lambda fh: _write_safetensors(fh, {"features": arr}, header), entry)
-
-
-def _write_safetensors(fh: IO[bytes], tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
-    offset = 0
-    for name, a in tensors.items():
-        if a.dtype not in _ST_DTYPES:
-            raise ValueError(f"safetensors export supports float16/32/64, got {a.dtype}")
-        header[name] = {"dtype": _ST_DTYPES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
-        offset += a.nbytes
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    fh.write(struct.pack("<Q", len(text)))
-    fh.write(text)
-    for a in tensors.values():
-        fh.write(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes())
+    return output.write(name, array_file(fmt, {"features": arr}, header), entry)

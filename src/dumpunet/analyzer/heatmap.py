@@ -3,7 +3,8 @@
 Word heatmap: for every chosen cross-attention layer and step, the token's attention
 probabilities (summed over the word's sub-tokens, averaged over heads) form a map at the
 layer's resolution; each is upsampled (bicubic) to the image size and summed; the sum is
-normalized to [0, 1] by its own min and max (as DAAM does).
+normalized to [0, 1] by its own min and max (as DAAM does). The maps of one resolution are summed
+first and upsampled once: the resize is linear, so this is the same sum up to float rounding.
 
 Query map: for a self-attention layer recorded with ``--self-attention``, the row of the
 stored query pixel nearest to a chosen point, averaged over heads, treated the same way.
@@ -70,7 +71,7 @@ def word_heatmap(store: Store, word: str, pick: Pick = Pick()) -> np.ndarray:
         if row is None:
             raise SelectionError(f"no tokens were recorded for the {guidance} half of {layer}")
         idx = select_tokens(word, list(row.tokens), row.length)
-        return lambda probs: probs[:, :, idx].sum(axis=-1).mean(axis=0)
+        return lambda probs: probs[:, :, idx].astype(np.float32).sum(axis=-1).mean(axis=0)
 
     return _aggregate(store, r, _layers(store, r, pick.blocks, cross=True), token_map, pick.steps, guidance, image)
 
@@ -93,7 +94,7 @@ def query_map(store: Store, point: Sequence[float], pick: Pick = Pick()) -> np.n
 
     def pixel_map(layer: str) -> Callable[[np.ndarray], np.ndarray]:
         q, _ = nearest_query(r.layer_info(layer), (x, y))
-        return lambda probs: probs[:, q, :].mean(axis=0)
+        return lambda probs: probs[:, q, :].astype(np.float32).mean(axis=0)
 
     return _aggregate(store, r, _layers(store, r, pick.blocks, cross=False), pixel_map, pick.steps, guidance, image)
 
@@ -121,16 +122,27 @@ def _aggregate(
     guidance: str,
     image: int,
 ) -> np.ndarray:
-    """Sum ``pick(layer)(probs)`` over layers and steps, each upsampled to the image; normalize."""
+    """Sum ``pick(layer)(probs)`` over layers and steps, each upsampled to the image; normalize.
+
+    ``pick(layer)`` gets the probabilities in their stored dtype and casts only what it keeps.
+    The maps of one resolution are summed before one upsampling per resolution: Pillow's bicubic
+    resize of a float ("F") image is a fixed weighted sum of input pixels without clipping, so
+    it is linear and the result equals upsampling every map (up to float rounding; a test ties
+    them), at a few resizes instead of one per layer and step.
+    """
     size = (int(r.info.height or 0), int(r.info.width or 0))
-    acc = np.zeros(size, np.float32)
+    step_list = store.select_steps(steps, run=r.name)
+    sums: dict[tuple[int, int], np.ndarray] = {}
     for layer in layers:
-        hw = r.layer_info(layer).layer_hw
+        hw = tuple(r.layer_info(layer).layer_hw)
+        acc = sums.setdefault(hw, np.zeros(hw, np.float64))
         reduce = pick(layer)
-        for step in store.select_steps(steps, run=r.name):
-            probs = r.attention(layer, step, guidance=guidance, image=image, dtype=np.float32)
-            acc += _upsample(reduce(probs).reshape(hw), size)
-    return _normalize(acc)
+        for step in step_list:
+            acc += reduce(r.attention(layer, step, guidance=guidance, image=image)).reshape(hw)
+    out = np.zeros(size, np.float32)
+    for m in sums.values():
+        out += _upsample(m, size)
+    return _normalize(out)
 
 
 # Turbo colormap (Google, Apache-2.0), as the degree-5 polynomial fit its authors published.

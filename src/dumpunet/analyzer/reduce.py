@@ -33,7 +33,7 @@ from dumpunet.analyzer.color import kernels
 from dumpunet.analyzer.color.float16 import check_float, kernel_view
 from dumpunet.errors import OptionError
 
-__all__ = ["AVERAGES", "channel_average", "difference"]
+__all__ = ["AVERAGES", "average_label", "channel_average", "difference"]
 
 # name -> (kernel kind: 0 sum, 1 sum of |v|, 2 sum of v**2; square root; divide by C)
 _KINDS = {
@@ -72,6 +72,17 @@ def channel_average(
         out = np.empty((h, w), np.float32)
     out[...] = acc.reshape(h, w)
     return out
+
+
+def average_label(kind: str) -> str:
+    """How a file name says which average it shows: ``avg-2norm`` for ``2-norm``.
+
+    >>> [average_label(k) for k in AVERAGES]
+    ['avg-mean', 'avg-1norm', 'avg-2norm', 'avg-l1', 'avg-l2']
+    """
+    if kind not in _KINDS:
+        raise OptionError(f"unknown channel average {kind!r} (valid: {', '.join(_KINDS)})")
+    return "avg-" + kind.replace("-", "")
 
 
 def difference(a: np.ndarray, b: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:

@@ -77,6 +77,9 @@ def render_image(
     ((65, 129, 3), dtype('uint8'))
     """
     style.check(pick, color)
+    if style.with_grid:
+        raise OptionError("render_image draws one grid; with_grid writes the averaged map and the channel grid as "
+                          "two files (render does), or call render_image with and without the average")
     sel = select(store if isinstance(store, Store) else open_store(store), pick)
     if len(sel) != 1:
         raise SelectionError(
@@ -147,7 +150,8 @@ def render(
     style
         The grid (:class:`~dumpunet.analyzer.style.GridStyle`): ``scale`` enlarges each tile;
         ``average`` (``"mean"``, ``"1-norm"`` or ``"2-norm"`` over channels) draws one map per
-        block instead; ``pca_basis`` is a basis file for method PCA: reused if it exists
+        block instead, ``with_grid`` the channel grid too (a second file, as the original
+        showed the averaged map beside the grid); ``pca_basis`` is a basis file for method PCA: reused if it exists
         (blocks it lacks are fitted and added), else fitted on this selection and saved, so
         later renders and other stores share its colours.
     jobs
@@ -173,31 +177,31 @@ def render(
     sels = [select(s if isinstance(s, Store) else open_store(s), pick) for s in listed]
     check_folder(out)
     targets = [Target(sel, OutputFolder(f), AutoRanges(color)) for sel, f in zip(sels, folders(sels, out))]
-    with progress_bar(sum(len(sel) for sel in sels), progress, unit="png", desc="render") as bar:
+    with progress_bar(sum(len(sel) for sel in sels) * len(style.drawn()), progress, unit="png", desc="render") as bar:
         tasks, basis = plan_grids(targets, color, style, status=bar.set_description)
         with ExitStack() as stack:
             for t in targets:
                 stack.enter_context(t.output)
-            return write_grids(tasks, color, style, basis, jobs=jobs, encoder=encoder, on_done=lambda _: bar.update(1))
+            return write_grids(tasks, color, basis, jobs=jobs, encoder=encoder, on_done=lambda _: bar.update(1))
 
 
 def write_grids(
     tasks: Sequence[GridTask],
     color: ColorSpec,
-    style: GridStyle,
     basis: pca.Basis | None,
     *,
     jobs: int,
     encoder: str,
     on_done: Callable[[WrittenFile], None] | None = None,
 ) -> list[WrittenFile]:
-    """Draw, encode and write planned grids on ``jobs`` threads into their (entered) output folders."""
+    """Draw, encode and write planned grids (each in its task's style) on ``jobs`` threads into their
+    (entered) output folders."""
     lock = kernel_lock()
 
     def work(task: GridTask) -> WrittenFile:
         t, slab = task.target, task.slab
         with lock:
-            image, minmax = draw_grid(t.sel, slab, color, style, t.ranges, basis, alloc=scratch)
+            image, minmax = draw_grid(t.sel, slab, color, task.style, t.ranges, basis, alloc=scratch)
         if t.ranges.scope == "block":
             task.entry["range"] = json_range(minmax)
         data = encode_png(image, encoder=encoder, scratch=scratch("filtered", (image.size + image.shape[0],)))

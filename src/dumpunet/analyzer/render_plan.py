@@ -10,6 +10,9 @@ above 1, and the colorization (:meth:`ColorSpec.slug`, or ``pca-{basis digest}``
 
     OUT11-step020-img0-cond-custom-hsl-auto01-4079ce.png
     M00-step020-img0-cond-avg-2norm-custom-hsl-auto01-4079ce.png
+
+With ``GridStyle.with_grid`` each slab gets both: the averaged map, then the channel grid, each
+with its own Auto ranges.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from dumpunet.analyzer import pca
 from dumpunet.analyzer.color.spec import ColorSpec
 from dumpunet.analyzer.grid import grid_shape, grid_size
 from dumpunet.analyzer.output import OutputFolder
-from dumpunet.analyzer.reduce import channel_average
+from dumpunet.analyzer.reduce import average_label, channel_average
 from dumpunet.analyzer.scope import AutoRanges, json_range
 from dumpunet.analyzer.selection import Selection, Slab
 from dumpunet.analyzer.style import GridStyle
@@ -52,6 +55,7 @@ class GridTask:
 
     target: Target
     slab: Slab
+    style: GridStyle
     name: str
     entry: dict[str, Any] = field(hash=False)
 
@@ -71,15 +75,21 @@ def plan_grids(
     *,
     status: Callable[[str], None] = lambda _: None,
 ) -> tuple[list[GridTask], pca.Basis | None]:
-    """Fit or load the PCA basis, run the Auto first pass, and plan every file of every target."""
+    """Fit or load the PCA basis, run the Auto first pass, and plan every file of every target.
+
+    With ``style.with_grid`` every slab gets two files: the averaged map, then the channel grid.
+    """
     basis = prepare_basis([t.sel for t in targets], style.pca_basis, status=status) if color.pca else None
-    for t in targets:
+    # with_grid draws each slab twice (average, then channels): each drawing has its own Auto ranges
+    planned = [(t if i == 0 else replace(t, ranges=AutoRanges(color)), s)
+               for t in targets for i, s in enumerate(style.drawn())]
+    for t, s in planned:
         if t.ranges.first_pass:
             status("ranges")
             for slab in t.sel.slabs():
-                t.ranges.add(read_maps(t.sel, slab, style.average), **_group(slab))
+                t.ranges.add(read_maps(t.sel, slab, s.average), **_group(slab))
     status("render")
-    return [_task(t, slab, color, style, basis) for t in targets for slab in t.sel.slabs()], basis
+    return [_task(t, slab, color, s, basis) for t, s in planned for slab in t.sel.slabs()], basis
 
 
 def grid_layout(sel: Selection, n: int, h: int, w: int) -> tuple[int, int]:
@@ -111,7 +121,7 @@ def _task(t: Target, slab: Slab, color: ColorSpec, style: GridStyle, basis: pca.
     if label:
         parts.append(f"ch{label}")
     if style.average is not None:
-        parts.append("avg-" + style.average.replace("-", ""))
+        parts.append(average_label(style.average))
     if style.scale != 1:
         parts.append(f"x{style.scale}")
     entry: dict[str, Any] = sel.describe()
@@ -141,7 +151,7 @@ def _task(t: Target, slab: Slab, color: ColorSpec, style: GridStyle, basis: pca.
     planned = t.ranges.planned(**_group(slab))
     if planned is not None:
         entry["range"] = json_range(planned)
-    return GridTask(t, slab, "-".join(parts) + ".png", entry)
+    return GridTask(t, slab, style, "-".join(parts) + ".png", entry)
 
 
 def prepare_basis(

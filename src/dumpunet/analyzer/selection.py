@@ -22,21 +22,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from dataclasses import replace
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import zarr
 
 from dumpunet.analyzer.pca import basis_key
-from dumpunet.analyzer.reduce import difference
 from dumpunet.analyzer.pick import Pick
+from dumpunet.analyzer.reduce import difference
 from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import format_ints, parse_ints
 from dumpunet.store import Run, Store, schema
 
-__all__ = ["DiffSelection", "DiffStats", "Selection", "Slab", "select", "select_pair"]
+__all__ = ["AttentionSelection", "DiffSelection", "DiffStats", "Selection", "Slab", "select", "select_attention", "select_pair"]
 
 @dataclass(frozen=True)
 class Slab:
@@ -83,6 +82,8 @@ class Selection:
     guidance: list[tuple[str, int]]
     channels: dict[str, list[int] | None]  # None: every channel
     arrays: dict[str, zarr.Array]
+    prefix: ClassVar[str] = ""
+    """How the names of this selection's files start (``diff-`` for differences)."""
 
     @property
     def label(self) -> str:
@@ -122,7 +123,7 @@ class Selection:
 
     def file_stem(self, slab: Slab) -> str:
         """How a file showing ``slab`` starts: ``OUT11-step020-img0-cond``."""
-        return slab.name
+        return self.prefix + slab.name
 
     def describe(self) -> dict[str, Any]:
         """The manifest fields every file of this selection shares."""
@@ -169,6 +170,7 @@ class DiffSelection(Selection):
     base_calls: dict[int, int]
     pair: dict[str, str]
     _stats: dict[tuple[str, int, int, str], DiffStats] = field(default_factory=dict, repr=False)
+    prefix: ClassVar[str] = "diff-"
 
     def read_base(self, slab: Slab) -> np.ndarray:
         """The selected channels of the base run at the slab's block, step, image and half."""
@@ -195,10 +197,6 @@ class DiffSelection(Selection):
         if key not in self._stats:
             self.read(slab)
         return self._stats[key]
-
-    def file_stem(self, slab: Slab) -> str:
-        """``diff-OUT11-step020-img0-cond``."""
-        return f"diff-{slab.name}"
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -306,6 +304,43 @@ def select_pair(store: Store, pick: Pick, *, pair: str | None = None) -> DiffSel
         late = [b for b, arr in base_arrays.items() if base_calls[s] >= arr.shape[0]]
         if late:
             raise SelectionError(f"base run {base.name!r}: step {s} of block {late[0]} was not written")
-    fields_ = {name: getattr(sel, name) for name in Selection.__dataclass_fields__}
+    fields_ = {f.name: getattr(sel, f.name) for f in fields(Selection)}
     return DiffSelection(**fields_, base=base, base_arrays=base_arrays, base_calls=base_calls,
                          pair={"base": base.name, "layered": layered.name, "label": label})
+
+
+@dataclass(frozen=True)
+class AttentionSelection:
+    """A checked selection of one run's attention layers x steps x images x guidance halves."""
+
+    run: Run
+    layers: list[str]
+    steps: list[int]
+    images: list[int]
+    halves: list[str]
+
+    def items(self) -> Iterator[tuple[int, str, int, str]]:
+        """Every ``(step, layer, image, guidance)``: by step, then layer, image, guidance half."""
+        for step in self.steps:
+            for layer in self.layers:
+                for image in self.images:
+                    for g in self.halves:
+                        yield step, layer, image, g
+
+
+def select_attention(store: Store, pick: Pick, command: str) -> AttentionSelection:
+    """Check a pick of attention layers (``pick.blocks`` names layers or blocks) against a store.
+
+    ``channels`` and ``which`` do not apply to attention and are refused by ``command``'s name.
+    """
+    pick.refuse(command, "channels", "which")
+    r = store.run(pick.run)
+    layers = store.select_layers(pick.blocks, run=r.name)
+    if not layers:
+        raise SelectionError(f"no recorded attention layer matches {pick.blocks!r}")
+    steps = store.select_steps(pick.steps, run=r.name)
+    images = parse_ints(pick.images, 0, r.n_images - 1, noun="image", what="image spec")
+    halves = list(pick.halves or r.guidance_labels)
+    for g in halves:
+        r.guidance_index(g)
+    return AttentionSelection(r, layers, steps, images, halves)

@@ -36,10 +36,27 @@ class Run:
         self.info: schema.RunAttrs = schema.RunAttrs.from_json(dict(grp.attrs), f"{store.path}: run {name}")
         self._layers: dict[tuple[str, str], schema.LayerAttrs] = {}
         self._recorded: dict[str, list[str]] = {}
+        self._arrays: dict[str, zarr.Array] = {}
 
     @cached_property
     def calls(self) -> CallTable:
         return read_call_table(self.store.root, self.store.files, self.name, str(self.store.path))
+
+    def _open(self, kind: schema.ArrayKind, slab: tuple[int, ...] | None = None, **names: str) -> zarr.Array:
+        """Open a per-call array once for this run object, checked (:meth:`_check_slab_array`); a missing one raises KeyError.
+
+        Opening reads the array's metadata (a few ms, more than a small chunk), and a heatmap reads
+        16 layers x 20 steps. The call table is loaded first: the writer grows an array before it
+        marks a call done, so an array opened after the table covers every call the table lists. A
+        store opened again (the viewer's live poll) has new run objects that see later steps.
+        """
+        path = kind.path(run=self.name, **names)
+        if path not in self._arrays:
+            self.calls  # noqa: B018 - load the call table before the array (see above)
+            arr = schema.open_array(self.store.root, kind, run=self.name, **names)
+            self._check_slab_array(arr, kind, slab)
+            self._arrays[path] = arr
+        return self._arrays[path]
 
     @property
     def steps(self) -> list[int]:
@@ -79,19 +96,16 @@ class Run:
     def array(self, block: str, which: Which = "output") -> zarr.Array:
         """The zarr array ``[call, image, guidance, channel, y, x]`` of one block."""
         name = self.store.resolve_block(block)
-        kind = schema.BLOCK_ARRAYS[which]
+        info = next(b for b in self.store.block_table if b.name == name)
+        want = info.output_shape if which == "output" else info.input_shape
         try:
-            arr = schema.open_array(self.store.root, kind, run=self.name, block=name)
+            return self._open(schema.BLOCK_ARRAYS[which], tuple(want), block=name)
         except KeyError:
             got = self.recorded(which)
             raise SelectionError(
                 f"block {name} has no recorded {which} in run {self.name!r} "
                 f"(recorded: {', '.join(got) if got else 'none'})"
             ) from None
-        info = next(b for b in self.store.block_table if b.name == name)
-        want = info.output_shape if which == "output" else info.input_shape
-        self._check_slab_array(arr, kind, tuple(want))
-        return arr
 
     def _check_slab_array(self, arr: zarr.Array, kind: schema.ArrayKind, slab: tuple[int, ...] | None = None) -> None:
         """Refuse a slab array whose layout, image or guidance axes (or ``slab`` shape) the store's attributes contradict."""
@@ -174,13 +188,10 @@ class Run:
     def attention_array(self, layer: str, feature: str = "qk") -> zarr.Array:
         """The zarr array of one attention feature, e.g. qk ``[call, image, guidance, head, query, token]``."""
         name = self._layer_name(layer)
-        kind = schema.ATTENTION_FEATURES[feature]
         try:
-            arr = schema.open_array(self.store.root, kind, run=self.name, layer=name)
+            return self._open(schema.ATTENTION_FEATURES[feature], layer=name)
         except KeyError:
             raise SelectionError(f"layer {name} has no recorded {feature!r} (record with --attention {feature})") from None
-        self._check_slab_array(arr, kind)
-        return arr
 
     def layer_info(self, layer: str, feature: str = "qk") -> schema.LayerAttrs:
         """The attributes of one attention array: the layer's size, which query pixels were kept, ..."""
