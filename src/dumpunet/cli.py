@@ -193,7 +193,8 @@ def info(store: Path, as_json: bool) -> None:
 
 @main.command()
 @click.argument("store", type=click.Path(path_type=Path))
-@click.option("--quick", is_flag=True, help="Skip the byte-size check of every chunk file (existence is still checked).")
+@click.option("--quick", is_flag=True, help="Skip the byte-size check of every chunk file and the decoding of compressed ones "
+              "(existence, links and special files are still checked).")
 def validate(store: Path, quick: bool) -> None:
     """Check a store; exit 0 if it is sound, else list what is wrong and exit 1.
 

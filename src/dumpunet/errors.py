@@ -77,6 +77,11 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
     """The path holds no store at all."""
 
 
+class DamagedChunkError(StoreError):
+    """A chunk file of a completely written call that is missing, of the wrong size, undecodable or
+    not a regular file; the message names the array, the call and the step."""
+
+
 class IncompleteStepError(StoreError, LookupError):
     """A step exists in the store's range but was never completely written."""
 

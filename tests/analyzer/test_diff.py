@@ -17,7 +17,7 @@ from values import split
 from dumpunet.analyzer.color.colorize import ColorSpec, colorize
 from dumpunet.analyzer.reduce import channel_average
 from dumpunet.analyzer.selection import DiffStats, select_pair
-from dumpunet.errors import DumpUnetError, SelectionError
+from dumpunet.errors import DumpUnetError, SelectionError, StoreError
 
 BLOCKS = ("IN00", "IN04", "M00", "OUT11")
 LINEAR = ColorSpec(transform="linear")  # diff's default colorization
@@ -197,9 +197,10 @@ def test_runs_that_do_not_match(tmp_path):
     shapes = make_paired_store(tmp_path / "shapes.zarr", base_shapes={"M00": (8, 4, 4)})
     missing = make_paired_store(tmp_path / "steps.zarr", base_steps=(1, 5, 10))
     unfinished = make_paired_store(tmp_path / "unfinished.zarr", unfinished=("layered",))
+    with pytest.raises(StoreError) as err:  # a run whose block contradicts the store's block table is damage
+        diff(shapes, out)
+    assert str(err.value) == f"{shapes}: runs/base/blocks/M00/output: shape (8, 4, 4), block table says (8, 2, 2)"
     cases = [
-        (shapes, {}, "runs 'base' and 'layered' of pair 'layered' differ: block M00 is 1x2x8x4x4 in 'base' "
-                     "but 1x2x8x2x2 in 'layered' ([image, guidance, channel, y, x])"),
         (missing, {}, "base run 'base': step 20 was not recorded (recorded steps: 1,5,10)"),
         (unfinished, {}, "run 'layered' has no final images (the recording did not finish); "
                          "diff its recorded steps without the final images (--no-finals)"),

@@ -21,6 +21,7 @@ from dumpunet.store import schema
 from dumpunet.store.validate import validate
 from dumpunet.errors import IncompleteStepError, RecordError, SelectionError, StoreError, StoreNotFoundError
 from dumpunet.store.schema import BlockInfo, RunAttrs
+from dumpunet.store.localfiles import SafeLocalStore
 from dumpunet.store.writer import StoreWriter
 
 BLOCKS = [
@@ -102,13 +103,13 @@ def test_one_feature_read_touches_one_chunk(tmp_path, monkeypatch):
     store = dumpunet.open(p)
     store.run().calls  # the call table is read once per run
     reads: list[str] = []
-    orig = zarr.storage.LocalStore.get
+    orig = SafeLocalStore.get
 
     async def spy(self, key, *a, **kw):
         reads.append(key)
         return await orig(self, key, *a, **kw)
 
-    monkeypatch.setattr(zarr.storage.LocalStore, "get", spy)
+    monkeypatch.setattr(SafeLocalStore, "get", spy)
     store.features("IN01", 2, guidance="uncond", image=1)
     chunks = [k for k in reads if "/c." in k]
     assert chunks == ["runs/main/blocks/IN01/output/c.1.1.0.0.0.0"]
@@ -120,13 +121,13 @@ def test_a_run_reads_an_arrays_metadata_once(tmp_path, monkeypatch):
     store = dumpunet.open(p)
     store.features("IN01", 1)  # opens the array (and the call table)
     reads: list[str] = []
-    orig = zarr.storage.LocalStore.get
+    orig = SafeLocalStore.get
 
     async def spy(self, key, *a, **kw):
         reads.append(key)
         return await orig(self, key, *a, **kw)
 
-    monkeypatch.setattr(zarr.storage.LocalStore, "get", spy)
+    monkeypatch.setattr(SafeLocalStore, "get", spy)
     np.testing.assert_array_equal(store.features("IN01", 2), slab(2, BLOCKS[1])[1, 0])
     np.testing.assert_array_equal(store.features("IN01", 3, image=0, guidance="uncond"), slab(3, BLOCKS[1])[0, 0])
     assert reads == ["runs/main/blocks/IN01/output/c.1.0.1.0.0.0", "runs/main/blocks/IN01/output/c.2.0.0.0.0.0"]

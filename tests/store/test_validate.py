@@ -62,7 +62,9 @@ def test_a_missing_chunk_names_call_and_step(store):
 
 def test_a_damaged_call_table_is_a_problem_not_a_traceback(store):
     (store / "runs/main/call_step/c.0").write_bytes(b"\0" * 10)
-    assert validate(store).problems == ["runs/main/call_step: chunk c.0 is not 256 bytes (damaged call table)"]
+    assert validate(store).problems == [
+        "runs/main/call_step: chunk c.0 is 10 bytes, expected 256 (truncated) (damaged call table)"
+    ]
 
 
 def test_a_call_table_claiming_a_huge_shape_is_refused_without_reading(store):

@@ -121,7 +121,7 @@ class Selection:
 
     def read(self, slab: Slab) -> np.ndarray:
         """The selected channels ``[C, H, W]`` of one slab, in the stored dtype (reads one chunk)."""
-        x = self.arrays[slab.block][slab.call, slab.image, slab.guidance_index]
+        x = self.run.read_slab(self.arrays[slab.block], slab.call, slab.image, slab.guidance_index)
         chosen = self.channels[slab.block]
         return x if chosen is None else x[chosen]
 
@@ -178,7 +178,7 @@ class DiffSelection(Selection):
 
     def read_base(self, slab: Slab) -> np.ndarray:
         """The selected channels of the base run at the slab's block, step, image and half."""
-        x = self.base_arrays[slab.block][self.base_calls[slab.step], slab.image, slab.guidance_index]
+        x = self.base.read_slab(self.base_arrays[slab.block], self.base_calls[slab.step], slab.image, slab.guidance_index)
         chosen = self.channels[slab.block]
         return x if chosen is None else x[chosen]
 

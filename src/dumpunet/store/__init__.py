@@ -1,7 +1,9 @@
 """The store: the whole on-disk contract between the recorder and the analyzer.
 
 - :mod:`.schema`: array kinds, paths, dims, dtypes, chunks and typed attributes (the contract);
-- :mod:`.reader`: :class:`Store`, the read-only object behind ``dumpunet.open``;
+- :mod:`.reader`: :class:`Store`, the read-only object behind ``dumpunet.open``, reading through
+  :mod:`.localfiles` (regular files below the root only) and :mod:`.chunks` (each chunk checked
+  before it is read), with :mod:`.calls` for each run's call table;
 - :mod:`.writer`: :class:`StoreWriter`, the recorder's background writer, and
   :mod:`.call_arrays`, the per-call arrays it writes as files;
 - :mod:`.validate`: ``dumpunet validate``;

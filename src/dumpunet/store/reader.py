@@ -7,7 +7,6 @@ Reads touch only the chunks they need: ``features(block, step=...)`` reads one
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -16,49 +15,12 @@ import numpy as np
 import zarr
 
 from dumpunet.store import schema
+from dumpunet.store.calls import CallTable, read_call_table
+from dumpunet.store.chunks import ChunkFiles, layout_problem, read_chunk
 from dumpunet.errors import IncompleteStepError, SelectionError, StoreError
 from dumpunet.specs import format_ints, parse_blocks, parse_ints, parse_layers, resolve_block
 
 Which = Literal["output", "input"]
-
-
-@dataclass(frozen=True)
-class CallTable:
-    """Sampler step, sub-step, timestep and completion of every recorded U-Net call of a run."""
-
-    step: np.ndarray
-    substep: np.ndarray
-    timestep: np.ndarray
-    done: np.ndarray  # bool
-
-    def __len__(self) -> int:
-        return len(self.done)
-
-    @property
-    def complete_steps(self) -> list[int]:
-        """Steps whose every recorded call is completely written."""
-        bad = set(self.step[~self.done].tolist())
-        return sorted(set(self.step[self.done].tolist()) - bad)
-
-    @property
-    def incomplete_steps(self) -> list[int]:
-        return sorted(set(self.step[~self.done].tolist()))
-
-    def index(self, step: int, substep: int = 0) -> int:
-        """Return the call index of (step, substep), or raise a readable error."""
-        hits = np.flatnonzero((self.step == step) & (self.substep == substep))
-        if len(hits) == 0:
-            if step in self.step:
-                subs = sorted(set(self.substep[self.step == step].tolist()))
-                raise SelectionError(f"step {step} has no U-Net call {substep} (recorded calls: {format_ints(subs)})")
-            raise SelectionError(f"step {step} was not recorded (recorded steps: {format_ints(self.complete_steps) or 'none'})")
-        k = int(hits[0])
-        if not self.done[k]:
-            raise IncompleteStepError(
-                f"step {step} was not completely written (the recording was interrupted); "
-                f"complete steps: {format_ints(self.complete_steps) or 'none'}"
-            )
-        return k
 
 
 class Run:
@@ -68,31 +30,20 @@ class Run:
         self.store = store
         self.name = name
         try:
-            grp = store.root[schema.run_group_path(name)]
+            grp = schema.node(store.root, schema.run_group_path(name))
         except KeyError:
             raise StoreError(f"{store.path}: run {name!r} is listed but missing") from None
         self.info: schema.RunAttrs = schema.RunAttrs.from_json(dict(grp.attrs), f"{store.path}: run {name}")
         self._layers: dict[tuple[str, str], schema.LayerAttrs] = {}
+        self._recorded: dict[str, list[str]] = {}
         self._arrays: dict[str, zarr.Array] = {}
 
     @cached_property
     def calls(self) -> CallTable:
-        arrays = {}
-        for kind in schema.CALL_ARRAYS:
-            try:
-                arrays[kind.key] = schema.open_array(self.store.root, kind, run=self.name)[...]
-            except KeyError:
-                arrays[kind.key] = np.zeros(0, dtype=kind.dtype)
-        n = min(len(a) for a in arrays.values())
-        return CallTable(
-            step=arrays["call_step"][:n].astype(np.int64),
-            substep=arrays["call_substep"][:n].astype(np.int64),
-            timestep=arrays["call_timestep"][:n],
-            done=arrays["call_done"][:n] == 1,
-        )
+        return read_call_table(self.store.root, self.store.files, self.name, str(self.store.path))
 
-    def _open(self, kind: schema.ArrayKind, **names: str) -> zarr.Array:
-        """Open a per-call array once for this run object; a missing one raises KeyError.
+    def _open(self, kind: schema.ArrayKind, slab: tuple[int, ...] | None = None, **names: str) -> zarr.Array:
+        """Open a per-call array once for this run object, checked (:meth:`_check_slab_array`); a missing one raises KeyError.
 
         Opening reads the array's metadata (a few ms, more than a small chunk), and a heatmap reads
         16 layers x 20 steps. The call table is loaded first: the writer grows an array before it
@@ -102,7 +53,9 @@ class Run:
         path = kind.path(run=self.name, **names)
         if path not in self._arrays:
             self.calls  # noqa: B018 - load the call table before the array (see above)
-            self._arrays[path] = schema.open_array(self.store.root, kind, run=self.name, **names)
+            arr = schema.open_array(self.store.root, kind, run=self.name, **names)
+            self._check_slab_array(arr, kind, slab)
+            self._arrays[path] = arr
         return self._arrays[path]
 
     @property
@@ -124,25 +77,57 @@ class Run:
         return self.info.n_images
 
     def recorded(self, which: Which = "output") -> list[str]:
-        """Blocks of this run that hold ``which`` arrays, in block order."""
-        try:
-            grp = self.store.root[schema.blocks_group_path(self.name)]
-        except KeyError:
-            return []
-        names = {name for name, node in grp.groups() if which in node}
-        return [b for b in self.store.blocks if b in names]
+        """Blocks of this run that hold ``which`` arrays, in block order (the writer creates them all as the run begins)."""
+        if which in self._recorded:
+            return list(self._recorded[which])
+        kind = schema.BLOCK_ARRAYS[which]
+        out = []
+        for b in self.store.blocks:  # one node per block, so a damaged zarr.json is named by its path
+            try:
+                schema.open_array(self.store.root, kind, run=self.name, block=b)
+            except KeyError:
+                continue
+            except StoreError as exc:
+                raise StoreError(f"{self.store.path}: {exc}") from None
+            out.append(b)
+        self._recorded[which] = out
+        return list(out)
 
     def array(self, block: str, which: Which = "output") -> zarr.Array:
         """The zarr array ``[call, image, guidance, channel, y, x]`` of one block."""
         name = self.store.resolve_block(block)
+        info = next(b for b in self.store.block_table if b.name == name)
+        want = info.output_shape if which == "output" else info.input_shape
         try:
-            return self._open(schema.BLOCK_ARRAYS[which], block=name)
+            return self._open(schema.BLOCK_ARRAYS[which], tuple(want), block=name)
         except KeyError:
             got = self.recorded(which)
             raise SelectionError(
                 f"block {name} has no recorded {which} in run {self.name!r} "
                 f"(recorded: {', '.join(got) if got else 'none'})"
             ) from None
+
+    def _check_slab_array(self, arr: zarr.Array, kind: schema.ArrayKind, slab: tuple[int, ...] | None = None) -> None:
+        """Refuse a slab array whose layout, image or guidance axes (or ``slab`` shape) the store's attributes contradict."""
+        problem = layout_problem(arr.path, arr, kind)
+        attrs = schema.LayerAttrs if kind in schema.ATTENTION_FEATURES.values() else schema.ArrayAttrs
+        attrs.from_json(dict(arr.attrs), f"{self.store.path}: {arr.path}")
+        axes = (arr.shape[kind.axis("image")], arr.shape[kind.axis("guidance")])
+        if problem is None and axes != (self.n_images, len(self.guidance_labels)):
+            problem = f"{arr.path}: image/guidance axes {axes}, run attributes say {(self.n_images, len(self.guidance_labels))}"
+        if problem is None and slab is not None and kind.slab_shape(arr.shape) != slab:
+            problem = f"{arr.path}: shape {kind.slab_shape(arr.shape)}, block table says {slab}"
+        if problem is not None:
+            raise StoreError(f"{self.store.path}: {problem}")
+
+    def read_slab(self, arr: zarr.Array, call: int, image: int, guidance: int) -> np.ndarray:
+        """One ``(call, image, guidance)`` slab of a block or attention array, its chunk file checked first.
+
+        A chunk that is missing, of the wrong size or not a regular file raises
+        :class:`~dumpunet.errors.DamagedChunkError` naming the array, call and step (never fill values).
+        """
+        what = f"call {call} (step {int(self.calls.step[call])}), image {image}, {self.guidance_labels[guidance]}"
+        return read_chunk(self.store.files, arr, (call, image, guidance) + (0,) * (arr.ndim - 3), what)[0, 0, 0]
 
     def guidance_index(self, guidance: str) -> int:
         labels = self.guidance_labels
@@ -170,7 +155,7 @@ class Run:
         """
         arr = self.array(block, which)
         k = self._slab_call(arr, schema.BLOCK_ARRAYS[which], step, substep, image, f"block {block}")
-        out = arr[k, image, self.guidance_index(guidance)]
+        out = self.read_slab(arr, k, image, self.guidance_index(guidance))
         return out.astype(dtype) if dtype is not None else out
 
     def _slab_call(self, arr: zarr.Array, kind: schema.ArrayKind, step: int, substep: int, image: int, what: str) -> int:
@@ -234,7 +219,7 @@ class Run:
         if only and step not in parse_ints(only, 0, None):
             raise SelectionError(f"layer {layer} was recorded at steps {only} only, not at step {step}")
         k = self._slab_call(arr, schema.ATTENTION_FEATURES[feature], step, substep, image, f"layer {layer}")
-        out = arr[k, image, g]
+        out = self.read_slab(arr, k, image, g)
         return out.astype(dtype) if dtype is not None else out
 
     def token_row(self, *, guidance: str = "cond", image: int = 0, block: str | None = None) -> schema.TokenRow | None:
@@ -248,23 +233,32 @@ class Run:
 
     def image(self, i: int = 0) -> np.ndarray:
         """Return the final image ``i`` as uint8 ``[H, W, 3]``."""
+        arr = self._final(schema.IMAGES, "final images (the recording did not finish)")
+        h, w = self.info.height, self.info.width
+        if h is not None and w is not None and tuple(arr.shape[1:3]) != (h, w):
+            raise StoreError(f"{self.store.path}: {arr.path}: {arr.shape[2]}x{arr.shape[1]} pixels, run attributes say {w}x{h}")
+        if not 0 <= i < self.n_images:
+            raise SelectionError(f"image {i} out of range 0..{self.n_images - 1}")
+        return read_chunk(self.store.files, arr, (i, 0, 0, 0), f"final image {i}")[0]
+
+    def _final(self, kind: schema.ArrayKind, what: str) -> zarr.Array:
+        """The images or latents array, its layout and image axis checked against the run attributes."""
         try:
-            arr = schema.open_array(self.store.root, schema.IMAGES, run=self.name)
+            arr = schema.open_array(self.store.root, kind, run=self.name)
         except KeyError:
-            raise SelectionError(
-                f"run {self.name!r} has no final images (the recording did not finish)"
-            ) from None
-        n = arr.shape[schema.IMAGES.axis("image")]
-        if not 0 <= i < n:
-            raise SelectionError(f"image {i} out of range 0..{n - 1}")
-        return arr[i]
+            raise SelectionError(f"run {self.name!r} has no {what}") from None
+        problem = layout_problem(arr.path, arr, kind)
+        if problem is None and arr.shape[kind.axis("image")] != self.n_images:
+            problem = f"{arr.path}: {arr.shape[kind.axis('image')]} images, run attributes say {self.n_images}"
+        if problem is not None:
+            raise StoreError(f"{self.store.path}: {problem}")
+        return arr
 
     def latents(self) -> np.ndarray:
         """Return the final latents ``[image, channel, y, x]`` (float32)."""
-        try:
-            return schema.open_array(self.store.root, schema.LATENTS, run=self.name)[...]
-        except KeyError:
-            raise SelectionError(f"run {self.name!r} has no final latents") from None
+        arr = self._final(schema.LATENTS, "final latents")
+        return np.concatenate([read_chunk(self.store.files, arr, (i, 0, 0, 0), f"final latents of image {i}")
+                               for i in range(self.n_images)])
 
 
 class Store:
@@ -280,6 +274,7 @@ class Store:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.root = schema.open_root(self.path)
+        self.files = ChunkFiles(self.root.store, self.root.path)
         self.info: schema.RootAttrs = schema.RootAttrs.from_json(dict(self.root.attrs), str(self.path))
         self.header: schema.Header = self.info.header
         self.block_table: list[schema.BlockInfo] = list(self.info.blocks)
@@ -403,7 +398,7 @@ class Store:
         for dirpath, _, files in os.walk(self.path):
             for f in files:
                 try:
-                    total += os.path.getsize(os.path.join(dirpath, f))
+                    total += os.lstat(os.path.join(dirpath, f)).st_size  # a link's target is not the store's
                 except OSError:
                     pass
         return total

@@ -2,14 +2,14 @@
 
 One check per part of the contract: the root's and each run's attributes (parsed through the
 typed values, so a malformed one is a problem naming the field), the call tables, the final
-images, and every block and attention array (dims, dtype, axes, the chunks of completed calls and
-their byte sizes). Every read goes through zarr's store API (exists, getsize, list), never the
-file system, so a store that is not a local directory validates the same way.
-"""
+images and latents, and every block and attention array (dims, dtype, chunk shape, axes, the
+chunks of completed calls and their byte sizes, through :mod:`.chunks`, the checks the reader
+makes too). Every read goes through zarr's store API (exists, getsize, list), so a store that is
+not a local directory validates the same way; a local one is also walked for links and special
+files (:mod:`.localfiles`), which are reported and never read."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +20,10 @@ import zarr
 from zarr.abc.store import Store as ZarrStore
 from zarr.core.sync import sync
 
-from dumpunet.errors import DumpUnetError, StoreError
+from dumpunet.errors import DamagedChunkError, DumpUnetError, StoreError
 from dumpunet.specs import parse_ints
+from dumpunet.store.chunks import ChunkFiles, call_table_problem, chunk_problem, layout_problem, raw_chunk_bytes, read_chunk
+from dumpunet.store.localfiles import SafeLocalStore, UnsafeFileError
 from dumpunet.store.schema import (
     ATTENTION_FEATURES,
     BLOCK_ARRAYS,
@@ -38,6 +40,8 @@ from dumpunet.store.schema import (
     RootAttrs,
     RunAttrs,
     check_header,
+    node as schema_node,
+    open_array,
     open_root,
     run_group_path,
 )
@@ -66,34 +70,15 @@ class _Calls:
     done: np.ndarray  # indices of completely written calls
 
 
-class _Files:
-    """Existence and byte size of a store's keys, through zarr's store API."""
-
-    def __init__(self, store: ZarrStore, prefix: str) -> None:
-        self.store = store
-        self.prefix = f"{prefix}/" if prefix else ""
-
-    def keys(self, array_path: str) -> set[str]:
-        """Chunk keys under one array (relative to it), from one listing."""
-        base = f"{self.prefix}{array_path}/"
-
-        async def collect() -> list[str]:
-            return [k async for k in self.store.list_prefix(base)]
-
-        return {k[len(base):] for k in sync(collect()) if not k.endswith("zarr.json")}
-
-    def size(self, array_path: str, key: str) -> int:
-        return int(sync(self.store.getsize(f"{self.prefix}{array_path}/{key}")))
-
-
 def validate(where: str | Path | ZarrStore, *, quick: bool = False) -> Report:
     """Check a store against this schema; raise StoreError if it is not a dumpunet store at all.
 
     ``where`` is a store directory or any zarr store (``zarr.storage.MemoryStore``, ...). Checks
     the attributes, every array's dims, dtype and shape against the schema and the block table,
-    the call table's consistency, that every chunk of every completed call exists, and (unless
-    ``quick``) that each uncompressed chunk has exactly its array's chunk size in bytes. An
-    interrupted run is sound (a note); a missing or damaged chunk of a completed call is not.
+    the call table's consistency, that every chunk of every completed call exists as a regular
+    file, and (unless ``quick``) that each uncompressed chunk has exactly its array's chunk size in
+    bytes and each compressed chunk (final images, latents) decodes. An interrupted run is sound (a note); a
+    missing or damaged chunk of a completed call is not, nor is a link or special file anywhere.
 
     Examples
     --------
@@ -101,18 +86,35 @@ def validate(where: str | Path | ZarrStore, *, quick: bool = False) -> Report:
     True
     """
     root = _open(where)
-    files = _Files(root.store, root.path)
+    files = ChunkFiles(root.store, root.path)
     report = Report()
+    if isinstance(root.store, SafeLocalStore):  # links and special files are never read, but always reported
+        for key, what in root.store.files.unsafe_entries():
+            report.problems.append(str(UnsafeFileError(key, what)))
     try:
         info = RootAttrs.from_json(dict(root.attrs), "root")
     except StoreError as exc:
-        return Report([str(exc)])
+        return Report([*report.problems, str(exc)])
     blocks = {b.name: b for b in info.blocks}
     if not info.runs:
         report.notes.append("no run recorded yet (stopped before the first U-Net call)")
     for run in info.runs:
         _check_run(root, files, run, blocks, quick, report)
+    _check_pairs(info, report)
+    report.problems = list(dict.fromkeys(report.problems))  # a link met by the walk and by a read is one problem
     return report
+
+
+def _check_pairs(info: RootAttrs, report: Report) -> None:
+    """Every run a pair names is listed, or else not recorded yet: runs are recorded in the pairs' order."""
+    order = list(dict.fromkeys(name for p in info.pairs for name in (p.base, p.layered)))
+    for i, name in enumerate(order):
+        if name in info.runs:
+            continue
+        if any(later in info.runs for later in order[i + 1 :]):
+            report.problems.append(f"root: attribute 'pairs' names run {name!r}, which attribute 'runs' does not list")
+        else:
+            report.notes.append(f"run {name} of a pair was not begun (the recording stopped before it)")
 
 
 def _open(where: str | Path | ZarrStore) -> zarr.Group:
@@ -127,15 +129,14 @@ def _open(where: str | Path | ZarrStore) -> zarr.Group:
     return open_root(where)
 
 
-def _check_run(root: zarr.Group, files: _Files, run: str, blocks: dict[str, BlockInfo], quick: bool,
+def _check_run(root: zarr.Group, files: ChunkFiles, run: str, blocks: dict[str, BlockInfo], quick: bool,
                report: Report) -> None:
     try:
-        grp = root[run_group_path(run)]
+        grp = schema_node(root, run_group_path(run))
+        info = RunAttrs.from_json(dict(grp.attrs), f"runs/{run}")
     except KeyError:
         report.problems.append(f"run {run!r} is listed but its group is missing")
         return
-    try:
-        info = RunAttrs.from_json(dict(grp.attrs), f"runs/{run}")
     except StoreError as exc:
         report.problems.append(str(exc))
         return
@@ -144,7 +145,7 @@ def _check_run(root: zarr.Group, files: _Files, run: str, blocks: dict[str, Bloc
         return
     if len(calls.done) < len(calls.step):
         report.notes.append(f"run {run}: {len(calls.step) - len(calls.done)} U-Net call(s) not completely written (interrupted)")
-    _check_final_images(root, run, info, report)
+    _check_finals(root, files, run, info, quick, report)
     for name, arr in sorted(_arrays_under(grp, report, run_group_path(run)), key=lambda item: item[0]):
         full = f"{run_group_path(run)}/{name}"
         kind = _kind_of(full)
@@ -160,28 +161,24 @@ def _check_run(root: zarr.Group, files: _Files, run: str, blocks: dict[str, Bloc
         _check_slab_array(full, arr, kind, info, calls, files, quick, report)
 
 
-def _check_call_tables(root: zarr.Group, files: _Files, run: str, report: Report) -> _Calls | None:
+def _check_call_tables(root: zarr.Group, files: ChunkFiles, run: str, report: Report) -> _Calls | None:
     """Check the four call tables' chunks, then read them; None if they cannot be read."""
     tables: dict[str, np.ndarray] = {}
     for kind in CALL_ARRAYS:
         full = kind.path(run=run)
         try:
-            arr = root[full]
+            arr = open_array(root, kind, run=run)
         except KeyError:
             report.problems.append(f"{full} is missing")
             continue
-        if not isinstance(arr, zarr.Array) or not _check_dims_and_dtype(full, arr, kind, report):
+        except StoreError as exc:
+            report.problems.append(str(exc))
             continue
-        n = arr.shape[kind.axis("call")]
-        chunk = arr.chunks[0]
-        keys = files.keys(full)
-        needed = [arr.metadata.encode_chunk_key((c,)) for c in range(math.ceil(n / chunk))] if n <= chunk * (len(keys) + 1) else None
-        if needed is None or any(k not in keys for k in needed):
-            report.problems.append(f"{full}: claims {n} calls but holds {len(keys)} chunk(s) of {chunk} calls")
+        if not _check_dims_and_dtype(full, arr, kind, report):
             continue
-        bad = [k for k in needed if files.size(full, k) != chunk * arr.dtype.itemsize]
-        if bad:
-            report.problems.append(f"{full}: chunk {bad[0]} is not {chunk * arr.dtype.itemsize} bytes (damaged call table)")
+        problem = layout_problem(full, arr, kind) or call_table_problem(files, full, arr, strict=True)
+        if problem is not None:
+            report.problems.append(problem)
             continue
         tables[kind.key] = arr[...]
     if len(tables) != len(CALL_ARRAYS):
@@ -194,19 +191,44 @@ def _check_call_tables(root: zarr.Group, files: _Files, run: str, report: Report
     return _Calls(step=tables[CALL_STEP.key][:n].astype(np.int64), done=np.flatnonzero(done))
 
 
-def _check_final_images(root: zarr.Group, run: str, info: RunAttrs, report: Report) -> None:
+def _check_finals(root: zarr.Group, files: ChunkFiles, run: str, info: RunAttrs, quick: bool, report: Report) -> None:
+    """A complete run has its final images and latents, one per image, each chunk regular and (unless quick) decodable."""
     if not info.complete:
         reason = f" ({info.interrupted})" if info.interrupted else ""
         report.notes.append(f"run {run}: recording did not finish{reason}")
         return
-    try:
-        img = root[IMAGES.path(run=run)]
-    except KeyError:
-        report.problems.append(f"run {run}: marked complete but has no final images")
-        return
-    n = img.shape[IMAGES.axis("image")]
-    if n != info.n_images:
-        report.problems.append(f"run {run}: {n} final images, expected {info.n_images}")
+    for kind, noun in ((IMAGES, "final image"), (LATENTS, "final latents of image")):
+        full = kind.path(run=run)
+        try:
+            arr = open_array(root, kind, run=run)
+        except KeyError:
+            if kind is IMAGES:
+                report.problems.append(f"run {run}: marked complete but has no final images ({full})")
+            continue
+        except StoreError as exc:
+            report.problems.append(str(exc))
+            continue
+        n = arr.shape[kind.axis("image")]
+        problem = layout_problem(full, arr, kind)
+        if problem is None and n != info.n_images:
+            problem = f"{full}: {n} images, run attributes say {info.n_images}"
+        if problem is None and kind is IMAGES and info.height is not None and info.width is not None \
+                and tuple(arr.shape[1:3]) != (info.height, info.width):
+            problem = f"{full}: {arr.shape[2]}x{arr.shape[1]} pixels, run attributes say {info.width}x{info.height}"
+        if problem is not None:
+            report.problems.append(problem)
+            continue
+        for i in range(n):  # compressed: only decoding tells a damaged chunk from a sound one
+            what = f"{noun} {i}"
+            try:
+                problem = chunk_problem(files, full, arr, arr.metadata.encode_chunk_key((i, 0, 0, 0)))
+                if problem is None and not quick:
+                    read_chunk(files, arr, (i, 0, 0, 0), what)
+            except DamagedChunkError as exc:
+                report.problems.append(str(exc))
+                continue
+            if problem is not None:
+                report.problems.append(f"{full}: {what}: {problem}")
 
 
 def _check_dims_and_dtype(full: str, arr: zarr.Array, kind: ArrayKind, report: Report) -> bool:
@@ -234,11 +256,15 @@ def _check_block_array(full: str, arr: zarr.Array, kind: ArrayKind, blocks: dict
         report.problems.append(f"{full}: shape {got}, block table says {tuple(want)}")
 
 
-def _check_slab_array(full: str, arr: zarr.Array, kind: ArrayKind, info: RunAttrs, calls: _Calls, files: _Files,
+def _check_slab_array(full: str, arr: zarr.Array, kind: ArrayKind, info: RunAttrs, calls: _Calls, files: ChunkFiles,
                       quick: bool, report: Report) -> None:
-    """Check the image/guidance axes, and every chunk of the completed calls the array holds."""
+    """Check the layout, the image/guidance axes, and every chunk of the completed calls the array holds."""
     attrs = _array_attrs(full, arr, kind, report)
     if attrs is None:
+        return
+    problem = layout_problem(full, arr, kind)
+    if problem is not None:
+        report.problems.append(problem)
         return
     n_images, n_guidance = arr.shape[kind.axis("image")], arr.shape[kind.axis("guidance")]
     if (n_images, n_guidance) != (info.n_images, len(info.guidance)):
@@ -256,8 +282,7 @@ def _check_slab_array(full: str, arr: zarr.Array, kind: ArrayKind, info: RunAttr
             return
         done = np.array([k for k in done if int(calls.step[k]) in steps], dtype=np.int64)
     keys = files.keys(full)
-    expected = math.prod(arr.chunks) * arr.dtype.itemsize
-    raw = _uncompressed(arr)
+    compressed = raw_chunk_bytes(arr) is None
     missing: dict[int, int] = {}
     damaged: list[str] = []
     for k, i, g in _slabs(done, n_images, n_guidance):
@@ -265,13 +290,15 @@ def _check_slab_array(full: str, arr: zarr.Array, kind: ArrayKind, info: RunAttr
         if key not in keys:
             missing[int(k)] = missing.get(int(k), 0) + 1
             continue
-        if quick or not raw:
-            continue
-        size = files.size(full, key)
-        if size != expected:
-            what = "truncated" if size < expected else "oversized"
-            damaged.append(f"{full}: call {k} (step {calls.step[k]}), image {i}, {info.guidance[g]}: chunk {key} is "
-                           f"{size} bytes, expected {expected} ({what})")
+        what = f"call {k} (step {calls.step[k]}), image {i}, {info.guidance[g]}"
+        problem = chunk_problem(files, full, arr, key, sizes=not quick)
+        if problem is None and not quick and compressed:  # no fixed size: only decoding tells
+            try:
+                read_chunk(files, arr, (int(k), i, g) + (0,) * (arr.ndim - 3), what)
+            except DamagedChunkError as exc:
+                damaged.append(str(exc))
+        if problem is not None:
+            damaged.append(f"{full}: {what}: {problem}")
     for k, n in missing.items():
         report.problems.append(f"{full}: call {k} (step {calls.step[k]}) is complete but {n} of its chunk(s) are missing")
     report.problems.extend(damaged[:MAX_CHUNK_REPORTS])
@@ -287,11 +314,6 @@ def _array_attrs(full: str, arr: zarr.Array, kind: ArrayKind, report: Report) ->
     except StoreError as exc:
         report.problems.append(str(exc))
         return None
-
-
-def _uncompressed(arr: zarr.Array) -> bool:
-    """Whether chunks are stored as their raw bytes (a fixed size per chunk)."""
-    return not arr.compressors and not arr.filters and arr.shards is None
 
 
 def _slabs(done: np.ndarray, n_images: int, n_guidance: int) -> Iterator[tuple[int, int, int]]:
@@ -313,18 +335,28 @@ def _kind_of(array_path: str) -> ArrayKind | None:
     return None
 
 
-def _arrays_under(grp: zarr.Group, report: Report, where: str, prefix: str = "") -> list[tuple[str, Any]]:
-    """Every array below a group, relative to it; unreadable metadata is a problem, not a traceback."""
+def _arrays_under(grp: zarr.Group, report: Report, where: str) -> list[tuple[str, Any]]:
+    """Every array below a group, relative to it; unreadable metadata is a problem naming its node, not a traceback."""
     out: list[tuple[str, Any]] = []
-    try:
-        members = list(grp.members())
-    except (ValueError, TypeError, KeyError) as exc:
-        report.problems.append(f"{where}/{prefix}: metadata unreadable: {exc}")
-        return out
-    for name, node in members:
-        rel = f"{prefix}{name}"
-        if isinstance(node, zarr.Array):
-            out.append((rel, node))
-        else:
-            out.extend(_arrays_under(node, report, where, rel + "/"))
+
+    async def listing(prefix: str) -> list[str]:
+        return [k async for k in grp.store.list_dir(prefix)]
+
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        for name in sorted(sync(listing(f"{grp.path}/{rel}".rstrip("/") + "/"))):
+            if name == "zarr.json":
+                continue
+            try:
+                member = schema_node(grp, f"{rel}{name}")
+            except KeyError:  # a folder without zarr.json, or a stray file: not a node
+                continue
+            except StoreError as exc:
+                report.problems.append(str(exc) if isinstance(exc, UnsafeFileError) else f"{where}/{exc}")
+                continue
+            if isinstance(member, zarr.Array):
+                out.append((f"{rel}{name}", member))
+            else:
+                stack.append(f"{rel}{name}/")
     return out

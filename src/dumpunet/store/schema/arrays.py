@@ -30,11 +30,13 @@ from typing import Any, Literal
 
 import zarr
 from zarr.codecs import ZstdCodec
+from zarr.core.sync import sync
 
 from dumpunet.errors import StoreError, StoreNotFoundError
+from dumpunet.store.localfiles import SafeLocalStore, StoreFiles, UnsafeFileError
 from dumpunet.store.schema.attrs import HEADER_KEY, BlockInfo, Header
 
-__all__ = ["ATTENTION_FEATURES", "ArrayKind", "BLOCK_ARRAYS", "BLOCK_INPUT", "BLOCK_OUTPUT", "BlockInfo", "CALL_ARRAYS", "CALL_CHUNK", "CALL_DONE", "CALL_STEP", "CALL_SUBSTEP", "CALL_TIMESTEP", "CHUNK_KEY_ENCODING", "FORMAT_MINOR", "FORMAT_VERSION", "GROUP_DOCUMENT", "HEADER_KEY", "Header", "IMAGES", "LATENTS", "RECORD_DTYPES", "STEPS_ATTR", "array_document", "block_aliases", "blocks_group_path", "check_header", "codecs_for", "create_array", "header", "human_bytes", "open_array", "open_root", "run_group_path"]
+__all__ = ["ATTENTION_FEATURES", "ArrayKind", "BLOCK_ARRAYS", "BLOCK_INPUT", "BLOCK_OUTPUT", "BlockInfo", "CALL_ARRAYS", "CALL_CHUNK", "CALL_DONE", "CALL_STEP", "CALL_SUBSTEP", "CALL_TIMESTEP", "CHUNK_KEY_ENCODING", "FORMAT_MINOR", "FORMAT_VERSION", "GROUP_DOCUMENT", "HEADER_KEY", "Header", "IMAGES", "LATENTS", "RECORD_DTYPES", "STEPS_ATTR", "array_document", "block_aliases", "blocks_group_path", "check_header", "codecs_for", "create_array", "header", "human_bytes", "node", "open_array", "open_root", "run_group_path"]
 
 FORMAT_VERSION = 1
 """Major version: a reader refuses a store whose major version is newer than this."""
@@ -255,12 +257,29 @@ def create_array(
     )
 
 
+def node(root: zarr.Group, path: str) -> zarr.Array | zarr.Group:
+    """The array or group at ``path``; a missing one raises KeyError, unreadable metadata StoreError."""
+    try:
+        return root[path]
+    except KeyError:
+        if sync(root.store.exists(f"{root.path}/{path}/zarr.json".lstrip("/"))):  # there, but zarr found no node in it
+            raise StoreError(f"{path}/zarr.json: metadata unreadable (not a zarr array or group document)") from None
+        raise
+    except UnsafeFileError:  # the unsafe key names its own path
+        raise
+    except StoreError as exc:
+        raise StoreError(f"{path}: {exc}") from None
+    except (ValueError, TypeError, AttributeError) as exc:  # zarr's parse errors of a zarr.json
+        lines = str(exc).strip().splitlines()
+        raise StoreError(f"{path}/zarr.json: metadata unreadable ({lines[0] if lines else type(exc).__name__})") from None
+
+
 def open_array(root: zarr.Group, kind: ArrayKind, **names: str) -> zarr.Array:
-    """Open one array of ``kind``; a missing one raises KeyError."""
-    node = root[kind.path(**names)]
-    if not isinstance(node, zarr.Array):
+    """Open one array of ``kind``; a missing one raises KeyError, a malformed one StoreError."""
+    arr = node(root, kind.path(**names))
+    if not isinstance(arr, zarr.Array):
         raise StoreError(f"{kind.path(**names)} is not an array")
-    return node
+    return arr
 
 
 def run_group_path(run: str) -> str:
@@ -297,20 +316,27 @@ def open_root(where: str | Path, *, mode: Literal["r", "r+"] = "r") -> zarr.Grou
         raise StoreNotFoundError(f"no store at {p}")
     if not p.is_dir():
         raise StoreError(f"{p} is a file, not a store directory")
-    meta = p / "zarr.json"
-    if not meta.is_file():
+    try:
+        raw = StoreFiles(p).read("zarr.json")
+    except StoreError as exc:
+        raise StoreError(f"{p}/{exc}") from None
+    except OSError as exc:
+        raise StoreError(f"{p}/zarr.json cannot be read: {exc}") from None
+    if raw is None:
         raise StoreError(f"{p} is not a zarr v3 store (no zarr.json), so not a dumpunet store")
     try:
-        doc = json.loads(meta.read_text())
-    except (OSError, ValueError) as exc:
+        doc = json.loads(raw)
+    except ValueError as exc:
         raise StoreError(f"{p}/zarr.json cannot be read: {exc}") from None
     if not isinstance(doc, dict) or doc.get("node_type") != "group":
-        raise StoreError(f"{p} is not a zarr group, so not a dumpunet store")
+        got = f"a JSON {type(doc).__name__}" if not isinstance(doc, dict) else f"node_type {doc.get('node_type')!r}"
+        raise StoreError(f"{p}/zarr.json is not a zarr group document ({got}), so {p} is not a dumpunet store")
     attrs = doc.get("attributes", {})
     if not isinstance(attrs, dict):
-        raise StoreError(f"{p}: attributes must be a JSON object, got {type(attrs).__name__}")
+        raise StoreError(f"{p}/zarr.json: attributes must be a JSON object, got {type(attrs).__name__}")
     check_header(attrs, str(p))
-    return zarr.open_group(str(p), mode=mode, zarr_format=3)
+    # every later read (zarr's metadata reads included) opens regular files below the root only
+    return zarr.open_group(store=SafeLocalStore(p, read_only=mode == "r"), mode=mode, zarr_format=3)
 
 
 # --------------------------------------------------------------------------- block table

@@ -1,0 +1,141 @@
+"""Chunk files checked before they are read: present, regular, of their array's byte size.
+
+zarr turns a missing chunk into fill values and fails on a truncated one with a reshape error
+deep in its codec pipeline. The reader and ``validate`` ask this module first: what one chunk of
+an array should weigh (:func:`raw_chunk_bytes`, from the array's codecs as the schema writes
+them), whether an array's layout is the schema's (:func:`layout_problem`: dims, chunk shape, a
+bounded chunk size, before anything is allocated), whether a call table's chunks are all there
+(:func:`call_table_problem`), and what is wrong with one chunk file (:func:`chunk_problem`).
+:func:`read_chunk` reads one chunk after these checks and raises :class:`DamagedChunkError`
+naming the array, the call and the step.
+
+Existence and sizes go through zarr's store API, so the same checks run on any zarr store; on a
+local store (:class:`~dumpunet.store.localfiles.SafeLocalStore`) a link or special file in place
+of a chunk is reported as such, never read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import zarr
+from zarr.abc.store import Store as ZarrStore
+from zarr.core.sync import sync
+
+from dumpunet.errors import DamagedChunkError, DumpUnetError
+from dumpunet.store.localfiles import UnsafeFileError
+from dumpunet.store.schema import ArrayKind, human_bytes
+
+__all__ = ["MAX_CHUNK_BYTES", "ChunkFiles", "call_table_problem", "chunk_problem", "layout_problem",
+           "raw_chunk_bytes", "read_chunk"]
+
+MAX_CHUNK_BYTES = 4 << 30
+"""The largest decoded chunk a reader allocates (4 GiB). SD's largest slab (an SDXL self-attention
+map of 4096x4096 queries per head) stays far below it; metadata that claims more is refused."""
+
+
+class ChunkFiles:
+    """Existence and byte size of a store's keys, through zarr's store API."""
+
+    def __init__(self, store: ZarrStore, prefix: str) -> None:
+        self.store = store
+        self.prefix = f"{prefix}/" if prefix else ""
+
+    def keys(self, array_path: str) -> set[str]:
+        """Chunk keys under one array (relative to it), from one listing."""
+        base = f"{self.prefix}{array_path}/"
+
+        async def collect() -> list[str]:
+            return [k async for k in self.store.list_prefix(base)]
+
+        return {k[len(base):] for k in sync(collect()) if not k.endswith("zarr.json")}
+
+    def size(self, array_path: str, key: str) -> int | None:
+        """Byte size of one chunk file; None if it is missing (a link or special file raises)."""
+        try:
+            return int(sync(self.store.getsize(f"{self.prefix}{array_path}/{key}")))
+        except FileNotFoundError:
+            return None
+
+
+def raw_chunk_bytes(arr: zarr.Array) -> int | None:
+    """Byte size of every chunk file of an uncompressed array; None where codecs make it vary."""
+    if arr.compressors or arr.filters or arr.shards is not None:
+        return None
+    return math.prod(arr.chunks) * arr.dtype.itemsize
+
+
+def layout_problem(full: str, arr: zarr.Array, kind: ArrayKind) -> str | None:
+    """What is wrong with an array's dims or chunking for this schema, before anything is read."""
+    dims = tuple(arr.metadata.dimension_names or ())
+    if dims != kind.dims:
+        return f"{full}: dimension names {dims}, expected {kind.dims}"
+    want = kind.chunks(arr.shape)
+    if tuple(arr.chunks) != tuple(want):
+        return f"{full}: chunk shape {tuple(arr.chunks)}, expected {tuple(want)} for shape {tuple(arr.shape)}"
+    if arr.shards is not None:
+        return f"{full}: sharded, which this schema never writes"
+    nbytes = math.prod(want) * arr.dtype.itemsize
+    if nbytes > MAX_CHUNK_BYTES:
+        return f"{full}: shape {tuple(arr.shape)} claims chunks of {human_bytes(nbytes)}, more than a reader allocates"
+    return None
+
+
+def chunk_problem(files: ChunkFiles, full: str, arr: zarr.Array, key: str, *, sizes: bool = True) -> str | None:
+    """What is wrong with one chunk file that should exist: missing, not regular, or (``sizes``) of the wrong size."""
+    try:
+        size = files.size(full, key)
+    except UnsafeFileError as exc:
+        return f"chunk {key} is {exc.what}, not a regular file (not read)"
+    if size is None:
+        return f"chunk {key} is missing"
+    expected = raw_chunk_bytes(arr) if sizes else None
+    if expected is not None and size != expected:
+        return f"chunk {key} is {size} bytes, expected {expected} ({'truncated' if size < expected else 'oversized'})"
+    return None
+
+
+def call_table_problem(files: ChunkFiles, full: str, arr: zarr.Array, *, strict: bool = False) -> str | None:
+    """What stops a 1-D call table from being read whole: a claimed length its chunk files cannot hold, a damaged chunk.
+
+    The listing comes first, so a table claiming 10**12 calls is refused without a loop over them.
+    ``strict`` (validate) also wants every chunk present: dumpunet's writer writes them all, but a
+    store written with plain zarr leaves an all-zero chunk out, which reads as zeros (not done).
+    """
+    n, chunk = arr.shape[0], arr.chunks[0]
+    keys = files.keys(full)
+    needed = [arr.metadata.encode_chunk_key((c,)) for c in range(math.ceil(n / chunk))] if n <= chunk * (len(keys) + 1) else None
+    if needed is None or (strict and any(k not in keys for k in needed)):
+        return f"{full}: claims {n} calls but holds {len(keys)} chunk(s) of {chunk} calls"
+    for key in needed:
+        problem = chunk_problem(files, full, arr, key) if key in keys or strict else None
+        if problem is not None:
+            return f"{full}: {problem} (damaged call table)"
+    return None
+
+
+def read_chunk(files: ChunkFiles, arr: zarr.Array, coords: Sequence[int], what: str) -> np.ndarray:
+    """Read the one chunk at ``coords`` (chunk coordinates of a one-chunk selection) after checking its file.
+
+    ``what`` names the chunk for people (``call 1 (step 2), image 0, cond``); every failure is a
+    :class:`DamagedChunkError` naming the array and ``what``.
+    """
+    full = arr.path
+    key = arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
+    problem = chunk_problem(files, full, arr, key)
+    if problem is not None:
+        raise DamagedChunkError(f"{full}: {what}: {problem}")
+    index = tuple(slice(c * n, (c + 1) * n) for c, n in zip(coords, arr.chunks, strict=True))
+    try:
+        return arr[index]
+    except DumpUnetError as exc:
+        raise DamagedChunkError(f"{full}: {what}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001  any decoding failure of this one chunk means the chunk is damaged
+        raise DamagedChunkError(f"{full}: {what}: chunk {key} cannot be decoded ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else "no message"
