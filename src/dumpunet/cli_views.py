@@ -18,7 +18,7 @@ import click
 from dumpunet.analyzer.color.spec import ATTENTION_COLOR, DIFF_COLOR, METHODS, ColorSpec
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.style import GridStyle
-from dumpunet.cli_options import click_option, sigterm_as_interrupt, take, value_options, with_options
+from dumpunet.cli_options import PATH, click_option, sigterm_as_interrupt, take, value_options, with_options
 from dumpunet.options import OptionSpec, options_of
 
 __all__ = ["COMMANDS", "OPTIONS"]
@@ -78,7 +78,7 @@ def _point(value: str | None) -> tuple[float, float] | None:
 
 
 @click.command()
-@click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("stores", nargs=-1, required=True, type=PATH)
 @with_options(value_options(Pick))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec))
@@ -123,7 +123,7 @@ def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, ou
 
 
 @click.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=PATH)
 @with_options(value_options(Pick))
 @with_options(_options("format", *_WRITTEN))
 def export(store: Path, format: str, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:  # noqa: A002
@@ -140,7 +140,7 @@ def export(store: Path, format: str, out: Path, quiet: bool, as_json: bool, **op
 
 
 @click.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=PATH)
 @with_options(_options("pair"))
 @with_options(value_options(Pick, skip=("run",)))
 @with_options(value_options(GridStyle))
@@ -170,7 +170,7 @@ def diff(store: Path, pair: str | None, finals: bool, out: Path, jobs: int | Non
 
 
 @click.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=PATH)
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
 @with_options(_options("tokens", "feature", "query"))
 @with_options([_AUTO_SCALE])
@@ -193,7 +193,7 @@ def attention(store: Path, tokens: str, feature: str, query: str | None, scale: 
 
 
 @click.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=PATH)
 @with_options(_options("word", "query"))
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
 @with_options(_options("alpha", "out", "as_json"))

@@ -35,7 +35,7 @@ from typing import IO, Any, Literal
 
 import numpy as np
 
-from dumpunet.analyzer.output import OutputFolder, WrittenFile
+from dumpunet.analyzer.output import OutputFolder, WrittenFile, name_part
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.pool import progress_bar
 from dumpunet.analyzer.selection import Selection, Slab, select
@@ -90,7 +90,7 @@ def _base(sel: Selection) -> dict[str, Any]:
 def _write_bin(sel: Selection, slab: Slab, output: OutputFolder) -> list[WrittenFile]:
     x = sel.read(slab)
     channels = sel.channels[slab.block] or range(x.shape[0])
-    block = f"{slab.block}-input" if slab.which == "input" else slab.block
+    block = name_part(slab.block, "block") + ("-input" if slab.which == "input" else "")
     written = []
     for row, c in enumerate(channels):
         name = f"{slab.image:03d}-{block}-{slab.step:03d}-{c:04d}-{slab.guidance}.bin"
@@ -106,7 +106,7 @@ def _write_array(sel: Selection, slabs: list[Slab], output: OutputFolder, fmt: s
     arr = np.empty((n_img, n_g, c, h, w), sel.arrays[first.block].dtype)
     for slab in slabs:
         arr[sel.images.index(slab.image), [g for _, g in sel.guidance].index(slab.guidance_index)] = sel.read(slab)
-    block = f"{first.block}-input" if first.which == "input" else first.block
+    block = name_part(first.block, "block") + ("-input" if first.which == "input" else "")
     name = f"{block}-step{first.step:03d}.{fmt}"
     meta = {
         "block": first.block,
