@@ -29,7 +29,7 @@ _ADVICE = {
     errno.EDQUOT: "free some space or choose a folder on another disk",
     errno.EACCES: "choose a folder you may write to",
     errno.EPERM: "choose a folder you may write to",
-    errno.EROFS: "the file system is read-only; choose a folder on a writable one",
+    errno.EROFS: "choose a folder on a writable file system",
 }
 
 

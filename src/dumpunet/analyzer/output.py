@@ -217,6 +217,11 @@ class Manifest:
             self.add(e)
 
     @property
+    def pending(self) -> int:
+        """How many files were noted since the manifest was last written."""
+        return self._pending
+
+    @property
     def added(self) -> int:
         """How many files this manifest has noted (not counting what was on disk)."""
         return len(self._new)
@@ -310,7 +315,12 @@ class OutputFolder:
         params = {"file": name, **entry}
         self.manifest.add(params)
         if self.manifest.due():
-            self.manifest.write()
+            try:
+                self.manifest.write()
+            except OutputError as exc:
+                n = self.manifest.pending
+                raise OutputError(f"{exc} ({n} file{'s' if n != 1 else ''} written since it was last updated "
+                                  f"{'are' if n != 1 else 'is'} not listed in it)") from None
         return WrittenFile(path, params)
 
     def _kept(self) -> str:
@@ -321,5 +331,6 @@ class OutputFolder:
         try:
             self.manifest.write()
         except OutputError:
-            return f" ({MANIFEST} could not be updated either)"
+            n = self.manifest.pending
+            return f" ({MANIFEST} could not be updated either: {n} file{'s' if n != 1 else ''} written are not listed in it)"
         return f" ({n} file{'s' if n != 1 else ''} written before it {'are' if n != 1 else 'is'} listed in {MANIFEST})"
