@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -39,7 +40,10 @@ def tmpfs(tmp_path):
     """A 1 MiB tmpfs at ``tmp_path/disk``, unmounted afterwards."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount command here")
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True, text=True,
+                         check=False)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip() or res.returncode}")
     yield disk
@@ -191,7 +195,7 @@ def test_every_writer_command_turns_a_failing_write_into_one_line(girl, swept, s
         assert len(disk.failed) == 1, name
         failed = Path(disk.failed[0])
         target = failed.name.split(f".{os.getpid()}.")[0][1:]
-        kept = f" (1 file written before it is listed in manifest.json)" if room else ""
+        kept = " (1 file written before it is listed in manifest.json)" if room else ""
         assert res.output == f"Error: cannot write {out / target}: {os.strerror(error)}; {advice}{kept}\n", name
         assert len(check_listed(out, res.output)) == room, name
 

@@ -3,7 +3,8 @@
 - :mod:`.schema`: array kinds, paths, dims, dtypes, chunks and typed attributes (the contract);
 - :mod:`.reader`: :class:`Store`, the read-only object behind ``dumpunet.open``;
 - :mod:`.writer`: :class:`StoreWriter`, the recorder's background writer, and
-  :mod:`.call_arrays`, the per-call arrays it writes as files;
+  :mod:`.call_arrays`, the per-call arrays it writes as files; :mod:`.target`, where a
+  recording goes (the ``--out`` checks, the store created whole, the lock of its one writer);
 - :mod:`.validate`: ``dumpunet validate``;
 - :mod:`.summary`: ``dumpunet info``.
 
