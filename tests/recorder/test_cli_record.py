@@ -188,10 +188,10 @@ def test_a_recording_over_max_bytes_is_refused_with_the_estimate(tmp_path):
     assert not out.exists()
 
 
-def test_self_attention_filters_shrink_the_estimate():
+def test_self_attention_filters_shrink_the_estimate(tmp_path):
     from dumpunet.recorder import job as recording
 
-    job = recording.prepare(recording.RecordRequest(out=__import__("pathlib").Path("/nonexistent/x.zarr")))
+    job = recording.prepare(recording.RecordRequest(out=tmp_path / "x.zarr"))
     sizes = {}
     for name, extra in {
         "all": {},
@@ -199,7 +199,7 @@ def test_self_attention_filters_shrink_the_estimate():
         "stride": {"query_stride": 2},
         "steps": {"self_attention_steps": "1-5"},
     }.items():
-        req = recording.RecordRequest(out=__import__("pathlib").Path("/nonexistent/x.zarr"), steps=20, width=128,
+        req = recording.RecordRequest(out=tmp_path / "x.zarr", steps=20, width=128,
                                       height=128, attention="none", self_attention=True, blocks="none", **extra)
         sizes[name] = recording.estimate(dataclasses.replace(job, req=req)).self_attention_bytes
     assert sizes["mean"] * 2 == sizes["all"]  # tiny-sd1 has 2 heads
