@@ -298,7 +298,7 @@ class OutputFolder:
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         try:
-            self.manifest.write()
+            self._write_manifest()
         except OutputError:
             if exc_type is None:
                 raise  # else the body's error says what went wrong first
@@ -315,13 +315,18 @@ class OutputFolder:
         params = {"file": name, **entry}
         self.manifest.add(params)
         if self.manifest.due():
-            try:
-                self.manifest.write()
-            except OutputError as exc:
-                n = self.manifest.pending
-                raise OutputError(f"{exc} ({n} file{'s' if n != 1 else ''} written since it was last updated "
-                                  f"{'are' if n != 1 else 'is'} not listed in it)") from None
+            self._write_manifest()
         return WrittenFile(path, params)
+
+    def _write_manifest(self) -> None:
+        try:
+            self.manifest.write()
+        except OutputError as exc:
+            n = self.manifest.pending
+            if not n:
+                raise
+            raise OutputError(f"{exc} ({n} file{'s' if n != 1 else ''} written since it was last updated "
+                              f"{'are' if n != 1 else 'is'} not listed in it)") from None
 
     def _kept(self) -> str:
         """What became of the files written before a failed one: listed in the manifest, if it can be written."""
