@@ -241,11 +241,11 @@ def test_an_out_that_record_must_not_touch_is_one_line_and_touches_nothing(tmp_p
     assert (res.exit_code, res.output) == (1, "Error: . is the folder you are in (or holds it); give --out a new folder name\n")
     monkeypatch.chdir(tmp_path)
     res = CliRunner().invoke(main, [*base, "--out", "dangling.zarr"])
-    assert (res.exit_code, res.output) == (1, f"Error: dangling.zarr is a symbolic link to {tmp_path / 'nowhere.zarr'}, "
-                                              "which does not exist; give --out the store's real path or a new name\n")
+    assert (res.exit_code, res.output) == (1, (f"Error: dangling.zarr is a symbolic link to {tmp_path / 'nowhere.zarr'}, "
+                                               "which does not exist; give --out the store's real path or a new name\n"))
     res = CliRunner().invoke(main, [*base, "--out", "link.zarr"])
-    assert (res.exit_code, res.output) == (1, f"Error: link.zarr is a symbolic link to {store}; "
-                                              "give --out the store's real path or a new name\n")
+    assert (res.exit_code, res.output) == (1, (f"Error: link.zarr is a symbolic link to {store}; "
+                                               "give --out the store's real path or a new name\n"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr", "dangling.zarr", "link.zarr"]
     assert sorted(p.name for p in store.iterdir()) == ["zarr.json"]
     assert json.loads((store / "zarr.json").read_text())["attributes"]["model"] == {"name": "x"}
@@ -259,9 +259,9 @@ def test_a_second_overwrite_refuses_while_the_first_records_and_leaves_its_store
         _wait_for_calls(out, 1)
         res = CliRunner().invoke(main, ["record", "--steps", "2", "--blocks", "M00", "--quiet", "--overwrite",
                                         "--out", str(out)])
-        assert (res.exit_code, res.output) == (1, f"Error: {out} is being recorded by process {proc.pid} (lock file "
-                                                  f"{tmp_path / '.busy.zarr.lock'}); wait for it to finish or stop it, "
-                                                  "or choose another --out\n")
+        assert (res.exit_code, res.output) == (1, (f"Error: {out} is being recorded by process {proc.pid} (lock file "
+                                                   f"{tmp_path / '.busy.zarr.lock'}); wait for it to finish or stop "
+                                                   "it, or choose another --out\n"))
         _wait_for_calls(out, 6)  # the first goes on
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
