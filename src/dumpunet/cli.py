@@ -18,7 +18,7 @@ from dumpunet._version import __version__
 from dumpunet.a1111_prompts import EMPHASIS_MODES
 from dumpunet.cli_options import sigterm_as_interrupt as _sigterm_as_interrupt
 from dumpunet.analyzer.pick import Pick
-from dumpunet.cli_options import take, value_options
+from dumpunet.cli_options import PATH, take, value_options
 from dumpunet.cli_options import with_options as _with
 from dumpunet.cli_views import COMMANDS
 from dumpunet.errors import DumpUnetError
@@ -61,7 +61,7 @@ def _quiet_libraries() -> None:
 _GENERATION_OPTIONS = [
     click.option("--model", default="tiny-sd1", show_default=True,
                   help="tiny-sd1, tiny-sdxl, a diffusers folder, a .safetensors/.ckpt file, or a hub id (online)."),
-    click.option("--config", type=click.Path(path_type=Path), default=None,
+    click.option("--config", type=PATH, default=None,
                   help="Single-file checkpoints: a local diffusers folder with the matching configs (needed offline)."),
     click.option("--prompt", default="", help="Prompt text."),
     click.option("--negative-prompt", default="", help="Negative prompt (the unconditional half of cfg)."),
@@ -80,7 +80,7 @@ _GENERATION_OPTIONS = [
     click.option("--inputs", is_flag=True, help="Also record each block's input."),
     click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True, help="Stored activation dtype."),
     click.option("--device", default=None, help="torch device (default: cuda if available, else cpu)."),
-    click.option("--init-image", type=click.Path(path_type=Path), default=None, help="img2img: start from this image."),
+    click.option("--init-image", type=PATH, default=None, help="img2img: start from this image."),
     click.option("--strength", default=0.6, show_default=True, type=float, help="img2img strength."),
     click.option("--attention", default="qk", show_default=True,
                   help="Cross-attention features to record: qk (probabilities), k, vqk, comma-separated, or none."),
@@ -93,7 +93,7 @@ _GENERATION_OPTIONS = [
     click.option("--query-region", default=None, help="Self-attention: only queries in x0,y0,x1,y1 (fractions of the image)."),
     click.option("--query-stride", default=1, show_default=True, type=int, help="Self-attention: every Nth query row and column."),
     click.option("--max-bytes", type=int, default=None, help="Refuse to record more than this (default: the free disk space)."),
-    click.option("--out", required=True, type=click.Path(path_type=Path), help="Store to create (a directory)."),
+    click.option("--out", required=True, type=PATH, help="Store to create (a directory)."),
     click.option("--overwrite", is_flag=True, help="Replace an existing dumpunet store at --out."),
     click.option("--dry-run", is_flag=True, help="Print the size estimate and exit."),
     click.option("--quiet", is_flag=True, help="No progress bar."),
@@ -177,7 +177,7 @@ def _interrupted_message(out: Path) -> str:
 
 
 @main.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=PATH)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def info(store: Path, as_json: bool) -> None:
     """Show what a store holds: model, parameters, blocks, shapes, steps, size.
@@ -192,7 +192,7 @@ def info(store: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=PATH)
 @click.option("--quick", is_flag=True, help="Skip the byte-size check of every chunk file and the decoding of compressed ones "
               "(existence, links and special files are still checked).")
 def validate(store: Path, quick: bool) -> None:
@@ -221,7 +221,7 @@ def validate(store: Path, quick: bool) -> None:
 @click.option("--negative", default="", help="Negative prompt; it may hold groups too.")
 @click.option("--model", type=click.Choice(list(BUILTIN_LAYOUTS)), default="sd1", show_default=True,
               help="Built-in block layout: sd1/sd2/tiny-sd1 (25 blocks) or sdxl/tiny-sdxl (19 blocks).")
-@click.option("--store", "store_path", type=click.Path(path_type=Path), default=None,
+@click.option("--store", "store_path", type=PATH, default=None,
               help="Use this recorded store's block table instead of --model.")
 @click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps, for A1111 prompt editing.")
 @click.option("--emphasis", type=click.Choice(EMPHASIS_MODES), default="original", show_default=True,
@@ -277,10 +277,10 @@ for _command in COMMANDS:
 
 
 @main.command()
-@click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("stores", nargs=-1, required=True, type=PATH)
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port on 127.0.0.1 (default: a free one).")
 @click.option("--no-browser", is_flag=True, help="Do not open the default browser; just print the address.")
-@click.option("--export", "export_to", type=click.Path(path_type=Path), default=None,
+@click.option("--export", "export_to", type=PATH, default=None,
               help="Instead of serving: write a static, self-contained report folder that opens from disk "
                    "(default colours; --blocks, --steps, --images, --guidance narrow it).")
 @_with(value_options(Pick, only=("blocks", "steps", "images", "guidance")))

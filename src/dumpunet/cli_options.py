@@ -29,9 +29,22 @@ import click
 
 from dumpunet.options import OptionSpec, options_of
 
-__all__ = ["click_option", "sigterm_as_interrupt", "take", "value_options", "with_options"]
+__all__ = ["PATH", "NonEmptyPath", "click_option", "sigterm_as_interrupt", "take", "value_options", "with_options"]
 
 Decorator = Callable[[Any], Any]
+
+
+class NonEmptyPath(click.Path):
+    """A path option that refuses the empty path: ``Path("")`` is the current folder, never what was meant."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path names no file or folder; give a name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+PATH = NonEmptyPath(path_type=Path)
+"""The type of every path option."""
 
 
 def click_option(spec: OptionSpec, *, aliases: Iterable[str] = ()) -> Decorator:
@@ -46,7 +59,7 @@ def click_option(spec: OptionSpec, *, aliases: Iterable[str] = ()) -> Decorator:
         ranges = {int: click.IntRange, float: click.FloatRange}[spec.type]
         kw["type"] = ranges(min=spec.minimum, max=spec.maximum)
     elif spec.type is Path:
-        kw["type"] = click.Path(path_type=Path)
+        kw["type"] = PATH
     else:
         kw["type"] = spec.type
     kw["show_default"] = spec.default not in (None, "") and not spec.required

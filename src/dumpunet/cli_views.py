@@ -21,6 +21,7 @@ from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.style import AVERAGES, GridStyle
 from dumpunet.analyzer.tensor_files import FORMATS
 from dumpunet.cli_options import (
+    PATH,
     click_option,
     sigterm_as_interrupt,
     take,
@@ -93,7 +94,7 @@ def _point(value: str | None) -> tuple[float, float] | None:
 
 
 @click.command()
-@click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("stores", nargs=-1, required=True, type=PATH)
 @with_options(value_options(Pick))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec))
@@ -141,7 +142,7 @@ def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, ou
 
 
 @click.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=PATH)
 @with_options(value_options(Pick))
 @with_options(_options("layers", "feature", "format", *_WRITTEN))
 @click.pass_context
@@ -175,7 +176,7 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
 
 
 @click.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=PATH)
 @with_options(_options("pair"))
 @with_options(value_options(Pick, skip=("run",)))
 @with_options(value_options(GridStyle))
@@ -208,7 +209,7 @@ def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: P
 
 
 @click.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=PATH)
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
 @with_options(_options("tokens", "feature", "query", "head_average"))
 @with_options([_AUTO_SCALE])
@@ -233,7 +234,7 @@ def attention(store: Path, tokens: str, feature: str, query: str | None, head_av
 
 
 @click.command()
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store", type=PATH)
 @with_options(_options("word", "query"))
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
 @with_options(_options("alpha", "out", "as_json"))

@@ -13,6 +13,7 @@ from dumpunet.store import schema
 from dumpunet.analyzer.attention_grids import ATTENTION_COLOR, render_attention
 from dumpunet.analyzer.color.colorize import ColorSpec, colorize, map_ranges, merge_ranges
 from dumpunet.analyzer.heatmap import colormap, overlay, query_map, word_heatmap
+from dumpunet.analyzer.output import text_part
 from dumpunet.analyzer.tokens import label, select_tokens
 from dumpunet.cli import main
 from dumpunet.errors import SelectionError
@@ -78,7 +79,7 @@ def test_tokens_select_words_subtokens_and_indices():
 def test_grid_rows_are_heads_and_columns_are_tokens(store, tmp_path):
     files = render_attention(store, Pick(blocks="IN01", steps="2"), out=tmp_path / "r", tokens="pink,girl", scale=1,
                              png_encoder="zlib", progress=False)
-    assert [f.path.name for f in files] == [f"IN01.attn2-step002-img0-cond-qk-{ATTENTION_COLOR.slug()}.png"]
+    assert [f.path.name for f in files] == [f"IN01.attn2-step002-img0-cond-tok-{text_part('pink,girl')}-qk-{ATTENTION_COLOR.slug()}.png"]
     entry = files[0].params
     assert entry["rows"] == ["h0", "h1"] and entry["columns"] == ["2:pink", "5:girl"]
     img = np.asarray(Image.open(files[0].path))
@@ -179,8 +180,8 @@ def test_cli_attention_and_heatmap(store, tmp_path):
                                   "--tokens", "hair", "--out", str(tmp_path / "a"), "--quiet"])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "a").glob("*.png")) == [
-        f"IN01.attn2-step001-img0-cond-qk-{ATTENTION_COLOR.slug()}.png",
-        f"M00.attn2-step001-img0-cond-qk-{ATTENTION_COLOR.slug()}.png",
+        f"IN01.attn2-step001-img0-cond-tok-hair-qk-{ATTENTION_COLOR.slug()}.png",
+        f"M00.attn2-step001-img0-cond-tok-hair-qk-{ATTENTION_COLOR.slug()}.png",
     ]
     r = CliRunner().invoke(main, ["heatmap", str(store.path), "--word", "1", "--layers", "M00", "--guidance", "both",
                                   "--out", str(tmp_path / "h")])

@@ -95,3 +95,27 @@ def test_basis_mismatch_and_foreign_files_are_refused(girl, tmp_path):
         render(girl, out=tmp_path / "o", blocks="OUT11", method="pca", channels="0-1")
     assert str(err.value) == "method pca uses every channel (the basis spans them all); leave channels empty"
     assert not (tmp_path / "o").exists()
+
+
+def test_a_structured_text_or_npy_basis_file_is_refused_with_one_line(girl, tmp_path):
+    good = {"format": np.array("dumpunet-pca-basis/1"), "OUT11.components": np.zeros((3, 4), np.float32),
+            "OUT11.range": np.zeros((3, 2)), "OUT11.meta": np.array("{}")}
+    structured = np.zeros(4, dtype=[("a", "<f4"), ("b", "<i4")])
+    cases = {
+        "structured.npz": ({**good, "OUT11.mean": structured}, "the arrays of 'OUT11' are not numbers"),
+        "text.npz": ({**good, "OUT11.mean": np.array(["a", "b", "c", "d"])}, "the arrays of 'OUT11' are not numbers"),
+        "meta.npz": ({**good, "OUT11.mean": np.zeros(4, np.float32), "OUT11.meta": np.array("[1]")},
+                     "(expected dumpunet-pca-basis/1 .npz)"),
+    }
+    for name, (arrays, tail) in cases.items():
+        path = tmp_path / name
+        np.savez(path, **arrays)
+        with pytest.raises(OptionError) as err:
+            Basis.load(path)
+        assert str(err.value).startswith(f"{path} is not a dumpunet PCA basis file") and str(err.value).endswith(tail)
+    npy = tmp_path / "plain.npz"
+    with open(npy, "wb") as fh:
+        np.save(fh, np.zeros(3))
+    with pytest.raises(OptionError, match="is not a dumpunet PCA basis file"):
+        render(girl, out=tmp_path / "o", blocks="OUT11", method="pca", pca_basis=npy)
+    assert not (tmp_path / "o").exists()

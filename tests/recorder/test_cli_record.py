@@ -188,10 +188,10 @@ def test_a_recording_over_max_bytes_is_refused_with_the_estimate(tmp_path):
     assert not out.exists()
 
 
-def test_self_attention_filters_shrink_the_estimate():
+def test_self_attention_filters_shrink_the_estimate(tmp_path):
     from dumpunet.recorder import job as recording
 
-    job = recording.prepare(recording.RecordRequest(out=__import__("pathlib").Path("/nonexistent/x.zarr")))
+    job = recording.prepare(recording.RecordRequest(out=tmp_path / "x.zarr"))
     sizes = {}
     for name, extra in {
         "all": {},
@@ -199,7 +199,7 @@ def test_self_attention_filters_shrink_the_estimate():
         "stride": {"query_stride": 2},
         "steps": {"self_attention_steps": "1-5"},
     }.items():
-        req = recording.RecordRequest(out=__import__("pathlib").Path("/nonexistent/x.zarr"), steps=20, width=128,
+        req = recording.RecordRequest(out=tmp_path / "x.zarr", steps=20, width=128,
                                       height=128, attention="none", self_attention=True, blocks="none", **extra)
         sizes[name] = recording.estimate(dataclasses.replace(job, req=req)).self_attention_bytes
     assert sizes["mean"] * 2 == sizes["all"]  # tiny-sd1 has 2 heads
@@ -220,3 +220,53 @@ def test_img2img_from_the_cli_records_the_executed_steps(tmp_path):
     assert run.steps == [1, 2, 3, 4, 5, 6] and run.info.strength == 0.6 and run.info.init_image == str(photo)
     res = CliRunner().invoke(main, ["record", "--init-image", str(tmp_path / "nope.png"), "--out", str(tmp_path / "x.zarr")])
     assert res.exit_code == 1 and res.output.startswith(f"Error: no init image at {tmp_path / 'nope.png'}")
+
+
+def _store(path):
+    from dumpunet.store.writer import StoreWriter
+
+    StoreWriter(path, model={"name": "x"}, versions={}).close()
+    return path
+
+
+def test_an_out_that_record_must_not_touch_is_one_line_and_touches_nothing(tmp_path, monkeypatch):
+    store = _store(tmp_path / "a.zarr")
+    (tmp_path / "dangling.zarr").symlink_to(tmp_path / "nowhere.zarr")
+    (tmp_path / "link.zarr").symlink_to(store)
+    base = ["record", "--steps", "2", "--width", "64", "--height", "64", "--blocks", "M00", "--quiet", "--overwrite"]
+    monkeypatch.chdir(store)
+    res = CliRunner().invoke(main, [*base, "--out", ""])
+    assert res.exit_code == 2 and "an empty path names no file or folder" in res.output, res.output
+    res = CliRunner().invoke(main, [*base, "--out", "."])
+    assert (res.exit_code, res.output) == (1, "Error: . is the folder you are in (or holds it); give --out a new folder name\n")
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, [*base, "--out", "dangling.zarr"])
+    assert (res.exit_code, res.output) == (1, (f"Error: dangling.zarr is a symbolic link to {tmp_path / 'nowhere.zarr'}, "
+                                               "which does not exist; give --out the store's real path or a new name\n"))
+    res = CliRunner().invoke(main, [*base, "--out", "link.zarr"])
+    assert (res.exit_code, res.output) == (1, (f"Error: link.zarr is a symbolic link to {store}; "
+                                               "give --out the store's real path or a new name\n"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zarr", "dangling.zarr", "link.zarr"]
+    assert sorted(p.name for p in store.iterdir()) == ["zarr.json"]
+    assert json.loads((store / "zarr.json").read_text())["attributes"]["model"] == {"name": "x"}
+
+
+@pytest.mark.slow
+def test_a_second_overwrite_refuses_while_the_first_records_and_leaves_its_store_alone(tmp_path):
+    out = tmp_path / "busy.zarr"
+    proc = _record_proc(out)
+    try:
+        _wait_for_calls(out, 1)
+        res = CliRunner().invoke(main, ["record", "--steps", "2", "--blocks", "M00", "--quiet", "--overwrite",
+                                        "--out", str(out)])
+        assert (res.exit_code, res.output) == (1, (f"Error: {out} is being recorded by process {proc.pid} (lock file "
+                                                   f"{tmp_path / '.busy.zarr.lock'}); wait for it to finish or stop "
+                                                   "it, or choose another --out\n"))
+        _wait_for_calls(out, 6)  # the first goes on
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert err.strip().splitlines()[-1].startswith("Error: interrupted; complete steps (1-"), err
+    assert validate(out).ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy.zarr"]  # its lock file went with it

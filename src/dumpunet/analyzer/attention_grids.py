@@ -22,6 +22,11 @@ over all its channels (heads x head dims, the original's V*Q*K channel average).
 
 File names: ``{layer}-step{step:03}-img{image}-{guidance}-{feature}[-avg-{kind}]-{colorization}.png``
 (``-avg-2norm``: different averages do not overwrite each other).
+
+File names: ``{layer}-step{step:03}-img{image}-{guidance}[-tok-{tokens}][-query-x{x}-y{y}]-{feature}[-avg-{kind}]-{colorization}.png``:
+the tokens, the query pixel and the average are in the name, so ``--tokens girl`` and then
+``--tokens hair`` (or two averages) into one folder keep both (tokens as
+:func:`~dumpunet.analyzer.output.text_part` writes them).
 Layers are picked by ``Pick.blocks`` (the CLI's ``--blocks``, or ``--layers``).
 """
 
@@ -39,7 +44,7 @@ from dumpunet.analyzer.color.spec import ATTENTION_COLOR, ColorSpec
 from dumpunet.analyzer.grid import tile
 from dumpunet.analyzer.heatmap import nearest_query
 from dumpunet.analyzer.labels import paste, text_image
-from dumpunet.analyzer.output import OutputFolder, WrittenFile
+from dumpunet.analyzer.output import OutputFolder, WrittenFile, name_part, text_part
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png, resolve_encoder
 from dumpunet.analyzer.pool import progress_bar
@@ -185,6 +190,7 @@ def render_attention(
     if ranges.first_pass:
         for item, g in grids.items():
             ranges.add(np.ascontiguousarray(g[0]), step=item.step, image=item.image, guidance=item.guidance)
+    which = _which_part(tokens, query)
     written: list[WrittenFile] = []
     with progress_bar(len(items), progress, unit="png", desc="attention") as bar, output:
         for item, (maps, rows, cols, row_labels, col_labels) in grids.items():
@@ -195,7 +201,7 @@ def render_attention(
             pixels = colorize(maps, color, minmax=minmax)
             grid = _framed(tile(pixels, cols, rows, scale=k), rows, cols, (h * k, w * k), row_labels, col_labels)
             avg = f"-{average_label(average)}" if average is not None else ""
-            name = f"{item.layer}-step{item.step:03d}-img{item.image}-{item.guidance}-{feature}{avg}-{color.slug()}.png"
+            name = f"{name_part(item.layer, 'layer')}-step{item.step:03d}-img{item.image}-{item.guidance}{which}-{feature}{avg}-{color.slug()}.png"
             entry = {
                 "kind": "attention", "store": str(st.path), "run": r.name, "layer": item.layer,
                 "step": item.step, "image": item.image, "guidance": item.guidance, "feature": feature, "average": average,
@@ -206,3 +212,11 @@ def render_attention(
             written.append(output.write(name, encode_png(grid, encoder=encoder), entry))
             bar.update(1)
     return written
+
+
+def _which_part(tokens: str, query: Sequence[float] | None) -> str:
+    """The file name part saying which tokens and query pixel a grid shows (empty for the defaults)."""
+    part = f"-tok-{text_part(tokens)}" if tokens.strip() else ""
+    if query is not None:
+        part += f"-query-x{query[0]:g}-y{query[1]:g}"
+    return part

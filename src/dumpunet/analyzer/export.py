@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from dumpunet.analyzer.output import OutputFolder, WrittenFile
+from dumpunet.analyzer.output import OutputFolder, WrittenFile, name_part
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.pool import progress_bar
 from dumpunet.analyzer.selection import Selection, Slab, select
@@ -102,7 +102,8 @@ def _base(sel: Selection) -> dict[str, Any]:
 
 
 def _block_part(slab: Slab) -> str:
-    return f"{slab.block}-input" if slab.which == "input" else slab.block
+    block = name_part(slab.block, "block")
+    return f"{block}-input" if slab.which == "input" else block
 
 
 def _write_bin(sel: Selection, slab: Slab, output: OutputFolder) -> list[WrittenFile]:

@@ -17,14 +17,13 @@ selects (``blocks`` names layers or blocks); a map is of one image and one half,
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
 from PIL import Image
 
-from dumpunet.analyzer.output import OutputFolder, WrittenFile
+from dumpunet.analyzer.output import OutputFolder, WrittenFile, text_part
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png
 from dumpunet.analyzer.tokens import select_tokens
@@ -183,7 +182,8 @@ def write_heatmaps(
 ) -> list[WrittenFile]:
     """Write one overlay PNG per selected image and half: the word's heatmap (or the query pixel's map) on the final image.
 
-    Give exactly one of ``word`` and ``query``. Files: ``heatmap-{word}-img{i}-{guidance}.png``
+    Give exactly one of ``word`` and ``query``. Files: ``heatmap-{word}-img{i}-{guidance}.png`` (the word
+    as :func:`~dumpunet.analyzer.output.text_part` writes it)
     or ``querymap-x{x}-y{y}-img{i}-{guidance}.png``.
     """
     if (word is None) == (query is None):
@@ -200,8 +200,7 @@ def write_heatmaps(
             one = replace(pick, run=r.name, images=str(i), guidance=g)
             if word is not None:
                 heat = word_heatmap(st, word, one)
-                slug = re.sub(r"[^A-Za-z0-9]+", "-", word).strip("-").lower() or "token"
-                name = f"heatmap-{slug}-img{i}-{g}.png"
+                name = f"heatmap-{text_part(word)}-img{i}-{g}.png"
             else:
                 heat = query_map(st, query, one)
                 name = f"querymap-x{query[0]:.3f}-y{query[1]:.3f}-img{i}-{g}.png"

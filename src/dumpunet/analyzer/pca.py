@@ -43,8 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from dumpunet.analyzer.output import write_atomic
-from dumpunet.errors import OptionError
+from dumpunet.errors import OptionError, OutputError
+from dumpunet.files import os_error_advice, write_atomic
 
 __all__ = ["MAX_SAMPLES", "Basis", "BlockBasis", "basis_key", "fit_basis", "sample_pixels"]
 
@@ -150,21 +150,24 @@ class Basis(dict[str, BlockBasis]):
                 if "format" not in z.files or str(z["format"]) != FORMAT:
                     raise bad
                 arrays = {name: z[name] for name in z.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-            raise bad from None
+        except PermissionError as exc:
+            raise OptionError(f"cannot read the PCA basis {path}: {exc.strerror}") from None
+        except (OSError, ValueError, TypeError, AttributeError, zipfile.BadZipFile, EOFError):
+            raise bad from None  # TypeError, AttributeError: a .npy, not an .npz
         out = cls()
         for name in arrays:
             if not name.endswith(".mean"):
                 continue
             key = name[: -len(".mean")]
             try:
-                mean = arrays[f"{key}.mean"].astype(np.float32)
-                comp = arrays[f"{key}.components"].astype(np.float32)
-                rng = arrays[f"{key}.range"].astype(np.float64)
+                raw = [arrays[f"{key}.{part}"] for part in ("mean", "components", "range")]
                 meta = json.loads(str(arrays[f"{key}.meta"]))
             except (KeyError, ValueError):
                 raise bad from None
-            if mean.ndim != 1 or comp.shape != (3, mean.shape[0]) or rng.shape != (3, 2):
+            if any(a.dtype.kind not in "fiu" for a in raw):  # structured, text or object: not a basis
+                raise OptionError(f"{path} is not a dumpunet PCA basis file: the arrays of {key!r} are not numbers")
+            mean, comp, rng = raw[0].astype(np.float32), raw[1].astype(np.float32), raw[2].astype(np.float64)
+            if mean.ndim != 1 or comp.shape != (3, mean.shape[0]) or rng.shape != (3, 2) or not isinstance(meta, dict):
                 raise bad
             out[key] = BlockBasis(mean, comp, rng, meta)
         return out
@@ -176,7 +179,10 @@ class Basis(dict[str, BlockBasis]):
             arrays[f"{key}.components"] = b.components
             arrays[f"{key}.range"] = b.range
             arrays[f"{key}.meta"] = np.array(json.dumps(b.meta, sort_keys=True))
-        write_atomic(Path(path), lambda fh: np.savez(fh, **arrays))
+        try:
+            write_atomic(Path(path), lambda fh: np.savez(fh, **arrays))
+        except OSError as exc:
+            raise OutputError(f"cannot save the PCA basis {path}: {os_error_advice(exc)} (or give another --pca-basis)") from None
 
 
 def seeded_rng(key: str) -> np.random.Generator:

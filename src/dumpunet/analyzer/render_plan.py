@@ -37,7 +37,7 @@ import numpy as np
 from dumpunet.analyzer import pca
 from dumpunet.analyzer.color.spec import ColorSpec
 from dumpunet.analyzer.grid import grid_shape, grid_size
-from dumpunet.analyzer.output import OutputFolder
+from dumpunet.analyzer.output import OutputFolder, name_part, output_path
 from dumpunet.analyzer.reduce import average_label, channel_average
 from dumpunet.analyzer.scope import AutoRanges, json_range
 from dumpunet.analyzer.selection import Selection, Slab
@@ -124,6 +124,7 @@ def _task(t: Target, slab: Slab, color: ColorSpec, style: GridStyle, basis: pca.
     cols, rows = grid_layout(sel, n, h, w)
     k = style.tile_scale(h, w)
     height, width = grid_size(cols, rows, h, w, k)
+    name_part(slab.block, "block")
     parts = [sel.file_stem(slab)]
     label = _channels_label(sel, slab.block)
     if label:
@@ -219,4 +220,4 @@ def folders(sels: Sequence[Selection], out: str | os.PathLike[str]) -> list[Path
                 f"stores {other} and {sel.store.path} would both render into {out / sel.label}; "
                 "rename one or render them separately"
             )
-    return [out / sel.label for sel in sels]
+    return [output_path(out, sel.label) for sel in sels]

@@ -20,6 +20,7 @@ from dumpunet.recorder.attention_layers import AttentionOptions
 from dumpunet.recorder.plan import RecordOptions
 from dumpunet.specs import parse_blocks, parse_ints
 from dumpunet.store import schema
+from dumpunet.store.target import StoreLock, check_target
 
 __all__ = ["RecordRequest", "RunPrompts", "check", "resolve_seed", "run_prompts"]
 
@@ -143,8 +144,8 @@ def check(req: RecordRequest) -> None:
     """Check what the request needs from the disk: a free output path, a readable init image."""
     if req.init_image is not None and not Path(req.init_image).is_file():
         raise RecordError(f"no init image at {req.init_image}")
-    if req.out.exists() and not req.overwrite:
-        raise RecordError(f"{req.out} already exists; choose another --out or pass --overwrite")
+    check_target(req.out, overwrite=req.overwrite)
+    StoreLock(req.out).check_free()
 
 
 def resolve_seed(req: RecordRequest) -> RecordRequest:

@@ -5,7 +5,8 @@
   :mod:`.localfiles` (regular files below the root only) and :mod:`.chunks` (each chunk checked
   before it is read), with :mod:`.calls` for each run's call table;
 - :mod:`.writer`: :class:`StoreWriter`, the recorder's background writer, and
-  :mod:`.call_arrays`, the per-call arrays it writes as files;
+  :mod:`.call_arrays`, the per-call arrays it writes as files; :mod:`.target`, where a
+  recording goes (the ``--out`` checks, the store created whole, the lock of its one writer);
 - :mod:`.validate`: ``dumpunet validate``;
 - :mod:`.summary`: ``dumpunet info``.
 

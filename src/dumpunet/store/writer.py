@@ -20,7 +20,6 @@ import errno
 import json
 import os
 import queue
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,12 +32,13 @@ import numpy as np
 import zarr
 
 from dumpunet._version import __version__
-from dumpunet.errors import RecordError, StoreError
+from dumpunet.errors import RecordError
 from dumpunet.files import write_atomic
 from dumpunet.specs import format_ints
 from dumpunet.store import schema
 from dumpunet.store.call_arrays import CallArray, RunFiles, trim, write_call
 from dumpunet.store.schema import ArrayAttrs, BlockInfo, LayerAttrs, PairInfo, RootAttrs, RunAttrs, check_name
+from dumpunet.store.target import StoreLock, check_target, create_store
 
 SlabSource = np.ndarray | Callable[[], np.ndarray]
 """A slab ``[guidance, image, ...]`` (the U-Net batch order) or a callable that returns one.
@@ -99,7 +99,6 @@ class StoreWriter:
         if grow_calls < 1:
             raise ValueError(f"grow_calls must be at least 1, got {grow_calls}")
         self.path = Path(path)
-        _prepare_target(self.path, overwrite=overwrite)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.info = RootAttrs(
             header=schema.header(writer=f"dumpunet {__version__}", created=created),
@@ -107,8 +106,14 @@ class StoreWriter:
             versions=dict(versions),
             pairs=tuple(pairs),
         )
-        self.root = zarr.open_group(str(self.path), mode="w-", zarr_format=3)
-        self.root.attrs.put(self.info.to_json())
+        check_target(self.path, overwrite=overwrite)  # before the lock file is made beside it
+        self._lock = StoreLock(self.path).acquire()  # held until close(); the kernel drops it if we die
+        try:
+            create_store(self.path, self.info.to_json(), overwrite=overwrite)
+            self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        except BaseException:
+            self._lock.release()
+            raise
         self.raw_chunks = raw_chunks
         self.grow_calls = grow_calls
         self._runs: dict[str, RunFiles] = {}
@@ -269,6 +274,7 @@ class StoreWriter:
         self._queue.put((self._trim_all, 0))
         self._queue.put(None)
         self._thread.join()
+        self._lock.release()
         self._raise_if_failed()
 
     # ------------------------------------------------------------------ internals
@@ -353,20 +359,3 @@ class StoreWriter:
             raise RecordError(f"cannot write {self.path}: {exc.strerror or exc}; complete steps stay readable ({kept})") from exc
         raise RecordError(f"writing {self.path} failed: {exc!r}; complete steps stay readable ({kept})") from exc
 
-
-def _prepare_target(path: Path, *, overwrite: bool) -> None:
-    """Refuse to clobber anything but an existing dumpunet store, and that only with ``overwrite``."""
-    if not path.exists():
-        if not path.parent.exists():
-            raise RecordError(f"cannot create {path}: folder {path.parent} does not exist")
-        return
-    if not overwrite:
-        raise RecordError(f"{path} already exists; choose another --out or pass --overwrite")
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
-        return
-    try:
-        schema.open_root(path)
-    except StoreError:
-        raise RecordError(f"{path} exists and is not a dumpunet store; --overwrite only replaces dumpunet stores") from None
-    shutil.rmtree(path)
