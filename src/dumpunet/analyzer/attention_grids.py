@@ -31,13 +31,14 @@ import numpy as np
 from dumpunet.analyzer.color.colorize import colorize
 from dumpunet.analyzer.color.spec import ATTENTION_COLOR, ColorSpec
 from dumpunet.analyzer.grid import tile
-from dumpunet.analyzer.heatmap import nearest_query
+from dumpunet.analyzer.heatmap import check_point, nearest_query
 from dumpunet.analyzer.labels import paste, text_image
 from dumpunet.analyzer.output import OutputFolder, WrittenFile
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png, resolve_encoder
 from dumpunet.analyzer.pool import progress_bar
 from dumpunet.analyzer.scope import AutoRanges, json_range
+from dumpunet.analyzer.style import check_scale
 from dumpunet.analyzer.tokens import label, select_tokens
 from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import parse_ints
@@ -140,8 +141,10 @@ def render_attention(
     pick.refuse("attention", "channels", "which")
     if color.pca:
         raise OptionError("method PCA colours block features; attention maps take White/Black, Red/Blue or Custom")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
-        raise OptionError(f"scale must be a whole number of at least 1, got {scale!r}")
+    if scale is not None:
+        check_scale(scale)
+    if query is not None:
+        query = check_point(query)
     st = store if isinstance(store, Store) else open_store(store)
     r = st.run(pick.run)
     layers = pick.blocks

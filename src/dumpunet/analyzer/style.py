@@ -17,7 +17,17 @@ from pathlib import Path
 from dumpunet.errors import OptionError
 from dumpunet.options import option
 
-__all__ = ["AVERAGES", "GridStyle"]
+__all__ = ["AVERAGES", "MAX_SCALE", "GridStyle", "check_scale"]
+
+MAX_SCALE = 64
+"""Largest tile enlargement (a 64x64 map becomes 4096x4096 pixels a tile)."""
+
+
+def check_scale(scale: object) -> int:
+    """Return ``scale`` if it is a whole number in 1..:data:`MAX_SCALE`; else an :class:`OptionError`."""
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= MAX_SCALE:
+        raise OptionError(f"scale must be a whole number from 1 to {MAX_SCALE}, got {scale!r}")
+    return scale
 
 AVERAGES = ("mean", "1-norm", "2-norm", "l1", "l2")
 """Channel averages (:func:`~dumpunet.analyzer.reduce.channel_average` computes them)."""
@@ -27,7 +37,8 @@ AVERAGES = ("mean", "1-norm", "2-norm", "l1", "l2")
 class GridStyle:
     """Tile scale, channel average and PCA basis file of render and diff grids."""
 
-    scale: int = field(default=1, metadata=option("Enlarge each tile N times (nearest neighbour).", type=int, minimum=1))
+    scale: int = field(default=1, metadata=option("Enlarge each tile N times (nearest neighbour).", type=int, minimum=1,
+        maximum=MAX_SCALE))
     average: str | None = field(default=None, metadata=option(
         "One channel-averaged map per block instead of the grid (1-norm, 2-norm: divided by the channel count, "
         "as in the original; l1, l2: not).", choices=AVERAGES, case_sensitive=False))
@@ -36,8 +47,7 @@ class GridStyle:
         "and saved, so other renders and stores share its colours.", type=Path))
 
     def __post_init__(self) -> None:
-        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1:
-            raise OptionError(f"scale must be a whole number of at least 1, got {self.scale!r}")
+        check_scale(self.scale)
         if self.average is not None and self.average not in AVERAGES:
             raise OptionError(f"unknown channel average {self.average!r} (valid: {', '.join(AVERAGES)})")
         if self.pca_basis is not None:
