@@ -6,6 +6,9 @@ import math
 from pathlib import Path
 
 import pytest
+from fuzz import FUZZ, outcome
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
@@ -101,3 +104,19 @@ def test_the_python_api_checks_a_huge_step_range_against_the_steps_that_run(tmp_
         with dumpunet.record(pipe, tmp_path / "r.zarr", blocks="M00", steps="1-999999999"):
             pipe("a cat", num_inference_steps=2, height=64, width=64, output_type="np")
     assert str(err.value) == "bad step spec: step 999999999 out of range 1..2\n  1-999999999\n    ^^^^^^^^^"
+
+
+_NUMBERS = st.one_of(st.integers(-(2**70), 2**70), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+                     st.none(), st.text(max_size=3))
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(sorted(RANGES)), _NUMBERS, max_size=4))
+def test_any_numbers_make_a_request_or_an_option_error(values):
+    got = outcome(OptionError, request, **values)
+    if isinstance(got, OptionError):
+        assert "\n" not in str(got)
+        return
+    for name, v in values.items():
+        lo, hi = RANGES[name]
+        assert v is None or lo <= v <= hi
