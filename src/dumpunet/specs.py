@@ -269,10 +269,14 @@ def _expand(items: Sequence[_Item], spec: str, look: Callable[[_Tok], int], what
     """
     ranges = _ranges(items, spec, look, what)
     if limit is not None:
+        total = 0
         for item, r in zip(items, ranges, strict=True):
-            if len(r) > limit:
+            total += len(r)
+            if total > limit:
                 end = item.last or item.first
-                raise SpecError(f"range selects {len(r)} {noun}s, more than {limit} without a known end", spec,
+                message = (f"range selects {len(r)} {noun}s" if len(r) > limit
+                           else f"the ranges up to here select {total} {noun}s")
+                raise SpecError(f"{message}, more than {limit} without a known end", spec,
                                 item.first.pos, length=end.pos + len(end.text) - item.first.pos, what=what)
     chosen: set[int] = set()
     for r in ranges:
