@@ -38,8 +38,8 @@ def girl(tmp_path_factory):
         (["--word", ""], "--word needs a word of the prompt or token indices, got ''"),
         (["--word", " , "], "--word needs a word of the prompt or token indices, got ' , '"),
         (["--word", LONG], f"--word '{'x' * 39}…' is 5000 characters long; a word of the prompt is at most 200"),
-        (["--word", "y" * 150], f"'{'y' * 39}…' is not a word of the prompt; its tokens are: a pink h air girl "
-                                "(or give token indices 0..9)"),
+        (["--word", "y" * 150], (f"'{'y' * 39}…' is not a word of the prompt; its tokens are: a pink h air girl "
+                                 "(or give token indices 0..9)")),
         (["--query", "5,-5"], "query point (5.0, -5.0) must be fractions of the image in [0, 1]"),
         (["--query", "nan,0.5"], "query point (nan, 0.5) must be fractions of the image in [0, 1]"),
     ],
@@ -117,8 +117,8 @@ RECORD = ["--steps", "2", "--width", "64", "--height", "64", "--quiet"]
         (["record", "--query-region", "0,0,0.5,0.5"],
          "--query-region only filters self-attention maps; add --self-attention"),
         (["record", "--attention-blocks", "IN00"],
-         "--attention-blocks 'IN00' selects no block with cross-attention; blocks with it: IN01, IN02, IN04, IN05, "
-         "IN07, IN08, M00, OUT03, OUT04, OUT05, OUT06, OUT07, OUT08, OUT09, OUT10, OUT11"),
+         ("--attention-blocks 'IN00' selects no block with cross-attention; blocks with it: IN01, IN02, IN04, IN05, "
+          "IN07, IN08, M00, OUT03, OUT04, OUT05, OUT06, OUT07, OUT08, OUT09, OUT10, OUT11")),
         (["sweep", "--insert", ""], "--insert is empty: every run would equal the base run; give the text to insert"),
     ],
 )

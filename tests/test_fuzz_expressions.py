@@ -12,7 +12,12 @@ from fuzz import FUZZ, outcome, pieces, repeated
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dumpunet.analyzer.color.expressions import FUNCTIONS, MAX_DEPTH, evaluate, parse_expression
+from dumpunet.analyzer.color.expressions import (
+    FUNCTIONS,
+    MAX_DEPTH,
+    evaluate,
+    parse_expression,
+)
 from dumpunet.errors import ExpressionError
 
 WORDS = ["v", "v ", "pi", "e", "1", "0.5", "2e-3", "1e308", "0", "+", "-", "*", "/", "//", "**", "%", "(", ")", ",",

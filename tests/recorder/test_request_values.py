@@ -100,9 +100,9 @@ def test_the_python_api_checks_a_huge_step_range_against_the_steps_that_run(tmp_
 
     pipe = build_tiny_pipeline("tiny-sd1")
     pipe.set_progress_bar_config(disable=True)
-    with pytest.raises(SpecError) as err:  # the step count is known once the pipeline starts
-        with dumpunet.record(pipe, tmp_path / "r.zarr", blocks="M00", steps="1-999999999"):
-            pipe("a cat", num_inference_steps=2, height=64, width=64, output_type="np")
+    # the step count is known once the pipeline starts
+    with pytest.raises(SpecError) as err, dumpunet.record(pipe, tmp_path / "r.zarr", blocks="M00", steps="1-999999999"):
+        pipe("a cat", num_inference_steps=2, height=64, width=64, output_type="np")
     assert str(err.value) == "bad step spec: step 999999999 out of range 1..2\n  1-999999999\n    ^^^^^^^^^"
 
 
