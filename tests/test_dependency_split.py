@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from waiting import BACKSTOP
+
 BLOCKER = textwrap.dedent(
     """
     import sys
@@ -22,7 +24,7 @@ BLOCKER = textwrap.dedent(
 
 def run_blocked(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", BLOCKER + textwrap.dedent(code)], capture_output=True, text=True, timeout=BACKSTOP
     )
 
 

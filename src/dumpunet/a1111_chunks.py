@@ -181,8 +181,9 @@ def a1111_summary(explained: dict[str, Any]) -> str | None:
     breaks = sum(piece["break"] for piece in explained["schedule"][0]["pieces"])
     for entry in explained["schedule"]:
         for piece in entry["pieces"]:
-            if piece["weight"] != 1.0 and piece["text"].strip():
-                weighted.setdefault(piece["text"].strip(), round(piece["weight"], 4))
+            text = " ".join(piece["text"].split())  # one line, also for a prompt written over several
+            if piece["weight"] != 1.0 and text:
+                weighted.setdefault(text, round(piece["weight"], 4))
     parts = [f"weights {', '.join(f'{t}:{w:g}' for t, w in weighted.items())}"] if weighted else []
     if breaks:
         parts.append(f"{breaks} BREAK")

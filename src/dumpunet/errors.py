@@ -30,10 +30,22 @@ class SyntaxErrorWithCaret(DumpUnetError):
         self.length = max(1, length)
         super().__init__(self.render())
 
+    WIDTH = 100
+    """Longer texts are shown as a window of this many characters around the caret."""
+
     def render(self) -> str:
-        # Tabs and newlines would shift the caret; show them as spaces.
-        shown = self.text.replace("\t", " ").replace("\n", " ")
-        return f"{self.kind}: {self.message}\n  {shown}\n  {' ' * self.pos}{'^' * self.length}"
+        # Tabs, newlines and other control characters would move the caret or the terminal;
+        # show each as one visible character so the caret stays under the problem.
+        shown = "".join(c if c.isprintable() else (" " if c in "\t\n\r" else "\ufffd") for c in self.text)
+        pos, length = self.pos, min(self.length, self.WIDTH)
+        if len(shown) > self.WIDTH:
+            start = max(0, min(pos - self.WIDTH // 2, len(shown) - self.WIDTH))
+            end = start + self.WIDTH
+            head, tail = ("…" if start > 0 else ""), ("…" if end < len(shown) else "")
+            shown = head + shown[start:end] + tail
+            pos = pos - start + len(head)
+            length = max(1, min(length, end - self.pos))
+        return f"{self.kind}: {self.message}\n  {shown}\n  {' ' * pos}{'^' * length}"
 
 
 class SpecError(SyntaxErrorWithCaret, ValueError):

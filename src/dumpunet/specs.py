@@ -36,6 +36,7 @@ __all__ = [
     "SD1_BLOCKS",
     "SDXL_BLOCKS",
     "block_names",
+    "check_ints",
     "format_ints",
     "parse_blocks",
     "parse_ints",
@@ -67,11 +68,24 @@ _TOKEN = re.compile(
 )
 
 
+MAX_DIGITS = 18
+"""Longer numbers are refused before ``int()`` reads them (Python refuses over 4,300 digits with a ValueError)."""
+
+MAX_OPEN_RANGE = 100_000
+"""Most integers a spec may select where the upper end is not known yet (``parse_ints(hi=None)``)."""
+
+
 @dataclass(frozen=True)
 class _Tok:
     kind: str  # "int", "name", "punct", "end"
     text: str
     pos: int
+
+
+def _number(tok: _Tok, text: str, what: str) -> int:
+    if len(tok.text) > MAX_DIGITS:
+        raise SpecError(f"number too large ({len(tok.text)} digits)", text, tok.pos, length=len(tok.text), what=what)
+    return int(tok.text)
 
 
 def _tokenize(text: str, what: str) -> list[_Tok]:
@@ -140,7 +154,7 @@ def _parse_items(text: str, atom: str, what: str) -> list[_Item]:
                     got = "the end" if stride_tok.kind == "end" else repr(stride_tok.text)
                     raise SpecError(f"expected a step size after '(+', got {got}", text, stride_tok.pos, what=what)
                 i += 1
-                stride = int(stride_tok.text)
+                stride = _number(stride_tok, text, what)
                 if stride < 1:
                     raise SpecError("range step must be at least +1", text, stride_tok.pos, what=what)
                 expect_punct(")", f"after '+{stride_tok.text}'")
@@ -224,13 +238,13 @@ def _select_blocks(
     return _expand(items, spec, look, what)
 
 
-def _expand(items: Sequence[_Item], spec: str, look: Callable[[_Tok], int], what: str) -> set[int]:
-    """The integers that items select once ``look`` maps their ends to integers."""
-    chosen: set[int] = set()
+def _ranges(items: Sequence[_Item], spec: str, look: Callable[[_Tok], int], what: str) -> list[range]:
+    """The ranges that items select once ``look`` maps (and checks) their ends, not yet expanded."""
+    out: list[range] = []
     for item in items:
         a = look(item.first)
         if item.last is None:
-            chosen.add(a)
+            out.append(range(a, a + 1))
             continue
         z = look(item.last)
         if z < a:
@@ -241,7 +255,32 @@ def _expand(items: Sequence[_Item], spec: str, look: Callable[[_Tok], int], what
                 length=item.last.pos + len(item.last.text) - item.first.pos,
                 what=what,
             )
-        chosen.update(range(a, z + 1, item.stride))
+        out.append(range(a, z + 1, item.stride))
+    return out
+
+
+def _expand(items: Sequence[_Item], spec: str, look: Callable[[_Tok], int], what: str, *,
+            limit: int | None = None, noun: str = "value") -> set[int]:
+    """The integers that items select once ``look`` maps their ends to integers.
+
+    ``look`` bounds every end by what the spec selects from, so a range is never larger than
+    that; where nothing bounds it (``limit``), a range of more than ``limit`` values is refused
+    before it is expanded.
+    """
+    ranges = _ranges(items, spec, look, what)
+    if limit is not None:
+        total = 0
+        for item, r in zip(items, ranges, strict=True):
+            total += len(r)
+            if total > limit:
+                end = item.last or item.first
+                message = (f"range selects {len(r)} {noun}s" if len(r) > limit
+                           else f"the ranges up to here select {total} {noun}s")
+                raise SpecError(f"{message}, more than {limit} without a known end", spec,
+                                item.first.pos, length=end.pos + len(end.text) - item.first.pos, what=what)
+    chosen: set[int] = set()
+    for r in ranges:
+        chosen.update(r)
     return chosen
 
 
@@ -256,7 +295,8 @@ def parse_ints(
     """Return the integers ``spec`` selects from ``lo..hi``, ascending, without repeats.
 
     An empty spec selects ``lo..hi`` (which needs a known ``hi``). ``hi=None`` means the upper
-    bound is not known yet (the recorder before a run starts): only ``lo`` is checked.
+    bound is not known yet: only ``lo`` is checked, and a range may select at most
+    :data:`MAX_OPEN_RANGE` values (:func:`check_ints` checks such a spec without expanding it).
 
     >>> parse_ints("3, 1-2", 0, 9, noun="channel")
     [1, 2, 3]
@@ -269,14 +309,33 @@ def parse_ints(
             raise ValueError("an empty spec needs a known upper bound")
         return list(range(lo, hi + 1))
 
+    look = _int_checker(spec, lo, hi, noun, what)
+    return sorted(_expand(items, spec, look, what, limit=MAX_OPEN_RANGE if hi is None else None, noun=noun))
+
+
+def _int_checker(spec: str, lo: int, hi: int | None, noun: str, what: str) -> Callable[[_Tok], int]:
     def check(tok: _Tok) -> int:
-        v = int(tok.text)
+        v = _number(tok, spec, what)
         if v < lo or (hi is not None and v > hi):
             rng = f"{lo}..{hi}" if hi is not None else f"{lo}.."
             raise SpecError(f"{noun} {v} out of range {rng}", spec, tok.pos, length=len(tok.text), what=what)
         return v
 
-    return sorted(_expand(items, spec, check, what))
+    return check
+
+
+def check_ints(spec: str, lo: int, hi: int | None = None, *, noun: str = "step", what: str = "step spec") -> None:
+    """Check an integer spec's syntax and bounds without expanding it (the recorder before it knows ``hi``).
+
+    >>> check_ints("1-999999999", 1)
+    >>> check_ints("0-3", 1)
+    Traceback (most recent call last):
+    ...
+    dumpunet.errors.SpecError: bad step spec: step 0 out of range 1..
+      0-3
+      ^
+    """
+    _ranges(_parse_items(spec, "int", what), spec, _int_checker(spec, lo, hi, noun, what), what)
 
 
 def parse_steps(spec: str, total: int | None) -> list[int]:

@@ -137,16 +137,18 @@ def test_sigterm_mid_render_leaves_whole_files_listed_in_the_manifest(girl, tmp_
     import signal
     import subprocess
     import sys
-    import time
+
+    from waiting import BACKSTOP, wait_until
 
     out = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-c", SLOW_RENDER, str(girl), str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(list(out.glob("*.png"))) < 3:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    try:
+        wait_until(lambda: len(list(out.glob("*.png"))) >= 3, proc=proc, what="3 PNG files")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=BACKSTOP)
+    finally:
+        proc.kill()
     assert proc.returncode == 1, err
     assert "Traceback" not in err
     names = sorted(p.name for p in out.iterdir())

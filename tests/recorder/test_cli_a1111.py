@@ -68,7 +68,7 @@ def test_a1111_syntax_with_per_block_prompts_is_refused_in_one_line(tmp_path):
 
 def test_bad_emphasis_and_clip_skip_are_refused():
     res = CliRunner().invoke(main, ["record", "--prompt", "a", "--clip-skip", "0", "--out", "x.zarr"])
-    assert res.exit_code == 1 and "--clip-skip must be at least 1" in res.output
+    assert res.exit_code == 1 and "--clip-skip must be between 1 and 48, got 0" in res.output
     res = CliRunner().invoke(main, ["record", "--prompt", "a", "--emphasis", "loud", "--out", "x.zarr"])
     assert res.exit_code == 2 and "loud" in res.output
 

@@ -8,10 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
+from waiting import BACKSTOP, wait_until
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
@@ -125,19 +125,12 @@ def _record_proc(out, *extra):
     )
 
 
-def _wait_for_calls(out, n, timeout=120):
-    deadline = time.monotonic() + timeout
-    done = out / "runs/main/call_done"
-    while time.monotonic() < deadline:
-        try:
-            import zarr
+def _wait_for_calls(proc, out, n):
+    """Wait until the recording in ``proc`` has completed more than ``n`` U-Net calls (its call table says so)."""
+    import zarr
 
-            if (done / "zarr.json").exists() and zarr.open_array(done, mode="r").shape[0] > n:
-                return
-        except Exception:  # the array is being created
-            pass
-        time.sleep(0.05)
-    raise AssertionError("the recording did not start in time")
+    done = out / "runs/main/call_done"
+    wait_until(lambda: zarr.open_array(done, mode="r").shape[0] > n, proc=proc, what=f"{n + 1} recorded U-Net calls")
 
 
 @pytest.mark.slow
@@ -145,10 +138,10 @@ def test_kill_9_mid_record_leaves_a_sound_store(tmp_path):
     out = tmp_path / "k.zarr"
     proc = _record_proc(out)
     try:
-        _wait_for_calls(out, 4)
+        _wait_for_calls(proc, out, 4)
         proc.send_signal(signal.SIGKILL)
     finally:
-        proc.wait(60)
+        proc.wait(BACKSTOP)
     info = invoke("info", str(out))
     assert info.exit_code == 0 and "INCOMPLETE" in info.output
     assert invoke("validate", str(out)).exit_code == 0
@@ -163,9 +156,9 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_a_message(tmp_path):
     out = tmp_path / "t.zarr"
     proc = _record_proc(out)
     try:
-        _wait_for_calls(out, 3)
+        _wait_for_calls(proc, out, 3)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=BACKSTOP)
     finally:
         proc.kill()
     assert proc.returncode == 1

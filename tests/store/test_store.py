@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -282,17 +281,16 @@ KILL_SCRIPT = textwrap.dedent(
 def test_kill_mid_write_leaves_a_sound_store(tmp_path, sig):
     p = tmp_path / "k.zarr"
     script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), path=str(p))
+    from waiting import BACKSTOP, wait_until  # here: the child imports this module from tests/store alone
+
     proc = subprocess.Popen([sys.executable, "-c", script])
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            done = p / "runs/main/call_done/c.0"
-            if done.exists() and zarr.open_array(p / "runs/main/call_done", mode="r").shape[0] > 5:
-                break
-            time.sleep(0.05)
+        done = p / "runs/main/call_done"
+        wait_until(lambda: (done / "c.0").exists() and zarr.open_array(done, mode="r").shape[0] > 5, proc=proc,
+                   what="6 written calls")
         proc.send_signal(sig)
     finally:
-        proc.wait(30)
+        proc.wait(BACKSTOP)
     store = dumpunet.open(p)
     steps = store.steps
     assert len(steps) >= 5 and steps == list(range(1, len(steps) + 1))

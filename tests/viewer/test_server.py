@@ -16,6 +16,7 @@ import zarr
 from click.testing import CliRunner
 from PIL import Image
 from viewer_stores import SIZE, make_attention_store
+from waiting import BACKSTOP
 
 from dumpunet.analyzer.color.colorize import ColorSpec
 from dumpunet.analyzer.grid import grid_shape
@@ -34,7 +35,7 @@ def get(server, path: str) -> tuple[int, dict[str, str], bytes]:
 
 def raw_get(server, path: str) -> tuple[int, bytes]:
     """Send ``path`` byte for byte (urllib would not send some of the attacks)."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=BACKSTOP)
     conn.putrequest("GET", path, skip_accept_encoding=True)
     conn.endheaders()
     res = conn.getresponse()
@@ -220,10 +221,10 @@ def test_dumpunet_view_serves_until_ctrl_c(stores):
     try:
         line = proc.stderr.readline()
         url = re.search(r"at (http://127\.0\.0\.1:\d+/)", line).group(1)
-        with urllib.request.urlopen(url + "api/stores", timeout=60) as res:
+        with urllib.request.urlopen(url + "api/stores", timeout=BACKSTOP) as res:
             assert json.loads(res.read())["stores"] == [{"index": 0, "name": "girl.zarr"}]
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=BACKSTOP) == 0
         assert "dumpunet view: stopped" in proc.stderr.read()
     finally:
         proc.kill()

@@ -42,7 +42,7 @@ import numpy as np
 from dumpunet.analyzer.color.colorize import colorize
 from dumpunet.analyzer.color.spec import ATTENTION_COLOR, ColorSpec
 from dumpunet.analyzer.grid import tile
-from dumpunet.analyzer.heatmap import nearest_query
+from dumpunet.analyzer.heatmap import check_point, nearest_query
 from dumpunet.analyzer.labels import paste, text_image
 from dumpunet.analyzer.output import OutputFolder, WrittenFile, name_part, text_part
 from dumpunet.analyzer.pick import Pick
@@ -51,7 +51,7 @@ from dumpunet.analyzer.pool import progress_bar
 from dumpunet.analyzer.reduce import AVERAGES, average_label, channel_average
 from dumpunet.analyzer.scope import AutoRanges, json_range
 from dumpunet.analyzer.selection import select_attention
-from dumpunet.analyzer.style import ATTENTION_TILE_TARGET
+from dumpunet.analyzer.style import ATTENTION_TILE_TARGET, check_scale
 from dumpunet.analyzer.tokens import label, select_tokens
 from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import parse_ints
@@ -171,8 +171,10 @@ def render_attention(
         raise OptionError("method PCA colours block features; attention maps take White/Black, Red/Blue or Custom")
     if average is not None and average not in AVERAGES:
         raise OptionError(f"unknown head average {average!r} (valid: {', '.join(AVERAGES)})")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, int) or scale < 1):
-        raise OptionError(f"scale must be a whole number of at least 1, got {scale!r}")
+    if scale is not None:
+        check_scale(scale)
+    if query is not None:
+        query = check_point(query)
     st = store if isinstance(store, Store) else open_store(store)
     sel = select_attention(st, pick, "attention")
     layer_list = sel.layers

@@ -25,13 +25,24 @@ from __future__ import annotations
 import numpy as np
 
 from dumpunet.analyzer.color import kernels
+from dumpunet.errors import OptionError
 
-__all__ = ["grid_shape", "grid_size", "tile"]
+__all__ = ["MAX_GRID_PIXELS", "grid_shape", "grid_size", "tile"]
+
+MAX_GRID_PIXELS = 1 << 28
+"""Largest grid image (268M pixels, 805 MB in RGB); every grid is sized here before it is allocated."""
 
 
 def grid_size(cols: int, rows: int, h: int, w: int, scale: int = 1) -> tuple[int, int]:
-    """Return the (height, width) in pixels of a grid of ``cols x rows`` tiles of ``h x w``."""
-    return max(rows * (h * scale + 1) - 1, 0), max(cols * (w * scale + 1) - 1, 0)
+    """Return the (height, width) in pixels of a grid of ``cols x rows`` tiles of ``h x w``.
+
+    A grid over :data:`MAX_GRID_PIXELS` is an :class:`~dumpunet.errors.OptionError`.
+    """
+    height, width = max(rows * (h * scale + 1) - 1, 0), max(cols * (w * scale + 1) - 1, 0)
+    if height * width > MAX_GRID_PIXELS:
+        raise OptionError(f"a grid of {width}x{height} pixels is larger than the limit of {MAX_GRID_PIXELS} pixels; "
+                          "lower --scale or select fewer channels")
+    return height, width
 
 
 def grid_shape(n: int, h: int, w: int, *, image: tuple[int, int] | None = None) -> tuple[int, int]:

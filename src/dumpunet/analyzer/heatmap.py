@@ -16,6 +16,7 @@ selects (``blocks`` names layers or blocks); a map is of one image and one half,
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -26,7 +27,7 @@ from PIL import Image
 from dumpunet.analyzer.output import OutputFolder, WrittenFile, text_part
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png
-from dumpunet.analyzer.tokens import select_tokens
+from dumpunet.analyzer.tokens import check_word, select_tokens
 from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import parse_ints
 from dumpunet.store import Run, Store, open_store
@@ -63,6 +64,7 @@ def word_heatmap(store: Store, word: str, pick: Pick = Pick()) -> np.ndarray:
     >>> heat.shape, float(heat.max())  # doctest: +SKIP
     ((512, 512), 1.0)
     """
+    check_word(word)
     r, image, guidance = _one_map(store, pick)
 
     def token_map(layer: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -73,6 +75,28 @@ def word_heatmap(store: Store, word: str, pick: Pick = Pick()) -> np.ndarray:
         return lambda probs: probs[:, :, idx].astype(np.float32).sum(axis=-1).mean(axis=0)
 
     return _aggregate(store, r, _layers(store, r, pick.blocks, cross=True), token_map, pick.steps, guidance, image)
+
+
+def check_point(point: Sequence[float]) -> tuple[float, float]:
+    """Return the query point ``(x, y)`` if both are finite fractions of the image in [0, 1]; else an :class:`OptionError`.
+
+    >>> check_point((0.5, 1))
+    (0.5, 1.0)
+    """
+    try:
+        x, y = (float(v) for v in point)
+    except (TypeError, ValueError):
+        raise OptionError(f"a query point is x,y as fractions of the image, got {point!r}") from None
+    if not (math.isfinite(x) and math.isfinite(y) and 0 <= x <= 1 and 0 <= y <= 1):
+        raise OptionError(f"query point ({x}, {y}) must be fractions of the image in [0, 1]")
+    return x, y
+
+
+def check_alpha(alpha: float) -> float:
+    """Return the heatmap opacity ``alpha`` if it is a finite number in [0, 1]; else an :class:`OptionError`."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or not 0 <= alpha <= 1:
+        raise OptionError(f"alpha must be a number between 0 and 1, got {alpha!r}")
+    return float(alpha)
 
 
 def nearest_query(info: LayerAttrs, point: Sequence[float]) -> tuple[int, tuple[int, int]]:
@@ -86,9 +110,7 @@ def nearest_query(info: LayerAttrs, point: Sequence[float]) -> tuple[int, tuple[
 
 def query_map(store: Store, point: Sequence[float], pick: Pick = Pick()) -> np.ndarray:
     """Return where the query pixel nearest ``point`` (x, y as fractions) attends, ``[H, W]`` in [0, 1]."""
-    x, y = point
-    if not (0 <= x <= 1 and 0 <= y <= 1):
-        raise OptionError(f"query point ({x}, {y}) must be fractions of the image in [0, 1]")
+    x, y = check_point(point)
     r, image, guidance = _one_map(store, pick)
 
     def pixel_map(layer: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -188,8 +210,11 @@ def write_heatmaps(
     """
     if (word is None) == (query is None):
         raise OptionError("give exactly one of word and query")
-    if not 0 <= alpha <= 1:
-        raise OptionError(f"alpha must be between 0 and 1, got {alpha!r}")
+    alpha = check_alpha(alpha)
+    if word is not None:
+        check_word(word)
+    if query is not None:
+        query = check_point(query)
     st = store if isinstance(store, Store) else open_store(store)
     r = st.run(pick.run)
     image_list = parse_ints(pick.images, 0, r.n_images - 1, noun="image", what="image spec")

@@ -20,7 +20,18 @@ from pathlib import Path
 from dumpunet.errors import OptionError
 from dumpunet.options import option
 
-__all__ = ["ATTENTION_TILE_TARGET", "AVERAGES", "TILE_TARGET", "GridStyle"]
+__all__ = ["ATTENTION_TILE_TARGET", "AVERAGES", "MAX_SCALE", "TILE_TARGET", "GridStyle", "check_scale"]
+
+MAX_SCALE = 64
+"""Largest tile enlargement (a 64x64 map becomes 4096x4096 pixels a tile)."""
+
+
+def check_scale(scale: object) -> int:
+    """Return ``scale`` if it is a whole number in 1..:data:`MAX_SCALE`; else an :class:`OptionError`."""
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= MAX_SCALE:
+        raise OptionError(f"scale must be a whole number from 1 to {MAX_SCALE}, got {scale!r}")
+    return scale
+
 
 AVERAGES = ("mean", "1-norm", "2-norm", "l1", "l2")
 """Channel averages (:func:`~dumpunet.analyzer.reduce.channel_average` computes them)."""
@@ -43,7 +54,8 @@ class GridStyle:
 
     scale: int | None = field(default=None, metadata=option(
         f"Enlarge each tile N times (nearest neighbour); default: enough for tiles of at least {TILE_TARGET} "
-        f"pixels on a side (render, diff; 1 with --plain) or {ATTENTION_TILE_TARGET} (attention).", type=int, minimum=1))
+        f"pixels on a side (render, diff; 1 with --plain) or {ATTENTION_TILE_TARGET} (attention).", type=int, minimum=1,
+        maximum=MAX_SCALE))
     average: str | None = field(default=None, metadata=option(
         "One channel-averaged map per block instead of the grid (1-norm, 2-norm: divided by the channel count, "
         "as in the original; l1, l2: not).", choices=AVERAGES, case_sensitive=False))
@@ -58,9 +70,8 @@ class GridStyle:
         "--scale is given.", type=bool, flag_value=True))
 
     def __post_init__(self) -> None:
-        bad_scale = isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1
-        if self.scale is not None and bad_scale:
-            raise OptionError(f"scale must be a whole number of at least 1, got {self.scale!r}")
+        if self.scale is not None:
+            check_scale(self.scale)
         if not isinstance(self.plain, bool):
             raise OptionError(f"plain must be True or False, got {self.plain!r}")
         if self.average is not None and self.average not in AVERAGES:

@@ -20,11 +20,34 @@ from __future__ import annotations
 
 import re
 
-from dumpunet.errors import SelectionError
+from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import parse_ints
 
 _SPECIAL = {"<|startoftext|>": "<start>", "<|endoftext|>": "<end>"}
 _INDEX = re.compile(r"^\s*\d+\s*(-\s*\d+\s*(\(\s*\+\s*\d+\s*\)\s*)?)?$")
+
+
+MAX_WORD_CHARS = 200
+"""Longest --word (all its comma-separated words together); a prompt's word is far shorter."""
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis, for messages that quote user text."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_word(word: str) -> str:
+    """Return ``word`` if it names something (a word of the prompt or token indices); else an :class:`OptionError`.
+
+    An empty selection means "every token" for ``--tokens``, but a heatmap of every token is
+    not the heatmap of a word.
+    """
+    if not isinstance(word, str) or not any(part.strip() for part in word.split(",")):
+        raise OptionError(f"--word needs a word of the prompt or token indices, got {word!r}")
+    if len(word) > MAX_WORD_CHARS:
+        raise OptionError(f"--word {shorten(word)!r} is {len(word)} characters long; a word of the prompt is at "
+                          f"most {MAX_WORD_CHARS}")
+    return word
 
 
 def label(token: str) -> str:
@@ -70,7 +93,7 @@ def select_tokens(spec: str, tokens: list[str], length: int) -> list[int]:
             words = " ".join(label(t) for t in tokens[1 : max(1, length - 1)])
             have = f"its tokens are: {words}" if words else "the prompt is empty"
             raise SelectionError(
-                f"{part.strip()!r} is not a word of the prompt; {have} (or give token indices 0..{len(tokens) - 1})"
+                f"{shorten(part.strip())!r} is not a word of the prompt; {have} (or give token indices 0..{len(tokens) - 1})"
             )
         for span in spans:
             chosen.update(span)

@@ -17,7 +17,7 @@ from torch import nn
 from dumpunet.errors import OptionError
 from dumpunet.layouts import BlockUnit
 from dumpunet.recorder.blocks import select_blocks
-from dumpunet.specs import parse_ints
+from dumpunet.specs import check_ints
 
 FEATURES = ("qk", "k", "vqk")
 
@@ -133,6 +133,14 @@ def select_layers(unet: nn.Module, units: Sequence[BlockUnit], opts: AttentionOp
     own: set[str] = set()
     if opts.self_attention:
         if opts.self_steps.strip():
-            parse_ints(opts.self_steps, 1, None, noun="step", what="self-attention step spec")
+            check_ints(opts.self_steps, 1, noun="step", what="self-attention step spec")
         own = set(select_blocks(list(units), opts.self_blocks, what="self-attention block spec"))
-    return [layer for layer in attention_layers(unet, units) if layer.block in (cross if layer.cross else own)]
+    every = attention_layers(unet, units)
+    for spec, flag, blocks, is_cross in ((opts.blocks, "--attention-blocks", cross, True),
+                                         (opts.self_blocks, "--self-attention-blocks", own, False)):
+        if spec.strip() and blocks and not any(layer.block in blocks for layer in every if layer.cross == is_cross):
+            kind = "cross-attention" if is_cross else "self-attention"
+            having = sorted({layer.block for layer in every if layer.cross == is_cross}, key=[u.name for u in units].index)
+            raise OptionError(f"{flag} {spec.strip()!r} selects no block with {kind}; blocks with it: "
+                              f"{', '.join(having) or 'none'}")
+    return [layer for layer in every if layer.block in (cross if layer.cross else own)]

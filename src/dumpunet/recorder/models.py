@@ -87,13 +87,16 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _check_device(device: str) -> torch.device:
+def check_device(device: str) -> torch.device:
+    """The torch device ``device`` names, if this machine can compute on it; else an :class:`OptionError`."""
     import torch
 
     try:
         dev = torch.device(device)
-    except RuntimeError as exc:
-        raise OptionError(f"unknown device {device!r}: {exc}") from exc
+    except (RuntimeError, TypeError) as exc:
+        raise OptionError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "meta":  # tensors without data: the pipeline would run and record nothing real
+        raise OptionError(f"device {device!r} holds no data; choose cpu, cuda or mps")
     available = {
         "cpu": True,
         "cuda": torch.cuda.is_available(),
@@ -294,7 +297,7 @@ def load_pipeline(
     >>> meta["pipeline"], meta["path"]
     ('StableDiffusionXLImg2ImgPipeline', None)
     """
-    dev = _check_device(device)
+    dev = check_device(device)
     if config is not None and not model.lower().endswith(CHECKPOINT_SUFFIXES):
         raise ModelError(f"config= applies to .safetensors/.ckpt checkpoints only, not to {model}")
     meta: dict[str, Any]

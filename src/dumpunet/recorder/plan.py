@@ -36,7 +36,7 @@ from dumpunet.errors import OptionError
 from dumpunet.layouts import BlockUnit
 from dumpunet.recorder.attention_layers import AttentionLayer, AttentionOptions, query_grid, select_layers
 from dumpunet.recorder.blocks import block_table, select_blocks, unet_blocks
-from dumpunet.specs import format_ints, parse_ints
+from dumpunet.specs import check_ints, format_ints, parse_ints
 from dumpunet.store import schema
 
 __all__ = ["LayerPlan", "RecordOptions", "RecordingPlan", "Selection", "token_length", "token_row"]
@@ -60,7 +60,7 @@ class RecordOptions:
         if self.dtype not in schema.RECORD_DTYPES:
             raise OptionError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(schema.RECORD_DTYPES)}")
         if self.steps.strip():  # syntax errors now; the range is checked once the step count is known
-            parse_ints(self.steps, 1, None, noun="step", what="step spec")
+            check_ints(self.steps, 1, noun="step", what="step spec")
 
     @property
     def store_dtype(self) -> str:

@@ -7,6 +7,7 @@ draws the seed of a request that asks for a random one, where the recording star
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,7 +23,28 @@ from dumpunet.specs import parse_blocks, parse_ints
 from dumpunet.store import schema
 from dumpunet.store.target import StoreLock, check_target
 
-__all__ = ["RecordRequest", "RunPrompts", "check", "resolve_seed", "run_prompts"]
+__all__ = ["MAX_SEED", "RANGES", "RecordRequest", "RunPrompts", "check", "resolve_seed", "run_prompts"]
+
+MAX_SEED = 2**64 - 1
+"""The largest seed torch's generator takes (image i of a batch uses seed + i)."""
+
+RANGES: dict[str, tuple[int | float, int | float]] = {
+    "steps": (1, 10_000),
+    "seed": (-1, MAX_SEED),
+    "cfg": (0.0, 100.0),
+    "width": (8, 8192),
+    "height": (8, 8192),
+    "batch_size": (1, 256),
+    "strength": (0.0, 1.0),
+    "clip_skip": (1, 48),
+    "query_stride": (1, 64),
+    "max_bytes": (0, 2**63 - 1),
+}
+"""Inclusive bounds of every numeric field of :class:`RecordRequest`, checked before anything is allocated.
+
+Floats must also be finite. The bounds keep a mistyped value from allocating or computing
+garbage: 10,000 steps, cfg 100 (A1111's slider stops at 30), 8192 pixels a side.
+"""
 
 
 @dataclass(frozen=True)
@@ -68,22 +90,35 @@ class RecordRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise OptionError(f"--steps must be at least 1, got {self.steps}")
-        if self.batch_size < 1:
-            raise OptionError(f"--batch-size must be at least 1, got {self.batch_size}")
+        self._check_ranges()
+        if self.seed >= 0 and self.seed + self.batch_size - 1 > MAX_SEED:
+            raise OptionError(f"--seed {self.seed} + --batch-size {self.batch_size} - 1 passes the largest seed {MAX_SEED}")
+        if self.device is not None:
+            from dumpunet.recorder.models import check_device
+
+            check_device(self.device)
         if self.dtype not in schema.RECORD_DTYPES:
             raise OptionError(f"--dtype must be one of {', '.join(schema.RECORD_DTYPES)}, got {self.dtype!r}")
-        if not 0.0 < self.strength <= 1.0:
+        if self.strength == 0.0:
             raise OptionError(f"--strength must be in (0, 1], got {self.strength}")
         if self.emphasis not in EMPHASIS_MODES:
             raise OptionError(f"--emphasis must be one of {', '.join(EMPHASIS_MODES)}, got {self.emphasis!r}")
-        if self.clip_skip < 1:
-            raise OptionError(f"--clip-skip must be at least 1 (1 = last layer), got {self.clip_skip}")
         for name in ("width", "height"):
             v = getattr(self, name)
-            if v is not None and (v < 8 or v % 8):
+            if v is not None and v % 8:
                 raise OptionError(f"--{name} must be a positive multiple of 8, got {v}")
+        if self.sweep_insert is not None and not self.sweep_insert.strip():
+            raise OptionError("--insert is empty: every run would equal the base run; give the text to insert")
+        if not self.self_attention:
+            ignored = [flag for flag, given in (("--query-region", self.query_region is not None),
+                                                ("--query-stride", self.query_stride != 1),
+                                                ("--self-attention-blocks", bool(self.self_attention_blocks.strip())),
+                                                ("--self-attention-steps", bool(self.self_attention_steps.strip())),
+                                                ("--self-attention-heads", self.self_attention_heads != "all"))
+                       if given]
+            if ignored:
+                verb = "filters" if len(ignored) == 1 else "filter"
+                raise OptionError(f"{', '.join(ignored)} only {verb} self-attention maps; add --self-attention")
         # Everything that can be checked without weights is checked now.
         if self.record_steps.strip():
             parse_ints(self.record_steps, 1, self.executed_steps, noun="step", what="--record-steps")
@@ -96,6 +131,20 @@ class RecordRequest:
                 "--pair needs a layer-prompt group like 'a (~: M00: excellent :~) girl' in --prompt or "
                 "--negative-prompt, or --base TEXT to compare against"
             )
+
+    def _check_ranges(self) -> None:
+        """Refuse a numeric field that is not a number, not finite, or outside :data:`RANGES`."""
+        for name, (lo, hi) in RANGES.items():
+            v = getattr(self, name)
+            if v is None and name in ("width", "height", "max_bytes"):
+                continue
+            flag = "--" + name.replace("_", "-")
+            kind = float if isinstance(lo, float) else int
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
+                noun = "a number" if kind is float else "a whole number"
+                raise OptionError(f"{flag} must be {noun}, got {v!r}")
+            if not math.isfinite(v) or not lo <= v <= hi:
+                raise OptionError(f"{flag} must be between {lo} and {hi}, got {v}")
 
     @property
     def executed_steps(self) -> int:

@@ -56,6 +56,9 @@ __all__ = ["FUNCTIONS", "Expression", "evaluate", "parse_expression"]
 
 MAX_LENGTH = 1000
 
+MAX_DEPTH = 100
+"""Deepest nesting of operators and calls; the checker, the evaluator and the interval code recurse."""
+
 CONSTANTS: dict[str, float] = {"pi": float(np.pi), "e": float(np.e)}
 
 
@@ -311,6 +314,8 @@ def parse_expression(text: str, *, name: str | None = None) -> Expression:
     lead = len(text) - len(body)
     if not body.strip():
         raise ExpressionError(f"{prefix}expression is empty (write one in v, like abs(v))", text, len(text))
+    if "\0" in text:  # ast.parse refuses it without a position
+        raise ExpressionError(f"{prefix}the null character is not allowed", text, text.index("\0"))
     try:
         tree = ast.parse(body, mode="eval")
     except SyntaxError as err:
@@ -325,8 +330,23 @@ def parse_expression(text: str, *, name: str | None = None) -> Expression:
     except (ValueError, RecursionError, MemoryError) as err:  # e.g. huge literals, deep nesting
         raise ExpressionError(f"{prefix}cannot parse: {err}", text, lead) from None
     checker = _Checker(text, lead, name)
+    deep = _too_deep(tree.body)
+    if deep is not None:
+        raise checker.fail(f"expression nests more than {MAX_DEPTH} levels deep", deep)
     checker.check(tree.body)
     return Expression(text, tree.body, checker.uses_v)
+
+
+def _too_deep(root: ast.AST) -> ast.AST | None:
+    """The first node nested deeper than :data:`MAX_DEPTH`, found without recursion; None if there is none."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return node
+        for child in ast.iter_child_nodes(node):  # operators and contexts are no level (and have no position)
+            stack.append((child, depth + 1) if isinstance(child, ast.expr) else (child, depth))
+    return None
 
 
 def _eval(node: ast.expr, v: np.ndarray):

@@ -99,8 +99,11 @@ function show(img, shown) {
   img.src = shown.src;
 }
 
+// <body data-requested="n" data-settled="n">: view n was asked for, and view n shows (its
+// pictures drawn, or its error). Scripts and the browser tests wait on these, not on time.
 async function refresh() {
   const mine = ++seq;
+  document.body.dataset.requested = String(mine);
   try {
     // picture and command together, so the page never shows one view's command under another's picture
     const shown = await picture();
@@ -111,10 +114,13 @@ async function refresh() {
     $("command").textContent = shown.command || "(no single command writes this picture)";
     show($("picture"), shown);
     showError("");
+    await $("picture").decode().catch(() => {});  // drawn (a broken picture settles too)
   } catch (err) {
     if (mine === seq) showError(String(err.message || err));
   }
-  if (mine === seq) refreshBeside(mine);
+  if (mine !== seq) return;
+  await refreshBeside(mine);
+  if (mine === seq) document.body.dataset.settled = String(mine);
 }
 
 // The same view of the second store ("compare"), beside the first.
@@ -126,6 +132,7 @@ async function refreshBeside(mine) {
     if (mine !== seq) return;
     $("error2").hidden = true;
     show($("picture2"), shown);
+    await $("picture2").decode().catch(() => {});
   } catch (err) {
     if (mine !== seq) return;
     $("error2").hidden = false;
