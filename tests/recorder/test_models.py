@@ -233,8 +233,31 @@ def test_pickled_code_in_a_ckpt_is_refused_not_run(tmp_path):
     with pytest.raises(ModelError) as err:
         load_pipeline(str(path))
     assert str(err.value) == (
-        f"{path} holds Python objects besides tensors, and .ckpt files are opened only with "
+        f"{path} holds Python objects besides tensors, and pickles are opened only with "
         "torch.load(weights_only=True); convert it to .safetensors where you trust it"
+    )
+    assert not marker.exists()
+
+
+def test_pickled_code_in_a_diffusers_folder_is_one_error_not_run(tmp_path):
+    # a folder whose text encoder weights are a .bin pickle carrying code: transformers loads it
+    # with torch.load(weights_only=True), which refuses; that refusal is one ModelError
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("ran",))
+
+    folder = tmp_path / "evil-diffusers"
+    build_tiny_pipeline("tiny-sd1").save_pretrained(folder)
+    for weights in (folder / "text_encoder").glob("*.safetensors"):
+        weights.unlink()
+    torch.save({"w": Payload()}, folder / "text_encoder" / "pytorch_model.bin")
+    with pytest.raises(ModelError) as err:
+        load_pipeline(str(folder))
+    assert str(err.value) == (
+        f"cannot load the diffusers folder {folder}: a .bin weights file holds Python objects besides tensors, "
+        "and pickles are opened only with torch.load(weights_only=True); convert it to .safetensors where you trust it"
     )
     assert not marker.exists()
 

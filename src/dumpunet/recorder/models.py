@@ -133,8 +133,20 @@ def _from_folder(folder: Path, arch: Architecture, img2img: bool, torch_dtype: A
     extra: dict[str, Any] = {} if arch == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
     try:
         return cls.from_pretrained(folder, local_files_only=True, torch_dtype=torch_dtype, **extra)
+    except pickle.UnpicklingError as exc:  # a .bin weights file: torch.load(weights_only=True) refused it
+        if not str(exc).startswith(_WEIGHTS_ONLY):
+            raise ModelError(f"cannot load {what} {folder}: a .bin weights file is not a valid pickle: {exc}") from exc
+        raise ModelError(
+            f"cannot load {what} {folder}: a .bin weights file holds Python objects besides tensors, and "
+            f"{_PICKLE_POLICY}"
+        ) from exc
     except _load_errors() as exc:
         raise ModelError(f"cannot load {what} {folder}: {exc}") from exc
+
+
+_WEIGHTS_ONLY = "Weights only load failed"
+"""How torch.load(weights_only=True) starts its message when a pickle holds more than tensors."""
+_PICKLE_POLICY = "pickles are opened only with torch.load(weights_only=True); convert it to .safetensors where you trust it"
 
 
 def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -153,12 +165,9 @@ def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        if not str(exc).startswith("Weights only load failed"):
+        if not str(exc).startswith(_WEIGHTS_ONLY):
             raise ModelError(f"{path} is not a valid .ckpt file: {exc}") from exc
-        raise ModelError(
-            f"{path} holds Python objects besides tensors, and .ckpt files are opened only with "
-            "torch.load(weights_only=True); convert it to .safetensors where you trust it"
-        ) from exc
+        raise ModelError(f"{path} holds Python objects besides tensors, and {_PICKLE_POLICY}") from exc
     except Exception as exc:  # the unpickler fed arbitrary bytes raises anything (KeyError, EOFError, ...)
         raise ModelError(f"{path} is not a valid .ckpt file: {type(exc).__name__}: {exc}") from exc
     while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
