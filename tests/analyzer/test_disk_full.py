@@ -125,7 +125,7 @@ class FullDisk:
     """``os.fdopen`` for :func:`dumpunet.files.write_atomic` that lets ``room`` files through, then fails.
 
     The failing file gets a few bytes before ``ENOSPC`` (or ``error``), as a real disk would.
-    The manifest always fits (it is what the test reads).
+    The manifest always fits (it is what the test reads); files opened for reading pass.
     """
 
     def __init__(self, room: int, error: int = errno.ENOSPC) -> None:
@@ -136,8 +136,8 @@ class FullDisk:
     def __call__(self, fd, mode="r", *args, **kw):
         fh = self.real(fd, mode, *args, **kw)
         name = os.readlink(f"/proc/self/fd/{fd}")
-        if os.path.basename(name).startswith(".manifest.json."):
-            return fh
+        if not set(mode) & set("wax+") or os.path.basename(name).startswith(".manifest.json."):
+            return fh  # reads (the store's own files) and the manifest pass
         with self.lock:
             self.room -= 1
             if self.room >= 0:
