@@ -249,13 +249,13 @@ def test_a_second_overwrite_refuses_while_the_first_records_and_leaves_its_store
     out = tmp_path / "busy.zarr"
     proc = _record_proc(out)
     try:
-        _wait_for_calls(out, 1)
+        _wait_for_calls(proc, out, 1)
         res = CliRunner().invoke(main, ["record", "--steps", "2", "--blocks", "M00", "--quiet", "--overwrite",
                                         "--out", str(out)])
         assert (res.exit_code, res.output) == (1, (f"Error: {out} is being recorded by process {proc.pid} (lock file "
                                                    f"{tmp_path / '.busy.zarr.lock'}); wait for it to finish or stop "
                                                    "it, or choose another --out\n"))
-        _wait_for_calls(out, 6)  # the first goes on
+        _wait_for_calls(proc, out, 6)  # the first goes on
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
