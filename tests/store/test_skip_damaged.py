@@ -132,3 +132,10 @@ def test_the_python_api_skips_as_the_command_does(stores, tmp_path, capfd):
     assert _listed(tmp_path / "skip") == _names(f.path.name for f in files)
     assert _prefixed([line for line in err if line.startswith("warning: ")])
     assert err[-1] == "2 maps skipped: damaged chunks"
+
+
+def test_export_of_attention_layers_refuses_skip_damaged(tmp_path):
+    res = CliRunner().invoke(main, ["export", str(tmp_path / "any.zarr"), "--layers", "IN01.attn2", "--skip-damaged",
+                                    "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and "--skip-damaged skips damaged block maps" in res.output, res.output
+    assert not (tmp_path / "out").exists()
