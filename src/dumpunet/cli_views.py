@@ -61,6 +61,9 @@ OPTIONS = {o.name: o for o in [
                "--self-attention); for heatmap, instead of --word: where that pixel attends."),
     OptionSpec("word", "A word (or several, comma-separated) of the prompt: cross-attention heatmap."),
     OptionSpec("alpha", "Opacity of the heatmap.", default=0.5, type=float, minimum=0, maximum=1),
+    OptionSpec("skip_damaged", "A map whose chunk is missing or damaged: skip its file with a warning line on "
+               "stderr (and a count at the end) instead of stopping with the error.", default=False,
+               flag_value=True),
 ]}
 """The options that belong to no analysis value, each stated once."""
 
@@ -98,10 +101,10 @@ def _point(value: str | None) -> tuple[float, float] | None:
 @with_options(value_options(Pick))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec))
-@with_options(_options("jobs", "sweep", *_WRITTEN))
+@with_options(_options("jobs", "skip_damaged", "sweep", *_WRITTEN))
 @click.pass_context
-def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, jobs: int | None, sweep: bool, quiet: bool,
-           as_json: bool, **opts: Any) -> None:
+def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, jobs: int | None, skip_damaged: bool, sweep: bool,
+           quiet: bool, as_json: bool, **opts: Any) -> None:
     """Render block outputs as PNG grids (one tile per channel) plus a manifest.json.
 
     Grids are labelled (title, channel numbers, colour bar) and small maps enlarged;
@@ -121,7 +124,8 @@ def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, jobs: int | 
         return
     from dumpunet.analyzer.render import render as render_stores
 
-    files = render_stores(list(stores), pick, color, style, out=out, jobs=jobs, progress=not quiet)
+    files = render_stores(list(stores), pick, color, style, out=out, jobs=jobs, progress=not quiet,
+                          skip_damaged=skip_damaged)
     _echo_written(files, out, "PNG file", as_json)
 
 
@@ -144,10 +148,10 @@ def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, ou
 @click.command()
 @click.argument("store", type=PATH)
 @with_options(value_options(Pick))
-@with_options(_options("layers", "feature", "format", *_WRITTEN))
+@with_options(_options("layers", "feature", "format", "skip_damaged", *_WRITTEN))
 @click.pass_context
-def export(ctx: click.Context, store: Path, layers: str | None, feature: str, format: str, out: Path,  # noqa: A002
-           quiet: bool, as_json: bool, **opts: Any) -> None:
+def export(ctx: click.Context, store: Path, layers: str | None, feature: str, format: str,  # noqa: A002
+           skip_damaged: bool, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Export raw feature values as .bin (float32 per channel), .npy or .safetensors files.
 
     With --layers, attention layers instead: bin writes the original's Q*K dump, one file
@@ -164,10 +168,13 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
             raise click.UsageError("--feature chooses what --layers exports; blocks have no attention feature")
         from dumpunet.analyzer.export import export as export_store
 
-        files = export_store(store, pick, out=out, format=format, progress=not quiet)
+        files = export_store(store, pick, out=out, format=format, progress=not quiet, skip_damaged=skip_damaged)
     else:
         if pick.blocks:
             raise click.UsageError("give --blocks (block features) or --layers (attention), not both")
+        if skip_damaged:
+            raise click.UsageError("--skip-damaged skips damaged block maps; --layers exports attention, which it "
+                                   "does not cover")
         from dumpunet.analyzer.attention_export import export_attention
 
         files = export_attention(store, dataclasses.replace(pick, blocks=layers), out=out, format=format,
@@ -181,9 +188,9 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
 @with_options(value_options(Pick, skip=("run",)))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec, defaults=DIFF_COLOR))
-@with_options(_options("export", "finals", "jobs", *_WRITTEN))
-def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: Path, jobs: int | None, quiet: bool,
-         as_json: bool, **opts: Any) -> None:
+@with_options(_options("export", "finals", "jobs", "skip_damaged", *_WRITTEN))
+def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: Path, jobs: int | None,
+         skip_damaged: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Show what a per-block prompt changed: layered - base of a pair, per block and step.
 
     Writes difference maps diff-<block>-step<NNN>-img<i>-<guidance>-...png (coloured like
@@ -204,7 +211,7 @@ def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: P
     pick, style, color = take(Pick, opts), take(GridStyle, opts), take(ColorSpec, opts)
     sigterm_as_interrupt()
     files = diff_pair(store, pick, color, style, out=out, pair=pair, finals=finals, export=export, jobs=jobs,
-                      progress=not quiet)
+                      progress=not quiet, skip_damaged=skip_damaged)
     _echo_written(files, out, "file", as_json)
 
 

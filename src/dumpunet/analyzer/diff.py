@@ -50,6 +50,7 @@ import numpy as np
 
 from dumpunet.analyzer.chart import line_chart
 from dumpunet.analyzer.color.spec import DIFF_COLOR, ColorSpec
+from dumpunet.analyzer.damage import Damage
 from dumpunet.analyzer.export import write_tensors
 from dumpunet.analyzer.output import OutputFolder, WrittenFile
 from dumpunet.analyzer.pick import Pick
@@ -84,6 +85,7 @@ def diff(
     jobs: int | None = None,
     progress: bool = True,
     png_encoder: str | None = None,
+    skip_damaged: bool = False,
 ) -> list[WrittenFile]:
     """Render ``layered - base`` of a pair, its summary and the final images into ``out``.
 
@@ -107,8 +109,9 @@ def diff(
         Also write the ``layered - base`` tensors as ``bin``, ``npy`` or ``safetensors`` files
         (:func:`~dumpunet.analyzer.export.write_tensors`), as the original's "Dump difference
         tensors to files" did.
-    style, jobs, progress, png_encoder
-        As for :func:`~dumpunet.analyzer.render.render`.
+    style, jobs, progress, png_encoder, skip_damaged
+        As for :func:`~dumpunet.analyzer.render.render`; a skipped map (a chunk of either run
+        damaged) also has no row in ``summary.csv``.
 
     Returns every file written: the maps, the tensor files, then ``summary.csv``, ``summary.png``
     and the finals.
@@ -125,27 +128,30 @@ def diff(
         check_format(export)
     encoder = resolve_encoder(png_encoder)
     jobs = check_jobs(jobs)
+    damage = Damage(skip_damaged)
     st = store if isinstance(store, Store) else open_store(store)
     sel = select_pair(st, pick, pair=pair)
     pictures = final_images(sel) if finals else {}
     target = Target(sel, OutputFolder(out), AutoRanges(color))
     with progress_bar(len(sel) * len(style.drawn()), progress, unit="png", desc="render") as bar:
-        tasks, basis = plan_grids([target], color, style, status=bar.set_description)
+        tasks, basis = plan_grids([target], color, style, status=bar.set_description, damage=damage)
         with target.output as output:
             files = write_grids(tasks, color, basis, jobs=jobs, encoder=encoder,
-                                on_done=lambda _: bar.update(1))
+                                on_done=lambda _: bar.update(1), damage=damage)
             if export is not None:
-                files += write_tensors(sel, output, export)
-            files += _write_summary_and_finals(output, sel, pictures, encoder)
+                files += write_tensors(sel, output, export, damage=damage)
+            files += _write_summary_and_finals(output, sel, pictures, encoder, damage)
+    damage.report()
     return files
 
 
 def _write_summary_and_finals(
-    output: OutputFolder, sel: DiffSelection, pictures: dict[int, tuple[np.ndarray, np.ndarray]], encoder: str
+    output: OutputFolder, sel: DiffSelection, pictures: dict[int, tuple[np.ndarray, np.ndarray]], encoder: str,
+    damage: Damage,
 ) -> list[WrittenFile]:
     common = {"store": str(sel.store.path.resolve()), "pair": sel.pair["label"], "base_run": sel.base.name,
               "run": sel.run.name}
-    rows = summary_rows(sel)
+    rows = summary_rows(sel, damage)
     written = [output.write("summary.csv", _csv(rows), {"kind": "diff-summary", **common, "which": sel.which,
                                                          "columns": list(SUMMARY_COLUMNS), "rows": len(rows)})]
     image, legend = summary_chart(sel, rows)
@@ -199,11 +205,17 @@ def final_images(sel: DiffSelection) -> dict[int, tuple[np.ndarray, np.ndarray]]
     return out
 
 
-def summary_rows(sel: DiffSelection) -> list[dict[str, Any]]:
-    """One row per slab (blocks in U-Net order, then steps, images, halves): the columns of ``summary.csv``."""
+def summary_rows(sel: DiffSelection, damage: Damage | None = None) -> list[dict[str, Any]]:
+    """One row per slab (blocks in U-Net order, then steps, images, halves): the columns of ``summary.csv``.
+
+    A slab whose chunk is damaged raises, or with ``damage.skip`` has no row.
+    """
+    damage = damage or Damage()
     rows = []
     for slab in sel.slabs("block"):
-        s = sel.stats(slab)
+        s = damage.attempt(slab, lambda slab=slab: sel.stats(slab))
+        if s is None:
+            continue
         rows.append({"block": slab.block, "step": slab.step, "image": slab.image, "guidance": slab.guidance,
                      "mean_abs_diff": s.mean_abs_diff, "base_mean_abs": s.base_mean_abs, "relative": s.relative})
     return rows

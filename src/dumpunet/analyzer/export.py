@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from dumpunet.analyzer.damage import Damage
 from dumpunet.analyzer.output import OutputFolder, WrittenFile, name_part
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.pool import progress_bar
@@ -60,10 +61,13 @@ def export(
     out: str | os.PathLike[str],
     format: Literal["bin", "npy", "safetensors"] = "bin",  # noqa: A002 - the CLI's --format
     progress: bool = True,
+    skip_damaged: bool = False,
 ) -> list[WrittenFile]:
     """Write what ``pick`` selects of a store to ``out`` as ``format`` files; return them.
 
-    ``pick`` is :func:`dumpunet.render`'s (empty specs select everything).
+    ``pick`` is :func:`dumpunet.render`'s (empty specs select everything). ``skip_damaged``:
+    as for :func:`dumpunet.render`; an npy or safetensors file holding a damaged map is not
+    written.
 
     Examples
     --------
@@ -72,25 +76,39 @@ def export(
     (1, 1, 320, 64, 64)
     """
     check_format(format)
+    damage = Damage(skip_damaged)
     sel = select(store if isinstance(store, Store) else open_store(store), pick)
     output = OutputFolder(out)
     with progress_bar(len(sel.steps) * len(sel.blocks), progress, unit="map", desc="export") as bar, output:
-        return write_tensors(sel, output, format, on_done=lambda: bar.update(1))
+        files = write_tensors(sel, output, format, on_done=lambda: bar.update(1), damage=damage)
+    damage.report()
+    return files
 
 
 def write_tensors(
-    sel: Selection, output: OutputFolder, fmt: str, *, on_done: Callable[[], None] = lambda: None
+    sel: Selection,
+    output: OutputFolder,
+    fmt: str,
+    *,
+    on_done: Callable[[], None] = lambda: None,
+    damage: Damage | None = None,
 ) -> list[WrittenFile]:
-    """Write every (block, step) of ``sel`` as ``fmt`` files into the entered ``output``."""
+    """Write every (block, step) of ``sel`` as ``fmt`` files into the entered ``output``.
+
+    A map whose chunk is damaged raises, or with ``damage.skip`` its files are not written.
+    """
     check_format(fmt)
+    damage = damage or Damage()
     done: list[WrittenFile] = []
     for _, group in groupby(sel.slabs(), key=lambda s: (s.step, s.block)):
-        slabs = list(group)
+        # every map is read before any is written, so each damaged one is named
+        maps = {slab: damage.attempt(slab, lambda slab=slab: sel.read(slab)) for slab in group}
         if fmt == "bin":
-            for slab in slabs:
-                done += _write_bin(sel, slab, output)
-        else:
-            done.append(_write_array(sel, slabs, output, fmt))
+            for slab, x in maps.items():
+                if x is not None:
+                    done += _write_bin(sel, slab, x, output)
+        elif all(x is not None for x in maps.values()):
+            done.append(_write_array(sel, maps, output, fmt))
         on_done()
     return done
 
@@ -106,8 +124,7 @@ def _block_part(slab: Slab) -> str:
     return f"{block}-input" if slab.which == "input" else block
 
 
-def _write_bin(sel: Selection, slab: Slab, output: OutputFolder) -> list[WrittenFile]:
-    x = sel.read(slab)
+def _write_bin(sel: Selection, slab: Slab, x: np.ndarray, output: OutputFolder) -> list[WrittenFile]:
     channels = sel.channels[slab.block] or range(x.shape[0])
     written = []
     for row, c in enumerate(channels):
@@ -117,14 +134,13 @@ def _write_bin(sel: Selection, slab: Slab, output: OutputFolder) -> list[Written
     return written
 
 
-def _write_array(sel: Selection, slabs: list[Slab], output: OutputFolder, fmt: str) -> WrittenFile:
-    first = slabs[0]
+def _write_array(sel: Selection, maps: dict[Slab, np.ndarray], output: OutputFolder, fmt: str) -> WrittenFile:
+    first = next(iter(maps))
     halves = [g for _, g in sel.guidance]
-    maps = {(slab.image, slab.guidance_index): sel.read(slab) for slab in slabs}
-    sample = maps[first.image, first.guidance_index]
+    sample = maps[first]
     arr = np.empty((len(sel.images), len(halves), *sample.shape), sample.dtype)
-    for (image, g), x in maps.items():
-        arr[sel.images.index(image), halves.index(g)] = x
+    for slab, x in maps.items():
+        arr[sel.images.index(slab.image), halves.index(slab.guidance_index)] = x
     name = f"{sel.prefix}{_block_part(first)}-step{first.step:03d}.{fmt}"
     base = _base(sel)
     meta = {

@@ -35,6 +35,7 @@ import numpy as np
 from dumpunet.analyzer import pca
 from dumpunet.analyzer.color.colorize import colorize
 from dumpunet.analyzer.color.spec import ColorSpec
+from dumpunet.analyzer.damage import Damage
 from dumpunet.analyzer.grid import grid_size, tile
 from dumpunet.analyzer.grid_labels import bar_info, label_grid, title_lines
 from dumpunet.analyzer.output import OutputFolder, WrittenFile, check_folder
@@ -145,6 +146,7 @@ def render(
     jobs: int | None = None,
     progress: bool = True,
     png_encoder: str | None = None,
+    skip_damaged: bool = False,
 ) -> list[WrittenFile]:
     """Render what ``pick`` selects of one or several stores to PNG files in ``out``; return the files written.
 
@@ -174,6 +176,10 @@ def render(
         Show one tqdm bar on stderr for all stores.
     png_encoder
         ``"libdeflate"``, ``"zlib"`` or ``"pillow"``; default: the fastest installed (:mod:`.png`).
+    skip_damaged
+        A map whose chunk is missing or damaged: by default a
+        :class:`~dumpunet.errors.DamagedChunkError`; with True, a warning line on stderr, its
+        file is not written, and a count of skipped maps at the end (:mod:`.damage`).
 
     Examples
     --------
@@ -184,18 +190,24 @@ def render(
     style.check(pick, color)
     encoder = resolve_encoder(png_encoder)
     jobs = check_jobs(jobs)
+    damage = Damage(skip_damaged)
     listed = [stores] if isinstance(stores, (str, os.PathLike, Store)) else list(stores)
     if not listed:
         raise OptionError("no store to render")
     sels = [select(s if isinstance(s, Store) else open_store(s), pick) for s in listed]
     check_folder(out)
     targets = [Target(sel, OutputFolder(f), AutoRanges(color)) for sel, f in zip(sels, folders(sels, out))]
-    with progress_bar(sum(len(sel) for sel in sels) * len(style.drawn()), progress, unit="png", desc="render") as bar:
-        tasks, basis = plan_grids(targets, color, style, status=bar.set_description)
+    total = sum(len(sel) for sel in sels) * len(style.drawn())
+    with progress_bar(total, progress, unit="png", desc="render") as bar:
+        tasks, basis = plan_grids(targets, color, style, status=bar.set_description, damage=damage)
+        bar.update(total - len(tasks))  # skipped by the Auto first pass
         with ExitStack() as stack:
             for t in targets:
                 stack.enter_context(t.output)
-            return write_grids(tasks, color, basis, jobs=jobs, encoder=encoder, on_done=lambda _: bar.update(1))
+            files = write_grids(tasks, color, basis, jobs=jobs, encoder=encoder, on_done=lambda _: bar.update(1),
+                                damage=damage)
+    damage.report()
+    return files
 
 
 def write_grids(
@@ -205,16 +217,22 @@ def write_grids(
     *,
     jobs: int,
     encoder: str,
-    on_done: Callable[[WrittenFile], None] | None = None,
+    on_done: Callable[[WrittenFile | None], None] | None = None,
+    damage: Damage | None = None,
 ) -> list[WrittenFile]:
     """Draw, encode and write planned grids (each in its task's style) on ``jobs`` threads into their
-    (entered) output folders."""
+    (entered) output folders; a grid whose chunk is damaged raises, or with ``damage.skip`` is not written."""
     lock = kernel_lock()
+    damage = damage or Damage()
 
-    def work(task: GridTask) -> WrittenFile:
+    def work(task: GridTask) -> WrittenFile | None:
         t, slab = task.target, task.slab
         with lock:
-            image, minmax = draw_grid(t.sel, slab, color, task.style, t.ranges, basis, alloc=scratch)
+            drawn = damage.attempt(slab, lambda: draw_grid(t.sel, slab, color, task.style, t.ranges, basis,
+                                                           alloc=scratch))
+        if drawn is None:
+            return None
+        image, minmax = drawn
         if t.ranges.scope == "block":
             task.entry["range"] = json_range(minmax)
         task.entry["size"] = [image.shape[1], image.shape[0]]
@@ -223,6 +241,6 @@ def write_grids(
         data = encode_png(image, encoder=encoder, scratch=scratch("filtered", (image.size + image.shape[0],)))
         return t.output.write(task.name, data, task.entry)
 
-    done: list[WrittenFile] = []
+    done: list[WrittenFile | None] = []
     run_parallel(tasks, work, jobs=jobs, done=done, on_done=on_done)
-    return done
+    return [f for f in done if f is not None]

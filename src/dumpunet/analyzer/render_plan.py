@@ -36,6 +36,7 @@ import numpy as np
 
 from dumpunet.analyzer import pca
 from dumpunet.analyzer.color.spec import ColorSpec
+from dumpunet.analyzer.damage import Damage
 from dumpunet.analyzer.grid import grid_shape, grid_size
 from dumpunet.analyzer.output import OutputFolder, name_part, output_path
 from dumpunet.analyzer.reduce import average_label, channel_average
@@ -81,12 +82,17 @@ def plan_grids(
     style: GridStyle,
     *,
     status: Callable[[str], None] = lambda _: None,
+    damage: Damage | None = None,
 ) -> tuple[list[GridTask], pca.Basis | None]:
     """Fit or load the PCA basis, run the Auto first pass, and plan every file of every target.
 
     With ``style.with_grid`` every slab gets two files: the averaged map, then the channel grid.
+    A slab whose chunk is damaged raises, or with ``damage.skip`` is left out (of the ranges,
+    the basis and the files).
     """
-    basis = prepare_basis([t.sel for t in targets], style.pca_basis, status=status) if color.pca else None
+    damage = damage or Damage()
+    basis = (prepare_basis([t.sel for t in targets], style.pca_basis, status=status, damage=damage)
+             if color.pca else None)
     # with_grid draws each slab twice (average, then channels): each drawing has its own Auto ranges
     planned = [(t if i == 0 else replace(t, ranges=AutoRanges(color)), s)
                for t in targets for i, s in enumerate(style.drawn())]
@@ -94,9 +100,12 @@ def plan_grids(
         if t.ranges.first_pass:
             status("ranges")
             for slab in t.sel.slabs():
-                t.ranges.add(read_maps(t.sel, slab, s.average), **_group(slab))
+                maps = damage.attempt(slab, lambda: read_maps(t.sel, slab, s.average))  # noqa: B023 - called at once
+                if maps is not None:
+                    t.ranges.add(maps, **_group(slab))
     status("render")
-    return [_task(t, slab, color, s, basis) for t, s in planned for slab in t.sel.slabs()], basis
+    tasks = [_task(t, slab, color, s, basis) for t, s in planned for slab in t.sel.slabs() if not damage.skipped(slab)]
+    return tasks, basis
 
 
 def grid_layout(sel: Selection, n: int, h: int, w: int) -> tuple[int, int]:
@@ -165,9 +174,17 @@ def _task(t: Target, slab: Slab, color: ColorSpec, style: GridStyle, basis: pca.
 
 
 def prepare_basis(
-    sels: Sequence[Selection], path: Path | None, *, status: Callable[[str], None] = lambda _: None
+    sels: Sequence[Selection],
+    path: Path | None,
+    *,
+    status: Callable[[str], None] = lambda _: None,
+    damage: Damage | None = None,
 ) -> pca.Basis:
-    """Load the PCA basis file, fit the blocks it lacks (or all, without a file), save it."""
+    """Load the PCA basis file, fit the blocks it lacks (or all, without a file), save it.
+
+    With ``damage.skip``, slabs whose chunk is damaged are left out of the fit.
+    """
+    damage = damage or Damage()
     need: dict[str, tuple[int, Selection]] = {}
     for sel in sels:
         for block in sel.blocks:
@@ -196,7 +213,11 @@ def prepare_basis(
         slabs = [(sel, sl) for sel in sels for sl in sel.slabs("block") if sel.basis_key(sl.block) == key]
         per = -(-pca.MAX_SAMPLES // len(slabs))
         rng = pca.seeded_rng(key)
-        samples = np.concatenate([pca.sample_pixels(sel.read(sl), per, rng) for sel, sl in slabs])
+        read = [(sl, damage.attempt(sl, lambda sel=sel, sl=sl: sel.read(sl))) for sel, sl in slabs]
+        maps = [x for _, x in read if x is not None]
+        if not maps:
+            raise SelectionError(f"every selected map of {key} is damaged; there is nothing to fit its PCA basis on")
+        samples = np.concatenate([pca.sample_pixels(x, per, rng) for x in maps])
         meta = {
             "stores": sorted({str(sel.store.path.resolve()) for sel, _ in slabs}),
             "steps": format_ints({sl.step for _, sl in slabs}),
