@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from dumpunet.analyzer.color.spec import ATTENTION_COLOR, DIFF_COLOR, METHODS, ColorSpec
+from dumpunet.analyzer.colormaps import COLORMAPS, DEFAULT_COLORMAP
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.style import AVERAGES, GridStyle
 from dumpunet.analyzer.tensor_files import FORMATS
@@ -59,7 +60,14 @@ OPTIONS = {o.name: o for o in [
                choices=("qk", "k", "vqk")),
     OptionSpec("query", "The query pixel as x,y fractions of the image: self-attention layers (recorded with "
                "--self-attention); for heatmap, instead of --word: where that pixel attends."),
-    OptionSpec("word", "A word (or several, comma-separated) of the prompt: cross-attention heatmap."),
+    OptionSpec("word", "A word of the prompt (or several, comma-separated: one file each): cross-attention "
+               "heatmap."),
+    OptionSpec("merge", "With several --word: one heatmap of their sum instead of one per word.", default=False,
+               flag_value=True),
+    OptionSpec("colormap", "Colour map of the heatmap (perceptual; its colour bar is drawn below).",
+               default=DEFAULT_COLORMAP, choices=COLORMAPS),
+    OptionSpec("plain_overlay", "The bare overlay, as the viewer shows it: no title strip or colour bar.", default=False,
+               flag_value=True, flag="--plain"),
     OptionSpec("alpha", "Opacity of the heatmap.", default=0.5, type=float, minimum=0, maximum=1),
     OptionSpec("skip_damaged", "A map whose chunk is missing or damaged: skip its file with a warning line on "
                "stderr (and a count at the end) instead of stopping with the error.", default=False,
@@ -242,23 +250,30 @@ def attention(store: Path, tokens: str, feature: str, query: str | None, head_av
 
 @click.command()
 @click.argument("store", type=PATH)
-@with_options(_options("word", "query"))
+@with_options(_options("word", "merge", "query"))
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
-@with_options(_options("alpha", "out", "as_json"))
-def heatmap(store: Path, word: str | None, query: str | None, alpha: float, out: Path, as_json: bool,
-            **opts: Any) -> None:
+@with_options(_options("colormap", "alpha", "plain_overlay", "out", "as_json"))
+def heatmap(store: Path, word: str | None, merge: bool, query: str | None, colormap: str, alpha: float,
+            plain_overlay: bool, out: Path, as_json: bool, **opts: Any) -> None:
     """Overlay where a word acts (or where a pixel looks) on the final image, DAAM-style.
+
+    Each PNG has the word in a title strip and a colour bar (the summed attention's range);
+    beside it the map in [0, 1] as float32 .npy of the same name. --plain: the bare overlay.
 
     \b
     dumpunet heatmap girl.zarr --word hair --out heat/
+    dumpunet heatmap girl.zarr --word pink,hair --colormap viridis --out heat/
     dumpunet heatmap girl.zarr --query 0.5,0.3 --layers OUT09-OUT11 --out heat/
     """
     from dumpunet.analyzer.heatmap import write_heatmaps
 
     if (word is None) == (query is None):
         raise click.UsageError("give exactly one of --word and --query")
-    files = write_heatmaps(store, take(Pick, opts), out=out, word=word, query=_point(query), alpha=alpha)
-    _echo_written(files, out, "PNG file", as_json)
+    if merge and word is None:
+        raise click.UsageError("--merge sums the heatmaps of several --word")
+    files = write_heatmaps(store, take(Pick, opts), out=out, word=word, query=_point(query), alpha=alpha,
+                           merge=merge, colormap=colormap, plain=plain_overlay)
+    _echo_written(files, out, "file", as_json)
 
 
 COMMANDS = [render, export, diff, attention, heatmap]

@@ -174,7 +174,7 @@ def commands(girl, swept, attn):
     yield "diff", ["diff", str(swept), "--pair", "M00", "--blocks", "OUT11", "--steps", "20", "--quiet"], 3
     yield "sweep", ["render", str(swept), "--sweep", "--quiet"], 1
     yield "attention", ["attention", str(attn), "--layers", "IN01-M00", "--steps", "1", "--quiet"], 2
-    yield "heatmap", ["heatmap", str(attn), "--word", "1", "--guidance", "both"], 2
+    yield "heatmap", ["heatmap", str(attn), "--word", "1", "--guidance", "both"], 4  # a PNG and a .npy per half
     yield "report", ["view", str(girl), "--quiet", "--export"], 4
 
 

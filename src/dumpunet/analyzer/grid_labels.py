@@ -39,7 +39,7 @@ from dumpunet.analyzer.color.spec import ColorSpec
 from dumpunet.analyzer.labels import text_image
 from dumpunet.analyzer.selection import DiffSelection, Selection, Slab
 
-__all__ = ["SIGMOID_SPAN", "bar_info", "bar_range", "label_grid", "title_lines"]
+__all__ = ["SIGMOID_SPAN", "bar_info", "bar_range", "frame", "label_grid", "number", "title_lines"]
 
 SIGMOID_SPAN = 4.0
 """A Sigmoid bar spans ``-offset +- SIGMOID_SPAN / |gain|``: sigmoid(4) = 0.982."""
@@ -113,7 +113,8 @@ def _tile_number(n: int) -> np.ndarray:
     return g
 
 
-def _number(x: float) -> str:
+def number(x: float) -> str:
+    """A value as a colour bar's end writes it."""
     return f"{x:.4g}"
 
 
@@ -132,43 +133,53 @@ def label_grid(
     ``cell`` is a tile's ``(height, width)`` in pixels as drawn; ``tiles`` None draws no numbers.
     Returns a new uint8 array of the grid's mode (gray or RGB) on black.
     """
-    titles = [text_image(t) for t in lines]
     bar = None
     if not color.pca and bar_info(color, minmax) is not None:
         rng = bar_range(color, minmax)
-        lo, hi = ("tile min", "tile max") if rng is None else (_number(rng[0]), _number(rng[1]))
-        ends = [text_image(lo), text_image(hi)]
-        bar = (_bar(color, rng), ends)
-    top = sum(g.shape[0] for g in titles) + _GAP
-    width = max([grid.shape[1], *(g.shape[1] for g in titles)])
-    height = top + grid.shape[0]
-    if bar is not None:
-        pixels, (lo_g, hi_g) = bar
-        bar_h = max(BAR_HEIGHT, lo_g.shape[0], hi_g.shape[0])
-        width = max(width, lo_g.shape[1] + pixels.shape[1] + hi_g.shape[1] + 2 * _GAP)
-        height += _GAP + bar_h
-    canvas = np.zeros((height, width, *grid.shape[2:]), np.uint8)
-    y = 0
-    for g in titles:
-        _put(canvas, g, y, 0)
-        y += g.shape[0]
-    canvas[top : top + grid.shape[0], : grid.shape[1]] = grid
+        lo, hi = ("tile min", "tile max") if rng is None else (number(rng[0]), number(rng[1]))
+        bar = (_bar(color, rng), lo, hi)
+    canvas, top = frame(grid, lines=lines, bar=bar)
     if tiles is not None:
         ch, cw = cell
-        for i, number in enumerate(tiles):
-            g = _tile_number(number)
+        for i, n in enumerate(tiles):
+            g = _tile_number(n)
             if g.shape[0] * 2 > ch or g.shape[1] > cw:
                 break  # tiles too small to hold their numbers: the title says which channels
             r, c = divmod(i, cols)
             _put(canvas, g, top + r * (ch + 1), c * (cw + 1))
+    return canvas
+
+
+def frame(
+    picture: np.ndarray, *, lines: list[str], bar: tuple[np.ndarray, str, str] | None
+) -> tuple[np.ndarray, int]:
+    """Put title ``lines`` above a picture and a colour ``bar`` (pixels, low end's text, high end's) below it.
+
+    Returns the new uint8 canvas of the picture's mode (gray or RGB) on black, and the row where
+    the picture starts; the picture's pixels are copied unchanged.
+    """
+    titles = [text_image(t) for t in lines]
+    top = sum(g.shape[0] for g in titles) + _GAP
+    width = max([picture.shape[1], *(g.shape[1] for g in titles)])
+    height = top + picture.shape[0]
     if bar is not None:
-        pixels, (lo_g, hi_g) = bar
-        y = top + grid.shape[0] + _GAP
+        pixels, lo_g, hi_g = bar[0], text_image(bar[1]), text_image(bar[2])
+        bar_h = max(pixels.shape[0], lo_g.shape[0], hi_g.shape[0])
+        width = max(width, lo_g.shape[1] + pixels.shape[1] + hi_g.shape[1] + 2 * _GAP)
+        height += _GAP + bar_h
+    canvas = np.zeros((height, width, *picture.shape[2:]), np.uint8)
+    y = 0
+    for g in titles:
+        _put(canvas, g, y, 0)
+        y += g.shape[0]
+    canvas[top : top + picture.shape[0], : picture.shape[1]] = picture
+    if bar is not None:
+        y = top + picture.shape[0] + _GAP
         _put(canvas, lo_g, y, 0)
         x = lo_g.shape[1] + _GAP
-        canvas[y : y + BAR_HEIGHT, x : x + pixels.shape[1]] = pixels
+        canvas[y : y + pixels.shape[0], x : x + pixels.shape[1]] = pixels
         _put(canvas, hi_g, y, x + pixels.shape[1] + _GAP)
-    return canvas
+    return canvas, top
 
 
 def _put(canvas: np.ndarray, glyphs: np.ndarray, y: int, x: int) -> None:

@@ -11,11 +11,14 @@ stored query pixel nearest to a chosen point, averaged over heads, treated the s
 
 Both read the layers, steps, image and guidance half a :class:`~dumpunet.analyzer.pick.Pick`
 selects (``blocks`` names layers or blocks); a map is of one image and one half, the files of
-:func:`write_heatmaps` one per selected image and half.
+:func:`write_heatmaps` one per word (or their sum), selected image and half: the overlay under a
+title strip with a colour bar (:func:`~dumpunet.analyzer.grid_labels.frame`, as render's grids),
+colours from :mod:`~dumpunet.analyzer.colormaps`, and the map itself as ``.npy``.
 """
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -24,6 +27,8 @@ from dataclasses import replace
 import numpy as np
 from PIL import Image
 
+from dumpunet.analyzer import colormaps as cmaps
+from dumpunet.analyzer.grid_labels import BAR_HEIGHT, BAR_WIDTH, frame, number
 from dumpunet.analyzer.output import OutputFolder, WrittenFile, text_part
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png
@@ -64,6 +69,11 @@ def word_heatmap(store: Store, word: str, pick: Pick = Pick()) -> np.ndarray:
     >>> heat.shape, float(heat.max())  # doctest: +SKIP
     ((512, 512), 1.0)
     """
+    return _normalize(_word_sum(store, word, pick))
+
+
+def _word_sum(store: Store, word: str, pick: Pick) -> np.ndarray:
+    """The word's map before normalizing: attention summed over the picked layers and steps."""
     check_word(word)
     r, image, guidance = _one_map(store, pick)
 
@@ -110,6 +120,11 @@ def nearest_query(info: LayerAttrs, point: Sequence[float]) -> tuple[int, tuple[
 
 def query_map(store: Store, point: Sequence[float], pick: Pick = Pick()) -> np.ndarray:
     """Return where the query pixel nearest ``point`` (x, y as fractions) attends, ``[H, W]`` in [0, 1]."""
+    return _normalize(_query_sum(store, point, pick))
+
+
+def _query_sum(store: Store, point: Sequence[float], pick: Pick) -> np.ndarray:
+    """The query pixel's map before normalizing: attention summed over the picked layers and steps."""
     x, y = check_point(point)
     r, image, guidance = _one_map(store, pick)
 
@@ -143,7 +158,7 @@ def _aggregate(
     guidance: str,
     image: int,
 ) -> np.ndarray:
-    """Sum ``pick(layer)(probs)`` over layers and steps, each upsampled to the image; normalize.
+    """Sum ``pick(layer)(probs)`` over layers and steps, each upsampled to the image.
 
     ``pick(layer)`` gets the probabilities in their stored dtype and casts only what it keeps.
     The maps of one resolution are summed before one upsampling per resolution: Pillow's bicubic
@@ -163,34 +178,37 @@ def _aggregate(
     out = np.zeros(size, np.float32)
     for m in sums.values():
         out += _upsample(m, size)
-    return _normalize(out)
+    return out
 
 
-# Turbo colormap (Google, Apache-2.0), as the degree-5 polynomial fit its authors published.
-_TURBO = np.array(
-    [
-        [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
-        [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
-        [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
-    ]
-)
+colormap = cmaps.colormap
+"""Values in [0, 1] to uint8 RGB (:func:`dumpunet.analyzer.colormaps.colormap`), Turbo by default."""
 
 
-def colormap(values: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] to uint8 RGB with the Turbo colormap."""
-    v = np.clip(values, 0.0, 1.0)[..., None]
-    powers = v ** np.arange(6)
-    rgb = np.clip(powers @ _TURBO.T, 0.0, 1.0)
-    return (rgb * 255).round().astype(np.uint8)
-
-
-def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5) -> np.ndarray:
+def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5,
+            colormap: str = cmaps.DEFAULT_COLORMAP) -> np.ndarray:
     """Blend the colormapped heatmap over an uint8 RGB image: ``(1-a)·image + a·color``."""
     if image.shape[:2] != heat.shape:
         raise SelectionError(f"heatmap {heat.shape} and image {image.shape[:2]} differ in size")
-    color = colormap(heat).astype(np.float32)
+    color = cmaps.colormap(heat, colormap).astype(np.float32)
     out = (1.0 - alpha) * image.astype(np.float32) + alpha * color
     return np.clip(out.round(), 0, 255).astype(np.uint8)
+
+
+def labelled_overlay(overlaid: np.ndarray, *, lines: list[str], value_range: tuple[float, float],
+                     colormap: str = cmaps.DEFAULT_COLORMAP) -> np.ndarray:
+    """An overlay with title ``lines`` above it and below it the colour bar of the values ``value_range`` spans.
+
+    The overlay's pixels are copied unchanged (grid_labels' :func:`~dumpunet.analyzer.grid_labels.frame`).
+    """
+    bar = np.repeat(cmaps.colormap(np.linspace(0.0, 1.0, BAR_WIDTH), colormap)[None], BAR_HEIGHT, axis=0)
+    return frame(overlaid, lines=lines, bar=(bar, number(value_range[0]), number(value_range[1])))[0]
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array, np.float32), allow_pickle=False)
+    return buf.getvalue()
 
 
 def write_heatmaps(
@@ -201,18 +219,29 @@ def write_heatmaps(
     word: str | None = None,
     query: Sequence[float] | None = None,
     alpha: float = 0.5,
+    merge: bool = False,
+    colormap: str = cmaps.DEFAULT_COLORMAP,
+    plain: bool = False,
 ) -> list[WrittenFile]:
-    """Write one overlay PNG per selected image and half: the word's heatmap (or the query pixel's map) on the final image.
+    """Write the overlays of the word's heatmaps (or the query pixel's map) on the final image, with their maps.
 
-    Give exactly one of ``word`` and ``query``. Files: ``heatmap-{word}-img{i}-{guidance}.png`` (the word
-    as :func:`~dumpunet.analyzer.output.text_part` writes it)
-    or ``querymap-x{x}-y{y}-img{i}-{guidance}.png``.
+    Give exactly one of ``word`` and ``query``. Per selected image and guidance half, one file
+    per comma-separated part of ``word`` (``merge``: one of their sum), or one for ``query``:
+    ``heatmap-{word}-img{i}-{guidance}.png`` (the word as
+    :func:`~dumpunet.analyzer.output.text_part` writes it) or ``querymap-x{x}-y{y}-img{i}-{guidance}.png``.
+    Each PNG has a title strip (the word, run, image, half, layers, steps) and a colour bar whose ends
+    are the summed attention's minimum and maximum; beside it, the map itself in [0, 1] as a float32
+    ``.npy`` of the same stem. ``plain`` writes the bare overlay (as the viewer shows it).
     """
     if (word is None) == (query is None):
         raise OptionError("give exactly one of word and query")
     alpha = check_alpha(alpha)
+    if colormap not in cmaps.COLORMAPS:
+        raise OptionError(f"unknown colour map {colormap!r}; choose one of {', '.join(cmaps.COLORMAPS)}")
+    words: list[str] = []
     if word is not None:
         check_word(word)
+        words = [word] if merge else list(dict.fromkeys(part.strip() for part in word.split(",") if part.strip()))
     if query is not None:
         query = check_point(query)
     st = store if isinstance(store, Store) else open_store(store)
@@ -223,17 +252,32 @@ def write_heatmaps(
     for i in image_list:
         for g in pick.halves or r.guidance_labels:
             one = replace(pick, run=r.name, images=str(i), guidance=g)
-            if word is not None:
-                heat = word_heatmap(st, word, one)
-                name = f"heatmap-{text_part(word)}-img{i}-{g}.png"
-            else:
-                heat = query_map(st, query, one)
-                name = f"querymap-x{query[0]:.3f}-y{query[1]:.3f}-img{i}-{g}.png"
-            entry = {
-                "kind": "heatmap" if word is not None else "querymap", "store": str(st.path), "run": r.name,
-                "word": word, "query": list(query) if query is not None else None, "layers": pick.blocks,
-                "steps": pick.steps, "image": i, "guidance": g, "alpha": alpha,
-            }
-            results.append((name, overlay(r.image(i), heat, alpha=alpha), entry))
+            for w in words or [None]:
+                if w is not None:
+                    raw = _word_sum(st, w, one)
+                    stem = f"heatmap-{text_part(w)}-img{i}-{g}"
+                    parts = [p.strip() for p in w.split(",") if p.strip()]
+                    what = f"word {w!r}" if len(parts) == 1 else f"words {' + '.join(parts)} (summed)"
+                else:
+                    raw = _query_sum(st, query, one)
+                    stem = f"querymap-x{query[0]:.3f}-y{query[1]:.3f}-img{i}-{g}"
+                    what = f"query pixel x={query[0]:.3f} y={query[1]:.3f}"
+                heat = _normalize(raw)
+                value_range = (float(raw.min()), float(raw.max()))
+                how = f"layers {pick.blocks or 'all'} | steps {pick.steps or 'all'} | {colormap}, alpha {alpha:g}"
+                lines = [f"{what} | run {r.name} | image {i} | {g}",
+                         f"{how} | bar: attention summed over layers and steps"]
+                entry = {
+                    "kind": "heatmap" if word is not None else "querymap", "store": str(st.path), "run": r.name,
+                    "word": w, "query": list(query) if query is not None else None, "layers": pick.blocks,
+                    "steps": pick.steps, "image": i, "guidance": g, "alpha": alpha, "colormap": colormap, "plain": plain,
+                    "colorbar": {"min": value_range[0], "max": value_range[1], "spans": "map"},
+                }
+                picture = overlay(r.image(i), heat, alpha=alpha, colormap=colormap)
+                if not plain:
+                    picture = labelled_overlay(picture, lines=lines, value_range=value_range, colormap=colormap)
+                results.append((f"{stem}.png", encode_png(picture), entry))
+                results.append((f"{stem}.npy", _npy(heat), {**entry, "kind": f"{entry['kind']}-map",
+                                                            "values": "the map in [0, 1], float32"}))
     with output:
-        return [output.write(name, encode_png(pixels), entry) for name, pixels, entry in results]
+        return [output.write(name, content, entry) for name, content, entry in results]

@@ -190,7 +190,7 @@ class ViewState:
             what = ["--word", str(self.token)] if self.view == "heatmap" else ["--query", f"{_text(self.qx)},{_text(self.qy)}"]
             layers = ["--layers", self.layers] if self.layers else []
             args = ["heatmap", path, *what, *layers, "--steps", steps or str(step), *where, *run,
-                    "--alpha", _text(self.alpha)]
+                    "--alpha", _text(self.alpha), "--plain"]  # the viewer shows the bare overlay
         elif self.view == "summary":
             which = ["--input"] if self.which == "input" else []
             args = ["diff", path, "--pair", self.pair, "--steps", steps or str(step), *where, *which, "--no-finals"]
