@@ -47,6 +47,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+import numpy as np
+
 __all__ = [
     "EMPHASIS_MODES",
     "Emphasis",
@@ -128,9 +130,10 @@ def parse_emphasis(text: str, *, mode: str = "original") -> Emphasis:
     rounds: list[tuple[int, int]] = []  # (index into runs, column) of each open bracket
     squares: list[tuple[int, int]] = []
 
+    scalings: list[tuple[int, int, float]] = []  # (first run, end, factor) in the order A1111 applies them
+
     def scale(start: int, factor: float) -> None:
-        for run in runs[start:]:
-            run[1] *= factor
+        scalings.append((start, len(runs), factor))
 
     def add_text(s: str, col: int) -> None:
         at = 0
@@ -174,6 +177,15 @@ def parse_emphasis(text: str, *, mode: str = "original") -> Emphasis:
     for start, col in reversed(squares):
         notes.append(f"'[' at column {col} is never closed: it applies to the end of the prompt")
         scale(start, _DOWN)
+    # A1111 multiplies every later run's weight at each closing bracket: O(brackets x runs) in
+    # Python took 13 s for 4,000 '('. numpy applies the same multiplications to each run in the
+    # same order (IEEE float64, as Python floats), so the weights are bit-identical, in C.
+    weights = np.array([run[1] for run in runs], dtype=np.float64)
+    with np.errstate(over="ignore"):  # thousands of '(' reach inf, as Python floats do silently
+        for start, end, factor in scalings:
+            weights[start:end] *= factor
+    for run, weight in zip(runs, weights.tolist()):
+        run[1] = weight
     for text_, weight, marker in runs:
         if marker is not None and weight != _BREAK_WEIGHT:
             notes.append(f"BREAK at column {marker} is inside brackets: A1111 reads it as the word 'BREAK'")
@@ -189,7 +201,7 @@ def parse_emphasis(text: str, *, mode: str = "original") -> Emphasis:
         for t, w in merged
         if t or len(merged) == 1
     )
-    return Emphasis(text, pieces, tuple(sorted(set(notes), key=notes.index)))
+    return Emphasis(text, pieces, tuple(dict.fromkeys(notes)))  # first occurrences, in order
 
 
 # ---------------------------------------------------------------- prompt editing and alternation
