@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from dumpunet.analyzer.color.spec import ATTENTION_COLOR, DIFF_COLOR, METHODS, ColorSpec
+from dumpunet.analyzer.color.spec import ATTENTION_COLOR, DIFF_COLOR, METHODS, SCOPES, ColorSpec
 from dumpunet.analyzer.colormaps import COLORMAPS, DEFAULT_COLORMAP
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.style import AVERAGES, GridStyle
@@ -78,6 +78,7 @@ OPTIONS = {o.name: o for o in [
 _WRITTEN = ["out", "quiet", "as_json"]
 _LAYERS = {"blocks": ("--layers",)}  # attention views name layers; --layers reads as users say it
 _NO_PCA = {"method": tuple(m for m in METHODS if m != "PCA")}
+_NO_HEAD = {"auto_scope": tuple(s for s in SCOPES if s != "head")}  # head rows exist in attention grids only
 _AUTO_SCALE = click_option(next(o for o in options_of(GridStyle) if o.name == "scale").with_default(None))
 """Attention's --scale: by default, enough to make tiles at least 32 pixels on a side."""
 
@@ -108,7 +109,7 @@ def _point(value: str | None) -> tuple[float, float] | None:
 @click.argument("stores", nargs=-1, required=True, type=PATH)
 @with_options(value_options(Pick))
 @with_options(value_options(GridStyle))
-@with_options(value_options(ColorSpec))
+@with_options(value_options(ColorSpec, choices=_NO_HEAD))
 @with_options(_options("jobs", "skip_damaged", "sweep", *_WRITTEN))
 @click.pass_context
 def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, jobs: int | None, skip_damaged: bool, sweep: bool,
@@ -195,7 +196,7 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
 @with_options(_options("pair"))
 @with_options(value_options(Pick, skip=("run",)))
 @with_options(value_options(GridStyle))
-@with_options(value_options(ColorSpec, defaults=DIFF_COLOR))
+@with_options(value_options(ColorSpec, defaults=DIFF_COLOR, choices=_NO_HEAD))
 @with_options(_options("export", "finals", "jobs", "skip_damaged", *_WRITTEN))
 def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: Path, jobs: int | None,
          skip_damaged: bool, quiet: bool, as_json: bool, **opts: Any) -> None:

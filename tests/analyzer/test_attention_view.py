@@ -16,7 +16,7 @@ from dumpunet.analyzer.heatmap import colormap, overlay, query_map, word_heatmap
 from dumpunet.analyzer.output import text_part
 from dumpunet.analyzer.tokens import label, select_tokens
 from dumpunet.cli import main
-from dumpunet.errors import SelectionError
+from dumpunet.errors import OptionError, SelectionError
 from dumpunet.store.schema import BlockInfo, LayerAttrs, RunAttrs, TokenRow
 from dumpunet.store.writer import StoreWriter
 
@@ -84,7 +84,10 @@ def test_grid_rows_are_heads_and_columns_are_tokens(store, tmp_path):
     assert entry["rows"] == ["h0", "h1"] and entry["columns"] == ["2:pink", "5:girl"]
     img = np.asarray(Image.open(files[0].path))
     p = probs(2, 1)[1, 0]  # cond half, image 0: [head, query, token]
-    want = colorize(np.stack([p[h, :, t].reshape(4, 4) for h in range(2) for t in (2, 5)]), ATTENTION_COLOR)
+    maps = np.stack([p[h, :, t].reshape(4, 4) for h in range(2) for t in (2, 5)])
+    rows = np.repeat([[m.min(), m.max()] for m in (maps[:2], maps[2:])], 2, axis=0)  # default: one range per head
+    want = colorize(maps, ATTENTION_COLOR, minmax=rows)
+    assert entry["ranges"] == rows[::2].tolist()
     grid = img[-(2 * 5 - 1):, -(2 * 5 - 1):]  # the bottom-right corner holds the 2x2 grid of 4x4 tiles
     for k, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
         np.testing.assert_array_equal(grid[r * 5 : r * 5 + 4, c * 5 : c * 5 + 4], want[k])
@@ -223,3 +226,65 @@ def test_auto_scope_run_is_one_range_over_everything_selected(store, tmp_path):
         grid = np.asarray(Image.open(f.path))[-(2 * 5 - 1):, -(2 * 5 - 1):]
         for k, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
             np.testing.assert_array_equal(grid[r * 5 : r * 5 + 4, c * 5 : c * 5 + 4], want[k])
+
+
+def _one_layer_store(path, qk: np.ndarray):
+    """A store whose only attention layer IN01.attn2 (4x4) holds ``qk`` [head, query, token] at step 1 (cond)."""
+    block = BlockInfo("IN01", "down.0", ("down.0",), "down.0", (2, 4, 4), (2, 4, 4), True)
+    w = StoreWriter(path, model={}, versions={})
+    w.set_block_table([block])
+    info = RunAttrs(n_images=1, guidance=("uncond", "cond"), steps=1, height=IMAGE, width=IMAGE,
+                    attention_layers=("IN01.attn2",), tokens={"cond": (TokenRow(tuple(range(T)), tuple(TOKENS), 7),)})
+    w.begin_run("main", info, [block], which=("output",), dtype="float32")
+    w.add_arrays("main", {("IN01.attn2", "qk"): (schema.ATTENTION_FEATURES["qk"], (1, 2, HEADS, 16, T), "float32",
+                                                 {"layer": "IN01.attn2"}, LayerAttrs(layer_hw=(4, 4)))})
+    slab = np.stack([np.zeros_like(qk), qk])[:, None].astype(np.float32)  # [guidance, image, head, query, token]
+    w.submit_call("main", step=1, substep=0, timestep=10.0, slabs={("IN01", "output"): np.zeros((2, 1, 2, 4, 4), np.float32),
+                                                                   ("IN01.attn2", "qk"): slab})
+    w.finish_run("main", images=np.zeros((1, IMAGE, IMAGE, 3), np.uint8))
+    w.close()
+    return dumpunet.open(path)
+
+
+def test_default_scope_compares_the_tokens_of_a_head(tmp_path):
+    # The issue's case: head 0 looks at token 1 (mean 0.0153) more than at token 2 (mean 0.0109),
+    # with the same spatial pattern; head 1 looks at both about equally, on a far larger scale.
+    pattern = np.linspace(-0.5, 0.5, 16)
+    qk = np.zeros((HEADS, 16, T))
+    qk[0, :, 1], qk[0, :, 2] = 0.0153 + 0.002 * pattern, 0.0109 + 0.002 * pattern
+    qk[1, :, 1], qk[1, :, 2] = 0.5 + 0.1 * pattern, 0.45 - 0.1 * pattern
+    st = _one_layer_store(tmp_path / "s.zarr", qk)
+    stored = st.run().attention("IN01.attn2", 1, guidance="cond", image=0, dtype=np.float32)  # the raw array read back
+    gray = ColorSpec("White/Black", "auto01", auto_scope="head")
+
+    def tiles(color):
+        (f,) = render_attention(st, Pick(blocks="IN01.attn2", steps="1"), color, out=tmp_path / color.slug(),
+                                tokens="1,2", scale=1, png_encoder="zlib", progress=False)
+        g = np.asarray(Image.open(f.path))[-9:, -9:]  # 2 heads x 2 tokens of 4x4 pixels, 1-pixel gaps
+        return f, {(h, t): g[h * 5 : h * 5 + 4, t * 5 : t * 5 + 4] for h in range(2) for t in range(2)}
+
+    f, head = tiles(gray)
+    for h in range(2):
+        row = stored[h][:, [1, 2]].astype(np.float64)  # [query, token]: head h's row of the grid
+        lo, hi = row.min(), row.max()
+        for t in range(2):
+            want = np.clip((row[:, t] - lo) / (hi - lo) * 256, 0, 255).astype(np.uint8).reshape(4, 4)
+            np.testing.assert_array_equal(head[h, t], want)
+        assert f.params["ranges"][h] == [lo, hi]
+    assert head[0, 0].mean() > head[0, 1].mean() + 100  # token 1 clearly brighter than token 2 in head 0
+    # the default attention colours use the same scope, and say so
+    assert ATTENTION_COLOR.auto_scope == "head" and "over each head row" in ATTENTION_COLOR.words()
+    # the original's per-tile stretch stays one choice away: there both tiles of head 0 look the same
+    f, tile_ = tiles(ColorSpec("White/Black", "auto01", auto_scope="channel"))
+    assert abs(float(tile_[0, 0].mean()) - float(tile_[0, 1].mean())) < 1 and "ranges" not in f.params
+    r = CliRunner().invoke(main, ["attention", str(st.path), "--tokens", "1,2", "--method", "White/Black",
+                                  "--auto-scope", "channel", "--scale", "1", "--out", str(tmp_path / "cli"), "--json"])
+    assert r.exit_code == 0, r.output
+    cli = np.asarray(Image.open(next((tmp_path / "cli").glob("*.png"))))[-9:, -9:]
+    np.testing.assert_array_equal(cli[:4, :4], tile_[0, 0])
+
+
+def test_head_scope_is_for_attention_only(store, tmp_path):
+    with pytest.raises(OptionError, match="auto scope 'head' .* applies to attention grids only"):
+        dumpunet.render(store, Pick(blocks="IN01", steps="1"), ColorSpec(auto_scope="head"), out=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shlex
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -271,7 +272,9 @@ def test_attention_average_over_heads_has_the_originals_definitions(attn, tmp_pa
                             scale=2, average=kind, png_encoder="zlib", progress=False)
     qk = raw(attn, "attention/IN01.attn2/qk", 2)[0, 1]  # [head, query, token]
     maps = np.stack([original_average(qk[:, :, t].reshape(HEADS, *HW), kind) for t in (1, 2, 3)]).astype(np.float32)
-    expected = ref.tile(ref.colorize(maps, color), 3, 1, scale=2)
+    # attention's default Auto scope is one range per head row: the averaged row is one row
+    row = np.array([[maps.min(), maps.max()]] * 3) if color.scope == "head" else None
+    expected = ref.tile(ref.colorize(maps, color, row), 3, 1, scale=2)
     np.testing.assert_array_equal(grid_of(f, expected.shape[:2]), expected)
     assert f.params["rows"] == [kind] and f.params["average"] == kind
 
@@ -351,10 +354,12 @@ README_ATTENTION = [line for line in readme_commands("dumpunet ") if "--layers I
 def test_readme_attention_lines_run_as_written(attn, tmp_path, monkeypatch):
     (tmp_path / "girl.zarr").symlink_to(attn, target_is_directory=True)
     monkeypatch.chdir(tmp_path)
-    assert len(README_ATTENTION) == 2
+    assert len(README_ATTENTION) == 3
     for line in README_ATTENTION:
         r = CliRunner().invoke(main, shlex.split(line)[1:])
         assert r.exit_code == 0, (line, r.output)
     # export: every head x token of both steps and images (cond); attention: one PNG per step and image
     assert len(list((tmp_path / "dump-attn").glob("*.bin"))) == len(STEPS) * 2 * HEADS * T
-    assert sorted(p.name.split("-cond-")[1][:13] for p in (tmp_path / "attn").glob("*.png")) == ["qk-avg-2norm-"] * 4
+    names = sorted(p.name.split("-cond-")[1] for p in (tmp_path / "attn").glob("*.png"))
+    per_tile = replace(ATTENTION_COLOR, auto_scope="channel")  # --auto-scope channel: the original's ranges
+    assert [n[:13] for n in names[:4]] == ["qk-avg-2norm-"] * 4 and names[4:] == [f"qk-{per_tile.slug()}.png"] * 4

@@ -94,6 +94,7 @@ def test_structure_lists_blocks_steps_layers_tokens_and_pairs(server):
     ("block=M00&average=2-norm&guidance=uncond&auto_scope=block", ""),
     ("block=OUT11&space=rgb&r=clip(v*2,0,1)&g=0&b=v*v", ""),
     ("view=attention&layer=IN01.attn2&step=2", ""),
+    ("view=attention&layer=IN01.attn2&step=2&auto_scope=channel", ""),
     ("view=attention&layer=M00.attn2&token=2&method=Red/Blue", ""),
     ("view=heatmap&token=4&step=2", "heatmap"),
     ("view=heatmap&token=2&layers=M00&alpha=0.8", "heatmap"),

@@ -7,8 +7,10 @@ coloured with the analyzer's engine (:class:`~dumpunet.analyzer.color.spec.Color
 default is the original extension's recommendation for attention: Custom / Auto [0,1] / HSL,
 H = (2-2*v)/3 (blue = little attention, red = much).
 
-What one Auto range spans is planned as for render and diff (:mod:`.scope`): ``channel`` each
-tile on its own, ``block`` the whole layer grid, ``step`` every selected layer of the step (per
+What one Auto range spans is planned as for render and diff (:mod:`.scope`): ``head`` (the
+default) one range per head row, so a row answers "which token does this head look at" (the
+token with the larger attention is the brighter tile); ``channel`` each tile on its own (the
+original's behaviour: every tile stretched to its own min/max), ``block`` the whole layer grid, ``step`` every selected layer of the step (per
 image and guidance half), ``run`` everything selected.
 
 Self-attention layers (``OUT11.attn1``) show, per head, where the stored query pixel nearest to
@@ -188,7 +190,7 @@ def render_attention(
     items = [_Item(layer, s, i, g) for s, layer, i, g in sel.items() if layer in layer_list]
     # Read and check everything first, so a bad token or a missing step writes nothing.
     grids = {item: _grids(r, item, feature, tokens, query, average) for item in items}
-    ranges = AutoRanges(color)
+    ranges = AutoRanges(color, rows=True)
     if ranges.first_pass:
         for item, g in grids.items():
             ranges.add(np.ascontiguousarray(g[0]), step=item.step, image=item.image, guidance=item.guidance)
@@ -199,7 +201,7 @@ def render_attention(
             maps = np.ascontiguousarray(maps)
             h, w = maps.shape[1:]
             k = scale or max(1, min(16, math.ceil(ATTENTION_TILE_TARGET / max(1, min(h, w)))))
-            minmax = ranges.minmax(maps, step=item.step, image=item.image, guidance=item.guidance)
+            minmax = ranges.minmax(maps, step=item.step, image=item.image, guidance=item.guidance, rows=rows)
             pixels = colorize(maps, color, minmax=minmax)
             grid = _framed(tile(pixels, cols, rows, scale=k), rows, cols, (h * k, w * k), row_labels, col_labels)
             avg = f"-{average_label(average)}" if average is not None else ""
@@ -211,6 +213,8 @@ def render_attention(
             }
             if ranges.shared:
                 entry["range"] = json_range(minmax)
+            elif ranges.per_row:  # one [min, max] per row, in row order
+                entry["ranges"] = [json_range(tuple(minmax[i * cols])) for i in range(rows)]
             written.append(output.write(name, encode_png(grid, encoder=encoder), entry))
             bar.update(1)
     return written

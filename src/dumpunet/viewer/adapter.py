@@ -112,11 +112,11 @@ def _attention(store: Store, state: ViewState) -> np.ndarray:
     maps = np.ascontiguousarray(maps)
     h, w = maps.shape[1:]
     k = max(1, min(16, math.ceil(_TILE_TARGET / max(1, min(h, w)))))
-    ranges = AutoRanges(color)
+    ranges = AutoRanges(color, rows=True)
     where = dict(step=item.step, image=item.image, guidance=item.guidance)
     if ranges.first_pass:
         ranges.add(maps, **where)
-    pixels = colorize(maps, color, minmax=ranges.minmax(maps, **where))
+    pixels = colorize(maps, color, minmax=ranges.minmax(maps, **where, rows=rows))
     return _framed(tile(pixels, cols, rows, scale=k), rows, cols, (h * k, w * k), row_labels, col_labels)
 
 

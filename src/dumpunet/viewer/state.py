@@ -50,6 +50,7 @@ COLOR_FIELDS = ("method", "transform", "clamp_min", "clamp_max", "gain", "offset
                 "r", "g", "b", "h", "s", "l", "auto_scope")
 DEFAULT_H = "(2+v)/3"
 ATTENTION_H = "(2-2*v)/3"  # the attention default hue (blue = little, red = much)
+ATTENTION_SCOPE = "head"  # the attention default Auto scope: one range per head row
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,7 @@ class ViewState:
     h: str = ""  # empty: the view's default hue, DEFAULT_H (attention: ATTENTION_H)
     s: str = "1.0"
     l: str = "0.5"  # noqa: E741 - the original's name for lightness
-    auto_scope: str = "channel"
+    auto_scope: str = ""  # empty: the view's default (attention: ATTENTION_SCOPE, else "channel")
 
     def __post_init__(self) -> None:
         _one_of(self.view, VIEWS, "view")
@@ -136,7 +137,13 @@ class ViewState:
         """The :class:`~dumpunet.analyzer.color.colorize.ColorSpec` fields."""
         out = {name: getattr(self, name) for name in COLOR_FIELDS}
         out["h"] = self.h or (ATTENTION_H if self.view == "attention" else DEFAULT_H)
+        out["auto_scope"] = self.auto_scope or self._default_scope
         return out
+
+    @property
+    def _default_scope(self) -> str:
+        """The Auto scope the view's command uses when ``--auto-scope`` is not given."""
+        return ATTENTION_SCOPE if self.view == "attention" else "channel"
 
     def color_args(self) -> list[str]:
         """Command-line options of the colorization: those that change pixels under this method."""
@@ -145,7 +152,7 @@ class ViewState:
             args += ["--clamp-min", _text(self.clamp_min), "--clamp-max", _text(self.clamp_max)]
         elif self.transform == "sigmoid":
             args += ["--gain", _text(self.gain), "--offset", _text(self.offset)]
-        elif self.auto_scope != "channel":
+        elif self.auto_scope and self.auto_scope != self._default_scope:
             args += ["--auto-scope", self.auto_scope]
         if self.method.lower() == "custom":
             args += ["--space", self.space]

@@ -47,7 +47,7 @@ _TRANSFORMS: dict[str, str] = {
     "sigmoid": "sigmoid",
 }
 _SPACES = ("rgb", "hsl")
-_SCOPES = ("channel", "block", "step", "run")
+_SCOPES = ("channel", "head", "block", "step", "run")
 _SLUGS = {"White/Black": "white-black", "Red/Blue": "red-blue", "Custom": "custom", "PCA": "pca"}
 
 METHODS = ("White/Black", "Red/Blue", "Custom", "PCA")
@@ -104,7 +104,7 @@ class ColorSpec:
     s: str = _expr("s", "1.0", "HSL", "saturation")
     l: str = _expr("l", "0.5", "HSL", "lightness")  # noqa: E741 (the original's name for lightness)
     auto_scope: str = field(default="channel", metadata=option(
-        "What one Auto min/max spans: each tile, a grid, all blocks of a step, the run.", choices=_SCOPES))
+        "What one Auto min/max spans: each tile, a head row (attention only), a grid, all blocks of a step, the run.", choices=_SCOPES))
     _exprs: dict[str, Expression] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
@@ -191,7 +191,7 @@ class ColorSpec:
         elif self.transform == "sigmoid":
             how = f"Sigmoid gain {self.gain:g} offset {self.offset:g}"
         else:
-            over = {"channel": "each tile", "block": "the grid", "step": "the step", "run": "the run"}[self.auto_scope]
+            over = {"channel": "each tile", "head": "each head row", "block": "the grid", "step": "the step", "run": "the run"}[self.auto_scope]
             how = f"Auto {'[0,1]' if self.transform == 'auto01' else '[-1,1]'} over {over}"
         return f"{method}, {how}"
 
@@ -212,8 +212,9 @@ class ColorSpec:
         return cls(**data)  # type: ignore[arg-type]
 
 
-ATTENTION_COLOR = ColorSpec(h="(2-2*v)/3")
-"""Attention maps: the original extension's recommendation (blue = little attention, red = much)."""
+ATTENTION_COLOR = ColorSpec(h="(2-2*v)/3", auto_scope="head")
+"""Attention maps: the original extension's recommendation (blue = little attention, red = much),
+with one Auto range per head row, so the tokens a head attends to most are the brightest."""
 
 DIFF_COLOR = ColorSpec(transform="linear")
 """Difference maps: Linear clamped to [-1, 1], so no change has one colour everywhere (black with Red/Blue)."""
