@@ -260,19 +260,27 @@ def heatmap(store: Path, word: str | None, merge: bool, query: str | None, color
 
     Each PNG has the word in a title strip and a colour bar (the summed attention's range);
     beside it the map in [0, 1] as float32 .npy of the same name. --plain: the bare overlay.
+    On a pair or sweep store a line on stderr names the run and prompt used (--run picks one);
+    the manifest records both.
 
     \b
     dumpunet heatmap girl.zarr --word hair --out heat/
     dumpunet heatmap girl.zarr --word pink,hair --colormap viridis --out heat/
     dumpunet heatmap girl.zarr --query 0.5,0.3 --layers OUT09-OUT11 --out heat/
     """
-    from dumpunet.analyzer.heatmap import write_heatmaps
+    from dumpunet.analyzer.heatmap import run_note, write_heatmaps
+    from dumpunet.store import open_store
 
     if (word is None) == (query is None):
         raise click.UsageError("give exactly one of --word and --query")
     if merge and word is None:
         raise click.UsageError("--merge sums the heatmaps of several --word")
-    files = write_heatmaps(store, take(Pick, opts), out=out, word=word, query=_point(query), alpha=alpha,
+    pick = take(Pick, opts)
+    st = open_store(store)
+    note = run_note(st, pick)
+    if note:
+        click.echo(note, err=True)
+    files = write_heatmaps(st, pick, out=out, word=word, query=_point(query), alpha=alpha,
                            merge=merge, colormap=colormap, plain=plain_overlay)
     _echo_written(files, out, "file", as_json)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -17,7 +19,7 @@ from dumpunet.analyzer.output import text_part
 from dumpunet.analyzer.tokens import label, select_tokens
 from dumpunet.cli import main
 from dumpunet.errors import OptionError, SelectionError
-from dumpunet.store.schema import BlockInfo, LayerAttrs, RunAttrs, TokenRow
+from dumpunet.store.schema import BlockInfo, LayerAttrs, PairInfo, RunAttrs, TokenRow
 from dumpunet.store.writer import StoreWriter
 
 TOKENS = ["<|startoftext|>", "a</w>", "pink</w>", "h", "air</w>", "girl</w>", "<|endoftext|>"] + ["<|endoftext|>"] * 3
@@ -35,35 +37,44 @@ def probs(step: int, layer: int, hw=HW, queries: int | None = None, keys: int = 
     return (p / p.sum(-1, keepdims=True)).astype(np.float32)
 
 
-@pytest.fixture
-def store(tmp_path):
+def write_store(path, prompts=None):
+    """The synthetic store: one run ``main``, or one run per ``{name: (prompt, negative)}``, paired to the first."""
+    prompts = prompts or {"main": ("", "")}
     block = BlockInfo("IN01", "down.0", ("down.0",), "down.0", (2, 4, 4), (2, 4, 4), True)
     mid = BlockInfo("M00", "mid", ("mid",), "mid", (2, 16, 16), (2, 16, 16), True)
-    path = tmp_path / "a.zarr"
     w = StoreWriter(path, model={}, versions={})
     w.set_block_table([block, mid])
     tokens = {"cond": (TokenRow(tuple(range(T)), tuple(TOKENS), 7),),
               "uncond": (TokenRow(tuple(range(T)), tuple(NEG), 3),)}
-    info = RunAttrs(n_images=1, guidance=("uncond", "cond"), steps=2, height=IMAGE, width=IMAGE,
-                    attention_layers=("IN01.attn1", "IN01.attn2", "M00.attn2"), tokens=tokens)
-    w.begin_run("main", info, [block], which=("output",), dtype="float32")
     kind = schema.ATTENTION_FEATURES["qk"]
-    w.add_arrays("main", {
-        ("IN01.attn2", "qk"): (kind, (1, 2, HEADS, 16, T), "float32", {"layer": "IN01.attn2"}, LayerAttrs(layer_hw=(4, 4))),
-        ("M00.attn2", "qk"): (kind, (1, 2, HEADS, 256, T), "float32", {"layer": "M00.attn2"}, LayerAttrs(layer_hw=(16, 16))),
-        ("IN01.attn1", "qk"): (kind, (1, 2, HEADS, 4, 16), "float32", {"layer": "IN01.attn1"},
-                               LayerAttrs(layer_hw=(4, 4), cross_attention=False, query_rows=(0, 2), query_cols=(1, 3))),
-    })
-    for s in (1, 2):
-        w.submit_call("main", step=s, substep=0, timestep=10.0 * s, slabs={
-            ("IN01", "output"): np.zeros((2, 1, 2, 4, 4), np.float32),
-            ("IN01.attn2", "qk"): probs(s, 1),
-            ("M00.attn2", "qk"): probs(s, 2, (16, 16)),
-            ("IN01.attn1", "qk"): probs(s, 3, queries=4, keys=16),
+    for run, (prompt, negative) in prompts.items():
+        info = RunAttrs(prompt=prompt, negative_prompt=negative, n_images=1, guidance=("uncond", "cond"), steps=2,
+                        height=IMAGE, width=IMAGE, attention_layers=("IN01.attn1", "IN01.attn2", "M00.attn2"), tokens=tokens)
+        w.begin_run(run, info, [block], which=("output",), dtype="float32")
+        w.add_arrays(run, {
+            ("IN01.attn2", "qk"): (kind, (1, 2, HEADS, 16, T), "float32", {"layer": "IN01.attn2"}, LayerAttrs(layer_hw=(4, 4))),
+            ("M00.attn2", "qk"): (kind, (1, 2, HEADS, 256, T), "float32", {"layer": "M00.attn2"}, LayerAttrs(layer_hw=(16, 16))),
+            ("IN01.attn1", "qk"): (kind, (1, 2, HEADS, 4, 16), "float32", {"layer": "IN01.attn1"},
+                                   LayerAttrs(layer_hw=(4, 4), cross_attention=False, query_rows=(0, 2), query_cols=(1, 3))),
         })
-    w.finish_run("main", images=np.full((1, IMAGE, IMAGE, 3), 100, np.uint8))
+        for s in (1, 2):
+            w.submit_call(run, step=s, substep=0, timestep=10.0 * s, slabs={
+                ("IN01", "output"): np.zeros((2, 1, 2, 4, 4), np.float32),
+                ("IN01.attn2", "qk"): probs(s, 1),
+                ("M00.attn2", "qk"): probs(s, 2, (16, 16)),
+                ("IN01.attn1", "qk"): probs(s, 3, queries=4, keys=16),
+            })
+        w.finish_run(run, images=np.full((1, IMAGE, IMAGE, 3), 100, np.uint8))
+    names = list(prompts)
+    if len(names) > 1:
+        w.set_pairs([PairInfo(base=names[0], layered=run, label=run) for run in names[1:]])
     w.close()
     return dumpunet.open(path)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return write_store(tmp_path / "a.zarr")
 
 
 def test_tokens_select_words_subtokens_and_indices():
@@ -202,6 +213,26 @@ def test_cli_attention_and_heatmap(store, tmp_path):
     assert r.exit_code == 2 and "give exactly one of --word and --query" in r.output
     for cmd in ("attention", "heatmap"):
         assert CliRunner().invoke(main, [cmd, "--help"]).exit_code == 0
+
+
+def test_heatmap_on_a_pair_store_says_which_run_and_prompt_it_used(tmp_path):
+    st = write_store(tmp_path / "p.zarr", {"base": ("a pink girl, ", "bad"), "IN01": ("a pink girl, (~:IN01:hair:~)", "bad")})
+    r = CliRunner().invoke(main, ["heatmap", str(st.path), "--word", "pink", "--layers", "M00", "--out", str(tmp_path / "h")])
+    assert r.exit_code == 0, r.output
+    (note,) = [line for line in r.output.splitlines() if line.startswith("heatmap: run")]
+    assert note == ("heatmap: run base (the default of base, IN01; --run picks another), "
+                    "prompt cond 'a pink girl, '")
+    entry = next(e for e in json.loads((tmp_path / "h" / "manifest.json").read_text())["files"]
+                 if e.get("kind") == "heatmap")
+    assert (entry["run"], entry["prompt"]) == ("base", "a pink girl, ")
+    r = CliRunner().invoke(main, ["heatmap", str(st.path), "--word", "0", "--run", "IN01", "--guidance", "both",
+                                  "--layers", "M00", "--out", str(tmp_path / "h2")])
+    assert r.exit_code == 0, r.output
+    assert ("heatmap: run IN01 (chosen with --run), prompt uncond 'bad'; cond 'a pink girl, (~:IN01:hair:~)'"
+            in r.output.splitlines())
+    one = CliRunner().invoke(main, ["heatmap", str(write_store(tmp_path / "one.zarr").path), "--word", "pink",
+                                    "--out", str(tmp_path / "h3")])
+    assert one.exit_code == 0 and "heatmap: run" not in one.output  # one run: nothing to choose
 
 
 def test_an_empty_prompt_says_so():

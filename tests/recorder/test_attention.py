@@ -139,3 +139,29 @@ def test_self_attention_head_mean_is_the_mean_of_the_heads(tmp_path):
     full = zarr.open_array(tmp_path / "all.zarr/runs/main/attention/OUT11.attn1/qk", mode="r")[...]
     mean = zarr.open_array(tmp_path / "mean.zarr/runs/main/attention/OUT11.attn1/qk", mode="r")[...]
     np.testing.assert_allclose(mean[:, :, :, 0], full.mean(axis=3), rtol=1e-5, atol=1e-7)
+
+
+def test_info_lists_attention_layers_with_heads_and_tokens_read_from_the_arrays(tmp_path):
+    from dumpunet.store.summary import describe, summarize
+
+    pipe = make_pipe()
+    opts = AttentionOptions(features=("qk", "k"), blocks="IN01, M00", self_attention=True, self_blocks="OUT11",
+                            self_heads="mean", query_stride=2)
+    with dumpunet.record(pipe, tmp_path / "a.zarr", blocks="M00", attention=opts, progress=False):
+        generate(pipe, steps=1)
+    s = summarize(tmp_path / "a.zarr")
+    layers = s.runs["main"].attention
+    assert [layer.name for layer in layers] == ["IN01.attn2", "M00.attn2", "OUT11.attn1"]
+    text = describe(s)
+    listed = s.to_json()["runs"]["main"]["attention"]
+    for layer, doc in zip(layers, listed):
+        qk = zarr.open_array(tmp_path / f"a.zarr/runs/main/attention/{layer.name}/qk", mode="r")
+        _, _, _, heads, queries, tokens = qk.shape
+        assert (layer.heads, layer.tokens, layer.queries) == (heads, tokens, queries)
+        assert (doc["heads"], doc["tokens"], doc["queries"]) == (heads, tokens, queries)
+        row = next(line.split() for line in text.splitlines() if line.split()[:1] == [layer.name])
+        heads_text = [str(heads)] if layer.cross_attention else [str(heads), "(mean)"]
+        assert row[1:] == ["cross" if layer.cross_attention else "self", "x".join(map(str, layer.layer_hw)), *heads_text,
+                           str(tokens), str(queries), "+".join(layer.features)]
+    assert layers[0].heads > 1 and layers[0].tokens == 77 and layers[0].features == ["qk", "k"]
+    assert layers[2].heads == 1 and layers[2].heads_mode == "mean" and layers[2].tokens == layers[2].layer_hw[0] * layers[2].layer_hw[1]

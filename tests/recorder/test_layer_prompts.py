@@ -144,6 +144,47 @@ def test_sweep_pairs_one_run_per_block_against_one_base(tmp_path):
     assert store.run("M00").recorded() == ["OUT11"]
 
 
+SWEEP_ARGS = ("--prompt", "a cute girl", "--insert", "bad anatomy", "--record-blocks", "OUT11", "--steps", "2",
+              "--width", "64", "--height", "64", "--seed", "5", "--quiet")
+
+
+def _warnings(output):
+    return [line for line in output.splitlines() if "cross-attention" in line]
+
+
+def test_sweep_estimate_warns_once_about_blocks_without_cross_attention_and_states_per_run_and_total(tmp_path):
+    blind = [u.name for u in unet_blocks(make_pipe("tiny-sd1").unet) if not u.cross_attention]
+    assert 0 < len(blind) < 25
+    res = invoke("sweep", *SWEEP_ARGS, "--blocks", "IN00-OUT11", "--dry-run", "--out", str(tmp_path / "s.zarr"))
+    assert res.exit_code == 0, res.output
+    (warning,) = _warnings(res.output)
+    assert warning.startswith(f"warning: {len(blind)} swept block(s) have no cross-attention")
+    assert warning.split(": ", 2)[2].split(";")[0] == ", ".join(blind)
+    assert f"per run x {1 + 25} runs" in res.output
+    skipped = invoke("sweep", *SWEEP_ARGS, "--blocks", "IN00-OUT11", "--dry-run", "--skip-no-xattn",
+                     "--out", str(tmp_path / "s.zarr"))
+    assert skipped.exit_code == 0, skipped.output
+    (note,) = _warnings(skipped.output)
+    assert note.startswith(f"note: --skip-no-xattn leaves out {len(blind)} block(s)") and note.endswith(", ".join(blind))
+    assert f"per run x {1 + 25 - len(blind)} runs" in skipped.output
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_swept_block_without_cross_attention_equals_the_base_and_skip_no_xattn_leaves_it_out(tmp_path):
+    out = tmp_path / "s.zarr"
+    res = invoke("sweep", *SWEEP_ARGS, "--blocks", "IN00, IN01", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    assert _warnings(res.output)[0].split(": ", 2)[2].startswith("IN00;")
+    store = dumpunet.open(out)
+    np.testing.assert_array_equal(store.run("IN00").image(0), store.run("base").image(0))  # the warning's claim
+    assert not np.array_equal(store.run("IN01").image(0), store.run("base").image(0))
+    res = invoke("sweep", *SWEEP_ARGS, "--blocks", "IN00, IN01", "--skip-no-xattn", "--out", str(out), "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert dumpunet.open(out).run_names == ["base", "IN01"]
+    res = invoke("sweep", *SWEEP_ARGS, "--blocks", "IN00", "--skip-no-xattn", "--dry-run", "--out", str(tmp_path / "t.zarr"))
+    assert res.exit_code != 0 and "Error: --skip-no-xattn leaves no block: none of IN00 has cross-attention" in res.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

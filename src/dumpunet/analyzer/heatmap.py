@@ -211,6 +211,21 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def prompt_of(run: Run, guidance: str) -> str:
+    """The prompt a run's guidance half saw (the negative prompt for ``uncond``), as recorded."""
+    return run.info.negative_prompt if guidance == "uncond" else run.info.prompt
+
+
+def run_note(store: Store, pick: Pick) -> str | None:
+    """One line naming the run (and its prompts) a heatmap of a pair or sweep store uses; None for a one-run store."""
+    if len(store.run_names) < 2:
+        return None
+    r = store.run(pick.run)
+    how = "chosen with --run" if pick.run else f"the default of {', '.join(store.run_names)}; --run picks another"
+    prompts = "; ".join(f"{g} {prompt_of(r, g)!r}" for g in (pick.halves or r.guidance_labels))
+    return f"heatmap: run {r.name} ({how}), prompt {prompts}"
+
+
 def write_heatmaps(
     store: Store | str | os.PathLike[str],
     pick: Pick = Pick(),
@@ -269,6 +284,7 @@ def write_heatmaps(
                          f"{how} | bar: attention summed over layers and steps"]
                 entry = {
                     "kind": "heatmap" if word is not None else "querymap", "store": str(st.path), "run": r.name,
+                    "prompt": prompt_of(r, g),
                     "word": w, "query": list(query) if query is not None else None, "layers": pick.blocks,
                     "steps": pick.steps, "image": i, "guidance": g, "alpha": alpha, "colormap": colormap, "plain": plain,
                     "colorbar": {"min": value_range[0], "max": value_range[1], "spans": "map"},

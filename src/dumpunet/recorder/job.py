@@ -22,7 +22,7 @@ from dumpunet.recorder.conditioning import BlockConditioning
 from dumpunet.recorder.models import load_pipeline
 from dumpunet.recorder.plan import RecordingPlan, Selection, token_length, token_row
 from dumpunet.recorder.recorder import Recorder, open_writer
-from dumpunet.recorder.request import RecordRequest, RunPrompts, check, resolve_seed, run_prompts
+from dumpunet.recorder.request import RecordRequest, RunPrompts, check, resolve_seed, run_prompts, swept_blocks
 from dumpunet.recorder.samplers import make_scheduler
 from dumpunet.store import schema
 
@@ -43,6 +43,11 @@ class Job:
         units = unet_blocks(self.pipe.unet)
         return [u.name for u in units], {m: u.name for u in units for m in u.modules}
 
+    @property
+    def no_xattn(self) -> frozenset[str]:
+        """Blocks without cross-attention: text inserted there reaches nothing."""
+        return frozenset(u.name for u in unet_blocks(self.pipe.unet) if not u.cross_attention)
+
 
 @dataclass(frozen=True)
 class Estimate:
@@ -56,14 +61,20 @@ class Estimate:
     attention_bytes: int
     self_attention_bytes: int
     shape_note: str
+    swept_without_xattn: tuple[str, ...] = ()  # sweep targets without cross-attention
+    skip_no_xattn: bool = False  # ... left out (--skip-no-xattn) rather than recorded
+
+    @property
+    def run_bytes(self) -> int:
+        return self.block_bytes + self.attention_bytes
 
     @property
     def total_bytes(self) -> int:
-        return (self.block_bytes + self.attention_bytes) * self.runs
+        return self.run_bytes * self.runs
 
     def lines(self) -> list[str]:
         hb = schema.human_bytes
-        runs = f" x {self.runs} runs" if self.runs > 1 else ""
+        runs = f" in all, {hb(self.run_bytes)} per run x {self.runs} runs" if self.runs > 1 else ""
         out = [
             f"size estimate: {hb(self.total_bytes)} raw{runs} ({self.shape_note})",
             f"  blocks:    {hb(self.block_bytes)} ({self.blocks} blocks x {self.calls} U-Net calls)",
@@ -71,6 +82,13 @@ class Estimate:
         if self.attention_layers:
             out.append(f"  attention: {hb(self.attention_bytes)} ({self.attention_layers} layers"
                        + (f", self-attention {hb(self.self_attention_bytes)})" if self.self_attention_bytes else ")"))
+        blind = self.swept_without_xattn
+        names = ", ".join(blind)
+        if blind and self.skip_no_xattn:
+            out.append(f"note: --skip-no-xattn leaves out {len(blind)} block(s) without cross-attention: {names}")
+        elif blind:
+            out.append(f"warning: {len(blind)} swept block(s) have no cross-attention, so their runs equal the base "
+                       f"pixel for pixel: {names}; --skip-no-xattn leaves them out")
         if self.self_attention_bytes > LARGE_BYTES:
             out.append(
                 f"warning: self-attention alone is {hb(self.self_attention_bytes * self.runs)}; narrow it with "
@@ -94,7 +112,7 @@ def prepare(req: RecordRequest) -> Job:
     pipe.scheduler = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed)
     job = Job(req, pipe, model_info)
     Selection.of(pipe.unet, req.record_options(), what="--blocks")
-    run_prompts(req, *job.names)  # layer-prompt block specs
+    run_prompts(req, *job.names, job.no_xattn)  # layer-prompt block specs
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return job
@@ -118,8 +136,10 @@ def estimate(job: Job) -> Estimate:
     sched.set_timesteps(req.steps)
     calls = max(1, round(len(plan.record_steps) * len(sched.timesteps) / req.steps))
     cross, own = plan.layer_bytes(calls, cross=True), plan.layer_bytes(calls, cross=False)
+    no_xattn = job.no_xattn
+    blind = swept_blocks(req, *job.names, no_xattn)[1] if req.sweep_insert is not None else []
     return Estimate(
-        runs=len(run_prompts(req, *job.names)[0]),
+        runs=len(run_prompts(req, *job.names, no_xattn)[0]),
         calls=calls,
         blocks=len(plan.blocks),
         block_bytes=plan.block_call_bytes() * calls,
@@ -127,6 +147,8 @@ def estimate(job: Job) -> Estimate:
         attention_bytes=cross + own,
         self_attention_bytes=own,
         shape_note=f"{w}x{h}, batch {req.batch_size}, {'cfg on' if guidance == 2 else 'cfg off'}, {req.dtype}",
+        swept_without_xattn=tuple(blind),
+        skip_no_xattn=req.skip_no_xattn,
     )
 
 
@@ -162,7 +184,7 @@ class Summary:
 def execute(job: Job) -> Summary:
     """Generate every run of the job while recording into ``req.out``; return a summary for the CLI."""
     req, pipe = job.req, job.pipe
-    runs, pairs = run_prompts(req, *job.names)
+    runs, pairs = run_prompts(req, *job.names, job.no_xattn)
     h, w = _size(req, pipe)
     base_kwargs: dict[str, Any] = dict(
         num_inference_steps=req.steps,

@@ -23,7 +23,7 @@ from dumpunet.specs import parse_blocks, parse_ints
 from dumpunet.store import schema
 from dumpunet.store.target import StoreLock, check_target
 
-__all__ = ["MAX_SEED", "RANGES", "RecordRequest", "RunPrompts", "check", "resolve_seed", "run_prompts"]
+__all__ = ["MAX_SEED", "RANGES", "RecordRequest", "RunPrompts", "check", "resolve_seed", "run_prompts", "swept_blocks"]
 
 MAX_SEED = 2**64 - 1
 """The largest seed torch's generator takes (image i of a batch uses seed + i)."""
@@ -80,6 +80,7 @@ class RecordRequest:
     base: str | None = None
     sweep_insert: str | None = None
     sweep_blocks: str = ""
+    skip_no_xattn: bool = False  # sweep: leave out blocks without cross-attention (their runs equal the base)
     device: str | None = None
     init_image: Path | None = None
     strength: float = 0.6
@@ -213,7 +214,24 @@ class RunPrompts:
     negative_blocks: dict[str, str] | None = None
 
 
-def run_prompts(req: RecordRequest, blocks: list[str], aliases: dict[str, str]) -> tuple[list[RunPrompts], list[schema.PairInfo]]:
+def swept_blocks(req: RecordRequest, blocks: list[str], aliases: dict[str, str], no_xattn: frozenset[str] = frozenset()
+                 ) -> tuple[list[str], list[str]]:
+    """A sweep's target blocks (``--blocks``) and those of them without cross-attention.
+
+    Text inserted into a block without cross-attention reaches nothing: its run is the base run,
+    pixel for pixel. With ``--skip-no-xattn`` they are left out of the targets (and still listed).
+    """
+    swept = parse_blocks(req.sweep_blocks, blocks, aliases=aliases, what="--blocks")
+    blind = [b for b in swept if b in no_xattn]
+    if req.skip_no_xattn:
+        swept = [b for b in swept if b not in no_xattn]
+        if not swept:
+            raise OptionError(f"--skip-no-xattn leaves no block: none of {', '.join(blind)} has cross-attention")
+    return swept, blind
+
+
+def run_prompts(req: RecordRequest, blocks: list[str], aliases: dict[str, str], no_xattn: frozenset[str] = frozenset()
+                ) -> tuple[list[RunPrompts], list[schema.PairInfo]]:
     """Decide the runs (and pairs) a request records: one plain run, one layered run, a pair, or a sweep."""
 
     def layered(name: str, prompt: str, negative: str) -> RunPrompts:
@@ -230,7 +248,7 @@ def run_prompts(req: RecordRequest, blocks: list[str], aliases: dict[str, str]) 
 
     if req.sweep_insert is not None:
         insert = req.sweep_insert.replace("\\", "\\\\").replace(";", "\\;").replace(":", "\\:")
-        swept = parse_blocks(req.sweep_blocks, blocks, aliases=aliases, what="--blocks")
+        swept, _ = swept_blocks(req, blocks, aliases, no_xattn)
         runs = [layered(b, f"{req.prompt}, (~:{b}:{insert}:~)", req.negative_prompt) for b in swept]
         base = parse_layer_prompt(runs[0].prompt).base() if runs else req.prompt
         return [RunPrompts("base", base, req.negative_prompt), *runs], [schema.PairInfo("base", b, b) for b in swept]

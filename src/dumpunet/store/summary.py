@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dumpunet.errors import SelectionError
 from dumpunet.specs import format_ints
-from dumpunet.store import Store, open_store
-from dumpunet.store.schema import RootAttrs, RunAttrs, human_bytes
+from dumpunet.store import Run, Store, open_store
+from dumpunet.store.schema import ATTENTION_FEATURES, RootAttrs, RunAttrs, human_bytes
 
 _RUN_FIELDS = (
     ("prompt", "prompt"),
@@ -22,6 +23,64 @@ _RUN_FIELDS = (
 
 
 @dataclass(frozen=True)
+class LayerSummary:
+    """One recorded attention layer of a run: heads and token count, read from its arrays' shapes."""
+
+    name: str
+    cross_attention: bool
+    layer_hw: tuple[int, int]
+    heads: int  # length of the head axis (1 when self-attention heads were averaged)
+    heads_mode: str  # "all", or "mean"
+    tokens: int | None  # length of the token axis (keys); None when only vqk was recorded
+    queries: int  # query pixels kept
+    features: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "cross_attention": self.cross_attention,
+            "layer_hw": list(self.layer_hw),
+            "heads": self.heads,
+            "heads_mode": self.heads_mode,
+            "tokens": self.tokens,
+            "queries": self.queries,
+            "features": self.features,
+        }
+
+
+def summarize_layers(run: Run) -> list[LayerSummary]:
+    """The attention layers of a run with their head and token counts, in recording order."""
+    out = []
+    for name in run.attention_layers:
+        arrays = {}
+        for feature in ATTENTION_FEATURES:
+            try:
+                arrays[feature] = run.attention_array(name, feature)
+            except SelectionError:
+                continue
+        if not arrays:
+            continue
+        first = next(iter(arrays))
+        info = run.layer_info(name, first)
+        sizes: dict[str, int] = {}
+        for feature, arr in arrays.items():
+            for dim, n in zip(ATTENTION_FEATURES[feature].dims, arr.shape):
+                sizes.setdefault(dim, n)
+        rows, cols = info.queries
+        out.append(LayerSummary(
+            name=name,
+            cross_attention=info.cross_attention,
+            layer_hw=info.layer_hw,
+            heads=sizes["head"],
+            heads_mode="all" if info.cross_attention else info.heads,
+            tokens=sizes.get("token"),
+            queries=sizes.get("query", len(rows) * len(cols)),
+            features=list(arrays),
+        ))
+    return out
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """One run of :class:`Summary`: its attributes and what its call table says."""
 
@@ -31,6 +90,7 @@ class RunSummary:
     calls: int
     recorded_outputs: list[str]
     recorded_inputs: list[str]
+    attention: list[LayerSummary]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +101,7 @@ class RunSummary:
             "calls": self.calls,
             "recorded_outputs": self.recorded_outputs,
             "recorded_inputs": self.recorded_inputs,
+            "attention": [layer.to_json() for layer in self.attention],
         }
 
 
@@ -80,6 +141,7 @@ def summarize(path: str | Path) -> Summary:
             calls=int(calls.done.sum()),
             recorded_outputs=r.recorded("output"),
             recorded_inputs=r.recorded("input"),
+            attention=summarize_layers(r),
         )
     return Summary(str(store.path), store.info, runs, store.disk_bytes())
 
@@ -118,6 +180,15 @@ def describe(s: Summary) -> str:
         lines.append(f"  {'steps':<16} {steps} of {a.steps} complete ({run.calls} U-Net calls)")
         if run.incomplete_steps:
             lines.append(f"  {'incomplete':<16} step(s) {format_ints(run.incomplete_steps)}")
+        if run.attention:
+            lines.append(f"  {'attention':<16} {'layer':<14} {'kind':<5} {'size':<7} {'heads':<7} {'tokens':<7} {'queries':<8} features")
+            for layer in run.attention:
+                kind = "cross" if layer.cross_attention else "self"
+                size = "x".join(map(str, layer.layer_hw))
+                heads = f"{layer.heads}" + (" (mean)" if layer.heads_mode == "mean" else "")
+                tokens = "-" if layer.tokens is None else str(layer.tokens)
+                lines.append(f"  {'':<16} {layer.name:<14} {kind:<5} {size:<7} {heads:<7} {tokens:<7} {layer.queries:<8} "
+                             + "+".join(layer.features))
         for b in run.recorded_outputs:
             recorded.setdefault(b, set()).add("out")
         for b in run.recorded_inputs:
