@@ -96,11 +96,8 @@ def test_every_array_has_schema_dims_so_xarray_names_them(tmp_path):
     assert run["images"].dims == schema.IMAGES.dims
 
 
-def test_one_feature_read_touches_one_chunk(tmp_path, monkeypatch):
-    p = tmp_path / "s.zarr"
-    write_store(p)
-    store = dumpunet.open(p)
-    store.run().calls  # the call table is read once per run
+def spy_reads(monkeypatch) -> list[str]:
+    """The keys the store reads from now on, in order."""
     reads: list[str] = []
     orig = SafeLocalStore.get
 
@@ -109,6 +106,15 @@ def test_one_feature_read_touches_one_chunk(tmp_path, monkeypatch):
         return await orig(self, key, *a, **kw)
 
     monkeypatch.setattr(SafeLocalStore, "get", spy)
+    return reads
+
+
+def test_one_feature_read_touches_one_chunk(tmp_path, monkeypatch):
+    p = tmp_path / "s.zarr"
+    write_store(p)
+    store = dumpunet.open(p)
+    store.run().calls  # the call table is read once per run
+    reads = spy_reads(monkeypatch)
     store.features("IN01", 2, guidance="uncond", image=1)
     chunks = [k for k in reads if "/c." in k]
     assert chunks == ["runs/main/blocks/IN01/output/c.1.1.0.0.0.0"]
@@ -119,14 +125,7 @@ def test_a_run_reads_an_arrays_metadata_once(tmp_path, monkeypatch):
     write_store(p)
     store = dumpunet.open(p)
     store.features("IN01", 1)  # opens the array (and the call table)
-    reads: list[str] = []
-    orig = SafeLocalStore.get
-
-    async def spy(self, key, *a, **kw):
-        reads.append(key)
-        return await orig(self, key, *a, **kw)
-
-    monkeypatch.setattr(SafeLocalStore, "get", spy)
+    reads = spy_reads(monkeypatch)
     np.testing.assert_array_equal(store.features("IN01", 2), slab(2, BLOCKS[1])[1, 0])
     np.testing.assert_array_equal(store.features("IN01", 3, image=0, guidance="uncond"), slab(3, BLOCKS[1])[0, 0])
     assert reads == ["runs/main/blocks/IN01/output/c.1.0.1.0.0.0", "runs/main/blocks/IN01/output/c.2.0.0.0.0.0"]
