@@ -6,9 +6,11 @@ torch and diffusers are imported inside the recording commands only, so the anal
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,13 @@ from dumpunet._version import __version__
 from dumpunet.a1111_prompts import EMPHASIS_MODES
 from dumpunet.cli_options import sigterm_as_interrupt as _sigterm_as_interrupt
 from dumpunet.analyzer.pick import Pick
-from dumpunet.cli_options import PATH, take, value_options
+from dumpunet.cli_options import PATH, STORE, storage_options, take, value_options
 from dumpunet.cli_options import with_options as _with
 from dumpunet.cli_views import COMMANDS
 from dumpunet.errors import DumpUnetError
 from dumpunet.layouts import BUILTIN_LAYOUTS
+from dumpunet.store.location import StoreUrl
+from dumpunet.store.schema import human_bytes
 
 
 class _Group(click.Group):
@@ -93,7 +97,8 @@ _GENERATION_OPTIONS = [
     click.option("--query-region", default=None, help="Self-attention: only queries in x0,y0,x1,y1 (fractions of the image)."),
     click.option("--query-stride", default=1, show_default=True, type=int, help="Self-attention: every Nth query row and column."),
     click.option("--max-bytes", type=int, default=None, help="Refuse to record more than this (default: the free disk space)."),
-    click.option("--out", required=True, type=PATH, help="Store to create (a directory)."),
+    click.option("--out", required=True, type=STORE,
+                  help="Store to create: a directory, or a URL (s3://bucket/girl.zarr, gs://...) uploaded while recording."),
     click.option("--overwrite", is_flag=True, help="Replace an existing dumpunet store at --out."),
     click.option("--dry-run", is_flag=True, help="Print the size estimate and exit."),
     click.option("--quiet", is_flag=True, help="No progress bar."),
@@ -106,6 +111,7 @@ _GENERATION_OPTIONS = [
 @click.option("--blocks", default="", help="Blocks to record, e.g. 'IN00-OUT11(+2)'; empty = all; none = attention only.")
 @click.option("--pair", is_flag=True, help="Record a base run and a layered run (per-block prompts) into one store.")
 @click.option("--base", default=None, help="With --pair: the base prompt (default: the prompt with every (~: :~) group erased).")
+@storage_options
 def record(**opts: Any) -> None:
     """Generate one image while recording U-Net blocks and attention into a zarr store.
 
@@ -125,6 +131,7 @@ def record(**opts: Any) -> None:
 @click.option("--record-blocks", default="", help="Blocks recorded in every run; empty = all.")
 @click.option("--skip-no-xattn", is_flag=True,
               help="Leave out blocks without cross-attention (their runs equal the base; they are warned about otherwise).")
+@storage_options
 def sweep(**opts: Any) -> None:
     """Record a base run and one run per block with TEXT inserted only there, paired in one store.
 
@@ -149,24 +156,65 @@ def _record(opts: dict[str, Any]) -> None:
     from dumpunet.recorder import job as recording
 
     dry_run = opts.pop("dry_run")
-    req = recording.RecordRequest(**opts)
-    job = recording.prepare(req)
-    est = recording.estimate(job)
-    for line in est.lines():
-        click.echo(line, err=True)
-    if dry_run:
-        return
-    recording.check_budget(req, est)
-    _sigterm_as_interrupt()
-    try:
-        summary = recording.execute(job)
-    except KeyboardInterrupt:
-        raise click.ClickException(_interrupted_message(req.out)) from None
+    remote = opts["out"] if isinstance(opts["out"], StoreUrl) else None
+    with _scratch_for(remote, opts) as scratch:
+        req = recording.RecordRequest(**opts)
+        job = recording.prepare(req)
+        est = recording.estimate(job)
+        for line in est.lines():
+            click.echo(line, err=True)
+        if dry_run:
+            return
+        recording.check_budget(req, est)
+        _sigterm_as_interrupt()
+        uploader = _start_upload(scratch, remote)
+        try:
+            summary = recording.execute(job)
+        except KeyboardInterrupt:
+            _finish_upload(uploader)
+            raise click.ClickException(_interrupted_message(remote or req.out)) from None
+        except BaseException:
+            _finish_upload(uploader)
+            raise
+        _finish_upload(uploader)
     what = f"runs {', '.join(summary.runs)}" if len(summary.runs) > 1 else f"{summary.steps} steps"
-    click.echo(f"recorded {summary.calls} U-Net calls ({what}, seed {summary.seed}) into {summary.out}", err=True)
+    click.echo(f"recorded {summary.calls} U-Net calls ({what}, seed {summary.seed}) into {remote or summary.out}", err=True)
 
 
-def _interrupted_message(out: Path) -> str:
+@contextlib.contextmanager
+def _scratch_for(remote: StoreUrl | None, opts: dict[str, Any]) -> Iterator[Path | None]:
+    """For ``--out URL``: record into a local scratch folder (removed at the end), after checking the URL's place."""
+    if remote is None:
+        yield None
+        return
+    import shutil
+    import tempfile
+
+    from dumpunet.store.transfer import check_upload_target
+
+    check_upload_target(remote, overwrite=opts["overwrite"])
+    folder = Path(tempfile.mkdtemp(prefix="dumpunet-upload-"))
+    opts["out"] = folder / remote.name
+    try:
+        yield opts["out"]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _start_upload(scratch: Path | None, remote: StoreUrl | None) -> Any:
+    if scratch is None or remote is None:
+        return None
+    from dumpunet.store.transfer import Uploader, upload_interval
+
+    return Uploader(scratch, remote, interval=upload_interval()).start()
+
+
+def _finish_upload(uploader: Any) -> None:
+    if uploader is not None:
+        uploader.close()
+
+
+def _interrupted_message(out: Path | StoreUrl) -> str:
     from dumpunet.store import open_store
     from dumpunet.specs import format_ints
 
@@ -181,7 +229,8 @@ def _interrupted_message(out: Path) -> str:
 
 
 @main.command()
-@click.argument("store", type=PATH)
+@click.argument("store", type=STORE)
+@storage_options
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def info(store: Path, as_json: bool) -> None:
     """Show what a store holds: model, parameters, blocks, shapes, steps, size.
@@ -196,7 +245,8 @@ def info(store: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("store", type=PATH)
+@click.argument("store", type=STORE)
+@storage_options
 @click.option("--quick", is_flag=True, help="Skip the byte-size check of every chunk file and the decoding of compressed ones "
               "(existence, links and special files are still checked).")
 def validate(store: Path, quick: bool) -> None:
@@ -215,6 +265,33 @@ def validate(store: Path, quick: bool) -> None:
     if not report.ok:
         raise click.ClickException(f"{store} is not sound ({len(report.problems)} problem(s))")
     click.echo(f"{store}: ok")
+
+
+@main.command()
+@click.argument("src", type=STORE)
+@click.argument("dst", type=STORE)
+@storage_options
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def copy(src: Path | StoreUrl, dst: Path | StoreUrl, quiet: bool) -> None:
+    """Copy a store between a folder and a URL (either way), resumably, verifying chunk counts.
+
+    An interrupted copy is not a store yet (its root document is written last); run the same
+    copy again to finish it: files already there with the same size are skipped.
+
+    \b
+    dumpunet copy girl.zarr s3://bucket/girl.zarr
+    dumpunet copy s3://bucket/girl.zarr girl-copy.zarr --storage-option anon=true
+    """
+    from dumpunet.store.transfer import copy_store
+
+    _sigterm_as_interrupt()
+    try:
+        report = copy_store(src, dst, progress=not quiet)
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; {dst} is an unfinished copy: run the same copy again to finish it") from None
+    resumed = f", {report.skipped} already there" if report.skipped else ""
+    click.echo(f"copied {report.copied} files ({human_bytes(report.bytes_copied)}{resumed}) to {dst}; "
+               f"chunk counts of {report.arrays} arrays verified", err=True)
 
 
 # ----------------------------------------------------------------------------- explain
@@ -281,7 +358,8 @@ for _command in COMMANDS:
 
 
 @main.command()
-@click.argument("stores", nargs=-1, required=True, type=PATH)
+@click.argument("stores", nargs=-1, required=True, type=STORE)
+@storage_options
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port on 127.0.0.1 (default: a free one).")
 @click.option("--no-browser", is_flag=True, help="Do not open the default browser; just print the address.")
 @click.option("--export", "export_to", type=PATH, default=None,

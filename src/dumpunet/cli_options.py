@@ -20,6 +20,7 @@ Pick(run=None, blocks='OUT11', steps='', images='', guidance='cond', channels=''
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -27,9 +28,11 @@ from typing import Any
 
 import click
 
+from dumpunet.errors import DumpUnetError
 from dumpunet.options import OptionSpec, options_of
+from dumpunet.store.location import StoreUrl, is_url, locate, parse_storage_options
 
-__all__ = ["PATH", "NonEmptyPath", "click_option", "sigterm_as_interrupt", "take", "value_options", "with_options"]
+__all__ = ["PATH", "STORE", "NonEmptyPath", "StorePlace", "storage_options", "click_option", "sigterm_as_interrupt", "take", "value_options", "with_options"]
 
 Decorator = Callable[[Any], Any]
 
@@ -45,6 +48,57 @@ class NonEmptyPath(click.Path):
 
 PATH = NonEmptyPath(path_type=Path)
 """The type of every path option."""
+
+
+class StorePlace(NonEmptyPath):
+    """A store argument: a local path, or a URL (``s3://``, ``gs://``, ``https://``) as a :class:`StoreUrl`."""
+
+    name = "path_or_url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, StoreUrl):
+            return value
+        if isinstance(value, str) and is_url(value):
+            try:
+                return locate(value)
+            except DumpUnetError as exc:
+                self.fail(str(exc), param, ctx)
+        return super().convert(value, param, ctx)
+
+
+STORE = StorePlace(path_type=Path)
+"""The type of every store argument (and of ``record --out``): a folder or a URL."""
+
+
+def storage_options(f: Any) -> Any:
+    """Add ``--storage-option KEY=VALUE`` (repeatable) to a command and give the options to its URL arguments.
+
+    Every command that reads or writes stores takes it; each :class:`StoreUrl` argument the command
+    gets (alone or in a tuple) carries the options, so the library opens it with them.
+    """
+
+    @functools.wraps(f)
+    def command(*args: Any, storage_option: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        try:
+            options = parse_storage_options(storage_option)
+        except DumpUnetError as exc:
+            raise click.BadParameter(str(exc), param_hint="--storage-option") from None
+        if options:
+            urls = 0
+            for key, value in kwargs.items():
+                if isinstance(value, StoreUrl):
+                    kwargs[key], urls = value.with_options(options), urls + 1
+                elif isinstance(value, tuple) and any(isinstance(v, StoreUrl) for v in value):
+                    kwargs[key] = tuple(v.with_options(options) if isinstance(v, StoreUrl) else v for v in value)
+                    urls += 1
+            if not urls:
+                raise click.UsageError("--storage-option is for stores given as URLs (s3://..., gs://...), and none is")
+        return f(*args, **kwargs)
+
+    return click.option("--storage-option", multiple=True, metavar="KEY=VALUE",
+                        help="An option of the URL's storage backend (fsspec/s3fs names, e.g. endpoint_url=http://..., "
+                             "anon=true); repeatable; JSON values are parsed. Credentials also come from the usual "
+                             "environment variables.")(command)
 
 
 def click_option(spec: OptionSpec, *, aliases: Iterable[str] = ()) -> Decorator:

@@ -22,9 +22,10 @@ from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.style import AVERAGES, GridStyle
 from dumpunet.analyzer.tensor_files import FORMATS
 from dumpunet.cli_options import (
-    PATH,
+    STORE,
     click_option,
     sigterm_as_interrupt,
+    storage_options,
     take,
     value_options,
     with_options,
@@ -106,7 +107,8 @@ def _point(value: str | None) -> tuple[float, float] | None:
 
 
 @click.command()
-@click.argument("stores", nargs=-1, required=True, type=PATH)
+@click.argument("stores", nargs=-1, required=True, type=STORE)
+@storage_options
 @with_options(value_options(Pick))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec, choices=_NO_HEAD))
@@ -155,7 +157,8 @@ def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, ou
 
 
 @click.command()
-@click.argument("store", type=PATH)
+@click.argument("store", type=STORE)
+@storage_options
 @with_options(value_options(Pick))
 @with_options(_options("layers", "feature", "format", "skip_damaged", *_WRITTEN))
 @click.pass_context
@@ -192,7 +195,8 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
 
 
 @click.command()
-@click.argument("store", type=PATH)
+@click.argument("store", type=STORE)
+@storage_options
 @with_options(_options("pair"))
 @with_options(value_options(Pick, skip=("run",)))
 @with_options(value_options(GridStyle))
@@ -225,7 +229,8 @@ def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: P
 
 
 @click.command()
-@click.argument("store", type=PATH)
+@click.argument("store", type=STORE)
+@storage_options
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
 @with_options(_options("tokens", "feature", "query", "head_average"))
 @with_options([_AUTO_SCALE])
@@ -250,7 +255,8 @@ def attention(store: Path, tokens: str, feature: str, query: str | None, head_av
 
 
 @click.command()
-@click.argument("store", type=PATH)
+@click.argument("store", type=STORE)
+@storage_options
 @with_options(_options("word", "merge", "query"))
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
 @with_options(_options("colormap", "alpha", "plain_overlay", "out", "as_json"))

@@ -22,7 +22,9 @@ from collections.abc import Sequence
 import numpy as np
 import zarr
 from zarr.abc.store import Store as ZarrStore
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.storage import LocalStore
 
 from dumpunet.errors import DamagedChunkError, DumpUnetError
 from dumpunet.store.localfiles import UnsafeFileError
@@ -42,6 +44,13 @@ class ChunkFiles:
     def __init__(self, store: ZarrStore, prefix: str) -> None:
         self.store = store
         self.prefix = f"{prefix}/" if prefix else ""
+        # a remote store's chunk is fetched whole and checked by its length: one request, not a HEAD and a GET
+        self.remote = not isinstance(store, LocalStore)
+
+    def read(self, array_path: str, key: str) -> bytes | None:
+        """The bytes of one chunk file; None if it is missing."""
+        buf = sync(self.store.get(f"{self.prefix}{array_path}/{key}", prototype=default_buffer_prototype()))
+        return None if buf is None else buf.to_bytes()
 
     def keys(self, array_path: str) -> set[str]:
         """Chunk keys under one array (relative to it), from one listing."""
@@ -124,16 +133,37 @@ def read_chunk(files: ChunkFiles, arr: zarr.Array, coords: Sequence[int], what: 
     """
     full = arr.path
     key = arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
+    index = tuple(slice(c * n, (c + 1) * n) for c, n in zip(coords, arr.chunks, strict=True))
+    expected = raw_chunk_bytes(arr)
+    if files.remote and expected is not None and all(s.stop <= n for s, n in zip(index, arr.shape, strict=True)):
+        return _read_raw(files, arr, key, expected, what)
     problem = chunk_problem(files, full, arr, key)
     if problem is not None:
         raise DamagedChunkError(f"{full}: {what}: {problem}")
-    index = tuple(slice(c * n, (c + 1) * n) for c, n in zip(coords, arr.chunks, strict=True))
     try:
         return arr[index]
     except DumpUnetError as exc:
         raise DamagedChunkError(f"{full}: {what}: {exc}") from None
     except Exception as exc:  # noqa: BLE001  any decoding failure of this one chunk means the chunk is damaged
         raise DamagedChunkError(f"{full}: {what}: chunk {key} cannot be decoded ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _read_raw(files: ChunkFiles, arr: zarr.Array, key: str, expected: int, what: str) -> np.ndarray:
+    """One whole uncompressed chunk of a remote store in one request, its length checked as :func:`chunk_problem` does."""
+    try:
+        data = files.read(arr.path, key)
+    except DumpUnetError:
+        raise
+    except Exception as exc:  # noqa: BLE001  a network or permission failure names the chunk, no traceback
+        raise DamagedChunkError(f"{arr.path}: {what}: chunk {key} cannot be read ({type(exc).__name__}: {_first_line(exc)})") from None
+    if data is None:
+        raise DamagedChunkError(f"{arr.path}: {what}: chunk {key} is missing")
+    if len(data) != expected:
+        state = "truncated" if len(data) < expected else "oversized"
+        raise DamagedChunkError(f"{arr.path}: {what}: chunk {key} is {len(data)} bytes, expected {expected} ({state})")
+    endian = getattr(getattr(arr.serializer, "endian", None), "value", "little")  # the bytes codec's byte order
+    stored = np.dtype(arr.dtype).newbyteorder(">" if endian == "big" else "<")
+    return np.frombuffer(data, dtype=stored).reshape(arr.chunks).astype(np.dtype(arr.dtype).newbyteorder("="))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -7,8 +7,8 @@ Reads touch only the chunks they need: ``features(block, step=...)`` reads one
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -17,6 +17,7 @@ import zarr
 from dumpunet.store import schema
 from dumpunet.store.calls import CallTable, read_call_table
 from dumpunet.store.chunks import ChunkFiles, layout_problem, read_chunk
+from dumpunet.store.location import Location, StoreUrl, locate, total_bytes
 from dumpunet.errors import IncompleteStepError, SelectionError, StoreError
 from dumpunet.specs import format_ints, parse_blocks, parse_ints, parse_layers, resolve_block
 
@@ -271,8 +272,8 @@ class Store:
     (['IN00', 'IN01', 'IN02'], 20)
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike[str] | StoreUrl, *, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.path: Location = locate(path, storage_options)
         self.root = schema.open_root(self.path)
         self.files = ChunkFiles(self.root.store, self.root.path)
         self.info: schema.RootAttrs = schema.RootAttrs.from_json(dict(self.root.attrs), str(self.path))
@@ -393,7 +394,10 @@ class Store:
         """Return the final image ``i`` as uint8 ``[H, W, 3]``."""
         return self.run(run).image(i)
 
-    def disk_bytes(self) -> int:
+    def disk_bytes(self) -> int | None:
+        """Bytes of every file of the store (a URL: of every object, from listings; None where it cannot list)."""
+        if isinstance(self.path, StoreUrl):
+            return total_bytes(self.root.store, self.path)
         total = 0
         for dirpath, _, files in os.walk(self.path):
             for f in files:
@@ -404,14 +408,18 @@ class Store:
         return total
 
 
-def open_store(path: str | os.PathLike[str]) -> Store:
-    """Open a dumpunet store read-only.
+def open_store(path: str | os.PathLike[str] | StoreUrl, *, storage_options: Mapping[str, Any] | None = None) -> Store:
+    """Open a dumpunet store read-only: a local folder, or a URL (``s3://``, ``gs://``, ``https://``).
+
+    ``storage_options`` reach a URL's backend (fsspec: ``endpoint_url``, ``anon``, ``key`` ...);
+    credentials otherwise come from the usual environment variables (docs/remote.md).
 
     Examples
     --------
     >>> store = dumpunet.open("girl.zarr")  # doctest: +SKIP
     >>> store.features("OUT11", step=20).shape  # doctest: +SKIP
     (320, 64, 64)
+    >>> remote = dumpunet.open("s3://bucket/girl.zarr", storage_options={"anon": True})  # doctest: +SKIP
     """
-    return Store(path)
+    return Store(path, storage_options=storage_options)
 

@@ -9,6 +9,7 @@ from typing import Any
 from dumpunet.errors import SelectionError
 from dumpunet.specs import format_ints
 from dumpunet.store import Run, Store, open_store
+from dumpunet.store.location import StoreUrl, is_url
 from dumpunet.store.schema import ATTENTION_FEATURES, RootAttrs, RunAttrs, human_bytes
 
 _RUN_FIELDS = (
@@ -112,7 +113,7 @@ class Summary:
     path: str
     root: RootAttrs
     runs: dict[str, RunSummary]
-    disk_bytes: int
+    disk_bytes: int | None  # None: a URL whose server lists no sizes (http)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,7 +128,7 @@ class Summary:
         }
 
 
-def summarize(path: str | Path) -> Summary:
+def summarize(path: str | Path | StoreUrl) -> Summary:
     """Return model, runs, blocks (with shapes and what was recorded), steps and size of a store."""
     store: Store = open_store(path)
     runs = {}
@@ -146,6 +147,12 @@ def summarize(path: str | Path) -> Summary:
     return Summary(str(store.path), store.info, runs, store.disk_bytes())
 
 
+def _size(s: Summary) -> str:
+    if s.disk_bytes is None:
+        return "unknown (the server lists no sizes)"
+    return f"{human_bytes(s.disk_bytes)} {'stored' if is_url(s.path) else 'on disk'}"
+
+
 def describe(s: Summary) -> str:
     """Render a :class:`Summary` as text for people."""
     fmt = s.root.header
@@ -154,7 +161,7 @@ def describe(s: Summary) -> str:
         f"store     {s.path}  (format {fmt.format_version}.{fmt.format_minor}, {fmt.writer or '?'}, {fmt.created or '?'})",
         f"model     {model.get('name', '?')}  [{model.get('source', model.get('pipeline', '?'))}]"
         + (f"  unet {model['unet_fingerprint'][:12]}" if model.get("unet_fingerprint") else ""),
-        f"size      {human_bytes(s.disk_bytes)} on disk",
+        f"size      {_size(s)}",
     ]
     order = [b.name for b in s.root.blocks]
     recorded: dict[str, set[str]] = {}

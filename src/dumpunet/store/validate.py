@@ -24,6 +24,7 @@ from dumpunet.errors import DamagedChunkError, DumpUnetError, StoreError
 from dumpunet.specs import parse_ints
 from dumpunet.store.chunks import ChunkFiles, call_table_problem, chunk_problem, layout_problem, raw_chunk_bytes, read_chunk
 from dumpunet.store.localfiles import SafeLocalStore, UnsafeFileError
+from dumpunet.store.location import StoreUrl
 from dumpunet.store.schema import (
     ATTENTION_FEATURES,
     BLOCK_ARRAYS,
@@ -70,10 +71,10 @@ class _Calls:
     done: np.ndarray  # indices of completely written calls
 
 
-def validate(where: str | Path | ZarrStore, *, quick: bool = False) -> Report:
+def validate(where: str | Path | StoreUrl | ZarrStore, *, quick: bool = False) -> Report:
     """Check a store against this schema; raise StoreError if it is not a dumpunet store at all.
 
-    ``where`` is a store directory or any zarr store (``zarr.storage.MemoryStore``, ...). Checks
+    ``where`` is a store directory, a URL (docs/remote.md) or any zarr store (``zarr.storage.MemoryStore``, ...). Checks
     the attributes, every array's dims, dtype and shape against the schema and the block table,
     the call table's consistency, that every chunk of every completed call exists as a regular
     file, and (unless ``quick``) that each uncompressed chunk has exactly its array's chunk size in
@@ -117,7 +118,7 @@ def _check_pairs(info: RootAttrs, report: Report) -> None:
             report.notes.append(f"run {name} of a pair was not begun (the recording stopped before it)")
 
 
-def _open(where: str | Path | ZarrStore) -> zarr.Group:
+def _open(where: str | Path | StoreUrl | ZarrStore) -> zarr.Group:
     if isinstance(where, ZarrStore):
         try:
             root = zarr.open_group(store=where, mode="r", zarr_format=3)

@@ -33,7 +33,6 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from dumpunet.analyzer.output import OutputFolder, WrittenFile
@@ -96,7 +95,7 @@ def export_report(
             views[view_key(state)] = _render(stores[state.store], state, output, f"view{n:05d}.png", written)
             bar.update(1)
         data = {
-            "stores": {"stores": [{"index": i, "name": Path(p).name} for i, p in enumerate(paths)],
+            "stores": {"stores": [{"index": i, "name": st.path.name} for i, st in enumerate(stores)],
                        "defaults": asdict(ViewState())},
             "structures": [structure(st, i) for i, st in enumerate(stores)],
             "views": views,

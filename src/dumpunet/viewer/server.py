@@ -41,6 +41,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from dumpunet.errors import DumpUnetError
 from dumpunet.store import Store, open_store
+from dumpunet.store.location import StoreUrl, locate
 from dumpunet.viewer.state import ViewState
 from dumpunet.viewer.structure import resolve, structure
 
@@ -87,9 +88,9 @@ class ViewerServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, paths: Sequence[str | Path], *, port: int = 0, cache_bytes: int = 256 << 20,
+    def __init__(self, paths: Sequence[str | Path | StoreUrl], *, port: int = 0, cache_bytes: int = 256 << 20,
                  png_level: int = 0, quiet: bool = True) -> None:
-        self.paths = [Path(p) for p in paths]
+        self.paths = [locate(p) for p in paths]  # folders or URLs
         self.stores: list[Store] = [open_store(p) for p in self.paths]
         self.cache = PngCache(cache_bytes)
         self.render_lock = threading.Lock()  # numba's workqueue layer is not thread-safe; one user anyway
@@ -105,9 +106,9 @@ class ViewerServer(ThreadingHTTPServer):
         except OSError as exc:
             raise DumpUnetError(f"cannot serve on {HOST}:{port}: {exc.strerror or exc} (try another --port)") from None
 
-    def add(self, path: str | Path) -> int:
+    def add(self, path: str | Path | StoreUrl) -> int:
         """Serve one more store (a notebook's ``show()``); return its index (the old one if already served)."""
-        path = Path(path)
+        path = locate(path)
         with self.render_lock:
             for i, known in enumerate(self.paths):
                 if known.resolve() == path.resolve():
@@ -257,7 +258,7 @@ def _file_name(server: ViewerServer, state: ViewState) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
-def start(paths: Sequence[str | Path], *, port: int = 0, png_level: int = 0, quiet: bool = True) -> ViewerServer:
+def start(paths: Sequence[str | Path | StoreUrl], *, port: int = 0, png_level: int = 0, quiet: bool = True) -> ViewerServer:
     """Start a viewer server on a background thread; ``server.url`` is its address, ``server.shutdown()`` stops it.
 
     Examples
@@ -272,7 +273,7 @@ def start(paths: Sequence[str | Path], *, port: int = 0, png_level: int = 0, qui
     return server
 
 
-def serve(paths: Sequence[str | Path], *, port: int = 0, open_browser: bool = True) -> None:
+def serve(paths: Sequence[str | Path | StoreUrl], *, port: int = 0, open_browser: bool = True) -> None:
     """Serve until Ctrl-C: ``dumpunet view``."""
     server = ViewerServer(paths, port=port, quiet=True)
     print(f"dumpunet view: serving {', '.join(str(p) for p in server.paths)} at {server.url} (Ctrl-C stops)",

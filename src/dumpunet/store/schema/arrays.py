@@ -33,7 +33,8 @@ from zarr.codecs import ZstdCodec
 from zarr.core.sync import sync
 
 from dumpunet.errors import StoreError, StoreNotFoundError
-from dumpunet.store.localfiles import SafeLocalStore, StoreFiles, UnsafeFileError
+from dumpunet.store.localfiles import StoreFiles, UnsafeFileError
+from dumpunet.store.location import StoreUrl, locate, open_zarr_store, read_key, unfinished_copy_hint
 from dumpunet.store.schema.attrs import HEADER_KEY, BlockInfo, Header
 
 __all__ = ["ATTENTION_FEATURES", "ArrayKind", "BLOCK_ARRAYS", "BLOCK_INPUT", "BLOCK_OUTPUT", "BlockInfo", "CALL_ARRAYS", "CALL_CHUNK", "CALL_DONE", "CALL_STEP", "CALL_SUBSTEP", "CALL_TIMESTEP", "CHUNK_KEY_ENCODING", "FORMAT_MINOR", "FORMAT_VERSION", "GROUP_DOCUMENT", "HEADER_KEY", "Header", "IMAGES", "LATENTS", "RECORD_DTYPES", "STEPS_ATTR", "array_document", "block_aliases", "blocks_group_path", "check_header", "codecs_for", "create_array", "header", "human_bytes", "node", "open_array", "open_root", "run_group_path"]
@@ -309,21 +310,23 @@ def check_header(attrs: Mapping[str, Any], where: str) -> Header:
     return head
 
 
-def open_root(where: str | Path, *, mode: Literal["r", "r+"] = "r") -> zarr.Group:
-    """Open the root group of a store after checking that it is a dumpunet store."""
-    p = Path(where)
-    if not p.exists():
-        raise StoreNotFoundError(f"no store at {p}")
-    if not p.is_dir():
-        raise StoreError(f"{p} is a file, not a store directory")
-    try:
-        raw = StoreFiles(p).read("zarr.json")
-    except StoreError as exc:
-        raise StoreError(f"{p}/{exc}") from None
-    except OSError as exc:
-        raise StoreError(f"{p}/zarr.json cannot be read: {exc}") from None
+def open_root(where: str | Path | StoreUrl, *, mode: Literal["r", "r+"] = "r") -> zarr.Group:
+    """Open the root group of a store (a folder or a URL) after checking that it is a dumpunet store."""
+    p = locate(where)
+    zstore = open_zarr_store(p, mode=mode)
+    if isinstance(p, Path):
+        try:
+            raw = StoreFiles(p).read("zarr.json")
+        except StoreError as exc:
+            raise StoreError(f"{p}/{exc}") from None
+        except OSError as exc:
+            raise StoreError(f"{p}/zarr.json cannot be read: {exc}") from None
+    else:
+        raw = read_key(zstore, "zarr.json", p)
     if raw is None:
-        raise StoreError(f"{p} is not a zarr v3 store (no zarr.json), so not a dumpunet store")
+        if isinstance(p, StoreUrl):
+            raise StoreNotFoundError(f"no store at {p} (no zarr.json there{unfinished_copy_hint(zstore)})")
+        raise StoreError(f"{p} is not a zarr v3 store (no zarr.json{unfinished_copy_hint(zstore)}), so not a dumpunet store")
     try:
         doc = json.loads(raw)
     except ValueError as exc:
@@ -335,8 +338,9 @@ def open_root(where: str | Path, *, mode: Literal["r", "r+"] = "r") -> zarr.Grou
     if not isinstance(attrs, dict):
         raise StoreError(f"{p}/zarr.json: attributes must be a JSON object, got {type(attrs).__name__}")
     check_header(attrs, str(p))
-    # every later read (zarr's metadata reads included) opens regular files below the root only
-    return zarr.open_group(store=SafeLocalStore(p, read_only=mode == "r"), mode=mode, zarr_format=3)
+    # every later read (zarr's metadata reads included) goes through the same store: locally, regular
+    # files below the root only
+    return zarr.open_group(store=zstore, mode=mode, zarr_format=3)
 
 
 # --------------------------------------------------------------------------- block table

@@ -1,0 +1,291 @@
+"""Where a store is: a local folder or a URL, and the one opener that maps either to a zarr store.
+
+Every read path (``info``, ``render``, ``view``, ``dumpunet.open`` ...) opens its store through
+:func:`open_zarr_store`: a local path becomes a :class:`~dumpunet.store.localfiles.SafeLocalStore`
+(regular files below the root only), a URL (``s3://bucket/girl.zarr``, ``gs://...``,
+``https://host/girl.zarr``) zarr v3's own ``FsspecStore`` (fsspec, with s3fs or gcsfs for the
+cloud schemes; read-only for http and https). docs/benchmarks.md compares it with ``ObjectStore``
+(obstore) on the same data; :data:`BACKENDS` keeps both for that comparison.
+
+Credentials and endpoints come from the usual environment variables (``AWS_ACCESS_KEY_ID``,
+``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS`` ...) or from storage options, which a
+:class:`StoreUrl` carries (``--storage-option KEY=VALUE`` on the command line). Every failure to
+reach a store (unknown scheme, missing bucket, wrong credentials, no server) is one
+:class:`~dumpunet.errors.StoreError` naming the URL.
+
+Examples
+--------
+>>> locate("s3://bucket/girl.zarr").name, locate("girl.zarr")
+('girl.zarr', PosixPath('girl.zarr'))
+>>> str(locate("s3://bucket/girl.zarr/", {"anon": "true"}))
+'s3://bucket/girl.zarr'
+>>> parse_storage_options(["endpoint_url=http://127.0.0.1:9000", "anon=true", "client_kwargs={\\"region_name\\": \\"eu\\"}"])
+{'endpoint_url': 'http://127.0.0.1:9000', 'anon': True, 'client_kwargs': {'region_name': 'eu'}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from zarr.abc.store import Store as ZarrStore
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from dumpunet.errors import DumpUnetError, OptionError, StoreError, StoreNotFoundError
+
+__all__ = ["BACKENDS", "COPY_MARKER", "READ_ONLY_SCHEMES", "REMOTE_SCHEMES", "Location", "StoreUrl", "is_url", "list_sizes", "locate",
+           "open_zarr_store", "parse_storage_options", "read_key", "remote_error", "total_bytes", "unfinished_copy_hint"]
+
+REMOTE_SCHEMES = {
+    "s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
+    "http": "aiohttp", "https": "aiohttp", "memory": "fsspec",
+}
+"""URL schemes a store may have, and the package fsspec needs for each (``memory``: fsspec's own, for tests)."""
+
+READ_ONLY_SCHEMES = frozenset({"http", "https"})
+"""Schemes that can be read but never written (``dumpunet copy`` and ``record --out`` refuse them as targets)."""
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+FSSPEC_DEFAULTS: dict[str, dict[str, Any]] = {
+    # A viewer polls a store that a recording is uploading: fsspec's listing cache would hide new chunks.
+    "*": {"use_listings_cache": False},
+    # s3fs asks for an object's size (a HEAD) before every whole read, to split big ones into parallel
+    # ranges; chunks are small and zarr already reads many at once, so one GET per chunk is enough.
+    "s3": {"max_concurrency": 1},
+    "s3a": {"max_concurrency": 1},
+}
+"""Storage options dumpunet sets unless the user gives them, per URL scheme (``*``: all)."""
+
+
+def is_url(text: str | os.PathLike[str]) -> bool:
+    """Whether ``text`` is a URL (``scheme://...``) rather than a local path."""
+    return isinstance(text, (str, StoreUrl)) and _URL.match(str(text)) is not None
+
+
+@dataclass(frozen=True)
+class StoreUrl:
+    """A store at a URL, with the storage options that reach it; stands where a store's ``Path`` would.
+
+    ``name``, ``resolve()`` and ``str()`` behave as a path's do, so outputs name a remote store the
+    way they name a local one.
+    """
+
+    url: str
+    options: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        m = _URL.match(self.url)
+        if m is None:
+            raise StoreError(f"{self.url!r} is not a URL")
+        scheme = m.group(1).lower()
+        if scheme not in REMOTE_SCHEMES:
+            raise StoreError(f"{self.url}: unknown URL scheme {scheme!r} (stores are local folders or "
+                             f"{', '.join(s + '://' for s in REMOTE_SCHEMES if s != 'memory')} URLs)")
+        rest = self.url[m.end():].rstrip("/")
+        if not rest:
+            raise StoreError(f"{self.url}: the URL names no bucket or host")
+        object.__setattr__(self, "url", f"{scheme}://{rest}")
+
+    @property
+    def scheme(self) -> str:
+        return self.url.split("://", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    @property
+    def read_only(self) -> bool:
+        return self.scheme in READ_ONLY_SCHEMES
+
+    def resolve(self) -> StoreUrl:
+        return self
+
+    def with_options(self, options: Mapping[str, Any]) -> StoreUrl:
+        return StoreUrl(self.url, tuple(sorted({**self.storage_options, **options}.items())))
+
+    def __str__(self) -> str:
+        return self.url
+
+
+Location = Path | StoreUrl
+"""A store's place: a local folder or a URL."""
+
+
+def locate(where: str | os.PathLike[str] | StoreUrl, storage_options: Mapping[str, Any] | None = None) -> Location:
+    """A local ``Path`` or a :class:`StoreUrl` (with ``storage_options``) for a path or URL."""
+    if isinstance(where, StoreUrl):
+        return where.with_options(storage_options) if storage_options else where
+    if is_url(where):
+        return StoreUrl(str(where), tuple(sorted((storage_options or {}).items())))
+    if storage_options:
+        raise OptionError(f"storage options are for stores given as URLs (s3://...), not for the local path {where}")
+    return Path(where)
+
+
+def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as a dict; a VALUE that is JSON (true, 3, {...}) is parsed, any other is a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise OptionError(f"--storage-option {item!r}: expected KEY=VALUE, e.g. endpoint_url=http://127.0.0.1:9000")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
+# --------------------------------------------------------------------------- opening
+
+
+Backend = Literal["fsspec", "obstore"]
+
+
+def _fsspec_store(url: StoreUrl, read_only: bool) -> ZarrStore:
+    from zarr.storage import FsspecStore
+
+    options = {**FSSPEC_DEFAULTS["*"], **FSSPEC_DEFAULTS.get(url.scheme, {}), **url.storage_options}
+    return FsspecStore.from_url(url.url, storage_options=options, read_only=read_only)
+
+
+def _obstore_store(url: StoreUrl, read_only: bool) -> ZarrStore:
+    from obstore.store import from_url
+    from zarr.storage import ObjectStore
+
+    return ObjectStore(from_url(url.url, **url.storage_options), read_only=read_only)
+
+
+BACKENDS: dict[str, Callable[[StoreUrl, bool], ZarrStore]] = {"fsspec": _fsspec_store, "obstore": _obstore_store}
+"""How a URL becomes a zarr store. ``fsspec`` is the one dumpunet uses (docs/benchmarks.md says why)."""
+
+BACKEND: Backend = "fsspec"
+
+
+def open_zarr_store(where: str | os.PathLike[str] | StoreUrl, *, mode: Literal["r", "r+", "w"] = "r",
+                    backend: Backend | None = None) -> ZarrStore:
+    """The zarr store at a local path or URL (not yet checked to hold a dumpunet store).
+
+    A local path must be an existing folder unless ``mode`` is ``"w"``; a URL of a read-only scheme
+    (http, https) is refused for writing.
+    """
+    from dumpunet.store.localfiles import SafeLocalStore
+
+    loc = locate(where)
+    if isinstance(loc, Path):
+        if mode != "w":
+            if not loc.exists():
+                raise StoreNotFoundError(f"no store at {loc}")
+            if not loc.is_dir():
+                raise StoreError(f"{loc} is a file, not a store directory")
+        return SafeLocalStore(loc, read_only=mode == "r")
+    if mode != "r" and loc.read_only:
+        raise StoreError(f"{loc}: {loc.scheme}:// URLs are read-only; write to a local folder or s3://, gs://")
+    try:
+        return BACKENDS[backend or BACKEND](loc, mode == "r")
+    except ImportError as exc:
+        raise StoreError(f"{loc}: reading {loc.scheme}:// URLs needs the package {REMOTE_SCHEMES[loc.scheme]} "
+                         f"(pip install 'dumpunet[remote]'): {exc}") from None
+    except Exception as exc:  # noqa: BLE001  a bad storage option or URL fails inside the backend's constructor
+        raise remote_error(loc, exc) from None
+
+
+def read_key(store: ZarrStore, key: str, where: Location) -> bytes | None:
+    """The bytes of one key of a remote store (None if it is missing), failures as one StoreError."""
+    try:
+        buf = sync(store.get(key, prototype=default_buffer_prototype()))
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001  network, credentials, bucket: one message naming the URL
+        raise remote_error(where, exc, key) from None
+    return None if buf is None else buf.to_bytes()
+
+
+def remote_error(where: Location, exc: BaseException, key: str | None = None) -> StoreError:
+    """One readable StoreError for a failure of a remote store (credentials, bucket, network)."""
+    what = f"{where}/{key}" if key else str(where)
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > 300:
+        text = text[:300] + "..."
+    if isinstance(exc, PermissionError) or re.search(r"AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|Forbidden|403",
+                                                     text):
+        return StoreError(f"{what}: access denied ({text}); check the credentials (AWS_ACCESS_KEY_ID/"
+                          "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS, or --storage-option)")
+    if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text:
+        return StoreNotFoundError(f"no store at {what} ({text})")
+    if isinstance(exc, (ConnectionError, TimeoutError)) or re.search(r"connect|resolve|timed? ?out", text, re.I):
+        return StoreError(f"{what}: cannot reach the server ({text})")
+    return StoreError(f"{what}: {type(exc).__name__}: {text}")
+
+
+def list_sizes(store: ZarrStore, where: Location) -> dict[str, int]:
+    """Every key below a store and its byte size, from listings (a local folder: its regular files).
+
+    Hidden names (a writer's ``.name.tmp`` files) are left out. Raises StoreError where the store
+    cannot be listed (http).
+    """
+    from zarr.storage import FsspecStore, LocalStore, ObjectStore
+
+    try:
+        if isinstance(store, LocalStore):
+            return _local_sizes(Path(store.root))
+        if isinstance(store, FsspecStore):
+            found = sync(store.fs._find(store.path, detail=True, withdirs=False))
+            sizes = {k.removeprefix(f"{store.path}/"): int(v.get("size") or 0) for k, v in found.items()}
+        elif isinstance(store, ObjectStore):
+            sizes = {m["path"]: int(m["size"]) for batch in store.store.list() for m in batch}
+        else:
+            raise StoreError(f"{where}: cannot list a {type(store).__name__}")
+    except DumpUnetError:
+        raise
+    except Exception as exc:  # noqa: BLE001  network, credentials, a server that cannot list
+        raise remote_error(where, exc) from None
+    return {k: v for k, v in sizes.items() if not any(part.startswith(".") for part in k.split("/"))}
+
+
+def _local_sizes(root: Path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for dirpath, dirs, files in os.walk(root):  # os.walk does not follow links to folders
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = os.path.relpath(dirpath, root)
+        for f in files:
+            if f.startswith("."):
+                continue
+            info = os.lstat(os.path.join(dirpath, f))
+            if stat.S_ISREG(info.st_mode):  # a link or special file is not the store's (validate names it)
+                out[f if rel == "." else f"{rel}/{f}".replace(os.sep, "/")] = info.st_size
+    return out
+
+
+def total_bytes(store: ZarrStore, where: Location) -> int | None:
+    """Bytes of every object below a remote store, from listings (None where it cannot be listed: http)."""
+    try:
+        return sum(list_sizes(store, where).values())
+    except StoreError:
+        return None
+
+
+COPY_MARKER = "dumpunet-copy.partial"
+"""Key that ``dumpunet copy`` writes into its target first and deletes last (after the root's zarr.json)."""
+
+
+def unfinished_copy_hint(store: ZarrStore) -> str:
+    """``"; an unfinished dumpunet copy ..."`` where a store without zarr.json holds the copy marker, else ``""``."""
+    try:
+        marked = bool(sync(store.exists(COPY_MARKER)))
+    except Exception:  # noqa: BLE001  only a hint
+        return ""
+    return "; it is an unfinished 'dumpunet copy': run the same copy again to finish it" if marked else ""

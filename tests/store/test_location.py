@@ -1,0 +1,199 @@
+"""Stores at URLs: the one opener, every read path against a real S3 API server on loopback (moto), errors."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from synthetic_stores import make_store
+
+import dumpunet
+from dumpunet.cli import main
+from dumpunet.errors import OptionError, StoreError, StoreNotFoundError
+from dumpunet.store.location import StoreUrl, locate, parse_storage_options
+
+BLOCKS = "IN04,OUT11"
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory) -> Path:
+    """A synthetic store (25 blocks, steps 1,5,10,20, inputs too), read-only."""
+    return make_store(tmp_path_factory.mktemp("remote") / "girl.zarr", inputs=True)
+
+
+def upload(s3, local: Path, name: str = "girl.zarr") -> str:
+    """Put the store's files into the test bucket with s3fs (not dumpunet's copy); return its URL."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3.endpoint, skip_instance_cache=True)
+    fs.put(str(local), f"{s3.bucket}/{name}", recursive=True)
+    return f"s3://{s3.bucket}/{name}"
+
+
+def cli(*args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(main, list(args))
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    return res.exit_code, res.output
+
+
+def test_locate_tells_urls_from_paths():
+    assert locate("girl.zarr") == Path("girl.zarr")
+    url = locate("S3://bucket/girl.zarr/")
+    assert isinstance(url, StoreUrl) and str(url) == "s3://bucket/girl.zarr" and url.name == "girl.zarr"
+    assert locate("https://host/x/girl.zarr").read_only and not url.read_only
+    with pytest.raises(StoreError, match=r"unknown URL scheme 'ftp'"):
+        locate("ftp://host/girl.zarr")
+    with pytest.raises(StoreError, match="names no bucket"):
+        locate("s3://")
+    with pytest.raises(OptionError, match="not for the local path"):
+        locate("girl.zarr", {"anon": True})
+    assert parse_storage_options(["a=1", "b=x=y", "c=true"]) == {"a": 1, "b": "x=y", "c": True}
+    with pytest.raises(OptionError, match="expected KEY=VALUE"):
+        parse_storage_options(["novalue"])
+
+
+def test_info_validate_and_render_from_s3_equal_the_local_ones(s3, local, tmp_path):
+    url = upload(s3, local)
+    code, remote_info = cli("info", url, "--json")
+    assert code == 0, remote_info
+    _, local_info = cli("info", str(local), "--json")
+    remote_doc, local_doc = json.loads(remote_info), json.loads(local_info)
+    assert remote_doc.pop("path") == url and local_doc.pop("path") == str(local)
+    assert remote_doc == local_doc  # disk_bytes too: the bucket lists the same files
+    assert cli("validate", url) == (0, f"{url}: ok\n")
+    for where, out in ((url, tmp_path / "remote"), (str(local), tmp_path / "local")):
+        code, text = cli("render", where, "--blocks", BLOCKS, "--steps", "5,20", "--jobs", "1", "--quiet", "--out", str(out))
+        assert code == 0, text
+    pngs = sorted(p.name for p in (tmp_path / "local").glob("*.png"))
+    assert len(pngs) == 4
+    assert sorted(p.name for p in (tmp_path / "remote").glob("*.png")) == pngs
+    for name in pngs:
+        assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+
+
+def test_every_read_command_takes_a_url(s3, local, tmp_path):
+    url = upload(s3, local)
+    for where, out in ((url, tmp_path / "remote"), (str(local), tmp_path / "local")):
+        code, text = cli("export", where, "--blocks", "OUT11", "--steps", "20", "--format", "npy", "--quiet", "--out", str(out))
+        assert code == 0, text
+    assert [p.name for p in (tmp_path / "remote").glob("*.npy")] == ["OUT11-step020.npy"]
+    assert (tmp_path / "remote/OUT11-step020.npy").read_bytes() == (tmp_path / "local/OUT11-step020.npy").read_bytes()
+    # the synthetic store holds no pair and no attention: each command opens it and names what it lacks
+    for args, lacks in ((["diff", url, "--blocks", "OUT11"], "holds no paired runs"),
+                        (["attention", url, "--layers", "OUT11"], "recorded without attention"),
+                        (["heatmap", url, "--word", "girl"], "without attention")):
+        assert lacks in _one_line_error([*args, "--out", str(tmp_path / args[0])])
+    assert not (tmp_path / "diff").exists()
+    store = dumpunet.open(url)
+    assert store.path == StoreUrl(url) and store.steps == [1, 5, 10, 20]
+    assert (store.features("OUT11", 20) == dumpunet.open(local).features("OUT11", 20)).all()
+
+
+def test_one_block_at_one_step_transfers_exactly_one_chunk(s3, local):
+    url = upload(s3, local)
+    store = dumpunet.open(url)
+    store.features("OUT11", 5)  # the call table and the array's metadata are read once per run
+    s3.clear()
+    x = store.features("OUT11", 20, guidance="uncond")
+    log = s3.log()
+    key = "runs/main/blocks/OUT11/output/c.3.0.0.0.0.0"  # call 3 (step 20), image 0, uncond
+    assert [(r.method, r.path) for r in log] == [("GET", f"/{s3.bucket}/girl.zarr/{key}")]
+    assert log[0].sent == x.nbytes == (local / key).stat().st_size
+
+
+def test_storage_options_reach_the_backend(s3, local, monkeypatch):
+    url = upload(s3, local)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    code, text = cli("info", url, "--storage-option", f"endpoint_url={s3.endpoint}")
+    assert code == 0 and f"store     {url}" in text, text
+    assert dumpunet.open(url, storage_options={"endpoint_url": s3.endpoint}).steps == [1, 5, 10, 20]
+    code, text = cli("info", str(local), "--storage-option", "anon=true")
+    assert code == 2 and "--storage-option is for stores given as URLs" in text
+    code, text = cli("info", url, "--storage-option", "anon")
+    assert code == 2 and "expected KEY=VALUE" in text
+
+
+def _one_line_error(args: list[str]) -> str:
+    code, text = cli(*args)
+    assert code == 1 and text.startswith("Error: ") and text.count("\n") == 1 and "Traceback" not in text, text
+    return text
+
+
+def test_missing_store_bucket_and_foreign_urls_are_one_line_errors(s3, tmp_path):
+    assert _one_line_error(["info", f"s3://{s3.bucket}/nothing.zarr"]) == \
+        f"Error: no store at s3://{s3.bucket}/nothing.zarr (no zarr.json there)\n"
+    assert "no store at s3://no-such-bucket-here/girl.zarr" in _one_line_error(["render", "s3://no-such-bucket-here/girl.zarr",
+                                                                                "--out", str(tmp_path / "r")])
+    import s3fs
+
+    s3fs.S3FileSystem(endpoint_url=s3.endpoint, skip_instance_cache=True).pipe(
+        f"{s3.bucket}/foreign.zarr/zarr.json", json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode())
+    assert "not a dumpunet store" in _one_line_error(["info", f"s3://{s3.bucket}/foreign.zarr"])
+    code, text = cli("info", "ftp://host/girl.zarr")
+    assert code == 2 and "unknown URL scheme 'ftp'" in text
+    with pytest.raises(StoreNotFoundError):
+        dumpunet.open(f"s3://{s3.bucket}/nothing.zarr")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_server_is_one_line_error(s3):
+    text = _one_line_error(["info", "s3://bucket/girl.zarr", "--storage-option", f"endpoint_url=http://127.0.0.1:{_free_port()}",
+                            "--storage-option", 'config_kwargs={"retries": {"max_attempts": 1}}'])
+    assert "cannot reach the server" in text
+
+
+class _Forbidden(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint that refuses every request as S3 does for a wrong key."""
+
+    def _deny(self) -> None:
+        body = (b'<?xml version="1.0"?><Error><Code>InvalidAccessKeyId</Code><Message>The AWS Access Key Id you '
+                b"provided does not exist in our records.</Message></Error>")
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body) if self.command != "HEAD" else 0))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = do_PUT = _deny
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_wrong_credentials_are_one_line_error(s3):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Forbidden)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        text = _one_line_error(["info", "s3://bucket/girl.zarr", "--storage-option",
+                                f"endpoint_url=http://127.0.0.1:{server.server_address[1]}"])
+    finally:
+        server.shutdown()
+    assert "access denied" in text and "check the credentials" in text
+
+
+def test_https_stores_are_read_only_urls(local, tmp_path):
+    pytest.importorskip("aiohttp")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(local.parent))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{local.name}"
+    try:
+        store = dumpunet.open(url)
+        assert (store.features("IN04", 10) == dumpunet.open(local).features("IN04", 10)).all()
+        code, text = cli("copy", str(local), url + "-copy")
+        assert code == 1 and "read-only" in text, text
+    finally:
+        server.shutdown()
