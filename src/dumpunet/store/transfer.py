@@ -22,7 +22,7 @@ import os
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -86,24 +86,41 @@ def _put_order(keys: Iterable[str]) -> list[list[str]]:
     return [sorted(phases[k]) for k in sorted(phases)]
 
 
-async def _put_all(store: ZarrStore, items: Iterable[tuple[str, Callable[[], bytes]]], done: Callable[[int], None]) -> None:
+Read = Callable[[], Awaitable[bytes]]
+"""Where a key's bytes come from: a coroutine function (reads run on zarr's event loop, never nested in a thread)."""
+
+
+async def _put_all(store: ZarrStore, items: Iterable[tuple[str, Read]], done: Callable[[int], None]) -> None:
     gate = asyncio.Semaphore(CONCURRENCY)
     proto = default_buffer_prototype()
 
-    async def put(key: str, read: Callable[[], bytes]) -> None:
+    async def put(key: str, read: Read) -> None:
         async with gate:
-            data = await asyncio.to_thread(read)
+            data = await read()
             await store.set(key, proto.buffer.from_bytes(data))
             done(len(data))
 
-    await asyncio.gather(*(put(k, r) for k, r in items))
+    tasks = [asyncio.ensure_future(put(k, r)) for k, r in items]
+    if not tasks:
+        return
+    finished, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    for task in pending:  # one failure stops the rest: nothing keeps writing after the error is reported
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()
 
 
-def _get(store: ZarrStore, key: str) -> bytes:
-    buf = sync(store.get(key, prototype=default_buffer_prototype()))
+async def _aget(store: ZarrStore, key: str) -> bytes:
+    buf = await store.get(key, prototype=default_buffer_prototype())
     if buf is None:
         raise StoreError(f"{key} vanished while it was copied")
     return buf.to_bytes()
+
+
+def _get(store: ZarrStore, key: str) -> bytes:
+    return sync(_aget(store, key))
 
 
 # --------------------------------------------------------------------------- copy
@@ -170,8 +187,8 @@ def _exists(d: Location) -> bool:
     return d.exists() if isinstance(d, Path) else True
 
 
-def _reader(store: ZarrStore, key: str) -> Callable[[], bytes]:
-    return lambda: _get(store, key)
+def _reader(store: ZarrStore, key: str) -> Read:
+    return lambda: _aget(store, key)
 
 
 def _write(store: ZarrStore, where: Location, key: str, data: bytes) -> None:
@@ -304,7 +321,7 @@ class Uploader:
             for phase in _put_order(rest):
                 sync(_put_all(self.store, [(k, self._file(k)) for k in phase], lambda n: None))
             for phase in _put_order(changed_claims):
-                sync(_put_all(self.store, [(k, (lambda b=claims[k]: b)) for k in phase], lambda n: None))
+                sync(_put_all(self.store, [(k, _constant(claims[k])) for k in phase], lambda n: None))
         except DumpUnetError:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -333,12 +350,19 @@ class Uploader:
         except FileNotFoundError:
             return None
 
-    def _file(self, key: str) -> Callable[[], bytes]:
-        def read() -> bytes:
-            data = self._read(key)
+    def _file(self, key: str) -> Read:
+        async def read() -> bytes:
+            data = await asyncio.to_thread(self._read, key)
             return b"" if data is None else data
 
         return read
+
+
+def _constant(data: bytes) -> Read:
+    async def read() -> bytes:
+        return data
+
+    return read
 
 
 def upload_interval() -> float:
