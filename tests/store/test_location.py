@@ -197,3 +197,29 @@ def test_https_stores_are_read_only_urls(local, tmp_path):
         assert code == 1 and "read-only" in text, text
     finally:
         server.shutdown()
+
+
+def test_the_worked_example_of_docs_remote_runs(s3, local, tmp_path, monkeypatch):
+    import shlex
+    import shutil
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "remote.md").read_text()
+    block = doc.split("## Worked example", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    shutil.copytree(local, tmp_path / "girl.zarr")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # the doc's --storage-option must be what reaches the server
+    for line in block.strip().splitlines():
+        args = [a.replace("http://127.0.0.1:9000", s3.endpoint).replace("s3://lab/", f"s3://{s3.bucket}/")
+                for a in shlex.split(line)]
+        assert args[0] == "dumpunet"
+        code, text = cli(*args[1:])
+        assert code == 0, (line, text)
+    assert files_equal(tmp_path / "back.zarr", local)
+    assert len(list((tmp_path / "renders").glob("*.png"))) == len(list((tmp_path / "renders").glob("OUT11-step020-*.png"))) == 1
+
+
+def files_equal(a: Path, b: Path) -> bool:
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    return files(a) == files(b)
