@@ -157,7 +157,7 @@ def _record(opts: dict[str, Any]) -> None:
 
     dry_run = opts.pop("dry_run")
     remote = opts["out"] if isinstance(opts["out"], StoreUrl) else None
-    with _scratch_for(remote, opts) as scratch:
+    with _scratch_for(remote, opts, dry_run=dry_run) as scratch:
         req = recording.RecordRequest(**opts)
         job = recording.prepare(req)
         est = recording.estimate(job)
@@ -182,7 +182,7 @@ def _record(opts: dict[str, Any]) -> None:
 
 
 @contextlib.contextmanager
-def _scratch_for(remote: StoreUrl | None, opts: dict[str, Any]) -> Iterator[Path | None]:
+def _scratch_for(remote: StoreUrl | None, opts: dict[str, Any], *, dry_run: bool) -> Iterator[Path | None]:
     """For ``--out URL``: record into a local scratch folder (removed at the end), after checking the URL's place."""
     if remote is None:
         yield None
@@ -192,7 +192,7 @@ def _scratch_for(remote: StoreUrl | None, opts: dict[str, Any]) -> Iterator[Path
 
     from dumpunet.store.transfer import check_upload_target
 
-    check_upload_target(remote, overwrite=opts["overwrite"])
+    check_upload_target(remote, overwrite=opts["overwrite"], delete=not dry_run)
     folder = Path(tempfile.mkdtemp(prefix="dumpunet-upload-"))
     opts["out"] = folder / remote.name
     try:

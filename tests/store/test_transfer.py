@@ -151,11 +151,16 @@ def test_upload_rounds_keep_every_completed_step_readable(s3, tmp_path):
     assert up.upload_round() == 0 and s3.log() == []  # nothing changed: nothing sent
 
 
+@pytest.mark.recorder
 def test_record_to_a_url_refuses_a_non_empty_target(s3, local, tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
     url = f"s3://{s3.bucket}/girl.zarr"
     cli("copy", str(local), url, "--quiet")
     code, text = cli("record", "--model", "tiny-sd1", "--steps", "1", "--out", url, "--dry-run")
     assert code == 1 and "already holds a store" in text, text
+    code, text = cli("record", "--model", "tiny-sd1", "--steps", "1", "--out", url, "--dry-run", "--overwrite")
+    assert "already holds" not in text and dumpunet.open(url).steps == [1, 5, 10, 20]  # a dry run deletes nothing
 
 
 @pytest.mark.recorder

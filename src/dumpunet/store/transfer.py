@@ -233,14 +233,17 @@ def _verify(src: Mapping[str, int], dst: Mapping[str, int], s: Location, d: Loca
 # --------------------------------------------------------------------------- upload while recording
 
 
-def check_upload_target(remote: StoreUrl, *, overwrite: bool) -> None:
-    """Refuse to record to a URL that holds anything, unless it is a dumpunet store and ``overwrite`` (then delete it)."""
+def check_upload_target(remote: StoreUrl, *, overwrite: bool, delete: bool = True) -> None:
+    """Refuse to record to a URL that holds anything, unless it is a dumpunet store and ``overwrite``
+    (then delete it, unless not ``delete``: a dry run)."""
     store = open_zarr_store(remote, mode="w")
     there = list_sizes(store, remote)
     if not there:
         return
     if overwrite and "zarr.json" in there:
         schema.open_root(remote)  # only a dumpunet store is replaced
+        if not delete:
+            return
         try:
             sync(store.delete_dir(""))
         except Exception as exc:  # noqa: BLE001
