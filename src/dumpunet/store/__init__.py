@@ -7,6 +7,8 @@
 - :mod:`.writer`: :class:`StoreWriter`, the recorder's background writer, and
   :mod:`.call_arrays`, the per-call arrays it writes as files; :mod:`.target`, where a
   recording goes (the ``--out`` checks, the store created whole, the lock of its one writer);
+- :mod:`.location`: where a store is (a folder or a URL) and the one opener of both;
+  :mod:`.transfer`: ``dumpunet copy`` and the upload of ``record --out URL``;
 - :mod:`.validate`: ``dumpunet validate``;
 - :mod:`.summary`: ``dumpunet info``.
 
