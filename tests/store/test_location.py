@@ -223,3 +223,20 @@ def files_equal(a: Path, b: Path) -> bool:
         return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
     return files(a) == files(b)
+
+
+def test_view_serves_and_exports_a_url(s3, local, tmp_path):
+    from dumpunet.viewer.server import ViewerServer
+
+    url = upload(s3, local)
+    server = ViewerServer([url, str(local)])
+    try:
+        assert server.paths == [StoreUrl(url), local] and server.stores[0].steps == server.stores[1].steps
+    finally:
+        server.server_close()
+    for where, out in ((url, tmp_path / "remote"), (str(local), tmp_path / "local")):
+        code, text = cli("view", where, "--export", str(out), "--blocks", "OUT11", "--steps", "20", "--quiet")
+        assert code == 0, text
+    pngs = sorted(p.name for p in (tmp_path / "local").glob("*.png"))
+    assert pngs and sorted(p.name for p in (tmp_path / "remote").glob("*.png")) == pngs
+    assert all((tmp_path / "remote" / n).read_bytes() == (tmp_path / "local" / n).read_bytes() for n in pngs)
