@@ -108,7 +108,8 @@ def prepare(req: RecordRequest) -> Job:
     check(req)
     req = resolve_seed(req)
     device = req.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe, model_info = load_pipeline(req.model, img2img=req.init_image is not None, device=device, config=req.config)
+    pipe, model_info = load_pipeline(req.model, img2img=req.init_image is not None, device=device, config=req.config,
+                                     prediction_type=req.prediction_type)
     pipe.scheduler = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed)
     job = Job(req, pipe, model_info)
     Selection.of(pipe.unet, req.record_options(), what="--blocks")

@@ -18,6 +18,7 @@ from dumpunet.errors import OptionError, RecordError
 from dumpunet.prompts import parse_layer_prompt
 from dumpunet.recorder.a1111_encode import A1111Options
 from dumpunet.recorder.attention_layers import AttentionOptions
+from dumpunet.recorder.checkpoints import PREDICTION_TYPES
 from dumpunet.recorder.plan import RecordOptions
 from dumpunet.specs import parse_blocks, parse_ints
 from dumpunet.store import schema
@@ -54,6 +55,7 @@ class RecordRequest:
     out: Path
     model: str = "tiny-sd1"
     config: Path | None = None
+    prediction_type: str | None = None  # single files: epsilon | v_prediction (None: detected)
     prompt: str = ""
     negative_prompt: str = ""
     steps: int = 20
@@ -102,6 +104,8 @@ class RecordRequest:
             raise OptionError(f"--dtype must be one of {', '.join(schema.RECORD_DTYPES)}, got {self.dtype!r}")
         if self.strength == 0.0:
             raise OptionError(f"--strength must be in (0, 1], got {self.strength}")
+        if self.prediction_type is not None and self.prediction_type not in PREDICTION_TYPES:
+            raise OptionError(f"--prediction-type must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}")
         if self.emphasis not in EMPHASIS_MODES:
             raise OptionError(f"--emphasis must be one of {', '.join(EMPHASIS_MODES)}, got {self.emphasis!r}")
         for name in ("width", "height"):
