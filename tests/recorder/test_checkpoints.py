@@ -295,3 +295,21 @@ def test_prediction_type_option_is_checked_and_only_for_checkpoints(tmp_path):
     with pytest.raises(ModelError) as err:
         load_pipeline("tiny-sd1", prediction_type="v_prediction")
     assert str(err.value) == "prediction_type= applies to .safetensors/.ckpt checkpoints only, not to tiny-sd1"
+
+
+def test_cli_unknown_architecture_and_misplaced_prediction_type_are_one_line_and_no_store(tmp_path):
+    from click.testing import CliRunner
+
+    from dumpunet.cli import main
+
+    path = tmp_path / "refiner.safetensors"
+    save_file({k: torch.zeros(1) for k in REFINER}, path)
+    out = tmp_path / "o.zarr"
+    res = CliRunner().invoke(main, ["record", "--model", str(path), "--out", str(out)])
+    assert (res.exit_code, res.output.count("\n")) == (1, 1)
+    assert res.output.startswith(f"Error: {path} {NO_ARCH}U-Net (no input convolution, no cross-attention, SDXL size")
+    assert res.output.rstrip().endswith("; the SDXL refiner is not supported")
+    res = CliRunner().invoke(main, ["record", "--prediction-type", "v_prediction", "--out", str(out)])
+    assert (res.exit_code, res.output) == (
+        1, "Error: prediction_type= applies to .safetensors/.ckpt checkpoints only, not to tiny-sd1\n")
+    assert not out.exists()

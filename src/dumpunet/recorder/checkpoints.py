@@ -248,8 +248,9 @@ def file_hashes(path: Path) -> dict[str, str]:
 
     Examples
     --------
-    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "m.safetensors"; _ = p.write_bytes(b"x" * 2**21)
-    >>> file_hashes(p)["a1111_shorthash"] == hashlib.sha256(p.read_bytes()).hexdigest()[:10]
+    >>> p = Path("m.safetensors"); _ = p.write_bytes(b"x" * 2**21)
+    >>> h = file_hashes(p)
+    >>> h["a1111_shorthash"] == h["file_sha256"][:10] == hashlib.sha256(p.read_bytes()).hexdigest()[:10]
     True
     """
     h = hashlib.sha256()
