@@ -67,19 +67,62 @@ def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def sd1_ldm_shapes() -> dict[str, tuple[int, ...]]:
-    """Every tensor name and shape of a full-size SD1.5 checkpoint in A1111's layout (no weights)."""
+def _meta_parts(folder: str):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    folder = CONFIGS / "sd1"
+    root = CONFIGS / folder
     with torch.device("meta"):
-        pipe = _Parts(
-            unet=UNet2DConditionModel.from_config(json.loads((folder / "unet" / "config.json").read_text())),
-            vae=AutoencoderKL.from_config(json.loads((folder / "vae" / "config.json").read_text())),
-            text_encoder=CLIPTextModel(CLIPTextConfig.from_json_file(folder / "text_encoder" / "config.json")),
+        return _Parts(
+            unet=UNet2DConditionModel.from_config(json.loads((root / "unet" / "config.json").read_text())),
+            vae=AutoencoderKL.from_config(json.loads((root / "vae" / "config.json").read_text())),
+            text_encoder=CLIPTextModel(CLIPTextConfig.from_json_file(root / "text_encoder" / "config.json")),
         )
-        return {k: tuple(v.shape) for k, v in ldm_state_dict(pipe).items()}
+
+
+def sd1_ldm_shapes() -> dict[str, tuple[int, ...]]:
+    """Every tensor name and shape of a full-size SD1.5 checkpoint in A1111's layout (no weights)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in ldm_state_dict(_meta_parts("sd1")).items()}
+
+
+def sd2_ldm_shapes() -> dict[str, tuple[int, ...]]:
+    """Every tensor name and shape of a full-size SD2.x checkpoint: SD1's U-Net and VAE layout, OpenCLIP ViT-H text.
+
+    SD2's U-Net keys are named as SD1's (its transformers' linear projections only change shapes);
+    the text encoder is OpenCLIP's, all 24 layers (diffusers drops the last, SD2 reads the penultimate).
+    """
+    parts = _meta_parts("sd2")
+    parts.text_encoder = torch.nn.Module()
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in ldm_state_dict(parts).items()}
+    p = "cond_stage_model.model."
+    for i in range(24):
+        r = f"{p}transformer.resblocks.{i}."
+        shapes.update({
+            r + "attn.in_proj_weight": (3072, 1024), r + "attn.in_proj_bias": (3072,),
+            r + "attn.out_proj.weight": (1024, 1024), r + "attn.out_proj.bias": (1024,),
+            r + "ln_1.weight": (1024,), r + "ln_1.bias": (1024,), r + "ln_2.weight": (1024,), r + "ln_2.bias": (1024,),
+            r + "mlp.c_fc.weight": (4096, 1024), r + "mlp.c_fc.bias": (4096,),
+            r + "mlp.c_proj.weight": (1024, 4096), r + "mlp.c_proj.bias": (1024,),
+        })
+    shapes.update({p + "token_embedding.weight": (49408, 1024), p + "positional_embedding": (77, 1024),
+                   p + "ln_final.weight": (1024,), p + "ln_final.bias": (1024,), p + "text_projection": (1024, 1024),
+                   p + "logit_scale": ()})
+    return shapes
+
+
+def write_random_checkpoint(path, shapes: dict[str, tuple[int, ...]], seed: int) -> None:
+    """Write fp16 weights ~ N(0, 0.02) under ``shapes``' names, with the extras a real A1111 checkpoint carries."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    weights = {k: torch.randn(s, generator=gen, dtype=torch.float16).mul_(0.02) for k, s in shapes.items()}
+    weights["alphas_cumprod"] = torch.linspace(0.9991, 0.0047, 1000)  # diffusion schedule buffers sit beside
+    weights["model_ema.decay"] = torch.tensor(0.9999)
+    if any(k.startswith("cond_stage_model.transformer.") for k in shapes):
+        weights["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    save_file(weights, path)
 
 
 class _Parts:

@@ -27,7 +27,7 @@ from dumpunet.recorder.checkpoints import (  # noqa: E402
     prediction_type,
 )
 from dumpunet.recorder.models import load_pipeline  # noqa: E402
-from ldm_layout import _ldm_unet_key, _ldm_vae_key, sd1_ldm_shapes  # noqa: E402
+from ldm_layout import _ldm_unet_key, _ldm_vae_key, sd1_ldm_shapes, sd2_ldm_shapes, write_random_checkpoint  # noqa: E402,E501
 
 pytestmark = pytest.mark.recorder
 
@@ -244,24 +244,16 @@ def test_file_hashes_are_a1111s(tmp_path):
 # --- a full-size SD1.5 checkpoint in A1111's layout, random weights ----------------------------------
 
 
-@pytest.fixture(scope="module")
-def sd15_file(tmp_path_factory, sd1_shapes):
-    """Write a random fp16 SD1.5 checkpoint (2.1 GB) with A1111's keys, extras included; return path and weights."""
-    gen = torch.Generator().manual_seed(15)
-    weights = {}
-    for key, shape in sd1_shapes.items():
-        weights[key] = torch.randn(shape, generator=gen, dtype=torch.float16).mul_(0.02)
-    weights["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
-    weights["alphas_cumprod"] = torch.linspace(0.9991, 0.0047, 1000)  # diffusion schedule buffers sit beside
-    weights["model_ema.decay"] = torch.tensor(0.9999)
-    path = tmp_path_factory.mktemp("sd15") / "random-sd15.safetensors"
-    save_file(weights, path)
-    return path, weights
+def _stored(path):
+    from safetensors import safe_open
+
+    return safe_open(str(path), framework="pt")
 
 
 @pytest.mark.slow
-def test_full_size_sd15_checkpoint_loads_offline_without_config(sd15_file):
-    path, weights = sd15_file
+def test_full_size_sd15_checkpoint_loads_offline_without_config(tmp_path, sd1_shapes):
+    path = tmp_path / "random-sd15.safetensors"
+    write_random_checkpoint(path, sd1_shapes, seed=15)  # 2.1 GB
     pipe, meta = load_pipeline(str(path), torch_dtype=torch.float16)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert meta == {
@@ -272,17 +264,41 @@ def test_full_size_sd15_checkpoint_loads_offline_without_config(sd15_file):
     }
     assert type(pipe).__name__ == "StableDiffusionPipeline"
     # every weight arrived where the original key says, bit for bit
-    for k, v in pipe.unet.state_dict().items():
-        assert torch.equal(v, weights[U + _ldm_unet_key(k)]), k
-    n_up = len(pipe.vae.decoder.up_blocks)
-    for k, v in pipe.vae.state_dict().items():
-        ref = weights["first_stage_model." + _ldm_vae_key(k, n_up)]
-        assert torch.equal(v, ref.reshape(v.shape)), k
-    for k, v in pipe.text_encoder.state_dict().items():
-        assert torch.equal(v, weights["cond_stage_model.transformer.text_model." + k.removeprefix("text_model.")]), k
+    with _stored(path) as f:
+        for k, v in pipe.unet.state_dict().items():
+            assert torch.equal(v, f.get_tensor(U + _ldm_unet_key(k))), k
+        n_up = len(pipe.vae.decoder.up_blocks)
+        for k, v in pipe.vae.state_dict().items():
+            assert torch.equal(v, f.get_tensor("first_stage_model." + _ldm_vae_key(k, n_up)).reshape(v.shape)), k
+        for k, v in pipe.text_encoder.state_dict().items():
+            ref = f.get_tensor("cond_stage_model.transformer.text_model." + k.removeprefix("text_model."))
+            assert torch.equal(v, ref), k
     assert pipe.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
     assert (pipe.tokenizer.pad_token, len(pipe.tokenizer)) == ("<|endoftext|>", 49408)
     assert (pipe.unet.config.sample_size, pipe.scheduler.config.prediction_type) == (64, "epsilon")
+
+
+@pytest.mark.slow
+def test_full_size_sd2_768v_checkpoint_loads_offline_with_a1111s_yaml(tmp_path):
+    path = tmp_path / "random-sd21-768v.safetensors"
+    write_random_checkpoint(path, sd2_ldm_shapes(), seed=21)  # 2.6 GB
+    path.with_suffix(".yaml").write_text('model:\n  target: ldm.models.diffusion.ddpm.LatentDiffusion\n'
+                                         '  params:\n    parameterization: "v"\n')
+    pipe, meta = load_pipeline(str(path), torch_dtype=torch.float16)
+    assert (meta["architecture"], meta["config"], meta["prediction_type"], meta["prediction_type_from"]) == (
+        "sd2", "dumpunet:sd2-v", "v_prediction", "random-sd21-768v.yaml beside the checkpoint")
+    assert (pipe.unet.config.sample_size, pipe.unet.config.upcast_attention) == (96, True)
+    assert (type(pipe.scheduler).__name__, pipe.scheduler.config.prediction_type) == ("DDIMScheduler", "v_prediction")
+    assert (pipe.tokenizer.pad_token_id, pipe.text_encoder.config.num_hidden_layers) == (0, 23)  # SD2 pads with "!"
+    with _stored(path) as f:
+        p = "cond_stage_model.model."
+        assert torch.equal(pipe.text_encoder.get_input_embeddings().weight, f.get_tensor(p + "token_embedding.weight"))
+        q, k, v = f.get_tensor(p + "transformer.resblocks.22.attn.in_proj_weight").chunk(3)
+        text = {name.removeprefix("text_model."): t for name, t in pipe.text_encoder.state_dict().items()}
+        assert torch.equal(text["encoder.layers.22.self_attn.q_proj.weight"], q)
+        assert torch.equal(text["encoder.layers.22.self_attn.v_proj.weight"], v)
+        for key, value in pipe.unet.state_dict().items():
+            assert torch.equal(value, f.get_tensor(U + _ldm_unet_key(key))), key
 
 
 def test_prediction_type_option_is_checked_and_only_for_checkpoints(tmp_path):

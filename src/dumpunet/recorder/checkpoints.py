@@ -288,7 +288,8 @@ def _as_v_prediction(pipe: Any) -> Any:
     unet.eval()
     sched_config = json.loads((v_folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
     scheduler = getattr(diffusers, sched_config["_class_name"]).from_config(sched_config)
-    return type(pipe)(**{**pipe.components, "unet": unet, "scheduler": scheduler})
+    components = {**pipe.components, "unet": unet, "scheduler": scheduler}
+    return type(pipe)(**components, requires_safety_checker=pipe.config.requires_safety_checker)
 
 
 def load_single_file(
