@@ -251,10 +251,11 @@ def _stored(path):
 
 
 @pytest.mark.slow
-def test_full_size_sd15_checkpoint_loads_offline_without_config(tmp_path, sd1_shapes):
+def test_full_size_sd15_checkpoint_loads_offline_without_config(tmp_path, sd1_shapes, offline_hub):
     path = tmp_path / "random-sd15.safetensors"
     write_random_checkpoint(path, sd1_shapes, seed=15)  # 2.1 GB
     pipe, meta = load_pipeline(str(path), torch_dtype=torch.float16)
+    assert list(offline_hub.iterdir()) == []  # the (empty, offline) Hugging Face cache was not needed nor filled
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert meta == {
         "name": "random-sd15", "source": "single-file", "path": str(path.resolve()), "architecture": "sd1",
