@@ -167,24 +167,26 @@ def test_an_unknown_checkpoint_file_is_one_error_before_any_loading(tmp_path):
 
 def test_prediction_type_order(tmp_path):
     path = tmp_path / "m.safetensors"
-    assert prediction_type(path, SDXL) == ("epsilon", "default")
-    assert prediction_type(path, SD2) == (None, "A1111's SD2 test")
-    assert prediction_type(path, {**SDXL, "v_pred": (0,)}) == ("v_prediction", "v_pred key")
+    assert prediction_type(path, SDXL, "sdxl") == ("epsilon", "default")
+    assert prediction_type(path, SD2, "sd2") == (None, "A1111's SD2 test")
+    assert prediction_type(path, {**SDXL, "v_pred": (0,)}, "sdxl") == ("v_prediction", "v_pred key")
     path.with_suffix(".yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n")
-    assert prediction_type(path, SD2) == ("v_prediction", "m.yaml beside the checkpoint")
+    assert prediction_type(path, SD2, "sd2") == ("v_prediction", "m.yaml beside the checkpoint")
     path.with_suffix(".yaml").write_text("model:\n  params:\n    linear_start: 0.00085\n")
-    assert prediction_type(path, {**SD2, "v_pred": (0,)}) == ("epsilon", "m.yaml beside the checkpoint")
-    assert prediction_type(path, SD2, "v_prediction") == ("v_prediction", "option")
+    assert prediction_type(path, SD2, "sd2") == ("epsilon", "m.yaml beside the checkpoint")
+    path.with_suffix(".yaml").write_text("model: [a, list]\n")
+    assert prediction_type(path, {**SD2, "v_pred": (0,)}, "sd2") == ("epsilon", "m.yaml beside the checkpoint")
+    assert prediction_type(path, SD2, "sd2", "v_prediction") == ("v_prediction", "option")
 
 
 def test_bad_prediction_inputs(tmp_path):
     path = tmp_path / "m.safetensors"
     with pytest.raises(ModelError) as err:
-        prediction_type(path, SD2, "v")
+        prediction_type(path, SD2, "sd2", "v")
     assert str(err.value) == "prediction type must be one of epsilon, v_prediction, got 'v'"
     path.with_suffix(".yaml").write_text("model: [unclosed\n")
     with pytest.raises(ModelError) as err:
-        prediction_type(path, SD2)
+        prediction_type(path, SD2, "sd2")
     assert str(err.value).startswith(f"cannot read {path.with_suffix('.yaml')}, the checkpoint's A1111 config beside it: ")
 
 

@@ -70,6 +70,7 @@ _TEXT = {
     "sd2": ("cond_stage_model.model.",),
     "sdxl": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
 }
+_ORDER: tuple[Architecture, ...] = ("sdxl", "sd2", "sd1")  # SDXL's CLIP ViT-L must not read as SD1's
 _SHAPES = {"sd1": (320, 768), "sd2": (320, 1024), "sdxl": (320, 2048)}
 """(U-Net model channels, cross-attention width) of each architecture's shipped config."""
 _SUPPORTED = "SD1.x, SD2.x and SDXL base text-to-image checkpoints"
@@ -151,11 +152,7 @@ def detect(path: str | Path, shapes: dict[str, tuple[int, ...]]) -> Architecture
             f"{path} is not a Stable Diffusion checkpoint: none of its {len(shapes)} tensors is a U-Net weight ({UNET}*)"
         )
     has = {prefix for prefix, _ in _GROUPS if any(k.startswith(prefix) for k in shapes)}
-    arch: Architecture | None = None
-    for name in ("sdxl", "sd2", "sd1"):
-        if all(p in has for p in _TEXT[name]):
-            arch = name  # type: ignore[assignment]
-            break
+    arch: Architecture | None = next((a for a in _ORDER if all(p in has for p in _TEXT[a])), None)
     in_ch, _, _ = _unet_summary(shapes)
     reason = ""
     if in_ch not in (None, 4):
@@ -195,13 +192,14 @@ def _yaml_parameterization(path: Path) -> PredictionType | None:
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot read {config}, the checkpoint's A1111 config beside it: {reason}") from exc
-    params = data.get("model", {}).get("params", {}) if isinstance(data, dict) else {}
-    value = params.get("parameterization", "eps") if isinstance(params, dict) else "eps"
-    return "v_prediction" if value == "v" else "epsilon"
+    value = data
+    for key in ("model", "params", "parameterization"):
+        value = value.get(key) if isinstance(value, dict) else None
+    return "v_prediction" if value == "v" else "epsilon"  # LDM's default parameterization is "eps"
 
 
 def prediction_type(
-    path: Path, shapes: dict[str, tuple[int, ...]], override: str | None = None
+    path: Path, shapes: dict[str, tuple[int, ...]], arch: Architecture, override: str | None = None
 ) -> tuple[PredictionType | None, str]:
     """Choose epsilon or v-prediction for a checkpoint, and say why; ``None``: run A1111's SD2 test on the U-Net.
 
@@ -219,7 +217,7 @@ def prediction_type(
         return from_yaml, f"{path.with_suffix('.yaml').name} beside the checkpoint"
     if "v_pred" in shapes:
         return "v_prediction", "v_pred key"
-    if any(k.startswith(_TEXT["sd2"][0]) for k in shapes) and "conditioner.embedders.1.model." not in shapes:
+    if arch == "sd2":
         return None, "A1111's SD2 test"
     return "epsilon", "default"
 
@@ -312,7 +310,7 @@ def load_single_file(
     """
     shapes = read_shapes(path)
     arch = detect(path, shapes)
-    predict, source = prediction_type(path, shapes, prediction)
+    predict, source = prediction_type(path, shapes, arch, prediction)
     extra: dict[str, Any] = {} if arch == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
     if config is not None:
         folder, config_ref = config, str(config)
