@@ -75,7 +75,7 @@ _SHAPES = {"sd1": (320, 768), "sd2": (320, 1024), "sdxl": (320, 2048)}
 """(U-Net model channels, cross-attention width) of each architecture's shipped config."""
 _SUPPORTED = "SD1.x, SD2.x and SDXL base text-to-image checkpoints"
 
-_WEIGHTS_ONLY = "Weights only load failed"
+WEIGHTS_ONLY = "Weights only load failed"
 """How torch.load(weights_only=True) starts its message when a pickle holds more than tensors."""
 PICKLE_POLICY = "pickles are opened only with torch.load(weights_only=True); convert it to .safetensors where you trust it"
 
@@ -100,7 +100,7 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
-        if not str(exc).startswith(_WEIGHTS_ONLY):
+        if not str(exc).startswith(WEIGHTS_ONLY):
             raise ModelError(f"{path} is not a valid .ckpt file: {exc}") from exc
         raise ModelError(f"{path} holds Python objects besides tensors, and {PICKLE_POLICY}") from exc
     except Exception as exc:  # the unpickler fed arbitrary bytes raises anything (KeyError, EOFError, ...)

@@ -33,10 +33,10 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from dumpunet.errors import ModelError, OptionError
-from dumpunet.recorder.checkpoints import PICKLE_POLICY, load_single_file
+from dumpunet.recorder.checkpoints import PICKLE_POLICY, WEIGHTS_ONLY, Architecture, load_single_file
 from dumpunet.recorder.tiny import TINY_MODELS, build_tiny_pipeline
 
 if TYPE_CHECKING:
@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 __all__ = ["CHECKPOINT_SUFFIXES", "load_pipeline"]
-
-Architecture = Literal["sd1", "sd2", "sdxl"]
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
 
@@ -125,19 +123,14 @@ def _from_folder(folder: Path, arch: Architecture, img2img: bool, torch_dtype: A
     try:
         return cls.from_pretrained(folder, local_files_only=True, torch_dtype=torch_dtype, **extra)
     except pickle.UnpicklingError as exc:  # a .bin weights file: torch.load(weights_only=True) refused it
-        if not str(exc).startswith(_WEIGHTS_ONLY):
+        if not str(exc).startswith(WEIGHTS_ONLY):
             raise ModelError(f"cannot load {what} {folder}: a .bin weights file is not a valid pickle: {exc}") from exc
         raise ModelError(
             f"cannot load {what} {folder}: a .bin weights file holds Python objects besides tensors, and "
-            f"{_PICKLE_POLICY}"
+            f"{PICKLE_POLICY}"
         ) from exc
     except _load_errors() as exc:
         raise ModelError(f"cannot load {what} {folder}: {exc}") from exc
-
-
-_WEIGHTS_ONLY = "Weights only load failed"
-"""How torch.load(weights_only=True) starts its message when a pickle holds more than tensors."""
-_PICKLE_POLICY = PICKLE_POLICY
 
 
 def _from_single_file(
