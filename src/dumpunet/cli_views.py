@@ -203,16 +203,17 @@ def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: P
     """Show what a per-block prompt changed: layered - base of a pair, per block and step.
 
     Writes difference maps diff-<block>-step<NNN>-img<i>-<guidance>-...png (coloured like
-    render, labelled unless --plain; the default Linear transform keeps 0 at the middle colour,
-    Red/Blue: black), and
-    summary.csv / summary.png: mean |layered - base| / mean |base| per block and step, to see
+    render, labelled unless --plain). The default colours are blue-white-red over [-m, m], m the
+    grid's largest |layered - base| (--transform autosym, --auto-scope block): 0 is white, the
+    colour bar gives m; an --average norm (never negative) runs from white at 0 to red at m.
+    Also summary.csv / summary.png: mean |layered - base| / mean |base| per block and step, to see
     at a glance which blocks and steps changed most. Beside them the final images of both runs
     and their pixel difference: final-base-, final-layered-, final-diff-, final-diff-norm-img<i>.png
     (the last stretched so the largest difference is white).
 
     \b
     dumpunet diff girl.zarr --blocks IN00-OUT11 --steps 1-20 --method "Red/Blue" --out diff/
-    dumpunet diff sweep.zarr --pair IN04 --average 2-norm --clamp-min -4 --clamp-max 4 --out diff-IN04/
+    dumpunet diff sweep.zarr --pair IN04 --average 2-norm --out diff-IN04/
     dumpunet diff girl.zarr --blocks OUT11 --steps 20 --export bin --out diff-dump/
     """
     from dumpunet.analyzer.diff import diff as diff_pair

@@ -20,7 +20,6 @@ from dumpunet.analyzer.selection import DiffStats, select_pair
 from dumpunet.errors import DumpUnetError, SelectionError, StoreError
 
 BLOCKS = ("IN00", "IN04", "M00", "OUT11")
-LINEAR = ColorSpec(transform="linear")  # diff's default colorization
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,7 @@ def by_numpy(store, block, step, run="layered", base="base", **kw):
 def test_maps_are_renders_of_layered_minus_base(paired, tmp_path):
     spec = ColorSpec("Red/Blue", "linear", clamp_min=-0.5, clamp_max=0.5)
     files = diff(paired, tmp_path, blocks="IN04,M00", steps="5,20", images="1", method="Red/Blue",
-                 clamp_min=-0.5, clamp_max=0.5, finals=False)
+                 transform="linear", clamp_min=-0.5, clamp_max=0.5, finals=False)
     maps = [f for f in files if f.params["kind"] == "diff"]
     assert [f.path.name for f in maps] == [
         f"diff-{b}-step{s:03d}-img1-cond-{spec.slug()}.png" for s in (5, 20) for b in ("IN04", "M00")
@@ -72,9 +71,14 @@ def test_maps_are_renders_of_layered_minus_base(paired, tmp_path):
 def test_default_colorization_average_scale_channels_and_auto_scope(paired, tmp_path):
     (f,) = [f for f in diff(paired, tmp_path, blocks="M00", steps="10", images="0", average="2-norm", scale=2,
                             finals=False) if f.params["kind"] == "diff"]
-    assert f.path.name == f"diff-M00-step010-img0-cond-avg-2norm-x2-{LINEAR.slug()}.png"
+    assert f.path.name == f"diff-M00-step010-img0-cond-avg-2norm-x2-{DIFF_COLOR.slug()}.png"
     d = by_numpy(paired, "M00", 10)
-    np.testing.assert_array_equal(pixels(f), by_hand(colorize(channel_average(d, "2-norm")[None], LINEAR), 1, 1, 2))
+    avg = channel_average(d, "2-norm")
+    np.testing.assert_array_equal(pixels(f), by_hand(colorize(avg[None], DIFF_COLOR), 1, 1, 2))
+    # A norm is never negative: one-sided, white (0) to red (its max); no blue anywhere.
+    tile = colorize(avg[None], DIFF_COLOR)[0]
+    assert f.params["range"] == [float(avg.min()), float(avg.max())] and avg.min() >= 0
+    assert (tile[..., 2] <= tile[..., 0]).all() and tuple(tile.reshape(-1, 3)[np.argmax(avg)]) == (255, 0, 0)
 
     spec = ColorSpec("White/Black", "auto01", auto_scope="run")
     files = diff(paired, tmp_path / "run", blocks="IN00,OUT11", steps="1,20", images="0", channels="1-2",
@@ -227,4 +231,4 @@ def test_a_failure_mid_diff_leaves_whole_files_and_an_exact_manifest(paired, tmp
     names = sorted(p.name for p in tmp_path.iterdir())
     listed = [e["file"] for e in json.loads((tmp_path / "manifest.json").read_text())["files"]]
     assert names == sorted(listed + ["manifest.json"])
-    assert listed == [f"diff-M00-step020-img0-cond-{LINEAR.slug()}.png", "summary.csv"]
+    assert listed == [f"diff-M00-step020-img0-cond-{DIFF_COLOR.slug()}.png", "summary.csv"]

@@ -168,7 +168,12 @@ def test_diff_grids_name_both_runs(tmp_path):
     t = dumpunet.open(paired).run("layered").calls.timestep[m.params["call"]]
     top = text(f"girl | diff layered - base | M00 (unet.m00) | step 10 (t={float(t):g}) | image 0 | cond")
     np.testing.assert_array_equal(img[: top.shape[0], : top.shape[1]], top)
-    assert m.params["colorbar"] == {"min": -1.0, "max": 1.0, "spans": "fixed"}
+    # The default diff colours span the grid's largest |difference| both ways (the bar says so).
+    st = dumpunet.open(paired)
+    d = st.features("M00", 10, run="layered").astype(np.float32) - st.features("M00", 10, run="base").astype(np.float32)
+    top_abs = float(np.abs(d).max())
+    assert m.params["colorbar"] == {"min": -top_abs, "max": top_abs, "spans": "grid"}
+    assert m.params["range"] == [float(d.min()), float(d.max())]
 
 
 def test_plain_must_be_a_bool():

@@ -98,8 +98,9 @@ def diff(
         the pair names both runs.
     color
         The colorization; the default :data:`~dumpunet.analyzer.color.spec.DIFF_COLOR` is
-        Linear clamped to [-1, 1], so that no change has one colour everywhere (black with
-        Red/Blue) and colours mean the same in every map.
+        blue-white-red over ``[-m, m]``, ``m`` the grid's largest ``|layered - base|``
+        (transform ``autosym``, scope ``block``): no change is white in every map whatever the
+        scale of the data, and a norm average (never negative) runs from white to red.
     pair
         The pair's label (a sweep: the block name); default: the only or first pair.
     finals

@@ -11,7 +11,9 @@ A labelled grid (the default; ``GridStyle(plain=True)`` leaves the bare tiles) i
 
 The range a colour bar shows is the range the colours mean: the clamp of Linear, the values
 Sigmoid takes from 2% to 98% of its span, and for the Auto transforms the range actually used
-(the grid's, step's or run's :class:`~dumpunet.analyzer.scope.AutoRanges`). With scope
+(the grid's, step's or run's :class:`~dumpunet.analyzer.scope.AutoRanges`); Auto symmetric
+(``autosym``) spans ``[-m, m]``, or only ``[0, m]`` (``[-m, 0]``) where no value is negative
+(positive): a one-sided bar for a one-sided map such as a norm average. With scope
 ``channel`` every tile has its own range, so the bar runs from "tile min" to "tile max". PCA
 grids get no bar (their colours are three principal components).
 
@@ -24,6 +26,8 @@ Examples
 (0.25, 3.0)
 >>> bar_range(ColorSpec(), None) is None  # Auto over each tile: no one range
 True
+>>> bar_range(ColorSpec(transform="autosym"), (-0.5, 2.0)), bar_range(ColorSpec(transform="autosym"), (0.5, 2.0))
+((-2.0, 2.0), (0.0, 2.0))
 """
 
 from __future__ import annotations
@@ -63,7 +67,11 @@ def bar_range(color: ColorSpec, minmax: tuple[float, float] | None) -> tuple[flo
         return (-color.offset - half, -color.offset + half)
     if minmax is None or math.isnan(minmax[0]):
         return None
-    return (float(minmax[0]), float(minmax[1]))
+    lo, hi = float(minmax[0]), float(minmax[1])
+    if color.transform == "autosym":  # the half of [-m, m] the data take, or all of it
+        m = max(abs(lo), abs(hi))
+        return (0.0 if lo >= 0 else -m, 0.0 if hi <= 0 else m) if m else (lo, hi)
+    return (lo, hi)
 
 
 def bar_info(color: ColorSpec, minmax: tuple[float, float] | None) -> dict[str, Any] | None:

@@ -43,6 +43,8 @@ _TRANSFORMS: dict[str, str] = {
     "auto[0,1]": "auto01",
     "auto11": "auto11",
     "auto[-1,1]": "auto11",
+    "autosym": "autosym",
+    "auto[-m,m]": "autosym",
     "linear": "linear",
     "sigmoid": "sigmoid",
 }
@@ -52,7 +54,9 @@ _SLUGS = {"White/Black": "white-black", "Red/Blue": "red-blue", "Custom": "custo
 
 METHODS = ("White/Black", "Red/Blue", "Custom", "PCA")
 """The methods as the original's UI spelled them (any case is accepted)."""
-TRANSFORMS = ("auto01", "auto11", "linear", "sigmoid", "Auto [0,1]", "Auto [-1,1]")
+TRANSFORMS = ("auto01", "auto11", "autosym", "linear", "sigmoid", "Auto [0,1]", "Auto [-1,1]")
+"""``autosym`` is ours, not the original's: Auto [-1,1] over a range made symmetric around zero,
+``[-m, m]`` with ``m`` the largest ``|v|`` of the scope, so 0 is always the middle colour."""
 SCOPES = _SCOPES
 
 
@@ -90,7 +94,9 @@ class ColorSpec:
     method: str = field(default="Custom", metadata=option(
         "Colorization; PCA colours the top 3 principal components (render, diff).",
         choices=METHODS, case_sensitive=False))
-    transform: str = field(default="auto01", metadata=option("Value transform.", choices=TRANSFORMS, case_sensitive=False))
+    transform: str = field(default="auto01", metadata=option(
+        "Value transform; autosym: Auto over [-m, m], m = the largest |v|, so 0 is the middle colour.",
+        choices=TRANSFORMS, case_sensitive=False))
     clamp_min: float = field(default=-1.0, metadata=option("Linear: lower clamp.", type=float))
     clamp_max: float = field(default=1.0, metadata=option("Linear: upper clamp.", type=float))
     gain: float = field(default=1.0, metadata=option("Sigmoid gain.", type=float))
@@ -192,7 +198,8 @@ class ColorSpec:
             how = f"Sigmoid gain {self.gain:g} offset {self.offset:g}"
         else:
             over = {"channel": "each tile", "head": "each head row", "block": "the grid", "step": "the step", "run": "the run"}[self.auto_scope]
-            how = f"Auto {'[0,1]' if self.transform == 'auto01' else '[-1,1]'} over {over}"
+            span = {"auto01": "[0,1]", "auto11": "[-1,1]", "autosym": "[-m,m] (m = max |v|)"}[self.transform]
+            how = f"Auto {span} over {over}"
         return f"{method}, {how}"
 
     def to_json(self) -> str:
@@ -216,5 +223,9 @@ ATTENTION_COLOR = ColorSpec(h="(2-2*v)/3", auto_scope="head")
 """Attention maps: the original extension's recommendation (blue = little attention, red = much),
 with one Auto range per head row, so the tokens a head attends to most are the brightest."""
 
-DIFF_COLOR = ColorSpec(transform="linear")
-"""Difference maps: Linear clamped to [-1, 1], so no change has one colour everywhere (black with Red/Blue)."""
+DIFF_COLOR = ColorSpec(transform="autosym", space="rgb", r="minimum(1, 1+v)", g="1-abs(v)", b="minimum(1, 1-v)",
+                       auto_scope="block")
+"""Difference maps: a diverging blue-white-red map over ``[-m, m]``, ``m`` the grid's largest
+``|layered - base|``: no change is white in every map, the largest change full red or blue, and
+the colour bar states ``m``. A map that cannot be negative (``--average`` 1-norm, 2-norm, l1,
+l2) uses the white-to-red half only, and its bar runs from 0 to ``m``."""
