@@ -170,8 +170,10 @@ def test_every_command_spells_and_explains_an_option_the_same_way():
     assert {k: v for k, v in seen.items() if len(v) != 1} == {}
     assert seen["which"] == {("--input", "Block inputs (recorded with --inputs) instead of outputs.")}
     assert seen["clamp_min"] == {("--clamp-min", "Linear: lower clamp.")}
-    # the defaults a view starts from are values too: diff's Linear, attention's hue
+    # the defaults a view starts from are values too: diff's symmetric Auto, attention's head rows;
+    # one hue for all
     params = {c: {p.name: p for p in main.commands[c].params} for c in ("render", "diff", "attention")}
-    assert [params[c]["transform"].default for c in params] == ["auto01", "linear", "auto01"]
-    assert [params[c]["h"].default for c in params] == ["(2+v)/3", "(2+v)/3", "(2-2*v)/3"]
+    assert [params[c]["transform"].default for c in params] == ["auto01", "autosym", "auto01"]
+    assert [params[c]["auto_scope"].default for c in params] == ["channel", "block", "head"]
+    assert {params[c]["h"].default for c in params} == {"(2+v)/3"}
     assert "PCA" not in params["attention"]["method"].type.choices

@@ -106,7 +106,10 @@ class ColorSpec:
     r: str = _expr("r", "abs(v)", "RGB", "red")
     g: str = _expr("g", "abs(v)", "RGB", "green")
     b: str = _expr("b", "abs(v)", "RGB", "blue")
-    h: str = _expr("h", "(2+v)/3", "HSL", "hue")
+    h: str = field(default="(2+v)/3", metadata=option(
+        "Custom HSL: hue expression in v. The one default of every command: blue (low) through magenta to red "
+        "(high); a third of the hue circle, so it never wraps, also for t in [-1, 1] (green, blue, red).",
+        flag="--h"))
     s: str = _expr("s", "1.0", "HSL", "saturation")
     l: str = _expr("l", "0.5", "HSL", "lightness")  # noqa: E741 (the original's name for lightness)
     auto_scope: str = field(default="channel", metadata=option(
@@ -219,9 +222,11 @@ class ColorSpec:
         return cls(**data)  # type: ignore[arg-type]
 
 
-ATTENTION_COLOR = ColorSpec(h="(2-2*v)/3", auto_scope="head")
-"""Attention maps: the original extension's recommendation (blue = little attention, red = much),
-with one Auto range per head row, so the tokens a head attends to most are the brightest."""
+ATTENTION_COLOR = ColorSpec(auto_scope="head")
+"""Attention maps: the hue every command uses (blue = little attention, red = much), with one Auto
+range per head row, so the tokens a head attends to most are the reddest. (The original extension
+recommended ``(2-2*v)/3`` for attention: blue through green to red; it is one ``--h`` away, but it
+wraps around the hue circle for t in [-1, 1], where -1 and 0.5 are both green.)"""
 
 DIFF_COLOR = ColorSpec(transform="autosym", space="rgb", r="minimum(1, 1+v)", g="1-abs(v)", b="minimum(1, 1-v)",
                        auto_scope="block")
