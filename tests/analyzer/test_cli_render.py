@@ -36,9 +36,9 @@ layers run in test_parity_outputs, on a store with attention)."""
 
 EXPECTED = {
     '--blocks OUT11 --steps 20 --method "White/Black" --transform sigmoid --out': [
-        "OUT11-step020-img0-cond-white-black-sigmoid-1c5330.png"],
+        "OUT11-step020-img0-cond-wb-sigmoid-g1-o0.png"],
     '--blocks "IN00-OUT11(+2)" --steps "1,5,10"': 39,  # 13 blocks x 3 steps
-    "--blocks OUT11 --steps 20 --plain": ["OUT11-step020-img0-cond-custom-hsl-auto01-4079ce.png"],
+    "--blocks OUT11 --steps 20 --plain": ["OUT11-step020-img0-cond-hsl-auto01.png"],
     "--blocks M00 --average 2-norm --with-grid": 8,  # 4 recorded steps x (average, grid)
     "--blocks OUT11 --method pca --pca-basis basis.npz": 4,
     "--blocks OUT11 --steps 20 --format bin": 4,  # one .bin per channel of the synthetic OUT11
@@ -92,7 +92,7 @@ def test_json_prints_the_manifest_entries_and_quiet_silences_the_bar(here):
     res = run("render", "girl.zarr", "--blocks", "M00", "--steps", "20", "--out", "r", "--json", "--quiet", "--input")
     assert res.exit_code == 0, res.output
     entries = json.loads(res.stdout)
-    assert [e["file"] for e in entries] == ["M00-input-step020-img0-cond-custom-hsl-auto01-4079ce.png"]
+    assert [e["file"] for e in entries] == ["M00-input-step020-img0-cond-hsl-auto01.png"]
     assert entries[0]["which"] == "input"
     assert res.stderr == ""
 

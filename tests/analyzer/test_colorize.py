@@ -224,14 +224,22 @@ def test_spec_checks_expressions_early_and_names_the_field():
 
 def test_slug_and_json():
     spec = ColorSpec()
-    assert spec.slug() == ColorSpec().slug()
-    assert spec.slug().startswith("custom-hsl-auto01-") and len(spec.slug()) == len("custom-hsl-auto01-") + 6
+    # Readable: the parameters that change pixels, no hash unless expressions need one.
+    assert spec.slug() == "hsl-auto01"
+    assert ColorSpec("White/Black", "Sigmoid", gain=1.5).slug() == "wb-sigmoid-g1.5-o0"
+    assert ColorSpec("Red/Blue", "linear", clamp_min=-4, clamp_max=0.25).slug() == "rb-linear-min-4-max0.25"
+    assert ColorSpec(auto_scope="block").slug() == "hsl-auto01-block"
+    assert DIFF_COLOR.slug() == "bwr-autosym-block" and ColorSpec(space="rgb").slug() == "rgb-auto01"
     # Only fields that change pixels change the slug.
     assert ColorSpec(clamp_min=-2.0).slug() == spec.slug()
-    assert ColorSpec(h="(2-2*v)/3").slug() != spec.slug()
     assert ColorSpec(r="v").slug() == spec.slug()  # RGB fields are unused in HSL
-    assert ColorSpec("White/Black", "Sigmoid").slug().startswith("white-black-sigmoid-")
-    assert ColorSpec(auto_scope="block").slug().startswith("custom-hsl-auto01-block-")
+    custom = ColorSpec(h="(2-2*v)/3").slug()
+    assert custom.startswith("hsl-h-2-2-v-3-") and custom.endswith("-auto01") and custom != spec.slug()
+    # Distinct colorizations, distinct names: numbers exactly, expressions by a hash of their text.
+    specs = [ColorSpec("White/Black", "sigmoid", gain=g, offset=o) for g in (1.0, 1.0000001, 0.1, 10.0) for o in (0.0, -0.5)]
+    specs += [ColorSpec(h=h) for h in ("(2-2*v)/3", "(2-2*v)/3 ", "(2+2*v)/3", "v*v")]
+    specs += [ColorSpec(space="rgb", r="v", g="v", b="v"), ColorSpec(space="rgb", r="-v", g="v", b="v")]
+    assert len({x.slug() for x in specs}) == len(specs)
     data = json.loads(spec.to_json())
     assert data["method"] == "Custom" and data["h"] == "(2+v)/3" and "_exprs" not in data
     assert ColorSpec.from_json(spec.to_json()) == spec

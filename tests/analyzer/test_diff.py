@@ -65,7 +65,7 @@ def test_maps_are_renders_of_layered_minus_base(paired, tmp_path):
         np.testing.assert_array_equal(pixels(f), by_hand(colorize(d, spec), cols, rows))
         assert {k: f.params[k] for k in ("kind", "run", "base_run", "pair", "image")} == {
             "kind": "diff", "run": "layered", "base_run": "base", "pair": "layered", "image": 1}
-    assert "-red-blue-linear-" in maps[0].path.name
+    assert "-rb-linear-min-0.5-max0.5" in maps[0].path.name
 
 
 def test_default_colorization_average_scale_channels_and_auto_scope(paired, tmp_path):
@@ -176,7 +176,7 @@ def test_the_render_pipeline_still_renders_features(paired, tmp_path):
     """Diffs share render's pipeline; rendering the base run gives the base's features."""
     (f,) = dumpunet.render(paired, dumpunet.Pick(run="base", blocks="M00", steps="5", images="0"),
                            style=dumpunet.GridStyle(plain=True), out=tmp_path, progress=False)
-    assert f.path.name == "M00-step005-img0-cond-custom-hsl-auto01-4079ce.png" and f.params["kind"] == "render"
+    assert f.path.name == "M00-step005-img0-cond-hsl-auto01.png" and f.params["kind"] == "render"
     x = dumpunet.open(paired).features("M00", 5, run="base")
     np.testing.assert_array_equal(pixels(f), by_hand(colorize(x, ColorSpec()), 4, 2))
 

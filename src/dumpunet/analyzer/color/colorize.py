@@ -40,7 +40,7 @@ array([[  0,   0, 255],
        [  0,   0, 153],
        [  0,   0,  51]], dtype=uint8)
 >>> ColorSpec().slug()
-'custom-hsl-auto01-4079ce'
+'hsl-auto01'
 """
 
 from __future__ import annotations
