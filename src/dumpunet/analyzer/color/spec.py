@@ -55,6 +55,7 @@ _DEFAULTS = {"r": "abs(v)", "g": "abs(v)", "b": "abs(v)", "h": "(2+v)/3", "s": "
 PALETTES: dict[str, tuple[str, tuple[str, str, str]]] = {
     "bwr": ("rgb", ("minimum(1, 1+v)", "1-abs(v)", "minimum(1, 1-v)")),
 }
+_PALETTE_WORDS = {"bwr": "blue (-) white (0) red (+)"}
 """Named Custom expressions (space, the three expressions): file names say the name. ``bwr``:
 blue (t = -1), white (0), red (1), diff's default."""
 
@@ -168,6 +169,11 @@ class ColorSpec:
         names = "rgb" if self.space == "rgb" else "hsl"
         return tuple(self._exprs[n] for n in names)  # type: ignore[return-value]
 
+    def _palette(self) -> str | None:
+        """The name of the Custom expressions in :data:`PALETTES`, if they are one."""
+        exprs = tuple(getattr(self, n) for n in self.space)
+        return next((name for name, (space, p) in PALETTES.items() if space == self.space and exprs == p), None)
+
     def slug(self) -> str:
         """The colorization as a file name part: every field that changes pixels, readably.
 
@@ -189,16 +195,11 @@ class ColorSpec:
 
         if self.method != "Custom":
             parts = [_SLUGS[self.method]]
+        elif self._palette() is not None:
+            parts = [self._palette()]
         else:
-            exprs = {n: getattr(self, n) for n in self.space}
-            named = next((name for name, (space, p) in PALETTES.items()
-                          if space == self.space and tuple(exprs.values()) == p), None)
-            if named is not None:
-                parts = [named]
-            else:
-                default = {n: _DEFAULTS[n] for n in self.space}
-                changed = " ".join(f"{n}={e}" for n, e in exprs.items() if e != default[n])
-                parts = [self.space, text_part(changed)] if changed else [self.space]
+            changed = " ".join(f"{n}={getattr(self, n)}" for n in self.space if getattr(self, n) != _DEFAULTS[n])
+            parts = [self.space, text_part(changed)] if changed else [self.space]
         parts.append(self.transform)
         if self.transform == "linear":
             parts += [f"min{_num(self.clamp_min)}", f"max{_num(self.clamp_max)}"]
@@ -220,7 +221,8 @@ class ColorSpec:
             return "PCA: top 3 principal components as RGB"
         method = self.method
         if self.method == "Custom":
-            exprs = " ".join(f"{n}={getattr(self, n)}" for n in self.space)
+            named = self._palette()
+            exprs = _PALETTE_WORDS[named] if named else " ".join(f"{n}={getattr(self, n)}" for n in self.space)
             method = f"Custom {self.space.upper()} {exprs}"
         if self.transform == "linear":
             how = f"Linear clamp [{self.clamp_min:g}, {self.clamp_max:g}]"
