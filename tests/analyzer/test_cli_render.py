@@ -40,6 +40,8 @@ EXPECTED = {
     '--blocks "IN00-OUT11(+2)" --steps "1,5,10"': 39,  # 13 blocks x 3 steps
     "--blocks OUT11 --steps 20 --plain": ["OUT11-step020-img0-cond-hsl-auto01.png"],
     "--blocks M00 --average 2-norm --with-grid": 8,  # 4 recorded steps x (average, grid)
+    "--auto-scope run --animate png": ["OUT11-steps1_5_10_20-img0-cond-hsl-auto01-run.png"],
+    "--average mean --mosaic": ["mosaic-steps1_5_10_20-img0-cond-avg-mean-hsl-auto01.png"],
     "--blocks OUT11 --method pca --pca-basis basis.npz": 4,
     "--blocks OUT11 --steps 20 --format bin": 4,  # one .bin per channel of the synthetic OUT11
 }
