@@ -15,7 +15,9 @@ import dumpunet
 from dumpunet.analyzer.color.spec import DIFF_COLOR
 from values import split
 from dumpunet.analyzer.color.colorize import ColorSpec, colorize
+from dumpunet.analyzer.colormaps import colormap
 from dumpunet.analyzer.reduce import channel_average
+from dumpunet.analyzer.step_table import CELL, INF_COLOR
 from dumpunet.analyzer.selection import DiffStats, select_pair
 from dumpunet.errors import DumpUnetError, SelectionError, StoreError
 
@@ -119,25 +121,26 @@ def test_summary_when_the_base_is_zero(tmp_path):
     assert DiffStats(1.0, 4.0).relative == 0.25
     doc = json.loads((tmp_path / "out/manifest.json").read_text())
     (chart,) = [e for e in doc["files"] if e["file"] == "summary.png"]
-    assert chart["legend"] == [{"label": "M00", "color": "#1f77b4", "peak": float(rows[0]["relative"])}]
+    assert chart["legend"] == [{"label": "M00", "peak": float(rows[0]["relative"])}]  # inf is no peak
+    img = pixels(tmp_path / "out/summary.png")
+    assert ((img == INF_COLOR).all(axis=2).sum()) >= CELL[0] * CELL[1]  # step 5's cell: white
 
 
-def test_summary_chart(paired, tmp_path):
+def test_summary_chart_is_a_block_by_step_heatmap(paired, tmp_path):
     files = diff(paired, tmp_path, images="0", finals=False)
     (chart,) = [f for f in files if f.path.name == "summary.png"]
     img = pixels(chart)
-    assert img.shape == (500, 900, 3)
-    colors = {tuple(c) for c in img.reshape(-1, 3)}
-    assert len(colors) > 20  # lines, text and axes, not a blank canvas
-    legend = chart.params["legend"]
+    assert chart.params["size"] == [img.shape[1], img.shape[0]]
     rows = read_csv(tmp_path / "summary.csv")
     peak = {b: max(float(r["relative"]) for r in rows if r["block"] == b) for b in BLOCKS}
+    legend = chart.params["legend"]
     assert [e["label"] for e in legend] == sorted(BLOCKS, key=lambda b: -peak[b])
     assert [e["peak"] for e in legend] == sorted(peak.values(), reverse=True)
-    assert [e["color"] for e in legend] == ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
-    for e in legend:
-        rgb = tuple(int(e["color"][k : k + 2], 16) for k in (1, 3, 5))
-        assert (img == rgb).all(axis=2).sum() > 100  # its legend swatch and its line
+    # every (block, step) cell holds the colour of its relative change on [0, largest]
+    top = max(peak.values())
+    for r in rows:
+        want = colormap(np.array(float(r["relative"]) / top))
+        assert (img == want).all(axis=2).sum() >= CELL[0] * CELL[1], (r["block"], r["step"])
     assert chart.params["images"] == "0" and chart.params["guidance"] == ["cond"]
 
 
