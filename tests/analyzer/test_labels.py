@@ -207,6 +207,13 @@ def test_diff_grids_name_both_runs(tmp_path):
     top_abs = float(np.abs(d).max())
     assert m.params["colorbar"] == {"min": -top_abs, "max": top_abs, "spans": "grid"}
     assert m.params["range"] == [float(d.min()), float(d.max())]
+    # the bar under the grid: full blue at -m, full red at +m, near white at its middle (0)
+    rgb = np.asarray(Image.open(m.path).convert("RGB"))
+    bar_rows = [y for y in range(rgb.shape[0] - 20, rgb.shape[0]) if (rgb[y] == (0, 0, 255)).all(axis=1).any()]
+    assert bar_rows and all((rgb[y] == (255, 0, 0)).all(axis=1).any() for y in bar_rows)
+    row = rgb[bar_rows[0]]
+    blue, red = np.flatnonzero((row == (0, 0, 255)).all(axis=1))[0], np.flatnonzero((row == (255, 0, 0)).all(axis=1))[-1]
+    assert red - blue == 255 and row[(blue + red) // 2].min() >= 250
 
 
 def test_plain_must_be_a_bool():
