@@ -21,6 +21,7 @@ from dumpunet.analyzer.colormaps import COLORMAPS, DEFAULT_COLORMAP
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.style import AVERAGES, GridStyle
 from dumpunet.analyzer.tensor_files import FORMATS
+from dumpunet.analyzer.timeviews import ANIMATIONS, FRAME_MS
 from dumpunet.cli_options import (
     PATH,
     click_option,
@@ -69,6 +70,14 @@ OPTIONS = {o.name: o for o in [
     OptionSpec("plain_overlay", "The bare overlay, as the viewer shows it: no title strip or colour bar.", default=False,
                flag_value=True, flag="--plain"),
     OptionSpec("alpha", "Opacity of the heatmap.", default=0.5, type=float, minimum=0, maximum=1),
+    OptionSpec("animate", "Instead of one file per step: one animation over the selected steps per block, image "
+               "and guidance half (png: lossless animated PNG, each frame the single-step render; gif: 256 colours "
+               "a frame). --auto-scope run keeps colours comparable across frames.", choices=ANIMATIONS),
+    OptionSpec("frame_ms", "With --animate: milliseconds a frame.", default=FRAME_MS, type=int, minimum=10,
+               maximum=60_000),
+    OptionSpec("mosaic", "Instead of one file per grid: one mosaic per image and guidance half, blocks as rows and "
+               "steps as columns, each cell the block's bare grid (--average mean: one map a cell).", default=False,
+               flag_value=True),
     OptionSpec("skip_damaged", "A map whose chunk is missing or damaged: skip its file with a warning line on "
                "stderr (and a count at the end) instead of stopping with the error.", default=False,
                flag_value=True),
@@ -110,10 +119,10 @@ def _point(value: str | None) -> tuple[float, float] | None:
 @with_options(value_options(Pick))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec, choices=_NO_HEAD))
-@with_options(_options("jobs", "skip_damaged", "sweep", *_WRITTEN))
+@with_options(_options("animate", "frame_ms", "mosaic", "jobs", "skip_damaged", "sweep", *_WRITTEN))
 @click.pass_context
-def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, jobs: int | None, skip_damaged: bool, sweep: bool,
-           quiet: bool, as_json: bool, **opts: Any) -> None:
+def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, animate: str | None, frame_ms: int, mosaic: bool,
+           jobs: int | None, skip_damaged: bool, sweep: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Render block outputs as PNG grids (one tile per channel) plus a manifest.json.
 
     Grids are labelled (title, channel numbers, colour bar) and small maps enlarged;
@@ -124,6 +133,8 @@ def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, jobs: int | 
     \b
     dumpunet render girl.zarr --blocks OUT11 --steps 20 --method "White/Black" \\
         --transform sigmoid --gain 1 --offset 0 --out renders/
+    dumpunet render girl.zarr --blocks OUT11 --auto-scope run --animate png --out anim/
+    dumpunet render girl.zarr --average mean --mosaic --out mosaic/
     dumpunet render sweep.zarr --sweep --out sheet/
     """
     pick, style, color = take(Pick, opts), take(GridStyle, opts), take(ColorSpec, opts)
@@ -134,8 +145,8 @@ def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, jobs: int | 
     from dumpunet.analyzer.render import render as render_stores
 
     files = render_stores(list(stores), pick, color, style, out=out, jobs=jobs, progress=not quiet,
-                          skip_damaged=skip_damaged)
-    _echo_written(files, out, "PNG file", as_json)
+                          skip_damaged=skip_damaged, animate=animate, mosaic=mosaic, frame_ms=frame_ms)
+    _echo_written(files, out, "GIF file" if animate == "gif" else "PNG file", as_json)
 
 
 _SWEEP_PARAMS = ("stores", "sweep", "images", "out", "quiet", "as_json", "jobs")
@@ -203,16 +214,17 @@ def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: P
     """Show what a per-block prompt changed: layered - base of a pair, per block and step.
 
     Writes difference maps diff-<block>-step<NNN>-img<i>-<guidance>-...png (coloured like
-    render, labelled unless --plain; the default Linear transform keeps 0 at the middle colour,
-    Red/Blue: black), and
-    summary.csv / summary.png: mean |layered - base| / mean |base| per block and step, to see
+    render, labelled unless --plain). The default colours are blue-white-red over [-m, m], m the
+    grid's largest |layered - base| (--transform autosym, --auto-scope block): 0 is white, the
+    colour bar gives m; an --average norm (never negative) runs from white at 0 to red at m.
+    Also summary.csv / summary.png: mean |layered - base| / mean |base| per block and step, to see
     at a glance which blocks and steps changed most. Beside them the final images of both runs
     and their pixel difference: final-base-, final-layered-, final-diff-, final-diff-norm-img<i>.png
     (the last stretched so the largest difference is white).
 
     \b
     dumpunet diff girl.zarr --blocks IN00-OUT11 --steps 1-20 --method "Red/Blue" --out diff/
-    dumpunet diff sweep.zarr --pair IN04 --average 2-norm --clamp-min -4 --clamp-max 4 --out diff-IN04/
+    dumpunet diff sweep.zarr --pair IN04 --average 2-norm --out diff-IN04/
     dumpunet diff girl.zarr --blocks OUT11 --steps 20 --export bin --out diff-dump/
     """
     from dumpunet.analyzer.diff import diff as diff_pair

@@ -4,12 +4,13 @@ For a cross-attention layer (``IN04.attn2``), row *h* column *t* is the spatial 
 head *h* attends to token *t* (the ``qk`` probabilities of every query pixel, laid out at the
 layer's resolution). Column headers are the decoded tokens, row headers the head index. Maps are
 coloured with the analyzer's engine (:class:`~dumpunet.analyzer.color.spec.ColorSpec`); the
-default is the original extension's recommendation for attention: Custom / Auto [0,1] / HSL,
-H = (2-2*v)/3 (blue = little attention, red = much).
+default is render's: Custom / Auto [0,1] / HSL, H = (2+v)/3 (blue = little attention, magenta,
+red = much), so a colour reads the same in every command (the original extension recommended
+H = (2-2*v)/3 for attention; pass it as ``h`` to get it).
 
 What one Auto range spans is planned as for render and diff (:mod:`.scope`): ``head`` (the
 default) one range per head row, so a row answers "which token does this head look at" (the
-token with the larger attention is the brighter tile); ``channel`` each tile on its own (the
+token with the larger attention is the redder tile); ``channel`` each tile on its own (the
 original's behaviour: every tile stretched to its own min/max), ``block`` the whole layer grid, ``step`` every selected layer of the step (per
 image and guidance half), ``run`` everything selected.
 

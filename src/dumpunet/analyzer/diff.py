@@ -13,8 +13,9 @@ can share a folder. Beside the maps go:
                                (over the selected channels and all pixels, in float64), and
                                ``relative`` = their ratio (0 where both are 0, ``inf`` where only
                                the base is 0); values are written exactly (``repr`` of a float)
-``summary.png``                ``relative`` against step, one line per block (the mean over the
-                               selected images and guidance halves), legend sorted by peak
+``summary.png``                ``relative`` as a block x step heatmap (the mean over the selected
+                               images and guidance halves; a colour bar from 0 to its largest value;
+                               white where the base is 0); the manifest lists the blocks by peak
 ``final-base-img{i}.png``      the final image of the base run
 ``final-layered-img{i}.png``   the final image of the layered run
 ``final-diff-img{i}.png``      ``|layered - base|`` per RGB channel, unscaled: the true pixel
@@ -48,7 +49,6 @@ from typing import Any
 
 import numpy as np
 
-from dumpunet.analyzer.chart import line_chart
 from dumpunet.analyzer.color.spec import DIFF_COLOR, ColorSpec
 from dumpunet.analyzer.damage import Damage
 from dumpunet.analyzer.export import write_tensors
@@ -60,6 +60,7 @@ from dumpunet.analyzer.render import write_grids
 from dumpunet.analyzer.render_plan import Target, plan_grids
 from dumpunet.analyzer.scope import AutoRanges
 from dumpunet.analyzer.selection import DiffSelection, select_pair
+from dumpunet.analyzer.step_table import step_table
 from dumpunet.analyzer.style import GridStyle
 from dumpunet.analyzer.tensor_files import check_format
 from dumpunet.errors import SelectionError
@@ -69,7 +70,6 @@ from dumpunet.store import Store, open_store
 __all__ = ["SUMMARY_COLUMNS", "diff", "final_difference", "final_images", "summary_chart", "summary_rows"]
 
 SUMMARY_COLUMNS = ("block", "step", "image", "guidance", "mean_abs_diff", "base_mean_abs", "relative")
-CHART_SIZE = (900, 500)
 
 
 def diff(
@@ -98,8 +98,9 @@ def diff(
         the pair names both runs.
     color
         The colorization; the default :data:`~dumpunet.analyzer.color.spec.DIFF_COLOR` is
-        Linear clamped to [-1, 1], so that no change has one colour everywhere (black with
-        Red/Blue) and colours mean the same in every map.
+        blue-white-red over ``[-m, m]``, ``m`` the grid's largest ``|layered - base|``
+        (transform ``autosym``, scope ``block``): no change is white in every map whatever the
+        scale of the data, and a norm average (never negative) runs from white to red.
     pair
         The pair's label (a sweep: the block name); default: the only or first pair.
     finals
@@ -231,21 +232,28 @@ def _csv(rows: list[dict[str, Any]]) -> bytes:
 
 
 def summary_chart(sel: DiffSelection, rows: list[dict[str, Any]]) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """The line chart of ``relative`` per block against step (mean over images and halves)."""
+    """The block x step heatmap of ``relative`` (mean over images and halves) and the blocks by peak.
+
+    Rows are the blocks in U-Net order, columns the steps (:func:`~dumpunet.analyzer.step_table.step_table`);
+    the legend lists ``{"label", "peak"}`` (the block's largest finite value, None if none), largest first.
+    """
     by_block: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         by_block[row["block"]][row["step"]].append(row["relative"])
-    series = {
-        b: (list(steps), [math.fsum(v) / len(v) for v in steps.values()])
-        for b, steps in by_block.items()
-    }
+    table = {b: {s: math.fsum(v) / len(v) for s, v in steps.items()} for b, steps in by_block.items()}
+    peaks = {b: max((x for x in v.values() if math.isfinite(x)), default=None) for b, v in table.items()}
+    legend = [{"label": b, "peak": peaks[b]}
+              for b in sorted(table, key=lambda b: -peaks[b] if peaks[b] is not None else math.inf)]
     halves = ", ".join(g for g, _ in sel.guidance)
     what = "block input" if sel.which == "input" else "block"
     pair = "" if sel.pair["label"] == sel.run.name else f" (pair {sel.pair['label']})"
     title = f"{sel.label}: how much each {what} changed, run {sel.run.name} vs {sel.base.name}{pair}"
-    y_label = "mean |layered - base| / mean |base|"
+    measure = "mean |layered - base| / mean |base| per block (rows) and step (columns)"
     if len(sel.images) > 1 or len(sel.guidance) > 1:
-        y_label += f"  (mean over images {format_ints(sel.images)}; {halves})"
+        measure += f", mean over images {format_ints(sel.images)}; {halves}"
     else:
-        y_label += f"  (image {sel.images[0]}, {halves})"
-    return line_chart(series, title=title, x_label="step", y_label=y_label, size=CHART_SIZE)
+        measure += f", image {sel.images[0]}, {halves}"
+    if not table:
+        table = {"(none)": {}}
+    image = step_table(table, lines=[title, measure + "; white: the base is 0 (inf)"])
+    return image, legend

@@ -46,6 +46,7 @@ from dumpunet.analyzer.render_plan import GridTask, Target, folders, grid_layout
 from dumpunet.analyzer.scope import AutoRanges, json_range
 from dumpunet.analyzer.selection import Selection, Slab, select
 from dumpunet.analyzer.style import GridStyle
+from dumpunet.analyzer.timeviews import FRAME_MS, check_time_view, write_animations, write_mosaics
 from dumpunet.errors import OptionError, SelectionError
 from dumpunet.store import Store, open_store
 
@@ -147,6 +148,9 @@ def render(
     progress: bool = True,
     png_encoder: str | None = None,
     skip_damaged: bool = False,
+    animate: str | None = None,
+    mosaic: bool = False,
+    frame_ms: int = FRAME_MS,
 ) -> list[WrittenFile]:
     """Render what ``pick`` selects of one or several stores to PNG files in ``out``; return the files written.
 
@@ -180,6 +184,10 @@ def render(
         A map whose chunk is missing or damaged: by default a
         :class:`~dumpunet.errors.DamagedChunkError`; with True, a warning line on stderr, its
         file is not written, and a count of skipped maps at the end (:mod:`.damage`).
+    animate, mosaic, frame_ms
+        Instead of one file per grid: ``animate="png"`` (or ``"gif"``) one animation over the
+        selected steps per block, image and guidance half, ``frame_ms`` a frame; ``mosaic`` one
+        block x step mosaic per image and guidance half (:mod:`.timeviews`).
 
     Examples
     --------
@@ -188,6 +196,7 @@ def render(
     ...                     ColorSpec("White/Black", "sigmoid", gain=gain), out="renders")
     """
     style.check(pick, color)
+    check_time_view(animate, mosaic, frame_ms)
     encoder = resolve_encoder(png_encoder)
     jobs = check_jobs(jobs)
     damage = Damage(skip_damaged)
@@ -204,8 +213,13 @@ def render(
         with ExitStack() as stack:
             for t in targets:
                 stack.enter_context(t.output)
-            files = write_grids(tasks, color, basis, jobs=jobs, encoder=encoder, on_done=lambda _: bar.update(1),
-                                damage=damage)
+            if animate is not None:
+                files = write_animations(tasks, color, basis, fmt=animate, frame_ms=frame_ms, damage=damage)
+            elif mosaic:
+                files = write_mosaics(tasks, color, basis, encoder=encoder, damage=damage)
+            else:
+                files = write_grids(tasks, color, basis, jobs=jobs, encoder=encoder,
+                                    on_done=lambda _: bar.update(1), damage=damage)
     damage.report()
     return files
 
