@@ -36,7 +36,7 @@ from dumpunet.errors import RecordError
 from dumpunet.files import write_atomic
 from dumpunet.specs import format_ints
 from dumpunet.store import schema
-from dumpunet.store.call_arrays import CallArray, RunFiles, trim, write_call
+from dumpunet.store.call_arrays import CallArray, GroupCoords, RunFiles, trim, write_call
 from dumpunet.store.schema import ArrayAttrs, BlockInfo, LayerAttrs, PairInfo, RootAttrs, RunAttrs, check_name
 from dumpunet.store.target import StoreLock, check_target, create_store
 
@@ -171,6 +171,7 @@ class StoreWriter:
                     chw = b.output_shape if w == "output" else b.input_shape
                     shape = (0, info.n_images, len(info.guidance), *chw)
                     st.arrays[(b.name, w)] = self._create(kind, shape, dtype, None, {"run": run, "block": b.name})
+            self._add_coords(st, [st.arrays[(b.name, w)] for b in blocks for w in which])
 
         self._put(task)
 
@@ -191,6 +192,7 @@ class StoreWriter:
             st = self._runs[run]
             for key, (kind, shape, dtype, names, attrs) in arrays.items():
                 st.arrays[key] = self._create(kind, (st.n_calls, *shape), dtype, attrs, {"run": run, **names})
+            self._add_coords(st, [st.arrays[key] for key in arrays])
 
         self._put(task)
 
@@ -305,6 +307,21 @@ class StoreWriter:
         arr.dir.mkdir(parents=True, exist_ok=True)
         arr.write_document()
         return arr
+
+    def _add_coords(self, st: RunFiles, members: Sequence[CallArray]) -> None:
+        """Create the coordinate arrays beside new per-call arrays (format 1.1), filled for the calls so far."""
+        for arr in members:
+            name = schema.data_group(arr.path)
+            group = st.groups.get(name)
+            if group is None:
+                labels = schema.create_array(self.root, schema.COORD_GUIDANCE, (len(st.info.guidance),), group=name)
+                labels[...] = np.array(st.info.guidance, dtype=str)
+                coords = {kind.key: self._create(kind, (st.n_calls,), None, None, {"group": name})
+                          for kind in schema.CALL_COORDS}
+                group = st.groups[name] = GroupCoords(coords)
+                if st.n_calls:  # a group added during the run: label the calls before it too
+                    group.write(st.table, st.n_calls, first=0)
+            group.members.append(arr)
 
     def _put(self, task: Callable[[], None], size: int = 0) -> None:
         self._raise_if_failed()
