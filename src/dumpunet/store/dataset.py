@@ -284,6 +284,13 @@ def open_dataset(sources: Source | Sequence[Source], *, run: str | None = None, 
     labels = [p[0] for p in parts]
     if len(set(labels)) != len(labels):  # two stores of the same folder name: the full paths tell them apart
         labels = [str(p[1].path.resolve()) + ("" if ":" not in p[0] else ":" + p[2].name) for p in parts]
+    shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for label, _, _, _, variables in parts:
+        for v in variables:
+            first = shapes.setdefault(v.name, (label, v.reader.shape[3:]))
+            if first[1] != v.reader.shape[3:]:
+                raise StoreError(f"the stores cannot be stacked: {v.name} is {'x'.join(map(str, first[1]))} in {first[0]} "
+                                 f"but {'x'.join(map(str, v.reader.shape[3:]))} in {label}; open them one by one")
     dims = _dim_names(v for p in parts for v in p[4])
     datasets = [_build(store, r, variables, calls, dims) for _, store, r, calls, variables in parts]
     call_dims = {"step" if "step" in ds.dims else "call" for ds in datasets}
@@ -295,5 +302,7 @@ def open_dataset(sources: Source | Sequence[Source], *, run: str | None = None, 
                         combine_attrs="drop_conflicts", fill_value=np.nan)
     except ValueError as exc:
         raise StoreError(f"the stores cannot be stacked: {exc}") from None
+    for key in ("store", "run"):  # per run now: coordinates
+        out.attrs.pop(key, None)
     return out.assign_coords(run=("run", labels), store=("run", [str(p[1].path) for p in parts]),
                              run_name=("run", [p[2].name for p in parts]))
