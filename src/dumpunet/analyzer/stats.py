@@ -113,7 +113,7 @@ def _scheduler(scheduler: str, jobs: int | None) -> Iterator[dict[str, Any]]:
     if not scheduler.startswith(("tcp://", "tls://", "inproc://")):
         raise OptionError(f"unknown scheduler {scheduler!r} (valid: threads, local, or an address tcp://HOST:PORT)")
     try:
-        client = Client(scheduler, timeout="10s")
+        client = Client(scheduler, timeout="5s")
     except (OSError, TimeoutError) as exc:
         raise OptionError(f"no dask scheduler answers at {scheduler} ({type(exc).__name__})") from None
     with client:
