@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import dumpunet
-from dumpunet.errors import DamagedChunkError, StoreError
+from dumpunet.errors import DamagedChunkError, SelectionError, StoreError
 from dumpunet.store import schema
 from dumpunet.store.schema import LayerAttrs, RunAttrs, TokenRow
 from dumpunet.store.writer import StoreWriter
@@ -87,8 +87,10 @@ def test_many_stores_stack_along_run_matched_by_step(tmp_path):
                                   dumpunet.open(a).features("OUT11", 20, guidance="uncond"))
     b = tmp_path / "b.zarr"
     write_store(b)  # IN01 is 6x4x4 there, 4x8x8 in a
-    with pytest.raises(StoreError, match="the stores cannot be stacked"):
+    with pytest.raises(StoreError, match=r"^the stores cannot be stacked: IN01 is 4x8x8 in a but 6x4x4 in b; open them one by one$"):
         dumpunet.open_dataset([a, b], blocks="IN01")
+    with pytest.raises(SelectionError, match=rf"^{a.resolve()} is given twice$"):
+        dumpunet.open_dataset([a, a], blocks="OUT11")
 
 
 def test_attention_has_token_labels_and_substeps_an_indexed_step(tmp_path):

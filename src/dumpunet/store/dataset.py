@@ -284,6 +284,9 @@ def open_dataset(sources: Source | Sequence[Source], *, run: str | None = None, 
     labels = [p[0] for p in parts]
     if len(set(labels)) != len(labels):  # two stores of the same folder name: the full paths tell them apart
         labels = [str(p[1].path.resolve()) + ("" if ":" not in p[0] else ":" + p[2].name) for p in parts]
+        twice = next((x for x in labels if labels.count(x) > 1), None)
+        if twice is not None:
+            raise SelectionError(f"{twice} is given twice")
     shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
     for label, _, _, _, variables in parts:
         for v in variables:
