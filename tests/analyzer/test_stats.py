@@ -33,7 +33,7 @@ def expected_rows(paths, pick: Pick) -> list[dict]:
             for step in store.select_steps(pick.steps):
                 k = r.calls.index(step)
                 for image in range(r.n_images):
-                    for g in r.guidance_labels:
+                    for g in pick.halves or r.guidance_labels:
                         x = store.features(block, step, image=image, guidance=g).astype(np.float64)
                         for ch, m in enumerate(x):
                             rows.append({"store": str(p), "run": "main", "block": block, "step": step,
@@ -147,3 +147,13 @@ def test_a_scheduler_that_is_not_there_is_one_line_and_writes_nothing(stores, tm
     assert res.exit_code == 1
     assert res.output.startswith(f"Error: {message}") and res.output.count("\n") == 1, res.output
     assert not out.exists()
+
+
+def test_a_sampler_with_two_calls_per_step_gives_each_steps_first_call(tmp_path):
+    from test_dataset import attention_store
+
+    from dumpunet.analyzer.stats import block_stats
+
+    p = attention_store(tmp_path / "h.zarr", substeps=True)
+    rows, _ = block_stats([p], Pick(blocks="IN00", steps="2"))
+    assert_same(rows, expected_rows([p], Pick(blocks="IN00", steps="2")))  # the reader's features: substep 0

@@ -1,6 +1,7 @@
 """Summary statistics of many runs, computed on dask: ``dumpunet stats``.
 
-Per block, step, image, guidance half and channel: ``mean``, ``std`` (population), ``absmax``
+Per block, step, image, guidance half and channel (of samplers with several U-Net calls per step, the
+step's first call, as every command reads): ``mean``, ``std`` (population), ``absmax``
 and ``l2`` (the channel map's Euclidean norm) over the map's pixels; per attention layer, step,
 image, guidance half, head and token (``--layers``): ``entropy``, the Shannon entropy in nats of
 where the token is attended, i.e. of the token's ``qk`` column normalised over the query
@@ -141,6 +142,9 @@ def block_stats(sources: Sequence[str | os.PathLike[str]], pick: Pick, *, layers
     for src in sources:
         store = open_store(src)
         ds = run_dataset(store, pick.run, blocks=pick.blocks, which=pick.which, layers=layers)
+        if "call" in ds.dims:  # several U-Net calls per step: the first of each, as every command reads
+            first = np.flatnonzero(ds["substep"].values == 0)
+            ds = ds.isel(call=first).drop_indexes("step").swap_dims(call="step")
         sel = _selection(ds, store, pick)
         lazy.append((store, ds, sel, _block_results(ds, sel), _attention_results(ds, sel) if layers is not None else {}))
     with _scheduler(scheduler, jobs) as how:

@@ -68,7 +68,8 @@ class StoreWriter:
     whole from them.
 
     ``raw_chunks`` and ``grow_calls`` choose how per-call arrays are written (the benchmarks
-    compare variants): ``raw_chunks=False`` writes chunks through zarr's Array API.
+    compare variants): ``raw_chunks=False`` writes chunks through zarr's Array API;
+    ``coordinates=False`` leaves out the coordinate arrays (format 1.0's layout).
 
     Examples
     --------
@@ -95,6 +96,7 @@ class StoreWriter:
         max_queue_bytes: int = 1 << 30,
         raw_chunks: bool = True,
         grow_calls: int = GROW_CALLS,
+        coordinates: bool = True,
     ) -> None:
         if grow_calls < 1:
             raise ValueError(f"grow_calls must be at least 1, got {grow_calls}")
@@ -116,6 +118,7 @@ class StoreWriter:
             raise
         self.raw_chunks = raw_chunks
         self.grow_calls = grow_calls
+        self.coordinates = coordinates
         self._runs: dict[str, RunFiles] = {}
         self._error: BaseException | None = None
         self._max_bytes = max_queue_bytes
@@ -310,6 +313,8 @@ class StoreWriter:
 
     def _add_coords(self, st: RunFiles, members: Sequence[CallArray]) -> None:
         """Create the coordinate arrays beside new per-call arrays (format 1.1), filled for the calls so far."""
+        if not self.coordinates:
+            return
         for arr in members:
             name = schema.data_group(arr.path)
             group = st.groups.get(name)
