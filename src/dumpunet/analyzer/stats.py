@@ -47,16 +47,6 @@ BLOCK_COLUMNS = ("store", "run", "block", "step", "timestep", "image", "guidance
 ATTENTION_COLUMNS = ("store", "run", "layer", "step", "timestep", "image", "guidance", "head", "token", "token_label",
                      "entropy")
 FORMATS = ("csv", "parquet")
-_SPATIAL = ("y", "x")
-
-
-def _source_dims(var: Any, names: Sequence[str]) -> list[str]:
-    """The dataset's names (plain or size-suffixed) of the schema dims ``names`` in a variable."""
-    out = []
-    for name in names:
-        hit = [d for d in var.dims if d == name or str(d).startswith(f"{name}_")]
-        out.append(hit[0])
-    return out
 
 
 def _selection(ds: Any, store: Any, pick: Pick) -> dict[str, Any]:
@@ -72,28 +62,43 @@ def _selection(ds: Any, store: Any, pick: Pick) -> dict[str, Any]:
     return {"step": steps, "image": images, "guidance": halves}
 
 
-def _block_results(ds: Any, sel: dict[str, Any]) -> dict[str, dict[str, Any]]:
+STATS = ("mean", "std", "absmax", "l2")
+
+
+def _chunk_stats(x: np.ndarray) -> np.ndarray:
+    """``[..., C, H, W]`` -> ``[..., C, 4]``: mean, std, abs-max, L2 norm of each map, in float64."""
+    m = x.astype(np.float64).reshape(*x.shape[:-2], -1)
+    return np.stack([m.mean(-1), m.std(-1), np.abs(m).max(-1), np.sqrt((m * m).sum(-1))], axis=-1)
+
+
+def _chunk_entropy(x: np.ndarray) -> np.ndarray:
+    """``[..., query, token]`` -> ``[..., token]``: entropy (nats) of each token's column normalised over the queries."""
+    a = x.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = a / a.sum(-2, keepdims=True)  # an all-zero column has no distribution: NaN
+        return -(p * np.log(np.where(p > 0, p, 1.0))).sum(-2)
+
+
+def _block_results(ds: Any) -> dict[str, Any]:
+    """Per block: a dask array ``[step, image, guidance, channel, 4]`` of :data:`STATS`, one task per chunk."""
     out = {}
     for name, var in ds.data_vars.items():
         if "." in name and not name.endswith(".input"):
             continue
-        x = var.sel(sel).astype(np.float64)
-        dims = _source_dims(x, _SPATIAL)
-        out[name] = {"mean": x.mean(dims), "std": x.std(dims), "absmax": abs(x).max(dims),
-                     "l2": np.sqrt((x * x).sum(dims))}
+        x = var.data
+        out[name] = x.map_blocks(_chunk_stats, dtype=np.float64, drop_axis=(4, 5), new_axis=4,
+                                 chunks=(*x.chunks[:4], (len(STATS),)))
     return out
 
 
-def _attention_results(ds: Any, sel: dict[str, Any]) -> dict[str, Any]:
+def _attention_results(ds: Any) -> dict[str, Any]:
+    """Per layer: a dask array ``[step, image, guidance, head, token]`` of token entropies, one task per chunk."""
     out = {}
     for name, var in ds.data_vars.items():
-        if not name.endswith(".qk"):
-            continue
-        a = var.sel(sel).astype(np.float64)
-        (query,) = _source_dims(a, ("query",))
-        p = a / a.sum(query)
-        # 0 log 0 = 0; a column that is all zeros has no distribution: NaN
-        out[name[: -len(".qk")]] = -(p * np.log(p.where(p > 0, 1.0))).sum(query, skipna=False)
+        if name.endswith(".qk"):
+            x = var.data
+            out[name[: -len(".qk")]] = x.map_blocks(_chunk_entropy, dtype=np.float64, drop_axis=4,
+                                                    chunks=(*x.chunks[:4], x.chunks[5]))
     return out
 
 
@@ -145,48 +150,44 @@ def block_stats(sources: Sequence[str | os.PathLike[str]], pick: Pick, *, layers
         if "call" in ds.dims:  # several U-Net calls per step: the first of each, as every command reads
             first = np.flatnonzero(ds["substep"].values == 0)
             ds = ds.isel(call=first).drop_indexes("step").swap_dims(call="step")
-        sel = _selection(ds, store, pick)
-        lazy.append((store, ds, sel, _block_results(ds, sel), _attention_results(ds, sel) if layers is not None else {}))
+        narrow = {d: v for d, v in _selection(ds, store, pick).items() if ds[d].values.tolist() != v}
+        ds = ds.sel(narrow) if narrow else ds  # each .sel is a graph operation per variable: only where it narrows
+        lazy.append((store, ds, _block_results(ds), _attention_results(ds) if layers is not None else {}))
     with _scheduler(scheduler, jobs) as how:
         (computed,) = dask.compute([(b, a) for *_, b, a in lazy], **how)
     blocks: list[dict[str, Any]] = []
     attention: list[dict[str, Any]] = []
-    for (store, ds, sel, _, _), (b, a) in zip(lazy, computed, strict=True):
+    for (store, ds, _, _), (b, a) in zip(lazy, computed, strict=True):
         where = {"store": str(store.path), "run": ds.attrs["run"]}
-        timestep = dict(zip(ds["step"].values.tolist(), ds["timestep"].values.tolist(), strict=True))
+        axes = [ds[d].values.tolist() for d in ("step", "timestep", "image", "guidance")]
         for name, stats in b.items():
-            blocks.extend(_rows(where, "block", name, stats, timestep, "channel"))
+            blocks.extend(_rows(where, name, stats, *axes))
         for name, entropy in a.items():
-            token_dim = entropy.dims[-1]
+            token_dim = ds[f"{name}.qk"].dims[-1]
             labels = next((ds[c] for c in ds.coords if str(c).startswith("token_label") and token_dim in ds[c].dims), None)
-            attention.extend(_attention_rows(where, name, entropy, timestep, labels))
+            attention.extend(_attention_rows(where, name, entropy, *axes, labels))
     return blocks, attention
 
 
-def _rows(where: dict[str, Any], key: str, name: str, stats: dict[str, Any], timestep: dict[int, float],
-          unit: str) -> Iterator[dict[str, Any]]:
-    first = stats["mean"]
-    values = {k: np.asarray(v.transpose(*first.dims).values) for k, v in stats.items()}
-    steps, images, halves = (first[d].values.tolist() for d in ("step", "image", "guidance"))
-    for a, step in enumerate(steps):
+def _rows(where: dict[str, Any], block: str, stats: np.ndarray, steps: list[int], timesteps: list[float],
+          images: list[int], halves: list[str]) -> Iterator[dict[str, Any]]:
+    for a, (step, timestep) in enumerate(zip(steps, timesteps, strict=True)):
         for b, image in enumerate(images):
             for c, g in enumerate(halves):
-                for ch in range(first.shape[3]):
-                    yield {**where, key: name, "step": step, "timestep": timestep[step], "image": image, "guidance": g,
-                           unit: ch, **{k: float(v[a, b, c, ch]) for k, v in values.items()}}
+                for ch in range(stats.shape[3]):
+                    yield {**where, "block": block, "step": step, "timestep": timestep, "image": image, "guidance": g,
+                           "channel": ch, **{k: float(v) for k, v in zip(STATS, stats[a, b, c, ch], strict=True)}}
 
 
-def _attention_rows(where: dict[str, Any], layer: str, entropy: Any, timestep: dict[int, float],
-                    labels: Any) -> Iterator[dict[str, Any]]:
-    e = np.asarray(entropy.values)  # [step, image, guidance, head, token]
-    steps, images, halves = (entropy[d].values.tolist() for d in ("step", "image", "guidance"))
+def _attention_rows(where: dict[str, Any], layer: str, e: np.ndarray, steps: list[int], timesteps: list[float],
+                    images: list[int], halves: list[str], labels: Any) -> Iterator[dict[str, Any]]:
     label_of = {g: labels.sel(guidance=g).values.tolist() for g in halves} if labels is not None else {}
-    for a, step in enumerate(steps):
+    for a, (step, timestep) in enumerate(zip(steps, timesteps, strict=True)):
         for b, image in enumerate(images):
             for c, g in enumerate(halves):
                 for h in range(e.shape[3]):
                     for t in range(e.shape[4]):
-                        yield {**where, "layer": layer, "step": step, "timestep": timestep[step], "image": image,
+                        yield {**where, "layer": layer, "step": step, "timestep": timestep, "image": image,
                                "guidance": g, "head": h, "token": t,
                                "token_label": label_of[g][t] if g in label_of else "", "entropy": float(e[a, b, c, h, t])}
 
