@@ -17,7 +17,7 @@ import dumpunet
 from dumpunet.store import schema
 from dumpunet.store.schema import LayerAttrs, RunAttrs
 from dumpunet.store.validate import validate
-from dumpunet.store.writer import StoreWriter
+from dumpunet.store.writer import GROW_CALLS, StoreWriter
 from test_store import BLOCKS, KILL_SCRIPT, slab, write_store
 
 xr = pytest.importorskip("xarray")
@@ -46,22 +46,25 @@ def test_plain_xarray_selects_by_guidance_label_and_step(tmp_path):
     assert (root["format_version"], root["format_minor"]) == (1, 1)
 
 
-def test_coordinates_grow_with_the_arrays_and_are_trimmed_with_them(tmp_path):
+def test_coordinates_grow_with_the_arrays_in_batches_and_are_trimmed_with_them(tmp_path):
     p = tmp_path / "g.zarr"
     w = StoreWriter(p, model={}, versions={}, grow_calls=4)
     w.set_block_table(BLOCKS)
-    w.begin_run("main", RunAttrs(n_images=2, guidance=("uncond", "cond"), steps=3), BLOCKS, which=("output",),
+    w.begin_run("main", RunAttrs(n_images=2, guidance=("uncond", "cond"), steps=5), BLOCKS, which=("output",),
                 dtype="float16")
-    for s in (1, 2, 3):
+    for s in (1, 2, 3, 4, 5):
         w.submit_call("main", step=s, substep=0, timestep=10.0 * s, slabs={(b.name, "output"): slab(s, b) for b in BLOCKS})
     w.flush()
-    ds = open_block(p)  # mid-recording: the arrays have grown to 4 calls ahead of the 3 written
-    assert ds.sizes["call"] == 4
-    assert ds["step"].values.tolist() == [1, 2, 3, 0]  # 0: no such step, the call is not written yet
-    assert ds["timestep"].values[:3].tolist() == [10.0, 20.0, 30.0] and np.isnan(ds["timestep"].values[3])
+    ds = open_block(p)  # mid-recording: the arrays grew at calls 0 and 4 (to 8), labelling the calls up to then
+    assert ds.sizes["call"] == 8
+    assert ds["step"].values.tolist() == [1, 2, 3, 4, 5, 0, 0, 0]  # 0: no such step, not labelled yet
+    assert ds["timestep"].values[:5].tolist() == [10.0, 20.0, 30.0, 40.0, 50.0] and np.isnan(ds["timestep"].values[5:]).all()
+    w.submit_call("main", step=6, substep=0, timestep=60.0, slabs={(b.name, "output"): slab(6, b) for b in BLOCKS})
+    w.flush()
+    assert open_block(p)["step"].values.tolist() == [1, 2, 3, 4, 5, 0, 0, 0]  # call 5 waits for the next batch
     w.close()
     ds = open_block(p)
-    assert ds.sizes["call"] == 3 and ds["step"].values.tolist() == [1, 2, 3]
+    assert ds.sizes["call"] == 6 and ds["step"].values.tolist() == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_layer_added_during_the_run_labels_the_calls_before_it(tmp_path):
@@ -100,14 +103,19 @@ def test_coordinates_match_the_call_table_after_a_kill(tmp_path):
     n_done = int(calls["call_done"].values.sum())
     for block in ("IN00", "IN01"):
         ds = open_block(p, block)
-        assert ds.sizes["call"] == ds["step"].size >= n_done  # grown with the arrays, never shorter
-        np.testing.assert_array_equal(ds["step"].values[:n_done], calls["call_step"].values[:n_done])
-        at = ds.set_xindex("step").sel(step=n_done, guidance="cond")["output"].isel(image=1).values
-        np.testing.assert_array_equal(at, slab(n_done, BLOCKS[1] if block == "IN01" else BLOCKS[0])[1, 1])
+        steps = ds["step"].values
+        assert ds.sizes["call"] == steps.size >= n_done  # grown with the arrays, never shorter
+        labelled = int(np.flatnonzero(steps).max()) + 1
+        assert n_done - GROW_CALLS < labelled <= n_done + 1  # batches: at most the last grow_calls - 1 done calls wait
+        np.testing.assert_array_equal(steps[:labelled], calls["call_step"].values[:labelled])
+        assert not steps[labelled:].any()  # the rest is the fill value, never a wrong step
+        last = min(labelled, n_done)  # a labelled call may still be in flight: read a done one
+        at = ds.isel(call=slice(0, last)).set_xindex("step").sel(step=last, guidance="cond")["output"]
+        np.testing.assert_array_equal(at.isel(image=1).values, slab(last, BLOCKS[1] if block == "IN01" else BLOCKS[0])[1, 1])
     report = validate(p)
     assert report.ok, report.problems
     ds = dumpunet.open(p).to_xarray()
-    assert ds["step"].values.tolist() == dumpunet.open(p).steps
+    assert ds["step"].values.tolist() == dumpunet.open(p).steps  # from the call tables: every done step
 
 
 def strip_coordinates(p: Path) -> None:

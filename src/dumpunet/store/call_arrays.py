@@ -92,21 +92,35 @@ class CallArray:
 
 @dataclass
 class GroupCoords:
-    """The call coordinates of one group of per-call arrays (a block's, a layer's) and the arrays they label."""
+    """The call coordinates of one group of per-call arrays (a block's, a layer's) and the arrays they label.
+
+    Coordinates are labelled in batches, when the group's arrays grow (every ``grow_calls`` calls)
+    and when the run is trimmed (it finishes, or the writer closes): three small files per group
+    and call would cost the writer more than the block chunks themselves (docs/benchmarks.md).
+    Calls after the last batch keep the fill values (step 0, timestep NaN) until then, which only
+    a killed recording leaves behind; the call tables always list every call.
+    """
 
     coords: dict[str, CallArray]
     members: list[CallArray] = field(default_factory=list)
+    labelled: int = 0  # calls whose coordinates are written
 
-    def write(self, table: Mapping[str, list[Any]], n_calls: int, *, first: int | None = None) -> None:
-        """Write the coordinates' last chunk (or all from ``first``) and give them the members' length."""
-        n = max([a.shape[0] for a in self.members], default=n_calls)
+    def write(self, table: Mapping[str, list[Any]], n_calls: int, *, length: int | None = None) -> None:
+        """Label calls up to ``n_calls`` (their chunks from the first unlabelled one) and give the coordinates
+        the members' length (or ``length``)."""
+        n = length if length is not None else max([a.shape[0] for a in self.members], default=n_calls)
         for kind in schema.CALL_COORDS:
             arr = self.coords[kind.key]
-            values = table[schema.table_key(kind)]
-            if values:
-                arr.write_table_tail(values, first=first)
+            values = table[schema.table_key(kind)][:n_calls]
+            if values and n_calls > self.labelled:
+                arr.write_table_tail(values, first=self.labelled // schema.CALL_CHUNK)
             if arr.shape[0] != n:
                 arr.resize(n)
+        self.labelled = max(self.labelled, n_calls)
+
+    def grown(self) -> bool:
+        """Whether the group's arrays grew past its coordinates."""
+        return any(a.shape[0] != self.coords["step"].shape[0] for a in self.members)
 
 
 @dataclass
@@ -137,8 +151,9 @@ def write_call(st: RunFiles, k: int, values: Mapping[str, Any], data: Mapping[tu
             arr.resize(-(-(k + 1) // grow_calls) * grow_calls)
         if key in data:
             arr.write_slab(k, data[key])
-    for group in st.groups.values():  # before call_done: a done call has its coordinates
-        group.write(st.table, k + 1)
+    for group in st.groups.values():  # labelled in batches, as the arrays grow (GroupCoords)
+        if group.grown():
+            group.write(st.table, k + 1)
     done = st.table[schema.CALL_DONE.key]
     done[-1] = 1
     st.calls[schema.CALL_DONE.key].write_table_tail(done)
@@ -150,6 +165,4 @@ def trim(st: RunFiles) -> None:
         if arr.shape[0] != st.n_calls:
             arr.resize(st.n_calls)
     for group in st.groups.values():
-        for arr in group.coords.values():
-            if arr.shape[0] != st.n_calls:
-                arr.resize(st.n_calls)
+        group.write(st.table, st.n_calls, length=st.n_calls)

@@ -8,8 +8,9 @@ a store whose complete calls are readable and whose incomplete call is marked as
 Per-call arrays are written by this thread directly, without zarr's machinery
 (:mod:`dumpunet.store.call_arrays`). Per-call arrays grow ahead of the call table
 (see ``grow_calls``) and are cut back to it when a run finishes or the writer closes; readers
-take the call count from the call table. Groups' attributes, final images and latents go
-through zarr.
+take the call count from the call table. The coordinate arrays beside them (format 1.1) grow
+with them and are labelled in batches (:class:`~dumpunet.store.call_arrays.GroupCoords`).
+Groups' attributes, final images and latents go through zarr.
 
 This module needs numpy and zarr only (no torch): the writer benchmark drives it without a model.
 """
@@ -325,7 +326,7 @@ class StoreWriter:
                           for kind in schema.CALL_COORDS}
                 group = st.groups[name] = GroupCoords(coords)
                 if st.n_calls:  # a group added during the run: label the calls before it too
-                    group.write(st.table, st.n_calls, first=0)
+                    group.write(st.table, st.n_calls)
             group.members.append(arr)
 
     def _put(self, task: Callable[[], None], size: int = 0) -> None:

@@ -4,17 +4,18 @@ Every group that holds per-call arrays (``runs/{run}/blocks/{block}``,
 ``runs/{run}/attention/{layer}``) also holds, beside them::
 
     guidance   string  [guidance]   the guidance labels ("uncond", "cond")
-    step       int32   [call]       sampler step of each call (0: a call not written yet)
+    step       int32   [call]       sampler step of each call (0: a call not labelled yet)
     substep    int32   [call]       U-Net call within its step
-    timestep   float32 [call]       scheduler timestep (NaN: a call not written yet)
+    timestep   float32 [call]       scheduler timestep (NaN: a call not labelled yet)
 
 and every per-call array names ``step substep timestep`` in its CF ``coordinates`` attribute, so
 ``xarray.open_zarr(store, group="runs/main/blocks/OUT11")`` shows them as coordinates and
 ``.sel(guidance="cond")`` works (``step`` is a coordinate along ``call``, not an index: select
 with ``.set_xindex("step").sel(step=10)``, or use :meth:`dumpunet.Store.to_xarray`, whose
 dimension is ``step``). The values copy the run's call tables, which stay the reference: the
-writer writes a call's coordinates before its ``call_done`` mark, and grows and trims them with the
-group's arrays, so the two always have the same length. Stores of format 1.0 have no
+writer grows and trims the coordinates with the group's arrays (the same length always) and labels
+calls in batches, as the arrays grow and when the run is trimmed, so a killed recording may leave
+its last calls at the fill values (``step`` 0), never at a wrong label. Stores of format 1.0 have no
 coordinate arrays; dumpunet reads its coordinates from the call tables in either case.
 
 Examples
@@ -37,11 +38,11 @@ __all__ = ["CALL_COORDS", "COORD_GUIDANCE", "COORD_STEP", "COORD_SUBSTEP", "COOR
 COORD_GUIDANCE = ArrayKind("guidance", "{group}/guidance", ("guidance",), "str",
                            "labels of the guidance axis", "whole", fill_value="")
 COORD_STEP = ArrayKind("step", "{group}/step", ("call",), "int32",
-                       "sampler step of each call (copy of the run's call_step; 0: not written)", "calls")
+                       "sampler step of each call (copy of the run's call_step; 0: not labelled yet)", "calls")
 COORD_SUBSTEP = ArrayKind("substep", "{group}/substep", ("call",), "int32",
                           "U-Net call within its sampler step (copy of the run's call_substep)", "calls")
 COORD_TIMESTEP = ArrayKind("timestep", "{group}/timestep", ("call",), "float32",
-                           "scheduler timestep (copy of the run's call_timestep; NaN: not written)", "calls",
+                           "scheduler timestep (copy of the run's call_timestep; NaN: not labelled yet)", "calls",
                            fill_value=float("nan"))
 CALL_COORDS = (COORD_STEP, COORD_SUBSTEP, COORD_TIMESTEP)
 """Coordinates along ``call``: the writer fills them from the call tables, call by call."""
