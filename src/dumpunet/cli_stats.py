@@ -38,7 +38,7 @@ def stats(stores: tuple[Path, ...], layers: str | None, scheduler: str, jobs: in
     attention-stats.csv). Computed on dask: each chunk is read once.
 
     \b
-    dumpunet stats runs/*.zarr --blocks OUT09-OUT11 --steps 1-20(+5) --guidance both --out stats/
+    dumpunet stats runs/*.zarr --blocks OUT09-OUT11 --steps '1-20(+5)' --guidance both --out stats/
     """
     import json
 
