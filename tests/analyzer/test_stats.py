@@ -157,3 +157,16 @@ def test_a_sampler_with_two_calls_per_step_gives_each_steps_first_call(tmp_path)
     p = attention_store(tmp_path / "h.zarr", substeps=True)
     rows, _ = block_stats([p], Pick(blocks="IN00", steps="2"))
     assert_same(rows, expected_rows([p], Pick(blocks="IN00", steps="2")))  # the reader's features: substep 0
+
+
+def test_parquet_without_pyarrow_is_one_line_and_writes_nothing(stores, tmp_path):
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("pyarrow is installed")
+    out = tmp_path / "pq"
+    res = CliRunner().invoke(main, ["stats", str(stores[0]), "--blocks", "OUT11", "--format", "parquet", "--out", str(out)])
+    assert res.exit_code == 1 and res.output == "Error: --format parquet needs pyarrow (pip install pyarrow)\n"
+    assert not out.exists()

@@ -53,18 +53,26 @@ __all__ = ["open_dataset", "run_dataset"]
 
 Source = str | os.PathLike[str]
 
-_STORES: dict[str, Store] = {}
+_STORES: dict[tuple[str, int | None], Store] = {}
 _STORES_LOCK = threading.Lock()
 
 
 def _store(path: str) -> Store:
-    """The store at ``path``, opened once per process (each dask worker opens its own)."""
+    """The store at ``path``, opened once per process (each dask worker opens its own).
+
+    Keyed by the root document's modification time too, so a store recorded again at the same
+    path (``--overwrite``) is opened afresh.
+    """
+    try:
+        stamp: int | None = os.stat(os.path.join(path, "zarr.json")).st_mtime_ns
+    except OSError:
+        stamp = None
     with _STORES_LOCK:
-        if path not in _STORES:
+        if (path, stamp) not in _STORES:
             from dumpunet.store.reader import open_store
 
-            _STORES[path] = open_store(path)
-        return _STORES[path]
+            _STORES[(path, stamp)] = open_store(path)
+        return _STORES[(path, stamp)]
 
 
 @dataclass(frozen=True)
