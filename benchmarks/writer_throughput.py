@@ -56,7 +56,8 @@ BZSTD = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=2)
 
 # Each variant changes the schema default in one or two ways. Keys: compressors (slab arrays),
 # sep (chunk key separator), shard (one shard per call and array), grow
-# (StoreWriter's grow_calls), raw (StoreWriter's raw_chunks: False = zarr's Array API).
+# (StoreWriter's grow_calls), raw (StoreWriter's raw_chunks: False = zarr's Array API), coords
+# (StoreWriter's coordinates: False = format 1.0's layout, no coordinate arrays).
 COMPARE: dict[str, dict] = {
     "schema default": {},
     "zstd-1": {"compressors": ZstdCodec(level=1)},
@@ -68,6 +69,7 @@ COMPARE: dict[str, dict] = {
     "grow 1 call at a time": {"grow": 1},
     "chunks via Array API": {"raw": False},
     "grow 1 + Array API": {"grow": 1, "raw": False},
+    "no coordinates": {"coords": False},
 }
 DEFAULTS = {
     "codecs_for": schema.codecs_for,
@@ -120,7 +122,7 @@ def time_writer(where: Path, blocks: list[BlockInfo], data: list[dict], steps: i
     """Return (seconds to close(), seconds to close() + os.sync(), bytes of chunk files)."""
     path = where / "bench.zarr"
     w = StoreWriter(path, model={}, versions={}, grow_calls=v.get("grow", DEFAULTS["grow"]),
-                    raw_chunks=v.get("raw", DEFAULTS["raw"]))
+                    raw_chunks=v.get("raw", DEFAULTS["raw"]), coordinates=v.get("coords", True))
     w.set_block_table(blocks)
     w.begin_run("main", RunAttrs(n_images=N_IMAGES, guidance=("uncond", "cond")), blocks, which=("output",), dtype="float16")
     w.flush()

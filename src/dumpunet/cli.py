@@ -20,6 +20,7 @@ from dumpunet.cli_options import sigterm_as_interrupt as _sigterm_as_interrupt
 from dumpunet.analyzer.pick import Pick
 from dumpunet.cli_options import PATH, take, value_options
 from dumpunet.cli_options import with_options as _with
+from dumpunet.cli_stats import COMMANDS as STATS_COMMANDS
 from dumpunet.cli_views import COMMANDS
 from dumpunet.errors import DumpUnetError
 from dumpunet.layouts import BUILTIN_LAYOUTS
@@ -275,7 +276,7 @@ def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_pa
 
 # ----------------------------------------------------------------------------- analysis
 
-for _command in COMMANDS:
+for _command in (*COMMANDS, *STATS_COMMANDS):
     main.add_command(_command)
 
 

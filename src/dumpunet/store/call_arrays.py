@@ -32,7 +32,10 @@ class CallArray:
         self.kind = kind
         self.path = kind.path(**names)
         self.dir = base / self.path
-        self.doc = schema.array_document(kind, shape, dtype=dtype, attributes=attrs.to_json() if attrs else None)
+        attributes = attrs.to_json() if attrs else {}
+        if kind.chunk_rule == "slab":  # format 1.1: xarray attaches the group's call coordinates
+            attributes = {**attributes, **schema.coordinates_attr()}
+        self.doc = schema.array_document(kind, shape, dtype=dtype, attributes=attributes)
         self.meta = ArrayV3Metadata.from_dict(json.loads(json.dumps(self.doc)))
         self.dtype = np.dtype(self.doc["data_type"]).newbyteorder("<")
         codecs = self.doc["codecs"]
@@ -73,14 +76,51 @@ class CallArray:
                 with open(self.chunk_file((k, i, g, *tail)), "wb") as fh:
                     fh.write(np.ascontiguousarray(x[g, i]).data)
 
-    def write_table_tail(self, values: list[Any]) -> None:
-        """Rewrite the last chunk of a 1-D call table (atomically: it holds earlier calls too)."""
+    def write_table_tail(self, values: list[Any], *, first: int | None = None) -> None:
+        """Rewrite the last chunk of a 1-D call table (atomically: it holds earlier calls too).
+
+        ``first=0`` rewrites every chunk from the first on (a coordinate created after some calls).
+        """
         size = self.doc["chunk_grid"]["configuration"]["chunk_shape"][0]
-        c = (len(values) - 1) // size
-        chunk = np.zeros(size, self.dtype)
-        part = values[c * size :]
-        chunk[: len(part)] = part
-        write_atomic(self.chunk_file((c,)), chunk.tobytes())
+        last = (len(values) - 1) // size
+        for c in range(last if first is None else first, last + 1):
+            chunk = np.full(size, self.kind.fill_value, self.dtype)
+            part = values[c * size : (c + 1) * size]
+            chunk[: len(part)] = part
+            write_atomic(self.chunk_file((c,)), chunk.tobytes())
+
+
+@dataclass
+class GroupCoords:
+    """The call coordinates of one group of per-call arrays (a block's, a layer's) and the arrays they label.
+
+    Coordinates are labelled in batches, when the group's arrays grow (every ``grow_calls`` calls)
+    and when the run is trimmed (it finishes, or the writer closes): three small files per group
+    and call would cost the writer more than the block chunks themselves (docs/benchmarks.md).
+    Calls after the last batch keep the fill values (step 0, timestep NaN) until then, which only
+    a killed recording leaves behind; the call tables always list every call.
+    """
+
+    coords: dict[str, CallArray]
+    members: list[CallArray] = field(default_factory=list)
+    labelled: int = 0  # calls whose coordinates are written
+
+    def write(self, table: Mapping[str, list[Any]], n_calls: int, *, length: int | None = None) -> None:
+        """Label calls up to ``n_calls`` (their chunks from the first unlabelled one) and give the coordinates
+        the members' length (or ``length``)."""
+        n = length if length is not None else max([a.shape[0] for a in self.members], default=n_calls)
+        for kind in schema.CALL_COORDS:
+            arr = self.coords[kind.key]
+            values = table[schema.table_key(kind)][:n_calls]
+            if values and n_calls > self.labelled:
+                arr.write_table_tail(values, first=self.labelled // schema.CALL_CHUNK)
+            if arr.shape[0] != n:
+                arr.resize(n)
+        self.labelled = max(self.labelled, n_calls)
+
+    def grown(self) -> bool:
+        """Whether the group's arrays grew past its coordinates."""
+        return any(a.shape[0] != self.coords["step"].shape[0] for a in self.members)
 
 
 @dataclass
@@ -88,6 +128,7 @@ class RunFiles:
     info: RunAttrs
     arrays: dict[tuple[str, str], CallArray] = field(default_factory=dict)
     calls: dict[str, CallArray] = field(default_factory=dict)
+    groups: dict[str, GroupCoords] = field(default_factory=dict)
     n_calls: int = 0
     done_steps: set[int] = field(default_factory=set)
     table: dict[str, list[Any]] = field(default_factory=lambda: {kind.key: [] for kind in schema.CALL_ARRAYS})
@@ -110,6 +151,9 @@ def write_call(st: RunFiles, k: int, values: Mapping[str, Any], data: Mapping[tu
             arr.resize(-(-(k + 1) // grow_calls) * grow_calls)
         if key in data:
             arr.write_slab(k, data[key])
+    for group in st.groups.values():  # labelled in batches, as the arrays grow (GroupCoords)
+        if group.grown():
+            group.write(st.table, k + 1)
     done = st.table[schema.CALL_DONE.key]
     done[-1] = 1
     st.calls[schema.CALL_DONE.key].write_table_tail(done)
@@ -120,3 +164,5 @@ def trim(st: RunFiles) -> None:
     for arr in st.arrays.values():
         if arr.shape[0] != st.n_calls:
             arr.resize(st.n_calls)
+    for group in st.groups.values():
+        group.write(st.table, st.n_calls, length=st.n_calls)

@@ -8,8 +8,9 @@ a store whose complete calls are readable and whose incomplete call is marked as
 Per-call arrays are written by this thread directly, without zarr's machinery
 (:mod:`dumpunet.store.call_arrays`). Per-call arrays grow ahead of the call table
 (see ``grow_calls``) and are cut back to it when a run finishes or the writer closes; readers
-take the call count from the call table. Groups' attributes, final images and latents go
-through zarr.
+take the call count from the call table. The coordinate arrays beside them (format 1.1) grow
+with them and are labelled in batches (:class:`~dumpunet.store.call_arrays.GroupCoords`).
+Groups' attributes, final images and latents go through zarr.
 
 This module needs numpy and zarr only (no torch): the writer benchmark drives it without a model.
 """
@@ -36,7 +37,7 @@ from dumpunet.errors import RecordError
 from dumpunet.files import write_atomic
 from dumpunet.specs import format_ints
 from dumpunet.store import schema
-from dumpunet.store.call_arrays import CallArray, RunFiles, trim, write_call
+from dumpunet.store.call_arrays import CallArray, GroupCoords, RunFiles, trim, write_call
 from dumpunet.store.schema import ArrayAttrs, BlockInfo, LayerAttrs, PairInfo, RootAttrs, RunAttrs, check_name
 from dumpunet.store.target import StoreLock, check_target, create_store
 
@@ -68,7 +69,8 @@ class StoreWriter:
     whole from them.
 
     ``raw_chunks`` and ``grow_calls`` choose how per-call arrays are written (the benchmarks
-    compare variants): ``raw_chunks=False`` writes chunks through zarr's Array API.
+    compare variants): ``raw_chunks=False`` writes chunks through zarr's Array API;
+    ``coordinates=False`` leaves out the coordinate arrays (format 1.0's layout).
 
     Examples
     --------
@@ -95,6 +97,7 @@ class StoreWriter:
         max_queue_bytes: int = 1 << 30,
         raw_chunks: bool = True,
         grow_calls: int = GROW_CALLS,
+        coordinates: bool = True,
     ) -> None:
         if grow_calls < 1:
             raise ValueError(f"grow_calls must be at least 1, got {grow_calls}")
@@ -116,6 +119,7 @@ class StoreWriter:
             raise
         self.raw_chunks = raw_chunks
         self.grow_calls = grow_calls
+        self.coordinates = coordinates
         self._runs: dict[str, RunFiles] = {}
         self._error: BaseException | None = None
         self._max_bytes = max_queue_bytes
@@ -171,6 +175,7 @@ class StoreWriter:
                     chw = b.output_shape if w == "output" else b.input_shape
                     shape = (0, info.n_images, len(info.guidance), *chw)
                     st.arrays[(b.name, w)] = self._create(kind, shape, dtype, None, {"run": run, "block": b.name})
+            self._add_coords(st, [st.arrays[(b.name, w)] for b in blocks for w in which])
 
         self._put(task)
 
@@ -191,6 +196,7 @@ class StoreWriter:
             st = self._runs[run]
             for key, (kind, shape, dtype, names, attrs) in arrays.items():
                 st.arrays[key] = self._create(kind, (st.n_calls, *shape), dtype, attrs, {"run": run, **names})
+            self._add_coords(st, [st.arrays[key] for key in arrays])
 
         self._put(task)
 
@@ -305,6 +311,23 @@ class StoreWriter:
         arr.dir.mkdir(parents=True, exist_ok=True)
         arr.write_document()
         return arr
+
+    def _add_coords(self, st: RunFiles, members: Sequence[CallArray]) -> None:
+        """Create the coordinate arrays beside new per-call arrays (format 1.1), filled for the calls so far."""
+        if not self.coordinates:
+            return
+        for arr in members:
+            name = schema.data_group(arr.path)
+            group = st.groups.get(name)
+            if group is None:
+                labels = schema.create_array(self.root, schema.COORD_GUIDANCE, (len(st.info.guidance),), group=name)
+                labels[...] = np.array(st.info.guidance, dtype=str)
+                coords = {kind.key: self._create(kind, (st.n_calls,), None, None, {"group": name})
+                          for kind in schema.CALL_COORDS}
+                group = st.groups[name] = GroupCoords(coords)
+                if st.n_calls:  # a group added during the run: label the calls before it too
+                    group.write(st.table, st.n_calls)
+            group.members.append(arr)
 
     def _put(self, task: Callable[[], None], size: int = 0) -> None:
         self._raise_if_failed()
