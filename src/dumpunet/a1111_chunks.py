@@ -22,9 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dumpunet.a1111_networks import extract_networks
 from dumpunet.a1111_prompts import Piece, parse_emphasis, prompt_schedule
 
-__all__ = ["CHUNK", "Chunk", "a1111_summary", "explain_a1111", "split_chunks", "token_labels", "tokenize_chunks"]
+__all__ = ["CHUNK", "Chunk", "a1111_summary", "expand_embeddings", "explain_a1111", "split_chunks", "token_labels",
+           "tokenize_chunks"]
 
 CHUNK = 75
 """Prompt tokens per chunk; with its start and end token a chunk is 77 tokens."""
@@ -95,9 +97,40 @@ def split_chunks(
     return chunks
 
 
+def expand_embeddings(tokenizer: Any, text: str) -> str:
+    """Spell out the extra tokens of multi-vector textual-inversion embeddings in ``text``.
+
+    diffusers loads an embedding of ``n`` vectors as the tokens ``name``, ``name_1``, ...
+    ``name_{n-1}`` and rewrites ``name`` in a prompt into all of them before tokenizing
+    (``TextualInversionLoaderMixin.maybe_convert_prompt``); this is the same rewrite, so a
+    prompt read A1111's way gives the encoder every vector too.
+
+    Examples
+    --------
+    >>> class Tok:
+    ...     added_tokens_encoder = {"emb": 100, "emb_1": 101}
+    ...     def tokenize(self, text):
+    ...         return text.split()
+    >>> expand_embeddings(Tok(), "a emb girl")
+    'a emb emb_1 girl'
+    """
+    added = getattr(tokenizer, "added_tokens_encoder", None) or {}
+    if not any(f"{token}_1" in added for token in added):
+        return text
+    for token in set(tokenizer.tokenize(text)):
+        if token in added:
+            replacement, i = token, 1
+            while f"{token}_{i}" in added:
+                replacement += f" {token}_{i}"
+                i += 1
+            text = text.replace(token, replacement)
+    return text
+
+
 def tokenize_chunks(tokenizer: Any, pieces: Sequence[Piece]) -> list[Chunk]:
     """Tokenize ``pieces`` with a CLIP tokenizer (transformers') and lay them out in chunks."""
-    tokenized = tokenizer([p.text for p in pieces], truncation=False, add_special_tokens=False)["input_ids"]
+    texts = [expand_embeddings(tokenizer, p.text) for p in pieces]
+    tokenized = tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
     comma = tokenizer.get_vocab().get(",</w>")
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
     return split_chunks(pieces, tokenized, bos=bos, eos=eos, pad=pad, comma=comma)
@@ -117,7 +150,8 @@ def explain_a1111(prompt: str, steps: int, *, emphasis: str = "original", tokeni
     >>> ex["schedule"][1]["pieces"][1]
     {'text': 'cute', 'weight': 1.2, 'break': False}
     """
-    schedule = prompt_schedule(prompt, steps)
+    networks = extract_networks(prompt)
+    schedule = prompt_schedule(networks.text, steps)
     notes = list(schedule.notes)
     entries = []
     for end, text in schedule.entries:
@@ -139,7 +173,8 @@ def explain_a1111(prompt: str, steps: int, *, emphasis: str = "original", tokeni
                 for c in chunks
             ]
         entries.append(entry)
-    return {"prompt": prompt, "steps": steps, "emphasis": emphasis, "schedule": entries, "notes": notes}
+    return {"prompt": prompt, "steps": steps, "emphasis": emphasis, "loras": [t.to_json() for t in networks.loras],
+            "schedule": entries, "notes": notes}
 
 
 def token_labels(tokenizer: Any, chunks: Sequence[Chunk]) -> list[dict[str, Any]]:
@@ -190,5 +225,8 @@ def a1111_summary(explained: dict[str, Any]) -> str | None:
     if len(explained["schedule"]) > 1:
         ends = ", ".join(str(e["until_step"]) for e in explained["schedule"])
         parts.append(f"{len(explained['schedule'])} schedule entries (steps {ends})")
+    for lora in explained.get("loras", []):
+        te, unet = lora["te_weight"], lora["unet_weight"]
+        parts.append(f"LoRA {lora['name']} weight {te:g}" + (f" (U-Net {unet:g})" if unet != te else ""))
     parts += list(explained["notes"])
     return "; ".join(parts) or None
