@@ -233,3 +233,18 @@ def test_bad_embeddings_are_one_line(tmp_path):
     torch.save({"string_to_param": {"*": datetime.date(2020, 1, 1)}}, evil)
     assert refused(tmp_path, "--embedding", str(evil)).startswith(f"Error: embedding {evil} holds Python objects")
     assert refused(tmp_path, "--embedding", str(tmp_path / "no.pt")) == f"Error: no embedding file at {tmp_path / 'no.pt'}\n"
+
+
+def test_the_python_api_records_what_apply_networks_loaded(tmp_path, files):
+    from dumpunet.recorder.networks import apply_networks, parse_lora_option
+
+    emb = a1111_embedding(tmp_path / "sparkle.pt", embedding_vectors(32, 2))
+    pipe = build_tiny_pipeline("tiny-sd1")
+    pipe.set_progress_bar_config(disable=True)
+    info = apply_networks(pipe, loras=[parse_lora_option(f"{files['kohya']}:0.5")], embeddings=[str(emb)])
+    with dumpunet.record(pipe, tmp_path / "api.zarr", blocks="M00", attention=None, model_info=info, progress=False):
+        pipe("a sparkle girl", num_inference_steps=1, height=64, width=64)
+    model = dumpunet.open(tmp_path / "api.zarr").info.model
+    assert [(x["name"], x["te_weight"], x["unet_weight"]) for x in model["loras"]] == [("pinkhair", 0.5, 0.5)]
+    assert [(x["name"], x["vectors"]) for x in model["embeddings"]] == [("sparkle", 2)]
+    assert pipe.get_list_adapters() == {"unet": ["pinkhair"], "text_encoder": ["pinkhair"]}

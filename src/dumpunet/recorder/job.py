@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dumpunet.a1111_chunks import expand_embeddings
 from dumpunet.errors import RecordError
 from dumpunet.recorder.a1111_run import a1111_conditioning, uses_a1111
 from dumpunet.recorder.blocks import unet_blocks
@@ -178,6 +179,7 @@ def check_budget(req: RecordRequest, est: Estimate) -> None:
 
 def _encoded(pipe: Any, text: str) -> schema.TokenRow:
     tok = pipe.tokenizer
+    text = expand_embeddings(tok, text)  # as the pipeline's encode_prompt reads a multi-vector embedding
     return token_row(tok, tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids)
 
 
