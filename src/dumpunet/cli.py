@@ -260,9 +260,11 @@ def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_pa
         from dumpunet.store import open_store
 
         layout = BlockLayout.from_block_table(str(store_path), open_store(store_path).block_table)
+    result = explain_prompts(prompt, negative, layout=layout)  # a syntax error names the prompt it is in
     for text in (prompt, negative):  # a <lora:...> tag inside a per-block group is refused, as by record
         check_outside_groups(text, [(g.start, g.end) for g in parse_layer_prompt(text).groups])
-    result = explain_prompts(extract_networks(prompt).text, extract_networks(negative).text, layout=layout)
+    if extract_networks(prompt).loras or extract_networks(negative).loras:
+        result = explain_prompts(extract_networks(prompt).text, extract_networks(negative).text, layout=layout)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if steps < 1:

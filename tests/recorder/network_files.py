@@ -8,6 +8,7 @@ a file made for tiny-sdxl does not fit tiny-sd1, as a real SDXL LoRA does not fi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,28 @@ def _te_path(name: str) -> str:
     return name if name.startswith("text_model.") else "text_model." + name
 
 
-def kohya_lora(pipe: Any, path: Path, *, seed: int = 0, metadata: dict[str, str] | None = None) -> Path:
-    """Write a kohya-format LoRA for ``pipe``'s U-Net attention and text encoder attention."""
+def _sgm(name: str, layers_per_block: int) -> str:
+    """The original (SGM) U-Net name of a diffusers attention module, as kohya writes SDXL LoRAs."""
+    per = layers_per_block + 1  # each down block: its layers, then a downsampler
+    if m := re.match(r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", name):
+        return f"input_blocks.{1 + per * int(m[1]) + int(m[2])}.1.{m[3]}"
+    if m := re.match(r"mid_block\.attentions\.0\.(.*)", name):
+        return f"middle_block.1.{m[1]}"
+    if m := re.match(r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", name):
+        return f"output_blocks.{per * int(m[1]) + int(m[2])}.1.{m[3]}"
+    raise ValueError(name)
+
+
+def kohya_lora(pipe: Any, path: Path, *, seed: int = 0, sgm: bool = False, metadata: dict[str, str] | None = None) -> Path:
+    """Write a kohya-format LoRA for ``pipe``'s U-Net attention and text encoder attention.
+
+    ``sgm=True`` names U-Net modules the original way (``input_blocks_4_1_...``), as kohya's SDXL
+    LoRAs do; otherwise by diffusers' names (``down_blocks_1_attentions_0_...``), as its SD1 ones.
+    """
     gen = torch.Generator().manual_seed(seed)
     sd: dict[str, torch.Tensor] = {}
     for name, m in _linears(pipe.unet, UNET_TARGETS):
+        name = _sgm(name, pipe.unet.config.layers_per_block) if sgm else name
         key = "lora_unet_" + name.replace(".", "_")
         sd[f"{key}.lora_down.weight"], sd[f"{key}.lora_up.weight"] = _pair(m, gen)
         sd[f"{key}.alpha"] = torch.tensor(float(RANK) / 2)

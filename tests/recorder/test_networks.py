@@ -43,7 +43,7 @@ def files(tmp_path_factory):
         "dir": loras,
         "kohya": kohya_lora(sd1, loras / "pinkhair.safetensors", metadata={"ss_network_dim": "4"}),
         "peft": peft_lora(sd1, loras / "sub" / "style.safetensors"),
-        "sdxl": kohya_lora(sdxl, root / "xl_style.safetensors"),
+        "sdxl": kohya_lora(sdxl, root / "xl_style.safetensors", sgm=True),
     }
 
 
@@ -148,7 +148,7 @@ def test_bad_lora_input_is_one_line_and_writes_nothing(tmp_path, files):
     msg = refused(tmp_path, "--lora", str(evil))
     assert msg.startswith(f"Error: LoRA {evil} holds Python objects besides tensors"), msg
     assert refused(tmp_path, "--lora", str(files["kohya"]), "--prompt", "<lora:pinkhair:0.5>",
-                   "--lora-dir", str(files["dir"])).startswith("Error: LoRA 'pinkhair' is given twice")
+                   "--lora-dir", str(files["dir"])).startswith("Error: LoRA 'pinkhair' is given twice, differently")
 
 
 def test_a_tag_inside_a_per_block_group_is_refused_and_one_outside_works(tmp_path, files):
@@ -201,6 +201,12 @@ def test_a_multi_vector_embedding_takes_one_token_per_vector_also_in_a1111_synta
     store = record(tmp_path, "emb", "--prompt", "a [trio] girl", "--embedding", str(emb), "--blocks", "none")
     row = store.run().info.tokens["cond"][0]
     assert row.tokens[:7] == ("<|startoftext|>", "a</w>", "trio", "trio_1", "trio_2", "girl</w>", "<|endoftext|>")
+    # at a chunk's end the embedding moves whole into the next chunk, as in A1111
+    long = record(tmp_path, "long", "--prompt", "girl " * 73 + "trio", "--embedding", str(emb), "--blocks", "none",
+                  "--attention", "none")
+    row = long.run().info.tokens["cond"][0]
+    assert row.tokens[73:77] == ("girl</w>", "<|endoftext|>", "<|endoftext|>", "<|endoftext|>")
+    assert row.tokens[77:82] == ("<|startoftext|>", "trio", "trio_1", "trio_2", "<|endoftext|>")
 
 
 def test_an_sdxl_embedding_fills_both_encoders(tmp_path):
@@ -248,3 +254,13 @@ def test_the_python_api_records_what_apply_networks_loaded(tmp_path, files):
     assert [(x["name"], x["te_weight"], x["unet_weight"]) for x in model["loras"]] == [("pinkhair", 0.5, 0.5)]
     assert [(x["name"], x["vectors"]) for x in model["embeddings"]] == [("sparkle", 2)]
     assert pipe.get_list_adapters() == {"unet": ["pinkhair"], "text_encoder": ["pinkhair"]}
+
+
+def test_a_lora_named_twice_alike_loads_once(files):
+    from dumpunet.a1111_networks import extract_networks
+    from dumpunet.recorder.networks import resolve_loras
+
+    tags = extract_networks("<lora:pinkhair:0.5> a girl <lora:style>").loras
+    uses = resolve_loras([f"{files['kohya']}:0.5"], tags, files["dir"])
+    assert [(u.name, u.te_weight, u.path, u.source) for u in uses] == [
+        ("pinkhair", 0.5, files["kohya"], "--lora"), ("style", 1.0, files["peft"], "<lora:style>")]

@@ -86,7 +86,11 @@ def find_loras(lora_dir: Path) -> dict[str, Path]:
 
 
 def resolve_loras(options: Sequence[str], tags: Sequence[LoraTag], lora_dir: Path | None) -> list[LoraUse]:
-    """The LoRAs of ``--lora`` options and prompt tags, each file checked to exist; no name twice."""
+    """The LoRAs of ``--lora`` options and prompt tags, each file checked to exist.
+
+    A LoRA named again with the same file and weights (the prompt and ``--base`` of a pair) is
+    loaded once; with another file or weight it is refused.
+    """
     uses = [parse_lora_option(text) for text in options]
     if tags:
         if lora_dir is None:
@@ -103,10 +107,13 @@ def resolve_loras(options: Sequence[str], tags: Sequence[LoraTag], lora_dir: Pat
             raise RecordError(f"no LoRA file at {use.path}")
         if use.path.suffix.lower() not in LORA_SUFFIXES:
             raise RecordError(f"LoRA {use.path} is not a {'/'.join(LORA_SUFFIXES)} file")
-        if use.name in seen:
-            raise RecordError(f"LoRA {use.name!r} is given twice ({seen[use.name].source} and {use.source}); give it once")
-        seen[use.name] = use
-    return uses
+        first = seen.get(use.name)
+        if first is None:
+            seen[use.name] = use
+        elif (first.path.resolve(), first.te_weight, first.unet_weight) != (use.path.resolve(), use.te_weight, use.unet_weight):
+            # one pipeline serves every run (--pair, --base): a LoRA has one weight in all of them
+            raise RecordError(f"LoRA {use.name!r} is given twice, differently ({first.source} and {use.source}); give it once")
+    return list(seen.values())
 
 
 # ----------------------------------------------------------------------------- files
