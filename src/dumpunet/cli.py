@@ -73,6 +73,12 @@ _GENERATION_OPTIONS = [
                   show_default=True, help="A1111 emphasis mode for (word:1.2) weights; none reads brackets as text."),
     click.option("--clip-skip", default=1, show_default=True, type=int,
                   help="A1111 clip skip: read the text encoder's Nth layer from the end (1 = last)."),
+    click.option("--lora", "loras", multiple=True, metavar="FILE[:WEIGHT]",
+                  help="Load a LoRA (.safetensors, or .pt/.ckpt read weights-only) with this weight (default 1); repeatable."),
+    click.option("--lora-dir", type=PATH, default=None,
+                  help="Folder where prompt tags <lora:NAME:WEIGHT> find NAME.safetensors (A1111's models/Lora)."),
+    click.option("--embedding", "embeddings", multiple=True, type=PATH,
+                  help="Textual-inversion embedding file; its file name (without extension) is the prompt token; repeatable."),
     click.option("--sampler", default="Euler a", show_default=True, help="A1111 sampler name, e.g. 'DPM++ 2M Karras'."),
     click.option("--cfg", default=7.0, show_default=True, type=float, help="Classifier-free guidance scale (<= 1 turns it off)."),
     click.option("--seed", default=-1, show_default=True, type=int, help="Seed; image i of a batch uses seed+i; -1 = random."),
@@ -244,6 +250,7 @@ def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_pa
     dumpunet explain "a (~: IN00-OUT11: cute; M00: excellent :~) girl"
     """
     from dumpunet.a1111_chunks import a1111_summary, explain_a1111
+    from dumpunet.a1111_networks import check_outside_groups, extract_networks
     from dumpunet.layouts import BlockLayout, builtin_layout
     from dumpunet.prompts import explain as explain_prompts
     from dumpunet.prompts import parse_layer_prompt
@@ -256,7 +263,11 @@ def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_pa
         from dumpunet.store import open_store
 
         layout = BlockLayout.from_block_table(str(store_path), open_store(store_path).block_table)
-    result = explain_prompts(prompt, negative, layout=layout)
+    result = explain_prompts(prompt, negative, layout=layout)  # a syntax error names the prompt it is in
+    for text in (prompt, negative):  # a <lora:...> tag inside a per-block group is refused, as by record
+        check_outside_groups(text, [(g.start, g.end) for g in parse_layer_prompt(text).groups])
+    if extract_networks(prompt).loras or extract_networks(negative).loras:
+        result = explain_prompts(extract_networks(prompt).text, extract_networks(negative).text, layout=layout)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if steps < 1:

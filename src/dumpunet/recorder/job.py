@@ -15,11 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from dumpunet.a1111_chunks import expand_embeddings
 from dumpunet.errors import RecordError
 from dumpunet.recorder.a1111_run import a1111_conditioning, uses_a1111
 from dumpunet.recorder.blocks import unet_blocks
 from dumpunet.recorder.conditioning import BlockConditioning
 from dumpunet.recorder.models import load_pipeline
+from dumpunet.recorder.networks import apply_networks, resolve_loras
 from dumpunet.recorder.plan import RecordingPlan, Selection, token_length, token_row
 from dumpunet.recorder.recorder import Recorder, open_writer
 from dumpunet.recorder.request import RecordRequest, RunPrompts, check, resolve_seed, run_prompts, swept_blocks
@@ -104,12 +106,22 @@ LARGE_BYTES = 10 * 1000**3
 
 
 def prepare(req: RecordRequest) -> Job:
-    """Check the request against the disk, draw its seed, load the pipeline with its sampler, check every spec."""
+    """Check the request against the disk, draw its seed, load the pipeline with its sampler, LoRAs and embeddings.
+
+    The job's request has the ``<lora:...>`` tags cut out of its prompts; the model attributes
+    record the LoRAs and embeddings.
+    """
     check(req)
     req = resolve_seed(req)
+    loras = resolve_loras(req.loras, req.network_tags(), req.lora_dir)  # files found before the model loads
+    missing = [str(p) for p in req.embeddings if not Path(p).is_file()]
+    if missing:
+        raise RecordError(f"no embedding file at {missing[0]}")
+    req = req.without_networks()
     device = req.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe, model_info = load_pipeline(req.model, img2img=req.init_image is not None, device=device, config=req.config,
                                      prediction_type=req.prediction_type)
+    model_info = {**model_info, **apply_networks(pipe, loras=loras, embeddings=[Path(p) for p in req.embeddings])}
     pipe.scheduler = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed)
     job = Job(req, pipe, model_info)
     Selection.of(pipe.unet, req.record_options(), what="--blocks")
@@ -168,6 +180,7 @@ def check_budget(req: RecordRequest, est: Estimate) -> None:
 
 def _encoded(pipe: Any, text: str) -> schema.TokenRow:
     tok = pipe.tokenizer
+    text = expand_embeddings(tok, text)  # as the pipeline's encode_prompt reads a multi-vector embedding
     return token_row(tok, tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids)
 
 

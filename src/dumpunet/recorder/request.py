@@ -13,12 +13,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dumpunet.a1111_networks import LoraTag, check_outside_groups, extract_networks
 from dumpunet.a1111_prompts import EMPHASIS_MODES
 from dumpunet.errors import OptionError, RecordError
 from dumpunet.prompts import parse_layer_prompt
 from dumpunet.recorder.a1111_encode import A1111Options
 from dumpunet.recorder.attention_layers import AttentionOptions
 from dumpunet.recorder.checkpoints import PREDICTION_TYPES
+from dumpunet.recorder.networks import parse_lora_option
 from dumpunet.recorder.plan import RecordOptions
 from dumpunet.specs import parse_blocks, parse_ints
 from dumpunet.store import schema
@@ -88,6 +90,9 @@ class RecordRequest:
     strength: float = 0.6
     emphasis: str = "original"  # A1111's Emphasis mode
     clip_skip: int = 1  # A1111's Clip skip (1 = last layer)
+    loras: tuple[str, ...] = ()  # --lora FILE[:WEIGHT]
+    lora_dir: Path | None = None  # where <lora:NAME:WEIGHT> tags find NAME.safetensors (A1111's models/Lora)
+    embeddings: tuple[Path, ...] = ()  # textual-inversion files, each the token of its file stem
     overwrite: bool = False
     quiet: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -130,7 +135,15 @@ class RecordRequest:
         if self.self_attention_steps.strip():
             parse_ints(self.self_attention_steps, 1, self.executed_steps, noun="step", what="--self-attention-steps")
         self.attention_options()
+        for name in ("loras", "embeddings"):
+            if isinstance(getattr(self, name), (str, Path)):
+                raise OptionError(f"{name} takes a list of files, got one {getattr(self, name)!r}")
+        for text in self.loras:
+            parse_lora_option(text)
         positive, negative = parse_layer_prompt(self.prompt), parse_layer_prompt(self.negative_prompt)
+        for text, parsed in ((self.prompt, positive), (self.negative_prompt, negative)):
+            check_outside_groups(text, [(g.start, g.end) for g in parsed.groups])
+        self.network_tags()
         if self.pair and self.base is None and not (positive.has_groups or negative.has_groups):
             raise OptionError(
                 "--pair needs a layer-prompt group like 'a (~: M00: excellent :~) girl' in --prompt or "
@@ -183,6 +196,19 @@ class RecordRequest:
             query_region=region,  # type: ignore[arg-type]
             query_stride=self.query_stride,
         )
+
+    def network_tags(self) -> tuple[LoraTag, ...]:
+        """The ``<lora:NAME:WEIGHT>`` tags of the prompt, negative prompt and ``--base``, in that order."""
+        texts = [self.prompt, self.negative_prompt, *([self.base] if self.base is not None else [])]
+        return tuple(tag for text in texts for tag in extract_networks(text).loras)
+
+    def without_networks(self) -> RecordRequest:
+        """The request with every extra-network tag cut out of its prompts (the text the encoder reads)."""
+        if not self.network_tags():
+            return self
+        return replace(self, prompt=extract_networks(self.prompt).text,
+                       negative_prompt=extract_networks(self.negative_prompt).text,
+                       base=extract_networks(self.base).text if self.base is not None else None)
 
     def a1111_options(self) -> A1111Options:
         """How prompts are read where A1111 syntax is used: emphasis mode and clip skip."""

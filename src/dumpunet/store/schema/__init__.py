@@ -41,6 +41,7 @@ from dumpunet.store.schema.attrs import (
     TokenRow,
     check_name,
 )
+from dumpunet.store.schema.networks import EMBEDDINGS_KEY, LORAS_KEY, NetworkFile, model_networks
 
 __all__ = [
     *_arrays_all,
@@ -48,4 +49,5 @@ __all__ = [
     "coordinates_attr", "data_group", "table_key",
     "GUIDANCE_LABELS", "HEADER_KEY", "NAME_PATTERN", "STORE_KIND", "ArrayAttrs", "BlockInfo", "Header",
     "LayerAttrs", "PairInfo", "RootAttrs", "RunAttrs", "TokenRow", "check_name",
+    "EMBEDDINGS_KEY", "LORAS_KEY", "NetworkFile", "model_networks",
 ]
