@@ -149,6 +149,19 @@ def _one_map(store: Store, pick: Pick) -> tuple[Run, int, str]:
     return r, images[0], pick.guidance
 
 
+def by_resolution(run: Run, layers: Sequence[str]) -> dict[tuple[int, int], list[str]]:
+    """The ``layers`` grouped by the size ``(h, w)`` of their maps, in order of first appearance.
+
+    The one grouping of layers by resolution: heatmaps sum each group before upsampling it once,
+    ``attention --aggregate resolution`` averages each group (no resampling).
+    """
+    groups: dict[tuple[int, int], list[str]] = {}
+    for layer in layers:
+        h, w = run.layer_info(layer).layer_hw
+        groups.setdefault((int(h), int(w)), []).append(layer)
+    return groups
+
+
 def _aggregate(
     store: Store,
     r: Run,
@@ -169,12 +182,12 @@ def _aggregate(
     size = (int(r.info.height or 0), int(r.info.width or 0))
     step_list = store.select_steps(steps, run=r.name)
     sums: dict[tuple[int, int], np.ndarray] = {}
-    for layer in layers:
-        hw = tuple(r.layer_info(layer).layer_hw)
-        acc = sums.setdefault(hw, np.zeros(hw, np.float64))
-        reduce = pick(layer)
-        for step in step_list:
-            acc += reduce(r.attention(layer, step, guidance=guidance, image=image)).reshape(hw)
+    for hw, group in by_resolution(r, layers).items():
+        acc = sums[hw] = np.zeros(hw, np.float64)
+        for layer in group:
+            reduce = pick(layer)
+            for step in step_list:
+                acc += reduce(r.attention(layer, step, guidance=guidance, image=image)).reshape(hw)
     out = np.zeros(size, np.float32)
     for m in sums.values():
         out += _upsample(m, size)
