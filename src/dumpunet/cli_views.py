@@ -67,8 +67,8 @@ OPTIONS = {o.name: o for o in [
                flag_value=True),
     OptionSpec("colormap", "Colour map of the heatmap (perceptual; its colour bar is drawn below).",
                default=DEFAULT_COLORMAP, choices=COLORMAPS),
-    OptionSpec("plain_overlay", "The bare overlay, as the viewer shows it: no title strip or colour bar.", default=False,
-               flag_value=True, flag="--plain"),
+    OptionSpec("plain_overlay", "The bare overlay, as the viewer shows it: no title strip, colour bar or query marker.",
+               default=False, flag_value=True, flag="--plain"),
     OptionSpec("plain_grid", "The grid with its head and token headers only: no title strip or colour bar.",
                default=False, flag_value=True, flag="--plain"),
     OptionSpec("aggregate", "Instead of one grid per layer: per map size (SD1: 64x64 ... 8x8), the cross-attention "
@@ -279,7 +279,8 @@ def heatmap(store: Path, word: str | None, merge: bool, query: str | None, color
     """Overlay where a word acts (or where a pixel looks) on the final image, DAAM-style.
 
     Each PNG has the word in a title strip and a colour bar (the summed attention's range);
-    beside it the map in [0, 1] as float32 .npy of the same name. --plain: the bare overlay.
+    beside it the map in [0, 1] as float32 .npy of the same name. A --query map marks the
+    query pixel with a cross-hair. --plain: the bare overlay.
     On a pair or sweep store a line on stderr names the run and prompt used (--run picks one);
     the manifest records both.
 
