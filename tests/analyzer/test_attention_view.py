@@ -418,3 +418,20 @@ def test_aggregate_per_resolution_is_the_mean_over_its_layers_and_heads(tmp_path
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "cli").glob("res*-step001-*-qk-aggregate-*.png"))) == 4  # 2 sizes x 2 halves
     assert len(list((tmp_path / "cli").glob("res*.npy"))) == 4
+
+
+def test_self_attention_grid_marks_the_query_pixel_on_every_tile_unless_plain(store, tmp_path):
+    from dumpunet.analyzer.heatmap import mark_point
+
+    pick = Pick(blocks="IN01.attn1", steps="1")
+    (plain,) = render_attention(store, pick, out=tmp_path / "p", query=(0.9, 0.1), scale=8, plain=True, progress=False)
+    (labelled,) = render_attention(store, pick, out=tmp_path / "l", query=(0.9, 0.1), scale=8, progress=False)
+    assert labelled.params["marker"] == [3, 0] and "marker" not in plain.params  # stored cols 1,3, rows 0,2
+    bare = np.asarray(Image.open(plain.path))
+    want = bare.copy()
+    gh = HEADS * 33 - 1  # 2 heads of 32-pixel tiles, 1-pixel gap
+    grid = want[-gh:, -32:]
+    for h in range(HEADS):
+        grid[h * 33 : h * 33 + 32] = mark_point(grid[h * 33 : h * 33 + 32], 3 * 8 + 4, 0 * 8 + 4)
+    img = np.asarray(Image.open(labelled.path))
+    assert not np.array_equal(want, bare) and _find(img, want) and not _find(img, bare)

@@ -15,7 +15,8 @@ original's behaviour: every tile stretched to its own min/max), ``block`` the wh
 image and guidance half), ``run`` everything selected.
 
 Self-attention layers (``OUT11.attn1``) show, per head, where the stored query pixel nearest to
-``query`` (x, y as fractions of the image) attends. ``feature="k"`` shows each head's keys
+``query`` (x, y as fractions of the image) attends; a labelled grid marks that pixel on every tile
+with heatmap's cross-hair (the manifest's ``marker``, in map pixels). ``feature="k"`` shows each head's keys
 (rows = tokens, columns = head dims); ``feature="vqk"`` each head's output channels.
 
 ``average`` reduces the heads to one map, as the original's "averaged map" did, with its
@@ -52,7 +53,7 @@ from dumpunet.analyzer.color.colorize import colorize
 from dumpunet.analyzer.color.spec import ATTENTION_COLOR, ColorSpec
 from dumpunet.analyzer.grid import tile
 from dumpunet.analyzer.grid_labels import bar_info, bar_range, colour_bar, frame, number
-from dumpunet.analyzer.heatmap import by_resolution, check_point, nearest_query
+from dumpunet.analyzer.heatmap import by_resolution, check_point, mark_point, nearest_query
 from dumpunet.analyzer.labels import paste, text_image
 from dumpunet.analyzer.output import OutputFolder, WrittenFile, name_part, text_part
 from dumpunet.analyzer.pick import Pick
@@ -270,7 +271,11 @@ def render_attention(
             k = scale or max(1, min(16, math.ceil(ATTENTION_TILE_TARGET / max(1, min(h, w)))))
             minmax = ranges.minmax(maps, step=item.step, image=item.image, guidance=item.guidance, rows=rows)
             pixels = colorize(maps, color, minmax=minmax)
-            grid = _framed(tile(pixels, cols, rows, scale=k), rows, cols, (h * k, w * k), row_labels, col_labels)
+            tiles = tile(pixels, cols, rows, scale=k)
+            marker = _query_marker(r, item, feature, query) if not plain else None
+            if marker is not None:  # every tile marks the query pixel it shows
+                _mark_tiles(tiles, rows, cols, (h, w), k, marker)
+            grid = _framed(tiles, rows, cols, (h * k, w * k), row_labels, col_labels)
             avg = f"-{average_label(average)}" if average is not None else ("-aggregate" if item.layers else "")
             stem = f"{name_part(item.layer, 'layer')}-step{item.step:03d}-img{item.image}-{item.guidance}{which}-{feature}{avg}"
             entry = {
@@ -281,6 +286,8 @@ def render_attention(
             }
             if item.layers:
                 entry.update(resolution=[h, w], layers=list(item.layers))
+            if marker is not None:
+                entry["marker"] = list(marker)
             if ranges.shared:
                 entry["range"] = json_range(minmax)
             elif ranges.per_row:  # one [min, max] per row, in row order
@@ -298,6 +305,25 @@ def render_attention(
                     "shape": list(maps.shape)}))
             bar.update(1)
     return written
+
+
+def _query_marker(r: Run, item: _Item, feature: str, query: Sequence[float] | None) -> tuple[int, int] | None:
+    """The (x, y) map pixel of a self-attention grid's query (the stored one nearest ``query``); None for others."""
+    if query is None or item.layers or feature != "qk":
+        return None
+    info = r.layer_info(item.layer, feature)
+    return None if info.cross_attention else nearest_query(info, query)[1]
+
+
+def _mark_tiles(tiles: np.ndarray, rows: int, cols: int, hw: tuple[int, int], k: int, point: tuple[int, int]) -> None:
+    """Draw heatmap's cross-hair (:func:`~dumpunet.analyzer.heatmap.mark_point`) at map pixel ``point``
+    on every tile of a tiled grid (tiles ``hw`` enlarged ``k`` times, 1-pixel gaps), in place."""
+    th, tw = hw[0] * k, hw[1] * k
+    x, y = point[0] * k + k // 2, point[1] * k + k // 2
+    for r in range(rows):
+        for c in range(cols):
+            y0, x0 = r * (th + 1), c * (tw + 1)
+            tiles[y0 : y0 + th, x0 : x0 + tw] = mark_point(tiles[y0 : y0 + th, x0 : x0 + tw], x, y)
 
 
 def _title(st: Store, r: Run, item: _Item, feature: str, average: str | None, k: int, color: ColorSpec) -> list[str]:

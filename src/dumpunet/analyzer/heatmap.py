@@ -220,10 +220,10 @@ def query_pixel(point: Sequence[float], size: tuple[int, int]) -> tuple[int, int
 
 
 def mark_point(picture: np.ndarray, x: int, y: int) -> np.ndarray:
-    """A copy of an uint8 RGB picture with a cross-hair at pixel ``(x, y)``: four white arms from
+    """A copy of an uint8 picture (RGB or gray) with a cross-hair at pixel ``(x, y)``: four white arms from
     2 to ``max(4, min(h, w) // 16)`` pixels off the point, outlined in black, so the marker shows
     on any colour while the pixel and its 3x3 neighbourhood stay as they are. Query maps mark
-    their query pixel with it.
+    their query pixel with it (and attention's self-attention grids, on each tile).
     """
     out = picture.copy()
     h, w = out.shape[:2]
