@@ -67,8 +67,13 @@ OPTIONS = {o.name: o for o in [
                flag_value=True),
     OptionSpec("colormap", "Colour map of the heatmap (perceptual; its colour bar is drawn below).",
                default=DEFAULT_COLORMAP, choices=COLORMAPS),
-    OptionSpec("plain_overlay", "The bare overlay, as the viewer shows it: no title strip or colour bar.", default=False,
-               flag_value=True, flag="--plain"),
+    OptionSpec("plain_overlay", "The bare overlay, as the viewer shows it: no title strip, colour bar or query marker.",
+               default=False, flag_value=True, flag="--plain"),
+    OptionSpec("plain_grid", "The grid with its head and token headers only: no title strip or colour bar.",
+               default=False, flag_value=True, flag="--plain"),
+    OptionSpec("aggregate", "Instead of one grid per layer: per map size (SD1: 64x64 ... 8x8), the cross-attention "
+               "layers of that size averaged over heads and layers (no resampling), one row of token maps "
+               "(prompt-to-prompt's aggregate), with the maps as .npy.", choices=("resolution",)),
     OptionSpec("alpha", "Opacity of the heatmap.", default=0.5, type=float, minimum=0, maximum=1),
     OptionSpec("animate", "Instead of one file per step: one animation over the selected steps per block, image "
                "and guidance half (png: lossless animated PNG, each frame the single-step render; gif: 256 colours "
@@ -239,25 +244,28 @@ def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: P
 @click.command()
 @click.argument("store", type=PATH)
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
-@with_options(_options("tokens", "feature", "query", "head_average"))
+@with_options(_options("tokens", "feature", "query", "head_average", "aggregate"))
 @with_options([_AUTO_SCALE])
 @with_options(value_options(ColorSpec, defaults=ATTENTION_COLOR, choices=_NO_PCA))
-@with_options(_options(*_WRITTEN))
+@with_options(_options("plain_grid", *_WRITTEN))
 def attention(store: Path, tokens: str, feature: str, query: str | None, head_average: str | None,
-              scale: int | None, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
+              aggregate: str | None, scale: int | None, plain_grid: bool, out: Path, quiet: bool, as_json: bool,
+              **opts: Any) -> None:
     """Render heads x tokens grids of attention maps: which token each head looks at.
 
-    Without --scale, tiles are enlarged to at least 32 pixels on a side.
+    Without --scale, tiles are enlarged to at least 32 pixels on a side. Grids get a title
+    strip (with the colour scope and its ranges) and a colour bar; --plain leaves them out.
 
     \b
     dumpunet attention girl.zarr --layers IN04-OUT08 --steps 1,5,10 --tokens "pink,hair" --out attn/
     dumpunet attention girl.zarr --layers IN04.attn2 --average 2-norm --out attn/
+    dumpunet attention girl.zarr --steps 20 --aggregate resolution --out attn-p2p/
     """
     from dumpunet.analyzer.attention_grids import render_attention
 
     files = render_attention(store, take(Pick, opts), take(ColorSpec, opts), out=out, tokens=tokens, feature=feature,
-                             query=_point(query), scale=scale, average=head_average,
-                             progress=not quiet)
+                             query=_point(query), scale=scale, average=head_average, aggregate=aggregate,
+                             plain=plain_grid, progress=not quiet)
     _echo_written(files, out, "PNG file", as_json)
 
 
@@ -271,7 +279,8 @@ def heatmap(store: Path, word: str | None, merge: bool, query: str | None, color
     """Overlay where a word acts (or where a pixel looks) on the final image, DAAM-style.
 
     Each PNG has the word in a title strip and a colour bar (the summed attention's range);
-    beside it the map in [0, 1] as float32 .npy of the same name. --plain: the bare overlay.
+    beside it the map in [0, 1] as float32 .npy of the same name. A --query map marks the
+    query pixel with a cross-hair. --plain: the bare overlay.
     On a pair or sweep store a line on stderr names the run and prompt used (--run picks one);
     the manifest records both.
 

@@ -43,7 +43,7 @@ from dumpunet.analyzer.color.spec import ColorSpec
 from dumpunet.analyzer.labels import text_box, text_image
 from dumpunet.analyzer.selection import DiffSelection, Selection, Slab
 
-__all__ = ["SIGMOID_SPAN", "bar_info", "bar_range", "frame", "label_grid", "number", "title_lines"]
+__all__ = ["SIGMOID_SPAN", "bar_info", "bar_range", "colour_bar", "frame", "label_grid", "number", "title_lines"]
 
 SIGMOID_SPAN = 4.0
 """A Sigmoid bar spans ``-offset +- SIGMOID_SPAN / |gain|``: sigmoid(4) = 0.982."""
@@ -145,6 +145,17 @@ def _bar(color: ColorSpec, rng: tuple[float, float] | None) -> np.ndarray:
     return np.repeat(row, BAR_HEIGHT, axis=0)
 
 
+def colour_bar(color: ColorSpec, rng: tuple[float, float] | None,
+               ends: tuple[str, str] = ("tile min", "tile max")) -> tuple[np.ndarray, str, str]:
+    """The colour bar :func:`frame` draws: its pixels and the texts of its two ends.
+
+    ``rng`` is :func:`bar_range`'s; None (one range per tile, or per head row) draws the colours
+    of each tile's (row's) own minimum to maximum, with ``ends`` written beside them.
+    """
+    lo, hi = ends if rng is None else (number(rng[0]), number(rng[1]))
+    return _bar(color, rng), lo, hi
+
+
 @lru_cache(maxsize=4096)
 def _tile_number(n: int) -> np.ndarray:
     """A tile's channel number (cached: a grid of 1280 tiles draws each number once per process)."""
@@ -175,9 +186,7 @@ def label_grid(
     """
     bar = None
     if not color.pca and bar_info(color, minmax) is not None:
-        rng = bar_range(color, minmax)
-        lo, hi = ("tile min", "tile max") if rng is None else (number(rng[0]), number(rng[1]))
-        bar = (_bar(color, rng), lo, hi)
+        bar = colour_bar(color, bar_range(color, minmax))
     canvas, top = frame(grid, lines=lines, bar=bar)
     if tiles is not None:
         ch, cw = cell

@@ -192,7 +192,7 @@ class ViewState:
                 return None  # the attention command draws every head
             tokens = ["--tokens", str(self.token)] if self.token >= 0 else []
             args = ["attention", path, "--layers", self.layer, "--steps", str(step), *tokens, *where, *run,
-                    *self.color_args()]
+                    *self.color_args(), "--plain"]  # the viewer shows the headed grid without title or colour bar
         elif self.view in ("heatmap", "query"):
             what = ["--word", str(self.token)] if self.view == "heatmap" else ["--query", f"{_text(self.qx)},{_text(self.qy)}"]
             layers = ["--layers", self.layers] if self.layers else []
