@@ -66,6 +66,9 @@ _GENERATION_OPTIONS = [
                   help="Single-file checkpoints: a diffusers folder whose configs replace the ones dumpunet ships."),
     click.option("--prediction-type", type=click.Choice(["epsilon", "v_prediction"]), default=None,
                   help="Single-file checkpoints: the parameterization, instead of the detected one (SD2 768-v: v_prediction)."),
+    click.option("--infotext", default=None,
+                  help="A1111 generation parameters: an image it saved (PNG/JPEG/WebP) or the pasted text; "
+                       "the options given here win."),
     click.option("--prompt", default="", help="Prompt text."),
     click.option("--negative-prompt", default="", help="Negative prompt (the unconditional half of cfg)."),
     click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps."),
@@ -80,6 +83,8 @@ _GENERATION_OPTIONS = [
     click.option("--embedding", "embeddings", multiple=True, type=PATH,
                   help="Textual-inversion embedding file; its file name (without extension) is the prompt token; repeatable."),
     click.option("--sampler", default="Euler a", show_default=True, help="A1111 sampler name, e.g. 'DPM++ 2M Karras'."),
+    click.option("--schedule", default="Automatic", show_default=True,
+                  help="A1111 schedule type: automatic, uniform, karras, exponential or beta (docs/samplers.md)."),
     click.option("--cfg", default=7.0, show_default=True, type=float, help="Classifier-free guidance scale (<= 1 turns it off)."),
     click.option("--seed", default=-1, show_default=True, type=int, help="Seed; image i of a batch uses seed+i; -1 = random."),
     click.option("--width", type=int, default=None, help="Image width (default: the model's)."),
@@ -158,8 +163,15 @@ def _record(opts: dict[str, Any]) -> None:
     from dumpunet.recorder import job as recording
 
     dry_run = opts.pop("dry_run")
+    info = _infotext(opts)
     req = recording.RecordRequest(**opts)
     job = recording.prepare(req)
+    if info is not None:
+        from dumpunet.infotext import model_hash_note
+
+        note = model_hash_note(info, job.model_info)
+        if note:
+            click.echo(note, err=True)
     est = recording.estimate(job)
     for line in est.lines():
         click.echo(line, err=True)
@@ -173,6 +185,23 @@ def _record(opts: dict[str, Any]) -> None:
         raise click.ClickException(_interrupted_message(req.out)) from None
     what = f"runs {', '.join(summary.runs)}" if len(summary.runs) > 1 else f"{summary.steps} steps"
     click.echo(f"recorded {summary.calls} U-Net calls ({what}, seed {summary.seed}) into {summary.out}", err=True)
+
+
+def _infotext(opts: dict[str, Any]) -> Any:
+    """Fill ``opts`` from --infotext where the user gave no option; warn once about the fields not used."""
+    source = opts.pop("infotext")
+    if source is None:
+        return None
+    from dumpunet.infotext import read_infotext
+
+    ctx = click.get_current_context()
+    given = {name for name in opts
+             if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}
+    info = read_infotext(source)
+    opts.update(info.request_fields(given=given))
+    if info.warning():
+        click.echo(f"warning: {info.warning()}", err=True)
+    return info
 
 
 def _interrupted_message(out: Path) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dumpunet.a1111_chunks import expand_embeddings
-from dumpunet.errors import RecordError
+from dumpunet.errors import OptionError, RecordError
 from dumpunet.recorder.a1111_run import a1111_conditioning, uses_a1111
 from dumpunet.recorder.blocks import unet_blocks
 from dumpunet.recorder.conditioning import BlockConditioning
@@ -25,7 +25,7 @@ from dumpunet.recorder.networks import apply_networks, resolve_loras
 from dumpunet.recorder.plan import RecordingPlan, Selection, token_length, token_row
 from dumpunet.recorder.recorder import Recorder, open_writer
 from dumpunet.recorder.request import RecordRequest, RunPrompts, check, resolve_seed, run_prompts, swept_blocks
-from dumpunet.recorder.samplers import make_scheduler
+from dumpunet.recorder.samplers import make_scheduler, resolve_sampler
 from dumpunet.store import schema
 
 __all__ = ["Estimate", "Job", "RecordRequest", "Summary", "check_budget", "estimate", "execute", "prepare"]
@@ -122,7 +122,11 @@ def prepare(req: RecordRequest) -> Job:
     pipe, model_info = load_pipeline(req.model, img2img=req.init_image is not None, device=device, config=req.config,
                                      prediction_type=req.prediction_type)
     model_info = {**model_info, **apply_networks(pipe, loras=loras, embeddings=[Path(p) for p in req.embeddings])}
-    pipe.scheduler = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed)
+    pipe.scheduler = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed, schedule=req.schedule)
+    try:  # e.g. LCM takes at most its original_inference_steps (50)
+        pipe.scheduler.set_timesteps(req.steps)
+    except ValueError as exc:
+        raise OptionError(f"sampler {req.sampler!r} with --steps {req.steps}: {' '.join(str(exc).split())}") from None
     job = Job(req, pipe, model_info)
     Selection.of(pipe.unet, req.record_options(), what="--blocks")
     run_prompts(req, *job.names, job.no_xattn)  # layer-prompt block specs
@@ -145,7 +149,7 @@ def estimate(job: Job) -> Estimate:
     plan = RecordingPlan.build(pipe.unet, req.record_options(), latent_hw=(h // sf, w // sf),
                                total_steps=req.executed_steps, n_images=req.batch_size, n_guidance=guidance,
                                n_tokens=token_length(pipe))
-    sched = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed)
+    sched = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed, schedule=req.schedule)
     sched.set_timesteps(req.steps)
     calls = max(1, round(len(plan.record_steps) * len(sched.timesteps) / req.steps))
     cross, own = plan.layer_bytes(calls, cross=True), plan.layer_bytes(calls, cross=False)
@@ -233,7 +237,7 @@ def _record_one(job: Job, writer: Any, run: RunPrompts, base_kwargs: dict[str, A
         negative_prompt=run.negative,
         seed=req.seed,
         seeds=tuple(req.seed + i for i in range(req.batch_size)),
-        sampler=req.sampler,
+        sampler=resolve_sampler(req.sampler, req.schedule).name,
         cfg=req.cfg,
         requested_steps=req.steps,
         init_image=str(req.init_image) if req.init_image else None,

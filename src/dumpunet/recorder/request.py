@@ -8,6 +8,7 @@ draws the seed of a request that asks for a random one, where the recording star
 from __future__ import annotations
 
 import math
+import os
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from dumpunet.recorder.attention_layers import AttentionOptions
 from dumpunet.recorder.checkpoints import PREDICTION_TYPES
 from dumpunet.recorder.networks import parse_lora_option
 from dumpunet.recorder.plan import RecordOptions
+from dumpunet.recorder.samplers import resolve_sampler
 from dumpunet.specs import parse_blocks, parse_ints
 from dumpunet.store import schema
 from dumpunet.store.target import StoreLock, check_target
@@ -62,6 +64,7 @@ class RecordRequest:
     negative_prompt: str = ""
     steps: int = 20
     sampler: str = "Euler a"
+    schedule: str = "Automatic"  # A1111's Schedule type (Karras, Exponential, ...) next to the sampler
     cfg: float = 7.0
     seed: int = -1  # -1: draw one when the recording starts (resolve_seed)
     width: int | None = None
@@ -105,6 +108,7 @@ class RecordRequest:
             from dumpunet.recorder.models import check_device
 
             check_device(self.device)
+        resolve_sampler(self.sampler, self.schedule)
         if self.dtype not in schema.RECORD_DTYPES:
             raise OptionError(f"--dtype must be one of {', '.join(schema.RECORD_DTYPES)}, got {self.dtype!r}")
         if self.strength == 0.0:
@@ -149,6 +153,23 @@ class RecordRequest:
                 "--pair needs a layer-prompt group like 'a (~: M00: excellent :~) girl' in --prompt or "
                 "--negative-prompt, or --base TEXT to compare against"
             )
+
+    @classmethod
+    def from_infotext(cls, source: str | os.PathLike[str], **options: Any) -> RecordRequest:
+        """The request for A1111 generation parameters (an image it saved, or the pasted text); ``options`` win.
+
+        :func:`dumpunet.infotext.read_infotext` reads the same source and names the fields left unused.
+
+        Examples
+        --------
+        >>> req = RecordRequest.from_infotext("a cat\\nSteps: 30, Sampler: DPM++ 2M, Schedule type: Karras, Seed: 7",
+        ...                                   out=Path("cat.zarr"), steps=4)
+        >>> req.prompt, req.steps, req.sampler, req.schedule, req.seed
+        ('a cat', 4, 'DPM++ 2M', 'Karras', 7)
+        """
+        from dumpunet.infotext import read_infotext
+
+        return cls(**{**read_infotext(source).request_fields(given=options), **options})
 
     def _check_ranges(self) -> None:
         """Refuse a numeric field that is not a number, not finite, or outside :data:`RANGES`."""
