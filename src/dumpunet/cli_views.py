@@ -38,6 +38,11 @@ OPTIONS = {o.name: o for o in [
     OptionSpec("out", "Output folder (made if missing; manifest.json beside the files lists them).", type=Path,
                required=True),
     OptionSpec("jobs", "Worker threads reading, colouring and encoding (default: all CPUs).", type=int, minimum=1),
+    OptionSpec("dask", "Draw and encode on dask: a LocalCluster of --jobs worker processes, or the cluster of "
+               "--scheduler. Workers read the stores by path; the files are the same.", default=False,
+               flag_value=True),
+    OptionSpec("scheduler", "With --dask (implied): the address of a running dask.distributed scheduler, "
+               "tcp://HOST:PORT, whose workers see the stores at the same paths; default: a LocalCluster."),
     OptionSpec("quiet", "No progress bar.", default=False, flag_value=True),
     OptionSpec("as_json", "Print the manifest entries of the written files as JSON.", default=False, flag_value=True,
                flag="--json"),
@@ -104,6 +109,11 @@ def _echo_written(files: list[Any], out: Path, noun: str, as_json: bool) -> None
         click.echo(f"wrote {len(files)} {noun}{plural} to {out} (parameters in manifest.json)", err=True)
 
 
+def _scheduler(dask: bool, scheduler: str | None) -> str | None:
+    """The library's ``scheduler``: None (the thread pool), ``"local"`` (--dask) or --scheduler's address."""
+    return scheduler if scheduler is not None else ("local" if dask else None)
+
+
 def _point(value: str | None) -> tuple[float, float] | None:
     if value is None:
         return None
@@ -119,10 +129,11 @@ def _point(value: str | None) -> tuple[float, float] | None:
 @with_options(value_options(Pick))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec, choices=_NO_HEAD))
-@with_options(_options("animate", "frame_ms", "mosaic", "jobs", "skip_damaged", "sweep", *_WRITTEN))
+@with_options(_options("animate", "frame_ms", "mosaic", "jobs", "dask", "scheduler", "skip_damaged", "sweep", *_WRITTEN))
 @click.pass_context
 def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, animate: str | None, frame_ms: int, mosaic: bool,
-           jobs: int | None, skip_damaged: bool, sweep: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
+           jobs: int | None, dask: bool, scheduler: str | None, skip_damaged: bool, sweep: bool, quiet: bool,
+           as_json: bool, **opts: Any) -> None:
     """Render block outputs as PNG grids (one tile per channel) plus a manifest.json.
 
     Grids are labelled (title, channel numbers, colour bar) and small maps enlarged;
@@ -136,6 +147,7 @@ def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, animate: str
     dumpunet render girl.zarr --blocks OUT11 --auto-scope run --animate png --out anim/
     dumpunet render girl.zarr --average mean --mosaic --out mosaic/
     dumpunet render sweep.zarr --sweep --out sheet/
+    dumpunet render runs/*.zarr --blocks OUT11 --dask --jobs 4 --out renders/
     """
     pick, style, color = take(Pick, opts), take(GridStyle, opts), take(ColorSpec, opts)
     sigterm_as_interrupt()  # so a killed render removes its temporary files and writes its manifest
@@ -145,7 +157,8 @@ def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, animate: str
     from dumpunet.analyzer.render import render as render_stores
 
     files = render_stores(list(stores), pick, color, style, out=out, jobs=jobs, progress=not quiet,
-                          skip_damaged=skip_damaged, animate=animate, mosaic=mosaic, frame_ms=frame_ms)
+                          skip_damaged=skip_damaged, animate=animate, mosaic=mosaic, frame_ms=frame_ms,
+                          scheduler=_scheduler(dask, scheduler))
     _echo_written(files, out, "GIF file" if animate == "gif" else "PNG file", as_json)
 
 

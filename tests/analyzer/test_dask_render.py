@@ -1,0 +1,83 @@
+"""render/export/diff --dask: the thread pool's files byte for byte, chunks read on the workers."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from synthetic_stores import make_store
+
+from dumpunet.analyzer.selection import Selection
+from dumpunet.cli import main
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two worker processes: a chunk read there is not a read in this (the client) process."""
+    with distributed.LocalCluster(processes=True, n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                                  dashboard_address=None) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dask-stores")
+    return [make_store(root / "a.zarr", n_images=2), make_store(root / "b.zarr", n_images=2, seed=5)]
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def run(args: list[str]) -> None:
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+def opened_on_workers(cluster) -> dict[str, int]:
+    """How many selections each worker process opened by path."""
+
+    def count():
+        from dumpunet.analyzer.dask_run import open_source
+
+        return open_source.cache_info().misses
+
+    with distributed.Client(cluster) as client:
+        return client.run(count)
+
+
+RENDER = ["--blocks", "IN00,OUT03-OUT11", "--steps", "5,20", "--images", "0-1", "--guidance", "both", "--quiet"]
+
+
+def test_render_on_dask_writes_the_thread_pools_files(cluster, stores, tmp_path, monkeypatch):
+    run(["render", *map(str, stores), *RENDER, "--out", str(tmp_path / "local")])
+    before = sum(opened_on_workers(cluster).values())
+    monkeypatch.setattr(Selection, "read", lambda self, slab: pytest.fail(f"the client read {slab.name}"))
+    run(["render", *map(str, stores), *RENDER, "--scheduler", cluster.scheduler_address, "--out",
+         str(tmp_path / "dask")])
+    local, dask = files_of(tmp_path / "local"), files_of(tmp_path / "dask")
+    assert sorted(dask) == sorted(local)
+    assert len(local) > 20
+    assert dask == local  # PNGs byte for byte, and the manifests
+    assert sum(opened_on_workers(cluster).values()) > before  # the workers opened the stores themselves
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", [["render", "{store}"], ["export", "{store}"], ["diff", "{store}"]])
+def test_a_scheduler_that_is_not_there_is_one_line_and_writes_nothing(stores, tmp_path, command):
+    out = tmp_path / "none"
+    args = [a.format(store=stores[0]) for a in command]
+    result = CliRunner().invoke(main, [*args, "--scheduler", f"tcp://127.0.0.1:{free_port()}", "--out", str(out)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: no dask scheduler answers at tcp://127.0.0.1:"), lines
+    assert not out.exists()
