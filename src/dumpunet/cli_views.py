@@ -181,10 +181,11 @@ def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, ou
 @click.command()
 @click.argument("store", type=PATH)
 @with_options(value_options(Pick))
-@with_options(_options("layers", "feature", "format", "skip_damaged", *_WRITTEN))
+@with_options(_options("layers", "feature", "format", "dask", "scheduler", "skip_damaged", *_WRITTEN))
 @click.pass_context
 def export(ctx: click.Context, store: Path, layers: str | None, feature: str, format: str,  # noqa: A002
-           skip_damaged: bool, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
+           dask: bool, scheduler: str | None, skip_damaged: bool, out: Path, quiet: bool, as_json: bool,
+           **opts: Any) -> None:
     """Export raw feature values as .bin (float32 per channel), .npy or .safetensors files.
 
     With --layers, attention layers instead: bin writes the original's Q*K dump, one file
@@ -193,6 +194,7 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
     \b
     dumpunet export girl.zarr --blocks OUT11 --steps 20 --format bin --out dump/
     dumpunet export girl.zarr --layers IN01.attn2 --steps 20 --format bin --out dump-attn/
+    dumpunet export girl.zarr --blocks OUT09-OUT11 --format npy --dask --out dump-npy/
     """
     pick = take(Pick, opts)
     sigterm_as_interrupt()
@@ -201,8 +203,11 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
             raise click.UsageError("--feature chooses what --layers exports; blocks have no attention feature")
         from dumpunet.analyzer.export import export as export_store
 
-        files = export_store(store, pick, out=out, format=format, progress=not quiet, skip_damaged=skip_damaged)
+        files = export_store(store, pick, out=out, format=format, progress=not quiet, skip_damaged=skip_damaged,
+                             scheduler=_scheduler(dask, scheduler))
     else:
+        if _scheduler(dask, scheduler) is not None:
+            raise click.UsageError("--dask exports block features; --layers (attention) runs in this process")
         if pick.blocks:
             raise click.UsageError("give --blocks (block features) or --layers (attention), not both")
         if skip_damaged:
@@ -221,9 +226,9 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
 @with_options(value_options(Pick, skip=("run",)))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec, defaults=DIFF_COLOR, choices=_NO_HEAD))
-@with_options(_options("export", "finals", "jobs", "skip_damaged", *_WRITTEN))
-def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: Path, jobs: int | None,
-         skip_damaged: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
+@with_options(_options("export", "finals", "jobs", "dask", "scheduler", "skip_damaged", *_WRITTEN))
+def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: Path, jobs: int | None, dask: bool,
+         scheduler: str | None, skip_damaged: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Show what a per-block prompt changed: layered - base of a pair, per block and step.
 
     Writes difference maps diff-<block>-step<NNN>-img<i>-<guidance>-...png (coloured like
@@ -245,7 +250,7 @@ def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: P
     pick, style, color = take(Pick, opts), take(GridStyle, opts), take(ColorSpec, opts)
     sigterm_as_interrupt()
     files = diff_pair(store, pick, color, style, out=out, pair=pair, finals=finals, export=export, jobs=jobs,
-                      progress=not quiet, skip_damaged=skip_damaged)
+                      progress=not quiet, skip_damaged=skip_damaged, scheduler=_scheduler(dask, scheduler))
     _echo_written(files, out, "file", as_json)
 
 

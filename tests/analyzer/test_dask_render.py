@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from synthetic_stores import make_store
+from synthetic_stores import make_paired_store, make_store
 
 from dumpunet.analyzer.selection import Selection
 from dumpunet.cli import main
@@ -26,7 +26,8 @@ def cluster():
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("dask-stores")
-    return [make_store(root / "a.zarr", n_images=2), make_store(root / "b.zarr", n_images=2, seed=5)]
+    return [make_store(root / "a.zarr", n_images=2), make_store(root / "b.zarr", n_images=2, seed=5),
+            make_paired_store(root / "pair.zarr", n_images=2)]
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
@@ -50,20 +51,35 @@ def opened_on_workers(cluster) -> dict[str, int]:
         return client.run(count)
 
 
-RENDER = ["--blocks", "IN00,OUT03-OUT11", "--steps", "5,20", "--images", "0-1", "--guidance", "both", "--quiet"]
+RENDER = ["--blocks", "IN00,OUT11", "--steps", "5,20", "--images", "0-1", "--guidance", "both", "--quiet"]
 
 
 def test_render_on_dask_writes_the_thread_pools_files(cluster, stores, tmp_path, monkeypatch):
-    run(["render", *map(str, stores), *RENDER, "--out", str(tmp_path / "local")])
+    run(["render", *map(str, stores[:2]), *RENDER, "--out", str(tmp_path / "local")])
     before = sum(opened_on_workers(cluster).values())
     monkeypatch.setattr(Selection, "read", lambda self, slab: pytest.fail(f"the client read {slab.name}"))
-    run(["render", *map(str, stores), *RENDER, "--scheduler", cluster.scheduler_address, "--out",
+    run(["render", *map(str, stores[:2]), *RENDER, "--scheduler", cluster.scheduler_address, "--out",
          str(tmp_path / "dask")])
     local, dask = files_of(tmp_path / "local"), files_of(tmp_path / "dask")
     assert sorted(dask) == sorted(local)
-    assert len(local) > 20
+    assert len(local) == 2 * (2 * 2 * 2 * 2 + 1)  # grids of two stores, and their manifests
     assert dask == local  # PNGs byte for byte, and the manifests
     assert sum(opened_on_workers(cluster).values()) > before  # the workers opened the stores themselves
+
+
+@pytest.mark.parametrize("command", [
+    ["export", "{a}", "--blocks", "IN00,OUT11", "--steps", "5,20", "--images", "0-1", "--guidance", "both"],
+    ["export", "{a}", "--blocks", "OUT09-OUT11", "--format", "npy", "--guidance", "both"],
+    ["diff", "{pair}", "--steps", "1,20", "--images", "0-1", "--export", "safetensors"],
+], ids=["export-bin", "export-npy", "diff"])
+def test_export_and_diff_on_dask_write_the_local_files(cluster, stores, tmp_path, monkeypatch, command):
+    args = [a.format(a=stores[0], pair=stores[2]) for a in command] + ["--quiet"]
+    run([*args, "--out", str(tmp_path / "local")])
+    monkeypatch.setattr(Selection, "read", lambda self, slab: pytest.fail(f"the client read {slab.name}"))
+    run([*args, "--scheduler", cluster.scheduler_address, "--out", str(tmp_path / "dask")])
+    local, dask = files_of(tmp_path / "local"), files_of(tmp_path / "dask")
+    assert len(local) > 3
+    assert dask == local
 
 
 def free_port() -> int:
@@ -72,10 +88,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("command", [["render", "{store}"], ["export", "{store}"], ["diff", "{store}"]])
+@pytest.mark.parametrize("command", [["render", "{a}"], ["export", "{a}"], ["diff", "{pair}"]])
 def test_a_scheduler_that_is_not_there_is_one_line_and_writes_nothing(stores, tmp_path, command):
     out = tmp_path / "none"
-    args = [a.format(store=stores[0]) for a in command]
+    args = [a.format(a=stores[0], pair=stores[2]) for a in command]
     result = CliRunner().invoke(main, [*args, "--scheduler", f"tcp://127.0.0.1:{free_port()}", "--out", str(out)])
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()

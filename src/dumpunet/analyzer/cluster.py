@@ -28,7 +28,7 @@ from typing import Any
 
 from dumpunet.errors import OptionError
 
-__all__ = ["ADDRESS_SCHEMES", "check_scheduler", "compute_kwargs", "dask_client"]
+__all__ = ["ADDRESS_SCHEMES", "check_scheduler", "compute_kwargs", "dask_client", "optional_client"]
 
 ADDRESS_SCHEMES = ("tcp://", "tls://", "inproc://")
 
@@ -74,3 +74,13 @@ def compute_kwargs(scheduler: str, jobs: int | None) -> Iterator[dict[str, Any]]
     check_scheduler(scheduler, also=("threads",))
     with dask_client(scheduler, jobs) as client:
         yield {"scheduler": client}
+
+
+@contextmanager
+def optional_client(scheduler: str | None, jobs: int | None) -> Iterator[Any]:
+    """None for ``scheduler=None`` (the local thread pool), else :func:`dask_client`'s client."""
+    if scheduler is None:
+        yield None
+        return
+    with dask_client(scheduler, jobs) as client:
+        yield client

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dumpunet.analyzer.pick import Pick
-from dumpunet.analyzer.selection import Selection, select, select_pair
+from dumpunet.analyzer.damage import Damage
+from dumpunet.analyzer.selection import Selection, Slab, select, select_pair
 from dumpunet.errors import DamagedChunkError
 
-__all__ = ["Source", "open_source", "run_on_dask", "worker_call"]
+__all__ = ["Source", "note_damage", "open_source", "run_on_dask", "worker_call"]
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -81,6 +82,15 @@ def worker_call(work: Callable[..., R], source: Source, *args: Any) -> R | Damag
         return work(open_source(source), *args)
     except DamagedChunkError as exc:
         return exc
+
+
+def note_damage(damage: Damage, slab: Slab, exc: DamagedChunkError) -> None:
+    """A worker's damaged chunk, on the client: raise it, or (skipping) warn and count it once."""
+
+    def again() -> None:
+        raise exc
+
+    damage.attempt(slab, again)
 
 
 def run_on_dask(

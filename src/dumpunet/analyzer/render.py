@@ -26,7 +26,6 @@ thread-safe, kernel calls take turns behind a lock while encoding stays parallel
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
@@ -37,7 +36,7 @@ import numpy as np
 from dumpunet.analyzer import pca
 from dumpunet.analyzer.color.colorize import colorize
 from dumpunet.analyzer.color.spec import ColorSpec
-from dumpunet.analyzer.cluster import dask_client
+from dumpunet.analyzer.cluster import optional_client
 from dumpunet.analyzer.damage import Damage
 from dumpunet.analyzer.dask_run import Source
 from dumpunet.analyzer.grid import grid_size, tile
@@ -220,8 +219,7 @@ def render(
     targets = [Target(sel, OutputFolder(f), AutoRanges(color), Source(str(sel.store.path.resolve()), pick))
                for sel, f in zip(sels, folders(sels, out))]
     total = sum(len(sel) for sel in sels) * len(style.drawn())
-    with ExitStack() as cluster, progress_bar(total, progress, unit="png", desc="render") as bar:
-        client = cluster.enter_context(dask_client(scheduler, jobs)) if scheduler is not None else None
+    with optional_client(scheduler, jobs) as client, progress_bar(total, progress, unit="png", desc="render") as bar:
         tasks, basis = plan_grids(targets, color, style, status=bar.set_description, damage=damage)
         bar.update(total - len(tasks))  # skipped by the Auto first pass
         with ExitStack() as stack:
@@ -258,7 +256,7 @@ def write_grids(
     damage = damage or Damage()
     done: list[WrittenFile | None] = []
     if client is not None:
-        from dumpunet.analyzer.dask_run import run_on_dask
+        from dumpunet.analyzer.dask_run import note_damage, run_on_dask
 
         shared = client.scatter(basis, broadcast=True) if basis is not None else None
         if any(task.target.source is None for task in tasks):
@@ -270,7 +268,7 @@ def write_grids(
 
         def finish(task: GridTask, result: Any) -> WrittenFile | None:
             if isinstance(result, DamagedChunkError):
-                damage.attempt(task.slab, functools.partial(_raise, result))
+                note_damage(damage, task.slab, result)
                 return None
             return task.target.output.write(task.name, *result)
 
@@ -286,10 +284,6 @@ def write_grids(
 
     run_parallel(tasks, work, jobs=jobs, done=done, on_done=on_done)
     return [f for f in done if f is not None]
-
-
-def _raise(exc: BaseException) -> Any:
-    raise exc
 
 
 def grid_png(
