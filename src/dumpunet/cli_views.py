@@ -37,7 +37,8 @@ __all__ = ["COMMANDS", "OPTIONS"]
 OPTIONS = {o.name: o for o in [
     OptionSpec("out", "Output folder (made if missing; manifest.json beside the files lists them).", type=Path,
                required=True),
-    OptionSpec("jobs", "Worker threads reading, colouring and encoding (default: all CPUs).", type=int, minimum=1),
+    OptionSpec("jobs", "Worker threads reading, colouring and encoding; with --dask, LocalCluster worker processes "
+               "(default: all CPUs).", type=int, minimum=1),
     OptionSpec("dask", "Draw and encode on dask: a LocalCluster of --jobs worker processes, or the cluster of "
                "--scheduler. Workers read the stores by path; the files are the same.", default=False,
                flag_value=True),

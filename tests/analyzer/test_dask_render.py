@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -97,3 +98,12 @@ def test_a_scheduler_that_is_not_there_is_one_line_and_writes_nothing(stores, tm
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: no dask scheduler answers at tcp://127.0.0.1:"), lines
     assert not out.exists()
+
+
+def test_dask_without_scheduler_starts_a_local_cluster_of_jobs_workers(stores, tmp_path):
+    args = ["render", str(stores[1]), "--blocks", "OUT11", "--steps", "20", "--images", "0", "--quiet"]
+    run([*args, "--out", str(tmp_path / "local")])
+    result = CliRunner().invoke(main, [*args, "--dask", "--jobs", "1", "--json", "--out", str(tmp_path / "dask")])
+    assert result.exit_code == 0, result.output
+    assert [e["file"] for e in json.loads(result.stdout)] == ["OUT11-step020-img0-cond-hsl-auto01.png"]
+    assert files_of(tmp_path / "dask") == files_of(tmp_path / "local")

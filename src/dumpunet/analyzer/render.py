@@ -21,7 +21,9 @@ How the work runs: a pool of ``jobs`` threads each takes one file at a time: rea
 the colorize and tile kernels (numba, without the GIL, one thread each), encode the PNG (deflate
 is most of the time and also runs without the GIL) and write it. So every core stays busy and
 throughput scales with cores. On numba's ``workqueue`` threading layer, which is not
-thread-safe, kernel calls take turns behind a lock while encoding stays parallel.
+thread-safe, kernel calls take turns behind a lock while encoding stays parallel. With
+``scheduler`` the same per-file work (:func:`grid_png`) runs on dask workers instead, which open
+the stores by path; this process writes what they send back (:mod:`.dask_run`).
 """
 
 from __future__ import annotations
@@ -260,7 +262,7 @@ def write_grids(
 
         shared = client.scatter(basis, broadcast=True) if basis is not None else None
         if any(task.target.source is None for task in tasks):
-            raise OptionError("rendering on dask needs stores given by path (workers open them), not Store objects")
+            raise OptionError("a dask render needs each target's source (how a worker opens its store)")
 
         def call(task: GridTask) -> tuple[Any, ...]:
             t = task.target
