@@ -14,10 +14,11 @@ before anything is computed or written.
 
 Examples
 --------
->>> with dask_client("tcp://127.0.0.1:1", None) as client:  # doctest: +SKIP
-...     pass
+>>> check_scheduler("tcp://10.0.0.5:8786")
+'tcp://10.0.0.5:8786'
+>>> check_scheduler("sched", also=("threads",))
 Traceback (most recent call last):
-dumpunet.errors.OptionError: no dask scheduler answers at tcp://127.0.0.1:1 (OSError)
+dumpunet.errors.OptionError: unknown scheduler 'sched' (valid: threads, local, or an address tcp://HOST:PORT)
 """
 
 from __future__ import annotations
