@@ -107,3 +107,22 @@ def test_dask_without_scheduler_starts_a_local_cluster_of_jobs_workers(stores, t
     assert result.exit_code == 0, result.output
     assert [e["file"] for e in json.loads(result.stdout)] == ["OUT11-step020-img0-cond-hsl-auto01.png"]
     assert files_of(tmp_path / "dask") == files_of(tmp_path / "local")
+
+
+def test_skip_damaged_on_dask_skips_and_warns_as_the_thread_pool(cluster, stores, tmp_path):
+    import shutil
+
+    store = shutil.copytree(stores[1], tmp_path / "damaged.zarr")
+    chunks = sorted(p for p in (store / "runs/main/blocks/OUT11/output").rglob("c*") if p.is_file())
+    chunks[-1].unlink()  # the last recorded step of OUT11: a chunk that is missing
+    args = ["render", str(store), "--blocks", "OUT09-OUT11", "--steps", "10,20", "--guidance", "both",
+            "--skip-damaged", "--quiet"]
+    results = {}
+    for kind, extra in {"local": [], "dask": ["--scheduler", cluster.scheduler_address]}.items():
+        result = CliRunner().invoke(main, [*args, *extra, "--out", str(tmp_path / kind)])
+        assert result.exit_code == 0, result.output
+        results[kind] = sorted(line for line in result.stderr.splitlines() if line.startswith("warning: skipped"))
+    assert results["dask"] == results["local"] and len(results["local"]) >= 1
+    local = files_of(tmp_path / "local")
+    assert files_of(tmp_path / "dask") == local
+    assert len(local) == 3 * 2 * 2 * 2 + 1 - len(results["local"])  # the grids less the skipped ones, and the manifest
