@@ -126,3 +126,20 @@ def test_skip_damaged_on_dask_skips_and_warns_as_the_thread_pool(cluster, stores
     local = files_of(tmp_path / "local")
     assert files_of(tmp_path / "dask") == local
     assert len(local) == 3 * 2 * 2 * 2 + 1 - len(results["local"])  # the grids less the skipped ones, and the manifest
+
+
+def test_a_store_recorded_again_at_the_same_path_is_a_new_source(tmp_path):
+    import os
+
+    from dumpunet.analyzer.dask_run import Source, open_source
+    from dumpunet.analyzer.pick import Pick
+    from dumpunet.store import open_store
+
+    path = make_store(tmp_path / "again.zarr")
+    first = Source.of(open_store(path), Pick(blocks="OUT11"))
+    assert open_source(first) is open_source(first)  # opened once per process
+    st = os.stat(path / "zarr.json")
+    os.utime(path / "zarr.json", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # as a new recording leaves it
+    again = Source.of(open_store(path), Pick(blocks="OUT11"))
+    assert again != first and again.path == first.path == str(path.resolve())
+    assert open_source(again) is not open_source(first)

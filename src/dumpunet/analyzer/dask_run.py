@@ -24,6 +24,7 @@ it, so the warnings and the count are the local path's.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.damage import Damage
 from dumpunet.analyzer.selection import Selection, Slab, select, select_pair
 from dumpunet.errors import DamagedChunkError
+from dumpunet.store import Store
 
 __all__ = ["Source", "note_damage", "open_source", "run_on_dask", "worker_call"]
 
@@ -48,6 +50,19 @@ class Source:
     pick: Pick
     pair: str | None = None
     diff: bool = False
+    stamp: int | None = None
+    """The root document's modification time when the client planned: a store recorded again at the
+    same path is a new source, so a long-lived worker does not draw from the one it opened before."""
+
+    @classmethod
+    def of(cls, store: Store, pick: Pick, *, pair: str | None = None, diff: bool = False) -> Source:
+        """The source of a selection of ``store``: its absolute path (workers may start elsewhere)."""
+        path = store.path.resolve()
+        try:
+            stamp: int | None = os.stat(path / "zarr.json").st_mtime_ns
+        except OSError:
+            stamp = None
+        return cls(str(path), pick, pair, diff, stamp)
 
 
 @functools.lru_cache(maxsize=64)

@@ -140,7 +140,7 @@ def diff(
     st = store if isinstance(store, Store) else open_store(store)
     sel = select_pair(st, pick, pair=pair)
     pictures = final_images(sel) if finals else {}
-    source = Source(str(st.path.resolve()), pick, pair=pair, diff=True)
+    source = Source.of(st, pick, pair=pair, diff=True)
     target = Target(sel, OutputFolder(out), AutoRanges(color), source)
     with optional_client(scheduler, jobs) as client, \
             progress_bar(len(sel) * len(style.drawn()), progress, unit="png", desc="render") as bar:

@@ -88,7 +88,7 @@ def export(
     damage = Damage(skip_damaged)
     sel = select(store if isinstance(store, Store) else open_store(store), pick)
     output = OutputFolder(out)
-    source = Source(str(sel.store.path.resolve()), pick)
+    source = Source.of(sel.store, pick)
     with optional_client(scheduler, jobs) as client, \
             progress_bar(len(sel.steps) * len(sel.blocks), progress, unit="map", desc="export") as bar, output:
         files = write_tensors(sel, output, format, on_done=lambda: bar.update(1), damage=damage, client=client,

@@ -218,7 +218,7 @@ def render(
     if scheduler is not None and (animate is not None or mosaic):
         raise OptionError("--animate and --mosaic run in this process; drop --dask/--scheduler for them")
     check_folder(out)
-    targets = [Target(sel, OutputFolder(f), AutoRanges(color), Source(str(sel.store.path.resolve()), pick))
+    targets = [Target(sel, OutputFolder(f), AutoRanges(color), Source.of(sel.store, pick))
                for sel, f in zip(sels, folders(sels, out))]
     total = sum(len(sel) for sel in sels) * len(style.drawn())
     with optional_client(scheduler, jobs) as client, progress_bar(total, progress, unit="png", desc="render") as bar:
