@@ -37,7 +37,13 @@ __all__ = ["COMMANDS", "OPTIONS"]
 OPTIONS = {o.name: o for o in [
     OptionSpec("out", "Output folder (made if missing; manifest.json beside the files lists them).", type=Path,
                required=True),
-    OptionSpec("jobs", "Worker threads reading, colouring and encoding (default: all CPUs).", type=int, minimum=1),
+    OptionSpec("jobs", "Worker threads reading, colouring and encoding; with --dask, LocalCluster worker processes "
+               "(default: all CPUs).", type=int, minimum=1),
+    OptionSpec("dask", "Draw and encode on dask: a LocalCluster of --jobs worker processes, or the cluster of "
+               "--scheduler. Workers read the stores by path; the files are the same.", default=False,
+               flag_value=True),
+    OptionSpec("scheduler", "With --dask (implied): the address of a running dask.distributed scheduler, "
+               "tcp://HOST:PORT, whose workers see the stores at the same paths; default: a LocalCluster."),
     OptionSpec("quiet", "No progress bar.", default=False, flag_value=True),
     OptionSpec("as_json", "Print the manifest entries of the written files as JSON.", default=False, flag_value=True,
                flag="--json"),
@@ -109,6 +115,11 @@ def _echo_written(files: list[Any], out: Path, noun: str, as_json: bool) -> None
         click.echo(f"wrote {len(files)} {noun}{plural} to {out} (parameters in manifest.json)", err=True)
 
 
+def _scheduler(dask: bool, scheduler: str | None) -> str | None:
+    """The library's ``scheduler``: None (the thread pool), ``"local"`` (--dask) or --scheduler's address."""
+    return scheduler if scheduler is not None else ("local" if dask else None)
+
+
 def _point(value: str | None) -> tuple[float, float] | None:
     if value is None:
         return None
@@ -124,10 +135,11 @@ def _point(value: str | None) -> tuple[float, float] | None:
 @with_options(value_options(Pick))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec, choices=_NO_HEAD))
-@with_options(_options("animate", "frame_ms", "mosaic", "jobs", "skip_damaged", "sweep", *_WRITTEN))
+@with_options(_options("animate", "frame_ms", "mosaic", "jobs", "dask", "scheduler", "skip_damaged", "sweep", *_WRITTEN))
 @click.pass_context
 def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, animate: str | None, frame_ms: int, mosaic: bool,
-           jobs: int | None, skip_damaged: bool, sweep: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
+           jobs: int | None, dask: bool, scheduler: str | None, skip_damaged: bool, sweep: bool, quiet: bool,
+           as_json: bool, **opts: Any) -> None:
     """Render block outputs as PNG grids (one tile per channel) plus a manifest.json.
 
     Grids are labelled (title, channel numbers, colour bar) and small maps enlarged;
@@ -141,6 +153,7 @@ def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, animate: str
     dumpunet render girl.zarr --blocks OUT11 --auto-scope run --animate png --out anim/
     dumpunet render girl.zarr --average mean --mosaic --out mosaic/
     dumpunet render sweep.zarr --sweep --out sheet/
+    dumpunet render runs/*.zarr --blocks OUT11 --dask --jobs 4 --out renders/
     """
     pick, style, color = take(Pick, opts), take(GridStyle, opts), take(ColorSpec, opts)
     sigterm_as_interrupt()  # so a killed render removes its temporary files and writes its manifest
@@ -150,7 +163,8 @@ def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, animate: str
     from dumpunet.analyzer.render import render as render_stores
 
     files = render_stores(list(stores), pick, color, style, out=out, jobs=jobs, progress=not quiet,
-                          skip_damaged=skip_damaged, animate=animate, mosaic=mosaic, frame_ms=frame_ms)
+                          skip_damaged=skip_damaged, animate=animate, mosaic=mosaic, frame_ms=frame_ms,
+                          scheduler=_scheduler(dask, scheduler))
     _echo_written(files, out, "GIF file" if animate == "gif" else "PNG file", as_json)
 
 
@@ -173,10 +187,11 @@ def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, ou
 @click.command()
 @click.argument("store", type=PATH)
 @with_options(value_options(Pick))
-@with_options(_options("layers", "feature", "format", "skip_damaged", *_WRITTEN))
+@with_options(_options("layers", "feature", "format", "dask", "scheduler", "skip_damaged", *_WRITTEN))
 @click.pass_context
 def export(ctx: click.Context, store: Path, layers: str | None, feature: str, format: str,  # noqa: A002
-           skip_damaged: bool, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
+           dask: bool, scheduler: str | None, skip_damaged: bool, out: Path, quiet: bool, as_json: bool,
+           **opts: Any) -> None:
     """Export raw feature values as .bin (float32 per channel), .npy or .safetensors files.
 
     With --layers, attention layers instead: bin writes the original's Q*K dump, one file
@@ -185,6 +200,7 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
     \b
     dumpunet export girl.zarr --blocks OUT11 --steps 20 --format bin --out dump/
     dumpunet export girl.zarr --layers IN01.attn2 --steps 20 --format bin --out dump-attn/
+    dumpunet export girl.zarr --blocks OUT09-OUT11 --format npy --dask --out dump-npy/
     """
     pick = take(Pick, opts)
     sigterm_as_interrupt()
@@ -193,8 +209,11 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
             raise click.UsageError("--feature chooses what --layers exports; blocks have no attention feature")
         from dumpunet.analyzer.export import export as export_store
 
-        files = export_store(store, pick, out=out, format=format, progress=not quiet, skip_damaged=skip_damaged)
+        files = export_store(store, pick, out=out, format=format, progress=not quiet, skip_damaged=skip_damaged,
+                             scheduler=_scheduler(dask, scheduler))
     else:
+        if _scheduler(dask, scheduler) is not None:
+            raise click.UsageError("--dask exports block features; --layers (attention) runs in this process")
         if pick.blocks:
             raise click.UsageError("give --blocks (block features) or --layers (attention), not both")
         if skip_damaged:
@@ -213,9 +232,9 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
 @with_options(value_options(Pick, skip=("run",)))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec, defaults=DIFF_COLOR, choices=_NO_HEAD))
-@with_options(_options("export", "finals", "jobs", "skip_damaged", *_WRITTEN))
-def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: Path, jobs: int | None,
-         skip_damaged: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
+@with_options(_options("export", "finals", "jobs", "dask", "scheduler", "skip_damaged", *_WRITTEN))
+def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: Path, jobs: int | None, dask: bool,
+         scheduler: str | None, skip_damaged: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Show what a per-block prompt changed: layered - base of a pair, per block and step.
 
     Writes difference maps diff-<block>-step<NNN>-img<i>-<guidance>-...png (coloured like
@@ -237,7 +256,7 @@ def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: P
     pick, style, color = take(Pick, opts), take(GridStyle, opts), take(ColorSpec, opts)
     sigterm_as_interrupt()
     files = diff_pair(store, pick, color, style, out=out, pair=pair, finals=finals, export=export, jobs=jobs,
-                      progress=not quiet, skip_damaged=skip_damaged)
+                      progress=not quiet, skip_damaged=skip_damaged, scheduler=_scheduler(dask, scheduler))
     _echo_written(files, out, "file", as_json)
 
 

@@ -41,6 +41,7 @@ import numpy as np
 from dumpunet.analyzer import pca
 from dumpunet.analyzer.color.spec import ColorSpec
 from dumpunet.analyzer.damage import Damage
+from dumpunet.analyzer.dask_run import Source
 from dumpunet.analyzer.grid import grid_shape, grid_size
 from dumpunet.analyzer.output import OutputFolder, name_part, output_path
 from dumpunet.analyzer.reduce import average_label, channel_average
@@ -59,6 +60,8 @@ class Target:
     sel: Selection
     output: OutputFolder
     ranges: AutoRanges
+    source: Source | None = None
+    """How a dask worker opens ``sel`` by itself (:mod:`.dask_run`); None: local work only."""
 
 
 @dataclass(frozen=True)

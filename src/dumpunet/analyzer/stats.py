@@ -30,12 +30,12 @@ import csv
 import io
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dumpunet.analyzer.cluster import compute_kwargs
 from dumpunet.analyzer.output import OutputFolder, WrittenFile
 from dumpunet.analyzer.pick import Pick
 from dumpunet.errors import OptionError, SelectionError
@@ -102,30 +102,6 @@ def _attention_results(ds: Any) -> dict[str, Any]:
     return out
 
 
-@contextmanager
-def _scheduler(scheduler: str, jobs: int | None) -> Iterator[dict[str, Any]]:
-    """Keyword arguments of ``dask.compute`` for ``scheduler`` (see the module), cluster closed afterwards."""
-    if scheduler == "threads":
-        yield {"scheduler": "threads", **({"num_workers": jobs} if jobs else {})}
-        return
-    from distributed import Client, LocalCluster
-
-    if scheduler == "local":
-        n = jobs or os.cpu_count() or 1
-        with LocalCluster(n_workers=n, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster, \
-                Client(cluster) as client:
-            yield {"scheduler": client}
-        return
-    if not scheduler.startswith(("tcp://", "tls://", "inproc://")):
-        raise OptionError(f"unknown scheduler {scheduler!r} (valid: threads, local, or an address tcp://HOST:PORT)")
-    try:
-        client = Client(scheduler, timeout="5s")
-    except (OSError, TimeoutError) as exc:
-        raise OptionError(f"no dask scheduler answers at {scheduler} ({type(exc).__name__})") from None
-    with client:
-        yield {"scheduler": client}
-
-
 def block_stats(sources: Sequence[str | os.PathLike[str]], pick: Pick, *, layers: str | None = None,
                 scheduler: str = "threads", jobs: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The rows of the block table and of the attention table (empty without ``layers``), computed on dask.
@@ -153,7 +129,7 @@ def block_stats(sources: Sequence[str | os.PathLike[str]], pick: Pick, *, layers
         narrow = {d: v for d, v in _selection(ds, store, pick).items() if ds[d].values.tolist() != v}
         ds = ds.sel(narrow) if narrow else ds  # each .sel is a graph operation per variable: only where it narrows
         lazy.append((store, ds, _block_results(ds), _attention_results(ds) if layers is not None else {}))
-    with _scheduler(scheduler, jobs) as how:
+    with compute_kwargs(scheduler, jobs) as how:
         (computed,) = dask.compute([(b, a) for *_, b, a in lazy], **how)
     blocks: list[dict[str, Any]] = []
     attention: list[dict[str, Any]] = []
