@@ -5,12 +5,18 @@ Array API, whose per-file overhead a recording cannot spare (docs/benchmarks.md)
 documents come from :func:`dumpunet.store.schema.array_document` and are replaced atomically;
 chunk files of uncompressed arrays are their little-endian bytes, written in place (a chunk
 interrupted mid-write belongs to a call whose ``call_done`` was never set, so nothing reads it).
+
+Each chunk file asks the kernel to start writing it back at once (``posix_fadvise`` DONTNEED,
+which starts write-back of dirty pages without waiting for it): the kernel's own write-back
+starts only when 10 % of memory is dirty, so without it a recording of a few GB left the whole
+store in the page cache and paid for the disk only at the end, serially (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,23 +61,29 @@ class CallArray:
             path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def write_slab(self, k: int, slab: np.ndarray) -> None:
+    def write_slab(self, k: int, slab: np.ndarray, *, eager: bool = True) -> None:
         """Store call ``k``'s ``[guidance, image, ...]`` slab: one chunk file per (image, guidance)."""
+        for job in self.slab_files(k, slab, eager=eager):
+            job()
+
+    def slab_files(self, k: int, slab: np.ndarray, *, eager: bool = True) -> list[Callable[[], None]]:
+        """The writes that store call ``k``'s slab, one per chunk file, in any order or thread."""
         ax = self.kind.axis
         want = (self.shape[ax("guidance")], self.shape[ax("image")], *self.shape[ax("guidance") + 1 :])
         if tuple(slab.shape) != want:
             raise ValueError(f"{self.path}: slab of shape {tuple(slab.shape)}, expected {want} ([guidance, image, ...])")
         x = np.asarray(slab, dtype=self.dtype)
         if not self.raw:  # compressed or sharded (benchmark variants): zarr encodes it
-            arr = zarr.open_array(self.dir, mode="r+", zarr_format=3)
-            arr[k] = np.swapaxes(x, 0, 1)
-            return
+            def encoded() -> None:
+                arr = zarr.open_array(self.dir, mode="r+", zarr_format=3)
+                arr[k] = np.swapaxes(x, 0, 1)
+
+            return [encoded]
         tail = (0,) * (x.ndim - 2)
-        for g in range(x.shape[0]):
-            for i in range(x.shape[1]):
-                # in place, not atomic: call_done is set only after every chunk of the call is written
-                with open(self.chunk_file((k, i, g, *tail)), "wb") as fh:
-                    fh.write(np.ascontiguousarray(x[g, i]).data)
+        return [
+            _chunk_writer(self.chunk_file((k, i, g, *tail)), x[g, i], eager)
+            for g in range(x.shape[0]) for i in range(x.shape[1])
+        ]
 
     def write_table_tail(self, values: list[Any]) -> None:
         """Rewrite the last chunk of a 1-D call table (atomically: it holds earlier calls too)."""
@@ -81,6 +93,30 @@ class CallArray:
         part = values[c * size :]
         chunk[: len(part)] = part
         write_atomic(self.chunk_file((c,)), chunk.tobytes())
+
+
+def _chunk_writer(path: Path, data: np.ndarray, eager: bool) -> Callable[[], None]:
+    def write() -> None:
+        # in place, not atomic: call_done is set only after every chunk of the call is written
+        view = memoryview(np.ascontiguousarray(data)).cast("B")
+        with open(path, "wb", buffering=0) as fh:  # unbuffered: one write() of the whole chunk
+            while view:
+                view = view[fh.write(view):]
+            if eager and _FADVISE:
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+    return write
+
+
+_FADVISE = hasattr(os, "posix_fadvise")
+
+Runner = Callable[[Iterable[Callable[[], None]]], None]
+"""Runs a call's chunk writes and returns once all are done (in this thread, or a pool's)."""
+
+
+def run_here(jobs: Iterable[Callable[[], None]]) -> None:
+    for job in jobs:
+        job()
 
 
 @dataclass
@@ -94,8 +130,12 @@ class RunFiles:
 
 
 def write_call(st: RunFiles, k: int, values: Mapping[str, Any], data: Mapping[tuple[str, str], np.ndarray],
-                grow_calls: int) -> None:
-    """Write call ``k``: its call-table row (not done), every slab, then ``call_done`` = 1 last."""
+                grow_calls: int, *, run: Runner = run_here, eager: bool = True) -> None:
+    """Write call ``k``: its call-table row (not done), every slab, then ``call_done`` = 1 last.
+
+    ``run`` runs the chunk writes (a thread pool's may run them at once); ``eager`` starts each
+    chunk file's write-back to the disk as soon as it is written.
+    """
     unknown = data.keys() - st.arrays.keys()
     if unknown:
         raise KeyError(f"no array was created for {sorted(unknown)}")
@@ -105,11 +145,13 @@ def write_call(st: RunFiles, k: int, values: Mapping[str, Any], data: Mapping[tu
         arr = st.calls[kind.key]
         arr.write_table_tail(table)
         arr.resize(k + 1)
+    jobs: list[Callable[[], None]] = []
     for key, arr in st.arrays.items():
         if arr.shape[0] <= k:
             arr.resize(-(-(k + 1) // grow_calls) * grow_calls)
         if key in data:
-            arr.write_slab(k, data[key])
+            jobs += arr.slab_files(k, data[key], eager=eager)
+    run(jobs)
     done = st.table[schema.CALL_DONE.key]
     done[-1] = 1
     st.calls[schema.CALL_DONE.key].write_table_tail(done)
