@@ -88,3 +88,13 @@ def _with_defaults(init, kw):
 
 def _files(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_timestep_can_come_as_a_callable_the_writer_resolves(tmp_path):
+    w = _writer(tmp_path / "s.zarr")
+    resolved = []
+    w.submit_call("main", step=1, substep=0, timestep=lambda: resolved.append(1) or 875.5, slabs=_slabs(1))
+    w.finish_run("main")
+    w.close()
+    assert resolved == [1]
+    assert dumpunet.open(tmp_path / "s.zarr").run().calls.timestep.tolist() == [875.5]

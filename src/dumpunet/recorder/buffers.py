@@ -93,7 +93,7 @@ class Capture:
         self.nbytes = 0
         self._buffers = HostBuffers()
         self._taken: list[torch.Tensor] = []
-        self._device = DeviceCopies()
+        self.device = DeviceCopies()  # the copies of GPU tensors (the recorder's timestep copy too)
 
     def start_call(self, expect: dict[tuple[str, str], tuple[int, ...]]) -> None:
         """Begin a call that stores the arrays ``expect`` names, with these per-row shapes."""
@@ -121,7 +121,7 @@ class Capture:
             host.copy_(src)
             self.slabs[key] = host.numpy().reshape(shape)
             return
-        wait = self._device.copy(src, host, self.dtype)
+        wait = self.device.copy(src, host, self.dtype)
 
         def ready() -> np.ndarray:  # called by the writer thread
             wait()

@@ -232,8 +232,20 @@ class Recorder:
         if sample.shape[0] != self._capture.batch:
             raise RecordError(f"the U-Net batch changed from {self._capture.batch} to {sample.shape[0]} during the run")
         t = args[1] if len(args) > 1 else kwargs.get("timestep", 0.0)
-        self.clock.start_call(self.pipe.scheduler, float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t))
+        self.clock.start_call(self.pipe.scheduler, self._timestep(t))
         self._capture.start_call(self.plan.expected_shapes(self.clock.step))
+
+    def _timestep(self, t: Any) -> float | Callable[[], float]:
+        """The call's timestep; on a GPU a callable the writer resolves (``float(t)`` would wait for the GPU)."""
+        if not isinstance(t, torch.Tensor):
+            return float(t)
+        first = t.detach().reshape(-1)[:1]
+        if not first.is_cuda:
+            return float(first[0])
+        assert self._capture is not None
+        host = torch.empty((1,), dtype=torch.float64, pin_memory=True)
+        wait = self._capture.device.copy(first, host, torch.float64)
+        return lambda: (wait(), float(host[0]))[1]
 
     def _on_unet_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         assert self.plan is not None and self._capture is not None

@@ -225,7 +225,7 @@ class StoreWriter:
         *,
         step: int,
         substep: int,
-        timestep: float,
+        timestep: float | Callable[[], float],
         slabs: Mapping[tuple[str, str], SlabSource],
         nbytes: int | None = None,
         on_written: Callable[[], None] | None = None,
@@ -235,6 +235,7 @@ class StoreWriter:
         ``on_written`` runs in the writer thread once the call is written (or failed): the
         recorder hands its slab buffers back to reuse them.
 
+        ``timestep`` may be a callable, called in the writer thread (a GPU tensor's copy under way).
         ``slabs`` maps (block or layer, array key) to a ``[guidance, image, ...]`` array. Blocks
         without a slab in this call keep zeros and the call is still complete (the recorder
         decides what a call holds). Blocks when the queue holds more than ``max_queue_bytes``.
@@ -247,7 +248,8 @@ class StoreWriter:
             k = st.n_calls
             try:
                 data = {key: src() if callable(src) else src for key, src in slabs.items()}
-                values = {"call_step": step, "call_substep": substep, "call_timestep": timestep}
+                values = {"call_step": step, "call_substep": substep,
+                          "call_timestep": timestep() if callable(timestep) else timestep}
                 write_call(st, k, values, data, self.grow_calls, run=self._run_jobs, eager=self.eager_writeback)
             finally:
                 if on_written is not None:
