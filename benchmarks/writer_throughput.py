@@ -57,7 +57,7 @@ BZSTD = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=2)
 # Each variant changes the schema default in one or two ways. Keys: compressors (slab arrays),
 # sep (chunk key separator), shard (one shard per call and array), grow
 # (StoreWriter's grow_calls), raw (StoreWriter's raw_chunks: False = zarr's Array API),
-# threads (StoreWriter's write_threads), eager (StoreWriter's eager_writeback).
+# threads (StoreWriter's write_threads), direct (StoreWriter's direct_io).
 COMPARE: dict[str, dict] = {
     "schema default": {},
     "zstd-1": {"compressors": ZstdCodec(level=1)},
@@ -69,10 +69,9 @@ COMPARE: dict[str, dict] = {
     "grow 1 call at a time": {"grow": 1},
     "chunks via Array API": {"raw": False},
     "grow 1 + Array API": {"grow": 1, "raw": False},
-    "lazy write-back": {"eager": False},
+    "page cache (no O_DIRECT)": {"direct": False},
     "2 write threads": {"threads": 2},
-    "4 write threads": {"threads": 4},
-    "2 threads, lazy": {"threads": 2, "eager": False},
+    "2 threads, page cache": {"threads": 2, "direct": False},
 }
 DEFAULTS = {
     "codecs_for": schema.codecs_for,
@@ -80,7 +79,7 @@ DEFAULTS = {
     "grow": GROW_CALLS,
     "raw": True,
     "threads": WRITE_THREADS,
-    "eager": True,
+    "direct": True,
     "create_array": zarr.Group.create_array,
 }
 
@@ -128,7 +127,7 @@ def time_writer(where: Path, blocks: list[BlockInfo], data: list[dict], steps: i
     path = where / "bench.zarr"
     w = StoreWriter(path, model={}, versions={}, grow_calls=v.get("grow", DEFAULTS["grow"]),
                     raw_chunks=v.get("raw", DEFAULTS["raw"]), write_threads=v.get("threads", DEFAULTS["threads"]),
-                    eager_writeback=v.get("eager", DEFAULTS["eager"]))
+                    direct_io=v.get("direct", DEFAULTS["direct"]))
     w.set_block_table(blocks)
     w.begin_run("main", RunAttrs(n_images=N_IMAGES, guidance=("uncond", "cond")), blocks, which=("output",), dtype="float16")
     w.flush()

@@ -143,3 +143,12 @@ def test_gpu_copies_run_on_a_side_stream_and_only_the_writer_waits_for_their_eve
     for i, k in enumerate(keys):  # the writer thread
         np.testing.assert_array_equal(slabs[k](), np.full((2, 1, 3, 2), i, np.float16))
     assert log == [("event waited",), ("event waited",)]
+
+
+def test_host_buffers_start_on_a_page_and_are_reused():
+    bufs = buffers.HostBuffers()
+    a = bufs.take((2, 320, 7, 7), torch.float16)
+    assert a.data_ptr() % 4096 == 0 and a.shape == (2, 320, 7, 7) and a.dtype == torch.float16
+    bufs.give_back([a])
+    assert bufs.take((2, 320, 7, 7), torch.float16) is a
+    assert bufs.take((2, 320, 7, 7), torch.float16) is not a

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import dumpunet
-from dumpunet.store.schema import RunAttrs
+from dumpunet.store.schema import BlockInfo, RunAttrs
 from dumpunet.store.writer import StoreWriter
 
 from test_store import BLOCKS, slab, write_store
@@ -62,7 +62,7 @@ def test_an_unbounded_wait_never_happens_for_a_lone_call_larger_than_the_bound(t
     assert dumpunet.open(tmp_path / "s.zarr").steps == [1]
 
 
-@pytest.mark.parametrize("kw", [{"write_threads": 3}, {"eager_writeback": False}, {"write_threads": 2, "eager_writeback": False}])
+@pytest.mark.parametrize("kw", [{"write_threads": 3}, {"direct_io": False}, {"write_threads": 2, "direct_io": False}])
 def test_every_write_variant_writes_the_same_files(tmp_path, monkeypatch, kw):
     import dumpunet.store.writer as writer_module
 
@@ -98,3 +98,63 @@ def test_a_timestep_can_come_as_a_callable_the_writer_resolves(tmp_path):
     w.close()
     assert resolved == [1]
     assert dumpunet.open(tmp_path / "s.zarr").run().calls.timestep.tolist() == [875.5]
+
+
+PAGE_BLOCK = BlockInfo("IN00", "conv_in", ("conv_in",), "conv_in", (8, 16, 16), (8, 16, 16), False)  # 4096-byte chunks
+
+
+def _page_store(path, slabs, monkeypatch, opener):
+    from dumpunet.store import call_arrays
+
+    monkeypatch.setattr(call_arrays, "_no_direct", set())
+    monkeypatch.setattr(call_arrays, "_direct_opener", opener)
+    w = StoreWriter(path, model={}, versions={})
+    w.set_block_table([PAGE_BLOCK])
+    w.begin_run("main", RunAttrs(n_images=2, guidance=("uncond", "cond"), steps=2), [PAGE_BLOCK], which=("output",), dtype="float16")
+    for s, x in enumerate(slabs, 1):
+        w.submit_call("main", step=s, substep=0, timestep=0.0, slabs={("IN00", "output"): x})
+    w.finish_run("main")
+    w.close()
+    return dumpunet.open(path)
+
+
+def _unaligned_slabs():
+    rng = np.random.default_rng(3)
+    n = 2 * 2 * 8 * 16 * 16
+    raw = rng.standard_normal(2 * n + 3).astype(np.float16)
+    return [raw[1 + k * n : 1 + (k + 1) * n].reshape(2, 2, 8, 16, 16) for k in range(2)]  # off the page grid
+
+
+def test_page_sized_chunks_are_written_directly_even_from_unaligned_memory(tmp_path, monkeypatch):
+    from dumpunet.store import call_arrays
+
+    opened = []
+    real = call_arrays._direct_opener
+
+    def spy(path, flags):
+        opened.append(path)
+        return real(path, flags)
+
+    slabs = _unaligned_slabs()
+    store = _page_store(tmp_path / "s.zarr", slabs, monkeypatch, spy)
+    assert len(opened) == 2 * 2 * 2 or (len(opened) == 1 and call_arrays._no_direct)  # else: this file system refuses O_DIRECT
+    for s, x in enumerate(slabs, 1):
+        for g, i in (("uncond", 0), ("cond", 1)):
+            np.testing.assert_array_equal(store.features("IN00", s, image=i, guidance=g), x[int(g == "cond"), i])
+
+
+def test_a_file_system_that_refuses_direct_writes_gets_the_page_cache(tmp_path, monkeypatch):
+    import errno
+
+    from dumpunet.store import call_arrays
+
+    refused = []
+
+    def refuse(path, flags):
+        refused.append(path)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    slabs = _unaligned_slabs()
+    store = _page_store(tmp_path / "s.zarr", slabs, monkeypatch, refuse)
+    assert len(refused) == 1 and call_arrays._no_direct == {(tmp_path / "s.zarr").stat().st_dev}  # asked once
+    np.testing.assert_array_equal(store.features("IN00", 2, image=1, guidance="cond"), slabs[1][1, 1])

@@ -9,6 +9,7 @@ about as many calls' worth as the writer's queue lets wait.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import defaultdict
 from collections.abc import Callable
@@ -18,6 +19,17 @@ import numpy as np
 import torch
 
 from dumpunet.errors import RecordError
+
+
+PAGE = 4096
+
+
+def _page_aligned(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty host tensor starting on a page: the store writer writes such memory to disk directly (O_DIRECT)."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    raw = torch.empty(nbytes + PAGE, dtype=torch.uint8)
+    start = -raw.data_ptr() % PAGE
+    return raw[start : start + nbytes].view(dtype).view(shape)
 
 
 class HostBuffers:
@@ -34,7 +46,9 @@ class HostBuffers:
             free = self._free[key]
             if free:
                 return free.pop()
-        return torch.empty(shape, dtype=dtype, pin_memory=pinned)
+        if pinned:  # CUDA's pinned allocations start on a page already
+            return torch.empty(shape, dtype=dtype, pin_memory=True)
+        return _page_aligned(shape, dtype)
 
     def give_back(self, tensors: list[torch.Tensor]) -> None:
         """Return tensors whose contents were written (called from the writer thread)."""

@@ -6,16 +6,19 @@ documents come from :func:`dumpunet.store.schema.array_document` and are replace
 chunk files of uncompressed arrays are their little-endian bytes, written in place (a chunk
 interrupted mid-write belongs to a call whose ``call_done`` was never set, so nothing reads it).
 
-Each chunk file asks the kernel to start writing it back at once (``posix_fadvise`` DONTNEED,
-which starts write-back of dirty pages without waiting for it): the kernel's own write-back
-starts only when 10 % of memory is dirty, so without it a recording of a few GB left the whole
-store in the page cache and paid for the disk only at the end, serially (docs/benchmarks.md).
+Chunk files whose size is a multiple of 4096 bytes go straight to the disk (``O_DIRECT``, Linux),
+from page-aligned memory (the slab itself, or one reused aligned buffer per thread): through the
+page cache, the writer spent as much time copying into fresh cache pages as the disk needs and
+reached half the disk's speed; direct writes reach it (docs/benchmarks.md). Other sizes, file
+systems that refuse ``O_DIRECT`` (tmpfs) and other systems write through the page cache.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,12 +64,12 @@ class CallArray:
             path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def write_slab(self, k: int, slab: np.ndarray, *, eager: bool = True) -> None:
+    def write_slab(self, k: int, slab: np.ndarray, *, direct: bool = True) -> None:
         """Store call ``k``'s ``[guidance, image, ...]`` slab: one chunk file per (image, guidance)."""
-        for job in self.slab_files(k, slab, eager=eager):
+        for job in self.slab_files(k, slab, direct=direct):
             job()
 
-    def slab_files(self, k: int, slab: np.ndarray, *, eager: bool = True) -> list[Callable[[], None]]:
+    def slab_files(self, k: int, slab: np.ndarray, *, direct: bool = True) -> list[Callable[[], None]]:
         """The writes that store call ``k``'s slab, one per chunk file, in any order or thread."""
         ax = self.kind.axis
         want = (self.shape[ax("guidance")], self.shape[ax("image")], *self.shape[ax("guidance") + 1 :])
@@ -81,7 +84,7 @@ class CallArray:
             return [encoded]
         tail = (0,) * (x.ndim - 2)
         return [
-            _chunk_writer(self.chunk_file((k, i, g, *tail)), x[g, i], eager)
+            _chunk_writer(self.chunk_file((k, i, g, *tail)), x[g, i], direct)
             for g in range(x.shape[0]) for i in range(x.shape[1])
         ]
 
@@ -95,20 +98,58 @@ class CallArray:
         write_atomic(self.chunk_file((c,)), chunk.tobytes())
 
 
-def _chunk_writer(path: Path, data: np.ndarray, eager: bool) -> Callable[[], None]:
+ALIGN = 4096
+"""O_DIRECT needs file offsets, sizes and memory aligned to the device's block size; 4096 covers all."""
+
+_DIRECT = getattr(os, "O_DIRECT", 0)
+_no_direct: set[int] = set()  # devices (st_dev) whose file system refused O_DIRECT
+_bounce = threading.local()
+
+
+def _aligned(data: memoryview) -> memoryview:
+    """``data`` itself if it is page-aligned, else a copy in this thread's reused aligned buffer."""
+    address = np.frombuffer(data, np.uint8).ctypes.data if len(data) else 0
+    if address % ALIGN == 0:
+        return data
+    buf = getattr(_bounce, "buf", None)
+    if buf is None or len(buf) < len(data):
+        raw = np.empty(len(data) + ALIGN, np.uint8)
+        start = -raw.ctypes.data % ALIGN
+        buf = _bounce.buf = raw[start : start + len(data)]
+    out = buf[: len(data)]
+    out[:] = np.frombuffer(data, np.uint8)
+    return memoryview(out).cast("B")
+
+
+def _chunk_writer(path: Path, data: np.ndarray, direct: bool) -> Callable[[], None]:
     def write() -> None:
         # in place, not atomic: call_done is set only after every chunk of the call is written
         view = memoryview(np.ascontiguousarray(data)).cast("B")
+        if direct and _DIRECT and len(view) % ALIGN == 0 and path.parent.stat().st_dev not in _no_direct:
+            try:
+                fh = open(path, "wb", buffering=0, opener=_direct_opener)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                _no_direct.add(path.parent.stat().st_dev)  # e.g. tmpfs: the page cache it is
+            else:
+                with fh:
+                    _write_all(fh, _aligned(view))
+                return
         with open(path, "wb", buffering=0) as fh:  # unbuffered: one write() of the whole chunk
-            while view:
-                view = view[fh.write(view):]
-            if eager and _FADVISE:
-                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            _write_all(fh, view)
 
     return write
 
 
-_FADVISE = hasattr(os, "posix_fadvise")
+def _direct_opener(path: str, flags: int) -> int:
+    return os.open(path, flags | _DIRECT, 0o666)
+
+
+def _write_all(fh: Any, view: memoryview) -> None:
+    while view:
+        view = view[fh.write(view):]
+
 
 Runner = Callable[[Iterable[Callable[[], None]]], None]
 """Runs a call's chunk writes and returns once all are done (in this thread, or a pool's)."""
@@ -130,11 +171,11 @@ class RunFiles:
 
 
 def write_call(st: RunFiles, k: int, values: Mapping[str, Any], data: Mapping[tuple[str, str], np.ndarray],
-                grow_calls: int, *, run: Runner = run_here, eager: bool = True) -> None:
+                grow_calls: int, *, run: Runner = run_here, direct: bool = True) -> None:
     """Write call ``k``: its call-table row (not done), every slab, then ``call_done`` = 1 last.
 
-    ``run`` runs the chunk writes (a thread pool's may run them at once); ``eager`` starts each
-    chunk file's write-back to the disk as soon as it is written.
+    ``run`` runs the chunk writes (a thread pool's may run them at once); ``direct`` writes chunk
+    files of a suitable size with ``O_DIRECT`` (module docstring).
     """
     unknown = data.keys() - st.arrays.keys()
     if unknown:
@@ -150,7 +191,7 @@ def write_call(st: RunFiles, k: int, values: Mapping[str, Any], data: Mapping[tu
         if arr.shape[0] <= k:
             arr.resize(-(-(k + 1) // grow_calls) * grow_calls)
         if key in data:
-            jobs += arr.slab_files(k, data[key], eager=eager)
+            jobs += arr.slab_files(k, data[key], direct=direct)
     run(jobs)
     done = st.table[schema.CALL_DONE.key]
     done[-1] = 1

@@ -79,10 +79,10 @@ class StoreWriter:
     attributes are held as typed values (:class:`RootAttrs`, :class:`RunAttrs`) and rewritten
     whole from them.
 
-    ``raw_chunks``, ``grow_calls``, ``write_threads`` and ``eager_writeback`` choose how
-    per-call arrays are written (the benchmarks compare variants): ``raw_chunks=False`` writes
-    chunks through zarr's Array API; ``write_threads`` > 1 writes a call's chunk files from that
-    many threads; ``eager_writeback`` starts each chunk file's write-back to the disk at once.
+    ``raw_chunks``, ``grow_calls``, ``write_threads`` and ``direct_io`` choose how per-call
+    arrays are written (the benchmarks compare variants): ``raw_chunks=False`` writes chunks
+    through zarr's Array API; ``write_threads`` > 1 writes a call's chunk files from that many
+    threads; ``direct_io=False`` writes every chunk file through the page cache.
 
     Memory stays bounded: :meth:`submit_call` blocks while more than ``max_queue_bytes`` wait
     (back-pressure), and :attr:`waited_seconds` adds up how long callers were blocked so.
@@ -113,7 +113,7 @@ class StoreWriter:
         raw_chunks: bool = True,
         grow_calls: int = GROW_CALLS,
         write_threads: int = WRITE_THREADS,
-        eager_writeback: bool = True,
+        direct_io: bool = True,
     ) -> None:
         if grow_calls < 1:
             raise ValueError(f"grow_calls must be at least 1, got {grow_calls}")
@@ -137,7 +137,7 @@ class StoreWriter:
             raise
         self.raw_chunks = raw_chunks
         self.grow_calls = grow_calls
-        self.eager_writeback = eager_writeback
+        self.direct_io = direct_io
         self._pool = ThreadPoolExecutor(write_threads, "dumpunet-chunks", initializer=_nice) if write_threads > 1 else None
         self._runs: dict[str, RunFiles] = {}
         self._error: BaseException | None = None
@@ -250,7 +250,7 @@ class StoreWriter:
                 data = {key: src() if callable(src) else src for key, src in slabs.items()}
                 values = {"call_step": step, "call_substep": substep,
                           "call_timestep": timestep() if callable(timestep) else timestep}
-                write_call(st, k, values, data, self.grow_calls, run=self._run_jobs, eager=self.eager_writeback)
+                write_call(st, k, values, data, self.grow_calls, run=self._run_jobs, direct=self.direct_io)
             finally:
                 if on_written is not None:
                     on_written()
