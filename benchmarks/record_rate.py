@@ -11,7 +11,9 @@ the CPU here, where a GPU would compute them on the device), the store writer an
 One run prints, side by side:
 
 - plain: the stand-in alone; recorded: with dumpunet recording (wall time until the store is
-  closed and ``os.sync()`` returned, so every byte is on the disk); bytes written;
+  closed and ``os.sync()`` returned, so every byte is on the disk); U-Net: of that, the time until
+  the recorder's ``with`` block ended (hooks and copies included; the rest is the writer
+  draining its queue); bytes written;
 - the disk's own speed in the same folder (write + fsync of the same byte count, interleaved);
 - recorded ÷ max(plain, bytes ÷ disk speed): the distance from the physical limit;
 - the time the U-Net waited on the writer's full queue, peak queue bytes and peak RSS growth;
@@ -251,15 +253,15 @@ def main() -> None:
         p, d = statistics.median(plain), statistics.median(disk)
         print(f"\nplain stand-in: {p:.2f} s ({args.steps / p:.1f} steps/s); disk write+fsync in {where.parent}: "
               f"{gb(d)} GB/s (median of {len(disk)}, {gb(min(disk))}-{gb(max(disk))})\n")
-        print(f"{'mode':<13} {'recorded s':>10} {'to close s':>10} {'GB':>6} {'MB/step':>8} {'bytes/disk s':>12} "
+        print(f"{'mode':<13} {'recorded s':>10} {'U-Net s':>8} {'GB':>6} {'MB/step':>8} {'bytes/disk s':>12} "
               f"{'limit s':>8} {'ratio':>6} {'waited s':>8} {'peak queue MB':>13} {'peak RSS +MB':>12}")
         for m in modes:
             rs = res[m]
             rec = statistics.median(r["sync"] for r in rs)
-            close = statistics.median(r["close"] for r in rs)
+            unet = statistics.median(r["exit"] for r in rs)
             nb = statistics.median(r["bytes"] for r in rs)
             limit = max(p, nb / d)
-            print(f"{m:<13} {rec:10.2f} {close:10.2f} {gb(nb):>6} {nb / args.steps / 1e6:8.1f} {nb / d:12.2f} {limit:8.2f} "
+            print(f"{m:<13} {rec:10.2f} {unet:8.2f} {gb(nb):>6} {nb / args.steps / 1e6:8.1f} {nb / d:12.2f} {limit:8.2f} "
                   f"{rec / limit:6.2f} {statistics.median(r['waited'] for r in rs):8.2f} "
                   f"{max(r['queue'] for r in rs) / 2**20:13.0f} {max(r['rss'] for r in rs) / 2**20:12.0f}")
         print("\ngrowth (blocks only; one run each): time and bytes per step should stay constant")

@@ -33,7 +33,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from dumpunet.store import schema
 from dumpunet.store.schema import BlockInfo, RunAttrs
-from dumpunet.store.writer import GROW_CALLS, WRITE_THREADS, StoreWriter
+from dumpunet.store.writer import DIRECT_IO, GROW_CALLS, WRITE_THREADS, StoreWriter
 
 SD15_512 = [
     *[(f"IN{i:02d}", (320, 64, 64)) for i in range(3)],
@@ -69,9 +69,9 @@ COMPARE: dict[str, dict] = {
     "grow 1 call at a time": {"grow": 1},
     "chunks via Array API": {"raw": False},
     "grow 1 + Array API": {"grow": 1, "raw": False},
-    "page cache (no O_DIRECT)": {"direct": False},
+    "O_DIRECT": {"direct": True},
     "2 write threads": {"threads": 2},
-    "2 threads, page cache": {"threads": 2, "direct": False},
+    "2 threads, O_DIRECT": {"threads": 2, "direct": True},
 }
 DEFAULTS = {
     "codecs_for": schema.codecs_for,
@@ -79,7 +79,7 @@ DEFAULTS = {
     "grow": GROW_CALLS,
     "raw": True,
     "threads": WRITE_THREADS,
-    "direct": True,
+    "direct": DIRECT_IO,
     "create_array": zarr.Group.create_array,
 }
 

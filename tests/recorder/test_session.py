@@ -273,15 +273,20 @@ def test_the_wait_on_a_slow_writer_is_printed_and_stored_in_the_run(tmp_path, mo
     from dumpunet.store import writer as writer_module
 
     write_call = writer_module.write_call
+    holder = {}
 
-    def slow_first_call(st, k, *a, **kw):  # a disk that stalls once
+    def slow_first_call(st, k, *a, **kw):  # a disk that stalls on the first call until the second one is submitted
         if k == 0:
-            time.sleep(0.3)
+            deadline = time.monotonic() + 60
+            while holder["rec"].clock.calls < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)
         return write_call(st, k, *a, **kw)
 
     monkeypatch.setattr(writer_module, "write_call", slow_first_call)
     pipe = make_pipe()
-    with dumpunet.record(pipe, tmp_path / "r.zarr", max_queue_bytes=1) as rec:  # one call may wait at a time
+    holder["rec"] = rec = dumpunet.record(pipe, tmp_path / "r.zarr", max_queue_bytes=1)  # one call may wait at a time
+    with rec:
         generate(pipe, steps=3)
     assert rec.writer_wait_seconds > 0  # the second call waited for the first
     info = dumpunet.open(tmp_path / "r.zarr").run().info

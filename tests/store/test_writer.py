@@ -62,7 +62,7 @@ def test_an_unbounded_wait_never_happens_for_a_lone_call_larger_than_the_bound(t
     assert dumpunet.open(tmp_path / "s.zarr").steps == [1]
 
 
-@pytest.mark.parametrize("kw", [{"write_threads": 3}, {"direct_io": False}, {"write_threads": 2, "direct_io": False}])
+@pytest.mark.parametrize("kw", [{"write_threads": 3}, {"direct_io": True}, {"write_threads": 2, "direct_io": True}])
 def test_every_write_variant_writes_the_same_files(tmp_path, monkeypatch, kw):
     import dumpunet.store.writer as writer_module
 
@@ -108,7 +108,7 @@ def _page_store(path, slabs, monkeypatch, opener):
 
     monkeypatch.setattr(call_arrays, "_no_direct", set())
     monkeypatch.setattr(call_arrays, "_direct_opener", opener)
-    w = StoreWriter(path, model={}, versions={})
+    w = StoreWriter(path, model={}, versions={}, direct_io=True)
     w.set_block_table([PAGE_BLOCK])
     w.begin_run("main", RunAttrs(n_images=2, guidance=("uncond", "cond"), steps=2), [PAGE_BLOCK], which=("output",), dtype="float16")
     for s, x in enumerate(slabs, 1):

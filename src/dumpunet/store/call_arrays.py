@@ -6,11 +6,11 @@ documents come from :func:`dumpunet.store.schema.array_document` and are replace
 chunk files of uncompressed arrays are their little-endian bytes, written in place (a chunk
 interrupted mid-write belongs to a call whose ``call_done`` was never set, so nothing reads it).
 
-Chunk files whose size is a multiple of 4096 bytes go straight to the disk (``O_DIRECT``, Linux),
-from page-aligned memory (the slab itself, or one reused aligned buffer per thread): through the
-page cache, the writer spent as much time copying into fresh cache pages as the disk needs and
-reached half the disk's speed; direct writes reach it (docs/benchmarks.md). Other sizes, file
-systems that refuse ``O_DIRECT`` (tmpfs) and other systems write through the page cache.
+With ``direct`` (the store writer's ``direct_io``, off by default), chunk files whose size is a
+multiple of 4096 bytes go straight to the disk (``O_DIRECT``, Linux) from page-aligned memory (the
+slab itself, or one reused aligned buffer per thread), skipping the copy into fresh page-cache
+pages; other sizes, file systems that refuse ``O_DIRECT`` (tmpfs) and other systems write through
+the page cache. Whether it pays is measured by ``benchmarks/writer_throughput.py`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -64,12 +64,12 @@ class CallArray:
             path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def write_slab(self, k: int, slab: np.ndarray, *, direct: bool = True) -> None:
+    def write_slab(self, k: int, slab: np.ndarray, *, direct: bool = False) -> None:
         """Store call ``k``'s ``[guidance, image, ...]`` slab: one chunk file per (image, guidance)."""
         for job in self.slab_files(k, slab, direct=direct):
             job()
 
-    def slab_files(self, k: int, slab: np.ndarray, *, direct: bool = True) -> list[Callable[[], None]]:
+    def slab_files(self, k: int, slab: np.ndarray, *, direct: bool = False) -> list[Callable[[], None]]:
         """The writes that store call ``k``'s slab, one per chunk file, in any order or thread."""
         ax = self.kind.axis
         want = (self.shape[ax("guidance")], self.shape[ax("image")], *self.shape[ax("guidance") + 1 :])
@@ -171,7 +171,7 @@ class RunFiles:
 
 
 def write_call(st: RunFiles, k: int, values: Mapping[str, Any], data: Mapping[tuple[str, str], np.ndarray],
-                grow_calls: int, *, run: Runner = run_here, direct: bool = True) -> None:
+                grow_calls: int, *, run: Runner = run_here, direct: bool = False) -> None:
     """Write call ``k``: its call-table row (not done), every slab, then ``call_done`` = 1 last.
 
     ``run`` runs the chunk writes (a thread pool's may run them at once); ``direct`` writes chunk

@@ -62,6 +62,11 @@ WRITER_NICENESS = 10
 WRITE_THREADS = 1
 """Threads that write one call's chunk files (1: the writer thread alone). See docs/benchmarks.md."""
 
+DIRECT_IO = False
+"""Write page-multiple chunk files with O_DIRECT (:mod:`dumpunet.store.call_arrays`). Off by default:
+on the development VM it measured 2x the page cache's speed in a plain file test and 0.6x in the
+writer benchmark, both under heavy load (docs/benchmarks.md); to decide on a quiet machine."""
+
 
 def _nice() -> None:
     # Yield the CPU to the U-Net's threads: the queue absorbs what the writer cannot do at once.
@@ -82,7 +87,7 @@ class StoreWriter:
     ``raw_chunks``, ``grow_calls``, ``write_threads`` and ``direct_io`` choose how per-call
     arrays are written (the benchmarks compare variants): ``raw_chunks=False`` writes chunks
     through zarr's Array API; ``write_threads`` > 1 writes a call's chunk files from that many
-    threads; ``direct_io=False`` writes every chunk file through the page cache.
+    threads; ``direct_io=True`` writes chunk files of a page multiple with ``O_DIRECT``.
 
     Memory stays bounded: :meth:`submit_call` blocks while more than ``max_queue_bytes`` wait
     (back-pressure), and :attr:`waited_seconds` adds up how long callers were blocked so.
@@ -113,7 +118,7 @@ class StoreWriter:
         raw_chunks: bool = True,
         grow_calls: int = GROW_CALLS,
         write_threads: int = WRITE_THREADS,
-        direct_io: bool = True,
+        direct_io: bool = DIRECT_IO,
     ) -> None:
         if grow_calls < 1:
             raise ValueError(f"grow_calls must be at least 1, got {grow_calls}")
