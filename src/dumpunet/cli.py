@@ -110,6 +110,9 @@ _GENERATION_OPTIONS = [
     click.option("--out", required=True, type=PATH, help="Store to create (a directory)."),
     click.option("--overwrite", is_flag=True, help="Replace an existing dumpunet store at --out."),
     click.option("--dry-run", is_flag=True, help="Print the size estimate and exit."),
+    click.option("--disk-speed", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MB/S",
+                  help="The disk's write speed for the duration estimate (default: measured once per disk and cached, "
+                       "for recordings of 1 GB or more)."),
     click.option("--quiet", is_flag=True, help="No progress bar."),
 ]
 """Options shared by record and sweep: model, sampling, what to record, where to write."""
@@ -164,6 +167,7 @@ def _record(opts: dict[str, Any]) -> None:
 
     dry_run = opts.pop("dry_run")
     info = _infotext(opts)
+    disk_speed = opts.pop("disk_speed")
     req = recording.RecordRequest(**opts)
     job = recording.prepare(req)
     if info is not None:
@@ -175,9 +179,13 @@ def _record(opts: dict[str, Any]) -> None:
     est = recording.estimate(job)
     for line in est.lines():
         click.echo(line, err=True)
+    if not dry_run:
+        recording.check_budget(req, est)
+    timing = recording.disk_time(job, est, disk_speed_mb=disk_speed)
+    for line in timing.lines() if timing is not None else ():
+        click.echo(line, err=True)
     if dry_run:
         return
-    recording.check_budget(req, est)
     _sigterm_as_interrupt()
     try:
         summary = recording.execute(job)

@@ -263,3 +263,16 @@ def test_a_second_overwrite_refuses_while_the_first_records_and_leaves_its_store
     assert err.strip().splitlines()[-1].startswith("Error: interrupted; complete steps (1-"), err
     assert validate(out).ok
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy.zarr"]  # its lock file went with it
+
+
+def test_disk_speed_adds_the_disk_time_to_the_estimate(tmp_path):
+    out = tmp_path / "d.zarr"
+    res = invoke("record", "--steps", "20", "--width", "64", "--height", "64", "--blocks", "IN01, OUT11",
+                 "--disk-speed", "50", "--out", str(out), "--dry-run")
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("disk time: "))
+    est = res.output.splitlines()[0].split()[2:4]  # "size estimate: 123.45 KB raw"
+    assert line.endswith(f"to write {' '.join(est)} at 50 MB/s (--disk-speed)")
+    assert "disk-bound" not in res.output  # a CPU U-Net is slower than any disk
+    bad = invoke("record", "--disk-speed", "0", "--out", str(out), "--dry-run")
+    assert bad.exit_code == 2 and "--disk-speed" in bad.output

@@ -5,12 +5,21 @@ Array API, whose per-file overhead a recording cannot spare (docs/benchmarks.md)
 documents come from :func:`dumpunet.store.schema.array_document` and are replaced atomically;
 chunk files of uncompressed arrays are their little-endian bytes, written in place (a chunk
 interrupted mid-write belongs to a call whose ``call_done`` was never set, so nothing reads it).
+
+With ``direct`` (the store writer's ``direct_io``, off by default), chunk files whose size is a
+multiple of 4096 bytes go straight to the disk (``O_DIRECT``, Linux) from page-aligned memory (the
+slab itself, or one reused aligned buffer per thread), skipping the copy into fresh page-cache
+pages; other sizes, file systems that refuse ``O_DIRECT`` (tmpfs) and other systems write through
+the page cache. Whether it pays is measured by ``benchmarks/writer_throughput.py`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import errno
 import json
-from collections.abc import Mapping, Sequence
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,23 +67,29 @@ class CallArray:
             path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def write_slab(self, k: int, slab: np.ndarray) -> None:
+    def write_slab(self, k: int, slab: np.ndarray, *, direct: bool = False) -> None:
         """Store call ``k``'s ``[guidance, image, ...]`` slab: one chunk file per (image, guidance)."""
+        for job in self.slab_files(k, slab, direct=direct):
+            job()
+
+    def slab_files(self, k: int, slab: np.ndarray, *, direct: bool = False) -> list[Callable[[], None]]:
+        """The writes that store call ``k``'s slab, one per chunk file, in any order or thread."""
         ax = self.kind.axis
         want = (self.shape[ax("guidance")], self.shape[ax("image")], *self.shape[ax("guidance") + 1 :])
         if tuple(slab.shape) != want:
             raise ValueError(f"{self.path}: slab of shape {tuple(slab.shape)}, expected {want} ([guidance, image, ...])")
         x = np.asarray(slab, dtype=self.dtype)
         if not self.raw:  # compressed or sharded (benchmark variants): zarr encodes it
-            arr = zarr.open_array(self.dir, mode="r+", zarr_format=3)
-            arr[k] = np.swapaxes(x, 0, 1)
-            return
+            def encoded() -> None:
+                arr = zarr.open_array(self.dir, mode="r+", zarr_format=3)
+                arr[k] = np.swapaxes(x, 0, 1)
+
+            return [encoded]
         tail = (0,) * (x.ndim - 2)
-        for g in range(x.shape[0]):
-            for i in range(x.shape[1]):
-                # in place, not atomic: call_done is set only after every chunk of the call is written
-                with open(self.chunk_file((k, i, g, *tail)), "wb") as fh:
-                    fh.write(np.ascontiguousarray(x[g, i]).data)
+        return [
+            _chunk_writer(self.chunk_file((k, i, g, *tail)), x[g, i], direct)
+            for g in range(x.shape[0]) for i in range(x.shape[1])
+        ]
 
     def write_table_tail(self, values: list[Any], *, first: int | None = None) -> None:
         """Rewrite the last chunk of a 1-D call table (atomically: it holds earlier calls too).
@@ -123,6 +138,68 @@ class GroupCoords:
         return any(a.shape[0] != self.coords["step"].shape[0] for a in self.members)
 
 
+ALIGN = 4096
+"""O_DIRECT needs file offsets, sizes and memory aligned to the device's block size; 4096 covers all."""
+
+_DIRECT = getattr(os, "O_DIRECT", 0)
+_no_direct: set[int] = set()  # devices (st_dev) whose file system refused O_DIRECT
+_bounce = threading.local()
+
+
+def _aligned(data: memoryview) -> memoryview:
+    """``data`` itself if it is page-aligned, else a copy in this thread's reused aligned buffer."""
+    address = np.frombuffer(data, np.uint8).ctypes.data if len(data) else 0
+    if address % ALIGN == 0:
+        return data
+    buf = getattr(_bounce, "buf", None)
+    if buf is None or len(buf) < len(data):
+        raw = np.empty(len(data) + ALIGN, np.uint8)
+        start = -raw.ctypes.data % ALIGN
+        buf = _bounce.buf = raw[start : start + len(data)]
+    out = buf[: len(data)]
+    out[:] = np.frombuffer(data, np.uint8)
+    return memoryview(out).cast("B")
+
+
+def _chunk_writer(path: Path, data: np.ndarray, direct: bool) -> Callable[[], None]:
+    def write() -> None:
+        # in place, not atomic: call_done is set only after every chunk of the call is written
+        view = memoryview(np.ascontiguousarray(data)).cast("B")
+        if direct and _DIRECT and len(view) % ALIGN == 0 and path.parent.stat().st_dev not in _no_direct:
+            try:
+                fh = open(path, "wb", buffering=0, opener=_direct_opener)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                _no_direct.add(path.parent.stat().st_dev)  # e.g. tmpfs: the page cache it is
+            else:
+                with fh:
+                    _write_all(fh, _aligned(view))
+                return
+        with open(path, "wb", buffering=0) as fh:  # unbuffered: one write() of the whole chunk
+            _write_all(fh, view)
+
+    return write
+
+
+def _direct_opener(path: str, flags: int) -> int:
+    return os.open(path, flags | _DIRECT, 0o666)
+
+
+def _write_all(fh: Any, view: memoryview) -> None:
+    while view:
+        view = view[fh.write(view):]
+
+
+Runner = Callable[[Iterable[Callable[[], None]]], None]
+"""Runs a call's chunk writes and returns once all are done (in this thread, or a pool's)."""
+
+
+def run_here(jobs: Iterable[Callable[[], None]]) -> None:
+    for job in jobs:
+        job()
+
+
 @dataclass
 class RunFiles:
     info: RunAttrs
@@ -135,8 +212,12 @@ class RunFiles:
 
 
 def write_call(st: RunFiles, k: int, values: Mapping[str, Any], data: Mapping[tuple[str, str], np.ndarray],
-                grow_calls: int) -> None:
-    """Write call ``k``: its call-table row (not done), every slab, then ``call_done`` = 1 last."""
+                grow_calls: int, *, run: Runner = run_here, direct: bool = False) -> None:
+    """Write call ``k``: its call-table row (not done), every slab, then ``call_done`` = 1 last.
+
+    ``run`` runs the chunk writes (a thread pool's may run them at once); ``direct`` writes chunk
+    files of a suitable size with ``O_DIRECT`` (module docstring).
+    """
     unknown = data.keys() - st.arrays.keys()
     if unknown:
         raise KeyError(f"no array was created for {sorted(unknown)}")
@@ -146,11 +227,13 @@ def write_call(st: RunFiles, k: int, values: Mapping[str, Any], data: Mapping[tu
         arr = st.calls[kind.key]
         arr.write_table_tail(table)
         arr.resize(k + 1)
+    jobs: list[Callable[[], None]] = []
     for key, arr in st.arrays.items():
         if arr.shape[0] <= k:
             arr.resize(-(-(k + 1) // grow_calls) * grow_calls)
         if key in data:
-            arr.write_slab(k, data[key])
+            jobs += arr.slab_files(k, data[key], direct=direct)
+    run(jobs)
     for group in st.groups.values():  # labelled in batches, as the arrays grow (GroupCoords)
         if group.grown():
             group.write(st.table, k + 1)
