@@ -41,7 +41,7 @@ __all__ = ["ATTENTION_FEATURES", "ArrayKind", "BLOCK_ARRAYS", "BLOCK_INPUT", "BL
 FORMAT_VERSION = 1
 """Major version: a reader refuses a store whose major version is newer than this."""
 FORMAT_MINOR = 1
-"""Minor version: additions that older readers can ignore (1: coordinate arrays, :mod:`.coords`)."""
+"""Minor version: additions that older readers can ignore (1: coordinate arrays, :mod:`.coords`; run attribute ``writer_wait_seconds``)."""
 
 RECORD_DTYPES = {"fp16": "float16", "fp32": "float32"}
 
