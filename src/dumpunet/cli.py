@@ -18,7 +18,7 @@ from dumpunet._version import __version__
 from dumpunet.a1111_prompts import EMPHASIS_MODES
 from dumpunet.cli_options import sigterm_as_interrupt as _sigterm_as_interrupt
 from dumpunet.analyzer.pick import Pick
-from dumpunet.cli_options import PATH, take, value_options
+from dumpunet.cli_options import PATH, renamed, take, take_renamed, value_options
 from dumpunet.cli_options import with_options as _with
 from dumpunet.cli_views import COMMANDS
 from dumpunet.errors import DumpUnetError
@@ -67,7 +67,9 @@ _GENERATION_OPTIONS = [
                   help="Single-file checkpoints: the parameterization, instead of the detected one (SD2 768-v: v_prediction)."),
     click.option("--prompt", default="", help="Prompt text."),
     click.option("--negative-prompt", default="", help="Negative prompt (the unconditional half of cfg)."),
-    click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps."),
+    click.option("--sampling-steps", default=20, show_default=True, type=int, help="Sampling steps (the count)."),
+    renamed("--steps", "--sampling-steps", "sampling_steps", type=int,
+            note=" (--steps will choose the steps to record, as in render; today that is --record-steps)"),
     click.option("--emphasis", type=click.Choice(EMPHASIS_MODES), default="original",
                   show_default=True, help="A1111 emphasis mode for (word:1.2) weights; none reads brackets as text."),
     click.option("--clip-skip", default=1, show_default=True, type=int,
@@ -78,7 +80,8 @@ _GENERATION_OPTIONS = [
     click.option("--width", type=int, default=None, help="Image width (default: the model's)."),
     click.option("--height", type=int, default=None, help="Image height (default: the model's)."),
     click.option("--batch-size", default=1, show_default=True, type=int, help="Images per run."),
-    click.option("--record-steps", default="", help="Steps to record, e.g. '1,5,10' or '1-20(+5)'; empty = all."),
+    click.option("--record-steps", default="",
+                  help="Steps to record, e.g. '1,5,10' or '1-20(+5)' (what --steps chooses in render); empty = all."),
     click.option("--inputs", is_flag=True, help="Also record each block's input."),
     click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True, help="Stored activation dtype."),
     click.option("--device", default=None, help="torch device (default: cuda if available, else cpu)."),
@@ -114,17 +117,20 @@ def record(**opts: Any) -> None:
     Per-block prompts: 'a (~: IN00-OUT11: cute; M00: excellent :~) girl' (see dumpunet explain).
 
     \b
-    dumpunet record --prompt "a cute girl, pink hair" --steps 20 \\
+    dumpunet record --prompt "a cute girl, pink hair" --sampling-steps 20 \\
         --sampler "DPM++ 2M Karras" --cfg 7 --seed 1719471015 --blocks IN00-OUT11 --out girl.zarr
     """
+    take_renamed(click.get_current_context(), opts)
     _record(opts)
 
 
 @main.command()
 @_with(_GENERATION_OPTIONS)
 @click.option("--insert", required=True, help="Text inserted into one block at a time, e.g. 'bad anatomy'.")
-@click.option("--blocks", default="", help="Blocks to insert it into, one run each; empty = all.")
-@click.option("--record-blocks", default="", help="Blocks recorded in every run; empty = all.")
+@click.option("--into-blocks", default="", help="Blocks to insert it into, one run each; empty = all.")
+@click.option("--record-blocks", default="", help="Blocks recorded in every run (record's --blocks); empty = all.")
+@renamed("--blocks", "--into-blocks", "into_blocks", note=" (--blocks will name the blocks to record, as in record; "
+         "today that is --record-blocks)")
 @click.option("--skip-no-xattn", is_flag=True,
               help="Leave out blocks without cross-attention (their runs equal the base; they are warned about otherwise).")
 def sweep(**opts: Any) -> None:
@@ -138,10 +144,11 @@ def sweep(**opts: Any) -> None:
 
     \b
     dumpunet sweep --prompt "a cute school girl, pink hair, wide shot" \\
-        --insert "bad anatomy" --blocks IN00-OUT11 --out sweep.zarr
+        --insert "bad anatomy" --into-blocks IN00-OUT11 --out sweep.zarr
     """
+    take_renamed(click.get_current_context(), opts)
     opts["sweep_insert"] = opts.pop("insert")
-    opts["sweep_blocks"] = opts.pop("blocks")
+    opts["sweep_blocks"] = opts.pop("into_blocks")
     opts["blocks"] = opts.pop("record_blocks")
     _record(opts)
 
@@ -224,19 +231,22 @@ def validate(store: Path, quick: bool) -> None:
 
 @main.command()
 @click.argument("prompt")
-@click.option("--negative", default="", help="Negative prompt; it may hold groups too.")
+@click.option("--negative-prompt", "negative", default="", help="Negative prompt; it may hold groups too.")
+@renamed("--negative", "--negative-prompt", "negative")
 @click.option("--model", type=click.Choice(list(BUILTIN_LAYOUTS)), default="sd1", show_default=True,
               help="Built-in block layout: sd1/sd2/tiny-sd1 (25 blocks) or sdxl/tiny-sdxl (19 blocks).")
 @click.option("--store", "store_path", type=PATH, default=None,
               help="Use this recorded store's block table instead of --model.")
-@click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps, for A1111 prompt editing.")
+@click.option("--sampling-steps", "steps", default=20, show_default=True, type=int,
+              help="Sampling steps (the count), for A1111 prompt editing.")
+@renamed("--steps", "--sampling-steps", "steps", type=int)
 @click.option("--emphasis", type=click.Choice(EMPHASIS_MODES), default="original", show_default=True,
               help="A1111 emphasis mode, as for record.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"positive": {block: prompt}, "negative": {...}, "a1111": {"positive": ..., "negative": ...}}.')
 @click.pass_context
 def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_path: Path | None, steps: int,
-            emphasis: str, as_json: bool) -> None:
+            emphasis: str, as_json: bool, **old: Any) -> None:
     """Show the prompt every block gets from a per-block prompt, before any GPU time is spent.
 
     \b
@@ -247,6 +257,8 @@ def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_pa
     from dumpunet.prompts import explain as explain_prompts
     from dumpunet.prompts import parse_layer_prompt
 
+    take_renamed(ctx, old)
+    negative, steps = old.get("negative", negative), old.get("steps", steps)
     if store_path is None:
         layout = builtin_layout(model)
     elif ctx.get_parameter_source("model") is click.core.ParameterSource.COMMANDLINE:
@@ -259,7 +271,7 @@ def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_pa
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if steps < 1:
-        raise click.BadParameter(f"must be at least 1, got {steps}", param_hint="--steps")
+        raise click.BadParameter(f"must be at least 1, got {steps}", param_hint="--sampling-steps")
     # A1111 syntax is read in the text outside per-block groups: '(~:' and ':~)' are not emphasis
     a1111 = {which: explain_a1111(parse_layer_prompt(text).base(), steps, emphasis=emphasis)
              for which, text in (("positive", prompt), ("negative", negative))}

@@ -134,8 +134,8 @@ def estimate(job: Job) -> Estimate:
                                total_steps=req.executed_steps, n_images=req.batch_size, n_guidance=guidance,
                                n_tokens=token_length(pipe))
     sched = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed)
-    sched.set_timesteps(req.steps)
-    calls = max(1, round(len(plan.record_steps) * len(sched.timesteps) / req.steps))
+    sched.set_timesteps(req.sampling_steps)
+    calls = max(1, round(len(plan.record_steps) * len(sched.timesteps) / req.sampling_steps))
     cross, own = plan.layer_bytes(calls, cross=True), plan.layer_bytes(calls, cross=False)
     no_xattn = job.no_xattn
     blind = swept_blocks(req, *job.names, no_xattn)[1] if req.sweep_insert is not None else []
@@ -188,7 +188,7 @@ def execute(job: Job) -> Summary:
     runs, pairs = run_prompts(req, *job.names, job.no_xattn)
     h, w = _size(req, pipe)
     base_kwargs: dict[str, Any] = dict(
-        num_inference_steps=req.steps,
+        num_inference_steps=req.sampling_steps,
         guidance_scale=req.cfg,
         num_images_per_prompt=req.batch_size,
         output_type="np",
@@ -222,7 +222,7 @@ def _record_one(job: Job, writer: Any, run: RunPrompts, base_kwargs: dict[str, A
         seeds=tuple(req.seed + i for i in range(req.batch_size)),
         sampler=req.sampler,
         cfg=req.cfg,
-        requested_steps=req.steps,
+        requested_steps=req.sampling_steps,
         init_image=str(req.init_image) if req.init_image else None,
         strength=req.strength if req.init_image else None,
         extra=dict(req.extra),
