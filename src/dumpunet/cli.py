@@ -101,7 +101,9 @@ _GENERATION_OPTIONS = [
     click.option("--out", required=True, type=PATH, help="Store to create (a directory)."),
     click.option("--overwrite", is_flag=True, help="Replace an existing dumpunet store at --out."),
     click.option("--dry-run", is_flag=True, help="Print the size estimate and exit."),
-    click.option("--quiet", is_flag=True, help="No progress bar."),
+    click.option("--quiet", is_flag=True, help="No progress bar and no size estimate or summary line (warnings stay)."),
+    click.option("--json", "as_json", is_flag=True,
+                  help="Print a JSON summary on stdout: the estimate and (unless --dry-run) what was recorded."),
 ]
 """Options shared by record and sweep: model, sampling, what to record, where to write."""
 
@@ -157,13 +159,19 @@ def _record(opts: dict[str, Any]) -> None:
     _quiet_libraries()
     from dumpunet.recorder import job as recording
 
-    dry_run = opts.pop("dry_run")
+    dry_run, as_json = opts.pop("dry_run"), opts.pop("as_json")
     req = recording.RecordRequest(**opts)
     job = recording.prepare(req)
     est = recording.estimate(job)
     for line in est.lines():
-        click.echo(line, err=True)
+        if dry_run or not req.quiet or line.startswith("warning:"):
+            click.echo(line, err=True)
+    estimate = {"total_bytes": est.total_bytes, "run_bytes": est.run_bytes, "runs": est.runs,
+                "block_bytes": est.block_bytes, "attention_bytes": est.attention_bytes,
+                "self_attention_bytes": est.self_attention_bytes}
     if dry_run:
+        if as_json:
+            click.echo(json.dumps({"estimate": estimate}, indent=2))
         return
     recording.check_budget(req, est)
     _sigterm_as_interrupt()
@@ -171,8 +179,12 @@ def _record(opts: dict[str, Any]) -> None:
         summary = recording.execute(job)
     except KeyboardInterrupt:
         raise click.ClickException(_interrupted_message(req.out)) from None
-    what = f"runs {', '.join(summary.runs)}" if len(summary.runs) > 1 else f"{summary.steps} steps"
-    click.echo(f"recorded {summary.calls} U-Net calls ({what}, seed {summary.seed}) into {summary.out}", err=True)
+    if as_json:
+        click.echo(json.dumps({"out": str(summary.out), "seed": summary.seed, "steps": summary.steps,
+                               "calls": summary.calls, "runs": list(summary.runs), "estimate": estimate}, indent=2))
+    if not req.quiet:
+        what = f"runs {', '.join(summary.runs)}" if len(summary.runs) > 1 else f"{summary.steps} steps"
+        click.echo(f"recorded {summary.calls} U-Net calls ({what}, seed {summary.seed}) into {summary.out}", err=True)
 
 
 def _interrupted_message(out: Path) -> str:
@@ -208,7 +220,8 @@ def info(store: Path, as_json: bool) -> None:
 @click.argument("store", type=PATH)
 @click.option("--quick", is_flag=True, help="Skip the byte-size check of every chunk file and the decoding of compressed ones "
               "(existence, links and special files are still checked).")
-def validate(store: Path, quick: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help='Print {"store", "ok", "problems", "notes"} as JSON (exit 1 if not ok).')
+def validate(store: Path, quick: bool, as_json: bool) -> None:
     """Check a store; exit 0 if it is sound, else list what is wrong and exit 1.
 
     \b
@@ -217,6 +230,12 @@ def validate(store: Path, quick: bool) -> None:
     from dumpunet.store.validate import validate as check
 
     report = check(store, quick=quick)
+    if as_json:
+        click.echo(json.dumps({"store": str(store), "ok": report.ok, "problems": list(report.problems),
+                               "notes": list(report.notes)}, indent=2))
+        if not report.ok:
+            click.get_current_context().exit(1)
+        return
     for note in report.notes:
         click.echo(f"note: {note}")
     for problem in report.problems:
@@ -303,7 +322,8 @@ for _command in COMMANDS:
                    "(default colours; --blocks, --steps, --images, --guidance narrow it).")
 @_with(value_options(Pick, only=("blocks", "steps", "images", "guidance")))
 @click.option("--quiet", is_flag=True, help="No progress bar (--export).")
-def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path | None, quiet: bool,
+@click.option("--json", "as_json", is_flag=True, help="--export: print the manifest entries of the written files as JSON.")
+def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path | None, quiet: bool, as_json: bool,
          **opts: Any) -> None:
     """Explore stores in the browser: blocks, steps, channels, colours, attention, pairs.
 
@@ -319,8 +339,8 @@ def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path 
     """
     pick = take(Pick, opts)
     if export_to is None:
-        if pick != Pick():
-            raise click.UsageError("--blocks, --steps, --images and --guidance choose what --export writes")
+        if pick != Pick() or as_json:
+            raise click.UsageError("--blocks, --steps, --images, --guidance and --json go with --export")
         from dumpunet.viewer.server import serve
 
         serve(list(stores), port=port, open_browser=not no_browser)
@@ -328,6 +348,9 @@ def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path 
     from dumpunet.viewer.report import export_report
 
     files = export_report(list(stores), export_to, pick, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps([f.params for f in files], indent=1))
+        return
     views = sum(1 for f in files if f.params["kind"] == "report-view")
     click.echo(f"wrote a report of {views} views to {export_to}; open {export_to / 'index.html'}")
 

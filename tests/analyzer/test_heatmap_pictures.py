@@ -119,3 +119,14 @@ def test_plain_writes_the_bare_overlay_as_the_viewer_shows_it(store, tmp_path): 
     heat = np.load(tmp_path / "q" / "querymap-x0.100-y0.900-img0-cond.npy")
     want = overlay(store.image(0), heat, colormap="magma")
     np.testing.assert_array_equal(_png(tmp_path / "q" / "querymap-x0.100-y0.900-img0-cond.png"), want)
+
+
+def test_quiet_leaves_stderr_empty_and_json_lists_the_files(store, tmp_path):  # noqa: F811
+    args = ["heatmap", str(store.path), "--word", "hair", "--layers", "M00"]
+    loud = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert loud.exit_code == 0 and loud.stderr.splitlines()[-1].startswith("wrote 2 files to ")
+    quiet = CliRunner().invoke(main, [*args, "--quiet", "--out", str(tmp_path / "b")])
+    assert quiet.exit_code == 0 and quiet.output == ""
+    listed = CliRunner().invoke(main, [*args, "--quiet", "--json", "--out", str(tmp_path / "c")])
+    assert sorted(e["file"] for e in json.loads(listed.stdout)) == ["heatmap-hair-img0-cond.npy",
+                                                                    "heatmap-hair-img0-cond.png"]

@@ -33,10 +33,13 @@ def test_record_then_info_lists_every_block_with_shapes(tmp_path):
     out = tmp_path / "girl.zarr"
     res = invoke("record", "--prompt", "a cute girl, pink hair", "--sampling-steps", "3", "--sampler", "DPM++ 2M Karras",
                  "--cfg", "7", "--seed", "1719471015", "--blocks", "IN00-OUT11", "--width", "64", "--height", "64",
-                 "--out", str(out), "--quiet")
+                 "--out", str(out), "--quiet", "--json")
     assert res.exit_code == 0, res.output
-    assert "size estimate:" in res.output and "25 blocks x 3 U-Net calls" in res.output
-    assert f"recorded 3 U-Net calls (3 steps, seed 1719471015) into {out}" in res.output
+    assert res.stderr == ""  # --quiet: no bar, no estimate, no summary line
+    summary = json.loads(res.stdout)
+    assert (summary["out"], summary["seed"], summary["steps"], summary["calls"], summary["runs"]) == (
+        str(out), 1719471015, 3, 3, ["main"])
+    assert summary["estimate"]["runs"] == 1 and summary["estimate"]["total_bytes"] > 0
     info = invoke("info", str(out))
     assert info.exit_code == 0
     rows = [line.split() for line in info.output.splitlines() if line.startswith("  IN") or line.startswith("  M00") or line.startswith("  OUT")]
@@ -87,6 +90,10 @@ def test_the_old_steps_count_still_works_with_one_deprecation_line(tmp_path):
             "choose the steps to record, as in render; today that is --record-steps)")
     assert old.stderr.splitlines() == [line, *new.stderr.splitlines()]
     assert "1 blocks x 7 U-Net calls" in new.stderr
+    estimate = json.loads(CliRunner().invoke(main, ["record", "--sampling-steps", "7", "--json", *common]).stdout)
+    assert estimate["estimate"]["block_bytes"] == 7 * 2 * json.loads(  # cfg on: two U-Net halves a step
+        CliRunner().invoke(main, ["record", "--sampling-steps", "1", "--json", "--cfg", "1", *common]).stdout
+    )["estimate"]["block_bytes"]
     both = CliRunner().invoke(main, ["record", "--steps", "7", "--sampling-steps", "7", *common])
     assert both.exit_code == 2 and "give --sampling-steps only" in both.output
 
