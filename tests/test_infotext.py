@@ -50,7 +50,7 @@ def test_hires_infotext_reads_as_a1111_does():
 def test_hires_fields_map_to_the_first_pass_and_the_rest_is_listed_once():
     info = parse_infotext(HIRES)
     assert info.request_fields() == {
-        "prompt": info.prompt, "negative_prompt": info.negative_prompt, "steps": 28, "sampler": "DPM++ 2M",
+        "prompt": info.prompt, "negative_prompt": info.negative_prompt, "sampling_steps": 28, "sampler": "DPM++ 2M",
         "schedule": "Karras", "cfg": 7.0, "seed": 1719471015, "width": 512, "height": 768, "clip_skip": 2,
     }
     # the Hires pass's Denoising strength is not an img2img strength
@@ -78,8 +78,8 @@ def test_img2img_strength_and_emphasis_are_used():
 
 def test_options_the_user_gave_win():
     info = parse_infotext(HIRES)
-    fields = info.request_fields(given={"prompt", "steps", "height"})
-    assert "prompt" not in fields and "steps" not in fields and "height" not in fields
+    fields = info.request_fields(given={"prompt", "sampling_steps", "height"})
+    assert "prompt" not in fields and "sampling_steps" not in fields and "height" not in fields
     assert (fields["width"], fields["negative_prompt"]) == (512, info.negative_prompt)
 
 

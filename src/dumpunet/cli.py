@@ -18,7 +18,7 @@ from dumpunet._version import __version__
 from dumpunet.a1111_prompts import EMPHASIS_MODES
 from dumpunet.cli_options import sigterm_as_interrupt as _sigterm_as_interrupt
 from dumpunet.analyzer.pick import Pick
-from dumpunet.cli_options import PATH, take, value_options
+from dumpunet.cli_options import PATH, renamed, take, take_renamed, value_options
 from dumpunet.cli_options import with_options as _with
 from dumpunet.cli_stats import COMMANDS as STATS_COMMANDS
 from dumpunet.cli_views import COMMANDS
@@ -71,7 +71,9 @@ _GENERATION_OPTIONS = [
                        "the options given here win."),
     click.option("--prompt", default="", help="Prompt text."),
     click.option("--negative-prompt", default="", help="Negative prompt (the unconditional half of cfg)."),
-    click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps."),
+    click.option("--sampling-steps", default=20, show_default=True, type=int, help="Sampling steps (the count)."),
+    renamed("--steps", "--sampling-steps", "sampling_steps", type=int,
+            note=" (--steps will choose the steps to record, as in render; today that is --record-steps)"),
     click.option("--emphasis", type=click.Choice(EMPHASIS_MODES), default="original",
                   show_default=True, help="A1111 emphasis mode for (word:1.2) weights; none reads brackets as text."),
     click.option("--clip-skip", default=1, show_default=True, type=int,
@@ -90,7 +92,8 @@ _GENERATION_OPTIONS = [
     click.option("--width", type=int, default=None, help="Image width (default: the model's)."),
     click.option("--height", type=int, default=None, help="Image height (default: the model's)."),
     click.option("--batch-size", default=1, show_default=True, type=int, help="Images per run."),
-    click.option("--record-steps", default="", help="Steps to record, e.g. '1,5,10' or '1-20(+5)'; empty = all."),
+    click.option("--record-steps", default="",
+                  help="Steps to record, e.g. '1,5,10' or '1-20(+5)' (what --steps chooses in render); empty = all."),
     click.option("--inputs", is_flag=True, help="Also record each block's input."),
     click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True, help="Stored activation dtype."),
     click.option("--device", default=None, help="torch device (default: cuda if available, else cpu)."),
@@ -113,7 +116,9 @@ _GENERATION_OPTIONS = [
     click.option("--disk-speed", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MB/S",
                   help="The disk's write speed for the duration estimate (default: measured once per disk and cached, "
                        "for recordings of 1 GB or more)."),
-    click.option("--quiet", is_flag=True, help="No progress bar."),
+    click.option("--quiet", is_flag=True, help="No progress bar and no size estimate or summary line (warnings stay)."),
+    click.option("--json", "as_json", is_flag=True,
+                  help="Print a JSON summary on stdout: the estimate and (unless --dry-run) what was recorded."),
 ]
 """Options shared by record and sweep: model, sampling, what to record, where to write."""
 
@@ -129,17 +134,20 @@ def record(**opts: Any) -> None:
     Per-block prompts: 'a (~: IN00-OUT11: cute; M00: excellent :~) girl' (see dumpunet explain).
 
     \b
-    dumpunet record --prompt "a cute girl, pink hair" --steps 20 \\
+    dumpunet record --prompt "a cute girl, pink hair" --sampling-steps 20 \\
         --sampler "DPM++ 2M Karras" --cfg 7 --seed 1719471015 --blocks IN00-OUT11 --out girl.zarr
     """
+    take_renamed(click.get_current_context(), opts)
     _record(opts)
 
 
 @main.command()
 @_with(_GENERATION_OPTIONS)
 @click.option("--insert", required=True, help="Text inserted into one block at a time, e.g. 'bad anatomy'.")
-@click.option("--blocks", default="", help="Blocks to insert it into, one run each; empty = all.")
-@click.option("--record-blocks", default="", help="Blocks recorded in every run; empty = all.")
+@click.option("--into-blocks", default="", help="Blocks to insert it into, one run each; empty = all.")
+@click.option("--record-blocks", default="", help="Blocks recorded in every run (record's --blocks); empty = all.")
+@renamed("--blocks", "--into-blocks", "into_blocks", note=" (--blocks will name the blocks to record, as in record; "
+         "today that is --record-blocks)")
 @click.option("--skip-no-xattn", is_flag=True,
               help="Leave out blocks without cross-attention (their runs equal the base; they are warned about otherwise).")
 def sweep(**opts: Any) -> None:
@@ -153,10 +161,11 @@ def sweep(**opts: Any) -> None:
 
     \b
     dumpunet sweep --prompt "a cute school girl, pink hair, wide shot" \\
-        --insert "bad anatomy" --blocks IN00-OUT11 --out sweep.zarr
+        --insert "bad anatomy" --into-blocks IN00-OUT11 --out sweep.zarr
     """
+    take_renamed(click.get_current_context(), opts)
     opts["sweep_insert"] = opts.pop("insert")
-    opts["sweep_blocks"] = opts.pop("blocks")
+    opts["sweep_blocks"] = opts.pop("into_blocks")
     opts["blocks"] = opts.pop("record_blocks")
     _record(opts)
 
@@ -165,7 +174,7 @@ def _record(opts: dict[str, Any]) -> None:
     _quiet_libraries()
     from dumpunet.recorder import job as recording
 
-    dry_run = opts.pop("dry_run")
+    dry_run, as_json = opts.pop("dry_run"), opts.pop("as_json")
     info = _infotext(opts)
     disk_speed = opts.pop("disk_speed")
     req = recording.RecordRequest(**opts)
@@ -177,22 +186,30 @@ def _record(opts: dict[str, Any]) -> None:
         if note:
             click.echo(note, err=True)
     est = recording.estimate(job)
-    for line in est.lines():
-        click.echo(line, err=True)
     if not dry_run:
         recording.check_budget(req, est)
     timing = recording.disk_time(job, est, disk_speed_mb=disk_speed)
-    for line in timing.lines() if timing is not None else ():
-        click.echo(line, err=True)
+    for line in [*est.lines(), *(timing.lines() if timing is not None else ())]:
+        if dry_run or not req.quiet or line.startswith("warning:"):
+            click.echo(line, err=True)
+    estimate = {"total_bytes": est.total_bytes, "run_bytes": est.run_bytes, "runs": est.runs,
+                "block_bytes": est.block_bytes, "attention_bytes": est.attention_bytes,
+                "self_attention_bytes": est.self_attention_bytes}
     if dry_run:
+        if as_json:
+            click.echo(json.dumps({"estimate": estimate}, indent=2))
         return
     _sigterm_as_interrupt()
     try:
         summary = recording.execute(job)
     except KeyboardInterrupt:
         raise click.ClickException(_interrupted_message(req.out)) from None
-    what = f"runs {', '.join(summary.runs)}" if len(summary.runs) > 1 else f"{summary.steps} steps"
-    click.echo(f"recorded {summary.calls} U-Net calls ({what}, seed {summary.seed}) into {summary.out}", err=True)
+    if as_json:
+        click.echo(json.dumps({"out": str(summary.out), "seed": summary.seed, "steps": summary.steps,
+                               "calls": summary.calls, "runs": list(summary.runs), "estimate": estimate}, indent=2))
+    if not req.quiet:
+        what = f"runs {', '.join(summary.runs)}" if len(summary.runs) > 1 else f"{summary.steps} steps"
+        click.echo(f"recorded {summary.calls} U-Net calls ({what}, seed {summary.seed}) into {summary.out}", err=True)
 
 
 def _infotext(opts: dict[str, Any]) -> Any:
@@ -203,8 +220,9 @@ def _infotext(opts: dict[str, Any]) -> Any:
     from dumpunet.infotext import read_infotext
 
     ctx = click.get_current_context()
-    given = {name for name in opts
-             if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)}
+    defaults = (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+    given = {getattr(param, "new_name", param.name) for param in ctx.command.params  # an old spelling counts as its new name
+             if ctx.get_parameter_source(param.name) not in defaults}
     info = read_infotext(source)
     opts.update(info.request_fields(given=given))
     if info.warning():
@@ -245,7 +263,8 @@ def info(store: Path, as_json: bool) -> None:
 @click.argument("store", type=PATH)
 @click.option("--quick", is_flag=True, help="Skip the byte-size check of every chunk file and the decoding of compressed ones "
               "(existence, links and special files are still checked).")
-def validate(store: Path, quick: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help='Print {"store", "ok", "problems", "notes"} as JSON (exit 1 if not ok).')
+def validate(store: Path, quick: bool, as_json: bool) -> None:
     """Check a store; exit 0 if it is sound, else list what is wrong and exit 1.
 
     \b
@@ -254,6 +273,12 @@ def validate(store: Path, quick: bool) -> None:
     from dumpunet.store.validate import validate as check
 
     report = check(store, quick=quick)
+    if as_json:
+        click.echo(json.dumps({"store": str(store), "ok": report.ok, "problems": list(report.problems),
+                               "notes": list(report.notes)}, indent=2))
+        if not report.ok:
+            click.get_current_context().exit(1)
+        return
     for note in report.notes:
         click.echo(f"note: {note}")
     for problem in report.problems:
@@ -268,19 +293,22 @@ def validate(store: Path, quick: bool) -> None:
 
 @main.command()
 @click.argument("prompt")
-@click.option("--negative", default="", help="Negative prompt; it may hold groups too.")
+@click.option("--negative-prompt", "negative", default="", help="Negative prompt; it may hold groups too.")
+@renamed("--negative", "--negative-prompt", "negative")
 @click.option("--model", type=click.Choice(list(BUILTIN_LAYOUTS)), default="sd1", show_default=True,
               help="Built-in block layout: sd1/sd2/tiny-sd1 (25 blocks) or sdxl/tiny-sdxl (19 blocks).")
 @click.option("--store", "store_path", type=PATH, default=None,
               help="Use this recorded store's block table instead of --model.")
-@click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps, for A1111 prompt editing.")
+@click.option("--sampling-steps", "steps", default=20, show_default=True, type=int,
+              help="Sampling steps (the count), for A1111 prompt editing.")
+@renamed("--steps", "--sampling-steps", "steps", type=int)
 @click.option("--emphasis", type=click.Choice(EMPHASIS_MODES), default="original", show_default=True,
               help="A1111 emphasis mode, as for record.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"positive": {block: prompt}, "negative": {...}, "a1111": {"positive": ..., "negative": ...}}.')
 @click.pass_context
 def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_path: Path | None, steps: int,
-            emphasis: str, as_json: bool) -> None:
+            emphasis: str, as_json: bool, **old: Any) -> None:
     """Show the prompt every block gets from a per-block prompt, before any GPU time is spent.
 
     \b
@@ -292,6 +320,8 @@ def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_pa
     from dumpunet.prompts import explain as explain_prompts
     from dumpunet.prompts import parse_layer_prompt
 
+    take_renamed(ctx, old)
+    negative, steps = old.get("negative", negative), old.get("steps", steps)
     if store_path is None:
         layout = builtin_layout(model)
     elif ctx.get_parameter_source("model") is click.core.ParameterSource.COMMANDLINE:
@@ -308,7 +338,7 @@ def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_pa
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if steps < 1:
-        raise click.BadParameter(f"must be at least 1, got {steps}", param_hint="--steps")
+        raise click.BadParameter(f"must be at least 1, got {steps}", param_hint="--sampling-steps")
     # A1111 syntax is read in the text outside per-block groups: '(~:' and ':~)' are not emphasis
     a1111 = {which: explain_a1111(parse_layer_prompt(text).base(), steps, emphasis=emphasis)
              for which, text in (("positive", prompt), ("negative", negative))}
@@ -340,7 +370,8 @@ for _command in (*COMMANDS, *STATS_COMMANDS):
                    "(default colours; --blocks, --steps, --images, --guidance narrow it).")
 @_with(value_options(Pick, only=("blocks", "steps", "images", "guidance")))
 @click.option("--quiet", is_flag=True, help="No progress bar (--export).")
-def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path | None, quiet: bool,
+@click.option("--json", "as_json", is_flag=True, help="--export: print the manifest entries of the written files as JSON.")
+def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path | None, quiet: bool, as_json: bool,
          **opts: Any) -> None:
     """Explore stores in the browser: blocks, steps, channels, colours, attention, pairs.
 
@@ -356,8 +387,8 @@ def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path 
     """
     pick = take(Pick, opts)
     if export_to is None:
-        if pick != Pick():
-            raise click.UsageError("--blocks, --steps, --images and --guidance choose what --export writes")
+        if pick != Pick() or as_json:
+            raise click.UsageError("--blocks, --steps, --images, --guidance and --json go with --export")
         from dumpunet.viewer.server import serve
 
         serve(list(stores), port=port, open_browser=not no_browser)
@@ -365,6 +396,9 @@ def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path 
     from dumpunet.viewer.report import export_report
 
     files = export_report(list(stores), export_to, pick, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps([f.params for f in files], indent=1))
+        return
     views = sum(1 for f in files if f.params["kind"] == "report-view")
     click.echo(f"wrote a report of {views} views to {export_to}; open {export_to / 'index.html'}")
 

@@ -44,7 +44,8 @@ OPTIONS = {o.name: o for o in [
                flag_value=True),
     OptionSpec("scheduler", "With --dask (implied): the address of a running dask.distributed scheduler, "
                "tcp://HOST:PORT, whose workers see the stores at the same paths; default: a LocalCluster."),
-    OptionSpec("quiet", "No progress bar.", default=False, flag_value=True),
+    OptionSpec("quiet", "No progress bar and no closing 'wrote ...' line (warnings stay).", default=False,
+               flag_value=True),
     OptionSpec("as_json", "Print the manifest entries of the written files as JSON.", default=False, flag_value=True,
                flag="--json"),
     OptionSpec("sweep", "Instead: a contact sheet of a sweep store's final images, base first, one per block, "
@@ -107,10 +108,10 @@ def _options(*names: str) -> list[Any]:
     return [click_option(OPTIONS[name]) for name in names]
 
 
-def _echo_written(files: list[Any], out: Path, noun: str, as_json: bool) -> None:
+def _echo_written(files: list[Any], out: Path, noun: str, as_json: bool, quiet: bool = False) -> None:
     if as_json:
         click.echo(json.dumps([f.params for f in files], indent=1))
-    else:
+    elif not quiet:
         plural = "" if len(files) == 1 else "s"
         click.echo(f"wrote {len(files)} {noun}{plural} to {out} (parameters in manifest.json)", err=True)
 
@@ -158,20 +159,21 @@ def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, animate: str
     pick, style, color = take(Pick, opts), take(GridStyle, opts), take(ColorSpec, opts)
     sigterm_as_interrupt()  # so a killed render removes its temporary files and writes its manifest
     if sweep:
-        _contact_sheets(ctx, stores, pick, out, as_json)
+        _contact_sheets(ctx, stores, pick, out, as_json, quiet)
         return
     from dumpunet.analyzer.render import render as render_stores
 
     files = render_stores(list(stores), pick, color, style, out=out, jobs=jobs, progress=not quiet,
                           skip_damaged=skip_damaged, animate=animate, mosaic=mosaic, frame_ms=frame_ms,
                           scheduler=_scheduler(dask, scheduler))
-    _echo_written(files, out, "GIF file" if animate == "gif" else "PNG file", as_json)
+    _echo_written(files, out, "GIF file" if animate == "gif" else "PNG file", as_json, quiet)
 
 
 _SWEEP_PARAMS = ("stores", "sweep", "images", "out", "quiet", "as_json", "jobs")
 
 
-def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, out: Path, as_json: bool) -> None:
+def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, out: Path, as_json: bool,
+                    quiet: bool) -> None:
     from dumpunet.analyzer.sweep import contact_sheet
 
     given = [p.opts[0] for p in ctx.command.params if p.name not in _SWEEP_PARAMS
@@ -181,7 +183,7 @@ def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, ou
     if len(stores) != 1:
         raise click.UsageError(f"--sweep takes one store, got {len(stores)}")
     files = contact_sheet(stores[0], Pick(images=pick.images), out=out)
-    _echo_written(files, out, "contact sheet", as_json)
+    _echo_written(files, out, "contact sheet", as_json, quiet)
 
 
 @click.command()
@@ -223,7 +225,7 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
 
         files = export_attention(store, dataclasses.replace(pick, blocks=layers), out=out, format=format,
                                  feature=feature, progress=not quiet)
-    _echo_written(files, out, "file", as_json)
+    _echo_written(files, out, "file", as_json, quiet)
 
 
 @click.command()
@@ -257,7 +259,7 @@ def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: P
     sigterm_as_interrupt()
     files = diff_pair(store, pick, color, style, out=out, pair=pair, finals=finals, export=export, jobs=jobs,
                       progress=not quiet, skip_damaged=skip_damaged, scheduler=_scheduler(dask, scheduler))
-    _echo_written(files, out, "file", as_json)
+    _echo_written(files, out, "file", as_json, quiet)
 
 
 @click.command()
@@ -285,16 +287,16 @@ def attention(store: Path, tokens: str, feature: str, query: str | None, head_av
     files = render_attention(store, take(Pick, opts), take(ColorSpec, opts), out=out, tokens=tokens, feature=feature,
                              query=_point(query), scale=scale, average=head_average, aggregate=aggregate,
                              plain=plain_grid, progress=not quiet)
-    _echo_written(files, out, "PNG file", as_json)
+    _echo_written(files, out, "PNG file", as_json, quiet)
 
 
 @click.command()
 @click.argument("store", type=PATH)
 @with_options(_options("word", "merge", "query"))
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
-@with_options(_options("colormap", "alpha", "plain_overlay", "out", "as_json"))
+@with_options(_options("colormap", "alpha", "plain_overlay", *_WRITTEN))
 def heatmap(store: Path, word: str | None, merge: bool, query: str | None, colormap: str, alpha: float,
-            plain_overlay: bool, out: Path, as_json: bool, **opts: Any) -> None:
+            plain_overlay: bool, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Overlay where a word acts (or where a pixel looks) on the final image, DAAM-style.
 
     Each PNG has the word in a title strip and a colour bar (the summed attention's range);
@@ -318,11 +320,11 @@ def heatmap(store: Path, word: str | None, merge: bool, query: str | None, color
     pick = take(Pick, opts)
     st = open_store(store)
     note = run_note(st, pick)
-    if note:
+    if note and not quiet:
         click.echo(note, err=True)
     files = write_heatmaps(st, pick, out=out, word=word, query=_point(query), alpha=alpha,
                            merge=merge, colormap=colormap, plain=plain_overlay)
-    _echo_written(files, out, "file", as_json)
+    _echo_written(files, out, "file", as_json, quiet)
 
 
 COMMANDS = [render, export, diff, attention, heatmap]

@@ -70,7 +70,7 @@ def _emphasis(value: str) -> str:
 
 
 _FIELDS: dict[str, tuple[tuple[str, ...], Callable[[str], Any], str]] = {
-    "Steps": (("steps",), _int, "a whole number"),
+    "Steps": (("sampling_steps",), _int, "a whole number"),
     "Sampler": (("sampler",), str, "a sampler name"),
     "Schedule type": (("schedule",), str, "a schedule type"),
     "CFG scale": (("cfg",), _float, "a number"),

@@ -146,3 +146,14 @@ def test_query_map_marks_its_query_pixel_unless_plain(store, tmp_path):  # noqa:
     (plain, _) = write_heatmaps(store, Pick(blocks="IN01"), out=tmp_path / "p", query=(0.1, 0.9), plain=True)
     assert "marker" not in plain.params
     np.testing.assert_array_equal(_png(plain.path), bare)
+
+
+def test_quiet_leaves_stderr_empty_and_json_lists_the_files(store, tmp_path):  # noqa: F811
+    args = ["heatmap", str(store.path), "--word", "hair", "--layers", "M00"]
+    loud = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert loud.exit_code == 0 and loud.stderr.splitlines()[-1].startswith("wrote 2 files to ")
+    quiet = CliRunner().invoke(main, [*args, "--quiet", "--out", str(tmp_path / "b")])
+    assert quiet.exit_code == 0 and quiet.output == ""
+    listed = CliRunner().invoke(main, [*args, "--quiet", "--json", "--out", str(tmp_path / "c")])
+    assert sorted(e["file"] for e in json.loads(listed.stdout)) == ["heatmap-hair-img0-cond.npy",
+                                                                    "heatmap-hair-img0-cond.png"]

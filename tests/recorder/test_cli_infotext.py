@@ -65,7 +65,7 @@ def test_pasted_infotext_records_with_its_parameters(tmp_path):
 
 def test_options_given_on_the_command_line_win(tmp_path):
     out = tmp_path / "w.zarr"
-    res = invoke("record", "--infotext", INFOTEXT, "--steps", "2", "--seed", "7", "--sampler", "Euler",
+    res = invoke("record", "--infotext", INFOTEXT, "--sampling-steps", "2", "--seed", "7", "--sampler", "Euler",
                  "--height", "64", "--prompt", "a cat", "--blocks", "M00", "--out", str(out), "--quiet")
     assert res.exit_code == 0, res.output
     info = dumpunet.open(out).run().info
@@ -89,7 +89,7 @@ def test_png_parameters_are_read(tmp_path):
 
 def test_schedule_option_names_the_sampler_as_a1111_did(tmp_path):
     out = tmp_path / "s.zarr"
-    res = invoke("record", "--sampler", "DPM++ 2M", "--schedule", "karras", "--steps", "2", "--seed", "3",
+    res = invoke("record", "--sampler", "DPM++ 2M", "--schedule", "karras", "--sampling-steps", "2", "--seed", "3",
                  "--width", "64", "--height", "64", "--blocks", "M00", "--out", str(out), "--quiet")
     assert res.exit_code == 0, res.output
     assert dumpunet.open(out).run().info.sampler == "DPM++ 2M Karras"
@@ -126,7 +126,7 @@ def _broken_png(tmp_path):
          "Error: sampler 'Euler a' takes no Karras schedule: diffusers' EulerAncestralDiscreteScheduler has no "
          "use_karras_sigmas option"),
         (lambda p: "a cat\nSteps: 3, Sampler: Euler, Size: 100x64", [], "Error: --width must be a positive multiple of 8, got 100"),
-        (lambda p: None, ["--sampler", "LCM", "--steps", "60"], "Error: sampler 'LCM' with --steps 60: "),
+        (lambda p: None, ["--sampler", "LCM", "--sampling-steps", "60"], "Error: sampler 'LCM' with --sampling-steps 60: "),
     ],
 )
 def test_bad_infotext_gets_one_line_and_no_store(tmp_path, make, extra, message):

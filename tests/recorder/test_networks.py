@@ -29,7 +29,7 @@ from dumpunet.recorder.tiny import build_tiny_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.recorder
 
-SMALL = ("--steps", "2", "--seed", "7", "--width", "64", "--height", "64", "--sampler", "Euler", "--quiet")
+SMALL = ("--sampling-steps", "2", "--seed", "7", "--width", "64", "--height", "64", "--sampler", "Euler", "--quiet")
 
 
 @pytest.fixture(scope="module")

@@ -201,9 +201,9 @@ def prepare(req: RecordRequest) -> Job:
     model_info = {**model_info, **apply_networks(pipe, loras=loras, embeddings=[Path(p) for p in req.embeddings])}
     pipe.scheduler = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed, schedule=req.schedule)
     try:  # e.g. LCM takes at most its original_inference_steps (50)
-        pipe.scheduler.set_timesteps(req.steps)
+        pipe.scheduler.set_timesteps(req.sampling_steps)
     except ValueError as exc:
-        raise OptionError(f"sampler {req.sampler!r} with --steps {req.steps}: {' '.join(str(exc).split())}") from None
+        raise OptionError(f"sampler {req.sampler!r} with --sampling-steps {req.sampling_steps}: {' '.join(str(exc).split())}") from None
     job = Job(req, pipe, model_info)
     Selection.of(pipe.unet, req.record_options(), what="--blocks")
     run_prompts(req, *job.names, job.no_xattn)  # layer-prompt block specs
@@ -227,8 +227,8 @@ def estimate(job: Job) -> Estimate:
                                total_steps=req.executed_steps, n_images=req.batch_size, n_guidance=guidance,
                                n_tokens=token_length(pipe))
     sched = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed, schedule=req.schedule)
-    sched.set_timesteps(req.steps)
-    calls = max(1, round(len(plan.record_steps) * len(sched.timesteps) / req.steps))
+    sched.set_timesteps(req.sampling_steps)
+    calls = max(1, round(len(plan.record_steps) * len(sched.timesteps) / req.sampling_steps))
     cross, own = plan.layer_bytes(calls, cross=True), plan.layer_bytes(calls, cross=False)
     no_xattn = job.no_xattn
     blind = swept_blocks(req, *job.names, no_xattn)[1] if req.sweep_insert is not None else []
@@ -243,7 +243,7 @@ def estimate(job: Job) -> Estimate:
         shape_note=f"{w}x{h}, batch {req.batch_size}, {'cfg on' if guidance == 2 else 'cfg off'}, {req.dtype}",
         swept_without_xattn=tuple(blind),
         skip_no_xattn=req.skip_no_xattn,
-        unet_calls=max(1, round(req.executed_steps * len(sched.timesteps) / req.steps)),
+        unet_calls=max(1, round(req.executed_steps * len(sched.timesteps) / req.sampling_steps)),
     )
 
 
@@ -283,7 +283,7 @@ def execute(job: Job) -> Summary:
     runs, pairs = run_prompts(req, *job.names, job.no_xattn)
     h, w = _size(req, pipe)
     base_kwargs: dict[str, Any] = dict(
-        num_inference_steps=req.steps,
+        num_inference_steps=req.sampling_steps,
         guidance_scale=req.cfg,
         num_images_per_prompt=req.batch_size,
         output_type="np",
@@ -317,7 +317,7 @@ def _record_one(job: Job, writer: Any, run: RunPrompts, base_kwargs: dict[str, A
         seeds=tuple(req.seed + i for i in range(req.batch_size)),
         sampler=resolve_sampler(req.sampler, req.schedule).name,
         cfg=req.cfg,
-        requested_steps=req.steps,
+        requested_steps=req.sampling_steps,
         init_image=str(req.init_image) if req.init_image else None,
         strength=req.strength if req.init_image else None,
         extra=dict(req.extra),

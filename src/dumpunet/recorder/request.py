@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ MAX_SEED = 2**64 - 1
 """The largest seed torch's generator takes (image i of a batch uses seed + i)."""
 
 RANGES: dict[str, tuple[int | float, int | float]] = {
-    "steps": (1, 10_000),
+    "sampling_steps": (1, 10_000),
     "seed": (-1, MAX_SEED),
     "cfg": (0.0, 100.0),
     "width": (8, 8192),
@@ -62,7 +63,8 @@ class RecordRequest:
     prediction_type: str | None = None  # single files: epsilon | v_prediction (None: detected)
     prompt: str = ""
     negative_prompt: str = ""
-    steps: int = 20
+    sampling_steps: int = 20
+    steps: int | None = None  # deprecated spelling of sampling_steps (0.2; goes in 0.3)
     sampler: str = "Euler a"
     schedule: str = "Automatic"  # A1111's Schedule type (Karras, Exponential, ...) next to the sampler
     cfg: float = 7.0
@@ -101,6 +103,8 @@ class RecordRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.steps is not None:
+            self._take_old_steps()
         self._check_ranges()
         if self.seed >= 0 and self.seed + self.batch_size - 1 > MAX_SEED:
             raise OptionError(f"--seed {self.seed} + --batch-size {self.batch_size} - 1 passes the largest seed {MAX_SEED}")
@@ -163,13 +167,22 @@ class RecordRequest:
         Examples
         --------
         >>> req = RecordRequest.from_infotext("a cat\\nSteps: 30, Sampler: DPM++ 2M, Schedule type: Karras, Seed: 7",
-        ...                                   out=Path("cat.zarr"), steps=4)
-        >>> req.prompt, req.steps, req.sampler, req.schedule, req.seed
+        ...                                   out=Path("cat.zarr"), sampling_steps=4)
+        >>> req.prompt, req.sampling_steps, req.sampler, req.schedule, req.seed
         ('a cat', 4, 'DPM++ 2M', 'Karras', 7)
         """
         from dumpunet.infotext import read_infotext
 
         return cls(**{**read_infotext(source).request_fields(given=options), **options})
+
+    def _take_old_steps(self) -> None:
+        """Read the deprecated ``steps=N`` (the step count) as ``sampling_steps=N``, with a DeprecationWarning."""
+        if self.sampling_steps != 20:
+            raise OptionError(f"steps={self.steps!r} is the old name of sampling_steps; give sampling_steps only")
+        warnings.warn("RecordRequest(steps=N) is deprecated: write sampling_steps=N (steps will choose the steps "
+                      "to record, as record_steps does now)", DeprecationWarning, stacklevel=4)
+        object.__setattr__(self, "sampling_steps", self.steps)
+        object.__setattr__(self, "steps", None)
 
     def _check_ranges(self) -> None:
         """Refuse a numeric field that is not a number, not finite, or outside :data:`RANGES`."""
@@ -189,10 +202,11 @@ class RecordRequest:
     def executed_steps(self) -> int:
         """Sampler steps that run: all of them, or the last ``strength`` share for img2img."""
         if self.init_image is None:
-            return self.steps
-        n = min(int(self.steps * self.strength), self.steps)
+            return self.sampling_steps
+        n = min(int(self.sampling_steps * self.strength), self.sampling_steps)
         if n < 1:
-            raise OptionError(f"--strength {self.strength} with --steps {self.steps} leaves no step to run")
+            raise OptionError(f"--strength {self.strength} with --sampling-steps {self.sampling_steps} leaves no step "
+                              "to run")
         return n
 
     def attention_options(self) -> AttentionOptions | None:
@@ -267,12 +281,12 @@ class RunPrompts:
 
 def swept_blocks(req: RecordRequest, blocks: list[str], aliases: dict[str, str], no_xattn: frozenset[str] = frozenset()
                  ) -> tuple[list[str], list[str]]:
-    """A sweep's target blocks (``--blocks``) and those of them without cross-attention.
+    """A sweep's target blocks (``--into-blocks``) and those of them without cross-attention.
 
     Text inserted into a block without cross-attention reaches nothing: its run is the base run,
     pixel for pixel. With ``--skip-no-xattn`` they are left out of the targets (and still listed).
     """
-    swept = parse_blocks(req.sweep_blocks, blocks, aliases=aliases, what="--blocks")
+    swept = parse_blocks(req.sweep_blocks, blocks, aliases=aliases, what="--into-blocks")
     blind = [b for b in swept if b in no_xattn]
     if req.skip_no_xattn:
         swept = [b for b in swept if b not in no_xattn]

@@ -71,9 +71,11 @@ def _num(x: float) -> str:
 
 METHODS = ("White/Black", "Red/Blue", "Custom", "PCA")
 """The methods as the original's UI spelled them (any case is accepted)."""
-TRANSFORMS = ("auto01", "auto11", "autosym", "linear", "sigmoid", "Auto [0,1]", "Auto [-1,1]")
-"""``autosym`` is ours, not the original's: Auto [-1,1] over a range made symmetric around zero,
-``[-m, m]`` with ``m`` the largest ``|v|`` of the scope, so 0 is always the middle colour."""
+TRANSFORMS = ("auto01", "auto11", "autosym", "linear", "sigmoid")
+"""The transforms, each once (the original's "Auto [0,1]" and "Auto [-1,1]" are accepted spellings of
+``auto01`` and ``auto11``). ``autosym`` is ours, not the original's: Auto [-1,1] over a range made
+symmetric around zero, ``[-m, m]`` with ``m`` the largest ``|v|`` of the scope, so 0 is always the
+middle colour."""
 SCOPES = _SCOPES
 
 
@@ -110,10 +112,11 @@ class ColorSpec:
 
     method: str = field(default="Custom", metadata=option(
         "Colorization; PCA colours the top 3 principal components (render, diff).",
-        choices=METHODS, case_sensitive=False))
+        choices=METHODS, case_sensitive=False, choice_aliases=tuple(_METHODS.items())))
     transform: str = field(default="auto01", metadata=option(
-        "Value transform; autosym: Auto over [-m, m], m = the largest |v|, so 0 is the middle colour.",
-        choices=TRANSFORMS, case_sensitive=False))
+        "Value transform; auto01/auto11: the original's Auto [0,1]/[-1,1]; autosym: Auto over [-m, m], m = the "
+        "largest |v|, so 0 is the middle colour.",
+        choices=TRANSFORMS, case_sensitive=False, choice_aliases=tuple(_TRANSFORMS.items())))
     clamp_min: float = field(default=-1.0, metadata=option("Linear: lower clamp.", type=float))
     clamp_max: float = field(default=1.0, metadata=option("Linear: upper clamp.", type=float))
     gain: float = field(default=1.0, metadata=option("Sigmoid gain.", type=float))
