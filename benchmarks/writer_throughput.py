@@ -33,7 +33,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from dumpunet.store import schema
 from dumpunet.store.schema import BlockInfo, RunAttrs
-from dumpunet.store.writer import GROW_CALLS, StoreWriter
+from dumpunet.store.writer import DIRECT_IO, GROW_CALLS, WRITE_THREADS, StoreWriter
 
 SD15_512 = [
     *[(f"IN{i:02d}", (320, 64, 64)) for i in range(3)],
@@ -56,7 +56,9 @@ BZSTD = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=2)
 
 # Each variant changes the schema default in one or two ways. Keys: compressors (slab arrays),
 # sep (chunk key separator), shard (one shard per call and array), grow
-# (StoreWriter's grow_calls), raw (StoreWriter's raw_chunks: False = zarr's Array API).
+# (StoreWriter's grow_calls), raw (StoreWriter's raw_chunks: False = zarr's Array API), coords
+# (StoreWriter's coordinates: False = format 1.0's layout, no coordinate arrays),
+# threads (StoreWriter's write_threads), direct (StoreWriter's direct_io).
 COMPARE: dict[str, dict] = {
     "schema default": {},
     "zstd-1": {"compressors": ZstdCodec(level=1)},
@@ -68,12 +70,18 @@ COMPARE: dict[str, dict] = {
     "grow 1 call at a time": {"grow": 1},
     "chunks via Array API": {"raw": False},
     "grow 1 + Array API": {"grow": 1, "raw": False},
+    "no coordinates": {"coords": False},
+    "O_DIRECT": {"direct": True},
+    "2 write threads": {"threads": 2},
+    "2 threads, O_DIRECT": {"threads": 2, "direct": True},
 }
 DEFAULTS = {
     "codecs_for": schema.codecs_for,
     "sep": schema.CHUNK_KEY_ENCODING["separator"],
     "grow": GROW_CALLS,
     "raw": True,
+    "threads": WRITE_THREADS,
+    "direct": DIRECT_IO,
     "create_array": zarr.Group.create_array,
 }
 
@@ -120,7 +128,9 @@ def time_writer(where: Path, blocks: list[BlockInfo], data: list[dict], steps: i
     """Return (seconds to close(), seconds to close() + os.sync(), bytes of chunk files)."""
     path = where / "bench.zarr"
     w = StoreWriter(path, model={}, versions={}, grow_calls=v.get("grow", DEFAULTS["grow"]),
-                    raw_chunks=v.get("raw", DEFAULTS["raw"]))
+                    raw_chunks=v.get("raw", DEFAULTS["raw"]), write_threads=v.get("threads", DEFAULTS["threads"]),
+                    direct_io=v.get("direct", DEFAULTS["direct"]),
+                    coordinates=v.get("coords", True))
     w.set_block_table(blocks)
     w.begin_run("main", RunAttrs(n_images=N_IMAGES, guidance=("uncond", "cond")), blocks, which=("output",), dtype="float16")
     w.flush()

@@ -104,3 +104,16 @@ def test_token_labels_cover_77_n_tokens_with_their_chunk():
         ("<|startoftext|>", 1.0), ("cute</w>", 1.5), ("girl</w>", 1.0), ("<|endoftext|>", 1.0)]
     assert [lab["token"] for lab in labels[77:81]] == ["<|startoftext|>", "pink</w>", "hair</w>", "<|endoftext|>"]
     assert [lab["piece"] for lab in labels[77:81]] == [-1, 3, 3, -1]
+
+
+def test_a_multi_vector_embedding_is_never_split_across_chunks():
+    # 73 words, then a 3-vector embedding (ids 50, 51, 52) and one more word: as A1111, the
+    # embedding does not fit in the 2 places left, so chunk 1 closes after the 73 words
+    pieces = [Piece("w " * 73 + "emb x", 1.3)]
+    tokens = [[7] * 73 + [50, 51, 52, 8]]
+    chunks = split_chunks(pieces, tokens, bos=1, eos=2, pad=2, comma=None, embeddings=[{73: 3}])
+    assert chunks[0].ids[1:75] == (7,) * 73 + (2,)
+    assert chunks[1].ids[:6] == (1, 50, 51, 52, 8, 2)
+    assert chunks[1].weights[1:5] == (1.3,) * 4
+    plain = split_chunks(pieces, tokens, bos=1, eos=2, pad=2, comma=None)  # without the span: cut at 75
+    assert plain[0].ids[74:] == (50, 51, 2) and plain[1].ids[1] == 52

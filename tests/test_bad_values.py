@@ -97,14 +97,14 @@ def test_deeply_nested_expressions_are_one_caret_message(girl, tmp_path, text):
 
 # ----------------------------------------------------------------------------- record and sweep
 
-RECORD = ["--steps", "2", "--width", "64", "--height", "64", "--quiet"]
+RECORD = ["--sampling-steps", "2", "--width", "64", "--height", "64", "--quiet"]
 
 
 @pytest.mark.recorder
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["record", "--steps", "1000000000"], "--steps must be between 1 and 10000, got 1000000000"),
+        (["record", "--sampling-steps", "1000000000"], "--sampling-steps must be between 1 and 10000, got 1000000000"),
         (["record", "--seed", "99999999999999999999999"],
          "--seed must be between -1 and 18446744073709551615, got 99999999999999999999999"),
         (["record", "--device", "meta"], "device 'meta' holds no data; choose cpu, cuda or mps"),

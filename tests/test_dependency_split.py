@@ -122,3 +122,29 @@ def test_diff_and_contact_sheets_run_without_torch(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["7", "heavy:", "[]"]
+
+
+def test_stats_and_datasets_run_without_torch(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent / "analyzer"))
+    from synthetic_stores import make_store
+
+    store = make_store(tmp_path / "s.zarr")
+    other = make_store(tmp_path / "t.zarr", seed=2)
+    proc = run_blocked(
+        f"""
+        import sys
+        from click.testing import CliRunner
+        import dumpunet
+        from dumpunet.cli import main
+        res = CliRunner().invoke(main, ["stats", {str(store)!r}, "--blocks", "OUT11", "--steps", "20",
+                                        "--out", {str(tmp_path / "st")!r}])
+        assert res.exit_code == 0, (res.output, res.exception)
+        assert CliRunner().invoke(main, ["stats", "--help"]).exit_code == 0
+        ds = dumpunet.open_dataset([{str(store)!r}, {str(other)!r}], blocks="OUT11")
+        print(ds["OUT11"].sizes["run"], float(ds["OUT11"].astype("float64").mean().compute()) != 0)
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "diffusers", "transformers", "safetensors"))
+        print("heavy:", heavy)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["2", "True", "heavy:", "[]"]

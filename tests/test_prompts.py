@@ -395,7 +395,7 @@ def test_cli_explain_prints_the_table():
 
 
 def test_cli_explain_negative_column_and_sdxl():
-    res = _runner().invoke(main, ["explain", "a (~: M00: x :~)", "--negative", "b", "--model", "tiny-sdxl"])
+    res = _runner().invoke(main, ["explain", "a (~: M00: x :~)", "--negative-prompt", "b", "--model", "tiny-sdxl"])
     assert res.exit_code == 0
     lines = res.stdout.splitlines()
     assert lines[0] == "block  cross-attn  prompt  negative"
@@ -406,7 +406,7 @@ def test_cli_explain_negative_column_and_sdxl():
 
 def test_cli_explain_json():
     res = _runner().invoke(
-        main, ["explain", "a (~: IN00-OUT11: cute; M00: excellent :~) girl", "--negative", "(~: _: ugly :~)", "--json"]
+        main, ["explain", "a (~: IN00-OUT11: cute; M00: excellent :~) girl", "--negative-prompt", "(~: _: ugly :~)", "--json"]
     )
     assert res.exit_code == 0
     doc = json.loads(res.stdout)
@@ -441,7 +441,7 @@ def test_cli_explain_warnings_go_to_stderr():
          "Error: bad layer prompt: unknown block 'OUT11' (this model has IN00..OUT08)\n"
          "  a (~: IN00-OUT11: cute :~) girl\n"
          "             ^^^^^\n"),
-        (["ok", "--negative", "a :~)"],
+        (["ok", "--negative-prompt", "a :~)"],
          "Error: bad layer prompt: stray ':~)' outside a group (write '\\:~)' for the literal text) "
          "(in the negative prompt)\n"
          "  a :~)\n"
@@ -477,7 +477,7 @@ def test_cli_explain_help():
     res = _runner().invoke(main, ["explain", "--help"])
     assert res.exit_code == 0
     assert 'dumpunet explain "a (~: IN00-OUT11: cute; M00: excellent :~) girl"' in res.stdout
-    for option in ("--negative", "--model", "--store", "--json"):
+    for option in ("--negative-prompt", "--model", "--store", "--json"):
         assert option in res.stdout
 
 

@@ -3,8 +3,8 @@
 Public API: :func:`open`; the analysis values :class:`Pick` (what to read), :class:`ColorSpec`
 (how to colour) and :class:`GridStyle` (tile scale, channel average, PCA basis, labels or plain);
 :func:`render_image` (one grid as an array), :func:`render`, :func:`diff`, :func:`export`,
-:func:`export_attention`, :func:`attention` and :func:`heatmap` (no torch needed); :func:`view`
-(the viewer in a notebook cell, also ``store.show()``); and :func:`record` (needs the ``record`` extra).
+:func:`export_attention`, :func:`attention` and :func:`heatmap` (no torch needed); :func:`open_dataset`
+(stores as lazy xarray datasets, the ``dask`` extra); :func:`view` (the viewer in a notebook cell, also ``store.show()``); and :func:`record` (needs the ``record`` extra).
 
 Examples
 --------
@@ -21,7 +21,7 @@ from dumpunet._version import __version__
 from dumpunet.store import Store, open_store
 
 __all__ = [
-    "ColorSpec", "GridStyle", "Pick", "Store", "attention", "diff", "export", "export_attention", "heatmap", "open", "record",
+    "ColorSpec", "GridStyle", "Pick", "Store", "attention", "diff", "export", "export_attention", "heatmap", "open", "open_dataset", "record",
     "render", "render_image", "view", "__version__",
 ]
 
@@ -43,6 +43,7 @@ _LAZY = {
     "attention": "dumpunet.analyzer.attention_grids:render_attention",
     "heatmap": "dumpunet.analyzer.heatmap:word_heatmap",
     "view": "dumpunet.viewer.notebook:view",
+    "open_dataset": "dumpunet.store.dataset:open_dataset",
 }
 
 

@@ -4,7 +4,8 @@ A prompt's pieces (:func:`dumpunet.a1111_prompts.parse_emphasis`) are tokenized 
 without start/end tokens, and laid out in chunks of 75 tokens (A1111, ``sd_hijack_clip.py``):
 when a chunk is full and the next token is not a comma, the tokens after the chunk's last comma
 move to the next chunk if that comma is among the chunk's last 20 tokens; ``BREAK`` closes the
-chunk; a prompt of exactly 75 tokens is one chunk, and the empty prompt is one chunk. Each chunk
+chunk; a multi-vector textual-inversion embedding that does not fit in the current chunk starts
+the next one; a prompt of exactly 75 tokens is one chunk, and the empty prompt is one chunk. Each chunk
 becomes ``BOS + 75 tokens (padded with EOS) + EOS`` = 77 tokens, and where the tokenizer pads
 with another token (SD2, SDXL's second encoder) every token after the first EOS becomes it.
 
@@ -18,13 +19,15 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dumpunet.a1111_networks import extract_networks
 from dumpunet.a1111_prompts import Piece, parse_emphasis, prompt_schedule
 
-__all__ = ["CHUNK", "Chunk", "a1111_summary", "explain_a1111", "split_chunks", "token_labels", "tokenize_chunks"]
+__all__ = ["CHUNK", "Chunk", "a1111_summary", "expand_embeddings", "explain_a1111", "split_chunks", "token_labels",
+           "tokenize_chunks"]
 
 CHUNK = 75
 """Prompt tokens per chunk; with its start and end token a chunk is 77 tokens."""
@@ -48,8 +51,13 @@ def split_chunks(
     eos: int,
     pad: int,
     comma: int | None,
+    embeddings: Sequence[Mapping[int, int]] | None = None,
 ) -> list[Chunk]:
     """Lay out tokenized pieces in 77-token chunks by A1111's rules (see the module docstring).
+
+    ``embeddings`` gives, per piece, the positions where a multi-vector textual-inversion
+    embedding starts and its number of tokens: A1111 never splits one across two chunks, it
+    starts a new chunk when the embedding does not fit in the current one.
 
     Examples
     --------
@@ -76,7 +84,15 @@ def split_chunks(
         if piece.is_break:
             close()
             continue
-        for token in tokens:
+        spans = embeddings[index] if embeddings is not None else {}
+        inside = 0  # tokens of the current embedding still to place
+        for k, token in enumerate(tokens):
+            if inside:
+                inside -= 1
+                ids.append(token)
+                weights.append(piece.weight)
+                origin.append(index)
+                continue
             if token == comma:
                 last_comma = len(ids)
             elif len(ids) == CHUNK and last_comma != -1 and CHUNK - last_comma <= COMMA_BACKTRACK:
@@ -85,8 +101,9 @@ def split_chunks(
                 ids, weights, origin = ids[:cut], weights[:cut], origin[:cut]
                 close()
                 ids, weights, origin = (list(x) for x in moved)
-            if len(ids) == CHUNK:
+            if len(ids) == CHUNK or len(ids) + spans.get(k, 1) > CHUNK:
                 close()
+            inside = spans.get(k, 1) - 1
             ids.append(token)
             weights.append(piece.weight)
             origin.append(index)
@@ -95,12 +112,58 @@ def split_chunks(
     return chunks
 
 
+def expand_embeddings(tokenizer: Any, text: str) -> str:
+    """Spell out the extra tokens of multi-vector textual-inversion embeddings in ``text``.
+
+    diffusers loads an embedding of ``n`` vectors as the tokens ``name``, ``name_1``, ...
+    ``name_{n-1}`` and rewrites ``name`` in a prompt into all of them before tokenizing
+    (``TextualInversionLoaderMixin.maybe_convert_prompt``); this is the same rewrite, so a
+    prompt read A1111's way gives the encoder every vector too.
+
+    Examples
+    --------
+    >>> class Tok:
+    ...     added_tokens_encoder = {"emb": 100, "emb_1": 101}
+    ...     def tokenize(self, text):
+    ...         return text.split()
+    >>> expand_embeddings(Tok(), "a emb girl")
+    'a emb emb_1 girl'
+    """
+    added = getattr(tokenizer, "added_tokens_encoder", None) or {}
+    if not any(f"{token}_1" in added for token in added):
+        return text
+    for token in set(tokenizer.tokenize(text)):
+        if token in added:
+            replacement, i = token, 1
+            while f"{token}_{i}" in added:
+                replacement += f" {token}_{i}"
+                i += 1
+            text = text.replace(token, replacement)
+    return text
+
+
 def tokenize_chunks(tokenizer: Any, pieces: Sequence[Piece]) -> list[Chunk]:
     """Tokenize ``pieces`` with a CLIP tokenizer (transformers') and lay them out in chunks."""
-    tokenized = tokenizer([p.text for p in pieces], truncation=False, add_special_tokens=False)["input_ids"]
+    texts = [expand_embeddings(tokenizer, p.text) for p in pieces]
+    tokenized = tokenizer(texts, truncation=False, add_special_tokens=False)["input_ids"]
     comma = tokenizer.get_vocab().get(",</w>")
     bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
-    return split_chunks(pieces, tokenized, bos=bos, eos=eos, pad=pad, comma=comma)
+    spans = _embedding_spans(tokenizer)
+    embeddings = [{k: spans[t] for k, t in enumerate(ids) if t in spans} for ids in tokenized] if spans else None
+    return split_chunks(pieces, tokenized, bos=bos, eos=eos, pad=pad, comma=comma, embeddings=embeddings)
+
+
+def _embedding_spans(tokenizer: Any) -> dict[int, int]:
+    """The first token id of every multi-vector embedding (``name`` with ``name_1`` ...), and its length."""
+    added = getattr(tokenizer, "added_tokens_encoder", None) or {}
+    spans = {}
+    for token, first in added.items():
+        n = 1
+        while f"{token}_{n}" in added:
+            n += 1
+        if n > 1:
+            spans[first] = n
+    return spans
 
 
 def explain_a1111(prompt: str, steps: int, *, emphasis: str = "original", tokenizer: Any = None) -> dict[str, Any]:
@@ -117,7 +180,8 @@ def explain_a1111(prompt: str, steps: int, *, emphasis: str = "original", tokeni
     >>> ex["schedule"][1]["pieces"][1]
     {'text': 'cute', 'weight': 1.2, 'break': False}
     """
-    schedule = prompt_schedule(prompt, steps)
+    networks = extract_networks(prompt)
+    schedule = prompt_schedule(networks.text, steps)
     notes = list(schedule.notes)
     entries = []
     for end, text in schedule.entries:
@@ -139,7 +203,8 @@ def explain_a1111(prompt: str, steps: int, *, emphasis: str = "original", tokeni
                 for c in chunks
             ]
         entries.append(entry)
-    return {"prompt": prompt, "steps": steps, "emphasis": emphasis, "schedule": entries, "notes": notes}
+    return {"prompt": prompt, "steps": steps, "emphasis": emphasis, "loras": [t.to_json() for t in networks.loras],
+            "schedule": entries, "notes": notes}
 
 
 def token_labels(tokenizer: Any, chunks: Sequence[Chunk]) -> list[dict[str, Any]]:
@@ -190,5 +255,8 @@ def a1111_summary(explained: dict[str, Any]) -> str | None:
     if len(explained["schedule"]) > 1:
         ends = ", ".join(str(e["until_step"]) for e in explained["schedule"])
         parts.append(f"{len(explained['schedule'])} schedule entries (steps {ends})")
+    for lora in explained.get("loras", []):
+        te, unet = lora["te_weight"], lora["unet_weight"]
+        parts.append(f"LoRA {lora['name']} weight {te:g}" + (f" (U-Net {unet:g})" if unet != te else ""))
     parts += list(explained["notes"])
     return "; ".join(parts) or None

@@ -20,8 +20,9 @@ from dumpunet._version import __version__
 from dumpunet.a1111_prompts import EMPHASIS_MODES
 from dumpunet.cli_options import sigterm_as_interrupt as _sigterm_as_interrupt
 from dumpunet.analyzer.pick import Pick
-from dumpunet.cli_options import PATH, STORE, storage_options, take, value_options
+from dumpunet.cli_options import PATH, STORE, renamed, storage_options, take, take_renamed, value_options
 from dumpunet.cli_options import with_options as _with
+from dumpunet.cli_stats import COMMANDS as STATS_COMMANDS
 from dumpunet.cli_views import COMMANDS
 from dumpunet.errors import DumpUnetError
 from dumpunet.layouts import BUILTIN_LAYOUTS
@@ -66,21 +67,37 @@ _GENERATION_OPTIONS = [
     click.option("--model", default="tiny-sd1", show_default=True,
                   help="tiny-sd1, tiny-sdxl, a diffusers folder, a .safetensors/.ckpt file, or a hub id (online)."),
     click.option("--config", type=PATH, default=None,
-                  help="Single-file checkpoints: a local diffusers folder with the matching configs (needed offline)."),
+                  help="Single-file checkpoints: a diffusers folder whose configs replace the ones dumpunet ships."),
+    click.option("--prediction-type", type=click.Choice(["epsilon", "v_prediction"]), default=None,
+                  help="Single-file checkpoints: the parameterization, instead of the detected one (SD2 768-v: v_prediction)."),
+    click.option("--infotext", default=None,
+                  help="A1111 generation parameters: an image it saved (PNG/JPEG/WebP) or the pasted text; "
+                       "the options given here win."),
     click.option("--prompt", default="", help="Prompt text."),
     click.option("--negative-prompt", default="", help="Negative prompt (the unconditional half of cfg)."),
-    click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps."),
+    click.option("--sampling-steps", default=20, show_default=True, type=int, help="Sampling steps (the count)."),
+    renamed("--steps", "--sampling-steps", "sampling_steps", type=int,
+            note=" (--steps will choose the steps to record, as in render; today that is --record-steps)"),
     click.option("--emphasis", type=click.Choice(EMPHASIS_MODES), default="original",
                   show_default=True, help="A1111 emphasis mode for (word:1.2) weights; none reads brackets as text."),
     click.option("--clip-skip", default=1, show_default=True, type=int,
                   help="A1111 clip skip: read the text encoder's Nth layer from the end (1 = last)."),
+    click.option("--lora", "loras", multiple=True, metavar="FILE[:WEIGHT]",
+                  help="Load a LoRA (.safetensors, or .pt/.ckpt read weights-only) with this weight (default 1); repeatable."),
+    click.option("--lora-dir", type=PATH, default=None,
+                  help="Folder where prompt tags <lora:NAME:WEIGHT> find NAME.safetensors (A1111's models/Lora)."),
+    click.option("--embedding", "embeddings", multiple=True, type=PATH,
+                  help="Textual-inversion embedding file; its file name (without extension) is the prompt token; repeatable."),
     click.option("--sampler", default="Euler a", show_default=True, help="A1111 sampler name, e.g. 'DPM++ 2M Karras'."),
+    click.option("--schedule", default="Automatic", show_default=True,
+                  help="A1111 schedule type: automatic, uniform, karras, exponential or beta (docs/samplers.md)."),
     click.option("--cfg", default=7.0, show_default=True, type=float, help="Classifier-free guidance scale (<= 1 turns it off)."),
     click.option("--seed", default=-1, show_default=True, type=int, help="Seed; image i of a batch uses seed+i; -1 = random."),
     click.option("--width", type=int, default=None, help="Image width (default: the model's)."),
     click.option("--height", type=int, default=None, help="Image height (default: the model's)."),
     click.option("--batch-size", default=1, show_default=True, type=int, help="Images per run."),
-    click.option("--record-steps", default="", help="Steps to record, e.g. '1,5,10' or '1-20(+5)'; empty = all."),
+    click.option("--record-steps", default="",
+                  help="Steps to record, e.g. '1,5,10' or '1-20(+5)' (what --steps chooses in render); empty = all."),
     click.option("--inputs", is_flag=True, help="Also record each block's input."),
     click.option("--dtype", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True, help="Stored activation dtype."),
     click.option("--device", default=None, help="torch device (default: cuda if available, else cpu)."),
@@ -101,7 +118,12 @@ _GENERATION_OPTIONS = [
                   help="Store to create: a directory, or a URL (s3://bucket/girl.zarr, gs://...) uploaded while recording."),
     click.option("--overwrite", is_flag=True, help="Replace an existing dumpunet store at --out."),
     click.option("--dry-run", is_flag=True, help="Print the size estimate and exit."),
-    click.option("--quiet", is_flag=True, help="No progress bar."),
+    click.option("--disk-speed", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MB/S",
+                  help="The disk's write speed for the duration estimate (default: measured once per disk and cached, "
+                       "for recordings of 1 GB or more)."),
+    click.option("--quiet", is_flag=True, help="No progress bar and no size estimate or summary line (warnings stay)."),
+    click.option("--json", "as_json", is_flag=True,
+                  help="Print a JSON summary on stdout: the estimate and (unless --dry-run) what was recorded."),
 ]
 """Options shared by record and sweep: model, sampling, what to record, where to write."""
 
@@ -118,17 +140,20 @@ def record(**opts: Any) -> None:
     Per-block prompts: 'a (~: IN00-OUT11: cute; M00: excellent :~) girl' (see dumpunet explain).
 
     \b
-    dumpunet record --prompt "a cute girl, pink hair" --steps 20 \\
+    dumpunet record --prompt "a cute girl, pink hair" --sampling-steps 20 \\
         --sampler "DPM++ 2M Karras" --cfg 7 --seed 1719471015 --blocks IN00-OUT11 --out girl.zarr
     """
+    take_renamed(click.get_current_context(), opts)
     _record(opts)
 
 
 @main.command()
 @_with(_GENERATION_OPTIONS)
 @click.option("--insert", required=True, help="Text inserted into one block at a time, e.g. 'bad anatomy'.")
-@click.option("--blocks", default="", help="Blocks to insert it into, one run each; empty = all.")
-@click.option("--record-blocks", default="", help="Blocks recorded in every run; empty = all.")
+@click.option("--into-blocks", default="", help="Blocks to insert it into, one run each; empty = all.")
+@click.option("--record-blocks", default="", help="Blocks recorded in every run (record's --blocks); empty = all.")
+@renamed("--blocks", "--into-blocks", "into_blocks", note=" (--blocks will name the blocks to record, as in record; "
+         "today that is --record-blocks)")
 @click.option("--skip-no-xattn", is_flag=True,
               help="Leave out blocks without cross-attention (their runs equal the base; they are warned about otherwise).")
 @storage_options
@@ -143,10 +168,11 @@ def sweep(**opts: Any) -> None:
 
     \b
     dumpunet sweep --prompt "a cute school girl, pink hair, wide shot" \\
-        --insert "bad anatomy" --blocks IN00-OUT11 --out sweep.zarr
+        --insert "bad anatomy" --into-blocks IN00-OUT11 --out sweep.zarr
     """
+    take_renamed(click.get_current_context(), opts)
     opts["sweep_insert"] = opts.pop("insert")
-    opts["sweep_blocks"] = opts.pop("blocks")
+    opts["sweep_blocks"] = opts.pop("into_blocks")
     opts["blocks"] = opts.pop("record_blocks")
     _record(opts)
 
@@ -155,17 +181,33 @@ def _record(opts: dict[str, Any]) -> None:
     _quiet_libraries()
     from dumpunet.recorder import job as recording
 
-    dry_run = opts.pop("dry_run")
+    dry_run, as_json = opts.pop("dry_run"), opts.pop("as_json")
+    info = _infotext(opts)
+    disk_speed = opts.pop("disk_speed")
     remote = opts["out"] if isinstance(opts["out"], StoreUrl) else None
     with _scratch_for(remote, opts, dry_run=dry_run) as scratch:
         req = recording.RecordRequest(**opts)
         job = recording.prepare(req)
+        if info is not None:
+            from dumpunet.infotext import model_hash_note
+
+            note = model_hash_note(info, job.model_info)
+            if note:
+                click.echo(note, err=True)
         est = recording.estimate(job)
-        for line in est.lines():
-            click.echo(line, err=True)
+        if not dry_run:
+            recording.check_budget(req, est)
+        timing = recording.disk_time(job, est, disk_speed_mb=disk_speed)
+        for line in [*est.lines(), *(timing.lines() if timing is not None else ())]:
+            if dry_run or not req.quiet or line.startswith("warning:"):
+                click.echo(line, err=True)
+        estimate = {"total_bytes": est.total_bytes, "run_bytes": est.run_bytes, "runs": est.runs,
+                    "block_bytes": est.block_bytes, "attention_bytes": est.attention_bytes,
+                    "self_attention_bytes": est.self_attention_bytes}
         if dry_run:
+            if as_json:
+                click.echo(json.dumps({"estimate": estimate}, indent=2))
             return
-        recording.check_budget(req, est)
         _sigterm_as_interrupt()
         uploader = _start_upload(scratch, remote)
         try:
@@ -177,8 +219,31 @@ def _record(opts: dict[str, Any]) -> None:
             _finish_upload(uploader)
             raise
         _finish_upload(uploader)
-    what = f"runs {', '.join(summary.runs)}" if len(summary.runs) > 1 else f"{summary.steps} steps"
-    click.echo(f"recorded {summary.calls} U-Net calls ({what}, seed {summary.seed}) into {remote or summary.out}", err=True)
+    out = remote or summary.out
+    if as_json:
+        click.echo(json.dumps({"out": str(out), "seed": summary.seed, "steps": summary.steps,
+                               "calls": summary.calls, "runs": list(summary.runs), "estimate": estimate}, indent=2))
+    if not req.quiet:
+        what = f"runs {', '.join(summary.runs)}" if len(summary.runs) > 1 else f"{summary.steps} steps"
+        click.echo(f"recorded {summary.calls} U-Net calls ({what}, seed {summary.seed}) into {out}", err=True)
+
+
+def _infotext(opts: dict[str, Any]) -> Any:
+    """Fill ``opts`` from --infotext where the user gave no option; warn once about the fields not used."""
+    source = opts.pop("infotext")
+    if source is None:
+        return None
+    from dumpunet.infotext import read_infotext
+
+    ctx = click.get_current_context()
+    defaults = (None, click.core.ParameterSource.DEFAULT, click.core.ParameterSource.DEFAULT_MAP)
+    given = {getattr(param, "new_name", param.name) for param in ctx.command.params  # an old spelling counts as its new name
+             if ctx.get_parameter_source(param.name) not in defaults}
+    info = read_infotext(source)
+    opts.update(info.request_fields(given=given))
+    if info.warning():
+        click.echo(f"warning: {info.warning()}", err=True)
+    return info
 
 
 @contextlib.contextmanager
@@ -249,7 +314,8 @@ def info(store: Path, as_json: bool) -> None:
 @storage_options
 @click.option("--quick", is_flag=True, help="Skip the byte-size check of every chunk file and the decoding of compressed ones "
               "(existence, links and special files are still checked).")
-def validate(store: Path, quick: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help='Print {"store", "ok", "problems", "notes"} as JSON (exit 1 if not ok).')
+def validate(store: Path, quick: bool, as_json: bool) -> None:
     """Check a store; exit 0 if it is sound, else list what is wrong and exit 1.
 
     \b
@@ -258,6 +324,12 @@ def validate(store: Path, quick: bool) -> None:
     from dumpunet.store.validate import validate as check
 
     report = check(store, quick=quick)
+    if as_json:
+        click.echo(json.dumps({"store": str(store), "ok": report.ok, "problems": list(report.problems),
+                               "notes": list(report.notes)}, indent=2))
+        if not report.ok:
+            click.get_current_context().exit(1)
+        return
     for note in report.notes:
         click.echo(f"note: {note}")
     for problem in report.problems:
@@ -299,29 +371,35 @@ def copy(src: Path | StoreUrl, dst: Path | StoreUrl, quiet: bool) -> None:
 
 @main.command()
 @click.argument("prompt")
-@click.option("--negative", default="", help="Negative prompt; it may hold groups too.")
+@click.option("--negative-prompt", "negative", default="", help="Negative prompt; it may hold groups too.")
+@renamed("--negative", "--negative-prompt", "negative")
 @click.option("--model", type=click.Choice(list(BUILTIN_LAYOUTS)), default="sd1", show_default=True,
               help="Built-in block layout: sd1/sd2/tiny-sd1 (25 blocks) or sdxl/tiny-sdxl (19 blocks).")
 @click.option("--store", "store_path", type=PATH, default=None,
               help="Use this recorded store's block table instead of --model.")
-@click.option("--steps", default=20, show_default=True, type=int, help="Sampling steps, for A1111 prompt editing.")
+@click.option("--sampling-steps", "steps", default=20, show_default=True, type=int,
+              help="Sampling steps (the count), for A1111 prompt editing.")
+@renamed("--steps", "--sampling-steps", "steps", type=int)
 @click.option("--emphasis", type=click.Choice(EMPHASIS_MODES), default="original", show_default=True,
               help="A1111 emphasis mode, as for record.")
 @click.option("--json", "as_json", is_flag=True,
               help='Print {"positive": {block: prompt}, "negative": {...}, "a1111": {"positive": ..., "negative": ...}}.')
 @click.pass_context
 def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_path: Path | None, steps: int,
-            emphasis: str, as_json: bool) -> None:
+            emphasis: str, as_json: bool, **old: Any) -> None:
     """Show the prompt every block gets from a per-block prompt, before any GPU time is spent.
 
     \b
     dumpunet explain "a (~: IN00-OUT11: cute; M00: excellent :~) girl"
     """
     from dumpunet.a1111_chunks import a1111_summary, explain_a1111
+    from dumpunet.a1111_networks import check_outside_groups, extract_networks
     from dumpunet.layouts import BlockLayout, builtin_layout
     from dumpunet.prompts import explain as explain_prompts
     from dumpunet.prompts import parse_layer_prompt
 
+    take_renamed(ctx, old)
+    negative, steps = old.get("negative", negative), old.get("steps", steps)
     if store_path is None:
         layout = builtin_layout(model)
     elif ctx.get_parameter_source("model") is click.core.ParameterSource.COMMANDLINE:
@@ -330,11 +408,15 @@ def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_pa
         from dumpunet.store import open_store
 
         layout = BlockLayout.from_block_table(str(store_path), open_store(store_path).block_table)
-    result = explain_prompts(prompt, negative, layout=layout)
+    result = explain_prompts(prompt, negative, layout=layout)  # a syntax error names the prompt it is in
+    for text in (prompt, negative):  # a <lora:...> tag inside a per-block group is refused, as by record
+        check_outside_groups(text, [(g.start, g.end) for g in parse_layer_prompt(text).groups])
+    if extract_networks(prompt).loras or extract_networks(negative).loras:
+        result = explain_prompts(extract_networks(prompt).text, extract_networks(negative).text, layout=layout)
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
     if steps < 1:
-        raise click.BadParameter(f"must be at least 1, got {steps}", param_hint="--steps")
+        raise click.BadParameter(f"must be at least 1, got {steps}", param_hint="--sampling-steps")
     # A1111 syntax is read in the text outside per-block groups: '(~:' and ':~)' are not emphasis
     a1111 = {which: explain_a1111(parse_layer_prompt(text).base(), steps, emphasis=emphasis)
              for which, text in (("positive", prompt), ("negative", negative))}
@@ -350,7 +432,7 @@ def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_pa
 
 # ----------------------------------------------------------------------------- analysis
 
-for _command in COMMANDS:
+for _command in (*COMMANDS, *STATS_COMMANDS):
     main.add_command(_command)
 
 
@@ -367,7 +449,8 @@ for _command in COMMANDS:
                    "(default colours; --blocks, --steps, --images, --guidance narrow it).")
 @_with(value_options(Pick, only=("blocks", "steps", "images", "guidance")))
 @click.option("--quiet", is_flag=True, help="No progress bar (--export).")
-def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path | None, quiet: bool,
+@click.option("--json", "as_json", is_flag=True, help="--export: print the manifest entries of the written files as JSON.")
+def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path | None, quiet: bool, as_json: bool,
          **opts: Any) -> None:
     """Explore stores in the browser: blocks, steps, channels, colours, attention, pairs.
 
@@ -383,8 +466,8 @@ def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path 
     """
     pick = take(Pick, opts)
     if export_to is None:
-        if pick != Pick():
-            raise click.UsageError("--blocks, --steps, --images and --guidance choose what --export writes")
+        if pick != Pick() or as_json:
+            raise click.UsageError("--blocks, --steps, --images, --guidance and --json go with --export")
         from dumpunet.viewer.server import serve
 
         serve(list(stores), port=port, open_browser=not no_browser)
@@ -392,6 +475,9 @@ def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path 
     from dumpunet.viewer.report import export_report
 
     files = export_report(list(stores), export_to, pick, progress=not quiet)
+    if as_json:
+        click.echo(json.dumps([f.params for f in files], indent=1))
+        return
     views = sum(1 for f in files if f.params["kind"] == "report-view")
     click.echo(f"wrote a report of {views} views to {export_to}; open {export_to / 'index.html'}")
 

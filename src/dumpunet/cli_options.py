@@ -32,7 +32,10 @@ from dumpunet.errors import DumpUnetError
 from dumpunet.options import OptionSpec, options_of
 from dumpunet.store.location import StoreUrl, is_url, locate, parse_storage_options
 
-__all__ = ["PATH", "STORE", "NonEmptyPath", "StorePlace", "storage_options", "click_option", "sigterm_as_interrupt", "take", "value_options", "with_options"]
+__all__ = [
+    "PATH", "STORE", "NonEmptyPath", "RenamedOption", "StorePlace", "click_option", "renamed", "sigterm_as_interrupt",
+    "storage_options", "take", "take_renamed", "value_options", "with_options",
+]
 
 Decorator = Callable[[Any], Any]
 
@@ -101,6 +104,24 @@ def storage_options(f: Any) -> Any:
                              "environment variables.")(command)
 
 
+class AliasChoice(click.Choice):  # type: ignore[type-arg]
+    """A choice that ``--help`` lists once per meaning, and that also accepts further spellings.
+
+    ``aliases`` maps each extra spelling (compared without case and whitespace) to its choice:
+    ``--transform "Auto [0,1]"`` reads as ``auto01`` while the list shows ``auto01`` alone.
+    """
+
+    def __init__(self, choices: Iterable[str], aliases: Mapping[str, str], case_sensitive: bool = True) -> None:
+        super().__init__(list(choices), case_sensitive=case_sensitive)
+        self.aliases = {"".join(k.lower().split()): v for k, v in aliases.items()}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        alias = self.aliases.get("".join(value.lower().split())) if isinstance(value, str) else None
+        if alias is not None and alias in self.choices:
+            value = alias
+        return super().convert(value, param, ctx)
+
+
 def click_option(spec: OptionSpec, *, aliases: Iterable[str] = ()) -> Decorator:
     """The click option of ``spec`` (``aliases``: further spellings, e.g. ``--layers``)."""
     decls = [spec.cli, *aliases, spec.name]
@@ -108,7 +129,7 @@ def click_option(spec: OptionSpec, *, aliases: Iterable[str] = ()) -> Decorator:
     if spec.flag_value is not None:
         return click.option(*decls, flag_value=spec.flag_value, **kw)
     if spec.choices is not None:
-        kw["type"] = click.Choice(list(spec.choices), case_sensitive=spec.case_sensitive)
+        kw["type"] = AliasChoice(spec.choices, dict(spec.choice_aliases), case_sensitive=spec.case_sensitive)
     elif spec.minimum is not None or spec.maximum is not None:
         ranges = {int: click.IntRange, float: click.FloatRange}[spec.type]
         kw["type"] = ranges(min=spec.minimum, max=spec.maximum)
@@ -117,6 +138,8 @@ def click_option(spec: OptionSpec, *, aliases: Iterable[str] = ()) -> Decorator:
     else:
         kw["type"] = spec.type
     kw["show_default"] = spec.default not in (None, "") and not spec.required
+    if kw["show_default"] and spec.choices is not None and not spec.case_sensitive:
+        kw["default"] = str(spec.default).lower()  # as click lists case-insensitive choices
     return click.option(*decls, **kw)
 
 
@@ -157,6 +180,43 @@ def with_options(options: Iterable[Decorator]) -> Decorator:
         return f
 
     return apply
+
+
+class RenamedOption(click.Option):
+    """The old spelling of a renamed option: hidden from ``--help``, still read for one minor version.
+
+    :func:`take_renamed` moves its value to the new option and prints one deprecation line.
+    """
+
+    def __init__(self, *args: Any, new_flag: str, new_name: str, note: str = "", **kw: Any) -> None:
+        super().__init__(*args, hidden=True, **kw)
+        self.new_flag, self.new_name, self.note = new_flag, new_name, note
+
+
+def renamed(old: str, new_flag: str, new_name: str, *, note: str = "", **kw: Any) -> Decorator:
+    """A hidden option ``old`` that stands for ``new_flag`` (parameter ``new_name``), with a deprecation line.
+
+    ``kw`` are click's (``type=int``); the default is always None (not given).
+    """
+    dest = "renamed_" + old.lstrip("-").replace("-", "_")
+    return click.option(old, dest, cls=RenamedOption, new_flag=new_flag, new_name=new_name, note=note,
+                        default=None, **kw)
+
+
+def take_renamed(ctx: click.Context, opts: dict[str, Any]) -> None:
+    """Move each old spelling's value in ``opts`` to its new name, with one line on stderr; refuse both at once."""
+    for param in ctx.command.params:
+        if not isinstance(param, RenamedOption):
+            continue
+        value = opts.pop(param.name, None)  # type: ignore[arg-type]
+        if value is None:
+            continue
+        old = param.opts[0]
+        if ctx.get_parameter_source(param.new_name) is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"{old} is the old spelling of {param.new_flag}; give {param.new_flag} only")
+        click.echo(f"warning: {ctx.info_name} {old} is deprecated and goes in dumpunet 0.3: write {param.new_flag}"
+                   f"{param.note}", err=True)
+        opts[param.new_name] = value
 
 
 def sigterm_as_interrupt() -> None:

@@ -21,6 +21,7 @@ from dumpunet.analyzer.colormaps import COLORMAPS, DEFAULT_COLORMAP
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.style import AVERAGES, GridStyle
 from dumpunet.analyzer.tensor_files import FORMATS
+from dumpunet.analyzer.timeviews import ANIMATIONS, FRAME_MS
 from dumpunet.cli_options import (
     STORE,
     click_option,
@@ -37,8 +38,15 @@ __all__ = ["COMMANDS", "OPTIONS"]
 OPTIONS = {o.name: o for o in [
     OptionSpec("out", "Output folder (made if missing; manifest.json beside the files lists them).", type=Path,
                required=True),
-    OptionSpec("jobs", "Worker threads reading, colouring and encoding (default: all CPUs).", type=int, minimum=1),
-    OptionSpec("quiet", "No progress bar.", default=False, flag_value=True),
+    OptionSpec("jobs", "Worker threads reading, colouring and encoding; with --dask, LocalCluster worker processes "
+               "(default: all CPUs).", type=int, minimum=1),
+    OptionSpec("dask", "Draw and encode on dask: a LocalCluster of --jobs worker processes, or the cluster of "
+               "--scheduler. Workers read the stores by path; the files are the same.", default=False,
+               flag_value=True),
+    OptionSpec("scheduler", "With --dask (implied): the address of a running dask.distributed scheduler, "
+               "tcp://HOST:PORT, whose workers see the stores at the same paths; default: a LocalCluster."),
+    OptionSpec("quiet", "No progress bar and no closing 'wrote ...' line (warnings stay).", default=False,
+               flag_value=True),
     OptionSpec("as_json", "Print the manifest entries of the written files as JSON.", default=False, flag_value=True,
                flag="--json"),
     OptionSpec("sweep", "Instead: a contact sheet of a sweep store's final images, base first, one per block, "
@@ -67,9 +75,22 @@ OPTIONS = {o.name: o for o in [
                flag_value=True),
     OptionSpec("colormap", "Colour map of the heatmap (perceptual; its colour bar is drawn below).",
                default=DEFAULT_COLORMAP, choices=COLORMAPS),
-    OptionSpec("plain_overlay", "The bare overlay, as the viewer shows it: no title strip or colour bar.", default=False,
-               flag_value=True, flag="--plain"),
+    OptionSpec("plain_overlay", "The bare overlay, as the viewer shows it: no title strip, colour bar or query marker.",
+               default=False, flag_value=True, flag="--plain"),
+    OptionSpec("plain_grid", "The grid with its head and token headers only: no title strip or colour bar.",
+               default=False, flag_value=True, flag="--plain"),
+    OptionSpec("aggregate", "Instead of one grid per layer: per map size (SD1: 64x64 ... 8x8), the cross-attention "
+               "layers of that size averaged over heads and layers (no resampling), one row of token maps "
+               "(prompt-to-prompt's aggregate), with the maps as .npy.", choices=("resolution",)),
     OptionSpec("alpha", "Opacity of the heatmap.", default=0.5, type=float, minimum=0, maximum=1),
+    OptionSpec("animate", "Instead of one file per step: one animation over the selected steps per block, image "
+               "and guidance half (png: lossless animated PNG, each frame the single-step render; gif: 256 colours "
+               "a frame). --auto-scope run keeps colours comparable across frames.", choices=ANIMATIONS),
+    OptionSpec("frame_ms", "With --animate: milliseconds a frame.", default=FRAME_MS, type=int, minimum=10,
+               maximum=60_000),
+    OptionSpec("mosaic", "Instead of one file per grid: one mosaic per image and guidance half, blocks as rows and "
+               "steps as columns, each cell the block's bare grid (--average mean: one map a cell).", default=False,
+               flag_value=True),
     OptionSpec("skip_damaged", "A map whose chunk is missing or damaged: skip its file with a warning line on "
                "stderr (and a count at the end) instead of stopping with the error.", default=False,
                flag_value=True),
@@ -88,12 +109,17 @@ def _options(*names: str) -> list[Any]:
     return [click_option(OPTIONS[name]) for name in names]
 
 
-def _echo_written(files: list[Any], out: Path, noun: str, as_json: bool) -> None:
+def _echo_written(files: list[Any], out: Path, noun: str, as_json: bool, quiet: bool = False) -> None:
     if as_json:
         click.echo(json.dumps([f.params for f in files], indent=1))
-    else:
+    elif not quiet:
         plural = "" if len(files) == 1 else "s"
         click.echo(f"wrote {len(files)} {noun}{plural} to {out} (parameters in manifest.json)", err=True)
+
+
+def _scheduler(dask: bool, scheduler: str | None) -> str | None:
+    """The library's ``scheduler``: None (the thread pool), ``"local"`` (--dask) or --scheduler's address."""
+    return scheduler if scheduler is not None else ("local" if dask else None)
 
 
 def _point(value: str | None) -> tuple[float, float] | None:
@@ -112,10 +138,11 @@ def _point(value: str | None) -> tuple[float, float] | None:
 @with_options(value_options(Pick))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec, choices=_NO_HEAD))
-@with_options(_options("jobs", "skip_damaged", "sweep", *_WRITTEN))
+@with_options(_options("animate", "frame_ms", "mosaic", "jobs", "dask", "scheduler", "skip_damaged", "sweep", *_WRITTEN))
 @click.pass_context
-def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, jobs: int | None, skip_damaged: bool, sweep: bool,
-           quiet: bool, as_json: bool, **opts: Any) -> None:
+def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, animate: str | None, frame_ms: int, mosaic: bool,
+           jobs: int | None, dask: bool, scheduler: str | None, skip_damaged: bool, sweep: bool, quiet: bool,
+           as_json: bool, **opts: Any) -> None:
     """Render block outputs as PNG grids (one tile per channel) plus a manifest.json.
 
     Grids are labelled (title, channel numbers, colour bar) and small maps enlarged;
@@ -126,24 +153,29 @@ def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, jobs: int | 
     \b
     dumpunet render girl.zarr --blocks OUT11 --steps 20 --method "White/Black" \\
         --transform sigmoid --gain 1 --offset 0 --out renders/
+    dumpunet render girl.zarr --blocks OUT11 --auto-scope run --animate png --out anim/
+    dumpunet render girl.zarr --average mean --mosaic --out mosaic/
     dumpunet render sweep.zarr --sweep --out sheet/
+    dumpunet render runs/*.zarr --blocks OUT11 --dask --jobs 4 --out renders/
     """
     pick, style, color = take(Pick, opts), take(GridStyle, opts), take(ColorSpec, opts)
     sigterm_as_interrupt()  # so a killed render removes its temporary files and writes its manifest
     if sweep:
-        _contact_sheets(ctx, stores, pick, out, as_json)
+        _contact_sheets(ctx, stores, pick, out, as_json, quiet)
         return
     from dumpunet.analyzer.render import render as render_stores
 
     files = render_stores(list(stores), pick, color, style, out=out, jobs=jobs, progress=not quiet,
-                          skip_damaged=skip_damaged)
-    _echo_written(files, out, "PNG file", as_json)
+                          skip_damaged=skip_damaged, animate=animate, mosaic=mosaic, frame_ms=frame_ms,
+                          scheduler=_scheduler(dask, scheduler))
+    _echo_written(files, out, "GIF file" if animate == "gif" else "PNG file", as_json, quiet)
 
 
 _SWEEP_PARAMS = ("stores", "sweep", "images", "out", "quiet", "as_json", "jobs")
 
 
-def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, out: Path, as_json: bool) -> None:
+def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, out: Path, as_json: bool,
+                    quiet: bool) -> None:
     from dumpunet.analyzer.sweep import contact_sheet
 
     given = [p.opts[0] for p in ctx.command.params if p.name not in _SWEEP_PARAMS
@@ -153,17 +185,18 @@ def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, ou
     if len(stores) != 1:
         raise click.UsageError(f"--sweep takes one store, got {len(stores)}")
     files = contact_sheet(stores[0], Pick(images=pick.images), out=out)
-    _echo_written(files, out, "contact sheet", as_json)
+    _echo_written(files, out, "contact sheet", as_json, quiet)
 
 
 @click.command()
 @click.argument("store", type=STORE)
 @storage_options
 @with_options(value_options(Pick))
-@with_options(_options("layers", "feature", "format", "skip_damaged", *_WRITTEN))
+@with_options(_options("layers", "feature", "format", "dask", "scheduler", "skip_damaged", *_WRITTEN))
 @click.pass_context
 def export(ctx: click.Context, store: Path, layers: str | None, feature: str, format: str,  # noqa: A002
-           skip_damaged: bool, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
+           dask: bool, scheduler: str | None, skip_damaged: bool, out: Path, quiet: bool, as_json: bool,
+           **opts: Any) -> None:
     """Export raw feature values as .bin (float32 per channel), .npy or .safetensors files.
 
     With --layers, attention layers instead: bin writes the original's Q*K dump, one file
@@ -172,6 +205,7 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
     \b
     dumpunet export girl.zarr --blocks OUT11 --steps 20 --format bin --out dump/
     dumpunet export girl.zarr --layers IN01.attn2 --steps 20 --format bin --out dump-attn/
+    dumpunet export girl.zarr --blocks OUT09-OUT11 --format npy --dask --out dump-npy/
     """
     pick = take(Pick, opts)
     sigterm_as_interrupt()
@@ -180,8 +214,11 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
             raise click.UsageError("--feature chooses what --layers exports; blocks have no attention feature")
         from dumpunet.analyzer.export import export as export_store
 
-        files = export_store(store, pick, out=out, format=format, progress=not quiet, skip_damaged=skip_damaged)
+        files = export_store(store, pick, out=out, format=format, progress=not quiet, skip_damaged=skip_damaged,
+                             scheduler=_scheduler(dask, scheduler))
     else:
+        if _scheduler(dask, scheduler) is not None:
+            raise click.UsageError("--dask exports block features; --layers (attention) runs in this process")
         if pick.blocks:
             raise click.UsageError("give --blocks (block features) or --layers (attention), not both")
         if skip_damaged:
@@ -191,7 +228,7 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
 
         files = export_attention(store, dataclasses.replace(pick, blocks=layers), out=out, format=format,
                                  feature=feature, progress=not quiet)
-    _echo_written(files, out, "file", as_json)
+    _echo_written(files, out, "file", as_json, quiet)
 
 
 @click.command()
@@ -201,22 +238,23 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
 @with_options(value_options(Pick, skip=("run",)))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec, defaults=DIFF_COLOR, choices=_NO_HEAD))
-@with_options(_options("export", "finals", "jobs", "skip_damaged", *_WRITTEN))
-def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: Path, jobs: int | None,
-         skip_damaged: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
+@with_options(_options("export", "finals", "jobs", "dask", "scheduler", "skip_damaged", *_WRITTEN))
+def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: Path, jobs: int | None, dask: bool,
+         scheduler: str | None, skip_damaged: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Show what a per-block prompt changed: layered - base of a pair, per block and step.
 
     Writes difference maps diff-<block>-step<NNN>-img<i>-<guidance>-...png (coloured like
-    render, labelled unless --plain; the default Linear transform keeps 0 at the middle colour,
-    Red/Blue: black), and
-    summary.csv / summary.png: mean |layered - base| / mean |base| per block and step, to see
+    render, labelled unless --plain). The default colours are blue-white-red over [-m, m], m the
+    grid's largest |layered - base| (--transform autosym, --auto-scope block): 0 is white, the
+    colour bar gives m; an --average norm (never negative) runs from white at 0 to red at m.
+    Also summary.csv / summary.png: mean |layered - base| / mean |base| per block and step, to see
     at a glance which blocks and steps changed most. Beside them the final images of both runs
     and their pixel difference: final-base-, final-layered-, final-diff-, final-diff-norm-img<i>.png
     (the last stretched so the largest difference is white).
 
     \b
     dumpunet diff girl.zarr --blocks IN00-OUT11 --steps 1-20 --method "Red/Blue" --out diff/
-    dumpunet diff sweep.zarr --pair IN04 --average 2-norm --clamp-min -4 --clamp-max 4 --out diff-IN04/
+    dumpunet diff sweep.zarr --pair IN04 --average 2-norm --out diff-IN04/
     dumpunet diff girl.zarr --blocks OUT11 --steps 20 --export bin --out diff-dump/
     """
     from dumpunet.analyzer.diff import diff as diff_pair
@@ -224,34 +262,37 @@ def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: P
     pick, style, color = take(Pick, opts), take(GridStyle, opts), take(ColorSpec, opts)
     sigterm_as_interrupt()
     files = diff_pair(store, pick, color, style, out=out, pair=pair, finals=finals, export=export, jobs=jobs,
-                      progress=not quiet, skip_damaged=skip_damaged)
-    _echo_written(files, out, "file", as_json)
+                      progress=not quiet, skip_damaged=skip_damaged, scheduler=_scheduler(dask, scheduler))
+    _echo_written(files, out, "file", as_json, quiet)
 
 
 @click.command()
 @click.argument("store", type=STORE)
 @storage_options
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
-@with_options(_options("tokens", "feature", "query", "head_average"))
+@with_options(_options("tokens", "feature", "query", "head_average", "aggregate"))
 @with_options([_AUTO_SCALE])
 @with_options(value_options(ColorSpec, defaults=ATTENTION_COLOR, choices=_NO_PCA))
-@with_options(_options(*_WRITTEN))
+@with_options(_options("plain_grid", *_WRITTEN))
 def attention(store: Path, tokens: str, feature: str, query: str | None, head_average: str | None,
-              scale: int | None, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
+              aggregate: str | None, scale: int | None, plain_grid: bool, out: Path, quiet: bool, as_json: bool,
+              **opts: Any) -> None:
     """Render heads x tokens grids of attention maps: which token each head looks at.
 
-    Without --scale, tiles are enlarged to at least 32 pixels on a side.
+    Without --scale, tiles are enlarged to at least 32 pixels on a side. Grids get a title
+    strip (with the colour scope and its ranges) and a colour bar; --plain leaves them out.
 
     \b
     dumpunet attention girl.zarr --layers IN04-OUT08 --steps 1,5,10 --tokens "pink,hair" --out attn/
     dumpunet attention girl.zarr --layers IN04.attn2 --average 2-norm --out attn/
+    dumpunet attention girl.zarr --steps 20 --aggregate resolution --out attn-p2p/
     """
     from dumpunet.analyzer.attention_grids import render_attention
 
     files = render_attention(store, take(Pick, opts), take(ColorSpec, opts), out=out, tokens=tokens, feature=feature,
-                             query=_point(query), scale=scale, average=head_average,
-                             progress=not quiet)
-    _echo_written(files, out, "PNG file", as_json)
+                             query=_point(query), scale=scale, average=head_average, aggregate=aggregate,
+                             plain=plain_grid, progress=not quiet)
+    _echo_written(files, out, "PNG file", as_json, quiet)
 
 
 @click.command()
@@ -259,13 +300,14 @@ def attention(store: Path, tokens: str, feature: str, query: str | None, head_av
 @storage_options
 @with_options(_options("word", "merge", "query"))
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
-@with_options(_options("colormap", "alpha", "plain_overlay", "out", "as_json"))
+@with_options(_options("colormap", "alpha", "plain_overlay", *_WRITTEN))
 def heatmap(store: Path, word: str | None, merge: bool, query: str | None, colormap: str, alpha: float,
-            plain_overlay: bool, out: Path, as_json: bool, **opts: Any) -> None:
+            plain_overlay: bool, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Overlay where a word acts (or where a pixel looks) on the final image, DAAM-style.
 
     Each PNG has the word in a title strip and a colour bar (the summed attention's range);
-    beside it the map in [0, 1] as float32 .npy of the same name. --plain: the bare overlay.
+    beside it the map in [0, 1] as float32 .npy of the same name. A --query map marks the
+    query pixel with a cross-hair. --plain: the bare overlay.
     On a pair or sweep store a line on stderr names the run and prompt used (--run picks one);
     the manifest records both.
 
@@ -284,11 +326,11 @@ def heatmap(store: Path, word: str | None, merge: bool, query: str | None, color
     pick = take(Pick, opts)
     st = open_store(store)
     note = run_note(st, pick)
-    if note:
+    if note and not quiet:
         click.echo(note, err=True)
     files = write_heatmaps(st, pick, out=out, word=word, query=_point(query), alpha=alpha,
                            merge=merge, colormap=colormap, plain=plain_overlay)
-    _echo_written(files, out, "file", as_json)
+    _echo_written(files, out, "file", as_json, quiet)
 
 
 COMMANDS = [render, export, diff, attention, heatmap]

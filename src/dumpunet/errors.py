@@ -71,6 +71,10 @@ class OptionError(DumpUnetError, ValueError):
     (jobs, scale, sampler, device, dtype, size, ...)."""
 
 
+class InfotextError(DumpUnetError, ValueError):
+    """A1111 generation parameters that cannot be read: no such image, no parameters in it, a malformed field."""
+
+
 class OutputError(DumpUnetError, OSError):
     """An output folder that cannot be used: a file, not creatable, or holding a foreign manifest."""
 

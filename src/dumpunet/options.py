@@ -34,7 +34,8 @@ class OptionSpec:
 
     ``flag`` is the command-line spelling (default ``--`` + the name with dashes); with
     ``flag_value`` the option is a switch that sets the value (``--input`` sets
-    ``which="input"``).
+    ``which="input"``). ``choice_aliases``: further accepted spellings of choices, as
+    ``(spelling, choice)`` pairs, that ``--help`` does not list (each choice is listed once).
     """
 
     name: str
@@ -48,6 +49,7 @@ class OptionSpec:
     flag: str | None = None
     flag_value: Any = None
     required: bool = False
+    choice_aliases: tuple[tuple[str, str], ...] = ()
 
     @property
     def cli(self) -> str:

@@ -41,9 +41,12 @@ def transform(maps: np.ndarray, spec: ColorSpec, ranges: np.ndarray | None = Non
     gray = spec.method == "White/Black"
     mn_, mx_ = spec.clamp_min, spec.clamp_max
     with np.errstate(all="ignore"):
-        if spec.transform in ("auto01", "auto11"):
+        if spec.transform in ("auto01", "auto11", "autosym"):
             if ranges is None:
                 ranges = map_ranges(maps)
+            if spec.transform == "autosym":  # Auto [-1,1] over [-m, m], m = max(|min|, |max|)
+                m = np.maximum(np.abs(ranges[:, 0]), np.abs(ranges[:, 1]))
+                ranges = np.stack([-m, m], axis=1)
             out = np.empty_like(x)
             for i in range(x.shape[0]):
                 mn, mx = ranges[i]
@@ -51,7 +54,7 @@ def transform(maps: np.ndarray, spec: ColorSpec, ranges: np.ndarray | None = Non
                     out[i] = x[i]
                     continue
                 t = (np.clip(x[i], mn, mx) - mn) / (mx - mn)
-                out[i] = (t - 0.5) * 2.0 if spec.transform == "auto11" else t
+                out[i] = t if spec.transform == "auto01" else (t - 0.5) * 2.0
             return out
         if spec.transform == "linear":
             if gray:

@@ -89,7 +89,7 @@ def test_tokens_select_words_subtokens_and_indices():
 
 def test_grid_rows_are_heads_and_columns_are_tokens(store, tmp_path):
     files = render_attention(store, Pick(blocks="IN01", steps="2"), out=tmp_path / "r", tokens="pink,girl", scale=1,
-                             png_encoder="zlib", progress=False)
+                             png_encoder="zlib", plain=True, progress=False)
     assert [f.path.name for f in files] == [f"IN01.attn2-step002-img0-cond-tok-{text_part('pink,girl')}-qk-{ATTENTION_COLOR.slug()}.png"]
     entry = files[0].params
     assert entry["rows"] == ["h0", "h1"] and entry["columns"] == ["2:pink", "5:girl"]
@@ -246,7 +246,7 @@ def test_auto_scope_run_is_one_range_over_everything_selected(store, tmp_path):
     # both guidance halves and both steps share it.
     color = ColorSpec(h="(2-2*v)/3", auto_scope="run")
     files = render_attention(store, Pick(blocks="IN01.attn2", steps="1-2", guidance="both"), color,
-                             out=tmp_path / "r", tokens="1-2", scale=1, progress=False)
+                             out=tmp_path / "r", tokens="1-2", scale=1, plain=True, progress=False)
     assert [(f.params["step"], f.params["guidance"]) for f in files] == [(1, "uncond"), (1, "cond"), (2, "uncond"), (2, "cond")]
     maps = {(s, g): np.stack([probs(s, 1)[g, 0][h, :, t].reshape(4, 4) for h in range(2) for t in (1, 2)])
             for s in (1, 2) for g in (0, 1)}
@@ -290,7 +290,7 @@ def test_default_scope_compares_the_tokens_of_a_head(tmp_path):
 
     def tiles(color):
         (f,) = render_attention(st, Pick(blocks="IN01.attn2", steps="1"), color, out=tmp_path / color.slug(),
-                                tokens="1,2", scale=1, png_encoder="zlib", progress=False)
+                                tokens="1,2", scale=1, png_encoder="zlib", plain=True, progress=False)
         g = np.asarray(Image.open(f.path))[-9:, -9:]  # 2 heads x 2 tokens of 4x4 pixels, 1-pixel gaps
         return f, {(h, t): g[h * 5 : h * 5 + 4, t * 5 : t * 5 + 4] for h in range(2) for t in range(2)}
 
@@ -309,7 +309,7 @@ def test_default_scope_compares_the_tokens_of_a_head(tmp_path):
     f, tile_ = tiles(ColorSpec("White/Black", "auto01", auto_scope="channel"))
     assert abs(float(tile_[0, 0].mean()) - float(tile_[0, 1].mean())) < 1 and "ranges" not in f.params
     r = CliRunner().invoke(main, ["attention", str(st.path), "--tokens", "1,2", "--method", "White/Black",
-                                  "--auto-scope", "channel", "--scale", "1", "--out", str(tmp_path / "cli"), "--json"])
+                                  "--auto-scope", "channel", "--scale", "1", "--plain", "--out", str(tmp_path / "cli"), "--json"])
     assert r.exit_code == 0, r.output
     cli = np.asarray(Image.open(next((tmp_path / "cli").glob("*.png"))))[-9:, -9:]
     np.testing.assert_array_equal(cli[:4, :4], tile_[0, 0])
@@ -319,3 +319,119 @@ def test_head_scope_is_for_attention_only(store, tmp_path):
     with pytest.raises(OptionError, match="auto scope 'head' .* applies to attention grids only"):
         dumpunet.render(store, Pick(blocks="IN01", steps="1"), ColorSpec(auto_scope="head"), out=tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def _find(picture: np.ndarray, part: np.ndarray) -> list[tuple[int, int]]:
+    """Every (y, x) where ``part`` lies in ``picture`` unchanged."""
+    h, w = part.shape[:2]
+    first = np.all((picture == part[0, 0]).reshape(*picture.shape[:2], -1), axis=-1)  # candidates: the first pixel
+    return [(int(y), int(x)) for y, x in zip(*np.nonzero(first)) if y + h <= picture.shape[0] and x + w <= picture.shape[1]
+            and np.array_equal(picture[y : y + h, x : x + w], part)]
+
+
+def test_labelled_grid_is_the_plain_grid_with_a_title_and_a_colour_bar_saying_the_scope(store, tmp_path):
+    pick = Pick(blocks="IN01.attn2", steps="2")
+    (plain,) = render_attention(store, pick, out=tmp_path / "p", tokens="pink,girl", plain=True, progress=False)
+    (labelled,) = render_attention(store, pick, out=tmp_path / "l", tokens="pink,girl", progress=False)
+    bare, img = np.asarray(Image.open(plain.path)), np.asarray(Image.open(labelled.path))
+    (y, x), = _find(img, bare)  # the plain grid, headers and all, unchanged inside the labelled one
+    assert x == 0 and y > 0 and img[:y].any()  # a title strip above it holds text
+    # the legend names the scope and each head row's range, the manifest's ranges
+    ranges = labelled.params["ranges"]
+    assert ranges == plain.params["ranges"] and len(ranges) == HEADS
+    from dumpunet.analyzer.grid_labels import number
+    assert labelled.params["legend"] == "range per head row: " + ", ".join(
+        f"h{h} {number(lo)} to {number(hi)}" for h, (lo, hi) in enumerate(ranges))
+    assert labelled.params["title"][-1] == labelled.params["legend"]  # the title strip's last line
+    assert labelled.params["colorbar"] == {"min": None, "max": None, "spans": "head row"} and "colorbar" not in plain.params
+    # below the grid: the colour bar, each row's lowest to highest value in the grid's colours
+    want = colorize(np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, None], ATTENTION_COLOR, minmax=(0.0, 1.0))[0, 0]
+    below = img[y + bare.shape[0]:]
+    assert _find(below, want[None])
+
+
+def test_shared_scope_legend_and_bar_span_the_range_used(store, tmp_path):
+    color = ColorSpec("White/Black", "auto01", auto_scope="block")
+    (f,) = render_attention(store, Pick(blocks="IN01.attn2", steps="1"), color, out=tmp_path / "b", tokens="1-2",
+                            progress=False)
+    lo, hi = f.params["range"]
+    from dumpunet.analyzer.grid_labels import number
+    assert f.params["legend"] == f"one range over the grid: {number(lo)} to {number(hi)}"
+    assert f.params["colorbar"] == {"min": lo, "max": hi, "spans": "grid"}
+    img = np.asarray(Image.open(f.path))
+    ramp = np.clip(np.linspace(0.0, 1.0, 256) * 256, 0, 255).astype(np.uint8)  # White/Black: the gray ramp
+    assert _find(img[-20:], ramp[None])
+
+
+def _resolution_store(path):
+    """Cross-attention IN01.attn2, IN02.attn2 (4x4), M00.attn2 (2x2) and self-attention IN01.attn1 (4x4), steps 1-2."""
+    hws = {"IN01.attn2": (4, 4), "IN02.attn2": (4, 4), "M00.attn2": (2, 2)}
+    blocks = [BlockInfo(n, n, (n,), n, (2, 4, 4), (2, 4, 4), True) for n in ("IN01", "IN02", "M00")]
+    w = StoreWriter(path, model={}, versions={})
+    w.set_block_table(blocks)
+    info = RunAttrs(n_images=1, guidance=("uncond", "cond"), steps=2, height=IMAGE, width=IMAGE,
+                    attention_layers=(*hws, "IN01.attn1"), tokens={"cond": (TokenRow(tuple(range(T)), tuple(TOKENS), 7),),
+                                                                   "uncond": (TokenRow(tuple(range(T)), tuple(NEG), 3),)})
+    w.begin_run("main", info, blocks[:1], which=("output",), dtype="float32")
+    kind = schema.ATTENTION_FEATURES["qk"]
+    arrays = {(n, "qk"): (kind, (1, 2, HEADS, h * wd, T), "float32", {"layer": n}, LayerAttrs(layer_hw=(h, wd)))
+              for n, (h, wd) in hws.items()}
+    arrays["IN01.attn1", "qk"] = (kind, (1, 2, HEADS, 16, 16), "float32", {"layer": "IN01.attn1"},
+                                  LayerAttrs(layer_hw=(4, 4), cross_attention=False))
+    w.add_arrays("main", arrays)
+    stored = {}
+    for s in (1, 2):
+        for k, (n, hw) in enumerate(hws.items()):
+            stored[n, s] = probs(s, 20 + k, hw)
+        w.submit_call("main", step=s, substep=0, timestep=10.0 * s, slabs={
+            ("IN01", "output"): np.zeros((2, 1, 2, 4, 4), np.float32), **{(n, "qk"): stored[n, s] for n in hws},
+            ("IN01.attn1", "qk"): probs(s, 30, keys=16)})
+    w.finish_run("main", images=np.zeros((1, IMAGE, IMAGE, 3), np.uint8))
+    w.close()
+    return dumpunet.open(path), stored, hws
+
+
+def test_aggregate_per_resolution_is_the_mean_over_its_layers_and_heads(tmp_path):
+    st, stored, hws = _resolution_store(tmp_path / "r.zarr")
+    files = render_attention(st, Pick(steps="2"), aggregate="resolution", out=tmp_path / "a", tokens="pink,girl",
+                             progress=False)
+    pngs = [f for f in files if f.path.suffix == ".png"]
+    assert [(f.params["layer"], f.params["layers"]) for f in pngs] == [
+        ("res4x4", ["IN01.attn2", "IN02.attn2"]), ("res2x2", ["M00.attn2"])]  # the self-attention layer is left out
+    assert pngs[0].path.name == f"res4x4-step002-img0-cond-tok-{text_part('pink,girl')}-qk-aggregate-{ATTENTION_COLOR.slug()}.png"
+    for f, (res, layers) in zip(pngs, [((4, 4), ["IN01.attn2", "IN02.attn2"]), ((2, 2), ["M00.attn2"])]):
+        assert f.params["rows"] == ["mean"] and f.params["columns"] == ["2:pink", "5:girl"]
+        assert f.params["resolution"] == list(res) and len(f.params["ranges"]) == 1
+        got = np.load(f.path.with_suffix(".npy"))
+        want = np.mean([stored[n, 2][1, 0].mean(axis=0)[:, [2, 5]].T.reshape(2, *res) for n in layers], axis=0)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # the data tells the layers apart: one layer alone is far from their mean
+    got = np.load(pngs[0].path.with_suffix(".npy"))
+    assert np.abs(got - stored["IN01.attn2", 2][1, 0].mean(axis=0)[:, [2, 5]].T.reshape(2, 4, 4)).max() > 1e-3
+    with pytest.raises(OptionError, match="aggregate averages the cross-attention probabilities"):
+        render_attention(st, Pick(), aggregate="resolution", average="mean", out=tmp_path / "x", progress=False)
+    with pytest.raises(SelectionError, match="no cross-attention layer matches 'IN01.attn1'"):
+        render_attention(st, Pick(blocks="IN01.attn1"), aggregate="resolution", out=tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+    r = CliRunner().invoke(main, ["attention", str(st.path), "--steps", "1", "--aggregate", "resolution", "--guidance",
+                                  "both", "--plain", "--out", str(tmp_path / "cli"), "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert len(list((tmp_path / "cli").glob("res*-step001-*-qk-aggregate-*.png"))) == 4  # 2 sizes x 2 halves
+    assert len(list((tmp_path / "cli").glob("res*.npy"))) == 4
+
+
+def test_self_attention_grid_marks_the_query_pixel_on_every_tile_unless_plain(store, tmp_path):
+    from dumpunet.analyzer.heatmap import mark_point
+
+    pick = Pick(blocks="IN01.attn1", steps="1")
+    (plain,) = render_attention(store, pick, out=tmp_path / "p", query=(0.9, 0.1), scale=8, plain=True, progress=False)
+    (labelled,) = render_attention(store, pick, out=tmp_path / "l", query=(0.9, 0.1), scale=8, progress=False)
+    assert labelled.params["marker"] == [3, 0] and "marker" not in plain.params  # stored cols 1,3, rows 0,2
+    bare = np.asarray(Image.open(plain.path))
+    want = bare.copy()
+    gh = HEADS * 33 - 1  # 2 heads of 32-pixel tiles, 1-pixel gap
+    grid = want[-gh:, -32:]
+    for h in range(HEADS):
+        grid[h * 33 : h * 33 + 32] = mark_point(grid[h * 33 : h * 33 + 32], 3 * 8 + 4, 0 * 8 + 4)
+    img = np.asarray(Image.open(labelled.path))
+    assert not np.array_equal(want, bare) and _find(img, want) and not _find(img, bare)

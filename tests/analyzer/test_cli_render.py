@@ -36,10 +36,12 @@ layers run in test_parity_outputs, on a store with attention)."""
 
 EXPECTED = {
     '--blocks OUT11 --steps 20 --method "White/Black" --transform sigmoid --out': [
-        "OUT11-step020-img0-cond-white-black-sigmoid-1c5330.png"],
+        "OUT11-step020-img0-cond-wb-sigmoid-g1-o0.png"],
     '--blocks "IN00-OUT11(+2)" --steps "1,5,10"': 39,  # 13 blocks x 3 steps
-    "--blocks OUT11 --steps 20 --plain": ["OUT11-step020-img0-cond-custom-hsl-auto01-4079ce.png"],
+    "--blocks OUT11 --steps 20 --plain": ["OUT11-step020-img0-cond-hsl-auto01.png"],
     "--blocks M00 --average 2-norm --with-grid": 8,  # 4 recorded steps x (average, grid)
+    "--auto-scope run --animate png": ["OUT11-steps1_5_10_20-img0-cond-hsl-auto01-run.png"],
+    "--average mean --mosaic": ["mosaic-steps1_5_10_20-img0-cond-avg-mean-hsl-auto01.png"],
     "--blocks OUT11 --method pca --pca-basis basis.npz": 4,
     "--blocks OUT11 --steps 20 --format bin": 4,  # one .bin per channel of the synthetic OUT11
 }
@@ -92,7 +94,7 @@ def test_json_prints_the_manifest_entries_and_quiet_silences_the_bar(here):
     res = run("render", "girl.zarr", "--blocks", "M00", "--steps", "20", "--out", "r", "--json", "--quiet", "--input")
     assert res.exit_code == 0, res.output
     entries = json.loads(res.stdout)
-    assert [e["file"] for e in entries] == ["M00-input-step020-img0-cond-custom-hsl-auto01-4079ce.png"]
+    assert [e["file"] for e in entries] == ["M00-input-step020-img0-cond-hsl-auto01.png"]
     assert entries[0]["which"] == "input"
     assert res.stderr == ""
 
@@ -170,8 +172,10 @@ def test_every_command_spells_and_explains_an_option_the_same_way():
     assert {k: v for k, v in seen.items() if len(v) != 1} == {}
     assert seen["which"] == {("--input", "Block inputs (recorded with --inputs) instead of outputs.")}
     assert seen["clamp_min"] == {("--clamp-min", "Linear: lower clamp.")}
-    # the defaults a view starts from are values too: diff's Linear, attention's hue
+    # the defaults a view starts from are values too: diff's symmetric Auto, attention's head rows;
+    # one hue for all
     params = {c: {p.name: p for p in main.commands[c].params} for c in ("render", "diff", "attention")}
-    assert [params[c]["transform"].default for c in params] == ["auto01", "linear", "auto01"]
-    assert [params[c]["h"].default for c in params] == ["(2+v)/3", "(2+v)/3", "(2-2*v)/3"]
+    assert [params[c]["transform"].default for c in params] == ["auto01", "autosym", "auto01"]
+    assert [params[c]["auto_scope"].default for c in params] == ["channel", "block", "head"]
+    assert {params[c]["h"].default for c in params} == {"(2+v)/3"}
     assert "PCA" not in params["attention"]["method"].type.choices

@@ -14,6 +14,7 @@ from hypothesis.extra import numpy as hnp
 
 import reference as ref
 from dumpunet.analyzer.color.colorize import ColorSpec, colorize, map_ranges, merge_ranges
+from dumpunet.analyzer.color.spec import DIFF_COLOR
 from dumpunet.errors import ColorSpecError, ExpressionError
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -44,7 +45,7 @@ def maps(draw, max_n=5, max_side=6):
 @st.composite
 def specs(draw):
     method = draw(st.sampled_from(["White/Black", "Red/Blue", "Custom"]))
-    transform = draw(st.sampled_from(["Auto [0,1]", "Auto [-1,1]", "Linear", "Sigmoid"]))
+    transform = draw(st.sampled_from(["Auto [0,1]", "Auto [-1,1]", "autosym", "Linear", "Sigmoid"]))
     lo = draw(st.sampled_from([-1.0, -2.5, 0.0, 0.5, -3.0]))
     hi = draw(st.sampled_from([1.0, 2.0, 4.0]))
     gain, offset = draw(st.sampled_from([1.0, 0.3, 5.0])), draw(st.sampled_from([0.0, -0.5, 2.0]))
@@ -144,6 +145,27 @@ def test_custom_by_hand():
     assert _px(odd, [0.0, -0.5, 0.5]) == [[255, 0, 0], [0, 0, 0], [255, 0, 0]]
 
 
+def test_autosym_puts_zero_at_the_middle_colour_whatever_the_range():
+    rb = ColorSpec("Red/Blue", "autosym")
+    # m = max(|-1|, |2|) = 2: t = v / 2; zero is black (no red, no blue) although the range is not symmetric.
+    assert _px(rb, [-1.0, 0.0, 2.0, 1.0]) == [[0, 0, 128], [0, 0, 0], [255, 0, 0], [128, 0, 0]]
+    # A map without negative values takes only the red half: its smallest value is not blue.
+    assert _px(rb, [0.5, 1.0, 2.0]) == [[64, 0, 0], [128, 0, 0], [255, 0, 0]]
+    # A shared range (-0.5, 4) is made symmetric too: m = 4.
+    assert _px(rb, [0.0, 2.0], minmax=(-0.5, 4.0)) == [[0, 0, 0], [128, 0, 0]]
+
+
+def test_diff_default_is_white_at_zero_and_full_red_and_blue_at_the_data_extremes():
+    x = np.array([[[-3.0, 0.0, 1.5, 0.75]]], np.float32)  # m = 3, whatever the scale of the data
+    for scale in (1.0, 2.0**-10, 32.0):
+        px = colorize(x * np.float32(scale), DIFF_COLOR)[0, 0].tolist()
+        assert px[:2] == [[0, 0, 255], [255, 255, 255]]  # -m: blue, 0: white
+        assert px[2] == [255, 128, 128]  # +m/2: halfway from white to red
+    # A non-negative map (a norm average) runs from white at 0 to red at its max only.
+    norm = np.array([[[0.0, 2.0, 4.0]]], np.float32)
+    assert colorize(norm, DIFF_COLOR)[0, 0].tolist() == [[255, 255, 255], [255, 128, 128], [255, 0, 0]]
+
+
 def test_minmax_forms_agree():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3, 4, 5)).astype(np.float32)
@@ -180,12 +202,13 @@ def test_spec_defaults_are_the_original_ui_defaults():
 
 def test_spec_parses_ui_names():
     assert ColorSpec("white/black", "AUTO [-1, 1]").transform == "auto11"
+    assert ColorSpec(transform="Auto [-m,m]").transform == "autosym"
     assert ColorSpec("Red/Blue", "auto01").method == "Red/Blue"
     assert ColorSpec(space="RGB").space == "rgb"
     assert ColorSpec(gain=np.float32(2.0)).gain == 2.0 and type(ColorSpec(gain=np.float32(2.0)).gain) is float
     with pytest.raises(ColorSpecError, match=r"unknown colorize method 'Blue' \(valid: Custom, PCA, Red/Blue, White/Black\)"):
         ColorSpec("Blue")
-    with pytest.raises(ColorSpecError, match=r"unknown value transform 'log' \(valid: auto01, auto11, linear, sigmoid\)"):
+    with pytest.raises(ColorSpecError, match=r"unknown value transform 'log' \(valid: auto01, auto11, autosym, linear, sigmoid\)"):
         ColorSpec(transform="log")
     with pytest.raises(ColorSpecError, match=r"clamp_min \(1.0\) must be less than clamp_max \(1.0\)"):
         ColorSpec(clamp_min=1.0, clamp_max=1.0)
@@ -201,14 +224,22 @@ def test_spec_checks_expressions_early_and_names_the_field():
 
 def test_slug_and_json():
     spec = ColorSpec()
-    assert spec.slug() == ColorSpec().slug()
-    assert spec.slug().startswith("custom-hsl-auto01-") and len(spec.slug()) == len("custom-hsl-auto01-") + 6
+    # Readable: the parameters that change pixels, no hash unless expressions need one.
+    assert spec.slug() == "hsl-auto01"
+    assert ColorSpec("White/Black", "Sigmoid", gain=1.5).slug() == "wb-sigmoid-g1.5-o0"
+    assert ColorSpec("Red/Blue", "linear", clamp_min=-4, clamp_max=0.25).slug() == "rb-linear-min-4-max0.25"
+    assert ColorSpec(auto_scope="block").slug() == "hsl-auto01-block"
+    assert DIFF_COLOR.slug() == "bwr-autosym-block" and ColorSpec(space="rgb").slug() == "rgb-auto01"
     # Only fields that change pixels change the slug.
     assert ColorSpec(clamp_min=-2.0).slug() == spec.slug()
-    assert ColorSpec(h="(2-2*v)/3").slug() != spec.slug()
     assert ColorSpec(r="v").slug() == spec.slug()  # RGB fields are unused in HSL
-    assert ColorSpec("White/Black", "Sigmoid").slug().startswith("white-black-sigmoid-")
-    assert ColorSpec(auto_scope="block").slug().startswith("custom-hsl-auto01-block-")
+    custom = ColorSpec(h="(2-2*v)/3").slug()
+    assert custom.startswith("hsl-h-2-2-v-3-") and custom.endswith("-auto01") and custom != spec.slug()
+    # Distinct colorizations, distinct names: numbers exactly, expressions by a hash of their text.
+    specs = [ColorSpec("White/Black", "sigmoid", gain=g, offset=o) for g in (1.0, 1.0000001, 0.1, 10.0) for o in (0.0, -0.5)]
+    specs += [ColorSpec(h=h) for h in ("(2-2*v)/3", "(2-2*v)/3 ", "(2+2*v)/3", "v*v")]
+    specs += [ColorSpec(space="rgb", r="v", g="v", b="v"), ColorSpec(space="rgb", r="-v", g="v", b="v")]
+    assert len({x.slug() for x in specs}) == len(specs)
     data = json.loads(spec.to_json())
     assert data["method"] == "Custom" and data["h"] == "(2+v)/3" and "_exprs" not in data
     assert ColorSpec.from_json(spec.to_json()) == spec

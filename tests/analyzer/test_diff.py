@@ -15,12 +15,13 @@ import dumpunet
 from dumpunet.analyzer.color.spec import DIFF_COLOR
 from values import split
 from dumpunet.analyzer.color.colorize import ColorSpec, colorize
+from dumpunet.analyzer.colormaps import colormap
 from dumpunet.analyzer.reduce import channel_average
+from dumpunet.analyzer.step_table import CELL, INF_COLOR
 from dumpunet.analyzer.selection import DiffStats, select_pair
 from dumpunet.errors import DumpUnetError, SelectionError, StoreError
 
 BLOCKS = ("IN00", "IN04", "M00", "OUT11")
-LINEAR = ColorSpec(transform="linear")  # diff's default colorization
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def by_numpy(store, block, step, run="layered", base="base", **kw):
 def test_maps_are_renders_of_layered_minus_base(paired, tmp_path):
     spec = ColorSpec("Red/Blue", "linear", clamp_min=-0.5, clamp_max=0.5)
     files = diff(paired, tmp_path, blocks="IN04,M00", steps="5,20", images="1", method="Red/Blue",
-                 clamp_min=-0.5, clamp_max=0.5, finals=False)
+                 transform="linear", clamp_min=-0.5, clamp_max=0.5, finals=False)
     maps = [f for f in files if f.params["kind"] == "diff"]
     assert [f.path.name for f in maps] == [
         f"diff-{b}-step{s:03d}-img1-cond-{spec.slug()}.png" for s in (5, 20) for b in ("IN04", "M00")
@@ -66,15 +67,20 @@ def test_maps_are_renders_of_layered_minus_base(paired, tmp_path):
         np.testing.assert_array_equal(pixels(f), by_hand(colorize(d, spec), cols, rows))
         assert {k: f.params[k] for k in ("kind", "run", "base_run", "pair", "image")} == {
             "kind": "diff", "run": "layered", "base_run": "base", "pair": "layered", "image": 1}
-    assert "-red-blue-linear-" in maps[0].path.name
+    assert "-rb-linear-min-0.5-max0.5" in maps[0].path.name
 
 
 def test_default_colorization_average_scale_channels_and_auto_scope(paired, tmp_path):
     (f,) = [f for f in diff(paired, tmp_path, blocks="M00", steps="10", images="0", average="2-norm", scale=2,
                             finals=False) if f.params["kind"] == "diff"]
-    assert f.path.name == f"diff-M00-step010-img0-cond-avg-2norm-x2-{LINEAR.slug()}.png"
+    assert f.path.name == f"diff-M00-step010-img0-cond-avg-2norm-x2-{DIFF_COLOR.slug()}.png"
     d = by_numpy(paired, "M00", 10)
-    np.testing.assert_array_equal(pixels(f), by_hand(colorize(channel_average(d, "2-norm")[None], LINEAR), 1, 1, 2))
+    avg = channel_average(d, "2-norm")
+    np.testing.assert_array_equal(pixels(f), by_hand(colorize(avg[None], DIFF_COLOR), 1, 1, 2))
+    # A norm is never negative: one-sided, white (0) to red (its max); no blue anywhere.
+    tile = colorize(avg[None], DIFF_COLOR)[0]
+    assert f.params["range"] == [float(avg.min()), float(avg.max())] and avg.min() >= 0
+    assert (tile[..., 2] <= tile[..., 0]).all() and tuple(tile.reshape(-1, 3)[np.argmax(avg)]) == (255, 0, 0)
 
     spec = ColorSpec("White/Black", "auto01", auto_scope="run")
     files = diff(paired, tmp_path / "run", blocks="IN00,OUT11", steps="1,20", images="0", channels="1-2",
@@ -115,25 +121,26 @@ def test_summary_when_the_base_is_zero(tmp_path):
     assert DiffStats(1.0, 4.0).relative == 0.25
     doc = json.loads((tmp_path / "out/manifest.json").read_text())
     (chart,) = [e for e in doc["files"] if e["file"] == "summary.png"]
-    assert chart["legend"] == [{"label": "M00", "color": "#1f77b4", "peak": float(rows[0]["relative"])}]
+    assert chart["legend"] == [{"label": "M00", "peak": float(rows[0]["relative"])}]  # inf is no peak
+    img = pixels(tmp_path / "out/summary.png")
+    assert ((img == INF_COLOR).all(axis=2).sum()) >= CELL[0] * CELL[1]  # step 5's cell: white
 
 
-def test_summary_chart(paired, tmp_path):
+def test_summary_chart_is_a_block_by_step_heatmap(paired, tmp_path):
     files = diff(paired, tmp_path, images="0", finals=False)
     (chart,) = [f for f in files if f.path.name == "summary.png"]
     img = pixels(chart)
-    assert img.shape == (500, 900, 3)
-    colors = {tuple(c) for c in img.reshape(-1, 3)}
-    assert len(colors) > 20  # lines, text and axes, not a blank canvas
-    legend = chart.params["legend"]
+    assert chart.params["size"] == [img.shape[1], img.shape[0]]
     rows = read_csv(tmp_path / "summary.csv")
     peak = {b: max(float(r["relative"]) for r in rows if r["block"] == b) for b in BLOCKS}
+    legend = chart.params["legend"]
     assert [e["label"] for e in legend] == sorted(BLOCKS, key=lambda b: -peak[b])
     assert [e["peak"] for e in legend] == sorted(peak.values(), reverse=True)
-    assert [e["color"] for e in legend] == ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"]
-    for e in legend:
-        rgb = tuple(int(e["color"][k : k + 2], 16) for k in (1, 3, 5))
-        assert (img == rgb).all(axis=2).sum() > 100  # its legend swatch and its line
+    # every (block, step) cell holds the colour of its relative change on [0, largest]
+    top = max(peak.values())
+    for r in rows:
+        want = colormap(np.array(float(r["relative"]) / top))
+        assert (img == want).all(axis=2).sum() >= CELL[0] * CELL[1], (r["block"], r["step"])
     assert chart.params["images"] == "0" and chart.params["guidance"] == ["cond"]
 
 
@@ -172,7 +179,7 @@ def test_the_render_pipeline_still_renders_features(paired, tmp_path):
     """Diffs share render's pipeline; rendering the base run gives the base's features."""
     (f,) = dumpunet.render(paired, dumpunet.Pick(run="base", blocks="M00", steps="5", images="0"),
                            style=dumpunet.GridStyle(plain=True), out=tmp_path, progress=False)
-    assert f.path.name == "M00-step005-img0-cond-custom-hsl-auto01-4079ce.png" and f.params["kind"] == "render"
+    assert f.path.name == "M00-step005-img0-cond-hsl-auto01.png" and f.params["kind"] == "render"
     x = dumpunet.open(paired).features("M00", 5, run="base")
     np.testing.assert_array_equal(pixels(f), by_hand(colorize(x, ColorSpec()), 4, 2))
 
@@ -227,4 +234,4 @@ def test_a_failure_mid_diff_leaves_whole_files_and_an_exact_manifest(paired, tmp
     names = sorted(p.name for p in tmp_path.iterdir())
     listed = [e["file"] for e in json.loads((tmp_path / "manifest.json").read_text())["files"]]
     assert names == sorted(listed + ["manifest.json"])
-    assert listed == [f"diff-M00-step020-img0-cond-{LINEAR.slug()}.png", "summary.csv"]
+    assert listed == [f"diff-M00-step020-img0-cond-{DIFF_COLOR.slug()}.png", "summary.csv"]

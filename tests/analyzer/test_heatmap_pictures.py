@@ -13,7 +13,7 @@ from test_attention_view import IMAGE, store  # noqa: F401 - the attention store
 from dumpunet import Pick
 from dumpunet.analyzer.colormaps import colormap
 from dumpunet.analyzer.grid_labels import BAR_HEIGHT, BAR_WIDTH
-from dumpunet.analyzer.heatmap import overlay, word_heatmap, write_heatmaps
+from dumpunet.analyzer.heatmap import mark_point, overlay, word_heatmap, write_heatmaps
 from dumpunet.cli import main
 from dumpunet.errors import OptionError
 
@@ -119,3 +119,41 @@ def test_plain_writes_the_bare_overlay_as_the_viewer_shows_it(store, tmp_path): 
     heat = np.load(tmp_path / "q" / "querymap-x0.100-y0.900-img0-cond.npy")
     want = overlay(store.image(0), heat, colormap="magma")
     np.testing.assert_array_equal(_png(tmp_path / "q" / "querymap-x0.100-y0.900-img0-cond.png"), want)
+
+
+def test_mark_point_draws_a_cross_hair_that_leaves_the_pixel_visible():
+    picture = np.full((64, 48, 3), 100, np.uint8)
+    marked = mark_point(picture, 10, 30)
+    arm = max(4, 48 // 16)
+    for d in range(2, arm + 1):  # white arms on all four sides, black beside them
+        for y, x in ((30, 10 + d), (30, 10 - d), (30 + d, 10), (30 - d, 10)):
+            assert marked[y, x].tolist() == [255, 255, 255], (y, x)
+        assert marked[31, 10 + d].tolist() == [0, 0, 0] and marked[30 + d, 9].tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(marked[29:32, 9:12], picture[29:32, 9:12])  # the pixel and its neighbours
+    changed = np.argwhere((marked != picture).any(-1))
+    assert np.abs(changed - [30, 10]).max() == arm + 1  # nothing beyond the arms' black ends
+    assert (picture == 100).all()  # a copy
+    edge = mark_point(picture, 0, 63)  # at a corner: clipped, not wrapped
+    assert edge[63, 2].tolist() == [255, 255, 255] and (edge[:, 40:] == 100).all() and (edge[:50] == 100).all()
+
+
+def test_query_map_marks_its_query_pixel_unless_plain(store, tmp_path):  # noqa: F811
+    (png, npy) = write_heatmaps(store, Pick(blocks="IN01"), out=tmp_path / "q", query=(0.1, 0.9))
+    assert png.params["marker"] == [1, 14]  # x = 0.1 * 16, y = 0.9 * 16, rounded down
+    bare = overlay(store.image(0), np.load(npy.path))
+    img = _png(png.path)
+    assert _find(img, mark_point(bare, 1, 14)) and not _find(img, bare)  # the marked overlay, not the bare one
+    (plain, _) = write_heatmaps(store, Pick(blocks="IN01"), out=tmp_path / "p", query=(0.1, 0.9), plain=True)
+    assert "marker" not in plain.params
+    np.testing.assert_array_equal(_png(plain.path), bare)
+
+
+def test_quiet_leaves_stderr_empty_and_json_lists_the_files(store, tmp_path):  # noqa: F811
+    args = ["heatmap", str(store.path), "--word", "hair", "--layers", "M00"]
+    loud = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert loud.exit_code == 0 and loud.stderr.splitlines()[-1].startswith("wrote 2 files to ")
+    quiet = CliRunner().invoke(main, [*args, "--quiet", "--out", str(tmp_path / "b")])
+    assert quiet.exit_code == 0 and quiet.output == ""
+    listed = CliRunner().invoke(main, [*args, "--quiet", "--json", "--out", str(tmp_path / "c")])
+    assert sorted(e["file"] for e in json.loads(listed.stdout)) == ["heatmap-hair-img0-cond.npy",
+                                                                    "heatmap-hair-img0-cond.png"]

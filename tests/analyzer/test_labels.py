@@ -45,6 +45,29 @@ def find(image: np.ndarray, part: np.ndarray) -> list[tuple[int, int]]:
     return hits
 
 
+def _greedy(parts: list[str], sep: str, width: int) -> list[str]:
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if text(lines[-1] + sep + part).shape[1] <= width:
+            lines[-1] += sep + part
+        else:
+            lines.append(part)
+    return lines
+
+
+def assert_title(img: np.ndarray, lines: list[str]) -> int:
+    """The title strip holds ``lines`` wrapped to the picture's width (fields joined by " | " while
+    they fit, else words), each line at the left edge under the one before; return their height."""
+    width, y = img.shape[1], 0
+    for line in lines:
+        for part in _greedy(line.split(" | "), " | ", width):
+            for row in (_greedy(part.split(" "), " ", width) if text(part).shape[1] > width else [part]):
+                t = text(row)
+                np.testing.assert_array_equal(img[y : y + t.shape[0], : t.shape[1]], t, err_msg=row)
+                y += t.shape[0]
+    return y
+
+
 def render(store, out, **kw):
     pick = Pick(**{k: kw.pop(k) for k in ("blocks", "steps", "images", "channels", "which") if k in kw})
     style = GridStyle(**{k: kw.pop(k) for k in ("scale", "average", "plain") if k in kw})
@@ -55,11 +78,8 @@ def render(store, out, **kw):
 def test_the_title_strip_states_store_run_block_step_image_half_and_colorization(girl, tmp_path):
     f = render(girl, tmp_path, blocks="M00", steps="20", method="White/Black", transform="sigmoid")
     img = pixels(f)
-    first = text("girl | run main | M00 (unet.m00) | step 20 (t=0) | image 0 | cond")
-    second = text("channels 0-7 | x32 | White/Black, Sigmoid gain 1 offset 0")
-    np.testing.assert_array_equal(img[: first.shape[0], : first.shape[1]], first)
-    y = first.shape[0]
-    np.testing.assert_array_equal(img[y : y + second.shape[0], : second.shape[1]], second)
+    assert_title(img, ["girl | run main | M00 (unet.m00) | step 20 (t=0) | image 0 | cond",
+                       "channels 0-7 | x32 | White/Black, Sigmoid gain 1 offset 0"])
     assert f.params["labels"] is True and f.params["size"] == [img.shape[1], img.shape[0]]
 
 
@@ -67,11 +87,25 @@ def test_block_inputs_and_averages_say_so_in_the_title(girl, tmp_path):
     f = render(girl, tmp_path, blocks="OUT11", steps="1", which="input", average="2-norm", auto_scope="block")
     img = np.asarray(Image.open(f.path).convert("L"))
     step1 = dumpunet.open(girl).run().calls.timestep[f.params["call"]]
-    first = text(f"girl | run main | OUT11 input (unet.out11) | step 1 (t={float(step1):g}) | image 0 | cond")
-    assert find(img[: first.shape[0] + 1], first) == [(0, 0)]
     k, channels = f.params["grid"]["scale"], f.params["channels"]
-    second = text(f"2-norm over channels {channels} | x{k} | Custom HSL h=(2+v)/3 s=1.0 l=0.5, Auto [0,1] over the grid")
-    assert find(img[: first.shape[0] + second.shape[0] + 1], second) == [(first.shape[0], 0)]
+    assert_title(img, [f"girl | run main | OUT11 input (unet.out11) | step 1 (t={float(step1):g}) | image 0 | cond",
+                       f"2-norm over channels {channels} | x{k} | Custom HSL h=(2+v)/3 s=1.0 l=0.5, Auto [0,1] over the grid"])
+
+
+def test_a_narrow_grid_wraps_its_title_instead_of_widening(girl, tmp_path):
+    # OUT11: 4 channels of 8x8 at x8 make a 2x2 grid of 129 pixels; its title is three times as wide.
+    f = render(girl, tmp_path, blocks="OUT11", steps="20", method="White/Black", transform="sigmoid", gain=1.5)
+    img = pixels(f)
+    g = f.params["grid"]
+    grid_w = g["cols"] * (g["tile"][1] * g["scale"] + 1) - 1
+    bar = text(f"{f.params['colorbar']['min']:.4g}").shape[1] + 256 + text(f"{f.params['colorbar']['max']:.4g}").shape[1] + 8
+    assert img.shape[1] == max(grid_w, bar, 240) < text("girl | run main | OUT11 (unet.out11) | step 20 (t=0)").shape[1] * 2
+    lines = ["girl | run main | OUT11 (unet.out11) | step 20 (t=0) | image 0 | cond",
+             f"channels 0-3 | x{g['scale']} | White/Black, Sigmoid gain 1.5 offset 0"]
+    assert text(lines[0]).shape[1] > img.shape[1]  # so it does wrap
+    top = assert_title(img, lines)
+    # the grid starts below the title: its first tile row at the left edge (channel 0's number on it)
+    assert img[top + 4 : top + 4 + g["tile"][0] * g["scale"], grid_w].max() == 0  # the black margin right of the grid
 
 
 def test_each_tile_carries_its_channel_number(girl, tmp_path):
@@ -166,9 +200,20 @@ def test_diff_grids_name_both_runs(tmp_path):
     (m,) = [f for f in files if f.path.name.startswith("diff-M00")]
     img = np.asarray(Image.open(m.path).convert("L"))
     t = dumpunet.open(paired).run("layered").calls.timestep[m.params["call"]]
-    top = text(f"girl | diff layered - base | M00 (unet.m00) | step 10 (t={float(t):g}) | image 0 | cond")
-    np.testing.assert_array_equal(img[: top.shape[0], : top.shape[1]], top)
-    assert m.params["colorbar"] == {"min": -1.0, "max": 1.0, "spans": "fixed"}
+    assert_title(img, [f"girl | diff layered - base | M00 (unet.m00) | step 10 (t={float(t):g}) | image 0 | cond"])
+    # The default diff colours span the grid's largest |difference| both ways (the bar says so).
+    st = dumpunet.open(paired)
+    d = st.features("M00", 10, run="layered").astype(np.float32) - st.features("M00", 10, run="base").astype(np.float32)
+    top_abs = float(np.abs(d).max())
+    assert m.params["colorbar"] == {"min": -top_abs, "max": top_abs, "spans": "grid"}
+    assert m.params["range"] == [float(d.min()), float(d.max())]
+    # the bar under the grid: full blue at -m, full red at +m, near white at its middle (0)
+    rgb = np.asarray(Image.open(m.path).convert("RGB"))
+    bar_rows = [y for y in range(rgb.shape[0] - 20, rgb.shape[0]) if (rgb[y] == (0, 0, 255)).all(axis=1).any()]
+    assert bar_rows and all((rgb[y] == (255, 0, 0)).all(axis=1).any() for y in bar_rows)
+    row = rgb[bar_rows[0]]
+    blue, red = np.flatnonzero((row == (0, 0, 255)).all(axis=1))[0], np.flatnonzero((row == (255, 0, 0)).all(axis=1))[-1]
+    assert red - blue == 255 and row[(blue + red) // 2].min() >= 250
 
 
 def test_plain_must_be_a_bool():

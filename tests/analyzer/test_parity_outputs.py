@@ -256,7 +256,7 @@ def original_average(x: np.ndarray, kind: str) -> np.ndarray:
 
 
 def grid_of(png, shape: tuple[int, int]) -> np.ndarray:
-    """The tiles of an attention PNG: its bottom-right ``shape`` (labels sit above and left)."""
+    """The tiles of a plain attention PNG: its bottom-right ``shape`` (headers sit above and left)."""
     img = np.asarray(Image.open(png))
     return img[img.shape[0] - shape[0]:, img.shape[1] - shape[1]:]
 
@@ -269,7 +269,7 @@ COLORS = [ATTENTION_COLOR, ColorSpec("White/Black", "linear", clamp_min=0.0, cla
 @pytest.mark.parametrize("kind", ["mean", "1-norm", "2-norm"])
 def test_attention_average_over_heads_has_the_originals_definitions(attn, tmp_path, kind, color):
     (f,) = render_attention(attn, Pick(blocks="IN01.attn2", steps="2", images="0"), color, out=tmp_path, tokens="1-3",
-                            scale=2, average=kind, png_encoder="zlib", progress=False)
+                            scale=2, average=kind, png_encoder="zlib", plain=True, progress=False)
     qk = raw(attn, "attention/IN01.attn2/qk", 2)[0, 1]  # [head, query, token]
     maps = np.stack([original_average(qk[:, :, t].reshape(HEADS, *HW), kind) for t in (1, 2, 3)]).astype(np.float32)
     # attention's default Auto scope is one range per head row: the averaged row is one row
@@ -283,7 +283,7 @@ def test_vqk_average_is_over_every_channel_and_file_names_keep_averages_apart(at
     pick = Pick(blocks="IN01.attn2", steps="1", images="0")
     color = ColorSpec("White/Black", "linear", clamp_min=0.0, clamp_max=1.0)
     written = [render_attention(attn, pick, color, out=tmp_path, feature="vqk", scale=1, average=kind,
-                                png_encoder="zlib", progress=False)[0] for kind in ("mean", "2-norm")]
+                                png_encoder="zlib", plain=True, progress=False)[0] for kind in ("mean", "2-norm")]
     assert [f.path.name for f in written] == [f"IN01.attn2-step001-img0-cond-vqk-avg-{k}-{color.slug()}.png"
                                               for k in ("mean", "2norm")]
     vqk = raw(attn, "attention/IN01.attn2/vqk", 1)[0, 1]  # [head, query, dim] -> channels head*D+dim

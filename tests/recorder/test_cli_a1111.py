@@ -17,7 +17,7 @@ from dumpunet.cli import main
 
 pytestmark = pytest.mark.recorder
 
-SMALL = ("--steps", "2", "--seed", "7", "--width", "64", "--height", "64", "--blocks", "M00", "--quiet")
+SMALL = ("--sampling-steps", "2", "--seed", "7", "--width", "64", "--height", "64", "--blocks", "M00", "--quiet")
 
 
 def record(tmp_path, name: str, *args: str):
@@ -74,7 +74,7 @@ def test_bad_emphasis_and_clip_skip_are_refused():
 
 
 def test_explain_json_shows_the_a1111_weights_and_schedule():
-    res = CliRunner().invoke(main, ["explain", "a (cute:1.3) girl, [red:blue:5] hair", "--negative", "ugly", "--steps", "10",
+    res = CliRunner().invoke(main, ["explain", "a (cute:1.3) girl, [red:blue:5] hair", "--negative-prompt", "ugly", "--sampling-steps", "10",
                                     "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output)["a1111"]
@@ -82,5 +82,5 @@ def test_explain_json_shows_the_a1111_weights_and_schedule():
     assert {"text": "cute", "weight": 1.3, "break": False} in pieces
     assert [e["until_step"] for e in doc["positive"]["schedule"]] == [5, 10]
     assert doc["negative"]["schedule"] == [{"until_step": 10, "text": "ugly", "pieces": [{"text": "ugly", "weight": 1.0, "break": False}]}]
-    text = CliRunner().invoke(main, ["explain", "a (cute:1.3) girl", "--negative", "ugly"]).output
+    text = CliRunner().invoke(main, ["explain", "a (cute:1.3) girl", "--negative-prompt", "ugly"]).output
     assert "A1111 positive prompt: weights cute:1.3" in text and "A1111 negative" not in text

@@ -31,12 +31,15 @@ def invoke(*args: str):
 
 def test_record_then_info_lists_every_block_with_shapes(tmp_path):
     out = tmp_path / "girl.zarr"
-    res = invoke("record", "--prompt", "a cute girl, pink hair", "--steps", "3", "--sampler", "DPM++ 2M Karras",
+    res = invoke("record", "--prompt", "a cute girl, pink hair", "--sampling-steps", "3", "--sampler", "DPM++ 2M Karras",
                  "--cfg", "7", "--seed", "1719471015", "--blocks", "IN00-OUT11", "--width", "64", "--height", "64",
-                 "--out", str(out), "--quiet")
+                 "--out", str(out), "--quiet", "--json")
     assert res.exit_code == 0, res.output
-    assert "size estimate:" in res.output and "25 blocks x 3 U-Net calls" in res.output
-    assert f"recorded 3 U-Net calls (3 steps, seed 1719471015) into {out}" in res.output
+    assert res.stderr == ""  # --quiet: no bar, no estimate, no summary line
+    summary = json.loads(res.stdout)
+    assert (summary["out"], summary["seed"], summary["steps"], summary["calls"], summary["runs"]) == (
+        str(out), 1719471015, 3, 3, ["main"])
+    assert summary["estimate"]["runs"] == 1 and summary["estimate"]["total_bytes"] > 0
     info = invoke("info", str(out))
     assert info.exit_code == 0
     rows = [line.split() for line in info.output.splitlines() if line.startswith("  IN") or line.startswith("  M00") or line.startswith("  OUT")]
@@ -58,7 +61,7 @@ def test_cli_image_matches_the_plain_pipeline(tmp_path):
     from dumpunet.recorder.tiny import build_tiny_pipeline
 
     out = tmp_path / "r.zarr"
-    res = invoke("record", "--model", "tiny-sdxl", "--prompt", "a cat", "--negative-prompt", "blurry", "--steps", "4",
+    res = invoke("record", "--model", "tiny-sdxl", "--prompt", "a cat", "--negative-prompt", "blurry", "--sampling-steps", "4",
                  "--sampler", "Euler", "--seed", "42", "--width", "64", "--height", "64", "--out", str(out), "--quiet")
     assert res.exit_code == 0, res.output
     pipe = build_tiny_pipeline("tiny-sdxl")
@@ -71,11 +74,28 @@ def test_cli_image_matches_the_plain_pipeline(tmp_path):
 
 def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path):
     out = tmp_path / "d.zarr"
-    res = invoke("record", "--steps", "20", "--width", "64", "--height", "64", "--blocks", "IN01, OUT11",
+    res = invoke("record", "--sampling-steps", "20", "--width", "64", "--height", "64", "--blocks", "IN01, OUT11",
                  "--out", str(out), "--dry-run")
     assert res.exit_code == 0
     assert "2 blocks x 20 U-Net calls" in res.output and "64x64, batch 1, cfg on, fp16" in res.output
     assert not out.exists()
+
+
+def test_the_old_steps_count_still_works_with_one_deprecation_line(tmp_path):
+    common = ["--width", "64", "--height", "64", "--blocks", "IN01", "--out", str(tmp_path / "d.zarr"), "--dry-run"]
+    old = CliRunner().invoke(main, ["record", "--steps", "7", *common])
+    new = CliRunner().invoke(main, ["record", "--sampling-steps", "7", *common])
+    assert old.exit_code == 0 and new.exit_code == 0, old.output + new.output
+    line = ("warning: record --steps is deprecated and goes in dumpunet 0.3: write --sampling-steps (--steps will "
+            "choose the steps to record, as in render; today that is --record-steps)")
+    assert old.stderr.splitlines() == [line, *new.stderr.splitlines()]
+    assert "1 blocks x 7 U-Net calls" in new.stderr
+    estimate = json.loads(CliRunner().invoke(main, ["record", "--sampling-steps", "7", "--json", *common]).stdout)
+    assert estimate["estimate"]["block_bytes"] == 7 * 2 * json.loads(  # cfg on: two U-Net halves a step
+        CliRunner().invoke(main, ["record", "--sampling-steps", "1", "--json", "--cfg", "1", *common]).stdout
+    )["estimate"]["block_bytes"]
+    both = CliRunner().invoke(main, ["record", "--steps", "7", "--sampling-steps", "7", *common])
+    assert both.exit_code == 2 and "give --sampling-steps only" in both.output
 
 
 @pytest.mark.parametrize(
@@ -83,7 +103,7 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path):
     [
         (["--blocks", "IN00-IN12"], "Error: bad --blocks: unknown block 'IN12' (this model has IN00..OUT11)\n  IN00-IN12\n       ^^^^"),
         (["--model", "tiny-sdxl", "--blocks", "IN10"], "Error: bad --blocks: unknown block 'IN10' (this model has IN00..OUT08)"),
-        (["--steps", "5", "--record-steps", "1-6"], "Error: bad --record-steps: step 6 out of range 1..5\n  1-6\n    ^"),
+        (["--sampling-steps", "5", "--record-steps", "1-6"], "Error: bad --record-steps: step 6 out of range 1..5\n  1-6\n    ^"),
         (["--sampler", "Euler b"], "Error: unknown sampler 'Euler b'"),
         (["--model", "missing/dir/model"], "Error: no model at missing/dir/model"),
         (["--width", "100"], "Error: --width must be a positive multiple of 8, got 100"),
@@ -91,7 +111,7 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path):
 )
 def test_bad_input_gets_one_readable_line_and_no_store(tmp_path, args, message):
     out = tmp_path / "x.zarr"
-    res = CliRunner().invoke(main, ["record", "--out", str(out), "--steps", "3", *args])
+    res = CliRunner().invoke(main, ["record", "--out", str(out), "--sampling-steps", "3", *args])
     assert res.exit_code == 1, res.output
     assert res.output.startswith(message), res.output
     assert "Traceback" not in res.output
@@ -100,7 +120,7 @@ def test_bad_input_gets_one_readable_line_and_no_store(tmp_path, args, message):
 
 def test_existing_store_is_refused_unless_overwrite(tmp_path):
     out = tmp_path / "r.zarr"
-    base = ["record", "--steps", "2", "--width", "64", "--height", "64", "--blocks", "M00", "--quiet", "--out", str(out)]
+    base = ["record", "--sampling-steps", "2", "--width", "64", "--height", "64", "--blocks", "M00", "--quiet", "--out", str(out)]
     assert invoke(*base).exit_code == 0
     res = CliRunner().invoke(main, base)
     assert res.exit_code == 1 and f"{out} already exists; choose another --out or pass --overwrite" in res.output
@@ -119,7 +139,7 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
 def _record_proc(out, *extra):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "dumpunet.cli", "record", "--steps", "400", "--width", "64", "--height", "64",
+        [sys.executable, "-m", "dumpunet.cli", "record", "--sampling-steps", "400", "--width", "64", "--height", "64",
          "--blocks", "IN00-OUT11", "--out", str(out), "--quiet", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
@@ -171,7 +191,7 @@ def test_sigterm_and_ctrl_c_stop_cleanly_with_a_message(tmp_path):
 
 def test_a_recording_over_max_bytes_is_refused_with_the_estimate(tmp_path):
     out = tmp_path / "big.zarr"
-    res = CliRunner().invoke(main, ["record", "--steps", "20", "--width", "512", "--height", "512", "--self-attention",
+    res = CliRunner().invoke(main, ["record", "--sampling-steps", "20", "--width", "512", "--height", "512", "--self-attention",
                                     "--max-bytes", "1000000", "--out", str(out)])
     assert res.exit_code == 1
     lines = res.output.splitlines()
@@ -192,7 +212,7 @@ def test_self_attention_filters_shrink_the_estimate(tmp_path):
         "stride": {"query_stride": 2},
         "steps": {"self_attention_steps": "1-5"},
     }.items():
-        req = recording.RecordRequest(out=tmp_path / "x.zarr", steps=20, width=128,
+        req = recording.RecordRequest(out=tmp_path / "x.zarr", sampling_steps=20, width=128,
                                       height=128, attention="none", self_attention=True, blocks="none", **extra)
         sizes[name] = recording.estimate(dataclasses.replace(job, req=req)).self_attention_bytes
     assert sizes["mean"] * 2 == sizes["all"]  # tiny-sd1 has 2 heads
@@ -206,7 +226,7 @@ def test_img2img_from_the_cli_records_the_executed_steps(tmp_path):
     photo = tmp_path / "photo.png"
     Image.fromarray(np.full((96, 80, 3), 128, np.uint8)).save(photo)
     out = tmp_path / "i2i.zarr"
-    res = invoke("record", "--init-image", str(photo), "--strength", "0.6", "--steps", "10", "--width", "64",
+    res = invoke("record", "--init-image", str(photo), "--strength", "0.6", "--sampling-steps", "10", "--width", "64",
                  "--height", "64", "--blocks", "M00", "--attention", "none", "--out", str(out), "--quiet")
     assert res.exit_code == 0, res.output
     run = dumpunet.open(out).run()
@@ -226,7 +246,7 @@ def test_an_out_that_record_must_not_touch_is_one_line_and_touches_nothing(tmp_p
     store = _store(tmp_path / "a.zarr")
     (tmp_path / "dangling.zarr").symlink_to(tmp_path / "nowhere.zarr")
     (tmp_path / "link.zarr").symlink_to(store)
-    base = ["record", "--steps", "2", "--width", "64", "--height", "64", "--blocks", "M00", "--quiet", "--overwrite"]
+    base = ["record", "--sampling-steps", "2", "--width", "64", "--height", "64", "--blocks", "M00", "--quiet", "--overwrite"]
     monkeypatch.chdir(store)
     res = CliRunner().invoke(main, [*base, "--out", ""])
     assert res.exit_code == 2 and "an empty path names no file or folder" in res.output, res.output
@@ -250,7 +270,7 @@ def test_a_second_overwrite_refuses_while_the_first_records_and_leaves_its_store
     proc = _record_proc(out)
     try:
         _wait_for_calls(proc, out, 1)
-        res = CliRunner().invoke(main, ["record", "--steps", "2", "--blocks", "M00", "--quiet", "--overwrite",
+        res = CliRunner().invoke(main, ["record", "--sampling-steps", "2", "--blocks", "M00", "--quiet", "--overwrite",
                                         "--out", str(out)])
         assert (res.exit_code, res.output) == (1, (f"Error: {out} is being recorded by process {proc.pid} (lock file "
                                                    f"{tmp_path / '.busy.zarr.lock'}); wait for it to finish or stop "
@@ -263,3 +283,16 @@ def test_a_second_overwrite_refuses_while_the_first_records_and_leaves_its_store
     assert err.strip().splitlines()[-1].startswith("Error: interrupted; complete steps (1-"), err
     assert validate(out).ok
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy.zarr"]  # its lock file went with it
+
+
+def test_disk_speed_adds_the_disk_time_to_the_estimate(tmp_path):
+    out = tmp_path / "d.zarr"
+    res = invoke("record", "--sampling-steps", "20", "--width", "64", "--height", "64", "--blocks", "IN01, OUT11",
+                 "--disk-speed", "50", "--out", str(out), "--dry-run")
+    assert res.exit_code == 0, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("disk time: "))
+    est = res.output.splitlines()[0].split()[2:4]  # "size estimate: 123.45 KB raw"
+    assert line.endswith(f"to write {' '.join(est)} at 50 MB/s (--disk-speed)")
+    assert "disk-bound" not in res.output  # a CPU U-Net is slower than any disk
+    bad = invoke("record", "--disk-speed", "0", "--out", str(out), "--dry-run")
+    assert bad.exit_code == 2 and "--disk-speed" in bad.output

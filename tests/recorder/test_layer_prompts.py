@@ -102,7 +102,7 @@ def invoke(*args):
 
 def test_pair_records_base_and_layered_with_the_same_seed(tmp_path):
     out = tmp_path / "pair.zarr"
-    res = invoke("record", "--prompt", "a (~: IN00-OUT11: cute; M00: excellent :~) girl", "--pair", "--steps", "3",
+    res = invoke("record", "--prompt", "a (~: IN00-OUT11: cute; M00: excellent :~) girl", "--pair", "--sampling-steps", "3",
                  "--width", "64", "--height", "64", "--seed", "7", "--blocks", "M00, OUT11", "--out", str(out), "--quiet")
     assert res.exit_code == 0, res.output
     store = dumpunet.open(out)
@@ -120,7 +120,7 @@ def test_pair_records_base_and_layered_with_the_same_seed(tmp_path):
     assert "pair layered: layered vs base base" in info.output
     # --base chooses the base prompt
     out2 = tmp_path / "pair2.zarr"
-    res = invoke("record", "--prompt", "a (~: M00: excellent :~) girl", "--pair", "--base", "a cute girl", "--steps", "2",
+    res = invoke("record", "--prompt", "a (~: M00: excellent :~) girl", "--pair", "--base", "a cute girl", "--sampling-steps", "2",
                  "--width", "64", "--height", "64", "--blocks", "M00", "--out", str(out2), "--quiet")
     assert res.exit_code == 0, res.output
     assert dumpunet.open(out2).pair()[0].info.prompt == "a cute girl"
@@ -129,7 +129,7 @@ def test_pair_records_base_and_layered_with_the_same_seed(tmp_path):
 def test_sweep_pairs_one_run_per_block_against_one_base(tmp_path):
     out = tmp_path / "sweep.zarr"
     res = invoke("sweep", "--prompt", "a cute school girl, pink hair, wide shot", "--insert", "bad anatomy",
-                 "--blocks", "IN01, M00", "--record-blocks", "OUT11", "--steps", "2", "--width", "64", "--height", "64",
+                 "--into-blocks", "IN01, M00", "--record-blocks", "OUT11", "--sampling-steps", "2", "--width", "64", "--height", "64",
                  "--seed", "5", "--out", str(out), "--quiet")
     assert res.exit_code == 0, res.output
     store = dumpunet.open(out)
@@ -144,7 +144,7 @@ def test_sweep_pairs_one_run_per_block_against_one_base(tmp_path):
     assert store.run("M00").recorded() == ["OUT11"]
 
 
-SWEEP_ARGS = ("--prompt", "a cute girl", "--insert", "bad anatomy", "--record-blocks", "OUT11", "--steps", "2",
+SWEEP_ARGS = ("--prompt", "a cute girl", "--insert", "bad anatomy", "--record-blocks", "OUT11", "--sampling-steps", "2",
               "--width", "64", "--height", "64", "--seed", "5", "--quiet")
 
 
@@ -155,13 +155,13 @@ def _warnings(output):
 def test_sweep_estimate_warns_once_about_blocks_without_cross_attention_and_states_per_run_and_total(tmp_path):
     blind = [u.name for u in unet_blocks(make_pipe("tiny-sd1").unet) if not u.cross_attention]
     assert 0 < len(blind) < 25
-    res = invoke("sweep", *SWEEP_ARGS, "--blocks", "IN00-OUT11", "--dry-run", "--out", str(tmp_path / "s.zarr"))
+    res = invoke("sweep", *SWEEP_ARGS, "--into-blocks", "IN00-OUT11", "--dry-run", "--out", str(tmp_path / "s.zarr"))
     assert res.exit_code == 0, res.output
     (warning,) = _warnings(res.output)
     assert warning.startswith(f"warning: {len(blind)} swept block(s) have no cross-attention")
     assert warning.split(": ", 2)[2].split(";")[0] == ", ".join(blind)
     assert f"per run x {1 + 25} runs" in res.output
-    skipped = invoke("sweep", *SWEEP_ARGS, "--blocks", "IN00-OUT11", "--dry-run", "--skip-no-xattn",
+    skipped = invoke("sweep", *SWEEP_ARGS, "--into-blocks", "IN00-OUT11", "--dry-run", "--skip-no-xattn",
                      "--out", str(tmp_path / "s.zarr"))
     assert skipped.exit_code == 0, skipped.output
     (note,) = _warnings(skipped.output)
@@ -170,18 +170,28 @@ def test_sweep_estimate_warns_once_about_blocks_without_cross_attention_and_stat
     assert not (tmp_path / "s.zarr").exists()
 
 
+def test_the_old_sweep_blocks_spelling_still_names_the_targets_with_one_deprecation_line(tmp_path):
+    common = [*SWEEP_ARGS, "--dry-run", "--out", str(tmp_path / "s.zarr")]
+    old, new = invoke("sweep", *common, "--blocks", "IN01, M00"), invoke("sweep", *common, "--into-blocks", "IN01, M00")
+    assert old.exit_code == 0 and new.exit_code == 0, old.output + new.output
+    assert old.stderr.splitlines() == [
+        "warning: sweep --blocks is deprecated and goes in dumpunet 0.3: write --into-blocks (--blocks will name the "
+        "blocks to record, as in record; today that is --record-blocks)", *new.stderr.splitlines()]
+    assert "per run x 3 runs" in new.stderr
+
+
 def test_a_swept_block_without_cross_attention_equals_the_base_and_skip_no_xattn_leaves_it_out(tmp_path):
     out = tmp_path / "s.zarr"
-    res = invoke("sweep", *SWEEP_ARGS, "--blocks", "IN00, IN01", "--out", str(out))
+    res = invoke("sweep", *SWEEP_ARGS, "--into-blocks", "IN00, IN01", "--out", str(out))
     assert res.exit_code == 0, res.output
     assert _warnings(res.output)[0].split(": ", 2)[2].startswith("IN00;")
     store = dumpunet.open(out)
     np.testing.assert_array_equal(store.run("IN00").image(0), store.run("base").image(0))  # the warning's claim
     assert not np.array_equal(store.run("IN01").image(0), store.run("base").image(0))
-    res = invoke("sweep", *SWEEP_ARGS, "--blocks", "IN00, IN01", "--skip-no-xattn", "--out", str(out), "--overwrite")
+    res = invoke("sweep", *SWEEP_ARGS, "--into-blocks", "IN00, IN01", "--skip-no-xattn", "--out", str(out), "--overwrite")
     assert res.exit_code == 0, res.output
     assert dumpunet.open(out).run_names == ["base", "IN01"]
-    res = invoke("sweep", *SWEEP_ARGS, "--blocks", "IN00", "--skip-no-xattn", "--dry-run", "--out", str(tmp_path / "t.zarr"))
+    res = invoke("sweep", *SWEEP_ARGS, "--into-blocks", "IN00", "--skip-no-xattn", "--dry-run", "--out", str(tmp_path / "t.zarr"))
     assert res.exit_code != 0 and "Error: --skip-no-xattn leaves no block: none of IN00 has cross-attention" in res.output
 
 
@@ -196,7 +206,7 @@ def test_a_swept_block_without_cross_attention_equals_the_base_and_skip_no_xattn
 )
 def test_bad_layer_prompts_record_nothing(tmp_path, args, message):
     out = tmp_path / "x.zarr"
-    res = invoke("record", *args, "--steps", "2", "--width", "64", "--height", "64", "--out", str(out))
+    res = invoke("record", *args, "--sampling-steps", "2", "--width", "64", "--height", "64", "--out", str(out))
     assert res.exit_code == 1, res.output
     assert res.output.startswith(message), res.output
     assert not out.exists()

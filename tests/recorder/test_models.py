@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import shutil
 
 import numpy as np
@@ -17,6 +16,7 @@ from safetensors.torch import save_file  # noqa: E402
 from dumpunet.errors import ModelError, OptionError  # noqa: E402
 from dumpunet.recorder.models import load_pipeline  # noqa: E402
 from dumpunet.recorder.tiny import build_tiny_pipeline  # noqa: E402
+from ldm_layout import ldm_state_dict  # noqa: E402
 
 pytestmark = pytest.mark.recorder
 
@@ -37,63 +37,6 @@ def sd1_folder(tmp_path_factory):
 
 
 # --- an original-layout (LDM) checkpoint of tiny-sd1, to test single-file loading ---------------
-
-_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
-           "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}
-_UNET_FIXED = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-               "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
-_VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-
-
-def _resnet(rest: str) -> str:
-    part, leaf = rest.rsplit(".", 1)
-    return f"{_RESNET[part]}.{leaf}"
-
-
-def _ldm_unet_key(key: str) -> str:
-    """Name an SD1-layout diffusers U-Net weight the way CompVis' ``openaimodel.py`` does."""
-    head, leaf = key.rsplit(".", 1)
-    if head in _UNET_FIXED:
-        return f"{_UNET_FIXED[head]}.{leaf}"
-    if m := re.fullmatch(r"down_blocks\.(\d)\.(resnets|attentions)\.(\d)\.(.+)", key):
-        n = 3 * int(m[1]) + int(m[3]) + 1
-        return f"input_blocks.{n}.0.{_resnet(m[4])}" if m[2] == "resnets" else f"input_blocks.{n}.1.{m[4]}"
-    if m := re.fullmatch(r"down_blocks\.(\d)\.downsamplers\.0\.conv\.(.+)", key):
-        return f"input_blocks.{3 * int(m[1]) + 3}.0.op.{m[2]}"
-    if m := re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d)\.(.+)", key):
-        return f"middle_block.{2 * int(m[2])}.{_resnet(m[3])}" if m[1] == "resnets" else f"middle_block.1.{m[3]}"
-    if m := re.fullmatch(r"up_blocks\.(\d)\.(resnets|attentions)\.(\d)\.(.+)", key):
-        n = 3 * int(m[1]) + int(m[3])
-        return f"output_blocks.{n}.0.{_resnet(m[4])}" if m[2] == "resnets" else f"output_blocks.{n}.1.{m[4]}"
-    if m := re.fullmatch(r"up_blocks\.(\d)\.upsamplers\.0\.(.+)", key):
-        i = int(m[1])
-        return f"output_blocks.{3 * i + 2}.{1 if i == 0 else 2}.{m[2]}"
-    raise KeyError(key)
-
-
-def _ldm_vae_key(key: str, n_up: int) -> str:
-    key = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
-    key = re.sub(r"down_blocks\.(\d)\.resnets\.", r"down.\1.block.", key)
-    key = re.sub(r"down_blocks\.(\d)\.downsamplers\.0\.", r"down.\1.downsample.", key)
-    key = re.sub(r"up_blocks\.(\d)\.resnets\.", lambda m: f"up.{n_up - 1 - int(m[1])}.block.", key)
-    key = re.sub(r"up_blocks\.(\d)\.upsamplers\.0\.", lambda m: f"up.{n_up - 1 - int(m[1])}.upsample.", key)
-    key = re.sub(r"mid_block\.resnets\.(\d)\.", lambda m: f"mid.block_{int(m[1]) + 1}.", key)
-    if m := re.fullmatch(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)\.(weight|bias)", key):
-        key = f"{m[1]}.mid.attn_1.{_VAE_ATTN[m[2]]}.{m[3]}"
-    return key
-
-
-def ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
-    """Return tiny-sd1's weights under the key names of an original SD1 ``.ckpt``."""
-    out = {f"model.diffusion_model.{_ldm_unet_key(k)}": v for k, v in pipe.unet.state_dict().items()}
-    n_up = len(pipe.vae.decoder.up_blocks)
-    for k, v in pipe.vae.state_dict().items():
-        nk = _ldm_vae_key(k, n_up)
-        # the original VAE's mid attention uses 1x1 convolutions where diffusers uses linears
-        out[f"first_stage_model.{nk}"] = v[:, :, None, None] if ".attn_1." in nk and v.ndim == 2 else v
-    for k, v in pipe.text_encoder.state_dict().items():
-        out[f"cond_stage_model.transformer.text_model.{k.removeprefix('text_model.')}"] = v
-    return {k: v.contiguous() for k, v in out.items()}
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +105,11 @@ def test_single_file_with_a_local_config_reproduces_the_image(sd1_checkpoints, s
         "path": str(path.resolve()),
         "architecture": "sd1",
         "config": str(sd1_folder.resolve()),
+        "prediction_type": "epsilon",
+        "prediction_type_from": "default",
         "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "a1111_shorthash": hashlib.sha256(path.read_bytes()).hexdigest()[:10],
+        "a1111_legacy_hash": meta["a1111_legacy_hash"],
         "pipeline": "StableDiffusionPipeline",
     }
     assert np.array_equal(generate(pipe), generate(build_tiny_pipeline("tiny-sd1")))
@@ -184,35 +131,21 @@ def test_hub_id_loads_from_the_local_cache(offline_hub, sd1_folder):
 # --- refusals ----------------------------------------------------------------------------------------
 
 
-def _fake_checkpoint(path, extra: dict[str, tuple[int, ...]]):
-    tensors = {"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3), **extra}
-    save_file({k: torch.zeros(shape) for k, shape in tensors.items()}, path)
-    return path
-
-
-@pytest.mark.parametrize(
-    ("extra", "arch", "repo"),
-    [
-        ({"cond_stage_model.transformer.text_model.final_layer_norm.weight": (768,)}, "sd1",
-         "stable-diffusion-v1-5/stable-diffusion-v1-5"),
-        ({"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024)}, "sd2",
-         "stabilityai/stable-diffusion-2-1"),
-        ({"conditioner.embedders.1.model.ln_final.weight": (1280,)}, "sdxl", "stabilityai/stable-diffusion-xl-base-1.0"),
-    ],
-)
-def test_single_file_without_config_offline_names_what_is_missing(tmp_path, extra, arch, repo):
-    path = _fake_checkpoint(tmp_path / "model.safetensors", extra)
+def test_tiny_checkpoint_without_config_names_the_size_mismatch(sd1_checkpoints):
+    # detected as SD1 by its keys, but the shipped SD1 configs are full-size: refused before loading
+    path = sd1_checkpoints / "tiny.safetensors"
     with pytest.raises(ModelError) as err:
         load_pipeline(str(path))
     assert str(err.value) == (
-        f"{path} is a single-file {arch} checkpoint; its pipeline is built from the component configs of {repo}, "
-        "which are not in the local Hugging Face cache, and the machine is offline (HF_HUB_OFFLINE). "
-        "Pass config=<a local diffusers folder of the same architecture>, or load once online to cache them."
+        f"{path} is a sd1 checkpoint by its keys, but its U-Net has 8 channels and 32-wide cross-attention where sd1 "
+        "has 320 and 768; pass --config with a diffusers folder of its configs"
     )
 
 
 def test_single_file_missing_a_component_is_a_model_error(tmp_path, sd1_checkpoints, sd1_folder):
-    path = _fake_checkpoint(tmp_path / "unet-only.safetensors", {})
+    weights = ldm_state_dict(build_tiny_pipeline("tiny-sd1"))
+    path = tmp_path / "no-vae.safetensors"
+    save_file({k: v for k, v in weights.items() if not k.startswith("first_stage_model.")}, path)
     with pytest.raises(ModelError) as err:
         load_pipeline(str(path), config=sd1_folder)
     assert str(err.value).startswith(

@@ -72,7 +72,7 @@ def test_head_by_head_branch_stores_the_same_self_attention_maps(tmp_path):
 
 
 def test_estimate_equals_what_the_recording_creates(tmp_path):
-    req = RecordRequest(out=tmp_path / "e.zarr", steps=3, sampler="Euler", width=64, height=64, blocks="IN00, M00",
+    req = RecordRequest(out=tmp_path / "e.zarr", sampling_steps=3, sampler="Euler", width=64, height=64, blocks="IN00, M00",
                         inputs=True, attention="qk,k", self_attention=True, self_attention_blocks="OUT11",
                         self_attention_steps="2-3", quiet=True, seed=5)
     job = recording.prepare(req)
@@ -92,7 +92,7 @@ def test_estimate_equals_what_the_recording_creates(tmp_path):
 
 
 def test_api_and_cli_write_the_same_root_attributes(tmp_path):
-    job = recording.prepare(RecordRequest(out=tmp_path / "cli.zarr", steps=2, sampler="Euler", width=64, height=64,
+    job = recording.prepare(RecordRequest(out=tmp_path / "cli.zarr", sampling_steps=2, sampler="Euler", width=64, height=64,
                                           blocks="M00", quiet=True))
     assert job.req.seed >= 0  # drawn where the recording starts
     summary = recording.execute(job)

@@ -27,8 +27,8 @@ def request(**kw):
 @pytest.mark.parametrize(
     ("kw", "message"),
     [
-        ({"steps": 1_000_000_000}, "--steps must be between 1 and 10000, got 1000000000"),
-        ({"steps": 0}, "--steps must be between 1 and 10000, got 0"),
+        ({"sampling_steps": 1_000_000_000}, "--sampling-steps must be between 1 and 10000, got 1000000000"),
+        ({"sampling_steps": 0}, "--sampling-steps must be between 1 and 10000, got 0"),
         ({"seed": 99999999999999999999999}, f"--seed must be between -1 and {MAX_SEED}, got 99999999999999999999999"),
         ({"seed": -2}, f"--seed must be between -1 and {MAX_SEED}, got -2"),
         ({"seed": MAX_SEED, "batch_size": 2}, f"--seed {MAX_SEED} + --batch-size 2 - 1 passes the largest seed {MAX_SEED}"),
@@ -37,7 +37,7 @@ def request(**kw):
         ({"cfg": math.nan}, "--cfg must be between 0.0 and 100.0, got nan"),
         ({"cfg": -1.0}, "--cfg must be between 0.0 and 100.0, got -1.0"),
         ({"cfg": "7"}, "--cfg must be a number, got '7'"),
-        ({"steps": 2.5}, "--steps must be a whole number, got 2.5"),
+        ({"sampling_steps": 2.5}, "--sampling-steps must be a whole number, got 2.5"),
         ({"batch_size": True}, "--batch-size must be a whole number, got True"),
         ({"width": 800_000}, "--width must be between 8 and 8192, got 800000"),
         ({"height": 0}, "--height must be between 8 and 8192, got 0"),
@@ -86,7 +86,7 @@ def test_a_huge_record_steps_range_is_bounded_by_the_steps_before_expanding():
     tracemalloc.start()
     try:
         with pytest.raises(Exception, match=r"bad --record-steps: step 999999999 out of range 1\.\.20"):
-            request(steps=20, record_steps="1-999999999")
+            request(sampling_steps=20, record_steps="1-999999999")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -120,3 +120,12 @@ def test_any_numbers_make_a_request_or_an_option_error(values):
     for name, v in values.items():
         lo, hi = RANGES[name]
         assert v is None or lo <= v <= hi
+
+
+def test_the_old_steps_keyword_is_the_sampling_step_count_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match=r"RecordRequest\(steps=N\) is deprecated: write sampling_steps=N"):
+        req = request(steps=7)
+    assert req == request(sampling_steps=7)
+    assert req.sampling_steps == 7 and req.steps is None
+    with pytest.raises(OptionError, match="steps=7 is the old name of sampling_steps; give sampling_steps only"):
+        request(steps=7, sampling_steps=9)

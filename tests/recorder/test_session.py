@@ -265,3 +265,31 @@ def test_an_unhookable_body_is_reported(tmp_path):
     with pytest.raises(RecordError, match="never called the U-Net"):
         with dumpunet.record(pipe, tmp_path / "r.zarr", progress=False):
             pass
+
+
+def test_the_wait_on_a_slow_writer_is_printed_and_stored_in_the_run(tmp_path, monkeypatch, capsys):
+    import time
+
+    from dumpunet.store import writer as writer_module
+
+    write_call = writer_module.write_call
+    holder = {}
+
+    def slow_first_call(st, k, *a, **kw):  # a disk that stalls on the first call until the second one is submitted
+        if k == 0:
+            deadline = time.monotonic() + 60
+            while holder["rec"].clock.calls < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)
+        return write_call(st, k, *a, **kw)
+
+    monkeypatch.setattr(writer_module, "write_call", slow_first_call)
+    pipe = make_pipe()
+    holder["rec"] = rec = dumpunet.record(pipe, tmp_path / "r.zarr", max_queue_bytes=1)  # one call may wait at a time
+    with rec:
+        generate(pipe, steps=3)
+    assert rec.writer_wait_seconds > 0  # the second call waited for the first
+    info = dumpunet.open(tmp_path / "r.zarr").run().info
+    assert info.writer_wait_seconds == round(rec.writer_wait_seconds, 3)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"record main: waited {rec.writer_wait_seconds:.2f} s on the store writer (")

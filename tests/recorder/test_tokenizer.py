@@ -107,3 +107,45 @@ def test_ids_are_the_same_in_another_process(tok):
     env = {**os.environ, "PYTHONHASHSEED": "12345", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == str(tok("a cute girl, zyx café").input_ids)
+
+
+# --- SD's real CLIP tokenizer, from the packaged vocabulary -------------------------------------------
+
+
+def test_clip_tokenizer_gives_the_hub_tokenizers_ids():
+    from dumpunet.recorder.tokenizer import clip_tokenizer
+
+    tok = clip_tokenizer()
+    # openai/clip-vit-large-patch14's ids for this prompt, as every SD1 pipeline sees them
+    assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert (len(tok), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.model_max_length) == (
+        49408, 49406, 49407, 49407, 77)
+    assert clip_tokenizer(pad_token="!").pad_token_id == 0  # SD2 / SDXL's OpenCLIP tokenizer
+    assert tok.tokenize("(masterpiece:1.2), pink hair") == [
+        "(</w>", "masterpiece</w>", ":</w>", "1</w>", ".</w>", "2</w>", "),</w>", "pink</w>", "hair</w>"]
+
+
+def test_missing_vocabulary_says_what_to_install(monkeypatch):
+    from dumpunet.errors import ModelError
+    from dumpunet.recorder import tokenizer
+
+    monkeypatch.setattr(tokenizer, "VOCAB_DISTRIBUTIONS", (("no-such-dist-dumpunet", "x/bpe.txt.gz"),))
+    with pytest.raises(ModelError) as err:
+        tokenizer.clip_vocab_file()
+    assert str(err.value) == (
+        "the CLIP tokenizer vocabulary (bpe_simple_vocab_16e6.txt.gz) is not installed: it comes with any of "
+        "no-such-dist-dumpunet; pip install openai-clip (no torch requirement; the record extra includes it)"
+    )
+
+
+def test_a_different_vocabulary_file_is_refused(monkeypatch, tmp_path):
+    from dumpunet.errors import ModelError
+    from dumpunet.recorder import tokenizer
+
+    fake = tmp_path / "bpe_simple_vocab_16e6.txt.gz"
+    fake.write_bytes(b"\x1f\x8b not the vocabulary")
+    monkeypatch.setattr(tokenizer, "clip_vocab_file", lambda: fake)
+    monkeypatch.setattr(tokenizer, "_clip_vocab_and_merges", tokenizer._clip_vocab_and_merges.__wrapped__)
+    with pytest.raises(ModelError) as err:
+        tokenizer.clip_tokenizer()
+    assert str(err.value) == f"{fake} is not OpenAI's CLIP vocabulary (its sha256 differs from 924691ac288e...)"

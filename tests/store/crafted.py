@@ -55,7 +55,7 @@ def record_base(path: Path) -> Path:
     from dumpunet.cli import main
 
     args = ["record", "--model", "tiny-sd1", "--prompt", "a (~: IN00-OUT11: cute; M00: excellent :~) girl, pink hair",
-            "--pair", "--steps", "2", "--width", "64", "--height", "64", "--seed", "1", "--blocks", "IN01,OUT11",
+            "--pair", "--sampling-steps", "2", "--width", "64", "--height", "64", "--seed", "1", "--blocks", "IN01,OUT11",
             "--attention", "qk", "--attention-blocks", "IN01,OUT11", "--out", str(path), "--quiet"]
     res = CliRunner().invoke(main, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output

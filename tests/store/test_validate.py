@@ -145,3 +145,13 @@ def test_the_store_package_imports_neither_recorder_nor_analyzer():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             found += [f"{path.name}: {n}" for n in names if n.split(".")[:2] in (["dumpunet", "analyzer"], ["dumpunet", "recorder"])]
     assert found == []
+
+
+def test_cli_validate_json_lists_the_problems_and_exits_1(store):
+    ok = CliRunner().invoke(main, ["validate", "--json", str(store)])
+    assert ok.exit_code == 0 and json.loads(ok.stdout) == {"store": str(store), "ok": True, "problems": [], "notes": []}
+    (store / CHUNK).write_bytes(b"x")
+    bad = CliRunner().invoke(main, ["validate", "--json", str(store)])
+    doc = json.loads(bad.stdout)
+    assert bad.exit_code == 1 and doc["ok"] is False
+    assert len(doc["problems"]) == 1 and doc["problems"][0].endswith("(truncated)")

@@ -171,6 +171,20 @@ def test_tokens_attention_and_the_word_heatmap(page, server):
     assert "--query" in clicked["command"]
 
 
+def test_each_head_is_offered_only_where_it_applies(page, server):
+    page.goto(server.url + "?view=attention")
+    attn = settle(page)
+    head = page.locator('#auto_scope option[value="head"]')
+    assert head.is_enabled()
+    page.select_option("#auto_scope", "head")
+    per_head = settle(page, attn)
+    assert url_state(page)["auto_scope"] == "head" and per_head["error"] is None
+    page.click("#views [data-view=grid]")  # a channel grid has no head rows: back to its default, no error
+    grid = settle(page, per_head)
+    assert grid["error"] is None and "auto_scope" not in url_state(page) and "--auto-scope" not in grid["command"]
+    assert head.is_disabled() and page.locator("#auto_scope").input_value() == ""
+
+
 def test_a_pair_toggles_base_layered_and_difference(page, server):
     page.goto(server.url + "?store=1")
     layered = settle(page)

@@ -60,7 +60,7 @@ def test_minus_shows_a_minus_b_and_its_summary_chart(page, three):  # noqa: F811
     page.click("#views [data-view=summary]")
     chart = picture(page, minus["query"])
     snap(page, "minus-02-summary")
-    assert chart["error"] is None and (chart["width"], chart["height"]) >= (900, 500)
+    assert chart["error"] is None and min(chart["width"], chart["height"]) > 100
     assert "view=summary" in chart["query"] and "summary chart" in chart["where"]
 
     page.click("#views [data-view=attention]")
@@ -76,7 +76,7 @@ def test_a_pairs_summary_chart_tab(page, three):  # noqa: F811
     page.click("#views [data-view=summary]")
     chart = picture(page, first["query"])
     snap(page, "pair-summary")
-    assert chart["error"] is None and (chart["width"], chart["height"]) >= (900, 500)
+    assert chart["error"] is None and min(chart["width"], chart["height"]) > 100
     assert chart["command"].startswith("dumpunet diff ") and "--no-finals" in chart["command"]
     page.click("#ladder [data-block=IN04]")  # a block leads back to its grid
     grid = picture(page, chart["query"])

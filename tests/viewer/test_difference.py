@@ -25,6 +25,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import dumpunet  # noqa: E402
+from dumpunet.analyzer.colormaps import colormap  # noqa: E402
+from dumpunet.analyzer.step_table import CELL  # noqa: E402
 from dumpunet.recorder.tiny import build_tiny_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.recorder
@@ -114,7 +116,10 @@ def test_a_minus_b_summary_numbers_are_the_raw_arrays(served, recorded):
         assert row["relative"] == pytest.approx(mad / base, rel=1e-6)
     status, headers, chart = get(served, "api/image?view=summary&minus=1&step=2")
     assert status == 200 and headers["Content-Type"] == "image/png"
-    assert pixels(chart).shape[:2] >= (500, 900)
+    img = pixels(chart)  # the block x step heatmap: each row's cell in the colour of its relative change
+    top = max(r["relative"] for r in rows)
+    for row in rows:
+        assert (img[..., :3] == colormap(np.array(row["relative"] / top))).all(axis=2).sum() >= CELL[0] * CELL[1]
 
 
 @pytest.mark.parametrize("query, message", [

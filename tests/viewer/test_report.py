@@ -87,7 +87,19 @@ def test_export_narrows_to_blocks_and_steps_and_cli_says_so(stores, tmp_path):
 
 def test_selection_options_without_export_are_refused(stores):
     res = CliRunner().invoke(main, ["view", str(stores[0]), "--steps", "1", "--no-browser"])
-    assert res.exit_code == 2 and "choose what --export writes" in res.output
+    assert res.exit_code == 2 and "go with --export" in res.output
+    res = CliRunner().invoke(main, ["view", str(stores[0]), "--json", "--no-browser"])
+    assert res.exit_code == 2 and "--json go with --export" in res.output
+
+
+def test_export_json_lists_the_manifest_entries(stores, tmp_path):
+    res = CliRunner().invoke(main, ["view", str(stores[0]), "--export", str(tmp_path / "r"), "--blocks", "OUT11",
+                                    "--steps", "1", "--quiet", "--json"])
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.stdout)
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert sorted(e["file"] for e in listed) == sorted(e["file"] for e in manifest["files"])
+    assert sum(e["kind"] == "report-view" for e in listed) > 0
 
 
 def test_a_bad_selection_writes_nothing(stores, tmp_path):

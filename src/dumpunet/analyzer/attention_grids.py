@@ -4,17 +4,19 @@ For a cross-attention layer (``IN04.attn2``), row *h* column *t* is the spatial 
 head *h* attends to token *t* (the ``qk`` probabilities of every query pixel, laid out at the
 layer's resolution). Column headers are the decoded tokens, row headers the head index. Maps are
 coloured with the analyzer's engine (:class:`~dumpunet.analyzer.color.spec.ColorSpec`); the
-default is the original extension's recommendation for attention: Custom / Auto [0,1] / HSL,
-H = (2-2*v)/3 (blue = little attention, red = much).
+default is render's: Custom / Auto [0,1] / HSL, H = (2+v)/3 (blue = little attention, magenta,
+red = much), so a colour reads the same in every command (the original extension recommended
+H = (2-2*v)/3 for attention; pass it as ``h`` to get it).
 
 What one Auto range spans is planned as for render and diff (:mod:`.scope`): ``head`` (the
 default) one range per head row, so a row answers "which token does this head look at" (the
-token with the larger attention is the brighter tile); ``channel`` each tile on its own (the
+token with the larger attention is the redder tile); ``channel`` each tile on its own (the
 original's behaviour: every tile stretched to its own min/max), ``block`` the whole layer grid, ``step`` every selected layer of the step (per
 image and guidance half), ``run`` everything selected.
 
 Self-attention layers (``OUT11.attn1``) show, per head, where the stored query pixel nearest to
-``query`` (x, y as fractions of the image) attends. ``feature="k"`` shows each head's keys
+``query`` (x, y as fractions of the image) attends; a labelled grid marks that pixel on every tile
+with heatmap's cross-hair (the manifest's ``marker``, in map pixels). ``feature="k"`` shows each head's keys
 (rows = tokens, columns = head dims); ``feature="vqk"`` each head's output channels.
 
 ``average`` reduces the heads to one map, as the original's "averaged map" did, with its
@@ -22,11 +24,17 @@ definitions (:func:`~dumpunet.analyzer.reduce.channel_average`: ``mean``; ``1-no
 ``2-norm`` divided by the number of heads): qk one map per token, k one map, and vqk one map
 over all its channels (heads x head dims, the original's V*Q*K channel average).
 
-File names: ``{layer}-step{step:03}-img{image}-{guidance}-{feature}[-avg-{kind}]-{colorization}.png``
-(``-avg-2norm``: different averages do not overwrite each other).
+A grid is labelled by default: a title strip saying what it shows and how it is coloured, with
+a line naming the Auto scope and its ranges (``range per head row: h0 0.0102 to 0.0164, ...``),
+and below it a colour bar (grid_labels' :func:`~dumpunet.analyzer.grid_labels.frame`); with
+scope ``head`` the bar runs from "row min" to "row max". ``plain`` leaves the headed grid alone.
 
-File names: ``{layer}-step{step:03}-img{image}-{guidance}[-tok-{tokens}][-query-x{x}-y{y}]-{feature}[-avg-{kind}]-{colorization}.png``:
-the tokens, the query pixel and the average are in the name, so ``--tokens girl`` and then
+``aggregate="resolution"`` (prompt-to-prompt's aggregate): per map size, the cross-attention
+layers of that size averaged over their heads and then over the layers, one row of token maps.
+
+File names: ``{layer}-step{step:03}-img{image}-{guidance}[-tok-{tokens}][-query-x{x}-y{y}]-{feature}[-avg-{kind}]-{colorization}.png``
+(an aggregate: ``res{h}x{w}`` in place of the layer, ``-aggregate`` after the feature, and a ``.npy``
+of its maps beside it): the tokens, the query pixel and the average are in the name, so ``--tokens girl`` and then
 ``--tokens hair`` (or two averages) into one folder keep both (tokens as
 :func:`~dumpunet.analyzer.output.text_part` writes them).
 Layers are picked by ``Pick.blocks`` (the CLI's ``--blocks``, or ``--layers``).
@@ -44,7 +52,8 @@ import numpy as np
 from dumpunet.analyzer.color.colorize import colorize
 from dumpunet.analyzer.color.spec import ATTENTION_COLOR, ColorSpec
 from dumpunet.analyzer.grid import tile
-from dumpunet.analyzer.heatmap import check_point, nearest_query
+from dumpunet.analyzer.grid_labels import bar_info, bar_range, colour_bar, frame, number
+from dumpunet.analyzer.heatmap import by_resolution, check_point, mark_point, nearest_query
 from dumpunet.analyzer.labels import paste, text_image
 from dumpunet.analyzer.output import OutputFolder, WrittenFile, name_part, text_part
 from dumpunet.analyzer.pick import Pick
@@ -52,7 +61,8 @@ from dumpunet.analyzer.png import encode_png, resolve_encoder
 from dumpunet.analyzer.pool import progress_bar
 from dumpunet.analyzer.reduce import AVERAGES, average_label, channel_average
 from dumpunet.analyzer.scope import AutoRanges, json_range
-from dumpunet.analyzer.selection import select_attention
+from dumpunet.analyzer.selection import select_attention, store_label
+from dumpunet.analyzer.tensor_files import array_file
 from dumpunet.analyzer.style import ATTENTION_TILE_TARGET, check_scale
 from dumpunet.analyzer.tokens import label, select_tokens
 from dumpunet.errors import OptionError, SelectionError
@@ -60,9 +70,10 @@ from dumpunet.specs import parse_ints
 from dumpunet.store import Run, Store, open_store
 from dumpunet.store.schema import TokenRow
 
-__all__ = ["ATTENTION_COLOR", "render_attention"]
+__all__ = ["AGGREGATES", "ATTENTION_COLOR", "render_attention"]
 
-
+AGGREGATES = ("resolution",)
+"""What ``aggregate`` may average: ``resolution``, the cross-attention layers of one map size."""
 
 @dataclass(frozen=True)
 class _Item:
@@ -70,6 +81,8 @@ class _Item:
     step: int
     image: int
     guidance: str
+    layers: tuple[str, ...] = ()
+    """An aggregate's layers (``layer`` then names their resolution, e.g. ``res16x16``)."""
 
 
 def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[float] | None, average: str | None = None):
@@ -77,7 +90,10 @@ def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[flo
 
     With ``average``, the heads of each token (qk), the heads (k) or every channel (vqk) are
     reduced to one map by :func:`~dumpunet.analyzer.reduce.channel_average`: one row of tiles.
+    An aggregate item is :func:`_resolution_mean`'s one row.
     """
+    if item.layers:
+        return _resolution_mean(run, item, tokens)
     data = run.attention(item.layer, item.step, feature=feature, guidance=item.guidance, image=item.image, dtype=np.float32)
     heads = data.shape[0]
     info = run.layer_info(item.layer, feature)
@@ -116,6 +132,29 @@ def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[flo
         maps = per_token.transpose(1, 0, 2, 3).reshape(heads * len(idx), *hw)
     names = row.tokens if row is not None else [str(i) for i in range(data.shape[2])]
     return maps, len(maps) // len(idx), len(idx), head_labels, [f"{i}:{label(names[i])}" for i in idx]
+
+
+def _resolution_mean(run: Run, item: _Item, tokens: str):
+    """One row of token maps: the probabilities of ``item.layers`` (one map size) averaged over
+    each layer's heads, then over the layers (the mean of the layers' head means; no resampling)."""
+    first = item.layers[0]
+    row = run.token_row(guidance=item.guidance, image=item.image, block=first)
+    for layer in item.layers[1:]:
+        other = run.token_row(guidance=item.guidance, image=item.image, block=layer)
+        if (other is None) != (row is None) or (row is not None and other.tokens != row.tokens):
+            raise SelectionError(f"{first} and {layer} saw different prompts (per-block prompts): an aggregate averages "
+                                 "the layers of one prompt; pick them with --layers")
+    acc = None
+    for layer in item.layers:
+        data = run.attention(layer, item.step, feature="qk", guidance=item.guidance, image=item.image, dtype=np.float32)
+        if acc is None:
+            idx = _token_index(tokens, row, data.shape[2])
+            acc = np.zeros((len(idx), data.shape[1]), np.float64)
+        acc += data[:, :, idx].mean(axis=0, dtype=np.float64).T  # [token, query]
+    h, w = run.layer_info(first).layer_hw
+    maps = (acc / len(item.layers)).astype(np.float32).reshape(len(idx), h, w)
+    names = row.tokens if row is not None else [str(i) for i in range(max(idx) + 1)]
+    return maps, 1, len(idx), ["mean"], [f"{i}:{label(names[i])}" for i in idx]
 
 
 def _token_index(spec: str, row: TokenRow | None, n: int) -> list[int]:
@@ -157,6 +196,8 @@ def render_attention(
     query: Sequence[float] | None = None,
     scale: int | None = None,
     average: str | None = None,
+    aggregate: str | None = None,
+    plain: bool = False,
     png_encoder: str | None = None,
     progress: bool = True,
 ) -> list[WrittenFile]:
@@ -164,15 +205,33 @@ def render_attention(
 
     ``pick.blocks`` names layers or blocks; ``channels`` and ``which`` do not apply.
 
+    A grid is labelled (:func:`_legend`): a title strip (store, run, layer, step, image, half,
+    what the tiles show, the colorization in words, and the Auto scope with its ranges, e.g.
+    ``range per head row: h0 0.0102 to 0.0164, ...``) above it, a colour bar below it. ``plain``
+    writes the grid alone, with its head and token headers (as before labels existed).
+
+    ``aggregate="resolution"``: instead of one grid per layer, one row per map size of the
+    selected cross-attention layers (SD1: 64x64, 32x32, 16x16, 8x8), each token's map the mean of
+    the layers' head means (no resampling: only layers of one size are averaged), as
+    prompt-to-prompt's ``aggregate_attention``; files ``res{h}x{w}-step…-qk-aggregate-….png``, each
+    with its maps ``[token, h, w]`` as float32 ``.npy`` of the same stem.
+
     Examples
     --------
     >>> render_attention("girl.zarr", Pick(blocks="IN04-OUT08", steps="1,5,10"), tokens="pink,hair",
     ...                  out="attn")  # doctest: +SKIP
+    >>> render_attention("girl.zarr", Pick(steps="20"), aggregate="resolution", out="p2p")  # doctest: +SKIP
     """
     if color.pca:
         raise OptionError("method PCA colours block features; attention maps take White/Black, Red/Blue or Custom")
     if average is not None and average not in AVERAGES:
         raise OptionError(f"unknown head average {average!r} (valid: {', '.join(AVERAGES)})")
+    if aggregate is not None:
+        if aggregate not in AGGREGATES:
+            raise OptionError(f"unknown aggregate {aggregate!r} (valid: {', '.join(AGGREGATES)})")
+        if feature != "qk" or average is not None or query is not None:
+            raise OptionError("aggregate averages the cross-attention probabilities over layers and heads: "
+                              "it takes no feature other than qk, no head average and no query")
     if scale is not None:
         check_scale(scale)
     if query is not None:
@@ -180,14 +239,23 @@ def render_attention(
     st = store if isinstance(store, Store) else open_store(store)
     sel = select_attention(st, pick, "attention")
     layer_list = sel.layers
-    if query is None:  # self-attention maps need a query pixel to show
+    r = sel.run
+    if aggregate is not None:
+        layer_list = [name for name in layer_list if r.layer_info(name).cross_attention]
+        if not layer_list:
+            raise SelectionError(f"no cross-attention layer matches {pick.blocks!r}: an aggregate averages cross-attention layers")
+    elif query is None:  # self-attention maps need a query pixel to show
         layer_list = [name for name in layer_list if ".attn1" not in name]
         if not layer_list:
             raise SelectionError(f"only self-attention layers match {pick.blocks!r}: give --query x,y to choose the query pixel")
-    r = sel.run
     encoder = resolve_encoder(png_encoder)
     output = OutputFolder(out)
-    items = [_Item(layer, s, i, g) for s, layer, i, g in sel.items() if layer in layer_list]
+    if aggregate is not None:
+        groups = by_resolution(r, layer_list)
+        items = [_Item(f"res{h}x{w}", s, i, g, tuple(group))
+                 for s in sel.steps for (h, w), group in groups.items() for i in sel.images for g in sel.halves]
+    else:
+        items = [_Item(layer, s, i, g) for s, layer, i, g in sel.items() if layer in layer_list]
     # Read and check everything first, so a bad token or a missing step writes nothing.
     grids = {item: _grids(r, item, feature, tokens, query, average) for item in items}
     ranges = AutoRanges(color, rows=True)
@@ -203,21 +271,99 @@ def render_attention(
             k = scale or max(1, min(16, math.ceil(ATTENTION_TILE_TARGET / max(1, min(h, w)))))
             minmax = ranges.minmax(maps, step=item.step, image=item.image, guidance=item.guidance, rows=rows)
             pixels = colorize(maps, color, minmax=minmax)
-            grid = _framed(tile(pixels, cols, rows, scale=k), rows, cols, (h * k, w * k), row_labels, col_labels)
-            avg = f"-{average_label(average)}" if average is not None else ""
-            name = f"{name_part(item.layer, 'layer')}-step{item.step:03d}-img{item.image}-{item.guidance}{which}-{feature}{avg}-{color.slug()}.png"
+            tiles = tile(pixels, cols, rows, scale=k)
+            marker = _query_marker(r, item, feature, query) if not plain else None
+            if marker is not None:  # every tile marks the query pixel it shows
+                _mark_tiles(tiles, rows, cols, (h, w), k, marker)
+            grid = _framed(tiles, rows, cols, (h * k, w * k), row_labels, col_labels)
+            avg = f"-{average_label(average)}" if average is not None else ("-aggregate" if item.layers else "")
+            stem = f"{name_part(item.layer, 'layer')}-step{item.step:03d}-img{item.image}-{item.guidance}{which}-{feature}{avg}"
             entry = {
-                "kind": "attention", "store": str(st.path), "run": r.name, "layer": item.layer,
-                "step": item.step, "image": item.image, "guidance": item.guidance, "feature": feature, "average": average,
-                "rows": row_labels, "columns": col_labels, "scale": k, "color": color.to_json(),
+                "kind": "attention-aggregate" if item.layers else "attention", "store": str(st.path), "run": r.name,
+                "layer": item.layer, "step": item.step, "image": item.image, "guidance": item.guidance, "feature": feature,
+                "average": average, "rows": row_labels, "columns": col_labels, "scale": k, "color": color.to_json(),
+                "plain": plain,
             }
+            if item.layers:
+                entry.update(resolution=[h, w], layers=list(item.layers))
+            if marker is not None:
+                entry["marker"] = list(marker)
             if ranges.shared:
                 entry["range"] = json_range(minmax)
             elif ranges.per_row:  # one [min, max] per row, in row order
                 entry["ranges"] = [json_range(tuple(minmax[i * cols])) for i in range(rows)]
-            written.append(output.write(name, encode_png(grid, encoder=encoder), entry))
+            if not plain:
+                heads = average is None and not item.layers and feature != "k"  # else one row that is no head
+                scope, bar_pixels, entry["colorbar"] = _legend(color, minmax, rows, cols, row_labels, heads)
+                lines = _title(st, r, item, feature, average, k, color) + [scope]
+                entry.update(title=lines, legend=scope)
+                grid = frame(grid, lines=lines, bar=bar_pixels)[0]
+            written.append(output.write(f"{stem}-{color.slug()}.png", encode_png(grid, encoder=encoder), entry))
+            if item.layers:  # the averaged maps themselves
+                written.append(output.write(f"{stem}-{color.slug()}.npy", array_file("npy", {"qk": maps}, {}), {
+                    **entry, "kind": "attention-aggregate-maps", "dims": ["token", "y", "x"], "dtype": "<f4",
+                    "shape": list(maps.shape)}))
             bar.update(1)
     return written
+
+
+def _query_marker(r: Run, item: _Item, feature: str, query: Sequence[float] | None) -> tuple[int, int] | None:
+    """The (x, y) map pixel of a self-attention grid's query (the stored one nearest ``query``); None for others."""
+    if query is None or item.layers or feature != "qk":
+        return None
+    info = r.layer_info(item.layer, feature)
+    return None if info.cross_attention else nearest_query(info, query)[1]
+
+
+def _mark_tiles(tiles: np.ndarray, rows: int, cols: int, hw: tuple[int, int], k: int, point: tuple[int, int]) -> None:
+    """Draw heatmap's cross-hair (:func:`~dumpunet.analyzer.heatmap.mark_point`) at map pixel ``point``
+    on every tile of a tiled grid (tiles ``hw`` enlarged ``k`` times, 1-pixel gaps), in place."""
+    th, tw = hw[0] * k, hw[1] * k
+    x, y = point[0] * k + k // 2, point[1] * k + k // 2
+    for r in range(rows):
+        for c in range(cols):
+            y0, x0 = r * (th + 1), c * (tw + 1)
+            tiles[y0 : y0 + th, x0 : x0 + tw] = mark_point(tiles[y0 : y0 + th, x0 : x0 + tw], x, y)
+
+
+def _title(st: Store, r: Run, item: _Item, feature: str, average: str | None, k: int, color: ColorSpec) -> list[str]:
+    """The title strip's first lines: what the grid shows, then how it is drawn."""
+    call = r.calls.index(item.step, 0)
+    t = float(r.calls.timestep[call])
+    step = f"step {item.step}" + (f" (t={t:g})" if math.isfinite(t) else "")
+    layer = item.layer
+    if item.layers:
+        h, w = r.layer_info(item.layers[0]).layer_hw
+        layer = f"{h}x{w} cross-attention: mean of {', '.join(item.layers)}"
+    first = " | ".join([store_label(st), f"run {r.name}", layer, step, f"image {item.image}", item.guidance])
+    what = {"qk": "rows: heads, columns: tokens", "k": "keys: one tile per head", "vqk": "rows: heads, columns: head dims"}[feature]
+    if item.layers:
+        what = "each token's attention averaged over the layers and their heads"
+    elif average is not None:
+        what = f"{average} over heads | {what.split(', ')[-1]}"
+    return [first, f"{feature} | {what} | x{k} | {color.words()}"]
+
+
+def _legend(color: ColorSpec, minmax, rows: int, cols: int, row_labels: list[str],  # noqa: ANN001 - range or [N, 2]
+            heads: bool = True):
+    """The scope line of the title, the colour bar (:func:`~dumpunet.analyzer.grid_labels.frame`'s) and the manifest's
+    ``colorbar``: with scope ``head`` the bar runs from each row's minimum to its maximum and the line lists the rows'
+    ranges; otherwise the bar's ends are the range the colours mean (render's :func:`~.grid_labels.bar_range`)."""
+    if color.scope == "head":
+        per = ", ".join(f"{lab} {number(minmax[i * cols][0])} to {number(minmax[i * cols][1])}"
+                        for i, lab in enumerate(row_labels[:rows]))
+        return f"range per {'head row' if heads else 'row'}: {per}", colour_bar(color, None, ("row min", "row max")), \
+            {"min": None, "max": None, "spans": "head row"}
+    info = bar_info(color, minmax)
+    if info is None:
+        return "no finite value to colour", None, None
+    rng = bar_range(color, minmax)
+    scope = {"tile": "range per tile (each its own min to max)", "grid": "one range over the grid",
+             "step": "one range over the step (this image and half)", "run": "one range over everything selected",
+             "fixed": "fixed range"}[info["spans"]]
+    if rng is not None:
+        scope += f": {number(rng[0])} to {number(rng[1])}"
+    return scope, colour_bar(color, rng), info
 
 
 def _which_part(tokens: str, query: Sequence[float] | None) -> str:

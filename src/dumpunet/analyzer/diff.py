@@ -13,8 +13,9 @@ can share a folder. Beside the maps go:
                                (over the selected channels and all pixels, in float64), and
                                ``relative`` = their ratio (0 where both are 0, ``inf`` where only
                                the base is 0); values are written exactly (``repr`` of a float)
-``summary.png``                ``relative`` against step, one line per block (the mean over the
-                               selected images and guidance halves), legend sorted by peak
+``summary.png``                ``relative`` as a block x step heatmap (the mean over the selected
+                               images and guidance halves; a colour bar from 0 to its largest value;
+                               white where the base is 0); the manifest lists the blocks by peak
 ``final-base-img{i}.png``      the final image of the base run
 ``final-layered-img{i}.png``   the final image of the layered run
 ``final-diff-img{i}.png``      ``|layered - base|`` per RGB channel, unscaled: the true pixel
@@ -48,9 +49,10 @@ from typing import Any
 
 import numpy as np
 
-from dumpunet.analyzer.chart import line_chart
 from dumpunet.analyzer.color.spec import DIFF_COLOR, ColorSpec
+from dumpunet.analyzer.cluster import optional_client
 from dumpunet.analyzer.damage import Damage
+from dumpunet.analyzer.dask_run import Source
 from dumpunet.analyzer.export import write_tensors
 from dumpunet.analyzer.output import OutputFolder, WrittenFile
 from dumpunet.analyzer.pick import Pick
@@ -59,17 +61,17 @@ from dumpunet.analyzer.pool import check_jobs, progress_bar
 from dumpunet.analyzer.render import write_grids
 from dumpunet.analyzer.render_plan import Target, plan_grids
 from dumpunet.analyzer.scope import AutoRanges
-from dumpunet.analyzer.selection import DiffSelection, select_pair
+from dumpunet.analyzer.selection import DiffSelection, DiffStats, Slab, select_pair
+from dumpunet.analyzer.step_table import step_table
 from dumpunet.analyzer.style import GridStyle
 from dumpunet.analyzer.tensor_files import check_format
-from dumpunet.errors import SelectionError
+from dumpunet.errors import DamagedChunkError, SelectionError
 from dumpunet.specs import format_ints
 from dumpunet.store import Store, open_store
 
 __all__ = ["SUMMARY_COLUMNS", "diff", "final_difference", "final_images", "summary_chart", "summary_rows"]
 
 SUMMARY_COLUMNS = ("block", "step", "image", "guidance", "mean_abs_diff", "base_mean_abs", "relative")
-CHART_SIZE = (900, 500)
 
 
 def diff(
@@ -86,6 +88,7 @@ def diff(
     progress: bool = True,
     png_encoder: str | None = None,
     skip_damaged: bool = False,
+    scheduler: str | None = None,
 ) -> list[WrittenFile]:
     """Render ``layered - base`` of a pair, its summary and the final images into ``out``.
 
@@ -98,8 +101,9 @@ def diff(
         the pair names both runs.
     color
         The colorization; the default :data:`~dumpunet.analyzer.color.spec.DIFF_COLOR` is
-        Linear clamped to [-1, 1], so that no change has one colour everywhere (black with
-        Red/Blue) and colours mean the same in every map.
+        blue-white-red over ``[-m, m]``, ``m`` the grid's largest ``|layered - base|``
+        (transform ``autosym``, scope ``block``): no change is white in every map whatever the
+        scale of the data, and a norm average (never negative) runs from white to red.
     pair
         The pair's label (a sweep: the block name); default: the only or first pair.
     finals
@@ -112,6 +116,10 @@ def diff(
     style, jobs, progress, png_encoder, skip_damaged
         As for :func:`~dumpunet.analyzer.render.render`; a skipped map (a chunk of either run
         damaged) also has no row in ``summary.csv``.
+    scheduler
+        As for :func:`~dumpunet.analyzer.render.render`: the maps, the tensor files and the
+        summary's statistics are computed on dask workers, which read the runs; the final
+        images (one small array per run and image) are read here.
 
     Returns every file written: the maps, the tensor files, then ``summary.csv``, ``summary.png``
     and the finals.
@@ -132,26 +140,28 @@ def diff(
     st = store if isinstance(store, Store) else open_store(store)
     sel = select_pair(st, pick, pair=pair)
     pictures = final_images(sel) if finals else {}
-    target = Target(sel, OutputFolder(out), AutoRanges(color))
-    with progress_bar(len(sel) * len(style.drawn()), progress, unit="png", desc="render") as bar:
+    source = Source.of(st, pick, pair=pair, diff=True)
+    target = Target(sel, OutputFolder(out), AutoRanges(color), source)
+    with optional_client(scheduler, jobs) as client, \
+            progress_bar(len(sel) * len(style.drawn()), progress, unit="png", desc="render") as bar:
         tasks, basis = plan_grids([target], color, style, status=bar.set_description, damage=damage)
         with target.output as output:
             files = write_grids(tasks, color, basis, jobs=jobs, encoder=encoder,
-                                on_done=lambda _: bar.update(1), damage=damage)
+                                on_done=lambda _: bar.update(1), damage=damage, client=client)
             if export is not None:
-                files += write_tensors(sel, output, export, damage=damage)
-            files += _write_summary_and_finals(output, sel, pictures, encoder, damage)
+                files += write_tensors(sel, output, export, damage=damage, client=client, source=source)
+            rows = summary_rows(sel, damage, client=client, source=source)
+            files += _write_summary_and_finals(output, sel, rows, pictures, encoder)
     damage.report()
     return files
 
 
 def _write_summary_and_finals(
-    output: OutputFolder, sel: DiffSelection, pictures: dict[int, tuple[np.ndarray, np.ndarray]], encoder: str,
-    damage: Damage,
+    output: OutputFolder, sel: DiffSelection, rows: list[dict[str, Any]],
+    pictures: dict[int, tuple[np.ndarray, np.ndarray]], encoder: str,
 ) -> list[WrittenFile]:
     common = {"store": str(sel.store.path.resolve()), "pair": sel.pair["label"], "base_run": sel.base.name,
               "run": sel.run.name}
-    rows = summary_rows(sel, damage)
     written = [output.write("summary.csv", _csv(rows), {"kind": "diff-summary", **common, "which": sel.which,
                                                          "columns": list(SUMMARY_COLUMNS), "rows": len(rows)})]
     image, legend = summary_chart(sel, rows)
@@ -205,20 +215,39 @@ def final_images(sel: DiffSelection) -> dict[int, tuple[np.ndarray, np.ndarray]]
     return out
 
 
-def summary_rows(sel: DiffSelection, damage: Damage | None = None) -> list[dict[str, Any]]:
+def summary_rows(sel: DiffSelection, damage: Damage | None = None, *, client: Any = None,
+                 source: Source | None = None) -> list[dict[str, Any]]:
     """One row per slab (blocks in U-Net order, then steps, images, halves): the columns of ``summary.csv``.
 
-    A slab whose chunk is damaged raises, or with ``damage.skip`` has no row.
+    A slab whose chunk is damaged raises, or with ``damage.skip`` has no row. With a dask
+    ``client``, each slab's statistics are computed on a worker that opens ``source``.
     """
     damage = damage or Damage()
+    slabs = list(sel.slabs("block"))
+    if client is not None:
+        from dumpunet.analyzer.dask_run import note_damage, run_on_dask
+
+        def finish(slab: Slab, result: Any) -> DiffStats | None:
+            if isinstance(result, DamagedChunkError):
+                note_damage(damage, slab, result)
+                return None
+            return result
+
+        stats: list[DiffStats | None] = []
+        run_on_dask(client, slabs, lambda slab: (_slab_stats, source, slab), finish, done=stats)
+    else:
+        stats = [damage.attempt(slab, lambda slab=slab: sel.stats(slab)) for slab in slabs]
     rows = []
-    for slab in sel.slabs("block"):
-        s = damage.attempt(slab, lambda slab=slab: sel.stats(slab))
+    for slab, s in zip(slabs, stats, strict=True):
         if s is None:
             continue
         rows.append({"block": slab.block, "step": slab.step, "image": slab.image, "guidance": slab.guidance,
                      "mean_abs_diff": s.mean_abs_diff, "base_mean_abs": s.base_mean_abs, "relative": s.relative})
     return rows
+
+
+def _slab_stats(sel: DiffSelection, slab: Slab) -> DiffStats:
+    return sel.stats(slab)
 
 
 def _csv(rows: list[dict[str, Any]]) -> bytes:
@@ -231,21 +260,28 @@ def _csv(rows: list[dict[str, Any]]) -> bytes:
 
 
 def summary_chart(sel: DiffSelection, rows: list[dict[str, Any]]) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """The line chart of ``relative`` per block against step (mean over images and halves)."""
+    """The block x step heatmap of ``relative`` (mean over images and halves) and the blocks by peak.
+
+    Rows are the blocks in U-Net order, columns the steps (:func:`~dumpunet.analyzer.step_table.step_table`);
+    the legend lists ``{"label", "peak"}`` (the block's largest finite value, None if none), largest first.
+    """
     by_block: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         by_block[row["block"]][row["step"]].append(row["relative"])
-    series = {
-        b: (list(steps), [math.fsum(v) / len(v) for v in steps.values()])
-        for b, steps in by_block.items()
-    }
+    table = {b: {s: math.fsum(v) / len(v) for s, v in steps.items()} for b, steps in by_block.items()}
+    peaks = {b: max((x for x in v.values() if math.isfinite(x)), default=None) for b, v in table.items()}
+    legend = [{"label": b, "peak": peaks[b]}
+              for b in sorted(table, key=lambda b: -peaks[b] if peaks[b] is not None else math.inf)]
     halves = ", ".join(g for g, _ in sel.guidance)
     what = "block input" if sel.which == "input" else "block"
     pair = "" if sel.pair["label"] == sel.run.name else f" (pair {sel.pair['label']})"
     title = f"{sel.label}: how much each {what} changed, run {sel.run.name} vs {sel.base.name}{pair}"
-    y_label = "mean |layered - base| / mean |base|"
+    measure = "mean |layered - base| / mean |base| per block (rows) and step (columns)"
     if len(sel.images) > 1 or len(sel.guidance) > 1:
-        y_label += f"  (mean over images {format_ints(sel.images)}; {halves})"
+        measure += f", mean over images {format_ints(sel.images)}; {halves}"
     else:
-        y_label += f"  (image {sel.images[0]}, {halves})"
-    return line_chart(series, title=title, x_label="step", y_label=y_label, size=CHART_SIZE)
+        measure += f", image {sel.images[0]}, {halves}"
+    if not table:
+        table = {"(none)": {}}
+    image = step_table(table, lines=[title, measure + "; white: the base is 0 (inf)"])
+    return image, legend

@@ -37,7 +37,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from dumpunet.analyzer.cluster import optional_client
 from dumpunet.analyzer.damage import Damage
+from dumpunet.analyzer.dask_run import Source
 from dumpunet.analyzer.output import OutputFolder, WrittenFile, name_part
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.pool import progress_bar
@@ -49,9 +51,13 @@ from dumpunet.analyzer.tensor_files import (
     bin_name,
     check_format,
 )
+from dumpunet.errors import DamagedChunkError
 from dumpunet.store import Store, open_store
 
-__all__ = ["FORMATS", "export", "write_tensors"]
+__all__ = ["FORMATS", "export", "group_files", "write_tensors"]
+
+Payload = tuple[str, bytes, dict[str, Any]]
+"""One file to write: its name, its bytes and its manifest entry."""
 
 
 def export(
@@ -62,12 +68,15 @@ def export(
     format: Literal["bin", "npy", "safetensors"] = "bin",  # noqa: A002 - the CLI's --format
     progress: bool = True,
     skip_damaged: bool = False,
+    scheduler: str | None = None,
+    jobs: int | None = None,
 ) -> list[WrittenFile]:
     """Write what ``pick`` selects of a store to ``out`` as ``format`` files; return them.
 
     ``pick`` is :func:`dumpunet.render`'s (empty specs select everything). ``skip_damaged``:
     as for :func:`dumpunet.render`; an npy or safetensors file holding a damaged map is not
-    written.
+    written. ``scheduler`` (``"local"`` with ``jobs`` workers, or ``"tcp://HOST:PORT"``): each
+    (block, step) is read and packed on a dask worker, and written here (:mod:`.dask_run`).
 
     Examples
     --------
@@ -79,8 +88,11 @@ def export(
     damage = Damage(skip_damaged)
     sel = select(store if isinstance(store, Store) else open_store(store), pick)
     output = OutputFolder(out)
-    with progress_bar(len(sel.steps) * len(sel.blocks), progress, unit="map", desc="export") as bar, output:
-        files = write_tensors(sel, output, format, on_done=lambda: bar.update(1), damage=damage)
+    source = Source.of(sel.store, pick)
+    with optional_client(scheduler, jobs) as client, \
+            progress_bar(len(sel.steps) * len(sel.blocks), progress, unit="map", desc="export") as bar, output:
+        files = write_tensors(sel, output, format, on_done=lambda: bar.update(1), damage=damage, client=client,
+                              source=source)
     damage.report()
     return files
 
@@ -92,25 +104,61 @@ def write_tensors(
     *,
     on_done: Callable[[], None] = lambda: None,
     damage: Damage | None = None,
+    client: Any = None,
+    source: Source | None = None,
 ) -> list[WrittenFile]:
     """Write every (block, step) of ``sel`` as ``fmt`` files into the entered ``output``.
 
     A map whose chunk is damaged raises, or with ``damage.skip`` its files are not written.
+    With a dask ``client``, each (block, step) is a task: a worker opens ``source`` (``sel``'s
+    store by path), reads the maps and makes the files' bytes, and they are written here
+    (:mod:`.dask_run`).
     """
     check_format(fmt)
     damage = damage or Damage()
+    groups = [list(group) for _, group in groupby(sel.slabs(), key=lambda s: (s.step, s.block))]
+    if client is not None:
+        from dumpunet.analyzer.dask_run import note_damage, run_on_dask
+
+        def finish(group: list[Slab], result: tuple[list[Payload], list[tuple[Slab, Exception]]]) -> list[WrittenFile]:
+            payloads, damaged = result
+            for slab, exc in damaged:
+                note_damage(damage, slab, exc)
+            return [output.write(*p) for p in payloads]
+
+        batches: list[list[WrittenFile]] = []
+        run_on_dask(client, groups, lambda group: (group_files, source, group, fmt), finish, done=batches,
+                    on_done=lambda _: on_done())
+        return [f for batch in batches for f in batch]
     done: list[WrittenFile] = []
-    for _, group in groupby(sel.slabs(), key=lambda s: (s.step, s.block)):
+    for group in groups:
         # every map is read before any is written, so each damaged one is named
         maps = {slab: damage.attempt(slab, lambda slab=slab: sel.read(slab)) for slab in group}
-        if fmt == "bin":
-            for slab, x in maps.items():
-                if x is not None:
-                    done += _write_bin(sel, slab, x, output)
-        elif all(x is not None for x in maps.values()):
-            done.append(_write_array(sel, maps, output, fmt))
+        done += [output.write(*p) for p in _payloads(sel, maps, fmt)]
         on_done()
     return done
+
+
+def group_files(sel: Selection, group: list[Slab], fmt: str) -> tuple[list[Payload], list[tuple[Slab, Exception]]]:
+    """On a dask worker: the files of one (block, step) and the maps whose chunk is damaged (left out)."""
+    maps: dict[Slab, np.ndarray | None] = {}
+    damaged = []
+    for slab in group:
+        try:
+            maps[slab] = sel.read(slab)
+        except DamagedChunkError as exc:
+            maps[slab] = None
+            damaged.append((slab, exc))
+    return _payloads(sel, maps, fmt), damaged
+
+
+def _payloads(sel: Selection, maps: dict[Slab, np.ndarray | None], fmt: str) -> list[Payload]:
+    """The files of one (block, step) as (name, bytes, manifest entry): bin per map read, else one file if all were."""
+    if fmt == "bin":
+        return [p for slab, x in maps.items() if x is not None for p in _bin_files(sel, slab, x)]
+    if all(x is not None for x in maps.values()):
+        return [_array_file(sel, maps, fmt)]
+    return []
 
 
 def _base(sel: Selection) -> dict[str, Any]:
@@ -124,17 +172,17 @@ def _block_part(slab: Slab) -> str:
     return f"{block}-input" if slab.which == "input" else block
 
 
-def _write_bin(sel: Selection, slab: Slab, x: np.ndarray, output: OutputFolder) -> list[WrittenFile]:
+def _bin_files(sel: Selection, slab: Slab, x: np.ndarray) -> list[Payload]:
     channels = sel.channels[slab.block] or range(x.shape[0])
     written = []
     for row, c in enumerate(channels):
         name = bin_name(slab.image, _block_part(slab), slab.step, c, slab.guidance)
         entry = {**_base(sel), **slab.params(), "channel": c, "format": "bin", "dtype": "<f4", "shape": list(x.shape[1:])}
-        written.append(output.write(name, bin_bytes(x[row]), entry))
+        written.append((name, bin_bytes(x[row]), entry))
     return written
 
 
-def _write_array(sel: Selection, maps: dict[Slab, np.ndarray], output: OutputFolder, fmt: str) -> WrittenFile:
+def _array_file(sel: Selection, maps: dict[Slab, np.ndarray], fmt: str) -> Payload:
     first = next(iter(maps))
     halves = [g for _, g in sel.guidance]
     sample = maps[first]
@@ -158,4 +206,4 @@ def _write_array(sel: Selection, maps: dict[Slab, np.ndarray], output: OutputFol
     entry = {"kind": base["kind"], **meta, "images": sel.images, "guidance": [label for label, _ in sel.guidance],
              "format": fmt, "dtype": arr.dtype.str, "shape": list(arr.shape)}
     header = {k: str(v) for k, v in meta.items()}
-    return output.write(name, array_file(fmt, {"features": arr}, header), entry)
+    return (name, array_file(fmt, {"features": arr}, header), entry)

@@ -11,7 +11,9 @@ A labelled grid (the default; ``GridStyle(plain=True)`` leaves the bare tiles) i
 
 The range a colour bar shows is the range the colours mean: the clamp of Linear, the values
 Sigmoid takes from 2% to 98% of its span, and for the Auto transforms the range actually used
-(the grid's, step's or run's :class:`~dumpunet.analyzer.scope.AutoRanges`). With scope
+(the grid's, step's or run's :class:`~dumpunet.analyzer.scope.AutoRanges`); Auto symmetric
+(``autosym``) spans ``[-m, m]``, or only ``[0, m]`` (``[-m, 0]``) where no value is negative
+(positive): a one-sided bar for a one-sided map such as a norm average. With scope
 ``channel`` every tile has its own range, so the bar runs from "tile min" to "tile max". PCA
 grids get no bar (their colours are three principal components).
 
@@ -24,6 +26,8 @@ Examples
 (0.25, 3.0)
 >>> bar_range(ColorSpec(), None) is None  # Auto over each tile: no one range
 True
+>>> bar_range(ColorSpec(transform="autosym"), (-0.5, 2.0)), bar_range(ColorSpec(transform="autosym"), (0.5, 2.0))
+((-2.0, 2.0), (0.0, 2.0))
 """
 
 from __future__ import annotations
@@ -36,17 +40,49 @@ import numpy as np
 
 from dumpunet.analyzer.color.colorize import colorize
 from dumpunet.analyzer.color.spec import ColorSpec
-from dumpunet.analyzer.labels import text_image
+from dumpunet.analyzer.labels import text_box, text_image
 from dumpunet.analyzer.selection import DiffSelection, Selection, Slab
 
-__all__ = ["SIGMOID_SPAN", "bar_info", "bar_range", "frame", "label_grid", "number", "title_lines"]
+__all__ = ["SIGMOID_SPAN", "bar_info", "bar_range", "colour_bar", "frame", "label_grid", "number", "title_lines"]
 
 SIGMOID_SPAN = 4.0
 """A Sigmoid bar spans ``-offset +- SIGMOID_SPAN / |gain|``: sigmoid(4) = 0.982."""
 
 BAR_HEIGHT = 12
 BAR_WIDTH = 256
+MIN_TITLE_WIDTH = 240
+"""Title lines wrap at the picture's width (and the colour bar's), but not narrower than this."""
 _GAP = 4  # pixels between the parts
+_PAD = 2  # text_image's padding on each side
+
+
+def wrap(lines: list[str], width: int) -> list[str]:
+    """Break title lines so each fits ``width`` pixels: between `` | ``-separated fields first, then
+    between words; a single word wider than ``width`` stays whole (the picture then widens for it).
+
+    >>> wrap(["girl | run main | OUT11 (unet.out11) | step 20"], 160)
+    ['girl | run main', 'OUT11 (unet.out11) | step 20']
+    """
+    out: list[str] = []
+    for line in lines:
+        for field_line in _greedy(line.split(" | "), " | ", width):
+            out += _greedy(field_line.split(" "), " ", width) if _width(field_line) > width else [field_line]
+    return out
+
+
+def _width(text: str) -> int:
+    return text_box(text)[0] + 2 * _PAD
+
+
+def _greedy(parts: list[str], sep: str, width: int) -> list[str]:
+    lines = [parts[0]]
+    for part in parts[1:]:
+        joined = lines[-1] + sep + part
+        if _width(joined) <= width:
+            lines[-1] = joined
+        else:
+            lines.append(part)
+    return lines
 
 
 def bar_range(color: ColorSpec, minmax: tuple[float, float] | None) -> tuple[float, float] | None:
@@ -63,7 +99,11 @@ def bar_range(color: ColorSpec, minmax: tuple[float, float] | None) -> tuple[flo
         return (-color.offset - half, -color.offset + half)
     if minmax is None or math.isnan(minmax[0]):
         return None
-    return (float(minmax[0]), float(minmax[1]))
+    lo, hi = float(minmax[0]), float(minmax[1])
+    if color.transform == "autosym":  # the half of [-m, m] the data take, or all of it
+        m = max(abs(lo), abs(hi))
+        return (0.0 if lo >= 0 else -m, 0.0 if hi <= 0 else m) if m else (lo, hi)
+    return (lo, hi)
 
 
 def bar_info(color: ColorSpec, minmax: tuple[float, float] | None) -> dict[str, Any] | None:
@@ -105,6 +145,17 @@ def _bar(color: ColorSpec, rng: tuple[float, float] | None) -> np.ndarray:
     return np.repeat(row, BAR_HEIGHT, axis=0)
 
 
+def colour_bar(color: ColorSpec, rng: tuple[float, float] | None,
+               ends: tuple[str, str] = ("tile min", "tile max")) -> tuple[np.ndarray, str, str]:
+    """The colour bar :func:`frame` draws: its pixels and the texts of its two ends.
+
+    ``rng`` is :func:`bar_range`'s; None (one range per tile, or per head row) draws the colours
+    of each tile's (row's) own minimum to maximum, with ``ends`` written beside them.
+    """
+    lo, hi = ends if rng is None else (number(rng[0]), number(rng[1]))
+    return _bar(color, rng), lo, hi
+
+
 @lru_cache(maxsize=4096)
 def _tile_number(n: int) -> np.ndarray:
     """A tile's channel number (cached: a grid of 1280 tiles draws each number once per process)."""
@@ -135,9 +186,7 @@ def label_grid(
     """
     bar = None
     if not color.pca and bar_info(color, minmax) is not None:
-        rng = bar_range(color, minmax)
-        lo, hi = ("tile min", "tile max") if rng is None else (number(rng[0]), number(rng[1]))
-        bar = (_bar(color, rng), lo, hi)
+        bar = colour_bar(color, bar_range(color, minmax))
     canvas, top = frame(grid, lines=lines, bar=bar)
     if tiles is not None:
         ch, cw = cell
@@ -155,18 +204,21 @@ def frame(
 ) -> tuple[np.ndarray, int]:
     """Put title ``lines`` above a picture and a colour ``bar`` (pixels, low end's text, high end's) below it.
 
+    The title lines wrap (:func:`wrap`) at the width of the picture or the bar, whichever is
+    wider (at least :data:`MIN_TITLE_WIDTH`), so a narrow grid is not dwarfed by its title.
+
     Returns the new uint8 canvas of the picture's mode (gray or RGB) on black, and the row where
     the picture starts; the picture's pixels are copied unchanged.
     """
-    titles = [text_image(t) for t in lines]
-    top = sum(g.shape[0] for g in titles) + _GAP
-    width = max([picture.shape[1], *(g.shape[1] for g in titles)])
-    height = top + picture.shape[0]
+    width = picture.shape[1]
     if bar is not None:
         pixels, lo_g, hi_g = bar[0], text_image(bar[1]), text_image(bar[2])
         bar_h = max(pixels.shape[0], lo_g.shape[0], hi_g.shape[0])
         width = max(width, lo_g.shape[1] + pixels.shape[1] + hi_g.shape[1] + 2 * _GAP)
-        height += _GAP + bar_h
+    titles = [text_image(t) for t in wrap(lines, max(width, MIN_TITLE_WIDTH))]
+    top = sum(g.shape[0] for g in titles) + _GAP
+    width = max([width, *(g.shape[1] for g in titles)])
+    height = top + picture.shape[0] + (_GAP + bar_h if bar is not None else 0)
     canvas = np.zeros((height, width, *picture.shape[2:]), np.uint8)
     y = 0
     for g in titles:

@@ -13,7 +13,8 @@ Both read the layers, steps, image and guidance half a :class:`~dumpunet.analyze
 selects (``blocks`` names layers or blocks); a map is of one image and one half, the files of
 :func:`write_heatmaps` one per word (or their sum), selected image and half: the overlay under a
 title strip with a colour bar (:func:`~dumpunet.analyzer.grid_labels.frame`, as render's grids),
-colours from :mod:`~dumpunet.analyzer.colormaps`, and the map itself as ``.npy``.
+colours from :mod:`~dumpunet.analyzer.colormaps`, and the map itself as ``.npy``; a query map's
+overlay has a cross-hair at the query pixel (:func:`mark_point`).
 """
 
 from __future__ import annotations
@@ -149,6 +150,19 @@ def _one_map(store: Store, pick: Pick) -> tuple[Run, int, str]:
     return r, images[0], pick.guidance
 
 
+def by_resolution(run: Run, layers: Sequence[str]) -> dict[tuple[int, int], list[str]]:
+    """The ``layers`` grouped by the size ``(h, w)`` of their maps, in order of first appearance.
+
+    The one grouping of layers by resolution: heatmaps sum each group before upsampling it once,
+    ``attention --aggregate resolution`` averages each group (no resampling).
+    """
+    groups: dict[tuple[int, int], list[str]] = {}
+    for layer in layers:
+        h, w = run.layer_info(layer).layer_hw
+        groups.setdefault((int(h), int(w)), []).append(layer)
+    return groups
+
+
 def _aggregate(
     store: Store,
     r: Run,
@@ -169,12 +183,12 @@ def _aggregate(
     size = (int(r.info.height or 0), int(r.info.width or 0))
     step_list = store.select_steps(steps, run=r.name)
     sums: dict[tuple[int, int], np.ndarray] = {}
-    for layer in layers:
-        hw = tuple(r.layer_info(layer).layer_hw)
-        acc = sums.setdefault(hw, np.zeros(hw, np.float64))
-        reduce = pick(layer)
-        for step in step_list:
-            acc += reduce(r.attention(layer, step, guidance=guidance, image=image)).reshape(hw)
+    for hw, group in by_resolution(r, layers).items():
+        acc = sums[hw] = np.zeros(hw, np.float64)
+        for layer in group:
+            reduce = pick(layer)
+            for step in step_list:
+                acc += reduce(r.attention(layer, step, guidance=guidance, image=image)).reshape(hw)
     out = np.zeros(size, np.float32)
     for m in sums.values():
         out += _upsample(m, size)
@@ -193,6 +207,41 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5,
     color = cmaps.colormap(heat, colormap).astype(np.float32)
     out = (1.0 - alpha) * image.astype(np.float32) + alpha * color
     return np.clip(out.round(), 0, 255).astype(np.uint8)
+
+
+def query_pixel(point: Sequence[float], size: tuple[int, int]) -> tuple[int, int]:
+    """The ``(x, y)`` pixel of an image of ``size`` (h, w) that holds the point (fractions of the image).
+
+    >>> query_pixel((0.5, 1.0), (16, 24))
+    (12, 15)
+    """
+    h, w = size
+    return min(w - 1, int(point[0] * w)), min(h - 1, int(point[1] * h))
+
+
+def mark_point(picture: np.ndarray, x: int, y: int) -> np.ndarray:
+    """A copy of an uint8 picture (RGB or gray) with a cross-hair at pixel ``(x, y)``: four white arms from
+    2 to ``max(4, min(h, w) // 16)`` pixels off the point, outlined in black, so the marker shows
+    on any colour while the pixel and its 3x3 neighbourhood stay as they are. Query maps mark
+    their query pixel with it (and attention's self-attention grids, on each tile).
+    """
+    out = picture.copy()
+    h, w = out.shape[:2]
+    arm = max(4, min(h, w) // 16)
+
+    def put(along: int, across: int, colour: int) -> None:
+        for sign in (-1, 1):
+            for cy, cx in ((y + across, x + sign * along), (y + sign * along, x + across)):
+                if 0 <= cy < h and 0 <= cx < w:
+                    out[cy, cx] = colour
+
+    for d in range(2, arm + 2):  # the outline: both sides of each arm, and its end
+        for across in (-1, 1):
+            put(d, across, 0)
+    put(arm + 1, 0, 0)
+    for d in range(2, arm + 1):
+        put(d, 0, 255)
+    return out
 
 
 def labelled_overlay(overlaid: np.ndarray, *, lines: list[str], value_range: tuple[float, float],
@@ -245,8 +294,10 @@ def write_heatmaps(
     ``heatmap-{word}-img{i}-{guidance}.png`` (the word as
     :func:`~dumpunet.analyzer.output.text_part` writes it) or ``querymap-x{x}-y{y}-img{i}-{guidance}.png``.
     Each PNG has a title strip (the word, run, image, half, layers, steps) and a colour bar whose ends
-    are the summed attention's minimum and maximum; beside it, the map itself in [0, 1] as a float32
-    ``.npy`` of the same stem. ``plain`` writes the bare overlay (as the viewer shows it).
+    are the summed attention's minimum and maximum; a query map's overlay has a cross-hair at the
+    query pixel (the manifest's ``marker``, x and y in image pixels). Beside it, the map itself in
+    [0, 1] as a float32 ``.npy`` of the same stem. ``plain`` writes the bare overlay (as the viewer
+    shows it: no title, bar or marker).
     """
     if (word is None) == (query is None):
         raise OptionError("give exactly one of word and query")
@@ -276,7 +327,7 @@ def write_heatmaps(
                 else:
                     raw = _query_sum(st, query, one)
                     stem = f"querymap-x{query[0]:.3f}-y{query[1]:.3f}-img{i}-{g}"
-                    what = f"query pixel x={query[0]:.3f} y={query[1]:.3f}"
+                    what = f"query pixel x={query[0]:.3f} y={query[1]:.3f} (marked +)"
                 heat = _normalize(raw)
                 value_range = (float(raw.min()), float(raw.max()))
                 how = f"layers {pick.blocks or 'all'} | steps {pick.steps or 'all'} | {colormap}, alpha {alpha:g}"
@@ -290,6 +341,9 @@ def write_heatmaps(
                     "colorbar": {"min": value_range[0], "max": value_range[1], "spans": "map"},
                 }
                 picture = overlay(r.image(i), heat, alpha=alpha, colormap=colormap)
+                if not plain and query is not None:
+                    entry["marker"] = list(query_pixel(query, heat.shape))
+                    picture = mark_point(picture, *entry["marker"])
                 if not plain:
                     picture = labelled_overlay(picture, lines=lines, value_range=value_range, colormap=colormap)
                 results.append((f"{stem}.png", encode_png(picture), entry))

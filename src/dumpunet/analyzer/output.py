@@ -11,7 +11,9 @@ File names are built from names read from a store (blocks, layers), from the use
 (tokens, words) and from numbers. A store may come from someone else, so every name goes through
 :func:`output_path`, which refuses a name that is not one plain file name or that would resolve
 outside ``--out``; :func:`name_part` checks a store name against the store's name grammar and
-:func:`text_part` turns free text into a safe, distinct part.
+:func:`text_part` turns free text into a safe, distinct part. The colorization's part is
+:meth:`~dumpunet.analyzer.color.spec.ColorSpec.slug` (its parameters, readably: ``wb-sigmoid-g1.5-o0``),
+which uses :func:`text_part` for Custom expressions.
 
 Every file is written under a temporary name in its own folder and moved into place with
 :func:`os.replace`, so a reader (or a crash, or Ctrl-C) never sees a half-written PNG, array
@@ -30,7 +32,7 @@ had written up to its last batch.
 ``manifest.json``::
 
     {"dumpunet": {"kind": "dumpunet-manifest", "version": 1, "writer": "dumpunet 0.1.0"},
-     "files": [{"file": "OUT11-step020-img0-cond-custom-hsl-auto01-4079ce.png",
+     "files": [{"file": "OUT11-step020-img0-cond-hsl-auto01.png",
                 "kind": "render", "block": "OUT11", "step": 20, ...}, ...]}
 """
 

@@ -21,21 +21,26 @@ How the work runs: a pool of ``jobs`` threads each takes one file at a time: rea
 the colorize and tile kernels (numba, without the GIL, one thread each), encode the PNG (deflate
 is most of the time and also runs without the GIL) and write it. So every core stays busy and
 throughput scales with cores. On numba's ``workqueue`` threading layer, which is not
-thread-safe, kernel calls take turns behind a lock while encoding stays parallel.
+thread-safe, kernel calls take turns behind a lock while encoding stays parallel. With
+``scheduler`` the same per-file work (:func:`grid_png`) runs on dask workers instead, which open
+the stores by path; this process writes what they send back (:mod:`.dask_run`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
+from typing import Any
 
 import numpy as np
 
 from dumpunet.analyzer import pca
 from dumpunet.analyzer.color.colorize import colorize
 from dumpunet.analyzer.color.spec import ColorSpec
+from dumpunet.analyzer.cluster import optional_client
 from dumpunet.analyzer.damage import Damage
+from dumpunet.analyzer.dask_run import Source
 from dumpunet.analyzer.grid import grid_size, tile
 from dumpunet.analyzer.grid_labels import bar_info, label_grid, title_lines
 from dumpunet.analyzer.output import OutputFolder, WrittenFile, check_folder
@@ -46,7 +51,8 @@ from dumpunet.analyzer.render_plan import GridTask, Target, folders, grid_layout
 from dumpunet.analyzer.scope import AutoRanges, json_range
 from dumpunet.analyzer.selection import Selection, Slab, select
 from dumpunet.analyzer.style import GridStyle
-from dumpunet.errors import OptionError, SelectionError
+from dumpunet.analyzer.timeviews import FRAME_MS, check_time_view, write_animations, write_mosaics
+from dumpunet.errors import DamagedChunkError, OptionError, SelectionError
 from dumpunet.store import Store, open_store
 
 __all__ = ["draw_grid", "render", "render_image", "write_grids"]
@@ -147,6 +153,10 @@ def render(
     progress: bool = True,
     png_encoder: str | None = None,
     skip_damaged: bool = False,
+    animate: str | None = None,
+    mosaic: bool = False,
+    frame_ms: int = FRAME_MS,
+    scheduler: str | None = None,
 ) -> list[WrittenFile]:
     """Render what ``pick`` selects of one or several stores to PNG files in ``out``; return the files written.
 
@@ -180,6 +190,15 @@ def render(
         A map whose chunk is missing or damaged: by default a
         :class:`~dumpunet.errors.DamagedChunkError`; with True, a warning line on stderr, its
         file is not written, and a count of skipped maps at the end (:mod:`.damage`).
+    animate, mosaic, frame_ms
+        Instead of one file per grid: ``animate="png"`` (or ``"gif"``) one animation over the
+        selected steps per block, image and guidance half, ``frame_ms`` a frame; ``mosaic`` one
+        block x step mosaic per image and guidance half (:mod:`.timeviews`).
+    scheduler
+        Draw and encode on dask instead of the thread pool: ``"local"`` (a LocalCluster of
+        ``jobs`` worker processes) or the address of a running scheduler, ``"tcp://HOST:PORT"``
+        (:mod:`.cluster`). Workers open the stores by path and read the chunks; this process
+        plans and writes, and the files are the thread pool's byte for byte (:mod:`.dask_run`).
 
     Examples
     --------
@@ -188,6 +207,7 @@ def render(
     ...                     ColorSpec("White/Black", "sigmoid", gain=gain), out="renders")
     """
     style.check(pick, color)
+    check_time_view(animate, mosaic, frame_ms)
     encoder = resolve_encoder(png_encoder)
     jobs = check_jobs(jobs)
     damage = Damage(skip_damaged)
@@ -195,17 +215,25 @@ def render(
     if not listed:
         raise OptionError("no store to render")
     sels = [select(s if isinstance(s, Store) else open_store(s), pick) for s in listed]
+    if scheduler is not None and (animate is not None or mosaic):
+        raise OptionError("--animate and --mosaic run in this process; drop --dask/--scheduler for them")
     check_folder(out)
-    targets = [Target(sel, OutputFolder(f), AutoRanges(color)) for sel, f in zip(sels, folders(sels, out))]
+    targets = [Target(sel, OutputFolder(f), AutoRanges(color), Source.of(sel.store, pick))
+               for sel, f in zip(sels, folders(sels, out))]
     total = sum(len(sel) for sel in sels) * len(style.drawn())
-    with progress_bar(total, progress, unit="png", desc="render") as bar:
+    with optional_client(scheduler, jobs) as client, progress_bar(total, progress, unit="png", desc="render") as bar:
         tasks, basis = plan_grids(targets, color, style, status=bar.set_description, damage=damage)
         bar.update(total - len(tasks))  # skipped by the Auto first pass
         with ExitStack() as stack:
             for t in targets:
                 stack.enter_context(t.output)
-            files = write_grids(tasks, color, basis, jobs=jobs, encoder=encoder, on_done=lambda _: bar.update(1),
-                                damage=damage)
+            if animate is not None:
+                files = write_animations(tasks, color, basis, fmt=animate, frame_ms=frame_ms, damage=damage)
+            elif mosaic:
+                files = write_mosaics(tasks, color, basis, encoder=encoder, damage=damage)
+            else:
+                files = write_grids(tasks, color, basis, jobs=jobs, encoder=encoder,
+                                    on_done=lambda _: bar.update(1), damage=damage, client=client)
     damage.report()
     return files
 
@@ -219,28 +247,75 @@ def write_grids(
     encoder: str,
     on_done: Callable[[WrittenFile | None], None] | None = None,
     damage: Damage | None = None,
+    client: Any = None,
 ) -> list[WrittenFile]:
     """Draw, encode and write planned grids (each in its task's style) on ``jobs`` threads into their
-    (entered) output folders; a grid whose chunk is damaged raises, or with ``damage.skip`` is not written."""
-    lock = kernel_lock()
+    (entered) output folders; a grid whose chunk is damaged raises, or with ``damage.skip`` is not written.
+
+    With a dask ``client``, the workers draw and encode (each opening its target's ``source`` by
+    path) and this process writes what they send back (:mod:`.dask_run`).
+    """
     damage = damage or Damage()
+    done: list[WrittenFile | None] = []
+    if client is not None:
+        from dumpunet.analyzer.dask_run import note_damage, run_on_dask
+
+        shared = client.scatter(basis, broadcast=True) if basis is not None else None
+        if any(task.target.source is None for task in tasks):
+            raise OptionError("a dask render needs each target's source (how a worker opens its store)")
+
+        def call(task: GridTask) -> tuple[Any, ...]:
+            t = task.target
+            return (grid_png, t.source, task.slab, color, task.style, t.ranges, shared, task.entry, encoder)
+
+        def finish(task: GridTask, result: Any) -> WrittenFile | None:
+            if isinstance(result, DamagedChunkError):
+                note_damage(damage, task.slab, result)
+                return None
+            return task.target.output.write(task.name, *result)
+
+        run_on_dask(client, tasks, call, finish, done=done, on_done=on_done)
+        return [f for f in done if f is not None]
+    lock = kernel_lock()
 
     def work(task: GridTask) -> WrittenFile | None:
-        t, slab = task.target, task.slab
-        with lock:
-            drawn = damage.attempt(slab, lambda: draw_grid(t.sel, slab, color, task.style, t.ranges, basis,
-                                                           alloc=scratch))
-        if drawn is None:
-            return None
-        image, minmax = drawn
-        if t.ranges.scope == "block":
-            task.entry["range"] = json_range(minmax)
-        task.entry["size"] = [image.shape[1], image.shape[0]]
-        if not task.style.plain:
-            task.entry["colorbar"] = bar_info(color, minmax)
-        data = encode_png(image, encoder=encoder, scratch=scratch("filtered", (image.size + image.shape[0],)))
-        return t.output.write(task.name, data, task.entry)
+        t = task.target
+        drawn = damage.attempt(task.slab, lambda: grid_png(t.sel, task.slab, color, task.style, t.ranges, basis,
+                                                           task.entry, encoder, lock=lock))
+        return None if drawn is None else t.output.write(task.name, *drawn)
 
-    done: list[WrittenFile | None] = []
     run_parallel(tasks, work, jobs=jobs, done=done, on_done=on_done)
     return [f for f in done if f is not None]
+
+
+def grid_png(
+    sel: Selection,
+    slab: Slab,
+    color: ColorSpec,
+    style: GridStyle,
+    ranges: AutoRanges,
+    basis: pca.Basis | None,
+    entry: dict[str, Any],
+    encoder: str,
+    *,
+    lock: AbstractContextManager[Any] | None = None,
+) -> tuple[bytes, dict[str, Any]]:
+    """One planned grid as PNG bytes and its completed manifest entry (the local pool's and dask workers' work).
+
+    ``lock`` is held while the kernels run (:func:`~dumpunet.analyzer.pool.kernel_lock`); a
+    dask worker uses its process's (:func:`~dumpunet.analyzer.dask_run.worker_lock`).
+    """
+    if lock is None:
+        from dumpunet.analyzer.dask_run import worker_lock
+
+        lock = worker_lock()
+    with lock:
+        image, minmax = draw_grid(sel, slab, color, style, ranges, basis, alloc=scratch)
+    entry = dict(entry)
+    if ranges.scope == "block":
+        entry["range"] = json_range(minmax)
+    entry["size"] = [image.shape[1], image.shape[0]]
+    if not style.plain:
+        entry["colorbar"] = bar_info(color, minmax)
+    data = encode_png(image, encoder=encoder, scratch=scratch("filtered", (image.size + image.shape[0],)))
+    return data, entry

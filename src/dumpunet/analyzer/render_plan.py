@@ -7,10 +7,14 @@ entry, so a mistake fails before any folder is made. :mod:`.render` then draws a
 File names say what a file shows: ``{block}[-input]-step{step:03}-img{image}-{guidance}``, then
 ``-ch{channels}`` for a channel subset, ``-avg-{mean|1norm|2norm|l1|l2}``, ``-x{scale}`` for a given
 scale above 1 (the automatic one of labelled grids is in the manifest only), and the colorization
-(:meth:`ColorSpec.slug`, or ``pca-{basis digest}``)::
+(:meth:`ColorSpec.slug`: its parameters readably, or ``pca-{basis digest}``)::
 
-    OUT11-step020-img0-cond-custom-hsl-auto01-4079ce.png
-    M00-step020-img0-cond-avg-2norm-custom-hsl-auto01-4079ce.png
+    OUT11-step020-img0-cond-hsl-auto01.png
+    OUT11-step020-img0-cond-wb-sigmoid-g1.5-o0.png
+    M00-step020-img0-cond-avg-2norm-hsl-auto01.png
+
+A hash appears only where text cannot be a name part as it is (a long channel set, Custom
+expressions other than the defaults): two files share a name only if they hold the same pixels.
 
 Each manifest entry holds the slab's parameters, ``grid`` (columns, rows, tile size, the scale
 used, gap), ``size`` (the picture's width and height as drawn), ``labels`` (False for
@@ -37,6 +41,7 @@ import numpy as np
 from dumpunet.analyzer import pca
 from dumpunet.analyzer.color.spec import ColorSpec
 from dumpunet.analyzer.damage import Damage
+from dumpunet.analyzer.dask_run import Source
 from dumpunet.analyzer.grid import grid_shape, grid_size
 from dumpunet.analyzer.output import OutputFolder, name_part, output_path
 from dumpunet.analyzer.reduce import average_label, channel_average
@@ -55,6 +60,8 @@ class Target:
     sel: Selection
     output: OutputFolder
     ranges: AutoRanges
+    source: Source | None = None
+    """How a dask worker opens ``sel`` by itself (:mod:`.dask_run`); None: local work only."""
 
 
 @dataclass(frozen=True)

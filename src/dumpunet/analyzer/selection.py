@@ -92,8 +92,7 @@ class Selection:
     @property
     def label(self) -> str:
         """The store's folder name without ``.zarr``: a run's name among several stores."""
-        name = self.store.path.resolve().name
-        return name[: -len(".zarr")] if name.endswith(".zarr") and len(name) > 5 else name
+        return store_label(self.store)
 
     def shape(self, block: str) -> tuple[int, int, int]:
         """``(C, H, W)`` of the selected channels of a block."""
@@ -370,6 +369,12 @@ class AttentionSelection:
                 for image in self.images:
                     for g in self.halves:
                         yield step, layer, image, g
+
+
+def store_label(store: Store) -> str:
+    """A store's folder name without ``.zarr``, as picture titles name it."""
+    name = store.path.resolve().name
+    return name[: -len(".zarr")] if name.endswith(".zarr") and len(name) > 5 else name
 
 
 def select_attention(store: Store, pick: Pick, command: str) -> AttentionSelection:

@@ -9,14 +9,27 @@ about as many calls' worth as the writer's queue lets wait.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import defaultdict
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from dumpunet.errors import RecordError
+
+
+PAGE = 4096
+
+
+def _page_aligned(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An empty host tensor starting on a page: the store writer writes such memory to disk directly (O_DIRECT)."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    raw = torch.empty(nbytes + PAGE, dtype=torch.uint8)
+    start = -raw.data_ptr() % PAGE
+    return raw[start : start + nbytes].view(dtype).view(shape)
 
 
 class HostBuffers:
@@ -33,7 +46,9 @@ class HostBuffers:
             free = self._free[key]
             if free:
                 return free.pop()
-        return torch.empty(shape, dtype=dtype, pin_memory=pinned)
+        if pinned:  # CUDA's pinned allocations start on a page already
+            return torch.empty(shape, dtype=dtype, pin_memory=True)
+        return _page_aligned(shape, dtype)
 
     def give_back(self, tensors: list[torch.Tensor]) -> None:
         """Return tensors whose contents were written (called from the writer thread)."""
@@ -42,13 +57,45 @@ class HostBuffers:
                 self._free[(tuple(t.shape), t.dtype, t.is_pinned())].append(t)
 
 
+class DeviceCopies:
+    """Copies of GPU tensors to pinned host buffers on a side stream, each with an event to wait for.
+
+    The U-Net's stream never waits for the host: the tensor is converted to the store dtype on the
+    device (a fresh device tensor, so later in-place changes cannot reach the copy), the side
+    stream waits for that conversion, copies it with ``non_blocking=True`` into a pinned buffer
+    and records an event. The writer thread waits for the event alone (:meth:`copy`'s callable);
+    nothing here synchronizes a stream or the device.
+    """
+
+    def __init__(self) -> None:
+        self._streams: dict[Any, Any] = {}
+
+    def _stream(self, device: torch.device) -> Any:
+        stream = self._streams.get(device)
+        if stream is None:
+            stream = self._streams[device] = torch.cuda.Stream(device=device)
+        return stream
+
+    def copy(self, src: torch.Tensor, host: torch.Tensor, dtype: torch.dtype) -> Callable[[], None]:
+        """Start copying ``src`` (on a GPU) into ``host`` as ``dtype``; return the wait for the copy."""
+        converted = src.to(dtype, copy=True)  # device-side fp16, on the U-Net's stream
+        side = self._stream(src.device)
+        side.wait_stream(torch.cuda.current_stream(src.device))
+        with torch.cuda.stream(side):
+            host.copy_(converted, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(side)
+        converted.record_stream(side)  # the allocator keeps its memory until the side stream is past the copy
+        return event.synchronize
+
+
 class Capture:
     """What one U-Net call stores: host copies of its tensors, each ready once its copy is.
 
     A CPU tensor is copied (and converted to the store dtype) at once; a GPU tensor is copied
-    asynchronously into a pinned buffer and handed over as a callable that waits for the copy's
-    CUDA event, so the U-Net does not wait for the host. Later in-place changes to a captured
-    tensor cannot reach its copy.
+    asynchronously into a pinned buffer (:class:`DeviceCopies`) and handed over as a callable that
+    waits for the copy's CUDA event, so the U-Net does not wait for the host. Later in-place
+    changes to a captured tensor cannot reach its copy.
     """
 
     def __init__(self, dtype: torch.dtype, n_guidance: int, n_images: int) -> None:
@@ -60,6 +107,7 @@ class Capture:
         self.nbytes = 0
         self._buffers = HostBuffers()
         self._taken: list[torch.Tensor] = []
+        self.device = DeviceCopies()  # the copies of GPU tensors (the recorder's timestep copy too)
 
     def start_call(self, expect: dict[tuple[str, str], tuple[int, ...]]) -> None:
         """Begin a call that stores the arrays ``expect`` names, with these per-row shapes."""
@@ -80,19 +128,17 @@ class Capture:
             )
         shape = (*self.rows, *expect)
         src = t.detach()
-        host = self._buffers.take(tuple(src.shape), self.dtype, pinned=src.device.type == "cuda")
+        host = self._buffers.take(tuple(src.shape), self.dtype, pinned=src.is_cuda)
         self._taken.append(host)
         self.nbytes += host.numel() * host.element_size()
-        if src.device.type == "cpu":
+        if not src.is_cuda:
             host.copy_(src)
             self.slabs[key] = host.numpy().reshape(shape)
             return
-        host.copy_(src.to(self.dtype), non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
+        wait = self.device.copy(src, host, self.dtype)
 
-        def ready() -> np.ndarray:
-            event.synchronize()
+        def ready() -> np.ndarray:  # called by the writer thread
+            wait()
             return host.numpy().reshape(shape)
 
         self.slabs[key] = ready

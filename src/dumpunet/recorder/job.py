@@ -15,18 +15,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from dumpunet.errors import RecordError
+from dumpunet.a1111_chunks import expand_embeddings
+from dumpunet.errors import OptionError, RecordError
 from dumpunet.recorder.a1111_run import a1111_conditioning, uses_a1111
 from dumpunet.recorder.blocks import unet_blocks
 from dumpunet.recorder.conditioning import BlockConditioning
 from dumpunet.recorder.models import load_pipeline
+from dumpunet.recorder.networks import apply_networks, resolve_loras
 from dumpunet.recorder.plan import RecordingPlan, Selection, token_length, token_row
 from dumpunet.recorder.recorder import Recorder, open_writer
 from dumpunet.recorder.request import RecordRequest, RunPrompts, check, resolve_seed, run_prompts, swept_blocks
-from dumpunet.recorder.samplers import make_scheduler
+from dumpunet.recorder.samplers import make_scheduler, resolve_sampler
 from dumpunet.store import schema
 
-__all__ = ["Estimate", "Job", "RecordRequest", "Summary", "check_budget", "estimate", "execute", "prepare"]
+__all__ = ["DiskTime", "Estimate", "Job", "RecordRequest", "Summary", "check_budget", "disk_time", "estimate", "execute",
+           "prepare"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Estimate:
     shape_note: str
     swept_without_xattn: tuple[str, ...] = ()  # sweep targets without cross-attention
     skip_no_xattn: bool = False  # ... left out (--skip-no-xattn) rather than recorded
+    unet_calls: int = 0  # U-Net calls per run, recorded or not (0: as many as recorded)
 
     @property
     def run_bytes(self) -> int:
@@ -102,14 +106,104 @@ class Estimate:
 LARGE_BYTES = 10 * 1000**3
 """Estimates above this get a warning line."""
 
+MEASURE_FROM_BYTES = 1000**3
+"""Recordings smaller than this get no duration line unless --disk-speed is given: the disk is not
+measured for them (a 64 MB measurement costs more than such a recording's writes)."""
+
+GPU_CALL_SECONDS = 0.05
+"""What a U-Net call takes on a GPU, for the disk-bound warning: SD1.5 at 512², batch 2, is
+25-50 ms on current GPUs (and SDXL at 1024² ~100-200 ms, so the warning errs towards warning)."""
+
+CUT_BYTES_OPTIONS = ("--record-steps", "--blocks", "--attention-blocks", "--attention none", "--self-attention-heads mean",
+                     "--query-stride")
+"""The options that cut a recording's bytes, named by the disk-bound warning (all exist on record and sweep)."""
+
+
+@dataclass(frozen=True)
+class DiskTime:
+    """How long the disk needs for a recording, and whether a GPU U-Net would outrun it."""
+
+    total_bytes: int
+    calls: int  # U-Net calls over all runs, recorded or not (the time the U-Net gives the disk)
+    bytes_per_second: float
+    source: str  # "--disk-speed" or where it was measured
+    call_seconds: float | None = None  # a U-Net call's time on this device; None: not disk-bound (CPU)
+
+    @property
+    def seconds(self) -> float:
+        return self.total_bytes / self.bytes_per_second
+
+    @property
+    def disk_bound(self) -> bool:
+        return self.call_seconds is not None and self.seconds > self.calls * self.call_seconds
+
+    def lines(self) -> list[str]:
+        """The estimate's duration line, and the disk-bound warning where one is due.
+
+        Examples
+        --------
+        >>> for line in DiskTime(2_720_000_000, 20, 1e9, "--disk-speed", call_seconds=0.05).lines():
+        ...     print(line)
+        disk time: at least 2.7 s to write 2.72 GB at 1000 MB/s (--disk-speed)
+        warning: disk-bound: the disk needs 136 ms per U-Net call, a GPU computes one in about 50 ms; cut bytes with --record-steps, --blocks, --attention-blocks, --attention none, --self-attention-heads mean, --query-stride
+        """
+        mb = self.bytes_per_second / 1e6
+        out = [f"disk time: at least {self.seconds:.1f} s to write {schema.human_bytes(self.total_bytes)} "
+               f"at {mb:.0f} MB/s ({self.source})"]
+        if self.disk_bound:
+            assert self.call_seconds is not None
+            per_call = 1000 * self.seconds / max(self.calls, 1)
+            out.append(f"warning: disk-bound: the disk needs {per_call:.0f} ms per U-Net call, a GPU computes one in "
+                       f"about {1000 * self.call_seconds:.0f} ms; cut bytes with {', '.join(CUT_BYTES_OPTIONS)}")
+        return out
+
+
+def disk_time(job: Job, est: Estimate, *, disk_speed_mb: float | None, cache: Path | None = None) -> DiskTime | None:
+    """The disk time of a recording: from ``--disk-speed`` (MB/s), else the folder's measured speed (cached).
+
+    None for a recording under :data:`MEASURE_FROM_BYTES` without ``--disk-speed``, or when the
+    speed cannot be measured.
+    """
+    from dumpunet.diskspeed import cached_speed
+
+    target = job.req.out.resolve().parent
+    folder = target if target.exists() else Path.cwd()
+    if disk_speed_mb is not None:
+        speed, source = disk_speed_mb * 1e6, "--disk-speed"
+    elif est.total_bytes < MEASURE_FROM_BYTES:
+        return None
+    else:
+        measured = cached_speed(folder, cache=cache)
+        if measured is None:
+            return None
+        speed, source = measured, f"measured in {folder}, cached; --disk-speed overrides"
+    device = getattr(job.pipe, "device", None)
+    on_gpu = getattr(device, "type", str(device)) == "cuda"
+    return DiskTime(est.total_bytes, (est.unet_calls or est.calls) * est.runs, speed, source, GPU_CALL_SECONDS if on_gpu else None)
+
 
 def prepare(req: RecordRequest) -> Job:
-    """Check the request against the disk, draw its seed, load the pipeline with its sampler, check every spec."""
+    """Check the request against the disk, draw its seed, load the pipeline with its sampler, LoRAs and embeddings.
+
+    The job's request has the ``<lora:...>`` tags cut out of its prompts; the model attributes
+    record the LoRAs and embeddings.
+    """
     check(req)
     req = resolve_seed(req)
+    loras = resolve_loras(req.loras, req.network_tags(), req.lora_dir)  # files found before the model loads
+    missing = [str(p) for p in req.embeddings if not Path(p).is_file()]
+    if missing:
+        raise RecordError(f"no embedding file at {missing[0]}")
+    req = req.without_networks()
     device = req.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe, model_info = load_pipeline(req.model, img2img=req.init_image is not None, device=device, config=req.config)
-    pipe.scheduler = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed)
+    pipe, model_info = load_pipeline(req.model, img2img=req.init_image is not None, device=device, config=req.config,
+                                     prediction_type=req.prediction_type)
+    model_info = {**model_info, **apply_networks(pipe, loras=loras, embeddings=[Path(p) for p in req.embeddings])}
+    pipe.scheduler = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed, schedule=req.schedule)
+    try:  # e.g. LCM takes at most its original_inference_steps (50)
+        pipe.scheduler.set_timesteps(req.sampling_steps)
+    except ValueError as exc:
+        raise OptionError(f"sampler {req.sampler!r} with --sampling-steps {req.sampling_steps}: {' '.join(str(exc).split())}") from None
     job = Job(req, pipe, model_info)
     Selection.of(pipe.unet, req.record_options(), what="--blocks")
     run_prompts(req, *job.names, job.no_xattn)  # layer-prompt block specs
@@ -132,9 +226,9 @@ def estimate(job: Job) -> Estimate:
     plan = RecordingPlan.build(pipe.unet, req.record_options(), latent_hw=(h // sf, w // sf),
                                total_steps=req.executed_steps, n_images=req.batch_size, n_guidance=guidance,
                                n_tokens=token_length(pipe))
-    sched = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed)
-    sched.set_timesteps(req.steps)
-    calls = max(1, round(len(plan.record_steps) * len(sched.timesteps) / req.steps))
+    sched = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed, schedule=req.schedule)
+    sched.set_timesteps(req.sampling_steps)
+    calls = max(1, round(len(plan.record_steps) * len(sched.timesteps) / req.sampling_steps))
     cross, own = plan.layer_bytes(calls, cross=True), plan.layer_bytes(calls, cross=False)
     no_xattn = job.no_xattn
     blind = swept_blocks(req, *job.names, no_xattn)[1] if req.sweep_insert is not None else []
@@ -149,6 +243,7 @@ def estimate(job: Job) -> Estimate:
         shape_note=f"{w}x{h}, batch {req.batch_size}, {'cfg on' if guidance == 2 else 'cfg off'}, {req.dtype}",
         swept_without_xattn=tuple(blind),
         skip_no_xattn=req.skip_no_xattn,
+        unet_calls=max(1, round(req.executed_steps * len(sched.timesteps) / req.sampling_steps)),
     )
 
 
@@ -167,6 +262,7 @@ def check_budget(req: RecordRequest, est: Estimate) -> None:
 
 def _encoded(pipe: Any, text: str) -> schema.TokenRow:
     tok = pipe.tokenizer
+    text = expand_embeddings(tok, text)  # as the pipeline's encode_prompt reads a multi-vector embedding
     return token_row(tok, tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids)
 
 
@@ -187,7 +283,7 @@ def execute(job: Job) -> Summary:
     runs, pairs = run_prompts(req, *job.names, job.no_xattn)
     h, w = _size(req, pipe)
     base_kwargs: dict[str, Any] = dict(
-        num_inference_steps=req.steps,
+        num_inference_steps=req.sampling_steps,
         guidance_scale=req.cfg,
         num_images_per_prompt=req.batch_size,
         output_type="np",
@@ -219,9 +315,9 @@ def _record_one(job: Job, writer: Any, run: RunPrompts, base_kwargs: dict[str, A
         negative_prompt=run.negative,
         seed=req.seed,
         seeds=tuple(req.seed + i for i in range(req.batch_size)),
-        sampler=req.sampler,
+        sampler=resolve_sampler(req.sampler, req.schedule).name,
         cfg=req.cfg,
-        requested_steps=req.steps,
+        requested_steps=req.sampling_steps,
         init_image=str(req.init_image) if req.init_image else None,
         strength=req.strength if req.init_image else None,
         extra=dict(req.extra),

@@ -8,11 +8,12 @@ a folder with ``model_index.json``  a diffusers pipeline saved with ``save_pretr
                                    downloaded when online)
 =================================  ===========================================================
 
-Single-file checkpoints hold weights only. diffusers builds the pipeline around them from the
-component configs (and tokenizers) of a reference diffusers model: the ``config`` folder if
-given, else the Hub repository diffusers uses for that architecture, which must then be in the
-local Hugging Face cache or downloadable. Nothing here waits on a network that is not there:
-with ``HF_HUB_OFFLINE=1`` a model that is not cached is an immediate :class:`ModelError`.
+Single-file checkpoints hold weights only. :mod:`dumpunet.recorder.checkpoints` detects their
+architecture from their keys and builds the pipeline around them from component configs shipped
+in dumpunet and the CLIP vocabulary of an installed package: offline, with no Hugging Face cache.
+A ``config`` folder (a diffusers pipeline of the same architecture) replaces the shipped configs.
+A Hub id is read from the local cache; with ``HF_HUB_OFFLINE=1`` one that is not cached is an
+immediate :class:`ModelError`.
 
 ``.ckpt`` files are pickles. They are opened with ``torch.load(weights_only=True)`` before
 diffusers sees them, so a file holding anything but tensors and plain containers is refused
@@ -27,34 +28,24 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
 import re
-import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from dumpunet.errors import ModelError, OptionError
+from dumpunet.recorder.checkpoints import PICKLE_POLICY, WEIGHTS_ONLY, Architecture, load_single_file
 from dumpunet.recorder.tiny import TINY_MODELS, build_tiny_pipeline
 
 if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
 
-__all__ = ["CHECKPOINT_SUFFIXES", "DEFAULT_CONFIG_REPOS", "load_pipeline"]
-
-Architecture = Literal["sd1", "sd2", "sdxl"]
+__all__ = ["CHECKPOINT_SUFFIXES", "load_pipeline"]
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
-
-DEFAULT_CONFIG_REPOS: dict[str, str] = {
-    # The reference models diffusers' single-file loader picks for these architectures.
-    "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sd2": "stabilityai/stable-diffusion-2-1",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-}
 
 _PIPELINES = {
     ("sd1", False): "StableDiffusionPipeline",
@@ -65,8 +56,6 @@ _PIPELINES = {
     ("sdxl", True): "StableDiffusionXLImg2ImgPipeline",
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_UNET_PREFIX = "model.diffusion_model."
-_SD2_CROSS_ATTN = _UNET_PREFIX + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 
 
 def _load_errors() -> tuple[type[BaseException], ...]:
@@ -134,117 +123,30 @@ def _from_folder(folder: Path, arch: Architecture, img2img: bool, torch_dtype: A
     try:
         return cls.from_pretrained(folder, local_files_only=True, torch_dtype=torch_dtype, **extra)
     except pickle.UnpicklingError as exc:  # a .bin weights file: torch.load(weights_only=True) refused it
-        if not str(exc).startswith(_WEIGHTS_ONLY):
+        if not str(exc).startswith(WEIGHTS_ONLY):
             raise ModelError(f"cannot load {what} {folder}: a .bin weights file is not a valid pickle: {exc}") from exc
         raise ModelError(
             f"cannot load {what} {folder}: a .bin weights file holds Python objects besides tensors, and "
-            f"{_PICKLE_POLICY}"
+            f"{PICKLE_POLICY}"
         ) from exc
     except _load_errors() as exc:
         raise ModelError(f"cannot load {what} {folder}: {exc}") from exc
 
 
-_WEIGHTS_ONLY = "Weights only load failed"
-"""How torch.load(weights_only=True) starts its message when a pickle holds more than tensors."""
-_PICKLE_POLICY = "pickles are opened only with torch.load(weights_only=True); convert it to .safetensors where you trust it"
-
-
-def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Read a checkpoint's tensor names and shapes, refusing anything that is not plain tensors."""
-    if path.suffix.lower() == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        except (SafetensorError, OSError) as exc:
-            raise ModelError(f"{path} is not a valid .safetensors file: {exc}") from exc
-
-    import torch
-
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as exc:
-        if not str(exc).startswith(_WEIGHTS_ONLY):
-            raise ModelError(f"{path} is not a valid .ckpt file: {exc}") from exc
-        raise ModelError(f"{path} holds Python objects besides tensors, and {_PICKLE_POLICY}") from exc
-    except Exception as exc:  # the unpickler fed arbitrary bytes raises anything (KeyError, EOFError, ...)
-        raise ModelError(f"{path} is not a valid .ckpt file: {type(exc).__name__}: {exc}") from exc
-    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict):
-        raise ModelError(f"{path} is not a checkpoint: it holds a {type(data).__name__}, not a dict of tensors")
-    return {k: tuple(v.shape) for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-
-
-def _checkpoint_architecture(path: Path, shapes: dict[str, tuple[int, ...]]) -> Architecture:
-    if not any(k.startswith(_UNET_PREFIX) for k in shapes):
-        raise ModelError(
-            f"{path} is not a Stable Diffusion checkpoint: none of its {len(shapes)} tensors is a U-Net weight "
-            f"({_UNET_PREFIX}*)"
-        )
-    if any(k.startswith("conditioner.embedders.") for k in shapes):
-        return "sdxl"
-    return "sd2" if shapes.get(_SD2_CROSS_ATTN, (0,))[-1] == 1024 else "sd1"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _cached(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str)
-
-
 def _from_single_file(
-    path: Path, img2img: bool, torch_dtype: Any, config: str | os.PathLike[str] | None
+    path: Path, img2img: bool, torch_dtype: Any, config: str | os.PathLike[str] | None, prediction_type: str | None
 ) -> tuple[DiffusionPipeline, dict[str, Any]]:
     import diffusers
 
-    arch = _checkpoint_architecture(path, _checkpoint_shapes(path))
-    local = True
+    config_dir = None
     if config is not None:
         config_dir = Path(config).expanduser()
         if not (config_dir / "model_index.json").is_file():
             raise ModelError(f"config {config} is not a diffusers folder (it has no model_index.json)")
-        config_ref = str(config_dir.resolve())
-    else:
-        config_ref = DEFAULT_CONFIG_REPOS[arch]
-        if not _cached(config_ref):
-            if _offline():
-                raise ModelError(
-                    f"{path} is a single-file {arch} checkpoint; its pipeline is built from the component "
-                    f"configs of {config_ref}, which are not in the local Hugging Face cache, and the machine is "
-                    "offline (HF_HUB_OFFLINE). Pass config=<a local diffusers folder of the same architecture>, "
-                    "or load once online to cache them."
-                )
-            local = False  # downloads the small config and tokenizer files only
-
-    cls = getattr(diffusers, _PIPELINES[arch, img2img])
-    extra: dict[str, Any] = {} if arch == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
-    try:
-        pipe = cls.from_single_file(
-            str(path), config=config_ref, local_files_only=local, torch_dtype=torch_dtype, **extra
-        )
-    except _load_errors() as exc:
-        # diffusers appends code advice for its own API after the first line; keep the finding
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot build a {arch} pipeline from {path} with the configs of {config_ref}: {reason}") from exc
-    meta = {
-        "name": path.stem,
-        "source": "single-file",
-        "path": str(path.resolve()),
-        "architecture": arch,
-        "config": config_ref,
-        "file_sha256": _sha256(path),
-    }
-    return pipe, meta
+        config_dir = config_dir.resolve()
+    classes = {arch: getattr(diffusers, _PIPELINES[arch, img2img]) for arch in ("sd1", "sd2", "sdxl")}
+    return load_single_file(path, classes, torch_dtype=torch_dtype, config=config_dir, prediction=prediction_type,
+                            load_errors=_load_errors())
 
 
 def _hub_folder(repo_id: str) -> Path:
@@ -276,6 +178,7 @@ def load_pipeline(
     device: str = "cpu",
     torch_dtype: torch.dtype | None = None,
     config: str | os.PathLike[str] | None = None,
+    prediction_type: str | None = None,
 ) -> tuple[DiffusionPipeline, dict[str, Any]]:
     """Load ``model`` as a text-to-image (or image-to-image) pipeline and describe where it came from.
 
@@ -290,15 +193,19 @@ def load_pipeline(
         Where and in which dtype the weights live (``None``: as stored; float32 for tiny).
     config
         Single-file checkpoints only: a local diffusers folder whose component configs and
-        tokenizers describe the checkpoint (its weights are not read). Without it, the
-        architecture's reference repository in the Hugging Face cache is used.
+        tokenizers describe the checkpoint (its weights are not read). Without it, the configs
+        shipped in dumpunet for the detected architecture are used (offline).
+    prediction_type
+        Single-file checkpoints only: ``epsilon`` or ``v_prediction``, instead of what
+        :func:`dumpunet.recorder.checkpoints.prediction_type` decides.
 
     Returns
     -------
     The pipeline, and a JSON-ready dict with ``name``, ``source`` (``embedded``,
     ``diffusers-folder``, ``single-file`` or ``hub``), ``path``, ``architecture`` (``sd1``,
-    ``sd2``, ``sdxl``) and ``pipeline`` (class name); single files add ``file_sha256`` and
-    ``config``.
+    ``sd2``, ``sdxl``) and ``pipeline`` (class name); single files add ``config``,
+    ``prediction_type``, ``prediction_type_from``, ``file_sha256``, ``a1111_shorthash`` and
+    ``a1111_legacy_hash``.
 
     Examples
     --------
@@ -309,6 +216,8 @@ def load_pipeline(
     dev = check_device(device)
     if config is not None and not model.lower().endswith(CHECKPOINT_SUFFIXES):
         raise ModelError(f"config= applies to .safetensors/.ckpt checkpoints only, not to {model}")
+    if prediction_type is not None and not model.lower().endswith(CHECKPOINT_SUFFIXES):
+        raise ModelError(f"prediction_type= applies to .safetensors/.ckpt checkpoints only, not to {model}")
     meta: dict[str, Any]
     if model.lower() in TINY_MODELS:
         name = model.lower()
@@ -331,7 +240,7 @@ def load_pipeline(
                     f"{model} is not a checkpoint: expected a {' or '.join(CHECKPOINT_SUFFIXES)} file, "
                     f"got {path.suffix or 'no suffix'}"
                 )
-            pipe, meta = _from_single_file(path, img2img, torch_dtype, config)
+            pipe, meta = _from_single_file(path, img2img, torch_dtype, config, prediction_type)
         elif _HUB_ID.match(model) and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
             folder = _hub_folder(model)
             arch = _folder_architecture(folder)

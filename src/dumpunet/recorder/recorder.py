@@ -15,6 +15,7 @@ which step a call belongs to is a :class:`~dumpunet.recorder.step_clock.StepCloc
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -111,6 +112,8 @@ class Recorder:
         self._handles: list[Any] = []
         self._seen = _Seen()
         self._bar: tqdm | None = None
+        self._started: tuple[float, float] | None = None  # (clock, writer wait) at the first U-Net call
+        self.writer_wait_seconds = 0.0  # how long this run's U-Net calls waited on the writer (set on exit)
 
     @property
     def unet(self) -> nn.Module:
@@ -145,11 +148,15 @@ class Recorder:
                 if self.n_calls == 0:
                     raise RecordError("the pipeline never called the U-Net inside the record block")
                 seen = self._seen
+                took = self._waited(writer)
                 writer.finish_run(
                     self.run_name,
                     images=np.concatenate(seen.images) if seen.images else None,
                     latents=np.concatenate(seen.latents) if seen.latents else None,
+                    writer_wait_seconds=round(self.writer_wait_seconds, 3),
                 )
+                if self.progress:
+                    print(wait_line(self.run_name, self.writer_wait_seconds, took), file=sys.stderr)
             elif self.n_calls > 0:
                 reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"stopped by {type(exc).__name__}: {exc}"
                 writer.mark_interrupted(self.run_name, reason)
@@ -170,6 +177,13 @@ class Recorder:
     def _writer(self) -> StoreWriter:
         assert self.writer is not None, "the writer exists inside the with block"
         return self.writer
+
+    def _waited(self, writer: StoreWriter) -> float:
+        """Set :attr:`writer_wait_seconds` from the writer's count; return the seconds since the first call."""
+        assert self._started is not None, "a run with U-Net calls has started"
+        t0, waited0 = self._started
+        self.writer_wait_seconds = writer.waited_seconds - waited0
+        return time.perf_counter() - t0
 
     # ------------------------------------------------------------------ hooks
 
@@ -218,8 +232,20 @@ class Recorder:
         if sample.shape[0] != self._capture.batch:
             raise RecordError(f"the U-Net batch changed from {self._capture.batch} to {sample.shape[0]} during the run")
         t = args[1] if len(args) > 1 else kwargs.get("timestep", 0.0)
-        self.clock.start_call(self.pipe.scheduler, float(t.reshape(-1)[0]) if isinstance(t, torch.Tensor) else float(t))
+        self.clock.start_call(self.pipe.scheduler, self._timestep(t))
         self._capture.start_call(self.plan.expected_shapes(self.clock.step))
+
+    def _timestep(self, t: Any) -> float | Callable[[], float]:
+        """The call's timestep; on a GPU a callable the writer resolves (``float(t)`` would wait for the GPU)."""
+        if not isinstance(t, torch.Tensor):
+            return float(t)
+        first = t.detach().reshape(-1)[:1]
+        if not first.is_cuda:
+            return float(first[0])
+        assert self._capture is not None
+        host = torch.empty((1,), dtype=torch.float64, pin_memory=True)
+        wait = self._capture.device.copy(first, host, torch.float64)
+        return lambda: (wait(), float(host[0]))[1]
 
     def _on_unet_end(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         assert self.plan is not None and self._capture is not None
@@ -294,6 +320,7 @@ class Recorder:
             selection=self.selection,
         )
         self.plan = plan
+        self._started = (time.perf_counter(), self._writer().waited_seconds)
         self._capture = Capture(_TORCH_DTYPES[self.options.dtype], n_guidance, plan.n_images)
         vae_sf = int(getattr(self.pipe, "vae_scale_factor", 8))
         attrs = replace(
@@ -327,6 +354,18 @@ class Recorder:
             })
         self._bar = tqdm(total=plan.total_steps, desc=f"record {self.run_name}", unit="step", file=sys.stderr,
                          disable=not self.progress)
+
+
+def wait_line(run: str, waited: float, took: float) -> str:
+    """The line a recording ends with: how long its U-Net waited on the writer (a full queue: the disk is slower).
+
+    Examples
+    --------
+    >>> wait_line("main", 0.5, 10.0)
+    'record main: waited 0.50 s on the store writer (5.0% of 10.00 s)'
+    """
+    share = 100 * waited / took if took > 0 else 0.0
+    return f"record {run}: waited {waited:.2f} s on the store writer ({share:.1f}% of {took:.2f} s)"
 
 
 def record(

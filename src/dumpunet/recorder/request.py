@@ -8,17 +8,23 @@ draws the seed of a request that asks for a random one, where the recording star
 from __future__ import annotations
 
 import math
+import os
 import secrets
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dumpunet.a1111_networks import LoraTag, check_outside_groups, extract_networks
 from dumpunet.a1111_prompts import EMPHASIS_MODES
 from dumpunet.errors import OptionError, RecordError
 from dumpunet.prompts import parse_layer_prompt
 from dumpunet.recorder.a1111_encode import A1111Options
 from dumpunet.recorder.attention_layers import AttentionOptions
+from dumpunet.recorder.checkpoints import PREDICTION_TYPES
+from dumpunet.recorder.networks import parse_lora_option
 from dumpunet.recorder.plan import RecordOptions
+from dumpunet.recorder.samplers import resolve_sampler
 from dumpunet.specs import parse_blocks, parse_ints
 from dumpunet.store import schema
 from dumpunet.store.target import StoreLock, check_target
@@ -29,7 +35,7 @@ MAX_SEED = 2**64 - 1
 """The largest seed torch's generator takes (image i of a batch uses seed + i)."""
 
 RANGES: dict[str, tuple[int | float, int | float]] = {
-    "steps": (1, 10_000),
+    "sampling_steps": (1, 10_000),
     "seed": (-1, MAX_SEED),
     "cfg": (0.0, 100.0),
     "width": (8, 8192),
@@ -54,10 +60,13 @@ class RecordRequest:
     out: Path
     model: str = "tiny-sd1"
     config: Path | None = None
+    prediction_type: str | None = None  # single files: epsilon | v_prediction (None: detected)
     prompt: str = ""
     negative_prompt: str = ""
-    steps: int = 20
+    sampling_steps: int = 20
+    steps: int | None = None  # deprecated spelling of sampling_steps (0.2; goes in 0.3)
     sampler: str = "Euler a"
+    schedule: str = "Automatic"  # A1111's Schedule type (Karras, Exponential, ...) next to the sampler
     cfg: float = 7.0
     seed: int = -1  # -1: draw one when the recording starts (resolve_seed)
     width: int | None = None
@@ -86,11 +95,16 @@ class RecordRequest:
     strength: float = 0.6
     emphasis: str = "original"  # A1111's Emphasis mode
     clip_skip: int = 1  # A1111's Clip skip (1 = last layer)
+    loras: tuple[str, ...] = ()  # --lora FILE[:WEIGHT]
+    lora_dir: Path | None = None  # where <lora:NAME:WEIGHT> tags find NAME.safetensors (A1111's models/Lora)
+    embeddings: tuple[Path, ...] = ()  # textual-inversion files, each the token of its file stem
     overwrite: bool = False
     quiet: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.steps is not None:
+            self._take_old_steps()
         self._check_ranges()
         if self.seed >= 0 and self.seed + self.batch_size - 1 > MAX_SEED:
             raise OptionError(f"--seed {self.seed} + --batch-size {self.batch_size} - 1 passes the largest seed {MAX_SEED}")
@@ -98,10 +112,13 @@ class RecordRequest:
             from dumpunet.recorder.models import check_device
 
             check_device(self.device)
+        resolve_sampler(self.sampler, self.schedule)
         if self.dtype not in schema.RECORD_DTYPES:
             raise OptionError(f"--dtype must be one of {', '.join(schema.RECORD_DTYPES)}, got {self.dtype!r}")
         if self.strength == 0.0:
             raise OptionError(f"--strength must be in (0, 1], got {self.strength}")
+        if self.prediction_type is not None and self.prediction_type not in PREDICTION_TYPES:
+            raise OptionError(f"--prediction-type must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}")
         if self.emphasis not in EMPHASIS_MODES:
             raise OptionError(f"--emphasis must be one of {', '.join(EMPHASIS_MODES)}, got {self.emphasis!r}")
         for name in ("width", "height"):
@@ -126,12 +143,46 @@ class RecordRequest:
         if self.self_attention_steps.strip():
             parse_ints(self.self_attention_steps, 1, self.executed_steps, noun="step", what="--self-attention-steps")
         self.attention_options()
+        for name in ("loras", "embeddings"):
+            if isinstance(getattr(self, name), (str, Path)):
+                raise OptionError(f"{name} takes a list of files, got one {getattr(self, name)!r}")
+        for text in self.loras:
+            parse_lora_option(text)
         positive, negative = parse_layer_prompt(self.prompt), parse_layer_prompt(self.negative_prompt)
+        for text, parsed in ((self.prompt, positive), (self.negative_prompt, negative)):
+            check_outside_groups(text, [(g.start, g.end) for g in parsed.groups])
+        self.network_tags()
         if self.pair and self.base is None and not (positive.has_groups or negative.has_groups):
             raise OptionError(
                 "--pair needs a layer-prompt group like 'a (~: M00: excellent :~) girl' in --prompt or "
                 "--negative-prompt, or --base TEXT to compare against"
             )
+
+    @classmethod
+    def from_infotext(cls, source: str | os.PathLike[str], **options: Any) -> RecordRequest:
+        """The request for A1111 generation parameters (an image it saved, or the pasted text); ``options`` win.
+
+        :func:`dumpunet.infotext.read_infotext` reads the same source and names the fields left unused.
+
+        Examples
+        --------
+        >>> req = RecordRequest.from_infotext("a cat\\nSteps: 30, Sampler: DPM++ 2M, Schedule type: Karras, Seed: 7",
+        ...                                   out=Path("cat.zarr"), sampling_steps=4)
+        >>> req.prompt, req.sampling_steps, req.sampler, req.schedule, req.seed
+        ('a cat', 4, 'DPM++ 2M', 'Karras', 7)
+        """
+        from dumpunet.infotext import read_infotext
+
+        return cls(**{**read_infotext(source).request_fields(given=options), **options})
+
+    def _take_old_steps(self) -> None:
+        """Read the deprecated ``steps=N`` (the step count) as ``sampling_steps=N``, with a DeprecationWarning."""
+        if self.sampling_steps != 20:
+            raise OptionError(f"steps={self.steps!r} is the old name of sampling_steps; give sampling_steps only")
+        warnings.warn("RecordRequest(steps=N) is deprecated: write sampling_steps=N (steps will choose the steps "
+                      "to record, as record_steps does now)", DeprecationWarning, stacklevel=4)
+        object.__setattr__(self, "sampling_steps", self.steps)
+        object.__setattr__(self, "steps", None)
 
     def _check_ranges(self) -> None:
         """Refuse a numeric field that is not a number, not finite, or outside :data:`RANGES`."""
@@ -151,10 +202,11 @@ class RecordRequest:
     def executed_steps(self) -> int:
         """Sampler steps that run: all of them, or the last ``strength`` share for img2img."""
         if self.init_image is None:
-            return self.steps
-        n = min(int(self.steps * self.strength), self.steps)
+            return self.sampling_steps
+        n = min(int(self.sampling_steps * self.strength), self.sampling_steps)
         if n < 1:
-            raise OptionError(f"--strength {self.strength} with --steps {self.steps} leaves no step to run")
+            raise OptionError(f"--strength {self.strength} with --sampling-steps {self.sampling_steps} leaves no step "
+                              "to run")
         return n
 
     def attention_options(self) -> AttentionOptions | None:
@@ -179,6 +231,19 @@ class RecordRequest:
             query_region=region,  # type: ignore[arg-type]
             query_stride=self.query_stride,
         )
+
+    def network_tags(self) -> tuple[LoraTag, ...]:
+        """The ``<lora:NAME:WEIGHT>`` tags of the prompt, negative prompt and ``--base``, in that order."""
+        texts = [self.prompt, self.negative_prompt, *([self.base] if self.base is not None else [])]
+        return tuple(tag for text in texts for tag in extract_networks(text).loras)
+
+    def without_networks(self) -> RecordRequest:
+        """The request with every extra-network tag cut out of its prompts (the text the encoder reads)."""
+        if not self.network_tags():
+            return self
+        return replace(self, prompt=extract_networks(self.prompt).text,
+                       negative_prompt=extract_networks(self.negative_prompt).text,
+                       base=extract_networks(self.base).text if self.base is not None else None)
 
     def a1111_options(self) -> A1111Options:
         """How prompts are read where A1111 syntax is used: emphasis mode and clip skip."""
@@ -216,12 +281,12 @@ class RunPrompts:
 
 def swept_blocks(req: RecordRequest, blocks: list[str], aliases: dict[str, str], no_xattn: frozenset[str] = frozenset()
                  ) -> tuple[list[str], list[str]]:
-    """A sweep's target blocks (``--blocks``) and those of them without cross-attention.
+    """A sweep's target blocks (``--into-blocks``) and those of them without cross-attention.
 
     Text inserted into a block without cross-attention reaches nothing: its run is the base run,
     pixel for pixel. With ``--skip-no-xattn`` they are left out of the targets (and still listed).
     """
-    swept = parse_blocks(req.sweep_blocks, blocks, aliases=aliases, what="--blocks")
+    swept = parse_blocks(req.sweep_blocks, blocks, aliases=aliases, what="--into-blocks")
     blind = [b for b in swept if b in no_xattn]
     if req.skip_no_xattn:
         swept = [b for b in swept if b not in no_xattn]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -49,10 +50,10 @@ class StepClock:
         self.calls = 0  # U-Net calls that ended
         self.step = 0  # sampler step of the call under way, from 1
         self.substep = 0  # second-order samplers: 1 for the second call of a step
-        self.timestep = 0.0
+        self.timestep: float | Callable[[], float] = 0.0
 
-    def start_call(self, scheduler: Any, timestep: float) -> None:
-        """Advance to the call about to run."""
+    def start_call(self, scheduler: Any, timestep: float | Callable[[], float]) -> None:
+        """Advance to the call about to run (a GPU timestep comes as a callable the store writer resolves)."""
         if starts_new_step(scheduler, self.calls):
             self.step += 1
             self.substep = 0

@@ -1,39 +1,50 @@
-"""Build a CLIP tokenizer offline, for the embedded tiny models.
+"""Build CLIP tokenizers offline: SD's real one from a packaged vocabulary, and the tiny models' own.
 
-The real SD tokenizers are CLIP byte-level BPE tokenizers with a 49408-token vocabulary that
-must be downloaded. The tiny models need the same *kind* of tokenizer (so that token
-positions, ``</w>`` word ends, BOS/EOS and padding behave as in a real run) but no download.
+The real SD tokenizers are CLIP byte-level BPE tokenizers with a 49408-token vocabulary.
+:func:`clip_tokenizer` builds it from OpenAI's ``bpe_simple_vocab_16e6.txt.gz``, the merge list
+every CLIP tokenizer is derived from, read from an installed Python distribution that ships it
+(see :data:`VOCAB_DISTRIBUTIONS`; the ``record`` extra installs ``openai-clip``) without importing
+that distribution's code. Nothing is downloaded.
 
-:func:`tiny_tokenizer` trains a byte-level BPE on the embedded word list below, the way
-CLIP's vocabulary is laid out: the 256 byte symbols, the same 256 with ``</w>``, then one
-token per merge, then ``<|startoftext|>`` and ``<|endoftext|>`` last. Training runs until
-every listed word is a single token, so ordinary prompts split into whole words and any other
-text falls back to sub-word pieces or single bytes (never ``<unk>``).
+The tiny models need the same *kind* of tokenizer (so that token positions, ``</w>`` word ends,
+BOS/EOS and padding behave as in a real run) but not its size. :func:`tiny_tokenizer` trains a
+byte-level BPE on the embedded word list below, the way CLIP's vocabulary is laid out: the 256
+byte symbols, the same 256 with ``</w>``, then one token per merge, then ``<|startoftext|>`` and
+``<|endoftext|>`` last. Training runs until every listed word is a single token, so ordinary
+prompts split into whole words and any other text falls back to sub-word pieces or single bytes
+(never ``<unk>``).
 
 Examples
 --------
 >>> tok = tiny_tokenizer()
 >>> tok.tokenize("a cute girl, pink hair")
 ['a</w>', 'cute</w>', 'girl</w>', ',</w>', 'pink</w>', 'hair</w>']
+>>> clip_tokenizer()("a photo of a cat").input_ids
+[49406, 320, 1125, 539, 320, 2368, 49407]
 """
 
 from __future__ import annotations
 
 import atexit
 import functools
+import gzip
+import hashlib
 import heapq
 import inspect
 import json
 import shutil
 import tempfile
 from collections import defaultdict
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from transformers import CLIPTokenizer
 
-__all__ = ["BOS", "EOS", "WORDS", "tiny_tokenizer"]
+__all__ = ["BOS", "EOS", "VOCAB_DISTRIBUTIONS", "WORDS", "clip_tokenizer", "clip_vocab_file", "tiny_tokenizer"]
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
@@ -211,11 +222,14 @@ def _train_merges(words: tuple[str, ...]) -> list[tuple[str, str]]:
     return merges
 
 
-@functools.lru_cache(maxsize=1)
-def _vocab_and_merges() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
+Vocab = tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]
+"""A CLIP vocabulary: (token, id) pairs and the merge list, in CLIP's order."""
+
+
+def _layout(merges: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> Vocab:
+    """Lay out CLIP's vocabulary: bytes, bytes + ``</w>``, one token per merge, BOS, EOS (openai/CLIP simple_tokenizer.py)."""
     base = list(_bytes_to_unicode().values())
     tokens = base + [c + _END for c in base]
-    merges = _train_merges(WORDS)
     seen = set(tokens)
     for a, b in merges:
         if a + b not in seen:  # two merge paths can spell the same token; keep its first id
@@ -225,13 +239,89 @@ def _vocab_and_merges() -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, s
     return tuple((t, i) for i, t in enumerate(tokens)), tuple(merges)
 
 
+@functools.lru_cache(maxsize=1)
+def _vocab_and_merges() -> Vocab:
+    return _layout(_train_merges(WORDS))
+
+
+# --- the real CLIP vocabulary ---------------------------------------------------------------------
+
+_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+_BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+_BPE_MERGES = 49152 - 256 - 2
+"""CLIP uses the file's first 48894 merges (openai/CLIP simple_tokenizer.py): 49408 tokens in all."""
+
+VOCAB_DISTRIBUTIONS: tuple[tuple[str, str], ...] = (
+    ("openai-clip", f"clip/{_BPE_FILE}"),  # the record extra's; no torch/torchvision requirement
+    ("open-clip-torch", f"open_clip/{_BPE_FILE}"),  # AUTOMATIC1111's environment has it
+    ("clip-anytorch", f"clip/{_BPE_FILE}"),
+    ("clip", f"clip/{_BPE_FILE}"),  # OpenAI's repository installed from git, as A1111 does
+)
+"""Installed distributions whose files include OpenAI's CLIP BPE vocabulary, searched in this order.
+
+Each ships the same file (sha256 checked); it is read as data, never imported, so a
+distribution whose code needs torchvision still serves.
+"""
+
+
+def clip_vocab_file() -> Path:
+    """Return the path of OpenAI's CLIP BPE file from the first installed :data:`VOCAB_DISTRIBUTIONS` entry.
+
+    Raises :class:`~dumpunet.errors.ModelError` naming the distributions looked for when none is installed.
+    """
+    from dumpunet.errors import ModelError
+
+    for dist_name, rel in VOCAB_DISTRIBUTIONS:
+        try:
+            dist = metadata.distribution(dist_name)
+        except metadata.PackageNotFoundError:
+            continue
+        path = Path(str(dist.locate_file(rel)))
+        if path.is_file():
+            return path
+    names = ", ".join(d for d, _ in VOCAB_DISTRIBUTIONS)
+    raise ModelError(
+        f"the CLIP tokenizer vocabulary ({_BPE_FILE}) is not installed: it comes with any of {names}; "
+        "pip install openai-clip (no torch requirement; the record extra includes it)"
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_vocab_and_merges() -> Vocab:
+    from dumpunet.errors import ModelError
+
+    path = clip_vocab_file()
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != _BPE_SHA256:
+        raise ModelError(f"{path} is not OpenAI's CLIP vocabulary (its sha256 differs from {_BPE_SHA256[:12]}...)")
+    lines = gzip.decompress(data).decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : _BPE_MERGES + 1]]  # line 0 is a version header
+    return _layout([(a, b) for a, b in merges])
+
+
+def clip_tokenizer(*, pad_token: str = EOS) -> CLIPTokenizer:
+    """Return SD's CLIP tokenizer (49408 tokens, 77 positions), built offline from the packaged vocabulary.
+
+    Parameters
+    ----------
+    pad_token
+        ``<|endoftext|>`` as in SD1 and SDXL's first tokenizer; SD2 and SDXL's second
+        (OpenCLIP) tokenizer pad with ``"!"``.
+
+    Examples
+    --------
+    >>> tok = clip_tokenizer(pad_token="!")
+    >>> len(tok), tok.pad_token_id, tok.tokenize("masterpiece, best quality")
+    (49408, 0, ['masterpiece</w>', ',</w>', 'best</w>', 'quality</w>'])
+    """
+    return _build("clip", _clip_vocab_and_merges, pad_token)
+
+
 def tiny_tokenizer(*, pad_token: str = EOS) -> CLIPTokenizer:
     """Return a new CLIP tokenizer whose vocabulary is trained on :data:`WORDS`, without downloads.
 
     Each call returns a fresh instance (pipelines may change their tokenizer, e.g. by adding
-    textual-inversion tokens); the trained vocabulary is computed once per process. With
-    transformers 5 it is handed over in memory; transformers 4's (slow, pure-Python)
-    CLIPTokenizer reads files, written once to a temporary folder that is removed at exit.
+    textual-inversion tokens); the trained vocabulary is computed once per process.
 
     Parameters
     ----------
@@ -247,22 +337,27 @@ def tiny_tokenizer(*, pad_token: str = EOS) -> CLIPTokenizer:
     >>> tok.tokenize("masterpiece, best quality")
     ['masterpiece</w>', ',</w>', 'best</w>', 'quality</w>']
     """
+    return _build("tiny", _vocab_and_merges, pad_token)
+
+
+def _build(name: str, vocab_and_merges: Callable[[], Vocab], pad_token: str) -> CLIPTokenizer:
+    """Make a CLIPTokenizer: transformers 5 takes the vocabulary in memory, transformers 4 from files."""
     from transformers import CLIPTokenizer
 
     specials = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": pad_token, "model_max_length": 77}
     if "vocab" in inspect.signature(CLIPTokenizer.__init__).parameters:  # transformers >= 5
-        vocab, merges = _vocab_and_merges()
+        vocab, merges = vocab_and_merges()
         return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), **specials)
-    vocab_file, merges_file = _vocab_files()  # transformers 4 reads its vocabulary from files only
+    vocab_file, merges_file = _vocab_files(name, vocab_and_merges)  # transformers 4 reads files only
     return CLIPTokenizer(vocab_file=vocab_file, merges_file=merges_file, **specials)
 
 
-@functools.lru_cache(maxsize=1)
-def _vocab_files() -> tuple[str, str]:
-    """Write vocab.json and merges.txt once per process into a folder removed at exit."""
-    folder = Path(tempfile.mkdtemp(prefix="dumpunet-tokenizer-"))
+@functools.lru_cache(maxsize=2)
+def _vocab_files(name: str, vocab_and_merges: Callable[[], Vocab]) -> tuple[str, str]:
+    """Write vocab.json and merges.txt once per process and vocabulary into a folder removed at exit."""
+    folder = Path(tempfile.mkdtemp(prefix=f"dumpunet-{name}-tokenizer-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    vocab, merges = _vocab_and_merges()
+    vocab, merges = vocab_and_merges()
     (folder / "vocab.json").write_text(json.dumps(dict(vocab), ensure_ascii=False), encoding="utf-8")
     # CLIP's merges.txt starts with a version line that readers skip
     lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]

@@ -5,12 +5,21 @@ Array API, whose per-file overhead a recording cannot spare (docs/benchmarks.md)
 documents come from :func:`dumpunet.store.schema.array_document` and are replaced atomically;
 chunk files of uncompressed arrays are their little-endian bytes, written in place (a chunk
 interrupted mid-write belongs to a call whose ``call_done`` was never set, so nothing reads it).
+
+With ``direct`` (the store writer's ``direct_io``, off by default), chunk files whose size is a
+multiple of 4096 bytes go straight to the disk (``O_DIRECT``, Linux) from page-aligned memory (the
+slab itself, or one reused aligned buffer per thread), skipping the copy into fresh page-cache
+pages; other sizes, file systems that refuse ``O_DIRECT`` (tmpfs) and other systems write through
+the page cache. Whether it pays is measured by ``benchmarks/writer_throughput.py`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import errno
 import json
-from collections.abc import Mapping, Sequence
+import os
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +41,10 @@ class CallArray:
         self.kind = kind
         self.path = kind.path(**names)
         self.dir = base / self.path
-        self.doc = schema.array_document(kind, shape, dtype=dtype, attributes=attrs.to_json() if attrs else None)
+        attributes = attrs.to_json() if attrs else {}
+        if kind.chunk_rule == "slab":  # format 1.1: xarray attaches the group's call coordinates
+            attributes = {**attributes, **schema.coordinates_attr()}
+        self.doc = schema.array_document(kind, shape, dtype=dtype, attributes=attributes)
         self.meta = ArrayV3Metadata.from_dict(json.loads(json.dumps(self.doc)))
         self.dtype = np.dtype(self.doc["data_type"]).newbyteorder("<")
         codecs = self.doc["codecs"]
@@ -55,32 +67,137 @@ class CallArray:
             path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def write_slab(self, k: int, slab: np.ndarray) -> None:
+    def write_slab(self, k: int, slab: np.ndarray, *, direct: bool = False) -> None:
         """Store call ``k``'s ``[guidance, image, ...]`` slab: one chunk file per (image, guidance)."""
+        for job in self.slab_files(k, slab, direct=direct):
+            job()
+
+    def slab_files(self, k: int, slab: np.ndarray, *, direct: bool = False) -> list[Callable[[], None]]:
+        """The writes that store call ``k``'s slab, one per chunk file, in any order or thread."""
         ax = self.kind.axis
         want = (self.shape[ax("guidance")], self.shape[ax("image")], *self.shape[ax("guidance") + 1 :])
         if tuple(slab.shape) != want:
             raise ValueError(f"{self.path}: slab of shape {tuple(slab.shape)}, expected {want} ([guidance, image, ...])")
         x = np.asarray(slab, dtype=self.dtype)
         if not self.raw:  # compressed or sharded (benchmark variants): zarr encodes it
-            arr = zarr.open_array(self.dir, mode="r+", zarr_format=3)
-            arr[k] = np.swapaxes(x, 0, 1)
-            return
-        tail = (0,) * (x.ndim - 2)
-        for g in range(x.shape[0]):
-            for i in range(x.shape[1]):
-                # in place, not atomic: call_done is set only after every chunk of the call is written
-                with open(self.chunk_file((k, i, g, *tail)), "wb") as fh:
-                    fh.write(np.ascontiguousarray(x[g, i]).data)
+            def encoded() -> None:
+                arr = zarr.open_array(self.dir, mode="r+", zarr_format=3)
+                arr[k] = np.swapaxes(x, 0, 1)
 
-    def write_table_tail(self, values: list[Any]) -> None:
-        """Rewrite the last chunk of a 1-D call table (atomically: it holds earlier calls too)."""
+            return [encoded]
+        tail = (0,) * (x.ndim - 2)
+        return [
+            _chunk_writer(self.chunk_file((k, i, g, *tail)), x[g, i], direct)
+            for g in range(x.shape[0]) for i in range(x.shape[1])
+        ]
+
+    def write_table_tail(self, values: list[Any], *, first: int | None = None) -> None:
+        """Rewrite the last chunk of a 1-D call table (atomically: it holds earlier calls too).
+
+        ``first=0`` rewrites every chunk from the first on (a coordinate created after some calls).
+        """
         size = self.doc["chunk_grid"]["configuration"]["chunk_shape"][0]
-        c = (len(values) - 1) // size
-        chunk = np.zeros(size, self.dtype)
-        part = values[c * size :]
-        chunk[: len(part)] = part
-        write_atomic(self.chunk_file((c,)), chunk.tobytes())
+        last = (len(values) - 1) // size
+        for c in range(last if first is None else first, last + 1):
+            chunk = np.full(size, self.kind.fill_value, self.dtype)
+            part = values[c * size : (c + 1) * size]
+            chunk[: len(part)] = part
+            write_atomic(self.chunk_file((c,)), chunk.tobytes())
+
+
+@dataclass
+class GroupCoords:
+    """The call coordinates of one group of per-call arrays (a block's, a layer's) and the arrays they label.
+
+    Coordinates are labelled in batches, when the group's arrays grow (every ``grow_calls`` calls)
+    and when the run is trimmed (it finishes, or the writer closes): three small files per group
+    and call would cost the writer more than the block chunks themselves (docs/benchmarks.md).
+    Calls after the last batch keep the fill values (step 0, timestep NaN) until then, which only
+    a killed recording leaves behind; the call tables always list every call.
+    """
+
+    coords: dict[str, CallArray]
+    members: list[CallArray] = field(default_factory=list)
+    labelled: int = 0  # calls whose coordinates are written
+
+    def write(self, table: Mapping[str, list[Any]], n_calls: int, *, length: int | None = None) -> None:
+        """Label calls up to ``n_calls`` (their chunks from the first unlabelled one) and give the coordinates
+        the members' length (or ``length``)."""
+        n = length if length is not None else max([a.shape[0] for a in self.members], default=n_calls)
+        for kind in schema.CALL_COORDS:
+            arr = self.coords[kind.key]
+            values = table[schema.table_key(kind)][:n_calls]
+            if values and n_calls > self.labelled:
+                arr.write_table_tail(values, first=self.labelled // schema.CALL_CHUNK)
+            if arr.shape[0] != n:
+                arr.resize(n)
+        self.labelled = max(self.labelled, n_calls)
+
+    def grown(self) -> bool:
+        """Whether the group's arrays grew past its coordinates."""
+        return any(a.shape[0] != self.coords["step"].shape[0] for a in self.members)
+
+
+ALIGN = 4096
+"""O_DIRECT needs file offsets, sizes and memory aligned to the device's block size; 4096 covers all."""
+
+_DIRECT = getattr(os, "O_DIRECT", 0)
+_no_direct: set[int] = set()  # devices (st_dev) whose file system refused O_DIRECT
+_bounce = threading.local()
+
+
+def _aligned(data: memoryview) -> memoryview:
+    """``data`` itself if it is page-aligned, else a copy in this thread's reused aligned buffer."""
+    address = np.frombuffer(data, np.uint8).ctypes.data if len(data) else 0
+    if address % ALIGN == 0:
+        return data
+    buf = getattr(_bounce, "buf", None)
+    if buf is None or len(buf) < len(data):
+        raw = np.empty(len(data) + ALIGN, np.uint8)
+        start = -raw.ctypes.data % ALIGN
+        buf = _bounce.buf = raw[start : start + len(data)]
+    out = buf[: len(data)]
+    out[:] = np.frombuffer(data, np.uint8)
+    return memoryview(out).cast("B")
+
+
+def _chunk_writer(path: Path, data: np.ndarray, direct: bool) -> Callable[[], None]:
+    def write() -> None:
+        # in place, not atomic: call_done is set only after every chunk of the call is written
+        view = memoryview(np.ascontiguousarray(data)).cast("B")
+        if direct and _DIRECT and len(view) % ALIGN == 0 and path.parent.stat().st_dev not in _no_direct:
+            try:
+                fh = open(path, "wb", buffering=0, opener=_direct_opener)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                _no_direct.add(path.parent.stat().st_dev)  # e.g. tmpfs: the page cache it is
+            else:
+                with fh:
+                    _write_all(fh, _aligned(view))
+                return
+        with open(path, "wb", buffering=0) as fh:  # unbuffered: one write() of the whole chunk
+            _write_all(fh, view)
+
+    return write
+
+
+def _direct_opener(path: str, flags: int) -> int:
+    return os.open(path, flags | _DIRECT, 0o666)
+
+
+def _write_all(fh: Any, view: memoryview) -> None:
+    while view:
+        view = view[fh.write(view):]
+
+
+Runner = Callable[[Iterable[Callable[[], None]]], None]
+"""Runs a call's chunk writes and returns once all are done (in this thread, or a pool's)."""
+
+
+def run_here(jobs: Iterable[Callable[[], None]]) -> None:
+    for job in jobs:
+        job()
 
 
 @dataclass
@@ -88,14 +205,19 @@ class RunFiles:
     info: RunAttrs
     arrays: dict[tuple[str, str], CallArray] = field(default_factory=dict)
     calls: dict[str, CallArray] = field(default_factory=dict)
+    groups: dict[str, GroupCoords] = field(default_factory=dict)
     n_calls: int = 0
     done_steps: set[int] = field(default_factory=set)
     table: dict[str, list[Any]] = field(default_factory=lambda: {kind.key: [] for kind in schema.CALL_ARRAYS})
 
 
 def write_call(st: RunFiles, k: int, values: Mapping[str, Any], data: Mapping[tuple[str, str], np.ndarray],
-                grow_calls: int) -> None:
-    """Write call ``k``: its call-table row (not done), every slab, then ``call_done`` = 1 last."""
+                grow_calls: int, *, run: Runner = run_here, direct: bool = False) -> None:
+    """Write call ``k``: its call-table row (not done), every slab, then ``call_done`` = 1 last.
+
+    ``run`` runs the chunk writes (a thread pool's may run them at once); ``direct`` writes chunk
+    files of a suitable size with ``O_DIRECT`` (module docstring).
+    """
     unknown = data.keys() - st.arrays.keys()
     if unknown:
         raise KeyError(f"no array was created for {sorted(unknown)}")
@@ -105,11 +227,16 @@ def write_call(st: RunFiles, k: int, values: Mapping[str, Any], data: Mapping[tu
         arr = st.calls[kind.key]
         arr.write_table_tail(table)
         arr.resize(k + 1)
+    jobs: list[Callable[[], None]] = []
     for key, arr in st.arrays.items():
         if arr.shape[0] <= k:
             arr.resize(-(-(k + 1) // grow_calls) * grow_calls)
         if key in data:
-            arr.write_slab(k, data[key])
+            jobs += arr.slab_files(k, data[key], direct=direct)
+    run(jobs)
+    for group in st.groups.values():  # labelled in batches, as the arrays grow (GroupCoords)
+        if group.grown():
+            group.write(st.table, k + 1)
     done = st.table[schema.CALL_DONE.key]
     done[-1] = 1
     st.calls[schema.CALL_DONE.key].write_table_tail(done)
@@ -120,3 +247,5 @@ def trim(st: RunFiles) -> None:
     for arr in st.arrays.values():
         if arr.shape[0] != st.n_calls:
             arr.resize(st.n_calls)
+    for group in st.groups.values():
+        group.write(st.table, st.n_calls, length=st.n_calls)

@@ -394,6 +394,18 @@ class Store:
         """Return the final image ``i`` as uint8 ``[H, W, 3]``."""
         return self.run(run).image(i)
 
+    def to_xarray(self, run: str | None = None, **options: Any) -> Any:
+        """One run as a lazy, dask-backed ``xarray.Dataset`` (needs the ``dask`` extra; see :mod:`dumpunet.store.dataset`).
+
+        Examples
+        --------
+        >>> ds = store.to_xarray(blocks="OUT11")  # doctest: +SKIP
+        >>> ds["OUT11"].mean(["y", "x"]).sel(guidance="cond", step=20).values  # doctest: +SKIP
+        """
+        from dumpunet.store.dataset import run_dataset
+
+        return run_dataset(self, run, **options)
+
     def disk_bytes(self) -> int | None:
         """Bytes of every file of the store (a URL: of every object, from listings; None where it cannot list)."""
         if isinstance(self.path, StoreUrl):

@@ -10,7 +10,7 @@ from dumpunet.errors import SelectionError
 from dumpunet.specs import format_ints
 from dumpunet.store import Run, Store, open_store
 from dumpunet.store.location import StoreUrl, is_url
-from dumpunet.store.schema import ATTENTION_FEATURES, RootAttrs, RunAttrs, human_bytes
+from dumpunet.store.schema import ATTENTION_FEATURES, RootAttrs, RunAttrs, human_bytes, model_networks
 
 _RUN_FIELDS = (
     ("prompt", "prompt"),
@@ -163,6 +163,12 @@ def describe(s: Summary) -> str:
         + (f"  unet {model['unet_fingerprint'][:12]}" if model.get("unet_fingerprint") else ""),
         f"size      {_size(s)}",
     ]
+    loras, embeddings = model_networks(model)
+    for lora in loras:
+        weight = f"{lora.te_weight:g}" + (f" (U-Net {lora.unet_weight:g})" if lora.unet_weight != lora.te_weight else "")
+        lines.insert(-1, f"lora      {lora.name}  weight {weight}  hash {lora.short_hash}  {lora.file}")
+    for emb in embeddings:
+        lines.insert(-1, f"embedding {emb.name}  {emb.vectors} vector(s)  hash {emb.short_hash}  {emb.file}")
     order = [b.name for b in s.root.blocks]
     recorded: dict[str, set[str]] = {}
     for name, run in s.runs.items():

@@ -29,6 +29,10 @@ from dumpunet.store.schema import (
     ATTENTION_FEATURES,
     BLOCK_ARRAYS,
     CALL_ARRAYS,
+    COORD_GUIDANCE,
+    COORD_STEP,
+    COORD_SUBSTEP,
+    COORDS,
     CALL_DONE,
     CALL_STEP,
     IMAGES,
@@ -154,6 +158,9 @@ def _check_run(root: zarr.Group, files: ChunkFiles, run: str, blocks: dict[str, 
             report.problems.append(f"{full}: not an array of this schema")
             continue
         if kind in CALL_ARRAYS:  # checked above
+            continue
+        if kind in COORDS.values():
+            _check_coordinate(full, arr, kind, info, calls, files, report)
             continue
         if not _check_dims_and_dtype(full, arr, kind, report) or kind.chunk_rule != "slab":
             continue
@@ -324,12 +331,50 @@ def _slabs(done: np.ndarray, n_images: int, n_guidance: int) -> Iterator[tuple[i
                 yield int(k), i, g
 
 
+def _check_coordinate(full: str, arr: zarr.Array, kind: ArrayKind, info: RunAttrs, calls: _Calls, files: ChunkFiles,
+                      report: Report) -> None:
+    """A coordinate array (format 1.1) has its kind's dims and agrees with the run: guidance labels, steps of done calls."""
+    if kind is COORD_GUIDANCE:
+        problem = layout_problem(full, arr, kind)
+        if problem is None:
+            try:
+                labels = tuple(str(v) for v in arr[...].tolist())
+            except Exception as exc:  # noqa: BLE001 - an undecodable chunk is a finding, not a crash
+                problem = f"{full}: cannot be read ({type(exc).__name__})"
+            else:
+                if labels != tuple(info.guidance):
+                    problem = f"{full}: labels {list(labels)}, run attributes say {list(info.guidance)}"
+        if problem is not None:
+            report.problems.append(problem)
+        return
+    if not _check_dims_and_dtype(full, arr, kind, report):
+        return
+    problem = layout_problem(full, arr, kind) or call_table_problem(files, full, arr, strict=kind is not COORD_SUBSTEP)
+    if problem is None and kind is COORD_STEP:
+        values = arr[...]
+        done = calls.done[calls.done < len(values)]
+        if len(done) < len(calls.done):
+            problem = f"{full}: {len(values)} calls, the call table has {int(calls.done.max()) + 1} done"
+        else:
+            # the writer labels calls in batches: a killed recording leaves its last calls at the fill value 0
+            labelled = done[: int(np.flatnonzero(values[done] != 0).max(initial=-1)) + 1]
+            bad = np.flatnonzero(values[labelled] != calls.step[labelled])
+            if len(bad):
+                k = int(labelled[bad[0]])
+                problem = f"{full}: call {k} says step {int(values[k])}, the call table says {int(calls.step[k])}"
+            elif len(labelled) < len(done):
+                report.notes.append(f"{full}: the last {len(done) - len(labelled)} done call(s) not labelled "
+                                    "(the recording was killed between two batches)")
+    if problem is not None:
+        report.problems.append(problem)
+
+
 def _kind_of(array_path: str) -> ArrayKind | None:
     leaf = array_path.rsplit("/", 1)[-1]
     if "/blocks/" in array_path:
-        return BLOCK_ARRAYS.get(leaf)
+        return BLOCK_ARRAYS.get(leaf) or COORDS.get(leaf)
     if "/attention/" in array_path:
-        return ATTENTION_FEATURES.get(leaf)
+        return ATTENTION_FEATURES.get(leaf) or COORDS.get(leaf)
     for kind in (*CALL_ARRAYS, IMAGES, LATENTS):
         if kind.key == leaf:
             return kind

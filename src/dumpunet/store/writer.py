@@ -8,8 +8,9 @@ a store whose complete calls are readable and whose incomplete call is marked as
 Per-call arrays are written by this thread directly, without zarr's machinery
 (:mod:`dumpunet.store.call_arrays`). Per-call arrays grow ahead of the call table
 (see ``grow_calls``) and are cut back to it when a run finishes or the writer closes; readers
-take the call count from the call table. Groups' attributes, final images and latents go
-through zarr.
+take the call count from the call table. The coordinate arrays beside them (format 1.1) grow
+with them and are labelled in batches (:class:`~dumpunet.store.call_arrays.GroupCoords`).
+Groups' attributes, final images and latents go through zarr.
 
 This module needs numpy and zarr only (no torch): the writer benchmark drives it without a model.
 """
@@ -23,6 +24,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +38,7 @@ from dumpunet.errors import RecordError
 from dumpunet.files import write_atomic
 from dumpunet.specs import format_ints
 from dumpunet.store import schema
-from dumpunet.store.call_arrays import CallArray, RunFiles, trim, write_call
+from dumpunet.store.call_arrays import CallArray, GroupCoords, RunFiles, run_here, trim, write_call
 from dumpunet.store.schema import ArrayAttrs, BlockInfo, LayerAttrs, PairInfo, RootAttrs, RunAttrs, check_name
 from dumpunet.store.target import StoreLock, check_target, create_store
 
@@ -56,7 +58,23 @@ tables still grow by exactly one call, so their length stays the number of calls
 """
 
 WRITER_NICENESS = 10
-"""Nice value of the writer thread (Linux): recording should slow the U-Net as little as it can."""
+"""Nice value of the writer threads (Linux): recording should slow the U-Net as little as it can."""
+
+WRITE_THREADS = 1
+"""Threads that write one call's chunk files (1: the writer thread alone). See docs/benchmarks.md."""
+
+DIRECT_IO = False
+"""Write page-multiple chunk files with O_DIRECT (:mod:`dumpunet.store.call_arrays`). Off by default:
+on the development VM it measured 2x the page cache's speed in a plain file test and 0.6x in the
+writer benchmark, both under heavy load (docs/benchmarks.md); to decide on a quiet machine."""
+
+
+def _nice() -> None:
+    # Yield the CPU to the U-Net's threads: the queue absorbs what the writer cannot do at once.
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not allowed
+        pass
 
 
 class StoreWriter:
@@ -67,8 +85,14 @@ class StoreWriter:
     attributes are held as typed values (:class:`RootAttrs`, :class:`RunAttrs`) and rewritten
     whole from them.
 
-    ``raw_chunks`` and ``grow_calls`` choose how per-call arrays are written (the benchmarks
-    compare variants): ``raw_chunks=False`` writes chunks through zarr's Array API.
+    ``raw_chunks``, ``grow_calls``, ``write_threads`` and ``direct_io`` choose how per-call
+    arrays are written (the benchmarks compare variants): ``raw_chunks=False`` writes chunks
+    through zarr's Array API; ``write_threads`` > 1 writes a call's chunk files from that many
+    threads; ``direct_io=True`` writes chunk files of a page multiple with ``O_DIRECT``;
+    ``coordinates=False`` leaves out the coordinate arrays (format 1.0's layout).
+
+    Memory stays bounded: :meth:`submit_call` blocks while more than ``max_queue_bytes`` wait
+    (back-pressure), and :attr:`waited_seconds` adds up how long callers were blocked so.
 
     Examples
     --------
@@ -95,9 +119,14 @@ class StoreWriter:
         max_queue_bytes: int = 1 << 30,
         raw_chunks: bool = True,
         grow_calls: int = GROW_CALLS,
+        coordinates: bool = True,
+        write_threads: int = WRITE_THREADS,
+        direct_io: bool = DIRECT_IO,
     ) -> None:
         if grow_calls < 1:
             raise ValueError(f"grow_calls must be at least 1, got {grow_calls}")
+        if write_threads < 1:
+            raise ValueError(f"write_threads must be at least 1, got {write_threads}")
         self.path = Path(path)
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.info = RootAttrs(
@@ -116,6 +145,9 @@ class StoreWriter:
             raise
         self.raw_chunks = raw_chunks
         self.grow_calls = grow_calls
+        self.coordinates = coordinates
+        self.direct_io = direct_io
+        self._pool = ThreadPoolExecutor(write_threads, "dumpunet-chunks", initializer=_nice) if write_threads > 1 else None
         self._runs: dict[str, RunFiles] = {}
         self._error: BaseException | None = None
         self._max_bytes = max_queue_bytes
@@ -124,6 +156,8 @@ class StoreWriter:
         self._queue: queue.SimpleQueue[tuple[Callable[[], None], int] | None] = queue.SimpleQueue()
         self._closed = False
         self.busy_seconds = 0.0  # time the writer thread spent writing (for benchmarks)
+        self.waited_seconds = 0.0  # time callers were blocked because the queue was full
+        self.peak_queue_bytes = 0  # the most bytes that waited at once
         self._thread = threading.Thread(target=self._loop, name="dumpunet-writer", daemon=True)
         self._thread.start()
 
@@ -171,6 +205,7 @@ class StoreWriter:
                     chw = b.output_shape if w == "output" else b.input_shape
                     shape = (0, info.n_images, len(info.guidance), *chw)
                     st.arrays[(b.name, w)] = self._create(kind, shape, dtype, None, {"run": run, "block": b.name})
+            self._add_coords(st, [st.arrays[(b.name, w)] for b in blocks for w in which])
 
         self._put(task)
 
@@ -191,6 +226,7 @@ class StoreWriter:
             st = self._runs[run]
             for key, (kind, shape, dtype, names, attrs) in arrays.items():
                 st.arrays[key] = self._create(kind, (st.n_calls, *shape), dtype, attrs, {"run": run, **names})
+            self._add_coords(st, [st.arrays[key] for key in arrays])
 
         self._put(task)
 
@@ -200,7 +236,7 @@ class StoreWriter:
         *,
         step: int,
         substep: int,
-        timestep: float,
+        timestep: float | Callable[[], float],
         slabs: Mapping[tuple[str, str], SlabSource],
         nbytes: int | None = None,
         on_written: Callable[[], None] | None = None,
@@ -210,6 +246,7 @@ class StoreWriter:
         ``on_written`` runs in the writer thread once the call is written (or failed): the
         recorder hands its slab buffers back to reuse them.
 
+        ``timestep`` may be a callable, called in the writer thread (a GPU tensor's copy under way).
         ``slabs`` maps (block or layer, array key) to a ``[guidance, image, ...]`` array. Blocks
         without a slab in this call keep zeros and the call is still complete (the recorder
         decides what a call holds). Blocks when the queue holds more than ``max_queue_bytes``.
@@ -222,8 +259,9 @@ class StoreWriter:
             k = st.n_calls
             try:
                 data = {key: src() if callable(src) else src for key, src in slabs.items()}
-                values = {"call_step": step, "call_substep": substep, "call_timestep": timestep}
-                write_call(st, k, values, data, self.grow_calls)
+                values = {"call_step": step, "call_substep": substep,
+                          "call_timestep": timestep() if callable(timestep) else timestep}
+                write_call(st, k, values, data, self.grow_calls, run=self._run_jobs, direct=self.direct_io)
             finally:
                 if on_written is not None:
                     on_written()
@@ -232,8 +270,13 @@ class StoreWriter:
 
         self._put(task, size)
 
-    def finish_run(self, run: str, *, images: np.ndarray | None = None, latents: np.ndarray | None = None) -> None:
-        """Write the final images (uint8 [image, y, x, 3]) and latents, then mark the run complete."""
+    def finish_run(self, run: str, *, images: np.ndarray | None = None, latents: np.ndarray | None = None,
+                   writer_wait_seconds: float | None = None) -> None:
+        """Write the final images (uint8 [image, y, x, 3]) and latents, then mark the run complete.
+
+        ``writer_wait_seconds`` (how long the recording waited on this writer) goes into the
+        run's attributes.
+        """
 
         def task() -> None:
             trim(self._runs[run])
@@ -243,7 +286,7 @@ class StoreWriter:
             if latents is not None:
                 arr = schema.create_array(self.root, schema.LATENTS, latents.shape, run=run)
                 arr[...] = latents.astype(np.float32, copy=False)
-            self._write_run(run, complete=True)
+            self._write_run(run, complete=True, writer_wait_seconds=writer_wait_seconds)
 
         self._put(task)
 
@@ -274,6 +317,8 @@ class StoreWriter:
         self._queue.put((self._trim_all, 0))
         self._queue.put(None)
         self._thread.join()
+        if self._pool is not None:
+            self._pool.shutdown()
         self._lock.release()
         self._raise_if_failed()
 
@@ -306,23 +351,54 @@ class StoreWriter:
         arr.write_document()
         return arr
 
+    def _add_coords(self, st: RunFiles, members: Sequence[CallArray]) -> None:
+        """Create the coordinate arrays beside new per-call arrays (format 1.1), filled for the calls so far."""
+        if not self.coordinates:
+            return
+        for arr in members:
+            name = schema.data_group(arr.path)
+            group = st.groups.get(name)
+            if group is None:
+                labels = schema.create_array(self.root, schema.COORD_GUIDANCE, (len(st.info.guidance),), group=name)
+                labels[...] = np.array(st.info.guidance, dtype=str)
+                coords = {kind.key: self._create(kind, (st.n_calls,), None, None, {"group": name})
+                          for kind in schema.CALL_COORDS}
+                group = st.groups[name] = GroupCoords(coords)
+                if st.n_calls:  # a group added during the run: label the calls before it too
+                    group.write(st.table, st.n_calls)
+            group.members.append(arr)
+
     def _put(self, task: Callable[[], None], size: int = 0) -> None:
         self._raise_if_failed()
         if self._closed:
             raise RuntimeError("the store writer is closed")
         with self._cond:
-            while self._pending_bytes > 0 and self._pending_bytes + size > self._max_bytes and self._error is None:
-                self._cond.wait(0.1)
+            if self._pending_bytes > 0 and self._pending_bytes + size > self._max_bytes:
+                start = time.perf_counter()
+                while self._pending_bytes > 0 and self._pending_bytes + size > self._max_bytes and self._error is None:
+                    self._cond.wait(0.1)
+                self.waited_seconds += time.perf_counter() - start
             self._pending_bytes += size
+            self.peak_queue_bytes = max(self.peak_queue_bytes, self._pending_bytes)
         self._raise_if_failed()
         self._queue.put((task, size))
 
+    @property
+    def queue_bytes(self) -> int:
+        """Bytes queued and not yet written."""
+        return self._pending_bytes
+
+    def _run_jobs(self, jobs: list[Callable[[], None]]) -> None:
+        if self._pool is None or len(jobs) < 2:
+            run_here(jobs)
+            return
+        futures = [self._pool.submit(job) for job in jobs]
+        wait(futures)  # every write ends before call_done is set or the buffers go back
+        for future in futures:
+            future.result()
+
     def _loop(self) -> None:
-        # Yield the CPU to the U-Net's threads: the queue absorbs what the writer cannot do at once.
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
-        except (AttributeError, OSError):  # not Linux, or not allowed
-            pass
+        _nice()
         while True:
             item = self._queue.get()
             if item is None:

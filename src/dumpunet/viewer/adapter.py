@@ -134,7 +134,7 @@ def _overlay(store: Store, state: ViewState) -> np.ndarray:
 
 
 def summary(store: Store, state: ViewState, minus: Store | None) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
-    """diff's summary of a resolved summary state: its chart, its ``summary.csv`` rows and the chart's legend.
+    """diff's summary of a resolved summary state: its block x step heatmap, its ``summary.csv`` rows and the blocks by peak.
 
     Every recorded block, the steps up to the state's, the state's image and guidance half.
     """

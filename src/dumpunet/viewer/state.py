@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from urllib.parse import urlencode
 
+from dumpunet.analyzer.color.spec import ColorSpec
 from dumpunet.errors import SelectionError
 
 __all__ = ["VIEWS", "ViewState"]
@@ -48,8 +49,7 @@ MODES = ("base", "layered", "diff")
 AVERAGES = ("mean", "1-norm", "2-norm")
 COLOR_FIELDS = ("method", "transform", "clamp_min", "clamp_max", "gain", "offset", "space",
                 "r", "g", "b", "h", "s", "l", "auto_scope")
-DEFAULT_H = "(2+v)/3"
-ATTENTION_H = "(2-2*v)/3"  # the attention default hue (blue = little, red = much)
+DEFAULT_H = ColorSpec.h  # one default hue for every view, as for every command
 ATTENTION_SCOPE = "head"  # the attention default Auto scope: one range per head row
 
 
@@ -87,7 +87,7 @@ class ViewState:
     r: str = "abs(v)"
     g: str = "abs(v)"
     b: str = "abs(v)"
-    h: str = ""  # empty: the view's default hue, DEFAULT_H (attention: ATTENTION_H)
+    h: str = ""  # empty: the default hue, DEFAULT_H
     s: str = "1.0"
     l: str = "0.5"  # noqa: E741 - the original's name for lightness
     auto_scope: str = ""  # empty: the view's default (attention: ATTENTION_SCOPE, else "channel")
@@ -136,7 +136,7 @@ class ViewState:
     def color(self) -> dict[str, object]:
         """The :class:`~dumpunet.analyzer.color.colorize.ColorSpec` fields."""
         out = {name: getattr(self, name) for name in COLOR_FIELDS}
-        out["h"] = self.h or (ATTENTION_H if self.view == "attention" else DEFAULT_H)
+        out["h"] = self.h or DEFAULT_H
         out["auto_scope"] = self.auto_scope or self._default_scope
         return out
 
@@ -192,7 +192,7 @@ class ViewState:
                 return None  # the attention command draws every head
             tokens = ["--tokens", str(self.token)] if self.token >= 0 else []
             args = ["attention", path, "--layers", self.layer, "--steps", str(step), *tokens, *where, *run,
-                    *self.color_args()]
+                    *self.color_args(), "--plain"]  # the viewer shows the headed grid without title or colour bar
         elif self.view in ("heatmap", "query"):
             what = ["--word", str(self.token)] if self.view == "heatmap" else ["--query", f"{_text(self.qx)},{_text(self.qy)}"]
             layers = ["--layers", self.layers] if self.layers else []

@@ -21,7 +21,9 @@ Custom       any         the same ``t`` as Red/Blue goes into three expressions 
 
 Auto [0,1] is ``(clamp(v, mn, mx) - mn) / (mx - mn)`` and Auto [-1,1] is ``(that - 0.5) * 2``,
 where ``mn, mx`` are the min and max of the *finite* values of the map (NaN is ignored, so
-``+inf``/``-inf`` land on the ends of the range). A map whose range is empty (no finite value)
+``+inf``/``-inf`` land on the ends of the range). Auto symmetric (``autosym``) is Auto [-1,1]
+over ``(-m, m)``, ``m = max(|mn|, |mx|)`` (:func:`symmetric_ranges`): ``t = v / m``, so 0 is
+``t = 0`` whatever the data, and a map without negative values takes ``t`` in [0, 1] only. A map whose range is empty (no finite value)
 or a single value passes through unchanged, as in the original. ``auto_scope`` says which maps
 share one range: each channel on its own (``"channel"``, the original's behaviour), or all
 maps of a block, step or run; the caller passes the shared range as ``minmax``
@@ -38,7 +40,7 @@ array([[  0,   0, 255],
        [  0,   0, 153],
        [  0,   0,  51]], dtype=uint8)
 >>> ColorSpec().slug()
-'custom-hsl-auto01-4079ce'
+'hsl-auto01'
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from dumpunet.analyzer.color.lut import build_lut, exact_pixels
 from dumpunet.analyzer.color.spec import ColorSpec
 from dumpunet.errors import ColorSpecError
 
-__all__ = ["ColorSpec", "colorize", "map_ranges", "merge_ranges"]
+__all__ = ["ColorSpec", "colorize", "map_ranges", "merge_ranges", "symmetric_ranges"]
 
 
 def _transform_params(spec: ColorSpec) -> tuple[int, bool, float, float, float, float]:
@@ -65,7 +67,7 @@ def _transform_params(spec: ColorSpec) -> tuple[int, bool, float, float, float, 
     # go to the pixel as they are, so negative ones are black.
     if spec.transform == "auto01":
         return kernels.AUTO01, False, 0.0, 0.0, 0.0, 0.0
-    if spec.transform == "auto11":
+    if spec.transform in ("auto11", "autosym"):  # autosym: Auto [-1,1] over a symmetric range
         return kernels.AUTO11, False, 0.0, 0.0, 0.0, 0.0
     if spec.transform == "sigmoid":
         return kernels.SIGMOID, gray, spec.gain, spec.offset, 0.0, 0.0
@@ -117,7 +119,25 @@ def merge_ranges(*ranges: np.ndarray | tuple[float, float]) -> tuple[float, floa
     return (float(lo.min()), float(hi.max()))
 
 
+def symmetric_ranges(ranges: np.ndarray | tuple[float, float]) -> np.ndarray:
+    """``(min, max)`` ranges (``[N, 2]`` or one pair) as ``(-m, m)``, ``m = max(|min|, |max|)``: Auto symmetric.
+
+    >>> symmetric_ranges(np.array([[-1.0, 3.0], [0.5, 2.0], [np.nan, np.nan]]))
+    array([[-3.,  3.],
+           [-2.,  2.],
+           [nan, nan]])
+    """
+    arr = np.asarray(ranges, dtype=np.float64)
+    m = np.maximum(np.abs(arr[..., 0]), np.abs(arr[..., 1]))
+    return np.stack([-m, m], axis=-1)
+
+
 def _ranges(maps: np.ndarray, spec: ColorSpec, minmax) -> np.ndarray:
+    ranges = _data_ranges(maps, spec, minmax)
+    return np.ascontiguousarray(symmetric_ranges(ranges)) if spec.transform == "autosym" else ranges
+
+
+def _data_ranges(maps: np.ndarray, spec: ColorSpec, minmax) -> np.ndarray:
     n = maps.shape[0]
     if not spec.transform.startswith("auto"):
         return np.zeros((n, 2), np.float64)

@@ -9,14 +9,13 @@ transforms compute is in :mod:`.colorize`. Two views start from other defaults, 
 Examples
 --------
 >>> ColorSpec().slug()
-'custom-hsl-auto01-4079ce'
+'hsl-auto01'
 >>> ColorSpec("white/black", "Sigmoid", gain=2.0).transform
 'sigmoid'
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import numbers
@@ -27,7 +26,7 @@ from dumpunet.analyzer.color.expressions import Expression, parse_expression
 from dumpunet.errors import ColorSpecError
 from dumpunet.options import option
 
-__all__ = ["ATTENTION_COLOR", "DIFF_COLOR", "METHODS", "SCOPES", "TRANSFORMS", "ColorSpec"]
+__all__ = ["ATTENTION_COLOR", "DIFF_COLOR", "METHODS", "PALETTES", "SCOPES", "TRANSFORMS", "ColorSpec"]
 
 _METHODS: dict[str, str] = {
     "white/black": "White/Black",
@@ -43,16 +42,40 @@ _TRANSFORMS: dict[str, str] = {
     "auto[0,1]": "auto01",
     "auto11": "auto11",
     "auto[-1,1]": "auto11",
+    "autosym": "autosym",
+    "auto[-m,m]": "autosym",
     "linear": "linear",
     "sigmoid": "sigmoid",
 }
 _SPACES = ("rgb", "hsl")
 _SCOPES = ("channel", "head", "block", "step", "run")
-_SLUGS = {"White/Black": "white-black", "Red/Blue": "red-blue", "Custom": "custom", "PCA": "pca"}
+_SLUGS = {"White/Black": "wb", "Red/Blue": "rb", "PCA": "pca"}
+_DEFAULTS = {"r": "abs(v)", "g": "abs(v)", "b": "abs(v)", "h": "(2+v)/3", "s": "1.0", "l": "0.5"}
+
+PALETTES: dict[str, tuple[str, tuple[str, str, str]]] = {
+    "bwr": ("rgb", ("minimum(1, 1+v)", "1-abs(v)", "minimum(1, 1-v)")),
+}
+_PALETTE_WORDS = {"bwr": "blue (-) white (0) red (+)"}
+"""Named Custom expressions (space, the three expressions): file names say the name. ``bwr``:
+blue (t = -1), white (0), red (1), diff's default."""
+
+
+def _num(x: float) -> str:
+    """A number as a file name writes it: the shortest text that reads back to the same float.
+
+    >>> _num(1.0), _num(-0.0), _num(0.1), _num(1e-05)
+    ('1', '0', '0.1', '1e-05')
+    """
+    text = repr(float(x) + 0.0)
+    return text[:-2] if text.endswith(".0") else text
 
 METHODS = ("White/Black", "Red/Blue", "Custom", "PCA")
 """The methods as the original's UI spelled them (any case is accepted)."""
-TRANSFORMS = ("auto01", "auto11", "linear", "sigmoid", "Auto [0,1]", "Auto [-1,1]")
+TRANSFORMS = ("auto01", "auto11", "autosym", "linear", "sigmoid")
+"""The transforms, each once (the original's "Auto [0,1]" and "Auto [-1,1]" are accepted spellings of
+``auto01`` and ``auto11``). ``autosym`` is ours, not the original's: Auto [-1,1] over a range made
+symmetric around zero, ``[-m, m]`` with ``m`` the largest ``|v|`` of the scope, so 0 is always the
+middle colour."""
 SCOPES = _SCOPES
 
 
@@ -89,20 +112,26 @@ class ColorSpec:
 
     method: str = field(default="Custom", metadata=option(
         "Colorization; PCA colours the top 3 principal components (render, diff).",
-        choices=METHODS, case_sensitive=False))
-    transform: str = field(default="auto01", metadata=option("Value transform.", choices=TRANSFORMS, case_sensitive=False))
+        choices=METHODS, case_sensitive=False, choice_aliases=tuple(_METHODS.items())))
+    transform: str = field(default="auto01", metadata=option(
+        "Value transform; auto01/auto11: the original's Auto [0,1]/[-1,1]; autosym: Auto over [-m, m], m = the "
+        "largest |v|, so 0 is the middle colour.",
+        choices=TRANSFORMS, case_sensitive=False, choice_aliases=tuple(_TRANSFORMS.items())))
     clamp_min: float = field(default=-1.0, metadata=option("Linear: lower clamp.", type=float))
     clamp_max: float = field(default=1.0, metadata=option("Linear: upper clamp.", type=float))
     gain: float = field(default=1.0, metadata=option("Sigmoid gain.", type=float))
     offset: float = field(default=0.0, metadata=option("Sigmoid x-offset.", type=float))
     space: str = field(default="hsl", metadata=option(
         "Custom: colour space of the three expressions.", choices=_SPACES, case_sensitive=False))
-    r: str = _expr("r", "abs(v)", "RGB", "red")
-    g: str = _expr("g", "abs(v)", "RGB", "green")
-    b: str = _expr("b", "abs(v)", "RGB", "blue")
-    h: str = _expr("h", "(2+v)/3", "HSL", "hue")
-    s: str = _expr("s", "1.0", "HSL", "saturation")
-    l: str = _expr("l", "0.5", "HSL", "lightness")  # noqa: E741 (the original's name for lightness)
+    r: str = _expr("r", _DEFAULTS["r"], "RGB", "red")
+    g: str = _expr("g", _DEFAULTS["g"], "RGB", "green")
+    b: str = _expr("b", _DEFAULTS["b"], "RGB", "blue")
+    h: str = field(default=_DEFAULTS["h"], metadata=option(
+        "Custom HSL: hue expression in v. The one default of every command: blue (low) through magenta to red "
+        "(high); a third of the hue circle, so it never wraps, also for t in [-1, 1] (green, blue, red).",
+        flag="--h"))
+    s: str = _expr("s", _DEFAULTS["s"], "HSL", "saturation")
+    l: str = _expr("l", _DEFAULTS["l"], "HSL", "lightness")  # noqa: E741 (the original's name for lightness)
     auto_scope: str = field(default="channel", metadata=option(
         "What one Auto min/max spans: each tile, a head row (attention only), a grid, all blocks of a step, the run.", choices=_SCOPES))
     _exprs: dict[str, Expression] = field(init=False, repr=False, compare=False, hash=False)
@@ -143,34 +172,45 @@ class ColorSpec:
         names = "rgb" if self.space == "rgb" else "hsl"
         return tuple(self._exprs[n] for n in names)  # type: ignore[return-value]
 
-    def _effective(self) -> dict[str, object]:
-        """The fields that change pixels under this method and transform."""
-        out: dict[str, object] = {"method": self.method, "transform": self.transform}
-        if self.transform == "linear":
-            out.update(clamp_min=self.clamp_min, clamp_max=self.clamp_max)
-        elif self.transform == "sigmoid":
-            out.update(gain=self.gain, offset=self.offset)
-        else:
-            out["auto_scope"] = self.auto_scope
-        if self.method == "Custom":
-            out["space"] = self.space
-            out.update({n: getattr(self, n) for n in self.space})
-        return out
+    def _palette(self) -> str | None:
+        """The name of the Custom expressions in :data:`PALETTES`, if they are one."""
+        exprs = tuple(getattr(self, n) for n in self.space)
+        return next((name for name, (space, p) in PALETTES.items() if space == self.space and exprs == p), None)
 
     def slug(self) -> str:
-        """A short file-name-safe name: method, transform and a 24-bit hash of what changes pixels.
+        """The colorization as a file name part: every field that changes pixels, readably.
 
-        >>> ColorSpec("White/Black", "Sigmoid").slug()
-        'white-black-sigmoid-1c5330'
+        Method (``wb``, ``rb``, ``pca``; Custom: its space ``hsl`` or ``rgb``, or the palette's
+        name, e.g. ``bwr``), then the transform with its numbers (``sigmoid-g1.5-o0``,
+        ``linear-min-1-max1``) or its Auto scope where not ``channel`` (``auto01-block``).
+        Custom expressions other than the defaults (or a named palette's) are written as
+        :func:`~dumpunet.analyzer.output.text_part` writes free text: their characters and a
+        short hash, the one place a hash is needed for distinct colorizations to keep
+        distinct names. Numbers are written exactly (the shortest text that reads back to the
+        same float), so two colorizations share a name only if they draw the same pixels.
+
+        >>> ColorSpec("White/Black", "Sigmoid", gain=1.5).slug()
+        'wb-sigmoid-g1.5-o0'
+        >>> ColorSpec().slug(), ColorSpec(h="(2-2*v)/3").slug()
+        ('hsl-auto01', 'hsl-h-2-2-v-3-fd396a-auto01')
         """
-        parts = [_SLUGS[self.method]]
-        if self.method == "Custom":
-            parts.append(self.space)
+        from dumpunet.analyzer.output import text_part  # output imports nothing of the colour engine
+
+        if self.method != "Custom":
+            parts = [_SLUGS[self.method]]
+        elif self._palette() is not None:
+            parts = [self._palette()]
+        else:
+            changed = " ".join(f"{n}={getattr(self, n)}" for n in self.space if getattr(self, n) != _DEFAULTS[n])
+            parts = [self.space, text_part(changed)] if changed else [self.space]
         parts.append(self.transform)
-        if self.transform.startswith("auto") and self.auto_scope != "channel":
+        if self.transform == "linear":
+            parts += [f"min{_num(self.clamp_min)}", f"max{_num(self.clamp_max)}"]
+        elif self.transform == "sigmoid":
+            parts += [f"g{_num(self.gain)}", f"o{_num(self.offset)}"]
+        elif self.auto_scope != "channel":
             parts.append(self.auto_scope)
-        digest = hashlib.sha256(json.dumps(self._effective(), sort_keys=True).encode()).hexdigest()
-        return "-".join(parts + [digest[:6]])
+        return "-".join(parts)
 
     def words(self) -> str:
         """The colorization in words, as a picture's title states it.
@@ -184,7 +224,8 @@ class ColorSpec:
             return "PCA: top 3 principal components as RGB"
         method = self.method
         if self.method == "Custom":
-            exprs = " ".join(f"{n}={getattr(self, n)}" for n in self.space)
+            named = self._palette()
+            exprs = _PALETTE_WORDS[named] if named else " ".join(f"{n}={getattr(self, n)}" for n in self.space)
             method = f"Custom {self.space.upper()} {exprs}"
         if self.transform == "linear":
             how = f"Linear clamp [{self.clamp_min:g}, {self.clamp_max:g}]"
@@ -192,7 +233,8 @@ class ColorSpec:
             how = f"Sigmoid gain {self.gain:g} offset {self.offset:g}"
         else:
             over = {"channel": "each tile", "head": "each head row", "block": "the grid", "step": "the step", "run": "the run"}[self.auto_scope]
-            how = f"Auto {'[0,1]' if self.transform == 'auto01' else '[-1,1]'} over {over}"
+            span = {"auto01": "[0,1]", "auto11": "[-1,1]", "autosym": "[-m,m] (m = max |v|)"}[self.transform]
+            how = f"Auto {span} over {over}"
         return f"{method}, {how}"
 
     def to_json(self) -> str:
@@ -212,9 +254,15 @@ class ColorSpec:
         return cls(**data)  # type: ignore[arg-type]
 
 
-ATTENTION_COLOR = ColorSpec(h="(2-2*v)/3", auto_scope="head")
-"""Attention maps: the original extension's recommendation (blue = little attention, red = much),
-with one Auto range per head row, so the tokens a head attends to most are the brightest."""
+ATTENTION_COLOR = ColorSpec(auto_scope="head")
+"""Attention maps: the hue every command uses (blue = little attention, red = much), with one Auto
+range per head row, so the tokens a head attends to most are the reddest. (The original extension
+recommended ``(2-2*v)/3`` for attention: blue through green to red; it is one ``--h`` away, but it
+wraps around the hue circle for t in [-1, 1], where -1 and 0.5 are both green.)"""
 
-DIFF_COLOR = ColorSpec(transform="linear")
-"""Difference maps: Linear clamped to [-1, 1], so no change has one colour everywhere (black with Red/Blue)."""
+DIFF_COLOR = ColorSpec(transform="autosym", space="rgb", **dict(zip("rgb", PALETTES["bwr"][1], strict=True)),
+                       auto_scope="block")
+"""Difference maps: a diverging blue-white-red map over ``[-m, m]``, ``m`` the grid's largest
+``|layered - base|``: no change is white in every map, the largest change full red or blue, and
+the colour bar states ``m``. A map that cannot be negative (``--average`` 1-norm, 2-norm, l1,
+l2) uses the white-to-red half only, and its bar runs from 0 to ``m``."""

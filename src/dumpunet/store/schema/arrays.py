@@ -41,8 +41,8 @@ __all__ = ["ATTENTION_FEATURES", "ArrayKind", "BLOCK_ARRAYS", "BLOCK_INPUT", "BL
 
 FORMAT_VERSION = 1
 """Major version: a reader refuses a store whose major version is newer than this."""
-FORMAT_MINOR = 0
-"""Minor version: additions that older readers can ignore."""
+FORMAT_MINOR = 1
+"""Minor version: additions that older readers can ignore (1: coordinate arrays, :mod:`.coords`; run attribute ``writer_wait_seconds``)."""
 
 RECORD_DTYPES = {"fp16": "float16", "fp32": "float32"}
 
@@ -58,7 +58,8 @@ class ArrayKind:
     dims: tuple[str, ...]
     dtype: str | None  # None: chosen per recording (RECORD_DTYPES)
     description: str
-    chunk_rule: Literal["slab", "per_image", "calls"]
+    chunk_rule: Literal["slab", "per_image", "calls", "whole"]
+    fill_value: Any = 0
 
     def path(self, **names: str) -> str:
         return self.template.format(**names)
@@ -94,6 +95,8 @@ class ArrayKind:
             return (1, 1, 1, *self.slab_shape(shape))
         if self.chunk_rule == "per_image":
             return (1, *shape[1:])
+        if self.chunk_rule == "whole":
+            return tuple(max(1, int(n)) for n in shape)
         return (CALL_CHUNK,)
 
 
@@ -186,7 +189,7 @@ def codecs_for(kind: ArrayKind) -> dict[str, Any]:
         # fp16 activations compress ~1.08x with zstd-1 but halve the write speed (blosc-lz4: 1.01x,
         # still -30%); the writer sets the recording speed, so activations are stored uncompressed.
         return {"compressors": None}
-    if kind.chunk_rule == "calls":
+    if kind.chunk_rule in ("calls", "whole"):
         return {"compressors": None}  # a few bytes per call, rewritten on every call by the writer
     return {"compressors": ZstdCodec(level=3)}
 
@@ -220,7 +223,7 @@ def array_document(
 
         root = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
         probe = (0,) + (1,) * (len(kind.dims) - 1)
-        arr = create_array(root, kind, probe, dtype=dt, run="r", block="b", layer="l")
+        arr = create_array(root, kind, probe, dtype=dt, run="r", block="b", layer="l", group="g")
         _TEMPLATES[key] = arr.metadata.to_buffer_dict(default_buffer_prototype())["zarr.json"].to_bytes().decode()
     doc = json.loads(_TEMPLATES[key])
     doc["shape"] = [int(n) for n in shape]
@@ -248,7 +251,7 @@ def create_array(
         shape=tuple(shape),
         chunks=kind.chunks(shape),
         dtype=dt,
-        fill_value=0,
+        fill_value=kind.fill_value,
         dimension_names=list(kind.dims),
         chunk_key_encoding=CHUNK_KEY_ENCODING,
         attributes=attrs,

@@ -233,6 +233,8 @@ class RunAttrs:
     # completion
     complete: bool = False
     interrupted: str | None = None
+    # how the recording went (format 1.1)
+    writer_wait_seconds: float | None = None  # the U-Net's time blocked on a full writer queue
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -304,6 +306,7 @@ class RunAttrs:
             strength=f.float("strength"),
             complete=f.bool("complete"),
             interrupted=f.str("interrupted"),
+            writer_wait_seconds=f.float("writer_wait_seconds"),
             extra=f.extra(),
         )
 

@@ -41,6 +41,8 @@ function query(extra, page) {
 
 function set(changes) {
   Object.assign(state, changes);
+  // one range per head row exists in attention grids only: elsewhere fall back to the view's default
+  if (state.view !== "attention" && state.auto_scope === "head") state.auto_scope = "";
   history.replaceState(null, "", "?" + query({}, true));
   sync();
   refresh();
@@ -287,6 +289,8 @@ function sync() {
   show("linear", state.transform === "linear");
   show("sigmoid", state.transform === "sigmoid");
   show("auto", state.transform.startsWith("auto"));
+  const perHead = $("auto_scope").querySelector('option[value="head"]');
+  perHead.hidden = perHead.disabled = state.view !== "attention";  // offered only where it applies
   show("custom", state.method === "Custom");
   if (state.method === "Custom") { show("rgb", state.space === "rgb"); show("hsl", state.space === "hsl"); }
   $("allchannels").hidden = Number(state.channel) < 0;
