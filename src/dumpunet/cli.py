@@ -195,12 +195,17 @@ def _record(opts: dict[str, Any]) -> None:
             if note:
                 click.echo(note, err=True)
         est = recording.estimate(job)
+
+        def say(lines: Any) -> None:
+            for line in lines:
+                if dry_run or not req.quiet or line.startswith("warning:"):
+                    click.echo(line, err=True)
+
+        say(est.lines())
         if not dry_run:
             recording.check_budget(req, est)
         timing = recording.disk_time(job, est, disk_speed_mb=disk_speed)
-        for line in [*est.lines(), *(timing.lines() if timing is not None else ())]:
-            if dry_run or not req.quiet or line.startswith("warning:"):
-                click.echo(line, err=True)
+        say(timing.lines() if timing is not None else ())
         estimate = {"total_bytes": est.total_bytes, "run_bytes": est.run_bytes, "runs": est.runs,
                     "block_bytes": est.block_bytes, "attention_bytes": est.attention_bytes,
                     "self_attention_bytes": est.self_attention_bytes}

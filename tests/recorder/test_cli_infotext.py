@@ -145,5 +145,5 @@ def test_bad_infotext_gets_one_line_and_no_store(tmp_path, make, extra, message)
 
 def test_request_from_infotext_lets_options_win(tmp_path):
     req = RecordRequest.from_infotext(INFOTEXT, out=tmp_path / "r.zarr", seed=5)
-    assert (req.seed, req.steps, req.sampler, req.schedule, req.width, req.height) == (5, 3, "DPM++ 3M SDE", "Exponential",
+    assert (req.seed, req.sampling_steps, req.sampler, req.schedule, req.width, req.height) == (5, 3, "DPM++ 3M SDE", "Exponential",
                                                                                       64, 48)
