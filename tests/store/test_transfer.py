@@ -160,9 +160,9 @@ def test_record_to_a_url_refuses_a_non_empty_target(s3, local, tmp_path):
     pytest.importorskip("diffusers")
     url = f"s3://{s3.bucket}/girl.zarr"
     cli("copy", str(local), url, "--quiet")
-    code, text = cli("record", "--model", "tiny-sd1", "--steps", "1", "--out", url, "--dry-run")
+    code, text = cli("record", "--model", "tiny-sd1", "--sampling-steps", "1", "--out", url, "--dry-run")
     assert code == 1 and "already holds a store" in text, text
-    code, text = cli("record", "--model", "tiny-sd1", "--steps", "1", "--out", url, "--dry-run", "--overwrite")
+    code, text = cli("record", "--model", "tiny-sd1", "--sampling-steps", "1", "--out", url, "--dry-run", "--overwrite")
     assert "already holds" not in text and dumpunet.open(url).steps == [1, 5, 10, 20]  # a dry run deletes nothing
 
 
@@ -171,8 +171,8 @@ def test_record_to_s3_leaves_the_store_there(s3, tmp_path, monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("diffusers")
     url = f"s3://{s3.bucket}/girl.zarr"
-    args = ["record", "--model", "tiny-sd1", "--prompt", "a girl", "--steps", "2", "--width", "64", "--height", "64",
-            "--seed", "1", "--blocks", "IN01,OUT11", "--attention", "none", "--quiet"]
+    args = ["record", "--model", "tiny-sd1", "--prompt", "a girl", "--sampling-steps", "2", "--width", "64", "--height", "64",
+            "--seed", "1", "--blocks", "IN01,OUT11", "--attention", "none"]
     monkeypatch.setenv("DUMPUNET_UPLOAD_INTERVAL", "0.2")
     code, text = cli(*args, "--out", url)
     assert code == 0 and f"into {url}" in text, text

@@ -35,6 +35,7 @@ from dumpunet.analyzer.damage import Damage
 from dumpunet.analyzer.selection import Selection, Slab, select, select_pair
 from dumpunet.errors import DamagedChunkError
 from dumpunet.store import Store
+from dumpunet.store.location import StoreUrl
 
 __all__ = ["Source", "note_damage", "open_source", "run_on_dask", "worker_call"]
 
@@ -57,6 +58,8 @@ class Source:
     @classmethod
     def of(cls, store: Store, pick: Pick, *, pair: str | None = None, diff: bool = False) -> Source:
         """The source of a selection of ``store``: its absolute path (workers may start elsewhere)."""
+        if isinstance(store.path, StoreUrl):  # workers open the URL with the environment's credentials
+            return cls(str(store.path), pick, pair, diff, None)
         path = store.path.resolve()
         try:
             stamp: int | None = os.stat(path / "zarr.json").st_mtime_ns
