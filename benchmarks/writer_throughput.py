@@ -31,6 +31,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
+from dumpunet.diskspeed import measure_write_speed
 from dumpunet.store import schema
 from dumpunet.store.schema import BlockInfo, RunAttrs
 from dumpunet.store.writer import DIRECT_IO, GROW_CALLS, WRITE_THREADS, StoreWriter
@@ -146,21 +147,9 @@ def time_writer(where: Path, blocks: list[BlockInfo], data: list[dict], steps: i
     return t1 - t0, t2 - t0, stored
 
 
-def time_disk(where: Path, nbytes: int, buf: bytes) -> float:
-    """Return seconds to write ``nbytes`` sequentially to one file and fsync it."""
-    path, view = where / "disk.bin", memoryview(buf)
-    t0 = time.perf_counter()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        left = nbytes
-        while left:
-            left -= os.write(fd, view[: min(left, len(view))])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    t = time.perf_counter() - t0
-    path.unlink()
-    return t
+def time_disk(where: Path, nbytes: int) -> float:
+    """Return seconds to write ``nbytes`` sequentially to one file and fsync it (the estimate's own measurement)."""
+    return nbytes / measure_write_speed(where, nbytes)
 
 
 def prewarm(nbytes: int) -> None:
@@ -194,16 +183,15 @@ def main() -> None:
     where = Path(tempfile.mkdtemp(prefix="dumpunet-bench-", dir=base if os.access(base, os.W_OK) else None))
     print(f"{len(blocks)} blocks x {args.steps} steps = {total / 1e9:.2f} GB in {where}; "
           f"{args.repeats} interleaved repeats; zarr {zarr.__version__}")
-    buf = np.random.default_rng(1).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes()
     warm = int(args.prewarm * 1e9)
     disk: list[float] = []
     res: dict[str, tuple[list[float], list[float], list[float]]] = {n: ([], [], []) for n in names}
     try:
-        time_disk(where, total, buf)  # the first big write of a process pays extra
+        time_disk(where, total)  # the first big write of a process pays extra
         for _ in range(args.repeats):
             for name in names:
                 prewarm(warm)
-                disk.append(total / time_disk(where, total, buf) / 1e9)
+                disk.append(total / time_disk(where, total) / 1e9)
                 configure(COMPARE[name])
                 prewarm(warm)
                 t_close, t_sync, stored = time_writer(where, blocks, data, args.steps, COMPARE[name])
