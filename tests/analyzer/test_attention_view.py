@@ -37,8 +37,11 @@ def probs(step: int, layer: int, hw=HW, queries: int | None = None, keys: int = 
     return (p / p.sum(-1, keepdims=True)).astype(np.float32)
 
 
-def write_store(path, prompts=None):
-    """The synthetic store: one run ``main``, or one run per ``{name: (prompt, negative)}``, paired to the first."""
+def write_store(path, prompts=None, **attrs):
+    """The synthetic store: one run ``main``, or one run per ``{name: (prompt, negative)}``, paired to the first.
+
+    ``attrs`` go to every run's :class:`RunAttrs` (e.g. per-block prompts).
+    """
     prompts = prompts or {"main": ("", "")}
     block = BlockInfo("IN01", "down.0", ("down.0",), "down.0", (2, 4, 4), (2, 4, 4), True)
     mid = BlockInfo("M00", "mid", ("mid",), "mid", (2, 16, 16), (2, 16, 16), True)
@@ -49,7 +52,8 @@ def write_store(path, prompts=None):
     kind = schema.ATTENTION_FEATURES["qk"]
     for run, (prompt, negative) in prompts.items():
         info = RunAttrs(prompt=prompt, negative_prompt=negative, n_images=1, guidance=("uncond", "cond"), steps=2,
-                        height=IMAGE, width=IMAGE, attention_layers=("IN01.attn1", "IN01.attn2", "M00.attn2"), tokens=tokens)
+                        height=IMAGE, width=IMAGE, attention_layers=("IN01.attn1", "IN01.attn2", "M00.attn2"), tokens=tokens,
+                        **attrs)
         w.begin_run(run, info, [block], which=("output",), dtype="float32")
         w.add_arrays(run, {
             ("IN01.attn2", "qk"): (kind, (1, 2, HEADS, 16, T), "float32", {"layer": "IN01.attn2"}, LayerAttrs(layer_hw=(4, 4))),

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_attention_view import IMAGE, store  # noqa: F401 - the attention store fixture
+from test_attention_view import IMAGE, T, TOKENS, store, write_store  # noqa: F401 - the attention store fixture
 
 from dumpunet import Pick
 from dumpunet.analyzer.colormaps import colormap
 from dumpunet.analyzer.grid_labels import BAR_HEIGHT, BAR_WIDTH
 from dumpunet.analyzer.heatmap import mark_point, overlay, word_heatmap, write_heatmaps
 from dumpunet.cli import main
-from dumpunet.errors import OptionError
+from dumpunet.errors import OptionError, SelectionError
+from dumpunet.store.schema import TokenRow
 
 
 def _find(picture: np.ndarray, part: np.ndarray) -> list[tuple[int, int]]:
@@ -157,3 +158,19 @@ def test_quiet_leaves_stderr_empty_and_json_lists_the_files(store, tmp_path):  #
     listed = CliRunner().invoke(main, [*args, "--quiet", "--json", "--out", str(tmp_path / "c")])
     assert sorted(e["file"] for e in json.loads(listed.stdout)) == ["heatmap-hair-img0-cond.npy",
                                                                     "heatmap-hair-img0-cond.png"]
+
+
+def test_a_word_of_some_block_prompts_sums_the_layers_that_saw_it(tmp_path):
+    cute = ("<|startoftext|>", "a</w>", "cute</w>", "girl</w>") + ("<|endoftext|>",) * (T - 4)
+    layered = write_store(tmp_path / "l.zarr", block_prompts={"cond": {"IN01": "a cute girl", "M00": "a pink hair girl"}},
+                          prompt_tokens={"a cute girl": TokenRow(tuple(range(T)), cute, 5),
+                                         "a pink hair girl": TokenRow(tuple(range(T)), tuple(TOKENS), 7)})
+    only_in01 = word_heatmap(layered, "cute", Pick(blocks="IN01"))
+    np.testing.assert_array_equal(word_heatmap(layered, "cute", Pick()), only_in01)  # M00's prompt has no 'cute'
+    both = word_heatmap(layered, "girl", Pick())  # in both prompts: both layers
+    assert not np.allclose(both, word_heatmap(layered, "girl", Pick(blocks="IN01")))
+    with pytest.raises(SelectionError) as err:
+        word_heatmap(layered, "blue", Pick())
+    message = str(err.value)
+    assert message.startswith("'blue' is in no picked layer's prompt: IN01.attn2: ")
+    assert "its tokens are: a cute girl" in message and "M00.attn2: " in message and "a pink h air girl" in message

@@ -74,18 +74,35 @@ def word_heatmap(store: Store, word: str, pick: Pick = Pick()) -> np.ndarray:
 
 
 def _word_sum(store: Store, word: str, pick: Pick) -> np.ndarray:
-    """The word's map before normalizing: attention summed over the picked layers and steps."""
+    """The word's map before normalizing: attention summed over the picked layers and steps.
+
+    With per-block prompts each layer saw its own prompt: the map sums the layers whose prompt
+    holds the word, and the error when none does names every layer's words.
+    """
     check_word(word)
     r, image, guidance = _one_map(store, pick)
-
-    def token_map(layer: str) -> Callable[[np.ndarray], np.ndarray]:
+    found: dict[str, list[int]] = {}
+    missing: dict[str, SelectionError] = {}
+    for layer in _layers(store, r, pick.blocks, cross=True):
         row = r.token_row(guidance=guidance, image=image, block=layer)
         if row is None:
             raise SelectionError(f"no tokens were recorded for the {guidance} half of {layer}")
-        idx = select_tokens(word, list(row.tokens), row.length)
+        try:
+            found[layer] = select_tokens(word, list(row.tokens), row.length)
+        except SelectionError as exc:
+            missing[layer] = exc
+    if not found:
+        messages = {str(exc) for exc in missing.values()}
+        if len(messages) == 1:  # one prompt for every layer
+            raise next(iter(missing.values()))
+        raise SelectionError(f"{word.strip()!r} is in no picked layer's prompt: "
+                             + "; ".join(f"{layer}: {exc}" for layer, exc in missing.items()))
+
+    def token_map(layer: str) -> Callable[[np.ndarray], np.ndarray]:
+        idx = found[layer]
         return lambda probs: probs[:, :, idx].astype(np.float32).sum(axis=-1).mean(axis=0)
 
-    return _aggregate(store, r, _layers(store, r, pick.blocks, cross=True), token_map, pick.steps, guidance, image)
+    return _aggregate(store, r, list(found), token_map, pick.steps, guidance, image)
 
 
 def check_point(point: Sequence[float]) -> tuple[float, float]:
