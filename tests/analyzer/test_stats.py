@@ -14,8 +14,8 @@ import dumpunet
 from dumpunet.analyzer.pick import Pick
 from dumpunet.cli import main
 from synthetic_stores import make_store
+from test_store import spy_reads
 
-from dumpunet.store.localfiles import SafeLocalStore
 
 pytest.importorskip("xarray")
 pytest.importorskip("dask")
@@ -41,20 +41,6 @@ def expected_rows(paths, pick: Pick) -> list[dict]:
                                          "channel": ch, "mean": m.mean(), "std": m.std(), "absmax": np.abs(m).max(),
                                          "l2": np.sqrt((m * m).sum())})
     return rows
-
-
-def spy_chunk_reads(monkeypatch) -> list[tuple[str, str]]:
-    """(store root, key) of every block chunk read from now on, by any thread."""
-    reads: list[tuple[str, str]] = []
-    orig = SafeLocalStore.get
-
-    async def spy(self, key, *a, **kw):
-        if "/blocks/" in key and "/c." in key:
-            reads.append((str(self.root), key))
-        return await orig(self, key, *a, **kw)
-
-    monkeypatch.setattr(SafeLocalStore, "get", spy)
-    return reads
 
 
 def key(row: dict) -> tuple:
@@ -91,12 +77,13 @@ def test_a_local_cluster_reads_each_chunk_once_on_its_workers(stores, monkeypatc
 
     from dumpunet.analyzer.stats import block_stats
 
-    reads = spy_chunk_reads(monkeypatch)
+    reads = spy_reads(monkeypatch, roots=True)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, host="127.0.0.1", protocol="tcp",
                       dashboard_address=None) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         rows, _ = block_stats(stores, PICK, scheduler=cluster.scheduler_address)
-    assert len(reads) == len(set(reads)) == 2 * 2 * 2 * 2 * 2  # stores x blocks x steps x images x halves
+    chunks = [(root, key) for root, key in reads if "/blocks/" in key and "/c." in key]
+    assert len(chunks) == len(set(chunks)) == 2 * 2 * 2 * 2 * 2  # stores x blocks x steps x images x halves
     assert_same(rows, expected_rows(stores, PICK))
 
 

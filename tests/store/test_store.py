@@ -96,13 +96,13 @@ def test_every_array_has_schema_dims_so_xarray_names_them(tmp_path):
     assert run["images"].dims == schema.IMAGES.dims
 
 
-def spy_reads(monkeypatch) -> list[str]:
-    """The keys the store reads from now on, in order."""
-    reads: list[str] = []
+def spy_reads(monkeypatch, *, roots: bool = False) -> list:
+    """The keys any local store reads from now on (by any thread), in order; ``roots``: (store root, key) pairs."""
+    reads: list = []
     orig = SafeLocalStore.get
 
     async def spy(self, key, *a, **kw):
-        reads.append(key)
+        reads.append((str(self.root), key) if roots else key)
         return await orig(self, key, *a, **kw)
 
     monkeypatch.setattr(SafeLocalStore, "get", spy)
