@@ -20,7 +20,18 @@ from dumpunet._version import __version__
 from dumpunet.a1111_prompts import EMPHASIS_MODES
 from dumpunet.cli_options import sigterm_as_interrupt as _sigterm_as_interrupt
 from dumpunet.analyzer.pick import Pick
-from dumpunet.cli_options import PATH, STORE, renamed, storage_options, take, take_renamed, value_options
+from dumpunet.cli_options import (
+    PATH,
+    STORE,
+    jobs_option,
+    json_option,
+    quiet_option,
+    renamed,
+    storage_options,
+    take,
+    take_renamed,
+    value_options,
+)
 from dumpunet.cli_options import with_options as _with
 from dumpunet.cli_stats import COMMANDS as STATS_COMMANDS
 from dumpunet.cli_views import COMMANDS
@@ -121,9 +132,8 @@ _GENERATION_OPTIONS = [
     click.option("--disk-speed", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MB/S",
                   help="The disk's write speed for the duration estimate (default: measured once per disk and cached, "
                        "for recordings of 1 GB or more)."),
-    click.option("--quiet", is_flag=True, help="No progress bar and no size estimate or summary line (warnings stay)."),
-    click.option("--json", "as_json", is_flag=True,
-                  help="Print a JSON summary on stdout: the estimate and (unless --dry-run) what was recorded."),
+    quiet_option(),
+    json_option("the size estimate and (unless --dry-run) what was recorded: store, seed, steps, calls, runs"),
 ]
 """Options shared by record and sweep: model, sampling, what to record, where to write."""
 
@@ -301,7 +311,7 @@ def _interrupted_message(out: Path | StoreUrl) -> str:
 @main.command()
 @click.argument("store", type=STORE)
 @storage_options
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@json_option("the store's summary: model, parameters, runs, blocks with shapes, attention layers, steps, size")
 def info(store: Path, as_json: bool) -> None:
     """Show what a store holds: model, parameters, blocks, shapes, steps, size.
 
@@ -319,9 +329,12 @@ def info(store: Path, as_json: bool) -> None:
 @storage_options
 @click.option("--quick", is_flag=True, help="Skip the byte-size check of every chunk file and the decoding of compressed ones "
               "(existence, links and special files are still checked).")
-@click.option("--json", "as_json", is_flag=True, help='Print {"store", "ok", "problems", "notes"} as JSON (exit 1 if not ok).')
-def validate(store: Path, quick: bool, as_json: bool) -> None:
+@quiet_option()
+@json_option('{"store", "ok", "problems", "notes"} (exit status 1 if not ok)')
+def validate(store: Path, quick: bool, quiet: bool, as_json: bool) -> None:
     """Check a store; exit 0 if it is sound, else list what is wrong and exit 1.
+
+    --quiet prints the problems only (no notes, no closing "ok" line): the exit status says.
 
     \b
     dumpunet validate girl.zarr
@@ -335,21 +348,23 @@ def validate(store: Path, quick: bool, as_json: bool) -> None:
         if not report.ok:
             click.get_current_context().exit(1)
         return
-    for note in report.notes:
+    for note in () if quiet else report.notes:
         click.echo(f"note: {note}")
     for problem in report.problems:
         click.echo(f"problem: {problem}")
     if not report.ok:
         raise click.ClickException(f"{store} is not sound ({len(report.problems)} problem(s))")
-    click.echo(f"{store}: ok")
+    if not quiet:
+        click.echo(f"{store}: ok")
 
 
 @main.command()
 @click.argument("src", type=STORE)
 @click.argument("dst", type=STORE)
 @storage_options
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def copy(src: Path | StoreUrl, dst: Path | StoreUrl, quiet: bool) -> None:
+@quiet_option()
+@json_option('{"src", "dst", "keys", "copied", "skipped", "bytes_copied", "arrays"}: what the copy did')
+def copy(src: Path | StoreUrl, dst: Path | StoreUrl, quiet: bool, as_json: bool) -> None:
     """Copy a store between a folder and a URL (either way), resumably, verifying chunk counts.
 
     An interrupted copy is not a store yet (its root document is written last); run the same
@@ -366,6 +381,12 @@ def copy(src: Path | StoreUrl, dst: Path | StoreUrl, quiet: bool) -> None:
         report = copy_store(src, dst, progress=not quiet)
     except KeyboardInterrupt:
         raise click.ClickException(f"interrupted; {dst} is an unfinished copy: run the same copy again to finish it") from None
+    if as_json:
+        click.echo(json.dumps({"src": str(src), "dst": str(dst), "keys": report.keys, "copied": report.copied,
+                               "skipped": report.skipped, "bytes_copied": report.bytes_copied,
+                               "arrays": report.arrays}, indent=2))
+    if quiet:
+        return
     resumed = f", {report.skipped} already there" if report.skipped else ""
     click.echo(f"copied {report.copied} files ({human_bytes(report.bytes_copied)}{resumed}) to {dst}; "
                f"chunk counts of {report.arrays} arrays verified", err=True)
@@ -387,8 +408,7 @@ def copy(src: Path | StoreUrl, dst: Path | StoreUrl, quiet: bool) -> None:
 @renamed("--steps", "--sampling-steps", "steps", type=int)
 @click.option("--emphasis", type=click.Choice(EMPHASIS_MODES), default="original", show_default=True,
               help="A1111 emphasis mode, as for record.")
-@click.option("--json", "as_json", is_flag=True,
-              help='Print {"positive": {block: prompt}, "negative": {...}, "a1111": {"positive": ..., "negative": ...}}.')
+@json_option('{"positive": {block: prompt}, "negative": {...}, "a1111": {"positive": ..., "negative": ...}}')
 @click.pass_context
 def explain(ctx: click.Context, prompt: str, negative: str, model: str, store_path: Path | None, steps: int,
             emphasis: str, as_json: bool, **old: Any) -> None:
@@ -453,10 +473,11 @@ for _command in (*COMMANDS, *STATS_COMMANDS):
               help="Instead of serving: write a static, self-contained report folder that opens from disk "
                    "(default colours; --blocks, --steps, --images, --guidance narrow it).")
 @_with(value_options(Pick, only=("blocks", "steps", "images", "guidance")))
-@click.option("--quiet", is_flag=True, help="No progress bar (--export).")
-@click.option("--json", "as_json", is_flag=True, help="--export: print the manifest entries of the written files as JSON.")
-def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path | None, quiet: bool, as_json: bool,
-         **opts: Any) -> None:
+@jobs_option()
+@quiet_option()
+@json_option("with --export, the manifest entries of the written files (one object per file)")
+def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path | None, jobs: int | None, quiet: bool,
+         as_json: bool, **opts: Any) -> None:
     """Explore stores in the browser: blocks, steps, channels, colours, attention, pairs.
 
     Serves a local page on 127.0.0.1 only, for the stores named here; Ctrl-C stops it.
@@ -471,20 +492,21 @@ def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path 
     """
     pick = take(Pick, opts)
     if export_to is None:
-        if pick != Pick() or as_json:
-            raise click.UsageError("--blocks, --steps, --images, --guidance and --json go with --export")
+        if pick != Pick() or as_json or jobs is not None:
+            raise click.UsageError("--blocks, --steps, --images, --guidance, --jobs and --json go with --export")
         from dumpunet.viewer.server import serve
 
         serve(list(stores), port=port, open_browser=not no_browser)
         return
     from dumpunet.viewer.report import export_report
 
-    files = export_report(list(stores), export_to, pick, progress=not quiet)
+    files = export_report(list(stores), export_to, pick, progress=not quiet, jobs=jobs)
     if as_json:
         click.echo(json.dumps([f.params for f in files], indent=1))
         return
-    views = sum(1 for f in files if f.params["kind"] == "report-view")
-    click.echo(f"wrote a report of {views} views to {export_to}; open {export_to / 'index.html'}")
+    if not quiet:
+        views = sum(1 for f in files if f.params["kind"] == "report-view")
+        click.echo(f"wrote a report of {views} views to {export_to}; open {export_to / 'index.html'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,8 +33,9 @@ from dumpunet.options import OptionSpec, options_of
 from dumpunet.store.location import StoreUrl, is_url, locate, parse_storage_options
 
 __all__ = [
-    "PATH", "STORE", "NonEmptyPath", "RenamedOption", "StorePlace", "click_option", "renamed", "sigterm_as_interrupt",
-    "storage_options", "take", "take_renamed", "value_options", "with_options",
+    "AS_JSON", "JOBS", "PATH", "QUIET", "STORE", "NonEmptyPath", "RenamedOption", "StorePlace", "click_option",
+    "jobs_option", "json_option", "json_spec", "quiet_option", "renamed", "sigterm_as_interrupt", "storage_options", "take",
+    "take_renamed", "value_options", "with_options",
 ]
 
 Decorator = Callable[[Any], Any]
@@ -217,6 +218,42 @@ def take_renamed(ctx: click.Context, opts: dict[str, Any]) -> None:
         click.echo(f"warning: {ctx.info_name} {old} is deprecated and goes in dumpunet 0.3: write {param.new_flag}"
                    f"{param.note}", err=True)
         opts[param.new_name] = value
+
+
+# The vocabulary every command shares: a command that writes files or takes long has --quiet and
+# --json, one that can spread its work over CPUs has --jobs, each spelt and explained once here
+# (tests/test_cli_vocabulary.py walks the command tree and holds every command to it).
+
+QUIET = OptionSpec("quiet", "No progress bar and no chatter on stderr (estimates, notes, the closing summary line); "
+                   "warnings and errors still show.", default=False, flag_value=True)
+"""``--quiet``: the same switch and help on every command that writes files or takes long."""
+
+JOBS = OptionSpec("jobs", "Workers at once: threads reading, computing and writing files, or worker processes where the "
+                  "work runs on a dask LocalCluster (default: all CPUs this process may use).", type=int, minimum=1)
+"""``--jobs``: the worker count of :func:`~dumpunet.analyzer.pool.run_parallel` (or of a dask LocalCluster)."""
+
+AS_JSON = OptionSpec("as_json", "Print JSON on stdout: {what}.", default=False, flag_value=True, flag="--json")
+"""``--json``: its help names what the command prints (:func:`json_option` fills ``{what}``)."""
+
+
+def quiet_option() -> Decorator:
+    """``--quiet`` (:data:`QUIET`); the command gets ``quiet``."""
+    return click_option(QUIET)
+
+
+def jobs_option() -> Decorator:
+    """``--jobs N`` (:data:`JOBS`); the command gets ``jobs`` (None: every CPU)."""
+    return click_option(JOBS)
+
+
+def json_spec(what: str) -> OptionSpec:
+    """:data:`AS_JSON` with its help saying ``what`` the command prints."""
+    return dataclasses.replace(AS_JSON, help=AS_JSON.help.format(what=what))
+
+
+def json_option(what: str) -> Decorator:
+    """``--json`` (:func:`json_spec`); the command gets ``as_json``."""
+    return click_option(json_spec(what))
 
 
 def sigterm_as_interrupt() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from dumpunet.analyzer.pick import Pick
-from dumpunet.cli_options import PATH, click_option, take, value_options, with_options
+from dumpunet.cli_options import JOBS, PATH, click_option, quiet_option, take, value_options, with_options
 from dumpunet.cli_views import OPTIONS as VIEW_OPTIONS
 from dumpunet.options import OptionSpec
 
@@ -20,7 +20,7 @@ OPTIONS = {o.name: o for o in [
     OptionSpec("scheduler", "Where dask computes: threads (this process), local (a LocalCluster of --jobs worker "
                "processes) or the address of a running dask.distributed scheduler, tcp://HOST:PORT.",
                default="threads"),
-    OptionSpec("jobs", "Threads (or local worker processes) computing (default: all CPUs).", type=int, minimum=1),
+    JOBS,
     OptionSpec("format", "Table format: csv, or parquet (needs pyarrow).", default="csv", choices=("csv", "parquet")),
 ]}
 
@@ -29,9 +29,9 @@ OPTIONS = {o.name: o for o in [
 @click.argument("stores", nargs=-1, required=True, type=PATH)
 @with_options(value_options(Pick, skip=("channels",)))
 @with_options([click_option(OPTIONS[name]) for name in ("layers", "scheduler", "jobs", "format")])
-@with_options([click_option(VIEW_OPTIONS[name]) for name in ("out", "as_json")])
+@with_options([click_option(VIEW_OPTIONS["out"]), quiet_option(), click_option(VIEW_OPTIONS["as_json"])])
 def stats(stores: tuple[Path, ...], layers: str | None, scheduler: str, jobs: int | None, format: str,  # noqa: A002
-          out: Path, as_json: bool, **opts: Any) -> None:
+          out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Per-block, per-step statistics of many stores as a table: mean, std, abs-max, L2 norm per channel.
 
     With --layers, also the entropy of each attention layer's tokens per head (stats.csv,
@@ -48,7 +48,7 @@ def stats(stores: tuple[Path, ...], layers: str | None, scheduler: str, jobs: in
     files = write_stats(list(stores), pick, out=out, layers=layers, scheduler=scheduler, jobs=jobs, format=format)
     if as_json:
         click.echo(json.dumps([f.params for f in files], indent=1))
-    else:
+    elif not quiet:
         click.echo(f"wrote {', '.join(Path(f).name for f in files)} to {out} "
                    f"({', '.join(str(f.params['rows']) for f in files)} rows)", err=True)
 

@@ -23,8 +23,11 @@ from dumpunet.analyzer.style import AVERAGES, GridStyle
 from dumpunet.analyzer.tensor_files import FORMATS
 from dumpunet.analyzer.timeviews import ANIMATIONS, FRAME_MS
 from dumpunet.cli_options import (
+    JOBS,
+    QUIET,
     STORE,
     click_option,
+    json_spec,
     sigterm_as_interrupt,
     storage_options,
     take,
@@ -38,17 +41,14 @@ __all__ = ["COMMANDS", "OPTIONS"]
 OPTIONS = {o.name: o for o in [
     OptionSpec("out", "Output folder (made if missing; manifest.json beside the files lists them).", type=Path,
                required=True),
-    OptionSpec("jobs", "Worker threads reading, colouring and encoding; with --dask, LocalCluster worker processes "
-               "(default: all CPUs).", type=int, minimum=1),
+    JOBS,
     OptionSpec("dask", "Draw and encode on dask: a LocalCluster of --jobs worker processes, or the cluster of "
                "--scheduler. Workers read the stores by path; the files are the same.", default=False,
                flag_value=True),
     OptionSpec("scheduler", "With --dask (implied): the address of a running dask.distributed scheduler, "
                "tcp://HOST:PORT, whose workers see the stores at the same paths; default: a LocalCluster."),
-    OptionSpec("quiet", "No progress bar and no closing 'wrote ...' line (warnings stay).", default=False,
-               flag_value=True),
-    OptionSpec("as_json", "Print the manifest entries of the written files as JSON.", default=False, flag_value=True,
-               flag="--json"),
+    QUIET,
+    json_spec("the manifest entries of the written files (one object per file)"),
     OptionSpec("sweep", "Instead: a contact sheet of a sweep store's final images, base first, one per block, "
                "labelled (sweep-img<i>.png); takes only --images.", default=False, flag_value=True),
     OptionSpec("format", "bin: one float32 file per channel (the original's dump; attention: per head x token); "
@@ -192,11 +192,11 @@ def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, ou
 @click.argument("store", type=STORE)
 @storage_options
 @with_options(value_options(Pick))
-@with_options(_options("layers", "feature", "format", "dask", "scheduler", "skip_damaged", *_WRITTEN))
+@with_options(_options("layers", "feature", "format", "jobs", "dask", "scheduler", "skip_damaged", *_WRITTEN))
 @click.pass_context
 def export(ctx: click.Context, store: Path, layers: str | None, feature: str, format: str,  # noqa: A002
-           dask: bool, scheduler: str | None, skip_damaged: bool, out: Path, quiet: bool, as_json: bool,
-           **opts: Any) -> None:
+           jobs: int | None, dask: bool, scheduler: str | None, skip_damaged: bool, out: Path, quiet: bool,
+           as_json: bool, **opts: Any) -> None:
     """Export raw feature values as .bin (float32 per channel), .npy or .safetensors files.
 
     With --layers, attention layers instead: bin writes the original's Q*K dump, one file
@@ -215,7 +215,7 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
         from dumpunet.analyzer.export import export as export_store
 
         files = export_store(store, pick, out=out, format=format, progress=not quiet, skip_damaged=skip_damaged,
-                             scheduler=_scheduler(dask, scheduler))
+                             scheduler=_scheduler(dask, scheduler), jobs=jobs)
     else:
         if _scheduler(dask, scheduler) is not None:
             raise click.UsageError("--dask exports block features; --layers (attention) runs in this process")
@@ -227,7 +227,7 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
         from dumpunet.analyzer.attention_export import export_attention
 
         files = export_attention(store, dataclasses.replace(pick, blocks=layers), out=out, format=format,
-                                 feature=feature, progress=not quiet)
+                                 feature=feature, progress=not quiet, jobs=jobs)
     _echo_written(files, out, "file", as_json, quiet)
 
 
@@ -273,10 +273,10 @@ def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: P
 @with_options(_options("tokens", "feature", "query", "head_average", "aggregate"))
 @with_options([_AUTO_SCALE])
 @with_options(value_options(ColorSpec, defaults=ATTENTION_COLOR, choices=_NO_PCA))
-@with_options(_options("plain_grid", *_WRITTEN))
+@with_options(_options("plain_grid", "jobs", *_WRITTEN))
 def attention(store: Path, tokens: str, feature: str, query: str | None, head_average: str | None,
-              aggregate: str | None, scale: int | None, plain_grid: bool, out: Path, quiet: bool, as_json: bool,
-              **opts: Any) -> None:
+              aggregate: str | None, scale: int | None, plain_grid: bool, jobs: int | None, out: Path, quiet: bool,
+              as_json: bool, **opts: Any) -> None:
     """Render heads x tokens grids of attention maps: which token each head looks at.
 
     Without --scale, tiles are enlarged to at least 32 pixels on a side. Grids get a title
@@ -291,7 +291,7 @@ def attention(store: Path, tokens: str, feature: str, query: str | None, head_av
 
     files = render_attention(store, take(Pick, opts), take(ColorSpec, opts), out=out, tokens=tokens, feature=feature,
                              query=_point(query), scale=scale, average=head_average, aggregate=aggregate,
-                             plain=plain_grid, progress=not quiet)
+                             plain=plain_grid, progress=not quiet, jobs=jobs)
     _echo_written(files, out, "PNG file", as_json, quiet)
 
 
@@ -300,9 +300,9 @@ def attention(store: Path, tokens: str, feature: str, query: str | None, head_av
 @storage_options
 @with_options(_options("word", "merge", "query"))
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
-@with_options(_options("colormap", "alpha", "plain_overlay", *_WRITTEN))
+@with_options(_options("colormap", "alpha", "plain_overlay", "jobs", *_WRITTEN))
 def heatmap(store: Path, word: str | None, merge: bool, query: str | None, colormap: str, alpha: float,
-            plain_overlay: bool, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
+            plain_overlay: bool, jobs: int | None, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Overlay where a word acts (or where a pixel looks) on the final image, DAAM-style.
 
     Each PNG has the word in a title strip and a colour bar (the summed attention's range);
@@ -329,7 +329,7 @@ def heatmap(store: Path, word: str | None, merge: bool, query: str | None, color
     if note and not quiet:
         click.echo(note, err=True)
     files = write_heatmaps(st, pick, out=out, word=word, query=_point(query), alpha=alpha,
-                           merge=merge, colormap=colormap, plain=plain_overlay)
+                           merge=merge, colormap=colormap, plain=plain_overlay, jobs=jobs)
     _echo_written(files, out, "file", as_json, quiet)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -43,9 +44,12 @@ def test_safe_write_order_puts_claims_after_what_they_claim():
 
 def test_copy_round_trip_local_s3_local_is_identical(s3, local, tmp_path):
     url = f"s3://{s3.bucket}/girl.zarr"
-    code, text = cli("copy", str(local), url, "--quiet")
+    code, text = cli("copy", str(local), url, "--quiet", "--json")
     n = len(files_of(local))
-    assert code == 0 and f"copied {n} files" in text, text
+    assert code == 0, text
+    assert json.loads(text) == {"src": str(local), "dst": url, "keys": n, "copied": n, "skipped": 0,
+                                "bytes_copied": sum(map(len, files_of(local).values())), "arrays": json.loads(text)["arrays"]}
+    assert json.loads(text)["arrays"] > 0  # --quiet: nothing but the JSON (no bar, no summary line)
     puts = [r for r in s3.log() if r.method == "PUT"]
     assert len(puts) == n + 1  # every file, and the copy marker
     assert puts[-1].path.endswith("/girl.zarr/zarr.json")  # the root document last: only now is it a store
@@ -82,7 +86,7 @@ def test_an_interrupted_copy_is_no_store_and_resumes(s3, local, monkeypatch):
     present = {k for k, n in list_sizes(open_zarr_store(url), url).items() if want.get(k) == n}
     assert present and "zarr.json" not in present
     s3.clear()
-    code, text = cli("copy", str(local), url, "--quiet")
+    code, text = cli("copy", str(local), url)
     assert code == 0, text
     prefix = f"/{s3.bucket}/girl.zarr/"
     again = {r.path[len(prefix):] for r in s3.log() if r.method == "PUT"}

@@ -37,7 +37,7 @@ import numpy as np
 
 from dumpunet.analyzer.output import OutputFolder, WrittenFile
 from dumpunet.analyzer.pick import Pick
-from dumpunet.analyzer.pool import progress_bar
+from dumpunet.analyzer.pool import check_jobs, progress_bar, run_parallel
 from dumpunet.analyzer.selection import AttentionSelection, select_attention
 from dumpunet.analyzer.tensor_files import array_file, bin_bytes, bin_name, check_format
 from dumpunet.errors import OptionError
@@ -56,11 +56,13 @@ def export_attention(
     format: Literal["bin", "npy", "safetensors"] = "bin",  # noqa: A002 - the CLI's --format
     feature: Literal["qk", "k", "vqk"] = "qk",
     progress: bool = True,
+    jobs: int | None = None,
 ) -> list[WrittenFile]:
     """Write the attention layers ``pick.blocks`` names as ``format`` files to ``out``; return them.
 
     ``pick.blocks`` names layers (``IN01.attn2``) or blocks (all their recorded layers);
-    ``channels`` and ``which`` do not apply.
+    ``channels`` and ``which`` do not apply. ``jobs``: threads each reading and writing one
+    (step, layer) at a time (default: every CPU); the files do not depend on the count.
 
     Examples
     --------
@@ -70,6 +72,7 @@ def export_attention(
     (1, 1, 8, 4096, 77)
     """
     check_format(format)
+    jobs = check_jobs(jobs)
     if feature not in FEATURES:
         raise OptionError(f"unknown attention feature {feature!r} (valid: {', '.join(FEATURES)})")
     st = store if isinstance(store, Store) else open_store(store)
@@ -77,13 +80,12 @@ def export_attention(
     for layer in sel.layers:  # every layer must hold the feature before anything is written
         sel.run.attention_array(layer, feature)
     output = OutputFolder(out)
-    done: list[WrittenFile] = []
-    with progress_bar(len(sel.steps) * len(sel.layers), progress, unit="layer", desc="export") as bar, output:
-        for step in sel.steps:
-            for layer in sel.layers:
-                done += _write_layer(sel, st, layer, step, feature, format, output)
-                bar.update(1)
-    return done
+    items = [(step, layer) for step in sel.steps for layer in sel.layers]
+    batches: list[list[WrittenFile]] = []
+    with progress_bar(len(items), progress, unit="layer", desc="export") as bar, output:
+        run_parallel(items, lambda item: _write_layer(sel, st, item[1], item[0], feature, format, output),
+                     jobs=jobs, done=batches, on_done=lambda _: bar.update(1))
+    return [f for batch in batches for f in batch]
 
 
 def bin_maps(data: np.ndarray, feature: str, query_hw: tuple[int, int]) -> np.ndarray:

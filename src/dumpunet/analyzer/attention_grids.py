@@ -45,7 +45,9 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -58,8 +60,9 @@ from dumpunet.analyzer.labels import paste, text_image
 from dumpunet.analyzer.output import OutputFolder, WrittenFile, name_part, text_part
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png, resolve_encoder
-from dumpunet.analyzer.pool import progress_bar
-from dumpunet.analyzer.reduce import AVERAGES, average_label, channel_average
+from dumpunet.analyzer.pool import check_jobs, kernel_lock, progress_bar, run_parallel
+from dumpunet.analyzer.reduce import AVERAGES, average_label
+from dumpunet.analyzer.reduce import channel_average as reduce_channels
 from dumpunet.analyzer.scope import AutoRanges, json_range
 from dumpunet.analyzer.selection import select_attention, store_label
 from dumpunet.analyzer.tensor_files import array_file
@@ -85,13 +88,21 @@ class _Item:
     """An aggregate's layers (``layer`` then names their resolution, e.g. ``res16x16``)."""
 
 
-def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[float] | None, average: str | None = None):
+def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[float] | None, average: str | None = None,
+           lock: AbstractContextManager[Any] | None = None):
     """Return (maps [rows*cols, h, w], rows, cols, row labels, column labels) for one item.
 
     With ``average``, the heads of each token (qk), the heads (k) or every channel (vqk) are
-    reduced to one map by :func:`~dumpunet.analyzer.reduce.channel_average`: one row of tiles.
+    reduced to one map by :func:`~dumpunet.analyzer.reduce.channel_average` (a numba kernel,
+    run holding ``lock``: :func:`~dumpunet.analyzer.pool.kernel_lock`): one row of tiles.
     An aggregate item is :func:`_resolution_mean`'s one row.
     """
+    lock = lock or nullcontext()
+
+    def channel_average(x: np.ndarray, kind: str) -> np.ndarray:
+        with lock:
+            return reduce_channels(x, kind)  # type: ignore[arg-type]
+
     if item.layers:
         return _resolution_mean(run, item, tokens)
     data = run.attention(item.layer, item.step, feature=feature, guidance=item.guidance, image=item.image, dtype=np.float32)
@@ -200,6 +211,7 @@ def render_attention(
     plain: bool = False,
     png_encoder: str | None = None,
     progress: bool = True,
+    jobs: int | None = None,
 ) -> list[WrittenFile]:
     """Render heads x tokens grids of the attention layers ``pick`` selects; return the written files.
 
@@ -209,6 +221,10 @@ def render_attention(
     what the tiles show, the colorization in words, and the Auto scope with its ranges, e.g.
     ``range per head row: h0 0.0102 to 0.0164, ...``) above it, a colour bar below it. ``plain``
     writes the grid alone, with its head and token headers (as before labels existed).
+
+    ``jobs``: threads reading the maps, then drawing, encoding and writing one grid at a time
+    (default: every CPU, as :func:`~dumpunet.analyzer.render.render`); the files do not depend on
+    the count.
 
     ``aggregate="resolution"``: instead of one grid per layer, one row per map size of the
     selected cross-attention layers (SD1: 64x64, 32x32, 16x16, 8x8), each token's map the mean of
@@ -236,6 +252,7 @@ def render_attention(
         check_scale(scale)
     if query is not None:
         query = check_point(query)
+    jobs = check_jobs(jobs)
     st = store if isinstance(store, Store) else open_store(store)
     sel = select_attention(st, pick, "attention")
     layer_list = sel.layers
@@ -256,55 +273,69 @@ def render_attention(
                  for s in sel.steps for (h, w), group in groups.items() for i in sel.images for g in sel.halves]
     else:
         items = [_Item(layer, s, i, g) for s, layer, i, g in sel.items() if layer in layer_list]
-    # Read and check everything first, so a bad token or a missing step writes nothing.
-    grids = {item: _grids(r, item, feature, tokens, query, average) for item in items}
+    # Read and check everything first (on the pool), so a bad token or a missing step writes nothing.
+    lock = kernel_lock()
+    read: list[tuple[_Item, tuple]] = []  # type: ignore[type-arg]
+    run_parallel(items, lambda item: (item, _grids(r, item, feature, tokens, query, average, lock)), jobs=jobs,
+                 done=read)
+    grids = dict(read)
     ranges = AutoRanges(color, rows=True)
     if ranges.first_pass:
         for item, g in grids.items():
             ranges.add(np.ascontiguousarray(g[0]), step=item.step, image=item.image, guidance=item.guidance)
     which = _which_part(tokens, query)
-    written: list[WrittenFile] = []
+
+    def picture(item: _Item, maps: np.ndarray, rows: int, cols: int, row_labels: list[str],
+                col_labels: list[str]) -> tuple[np.ndarray, dict[str, Any], str]:
+        """One grid's pixels, manifest entry and file stem (colours, tiles and bars are numba kernels)."""
+        h, w = maps.shape[1:]
+        k = scale or max(1, min(16, math.ceil(ATTENTION_TILE_TARGET / max(1, min(h, w)))))
+        minmax = ranges.minmax(maps, step=item.step, image=item.image, guidance=item.guidance, rows=rows)
+        tiles = tile(colorize(maps, color, minmax=minmax), cols, rows, scale=k)
+        marker = _query_marker(r, item, feature, query) if not plain else None
+        if marker is not None:  # every tile marks the query pixel it shows
+            _mark_tiles(tiles, rows, cols, (h, w), k, marker)
+        grid = _framed(tiles, rows, cols, (h * k, w * k), row_labels, col_labels)
+        avg = f"-{average_label(average)}" if average is not None else ("-aggregate" if item.layers else "")
+        stem = f"{name_part(item.layer, 'layer')}-step{item.step:03d}-img{item.image}-{item.guidance}{which}-{feature}{avg}"
+        entry = {
+            "kind": "attention-aggregate" if item.layers else "attention", "store": str(st.path), "run": r.name,
+            "layer": item.layer, "step": item.step, "image": item.image, "guidance": item.guidance, "feature": feature,
+            "average": average, "rows": row_labels, "columns": col_labels, "scale": k, "color": color.to_json(),
+            "plain": plain,
+        }
+        if item.layers:
+            entry.update(resolution=[h, w], layers=list(item.layers))
+        if marker is not None:
+            entry["marker"] = list(marker)
+        if ranges.shared:
+            entry["range"] = json_range(minmax)
+        elif ranges.per_row:  # one [min, max] per row, in row order
+            entry["ranges"] = [json_range(tuple(minmax[i * cols])) for i in range(rows)]
+        if not plain:
+            heads = average is None and not item.layers and feature != "k"  # else one row that is no head
+            scope, bar_pixels, entry["colorbar"] = _legend(color, minmax, rows, cols, row_labels, heads)
+            lines = _title(st, r, item, feature, average, k, color) + [scope]
+            entry.update(title=lines, legend=scope)
+            grid = frame(grid, lines=lines, bar=bar_pixels)[0]
+        return grid, entry, stem
+
+    def draw(pair: tuple[_Item, tuple]) -> list[WrittenFile]:  # type: ignore[type-arg]
+        item, (maps, rows, cols, row_labels, col_labels) = pair
+        maps = np.ascontiguousarray(maps)
+        with lock:  # pool.kernel_lock: the kernels take turns where numba's threading layer needs it
+            grid, entry, stem = picture(item, maps, rows, cols, row_labels, col_labels)
+        written = [output.write(f"{stem}-{color.slug()}.png", encode_png(grid, encoder=encoder), entry)]
+        if item.layers:  # the averaged maps themselves
+            written.append(output.write(f"{stem}-{color.slug()}.npy", array_file("npy", {"qk": maps}, {}), {
+                **entry, "kind": "attention-aggregate-maps", "dims": ["token", "y", "x"], "dtype": "<f4",
+                "shape": list(maps.shape)}))
+        return written
+
+    batches: list[list[WrittenFile]] = []
     with progress_bar(len(items), progress, unit="png", desc="attention") as bar, output:
-        for item, (maps, rows, cols, row_labels, col_labels) in grids.items():
-            maps = np.ascontiguousarray(maps)
-            h, w = maps.shape[1:]
-            k = scale or max(1, min(16, math.ceil(ATTENTION_TILE_TARGET / max(1, min(h, w)))))
-            minmax = ranges.minmax(maps, step=item.step, image=item.image, guidance=item.guidance, rows=rows)
-            pixels = colorize(maps, color, minmax=minmax)
-            tiles = tile(pixels, cols, rows, scale=k)
-            marker = _query_marker(r, item, feature, query) if not plain else None
-            if marker is not None:  # every tile marks the query pixel it shows
-                _mark_tiles(tiles, rows, cols, (h, w), k, marker)
-            grid = _framed(tiles, rows, cols, (h * k, w * k), row_labels, col_labels)
-            avg = f"-{average_label(average)}" if average is not None else ("-aggregate" if item.layers else "")
-            stem = f"{name_part(item.layer, 'layer')}-step{item.step:03d}-img{item.image}-{item.guidance}{which}-{feature}{avg}"
-            entry = {
-                "kind": "attention-aggregate" if item.layers else "attention", "store": str(st.path), "run": r.name,
-                "layer": item.layer, "step": item.step, "image": item.image, "guidance": item.guidance, "feature": feature,
-                "average": average, "rows": row_labels, "columns": col_labels, "scale": k, "color": color.to_json(),
-                "plain": plain,
-            }
-            if item.layers:
-                entry.update(resolution=[h, w], layers=list(item.layers))
-            if marker is not None:
-                entry["marker"] = list(marker)
-            if ranges.shared:
-                entry["range"] = json_range(minmax)
-            elif ranges.per_row:  # one [min, max] per row, in row order
-                entry["ranges"] = [json_range(tuple(minmax[i * cols])) for i in range(rows)]
-            if not plain:
-                heads = average is None and not item.layers and feature != "k"  # else one row that is no head
-                scope, bar_pixels, entry["colorbar"] = _legend(color, minmax, rows, cols, row_labels, heads)
-                lines = _title(st, r, item, feature, average, k, color) + [scope]
-                entry.update(title=lines, legend=scope)
-                grid = frame(grid, lines=lines, bar=bar_pixels)[0]
-            written.append(output.write(f"{stem}-{color.slug()}.png", encode_png(grid, encoder=encoder), entry))
-            if item.layers:  # the averaged maps themselves
-                written.append(output.write(f"{stem}-{color.slug()}.npy", array_file("npy", {"qk": maps}, {}), {
-                    **entry, "kind": "attention-aggregate-maps", "dims": ["token", "y", "x"], "dtype": "<f4",
-                    "shape": list(maps.shape)}))
-            bar.update(1)
-    return written
+        run_parallel(grids.items(), draw, jobs=jobs, done=batches, on_done=lambda _: bar.update(1))
+    return [f for batch in batches for f in batch]
 
 
 def _query_marker(r: Run, item: _Item, feature: str, query: Sequence[float] | None) -> tuple[int, int] | None:

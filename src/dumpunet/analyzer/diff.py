@@ -149,7 +149,7 @@ def diff(
             files = write_grids(tasks, color, basis, jobs=jobs, encoder=encoder,
                                 on_done=lambda _: bar.update(1), damage=damage, client=client)
             if export is not None:
-                files += write_tensors(sel, output, export, damage=damage, client=client, source=source)
+                files += write_tensors(sel, output, export, damage=damage, client=client, source=source, jobs=jobs)
             rows = summary_rows(sel, damage, client=client, source=source)
             files += _write_summary_and_finals(output, sel, rows, pictures, encoder)
     damage.report()

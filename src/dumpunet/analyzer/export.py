@@ -42,7 +42,7 @@ from dumpunet.analyzer.damage import Damage
 from dumpunet.analyzer.dask_run import Source
 from dumpunet.analyzer.output import OutputFolder, WrittenFile, name_part
 from dumpunet.analyzer.pick import Pick
-from dumpunet.analyzer.pool import progress_bar
+from dumpunet.analyzer.pool import check_jobs, progress_bar, run_parallel
 from dumpunet.analyzer.selection import Selection, Slab, select
 from dumpunet.analyzer.tensor_files import (
     FORMATS,
@@ -75,8 +75,10 @@ def export(
 
     ``pick`` is :func:`dumpunet.render`'s (empty specs select everything). ``skip_damaged``:
     as for :func:`dumpunet.render`; an npy or safetensors file holding a damaged map is not
-    written. ``scheduler`` (``"local"`` with ``jobs`` workers, or ``"tcp://HOST:PORT"``): each
-    (block, step) is read and packed on a dask worker, and written here (:mod:`.dask_run`).
+    written. ``jobs``: threads each reading, packing and writing one (block, step) at a time
+    (default: every CPU); the files are the same for any count. ``scheduler`` (``"local"`` with
+    ``jobs`` workers, or ``"tcp://HOST:PORT"``): each (block, step) is read and packed on a dask
+    worker, and written here (:mod:`.dask_run`).
 
     Examples
     --------
@@ -85,6 +87,7 @@ def export(
     (1, 1, 320, 64, 64)
     """
     check_format(format)
+    jobs = check_jobs(jobs)
     damage = Damage(skip_damaged)
     sel = select(store if isinstance(store, Store) else open_store(store), pick)
     output = OutputFolder(out)
@@ -92,7 +95,7 @@ def export(
     with optional_client(scheduler, jobs) as client, \
             progress_bar(len(sel.steps) * len(sel.blocks), progress, unit="map", desc="export") as bar, output:
         files = write_tensors(sel, output, format, on_done=lambda: bar.update(1), damage=damage, client=client,
-                              source=source)
+                              source=source, jobs=jobs)
     damage.report()
     return files
 
@@ -106,10 +109,13 @@ def write_tensors(
     damage: Damage | None = None,
     client: Any = None,
     source: Source | None = None,
+    jobs: int = 1,
 ) -> list[WrittenFile]:
     """Write every (block, step) of ``sel`` as ``fmt`` files into the entered ``output``.
 
     A map whose chunk is damaged raises, or with ``damage.skip`` its files are not written.
+    ``jobs`` threads (:func:`~dumpunet.analyzer.pool.run_parallel`) each take one (block, step);
+    the files and the returned list (in (step, block) order) do not depend on the count.
     With a dask ``client``, each (block, step) is a task: a worker opens ``source`` (``sel``'s
     store by path), reads the maps and makes the files' bytes, and they are written here
     (:mod:`.dask_run`).
@@ -130,13 +136,15 @@ def write_tensors(
         run_on_dask(client, groups, lambda group: (group_files, source, group, fmt), finish, done=batches,
                     on_done=lambda _: on_done())
         return [f for batch in batches for f in batch]
-    done: list[WrittenFile] = []
-    for group in groups:
-        # every map is read before any is written, so each damaged one is named
+
+    def work(group: list[Slab]) -> list[WrittenFile]:
+        # every map of the group is read before any is written, so each damaged one is named
         maps = {slab: damage.attempt(slab, lambda slab=slab: sel.read(slab)) for slab in group}
-        done += [output.write(*p) for p in _payloads(sel, maps, fmt)]
-        on_done()
-    return done
+        return [output.write(*p) for p in _payloads(sel, maps, fmt)]
+
+    batches: list[list[WrittenFile]] = []
+    run_parallel(groups, work, jobs=jobs, done=batches, on_done=lambda _: on_done())
+    return [f for batch in batches for f in batch]
 
 
 def group_files(sel: Selection, group: list[Slab], fmt: str) -> tuple[list[Payload], list[tuple[Slab, Exception]]]:

@@ -24,6 +24,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -33,6 +34,7 @@ from dumpunet.analyzer.grid_labels import BAR_HEIGHT, BAR_WIDTH, frame, number
 from dumpunet.analyzer.output import OutputFolder, WrittenFile, text_part
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png
+from dumpunet.analyzer.pool import check_jobs, run_parallel
 from dumpunet.analyzer.tokens import check_word, select_tokens
 from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import parse_ints
@@ -303,6 +305,7 @@ def write_heatmaps(
     merge: bool = False,
     colormap: str = cmaps.DEFAULT_COLORMAP,
     plain: bool = False,
+    jobs: int | None = None,
 ) -> list[WrittenFile]:
     """Write the overlays of the word's heatmaps (or the query pixel's map) on the final image, with their maps.
 
@@ -314,11 +317,14 @@ def write_heatmaps(
     are the summed attention's minimum and maximum; a query map's overlay has a cross-hair at the
     query pixel (the manifest's ``marker``, x and y in image pixels). Beside it, the map itself in
     [0, 1] as a float32 ``.npy`` of the same stem. ``plain`` writes the bare overlay (as the viewer
-    shows it: no title, bar or marker).
+    shows it: no title, bar or marker). ``jobs``: threads each making one file's map and picture
+    (default: every CPU, :mod:`.pool`); all are made before any is written, and the files do not
+    depend on the count.
     """
     if (word is None) == (query is None):
         raise OptionError("give exactly one of word and query")
     alpha = check_alpha(alpha)
+    jobs = check_jobs(jobs)
     if colormap not in cmaps.COLORMAPS:
         raise OptionError(f"unknown colour map {colormap!r}; choose one of {', '.join(cmaps.COLORMAPS)}")
     words: list[str] = []
@@ -331,40 +337,44 @@ def write_heatmaps(
     r = st.run(pick.run)
     image_list = parse_ints(pick.images, 0, r.n_images - 1, noun="image", what="image spec")
     output = OutputFolder(out)
-    results = []
-    for i in image_list:
-        for g in pick.halves or r.guidance_labels:
-            one = replace(pick, run=r.name, images=str(i), guidance=g)
-            for w in words or [None]:
-                if w is not None:
-                    raw = _word_sum(st, w, one)
-                    stem = f"heatmap-{text_part(w)}-img{i}-{g}"
-                    parts = [p.strip() for p in w.split(",") if p.strip()]
-                    what = f"word {w!r}" if len(parts) == 1 else f"words {' + '.join(parts)} (summed)"
-                else:
-                    raw = _query_sum(st, query, one)
-                    stem = f"querymap-x{query[0]:.3f}-y{query[1]:.3f}-img{i}-{g}"
-                    what = f"query pixel x={query[0]:.3f} y={query[1]:.3f} (marked +)"
-                heat = _normalize(raw)
-                value_range = (float(raw.min()), float(raw.max()))
-                how = f"layers {pick.blocks or 'all'} | steps {pick.steps or 'all'} | {colormap}, alpha {alpha:g}"
-                lines = [f"{what} | run {r.name} | image {i} | {g}",
-                         f"{how} | bar: attention summed over layers and steps"]
-                entry = {
-                    "kind": "heatmap" if word is not None else "querymap", "store": str(st.path), "run": r.name,
-                    "prompt": prompt_of(r, g),
-                    "word": w, "query": list(query) if query is not None else None, "layers": pick.blocks,
-                    "steps": pick.steps, "image": i, "guidance": g, "alpha": alpha, "colormap": colormap, "plain": plain,
-                    "colorbar": {"min": value_range[0], "max": value_range[1], "spans": "map"},
-                }
-                picture = overlay(r.image(i), heat, alpha=alpha, colormap=colormap)
-                if not plain and query is not None:
-                    entry["marker"] = list(query_pixel(query, heat.shape))
-                    picture = mark_point(picture, *entry["marker"])
-                if not plain:
-                    picture = labelled_overlay(picture, lines=lines, value_range=value_range, colormap=colormap)
-                results.append((f"{stem}.png", encode_png(picture), entry))
-                results.append((f"{stem}.npy", _npy(heat), {**entry, "kind": f"{entry['kind']}-map",
-                                                            "values": "the map in [0, 1], float32"}))
+    tasks = [(i, g, w) for i in image_list for g in pick.halves or r.guidance_labels for w in words or [None]]
+
+    def make(task: tuple[int, str, str | None]) -> list[tuple[str, bytes, dict[str, Any]]]:
+        i, g, w = task
+        one = replace(pick, run=r.name, images=str(i), guidance=g)
+        if w is not None:
+            raw = _word_sum(st, w, one)
+            stem = f"heatmap-{text_part(w)}-img{i}-{g}"
+            parts = [p.strip() for p in w.split(",") if p.strip()]
+            what = f"word {w!r}" if len(parts) == 1 else f"words {' + '.join(parts)} (summed)"
+        else:
+            raw = _query_sum(st, query, one)
+            stem = f"querymap-x{query[0]:.3f}-y{query[1]:.3f}-img{i}-{g}"
+            what = f"query pixel x={query[0]:.3f} y={query[1]:.3f} (marked +)"
+        heat = _normalize(raw)
+        value_range = (float(raw.min()), float(raw.max()))
+        how = f"layers {pick.blocks or 'all'} | steps {pick.steps or 'all'} | {colormap}, alpha {alpha:g}"
+        lines = [f"{what} | run {r.name} | image {i} | {g}",
+                 f"{how} | bar: attention summed over layers and steps"]
+        entry = {
+            "kind": "heatmap" if word is not None else "querymap", "store": str(st.path), "run": r.name,
+            "prompt": prompt_of(r, g),
+            "word": w, "query": list(query) if query is not None else None, "layers": pick.blocks,
+            "steps": pick.steps, "image": i, "guidance": g, "alpha": alpha, "colormap": colormap, "plain": plain,
+            "colorbar": {"min": value_range[0], "max": value_range[1], "spans": "map"},
+        }
+        picture = overlay(r.image(i), heat, alpha=alpha, colormap=colormap)
+        if not plain and query is not None:
+            entry["marker"] = list(query_pixel(query, heat.shape))
+            picture = mark_point(picture, *entry["marker"])
+        if not plain:
+            picture = labelled_overlay(picture, lines=lines, value_range=value_range, colormap=colormap)
+        return [(f"{stem}.png", encode_png(picture), entry),
+                (f"{stem}.npy", _npy(heat), {**entry, "kind": f"{entry['kind']}-map",
+                                             "values": "the map in [0, 1], float32"})]
+
+    # every map is made before any file is written, so a word missing from one half writes nothing
+    results: list[list[tuple[str, bytes, dict[str, Any]]]] = []
+    run_parallel(tasks, make, jobs=jobs, done=results)
     with output:
-        return [output.write(name, content, entry) for name, content, entry in results]
+        return [output.write(name, content, entry) for batch in results for name, content, entry in batch]

@@ -31,13 +31,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from importlib import resources
 from typing import Any
 
 from dumpunet.analyzer.output import OutputFolder, WrittenFile
 from dumpunet.analyzer.pick import Pick
-from dumpunet.analyzer.pool import progress_bar
+from dumpunet.analyzer.pool import check_jobs, kernel_lock, progress_bar, run_parallel
 from dumpunet.errors import DumpUnetError
 from dumpunet.specs import parse_ints
 from dumpunet.store import Run, Store, open_store
@@ -79,21 +80,30 @@ def export_report(
     pick: Pick = Pick(),
     *,
     progress: bool = True,
+    jobs: int | None = None,
 ) -> list[WrittenFile]:
     """Write the static viewer of ``paths`` to folder ``out``; return the files written.
 
     ``pick``'s ``blocks``, ``steps``, ``images`` and ``guidance`` narrow the views written
     (empty: all); the page, ``report.js`` and one PNG per view go through one output folder.
+    ``jobs``: threads each drawing, encoding and writing one view at a time (default: every
+    CPU, :mod:`~dumpunet.analyzer.pool`); the files do not depend on the count.
     """
+    jobs = check_jobs(jobs)
     stores = [open_store(p) for p in paths]
     states = [s for i, st in enumerate(stores) for s in _states(st, i, pick)]
     output = OutputFolder(out)
-    views: dict[str, dict[str, Any]] = {}
-    written: list[WrittenFile] = []
+    lock = kernel_lock()
+
+    def one(item: tuple[int, ViewState]) -> tuple[dict[str, Any], WrittenFile | None]:
+        n, state = item
+        return _render(stores[state.store], state, output, f"view{n:05d}.png", lock)
+
+    drawn: list[tuple[dict[str, Any], WrittenFile | None]] = []
     with progress_bar(len(states), progress, unit="view", desc="report") as bar, output:
-        for n, state in enumerate(states):
-            views[view_key(state)] = _render(stores[state.store], state, output, f"view{n:05d}.png", written)
-            bar.update(1)
+        run_parallel(enumerate(states), one, jobs=jobs, done=drawn, on_done=lambda _: bar.update(1))
+        views = {view_key(state): entry for state, (entry, _) in zip(states, drawn)}
+        written = [f for _, f in drawn if f is not None]
         data = {
             "stores": {"stores": [{"index": i, "name": st.path.name} for i, st in enumerate(stores)],
                        "defaults": asdict(ViewState())},
@@ -106,20 +116,25 @@ def export_report(
     return written
 
 
-def _render(store: Store, state: ViewState, output: OutputFolder, name: str, written: list[WrittenFile]) -> dict[str, Any]:
-    """Draw one view into ``name``: its entry (file, command, grid), or the error the page shows."""
+def _render(store: Store, state: ViewState, output: OutputFolder, name: str,
+            lock: AbstractContextManager[Any]) -> tuple[dict[str, Any], WrittenFile | None]:
+    """Draw one view into ``name``: its entry (file, command, grid) and file, or the error the page shows.
+
+    ``lock`` is held while the view is drawn (its numba kernels: :func:`~dumpunet.analyzer.pool.kernel_lock`).
+    """
     from dumpunet.analyzer.png import encode_png
     from dumpunet.viewer.views import command_for, grid_layout, render_view
 
     try:
         resolved = resolve(store, state)
-        pixels = render_view(store, resolved)
+        with lock:
+            pixels = render_view(store, resolved)
         layout = grid_layout(store, resolved)
     except DumpUnetError as exc:
-        return {"error": str(exc)}
-    written.append(output.write(name, encode_png(pixels), {"kind": "report-view", "view": view_key(state)}))
+        return {"error": str(exc)}, None
+    written = output.write(name, encode_png(pixels), {"kind": "report-view", "view": view_key(state)})
     return {"file": name, "command": command_for(store, resolved), "grid": list(layout) if layout else [],
-            "query": resolved.query()}
+            "query": resolved.query()}, written
 
 
 def _page(output: OutputFolder) -> list[WrittenFile]:
