@@ -506,7 +506,7 @@ def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path 
         return
     if not quiet:
         views = sum(1 for f in files if f.params["kind"] == "report-view")
-        click.echo(f"wrote a report of {views} views to {export_to}; open {export_to / 'index.html'}")
+        click.echo(f"wrote a report of {views} views to {export_to}; open {export_to / 'index.html'}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -170,12 +170,12 @@ def commands(girl, swept, attn):
     yield "render", ["render", str(girl), "--blocks", "M00,OUT11", "--steps", "20", "--jobs", "1", "--quiet"], 2
     yield "render-pca", ["render", str(girl), "--blocks", "M00,OUT11", "--steps", "20", "--method", "PCA",
                          "--jobs", "1", "--quiet"], 2
-    yield "export", ["export", str(girl), "--blocks", "M00", "--steps", "1,20", "--format", "npy", "--quiet"], 2
+    yield "export", ["export", str(girl), "--blocks", "M00", "--steps", "1,20", "--format", "npy", "--jobs", "1", "--quiet"], 2
     yield "diff", ["diff", str(swept), "--pair", "M00", "--blocks", "OUT11", "--steps", "20", "--quiet"], 3
     yield "sweep", ["render", str(swept), "--sweep", "--quiet"], 1
-    yield "attention", ["attention", str(attn), "--layers", "IN01-M00", "--steps", "1", "--quiet"], 2
-    yield "heatmap", ["heatmap", str(attn), "--word", "1", "--guidance", "both"], 4  # a PNG and a .npy per half
-    yield "report", ["view", str(girl), "--quiet", "--export"], 4
+    yield "attention", ["attention", str(attn), "--layers", "IN01-M00", "--steps", "1", "--jobs", "1", "--quiet"], 2
+    yield "heatmap", ["heatmap", str(attn), "--word", "1", "--guidance", "both", "--jobs", "1"], 4  # a PNG and a .npy per half
+    yield "report", ["view", str(girl), "--jobs", "1", "--quiet", "--export"], 4
 
 
 @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES, errno.EROFS])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,22 @@ def test_heatmap_word_missing_from_one_half_writes_nothing_with_several_jobs(att
 def test_view_export(attn, tmp_path, pools):
     files = _same_for_one_and_two_jobs(tmp_path, pools, "view", str(attn), "--steps", "1", out_flag="--export")
     assert "report.js" in files and any(name.startswith("view") for name in files)
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_after_a_failure_no_item_starts_and_the_first_error_in_order_is_raised(jobs):
+    started, done = [], []
+
+    def work(i: int) -> int:
+        started.append(i)
+        if i in (1, 4):
+            time.sleep(0.2)  # the caller queues the next items meanwhile
+            raise ValueError(f"item {i}")
+        return i
+
+    with pytest.raises(ValueError, match="item 1"):
+        pool.run_parallel(range(20), work, jobs=jobs, done=done)
+    assert started[:1] == [0] and 1 in started
+    # one thread: item 2 is queued while item 1 runs, and skipped once item 1 has failed
+    assert max(started) < (2 if jobs == 1 else 2 * jobs + 1), started
+    assert done == sorted(i for i in started if i not in (1, 4))

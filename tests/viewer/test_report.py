@@ -76,9 +76,13 @@ def test_the_report_is_self_contained_and_listed_in_its_manifest(report):
 
 def test_export_narrows_to_blocks_and_steps_and_cli_says_so(stores, tmp_path):
     res = CliRunner().invoke(main, ["view", str(stores[0]), "--export", str(tmp_path / "r"), "--blocks", "OUT11",
-                                    "--steps", "1", "--quiet"])
+                                    "--steps", "1"])
     assert res.exit_code == 0, res.output
-    assert res.output.startswith("wrote a report of ") and "index.html" in res.output
+    assert res.stderr.splitlines()[-1].startswith("wrote a report of ") and "index.html" in res.stderr
+    assert res.stdout == ""
+    quiet = CliRunner().invoke(main, ["view", str(stores[0]), "--export", str(tmp_path / "q"), "--blocks", "OUT11",
+                                      "--steps", "1", "--quiet"])
+    assert (quiet.exit_code, quiet.output) == (0, "")  # --quiet: no bar, no closing line
     keys = [dict(parse_qsl(k)) for k in _data(tmp_path / "r")["views"]]
     assert {k["step"] for k in keys if "step" in k} == {"1"}
     assert {k["block"] for k in keys if k["view"] == "grid"} == {"OUT11"}

@@ -94,6 +94,10 @@ def _one_kernel_thread() -> None:
     numba.set_num_threads(1)
 
 
+class _NotStarted(Exception):
+    """An item that a pool thread skipped because an earlier one failed (never seen by callers)."""
+
+
 def run_parallel(
     items: Iterable[T],
     work: Callable[[T], R],
@@ -105,13 +109,22 @@ def run_parallel(
     """Run ``work`` on every item on ``jobs`` threads, at most ``2*jobs`` at a time; fill ``done`` in order.
 
     On an error or Ctrl-C (which reaches only the calling thread), items not yet started are
-    cancelled, running ones finish, and ``done`` holds exactly the results of the items whose
-    work completed, so the caller can record what was written before re-raising.
+    cancelled (also those a free thread would pick up before the caller hears of the error),
+    running ones finish, and ``done`` holds exactly the results of the items whose work
+    completed, so the caller can record what was written before re-raising. The error raised is
+    the first in item order, as without threads.
     """
     finished: list[R] = []  # appended by the pool threads, which interrupts never reach
+    stop = threading.Event()  # set by the first failure: no item starts after it
 
     def run(item: T) -> R:
-        result = work(item)
+        if stop.is_set():
+            raise _NotStarted
+        try:
+            result = work(item)
+        except BaseException:
+            stop.set()
+            raise
         finished.append(result)
         return result
 
@@ -132,6 +145,7 @@ def run_parallel(
         while waiting:
             collect()
     except BaseException:
+        stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
         done[:] = finished  # an interrupt can land anywhere above: trust the threads' own record
         raise
