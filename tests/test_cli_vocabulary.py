@@ -12,7 +12,6 @@ import json
 import click
 import pytest
 from click.testing import CliRunner
-
 from synthetic_stores import make_store
 
 from dumpunet.cli import main

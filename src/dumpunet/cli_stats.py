@@ -8,7 +8,15 @@ from typing import Any
 import click
 
 from dumpunet.analyzer.pick import Pick
-from dumpunet.cli_options import JOBS, PATH, click_option, quiet_option, take, value_options, with_options
+from dumpunet.cli_options import (
+    JOBS,
+    PATH,
+    click_option,
+    quiet_option,
+    take,
+    value_options,
+    with_options,
+)
 from dumpunet.cli_views import OPTIONS as VIEW_OPTIONS
 from dumpunet.options import OptionSpec
 
