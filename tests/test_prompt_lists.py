@@ -55,8 +55,8 @@ def test_the_digest_changes_with_any_resolved_value_and_not_with_the_file_format
         ("p.txt", "a cat\n\na (~: M00: cute girl\n",
          "p.txt, line 3: bad layer prompt: unclosed group: '(~:' without a matching ':~)'\n  a (~: M00: cute girl\n    ^^^"),
         ("p.txt", "a <lora:pink:0.8> cat\n",
-         "p.txt, line 1: a prompt file cannot load LoRAs per prompt (<lora:pink:0.8>); give --lora FILE:WEIGHT for every "
-         "prompt\n  a <lora:pink:0.8> cat\n    ^^^^^^^^^^^^^^^"),
+         ("p.txt, line 1: a prompt file cannot load LoRAs per prompt (<lora:pink:0.8>); give --lora FILE:WEIGHT for "
+          "every prompt\n  a <lora:pink:0.8> cat\n    ^^^^^^^^^^^^^^^")),
         ("p.csv", "prompt,seed\na cat,1\na dog,x7\n",
          "p.csv, line 3: seed must be a whole number 0 or more (or empty), got 'x7'\n  a dog,x7\n        ^^"),
         ("p.csv", "prompt,sed\n",

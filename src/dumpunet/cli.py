@@ -26,7 +26,7 @@ from dumpunet.cli_stats import COMMANDS as STATS_COMMANDS
 from dumpunet.cli_views import COMMANDS
 from dumpunet.errors import DumpUnetError
 from dumpunet.layouts import BUILTIN_LAYOUTS
-from dumpunet.prompt_lists import PromptListOptions
+from dumpunet.prompt_lists import PromptListOptions, plural
 from dumpunet.store.location import StoreUrl
 from dumpunet.store.schema import human_bytes
 
@@ -116,7 +116,7 @@ _GENERATION_OPTIONS = [
     click.option("--query-stride", default=1, show_default=True, type=int, help="Self-attention: every Nth query row and column."),
     click.option("--max-bytes", type=int, default=None, help="Refuse to record more than this (default: the free disk space)."),
     click.option("--out", type=STORE, default=None,
-                  help="Store to create (required): a directory, or a URL (s3://bucket/girl.zarr, gs://...) uploaded "
+                  help="Store to create (required; record --prompts: or --out-dir): a directory, or a URL (s3://bucket/girl.zarr, gs://...) uploaded "
                        "while recording."),
     click.option("--overwrite", is_flag=True, help="Replace an existing dumpunet store at --out."),
     click.option("--dry-run", is_flag=True, help="Print the size estimate and exit."),
@@ -151,7 +151,10 @@ def record(**opts: Any) -> None:
     """
     ctx = click.get_current_context()
     take_renamed(ctx, opts)
-    lists = take(PromptListOptions, opts)
+    try:
+        lists = take(PromptListOptions, opts)
+    except DumpUnetError as exc:
+        raise click.UsageError(str(exc)) from None
     if lists.prompts is None:
         _require_out(opts)
         _record(opts)
@@ -256,7 +259,7 @@ def _record_prompts(opts: dict[str, Any], lists: PromptListOptions) -> None:
                                "recorded": list(summary.recorded), "skipped": list(summary.skipped),
                                "steps": summary.steps, "calls": summary.calls, "estimate": estimate}, indent=2))
     if not quiet:
-        click.echo(f"recorded {len(summary.recorded)} prompts ({summary.calls} U-Net calls, seed {summary.seed} where a "
+        click.echo(f"recorded {plural(len(summary.recorded), 'prompt')} ({summary.calls} U-Net calls, seed {summary.seed} where a "
                    f"row gives none) into {where}" + (f"; {len(summary.skipped)} were recorded before" if summary.skipped
                                                      else ""), err=True)
 

@@ -38,7 +38,8 @@ from dumpunet.errors import OptionError, PromptListError, SyntaxErrorWithCaret
 from dumpunet.options import option
 from dumpunet.prompts import parse_layer_prompt
 
-__all__ = ["COLUMNS", "PromptList", "PromptListOptions", "PromptRow", "option_differences", "read_prompt_list", "run_name"]
+__all__ = ["COLUMNS", "PromptList", "PromptListOptions", "PromptRow", "option_differences", "plural", "read_prompt_list",
+           "run_name"]
 
 COLUMNS = ("prompt", "negative_prompt", "seed")
 """The columns of a CSV file and the keys of a JSONL object (``prompt`` required)."""
@@ -51,14 +52,23 @@ class PromptListOptions:
     """``record --prompts FILE`` and where its runs go (``--out`` one store, or ``--out-dir`` one store a prompt)."""
 
     prompts: Path | None = field(default=None, metadata=option(
-        "Record every prompt of FILE (one a line; or .csv/.jsonl with prompt, negative_prompt, seed) as its own run "
-        "p0000, p0001, ... of one store; rerun to finish an interrupted list.", type=Path))
+        "Record every prompt of this file (one a line; or .csv/.jsonl with prompt, negative_prompt, seed) as its own "
+        "run p0000, p0001, ... of one store; the same command again records only what is missing.", type=Path))
     out_dir: Path | None = field(default=None, metadata=option(
-        "With --prompts: one store a prompt, DIR/p0000.zarr, ... (instead of --out).", type=Path))
+        "With --prompts: one store a prompt in this folder, p0000.zarr, p0001.zarr, ... (instead of --out).", type=Path))
 
     def __post_init__(self) -> None:
         if self.out_dir is not None and self.prompts is None:
             raise OptionError("--out-dir goes with --prompts (one store a prompt); give --out for one recording")
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 prompt``, ``3 prompts``.
+
+    >>> plural(1, "prompt"), plural(3, "prompt")
+    ('1 prompt', '3 prompts')
+    """
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def run_name(index: int) -> str:

@@ -154,7 +154,7 @@ def test_an_interrupted_list_resumes_skipping_the_complete_prompts_and_redoing_t
     again = invoke(*args)
     assert again.exit_code == 0, again.output
     assert again.stderr.splitlines()[0] == f"skipping 2 of 3 prompts already recorded in {out}"
-    assert again.stderr.splitlines()[-1] == (f"recorded 1 prompts (2 U-Net calls, seed 4 where a row gives none) into {out}; "
+    assert again.stderr.splitlines()[-1] == (f"recorded 1 prompt (2 U-Net calls, seed 4 where a row gives none) into {out}; "
                                              "2 were recorded before")
     store = dumpunet.open(out)
     assert [(n, r.complete, r.steps) for n, r in store.runs.items()] == [
@@ -212,6 +212,42 @@ def test_out_is_required_without_prompts_and_out_dir_needs_prompts(tmp_path):
     res = CliRunner().invoke(main, ["record", "--prompt", "a cat"])
     assert res.exit_code == 2 and res.output.splitlines()[-1] == "Error: Missing option '--out'."
     res = CliRunner().invoke(main, ["record", "--prompt", "a cat", "--out-dir", str(tmp_path)])
-    assert res.exit_code == 1 and res.output == "Error: --out-dir goes with --prompts (one store a prompt); give --out for one recording\n"
+    assert res.exit_code == 2
+    assert res.output.splitlines()[-1] == "Error: --out-dir goes with --prompts (one store a prompt); give --out for one recording"
     res = CliRunner().invoke(main, ["sweep", "--insert", "x"])
     assert res.exit_code == 2 and res.output.splitlines()[-1] == "Error: Missing option '--out'."
+
+
+@pytest.mark.slow
+def test_kill_9_mid_list_then_the_same_command_finishes_it(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import zarr
+    from waiting import BACKSTOP, wait_until
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\na bird\n")
+    out = tmp_path / "p.zarr"
+    args = ["record", "--prompts", str(prompts), *FAST[2:], "--sampling-steps", "6", "--seed", "8", "--out", str(out),
+            "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "dumpunet.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_until(lambda: zarr.open_array(out / "runs/p0001/call_done", mode="r").shape[0] > 2, proc=proc,
+                   what="3 recorded U-Net calls of the second prompt")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(BACKSTOP)
+    store = dumpunet.open(out)
+    assert [(n, r.complete) for n, r in store.runs.items()] == [("p0000", True), ("p0001", False)]
+    assert validate(out).ok
+    again = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    store = dumpunet.open(out)
+    assert [(n, r.complete, r.steps) for n, r in store.runs.items()] == [
+        (f"p000{i}", True, [1, 2, 3, 4, 5, 6]) for i in range(3)]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["p0000", "p0001", "p0002"]
+    assert validate(out).ok

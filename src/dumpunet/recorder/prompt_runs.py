@@ -23,7 +23,7 @@ from typing import Any
 from tqdm import tqdm
 
 from dumpunet.errors import DumpUnetError, RecordError, StoreError
-from dumpunet.prompt_lists import PromptList, PromptListOptions, PromptRow, option_differences, read_prompt_list, run_name
+from dumpunet.prompt_lists import PromptList, PromptListOptions, PromptRow, option_differences, plural, read_prompt_list, run_name
 from dumpunet.recorder import job as recording
 from dumpunet.recorder.identity import unet_fingerprint
 from dumpunet.recorder.recorder import open_writer
@@ -92,7 +92,7 @@ class PromptPlan:
         if not self.done:
             return None
         where = self.out if self.out is not None else self.out_dir
-        return f"skipping {len(self.done)} of {len(self.targets)} prompts already recorded in {where}"
+        return f"skipping {len(self.done)} of {plural(len(self.targets), 'prompt')} already recorded in {where}"
 
 
 def _runs_of(index: int, pair: bool, *, one_store: bool) -> tuple[str, ...]:
@@ -267,7 +267,7 @@ class Progress:
     def __init__(self, prompts: int, runs_per_prompt: int, steps: int, *, enabled: bool) -> None:
         self.steps = steps
         self.offset = 0
-        self.bar = tqdm(total=prompts * runs_per_prompt * steps, desc=f"record {prompts} prompts", unit="step",
+        self.bar = tqdm(total=prompts * runs_per_prompt * steps, desc=f"record {plural(prompts, 'prompt')}", unit="step",
                         file=sys.stderr, disable=not enabled)
 
     def on_step(self, step: int) -> None:
