@@ -249,5 +249,5 @@ def test_kill_9_mid_list_then_the_same_command_finishes_it(tmp_path):
     store = dumpunet.open(out)
     assert [(n, r.complete, r.steps) for n, r in store.runs.items()] == [
         (f"p000{i}", True, [1, 2, 3, 4, 5, 6]) for i in range(3)]
-    assert sorted(p.name for p in (out / "runs").iterdir()) == ["p0000", "p0001", "p0002"]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["p0000", "p0001", "p0002", "zarr.json"]
     assert validate(out).ok

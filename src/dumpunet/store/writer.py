@@ -340,7 +340,8 @@ class StoreWriter:
         """Take the existing root's attributes with only the runs ``keep`` listed; remove every other run's folder.
 
         The root is rewritten first: a kill between the two leaves folders no run lists, which
-        readers never open and the next resume removes.
+        readers never open and the next resume removes. Files (the group's ``zarr.json``) and
+        links stay.
         """
         import shutil
 
@@ -353,8 +354,8 @@ class StoreWriter:
         runs_dir = self.path / schema.RUNS_GROUP
         if runs_dir.is_dir():
             for folder in runs_dir.iterdir():
-                if folder.name not in keep:
-                    shutil.rmtree(folder) if folder.is_dir() and not folder.is_symlink() else folder.unlink()
+                if folder.name not in keep and folder.is_dir() and not folder.is_symlink():
+                    shutil.rmtree(folder)
 
     def _write_root(self, **changes: Any) -> None:
         """Replace fields of the root attributes and rewrite them (writer thread only)."""
