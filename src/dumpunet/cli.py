@@ -116,8 +116,8 @@ _GENERATION_OPTIONS = [
     click.option("--query-stride", default=1, show_default=True, type=int, help="Self-attention: every Nth query row and column."),
     click.option("--max-bytes", type=int, default=None, help="Refuse to record more than this (default: the free disk space)."),
     click.option("--out", type=STORE, default=None,
-                  help="Store to create (required; record --prompts: or --out-dir): a directory, or a URL (s3://bucket/girl.zarr, gs://...) uploaded "
-                       "while recording."),
+                  help="Store to create (required; record --prompts: or --out-dir): a directory, or a URL "
+                       "(s3://bucket/girl.zarr, gs://...) uploaded while recording."),
     click.option("--overwrite", is_flag=True, help="Replace an existing dumpunet store at --out."),
     click.option("--dry-run", is_flag=True, help="Print the size estimate and exit."),
     click.option("--disk-speed", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MB/S",
@@ -228,25 +228,30 @@ def _record_prompts(opts: dict[str, Any], lists: PromptListOptions) -> None:
     dry_run, as_json, disk_speed = opts.pop("dry_run"), opts.pop("as_json"), opts.pop("disk_speed")
     quiet = opts["quiet"]
     plan = prompt_runs.plan(opts, lists)
-    job = prompt_runs.load(plan)
-    est = prompt_runs.estimate(job, plan)
     where = plan.out if plan.out is not None else plan.out_dir
     skipped = plan.skipped_line()
     if skipped and not quiet:
         click.echo(skipped, err=True)
-    if plan.todo:
-        _say(est.lines(), quiet=quiet, dry_run=dry_run)
-        if not dry_run:
-            recording.check_budget(job.req, est)
-        timing = recording.disk_time(job, est, disk_speed_mb=disk_speed)
-        _say(timing.lines() if timing is not None else (), quiet=quiet, dry_run=dry_run)
-    estimate = _estimate_json(est)
-    if dry_run or not plan.todo:
+    if not plan.todo:  # the model is not even loaded
         if as_json:
             click.echo(json.dumps({"out": str(where), "prompts": len(plan.targets), "seed": plan.info.seed,
-                                   "skipped": len(plan.done), "estimate": estimate}, indent=2))
-        if not plan.todo and not quiet and not dry_run:
+                                   "recorded": [], "skipped": [t.name for t in plan.targets]}, indent=2))
+        if not quiet:
             click.echo(f"nothing to record: all {len(plan.targets)} prompts are recorded in {where}", err=True)
+        return
+    job = prompt_runs.load(plan)
+    est = prompt_runs.estimate(job, plan)
+    _say(est.lines(), quiet=quiet, dry_run=dry_run)
+    if not dry_run:
+        recording.check_budget(job.req, est)
+    timing = recording.disk_time(job, est, disk_speed_mb=disk_speed)
+    _say(timing.lines() if timing is not None else (), quiet=quiet, dry_run=dry_run)
+    estimate = _estimate_json(est)
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps({"out": str(where), "prompts": len(plan.targets), "seed": plan.info.seed,
+                                   "skipped": [t.name for t in plan.targets if t.index in plan.done],
+                                   "estimate": estimate}, indent=2))
         return
     _sigterm_as_interrupt()
     try:
@@ -259,9 +264,9 @@ def _record_prompts(opts: dict[str, Any], lists: PromptListOptions) -> None:
                                "recorded": list(summary.recorded), "skipped": list(summary.skipped),
                                "steps": summary.steps, "calls": summary.calls, "estimate": estimate}, indent=2))
     if not quiet:
-        click.echo(f"recorded {plural(len(summary.recorded), 'prompt')} ({summary.calls} U-Net calls, seed {summary.seed} where a "
-                   f"row gives none) into {where}" + (f"; {len(summary.skipped)} were recorded before" if summary.skipped
-                                                     else ""), err=True)
+        before = f"; {len(summary.skipped)} were recorded before" if summary.skipped else ""
+        click.echo(f"recorded {plural(len(summary.recorded), 'prompt')} ({summary.calls} U-Net calls, seed {summary.seed} "
+                   f"where a row gives none) into {where}{before}", err=True)
 
 
 def _record(opts: dict[str, Any]) -> None:

@@ -59,12 +59,16 @@ class PromptTarget:
     req: RecordRequest
     runs: tuple[str, ...]
 
+    @property
+    def name(self) -> str:
+        """``p0000``: its run's name in one store, its store's name with ``--out-dir``."""
+        return run_name(self.index)
+
     def rename(self, run: RunPrompts, *, one_store: bool) -> RunPrompts:
         """The run as this prompt names it: ``p0000`` (``p0000-base``) in one store, as ``record`` names it alone."""
         if not one_store:
             return run
-        name = run_name(self.index)
-        return replace(run, name=f"{name}-base" if run.name == "base" else name)
+        return replace(run, name=f"{self.name}-base" if run.name == "base" else self.name)
 
 
 @dataclass(frozen=True)
@@ -306,7 +310,7 @@ def execute(job: recording.Job, p: PromptPlan, *, quiet: bool = False) -> Summar
         if p.out_dir is not None:
             p.out_dir.mkdir(exist_ok=True)
         if one_store:
-            pairs = [schema.PairInfo(f"{run_name(t.index)}-base", run_name(t.index), run_name(t.index))
+            pairs = [schema.PairInfo(f"{t.name}-base", t.name, t.name)
                      for t in p.targets] if job.req.pair else []
             writer = open_writer(p.out, job.pipe, job.model_info, pairs=pairs, prompt_list=p.info,  # type: ignore[arg-type]
                                  overwrite=job.req.overwrite, keep_runs=p.keep_runs if p.resume else None)
@@ -325,10 +329,10 @@ def execute(job: recording.Job, p: PromptPlan, *, quiet: bool = False) -> Summar
             finally:
                 if own is not writer:
                     own.close()
-            recorded.append(run_name(t.index))
+            recorded.append(t.name)
     finally:
         progress.close()
         if writer is not None:
             writer.close()
-    skipped = tuple(run_name(t.index) for t in p.targets if t.index in p.done)
+    skipped = tuple(t.name for t in p.targets if t.index in p.done)
     return Summary(p.info.seed, tuple(recorded), skipped, calls, job.req.executed_steps)
