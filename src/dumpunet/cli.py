@@ -37,6 +37,7 @@ from dumpunet.cli_stats import COMMANDS as STATS_COMMANDS
 from dumpunet.cli_views import COMMANDS
 from dumpunet.errors import DumpUnetError
 from dumpunet.layouts import BUILTIN_LAYOUTS
+from dumpunet.prompt_lists import PromptListOptions, plural
 from dumpunet.store.location import StoreUrl
 from dumpunet.store.schema import human_bytes
 
@@ -125,8 +126,9 @@ _GENERATION_OPTIONS = [
     click.option("--query-region", default=None, help="Self-attention: only queries in x0,y0,x1,y1 (fractions of the image)."),
     click.option("--query-stride", default=1, show_default=True, type=int, help="Self-attention: every Nth query row and column."),
     click.option("--max-bytes", type=int, default=None, help="Refuse to record more than this (default: the free disk space)."),
-    click.option("--out", required=True, type=STORE,
-                  help="Store to create: a directory, or a URL (s3://bucket/girl.zarr, gs://...) uploaded while recording."),
+    click.option("--out", type=STORE, default=None,
+                  help="Store to create (required; record --prompts: or --out-dir): a directory, or a URL "
+                       "(s3://bucket/girl.zarr, gs://...) uploaded while recording."),
     click.option("--overwrite", is_flag=True, help="Replace an existing dumpunet store at --out."),
     click.option("--dry-run", is_flag=True, help="Print the size estimate and exit."),
     click.option("--disk-speed", type=click.FloatRange(min=0, min_open=True), default=None, metavar="MB/S",
@@ -143,18 +145,40 @@ _GENERATION_OPTIONS = [
 @click.option("--blocks", default="", help="Blocks to record, e.g. 'IN00-OUT11(+2)'; empty = all; none = attention only.")
 @click.option("--pair", is_flag=True, help="Record a base run and a layered run (per-block prompts) into one store.")
 @click.option("--base", default=None, help="With --pair: the base prompt (default: the prompt with every (~: :~) group erased).")
+@_with(value_options(PromptListOptions))
 @storage_options
 def record(**opts: Any) -> None:
     """Generate one image while recording U-Net blocks and attention into a zarr store.
 
     Per-block prompts: 'a (~: IN00-OUT11: cute; M00: excellent :~) girl' (see dumpunet explain).
+    Many prompts: --prompts FILE records each as its own run (p0000, p0001, ...) of one store, or
+    with --out-dir as one store each; the same command again skips the prompts already recorded.
 
     \b
     dumpunet record --prompt "a cute girl, pink hair" --sampling-steps 20 \\
         --sampler "DPM++ 2M Karras" --cfg 7 --seed 1719471015 --blocks IN00-OUT11 --out girl.zarr
+    dumpunet record --prompts prompts.txt --sampling-steps 20 --seed 1 --blocks IN00-OUT11 --out prompts.zarr
     """
-    take_renamed(click.get_current_context(), opts)
-    _record(opts)
+    ctx = click.get_current_context()
+    take_renamed(ctx, opts)
+    try:
+        lists = take(PromptListOptions, opts)
+    except DumpUnetError as exc:
+        raise click.UsageError(str(exc)) from None
+    if lists.prompts is None:
+        _require_out(opts)
+        _record(opts)
+        return
+    given = [flag for flag, name in (("--prompt", "prompt"), ("--infotext", "infotext"))
+             if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"--prompts takes the prompts from its file; give {given[0]} or --prompts, not both")
+    if (opts["out"] is None) == (lists.out_dir is None):
+        raise click.UsageError("--prompts records into one store (--out) or one store a prompt (--out-dir): give one of them")
+    if isinstance(opts["out"], StoreUrl):
+        raise click.UsageError("--prompts records into a local folder; upload the store afterwards with dumpunet copy")
+    opts.pop("infotext")
+    _record_prompts(opts, lists)
 
 
 @main.command()
@@ -184,7 +208,75 @@ def sweep(**opts: Any) -> None:
     opts["sweep_insert"] = opts.pop("insert")
     opts["sweep_blocks"] = opts.pop("into_blocks")
     opts["blocks"] = opts.pop("record_blocks")
+    _require_out(opts)
     _record(opts)
+
+
+def _require_out(opts: dict[str, Any]) -> None:
+    if opts["out"] is None:
+        raise click.UsageError("Missing option '--out'.")
+
+
+def _say(lines: Any, *, quiet: bool, dry_run: bool) -> None:
+    """Print estimate lines on stderr (under --quiet only the warnings, unless it is a dry run)."""
+    for line in lines:
+        if dry_run or not quiet or line.startswith("warning:"):
+            click.echo(line, err=True)
+
+
+def _estimate_json(est: Any) -> dict[str, Any]:
+    return {"total_bytes": est.total_bytes, "run_bytes": est.run_bytes, "runs": est.runs, "block_bytes": est.block_bytes,
+            "attention_bytes": est.attention_bytes, "self_attention_bytes": est.self_attention_bytes}
+
+
+def _record_prompts(opts: dict[str, Any], lists: PromptListOptions) -> None:
+    """record --prompts: plan (nothing written on a bad row or a differing store), load once, record what is left."""
+    _quiet_libraries()
+    from dumpunet.recorder import job as recording
+    from dumpunet.recorder import prompt_runs
+
+    dry_run, as_json, disk_speed = opts.pop("dry_run"), opts.pop("as_json"), opts.pop("disk_speed")
+    quiet = opts["quiet"]
+    plan = prompt_runs.plan(opts, lists)
+    where = plan.out if plan.out is not None else plan.out_dir
+    skipped = plan.skipped_line()
+    if skipped and not quiet:
+        click.echo(skipped, err=True)
+    if not plan.todo:  # the model is not even loaded
+        if as_json:
+            click.echo(json.dumps({"out": str(where), "prompts": len(plan.targets), "seed": plan.info.seed,
+                                   "recorded": [], "skipped": [t.name for t in plan.targets]}, indent=2))
+        if not quiet:
+            click.echo(f"nothing to record: all {len(plan.targets)} prompts are recorded in {where}", err=True)
+        return
+    job = prompt_runs.load(plan)
+    est = prompt_runs.estimate(job, plan)
+    _say(est.lines(), quiet=quiet, dry_run=dry_run)
+    if not dry_run:
+        recording.check_budget(job.req, est)
+    timing = recording.disk_time(job, est, disk_speed_mb=disk_speed)
+    _say(timing.lines() if timing is not None else (), quiet=quiet, dry_run=dry_run)
+    estimate = _estimate_json(est)
+    if dry_run:
+        if as_json:
+            click.echo(json.dumps({"out": str(where), "prompts": len(plan.targets), "seed": plan.info.seed,
+                                   "skipped": [t.name for t in plan.targets if t.index in plan.done],
+                                   "estimate": estimate}, indent=2))
+        return
+    _sigterm_as_interrupt()
+    try:
+        summary = prompt_runs.execute(job, plan, quiet=quiet)
+    except KeyboardInterrupt:
+        raise click.ClickException(f"interrupted; the prompts recorded completely stay in {where}: run the same command "
+                                   "again to record the rest (they are skipped, the interrupted one is recorded again)") from None
+    if as_json:
+        click.echo(json.dumps({"out": str(where), "prompts": len(plan.targets), "seed": summary.seed,
+                               "recorded": list(summary.recorded), "skipped": list(summary.skipped),
+                               "steps": summary.steps, "calls": summary.calls, "estimate": estimate}, indent=2))
+    if not quiet:
+        before = f"; {len(summary.skipped)} were recorded before" if summary.skipped else ""
+        click.echo(f"recorded {plural(len(summary.recorded), 'prompt')} ({summary.calls} U-Net calls, seed {summary.seed} "
+                   f"where a row gives none) into {where}{before}", err=True)
 
 
 def _record(opts: dict[str, Any]) -> None:
@@ -205,20 +297,12 @@ def _record(opts: dict[str, Any]) -> None:
             if note:
                 click.echo(note, err=True)
         est = recording.estimate(job)
-
-        def say(lines: Any) -> None:
-            for line in lines:
-                if dry_run or not req.quiet or line.startswith("warning:"):
-                    click.echo(line, err=True)
-
-        say(est.lines())
+        _say(est.lines(), quiet=req.quiet, dry_run=dry_run)
         if not dry_run:
             recording.check_budget(req, est)
         timing = recording.disk_time(job, est, disk_speed_mb=disk_speed)
-        say(timing.lines() if timing is not None else ())
-        estimate = {"total_bytes": est.total_bytes, "run_bytes": est.run_bytes, "runs": est.runs,
-                    "block_bytes": est.block_bytes, "attention_bytes": est.attention_bytes,
-                    "self_attention_bytes": est.self_attention_bytes}
+        _say(timing.lines() if timing is not None else (), quiet=req.quiet, dry_run=dry_run)
+        estimate = _estimate_json(est)
         if dry_run:
             if as_json:
                 click.echo(json.dumps({"estimate": estimate}, indent=2))

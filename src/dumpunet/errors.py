@@ -85,6 +85,27 @@ class PromptSyntaxError(SyntaxErrorWithCaret, ValueError):
     kind = "bad layer prompt"
 
 
+class PromptListError(SyntaxErrorWithCaret, ValueError):
+    """A row of a ``record --prompts`` file that does not read: bad CSV or JSON, a bad seed, a
+    per-block prompt that does not parse. The message names the file and line; a caret marks the
+    place where one is known::
+
+        prompts.txt, line 3: bad layer prompt: unclosed group: '(~:' without a matching ':~)'
+          a (~: M00: cute girl
+            ^^^
+    """
+
+    def __init__(self, message: str, text: str | None = None, pos: int = 0, *, source: str, line: int,
+                 length: int = 1) -> None:
+        self.kind = f"{source}, line {line}"
+        self.source, self.line = source, line
+        self.has_caret = text is not None
+        super().__init__(message, text or "", pos, length=length)
+
+    def render(self) -> str:
+        return super().render() if self.has_caret else f"{self.kind}: {self.message}"
+
+
 class StoreError(DumpUnetError):
     """A store that is missing, foreign, newer than this version, or damaged."""
 

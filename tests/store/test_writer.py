@@ -158,3 +158,42 @@ def test_a_file_system_that_refuses_direct_writes_gets_the_page_cache(tmp_path, 
     store = _page_store(tmp_path / "s.zarr", slabs, monkeypatch, refuse)
     assert len(refused) == 1 and call_arrays._no_direct == {(tmp_path / "s.zarr").stat().st_dev}  # asked once
     np.testing.assert_array_equal(store.features("IN00", 2, image=1, guidance="cond"), slabs[1][1, 1])
+
+
+def _run(w: StoreWriter, name: str, steps: int, *, finish: bool) -> None:
+    w.begin_run(name, RunAttrs(prompt=name, n_images=2, guidance=("uncond", "cond"), steps=2), BLOCKS, which=("output",),
+                dtype="float16")
+    for s in range(1, steps + 1):
+        w.submit_call(name, step=s, substep=0, timestep=1000.0 - s, slabs=_slabs(s))
+    if finish:
+        w.finish_run(name, images=np.full((2, 16, 16, 3), 7, np.uint8))
+
+
+def test_keep_runs_reopens_a_store_dropping_the_other_runs_and_adds_new_ones(tmp_path):
+    from dumpunet.store.schema import PromptListInfo
+    from dumpunet.store.validate import validate
+
+    path = tmp_path / "s.zarr"
+    listed = PromptListInfo(source="p.txt", count=3, sha256="ab", seed=1)
+    w = StoreWriter(path, model={"name": "unit"}, versions={}, prompt_list=listed)
+    w.set_block_table(BLOCKS)
+    _run(w, "p0000", 2, finish=True)
+    _run(w, "p0001", 1, finish=False)  # cut off after its first step
+    w.close()
+    (path / "runs" / "p0002").mkdir()  # a run folder a kill left before the root listed it
+    before = dumpunet.open(path).run("p0000").features("IN01", 2)
+
+    w = StoreWriter(path, model={"name": "other"}, versions={}, keep_runs=["p0000"])
+    w.set_block_table(BLOCKS)
+    _run(w, "p0001", 2, finish=True)
+    w.close()
+    store = dumpunet.open(path)
+    assert store.run_names == ["p0000", "p0001"]
+    assert sorted(p.name for p in (path / "runs").iterdir()) == ["p0000", "p0001", "zarr.json"]
+    assert (store.info.prompt_list, store.info.model) == (listed, {"name": "unit"})  # the root stays as it was
+    assert [(r.complete, r.steps) for r in store.runs.values()] == [(True, [1, 2]), (True, [1, 2])]
+    np.testing.assert_array_equal(store.run("p0000").features("IN01", 2), before)
+    assert validate(path).ok
+    with pytest.raises(dumpunet.errors.RecordError, match="cannot keep run 'p0009', which the store does not list"):
+        StoreWriter(path, model={}, versions={}, keep_runs=["p0009"])
+    assert not (tmp_path / ".s.zarr.lock").exists()  # the refused writer let its lock go

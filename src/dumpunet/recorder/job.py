@@ -8,6 +8,7 @@ plan; ``execute`` generates every run of it into one store.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from dumpunet.recorder.samplers import make_scheduler, resolve_sampler
 from dumpunet.store import schema
 
 __all__ = ["DiskTime", "Estimate", "Job", "RecordRequest", "Summary", "check_budget", "disk_time", "estimate", "execute",
-           "prepare"]
+           "generation_kwargs", "load", "prepare", "record_run", "reseeded"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Job:
     req: RecordRequest
     pipe: Any
     model_info: dict[str, Any]
+    scheduler_config: Any = None  # the loaded model's, from which every run's sampler is made (None: the pipeline's now)
 
     @property
     def names(self) -> tuple[list[str], dict[str, str]]:
@@ -189,7 +191,11 @@ def prepare(req: RecordRequest) -> Job:
     record the LoRAs and embeddings.
     """
     check(req)
-    req = resolve_seed(req)
+    return load(resolve_seed(req))
+
+
+def load(req: RecordRequest) -> Job:
+    """Load the pipeline of a request whose seed is drawn, with its sampler, LoRAs and embeddings (see :func:`prepare`)."""
     loras = resolve_loras(req.loras, req.network_tags(), req.lora_dir)  # files found before the model loads
     missing = [str(p) for p in req.embeddings if not Path(p).is_file()]
     if missing:
@@ -199,17 +205,27 @@ def prepare(req: RecordRequest) -> Job:
     pipe, model_info = load_pipeline(req.model, img2img=req.init_image is not None, device=device, config=req.config,
                                      prediction_type=req.prediction_type)
     model_info = {**model_info, **apply_networks(pipe, loras=loras, embeddings=[Path(p) for p in req.embeddings])}
-    pipe.scheduler = make_scheduler(req.sampler, pipe.scheduler.config, seed=req.seed, schedule=req.schedule)
-    try:  # e.g. LCM takes at most its original_inference_steps (50)
-        pipe.scheduler.set_timesteps(req.sampling_steps)
-    except ValueError as exc:
-        raise OptionError(f"sampler {req.sampler!r} with --sampling-steps {req.sampling_steps}: {' '.join(str(exc).split())}") from None
-    job = Job(req, pipe, model_info)
+    job = reseeded(Job(req, pipe, model_info, pipe.scheduler.config), req)
     Selection.of(pipe.unet, req.record_options(), what="--blocks")
     run_prompts(req, *job.names, job.no_xattn)  # layer-prompt block specs
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return job
+
+
+def reseeded(job: Job, req: RecordRequest) -> Job:
+    """The job for ``req`` (the same options, another prompt or seed) on the same pipeline, its sampler made for the seed.
+
+    Samplers that do not draw from the pipeline's generator (DPM++ SDE) are seeded when made.
+    """
+    pipe = job.pipe
+    config = job.scheduler_config if job.scheduler_config is not None else pipe.scheduler.config
+    pipe.scheduler = make_scheduler(req.sampler, config, seed=req.seed, schedule=req.schedule)
+    try:  # e.g. LCM takes at most its original_inference_steps (50)
+        pipe.scheduler.set_timesteps(req.sampling_steps)
+    except ValueError as exc:
+        raise OptionError(f"sampler {req.sampler!r} with --sampling-steps {req.sampling_steps}: {' '.join(str(exc).split())}") from None
+    return replace(job, req=req)
 
 
 def _size(req: RecordRequest, pipe: Any) -> tuple[int, int]:
@@ -281,6 +297,20 @@ def execute(job: Job) -> Summary:
     """Generate every run of the job while recording into ``req.out``; return a summary for the CLI."""
     req, pipe = job.req, job.pipe
     runs, pairs = run_prompts(req, *job.names, job.no_xattn)
+    base_kwargs = generation_kwargs(job)
+    writer = open_writer(req.out, pipe, job.model_info, pairs=pairs, overwrite=req.overwrite)
+    calls = 0
+    try:
+        for run in runs:
+            calls += record_run(job, writer, run, base_kwargs)
+    finally:
+        writer.close()
+    return Summary(req.out, req.seed, req.executed_steps, calls, tuple(r.name for r in runs))
+
+
+def generation_kwargs(job: Job) -> dict[str, Any]:
+    """The pipeline's keyword arguments every run of the job shares: steps, cfg, batch, size or init image."""
+    req, pipe = job.req, job.pipe
     h, w = _size(req, pipe)
     base_kwargs: dict[str, Any] = dict(
         num_inference_steps=req.sampling_steps,
@@ -298,17 +328,16 @@ def execute(job: Job) -> Summary:
         except OSError as exc:
             raise RecordError(f"cannot read init image {req.init_image}: {exc}") from None
         base_kwargs.update(image=init, strength=req.strength)
-    writer = open_writer(req.out, pipe, job.model_info, pairs=pairs, overwrite=req.overwrite)
-    calls = 0
-    try:
-        for run in runs:
-            calls += _record_one(job, writer, run, base_kwargs)
-    finally:
-        writer.close()
-    return Summary(req.out, req.seed, req.executed_steps, calls, tuple(r.name for r in runs))
+    return base_kwargs
 
 
-def _record_one(job: Job, writer: Any, run: RunPrompts, base_kwargs: dict[str, Any]) -> int:
+def record_run(job: Job, writer: Any, run: RunPrompts, base_kwargs: dict[str, Any], *,
+               on_step: Callable[[int], None] | None = None, prompt_line: int | None = None) -> int:
+    """Generate one run into an open store writer; return its U-Net calls.
+
+    ``on_step`` replaces the run's own progress bar (``record --prompts``: one bar over every
+    prompt); ``prompt_line`` goes into the run's attributes.
+    """
     req, pipe = job.req, job.pipe
     attrs = schema.RunAttrs(
         prompt=run.prompt,
@@ -320,6 +349,7 @@ def _record_one(job: Job, writer: Any, run: RunPrompts, base_kwargs: dict[str, A
         requested_steps=req.sampling_steps,
         init_image=str(req.init_image) if req.init_image else None,
         strength=req.strength if req.init_image else None,
+        prompt_line=prompt_line,
         extra=dict(req.extra),
     )
     kwargs = dict(base_kwargs, generator=[torch.Generator("cpu").manual_seed(req.seed + i) for i in range(req.batch_size)])
@@ -344,7 +374,8 @@ def _record_one(job: Job, writer: Any, run: RunPrompts, base_kwargs: dict[str, A
         attrs = replace(attrs, tokens=tokens)
     else:
         kwargs.update(prompt=run.prompt, negative_prompt=run.negative or None)
-    rec = Recorder(pipe, writer=writer, options=req.record_options(), run=run.name, attrs=attrs, progress=not req.quiet)
+    rec = Recorder(pipe, writer=writer, options=req.record_options(), run=run.name, attrs=attrs,
+                   progress=not req.quiet and on_step is None, on_step=on_step)
     if conditioning is not None:
         with conditioning, rec:
             images = np.asarray(pipe(**kwargs).images)

@@ -56,16 +56,20 @@ def open_writer(
     model_info: Mapping[str, Any],
     *,
     pairs: Sequence[schema.PairInfo] = (),
+    prompt_list: schema.PromptListInfo | None = None,
     overwrite: bool = False,
+    keep_runs: Sequence[str] | None = None,
     max_queue_bytes: int = 1 << 30,
 ) -> StoreWriter:
     """Create the store at ``path`` with its root attributes: the one place that writes them.
 
     Both :func:`record` and ``dumpunet record`` open their stores here, so the ``model`` and
-    ``versions`` attributes of a store do not depend on which of them wrote it.
+    ``versions`` attributes of a store do not depend on which of them wrote it. ``keep_runs``:
+    add to the existing store instead, keeping those runs (see :class:`StoreWriter`).
     """
     return StoreWriter(path, model=model_attrs(pipe, model_info), versions=software_versions(), pairs=pairs,
-                       overwrite=overwrite, max_queue_bytes=max_queue_bytes)
+                       prompt_list=prompt_list, overwrite=overwrite, keep_runs=keep_runs,
+                       max_queue_bytes=max_queue_bytes)
 
 
 class Recorder:
@@ -90,6 +94,7 @@ class Recorder:
         overwrite: bool = False,
         max_queue_bytes: int = 1 << 30,
         writer: StoreWriter | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> None:
         if (path is None) == (writer is None):
             raise ValueError("pass exactly one of path and writer")
@@ -99,6 +104,7 @@ class Recorder:
         self.run_name = run
         self.attrs = attrs or schema.RunAttrs()
         self.progress = progress
+        self.on_step = on_step  # called after every U-Net call with the sampler step (one bar over many runs)
         self.writer = writer
         self._new_writer: Callable[[], StoreWriter] | None = None
         if writer is None:
@@ -260,6 +266,8 @@ class Recorder:
                                        slabs=slabs, nbytes=nbytes, on_written=on_written)
         if self._bar is not None:
             self._bar.update(clock.step - self._bar.n)
+        if self.on_step is not None:
+            self.on_step(clock.step)
 
     def _keep(self, key: tuple[str, str], t: torch.Tensor) -> None:
         assert self._capture is not None

@@ -29,7 +29,7 @@ from dumpunet.specs import parse_blocks, parse_ints
 from dumpunet.store import schema
 from dumpunet.store.target import StoreLock, check_target
 
-__all__ = ["MAX_SEED", "RANGES", "RecordRequest", "RunPrompts", "check", "resolve_seed", "run_prompts", "swept_blocks"]
+__all__ = ["MAX_SEED", "RANGES", "RecordRequest", "RunPrompts", "check", "check_init_image", "draw_seed", "resolve_seed", "run_prompts", "swept_blocks"]
 
 MAX_SEED = 2**64 - 1
 """The largest seed torch's generator takes (image i of a batch uses seed + i)."""
@@ -257,15 +257,24 @@ class RecordRequest:
 
 def check(req: RecordRequest) -> None:
     """Check what the request needs from the disk: a free output path, a readable init image."""
-    if req.init_image is not None and not Path(req.init_image).is_file():
-        raise RecordError(f"no init image at {req.init_image}")
+    check_init_image(req)
     check_target(req.out, overwrite=req.overwrite)
     StoreLock(req.out).check_free()
 
 
+def check_init_image(req: RecordRequest) -> None:
+    if req.init_image is not None and not Path(req.init_image).is_file():
+        raise RecordError(f"no init image at {req.init_image}")
+
+
+def draw_seed() -> int:
+    """A seed drawn now from the OS's randomness (what seed -1 becomes)."""
+    return secrets.randbelow(2**32 - 1)
+
+
 def resolve_seed(req: RecordRequest) -> RecordRequest:
-    """The request with a concrete seed: its own, or (seed -1) one drawn now from the OS's randomness."""
-    return req if req.seed >= 0 else replace(req, seed=secrets.randbelow(2**32 - 1))
+    """The request with a concrete seed: its own, or (seed -1) one drawn now (:func:`draw_seed`)."""
+    return req if req.seed >= 0 else replace(req, seed=draw_seed())
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@ from dumpunet.specs import format_ints, parse_blocks, parse_ints, parse_layers, 
 
 Which = Literal["output", "input"]
 
+REPR_RUNS = 6
+"""A store's repr names this many runs at most (a prompt list may hold thousands)."""
+
 
 class Run:
     """One generation inside a store (``main``, or ``base``/``layered`` of a pair)."""
@@ -38,6 +41,13 @@ class Run:
         self._layers: dict[tuple[str, str], schema.LayerAttrs] = {}
         self._recorded: dict[str, list[str]] = {}
         self._arrays: dict[str, zarr.Array] = {}
+
+    def __repr__(self) -> str:
+        a = self.info
+        status = "complete" if a.complete else "incomplete"
+        prompt = f" prompt={a.prompt!r}" if a.prompt is not None else ""
+        seed = f" seed={a.seed}" if a.seed is not None else ""
+        return f"<dumpunet.Run {self.name!r}{prompt}{seed} {status}>"
 
     @cached_property
     def calls(self) -> CallTable:
@@ -284,7 +294,9 @@ class Store:
         self._runs: dict[str, Run] = {}
 
     def __repr__(self) -> str:
-        return f"<dumpunet.Store {str(self.path)!r} runs={self.run_names} blocks={len(self.blocks)} steps={format_ints(self.steps)}>"
+        names = self.run_names
+        runs = names if len(names) <= REPR_RUNS else f"[{', '.join(map(repr, names[:REPR_RUNS - 1]))}, ... {len(names)} runs]"
+        return f"<dumpunet.Store {str(self.path)!r} runs={runs} blocks={len(self.blocks)} steps={format_ints(self.steps)}>"
 
     def _repr_html_(self) -> str:
         """The summary table a notebook shows (:func:`dumpunet.store.html.store_html`)."""
@@ -314,6 +326,17 @@ class Store:
     def metadata(self) -> dict[str, Any]:
         """The root's and every run's attributes, as the JSON the store holds."""
         return {"root": self.info.to_json(), "runs": {name: self.run(name).info.to_json() for name in self.run_names}}
+
+    @property
+    def runs(self) -> dict[str, Run]:
+        """Every run of the store by name, in recording order (``main``; ``p0000``, ``p0001``, ... of ``record --prompts``).
+
+        Examples
+        --------
+        >>> [(name, run.info.prompt) for name, run in store.runs.items()]  # doctest: +SKIP
+        [('p0000', 'a cat'), ('p0001', 'a dog')]
+        """
+        return {name: self.run(name) for name in self.run_names}
 
     @property
     def default_run(self) -> str:

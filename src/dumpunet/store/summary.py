@@ -16,6 +16,7 @@ _RUN_FIELDS = (
     ("prompt", "prompt"),
     ("negative_prompt", "negative prompt"),
     ("seed", "seed"),
+    ("prompt_line", "prompts line"),
     ("sampler", "sampler"),
     ("scheduler", "scheduler"),
     ("cfg", "cfg"),
@@ -119,6 +120,7 @@ class Summary:
         return {
             "path": self.path,
             "pairs": [p.to_json() for p in self.root.pairs],
+            **({"prompt_list": self.root.prompt_list.to_json()} if self.root.prompt_list is not None else {}),
             "format": self.root.header.to_json(),
             "model": self.root.model,
             "versions": self.root.versions,
@@ -169,6 +171,11 @@ def describe(s: Summary) -> str:
         lines.insert(-1, f"lora      {lora.name}  weight {weight}  hash {lora.short_hash}  {lora.file}")
     for emb in embeddings:
         lines.insert(-1, f"embedding {emb.name}  {emb.vectors} vector(s)  hash {emb.short_hash}  {emb.file}")
+    listed = s.root.prompt_list
+    if listed is not None:
+        which = f", prompt {listed.index}" if listed.index is not None else ""
+        lines.insert(-1, f"prompts   {listed.source}: {listed.count} prompts{which}, seed {listed.seed} where a row "
+                         "gives none (record --prompts)")
     order = [b.name for b in s.root.blocks]
     recorded: dict[str, set[str]] = {}
     for name, run in s.runs.items():

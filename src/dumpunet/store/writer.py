@@ -91,6 +91,11 @@ class StoreWriter:
     threads; ``direct_io=True`` writes chunk files of a page multiple with ``O_DIRECT``;
     ``coordinates=False`` leaves out the coordinate arrays (format 1.0's layout).
 
+    ``keep_runs`` (``record --prompts`` resuming) opens the existing store at ``path`` instead of
+    creating one: the runs it names stay, every other run is removed (an interrupted one, to be
+    recorded again), and new runs are added after them. The root's other attributes stay as they
+    were, ``prompt_list`` included.
+
     Memory stays bounded: :meth:`submit_call` blocks while more than ``max_queue_bytes`` wait
     (back-pressure), and :attr:`waited_seconds` adds up how long callers were blocked so.
 
@@ -115,7 +120,9 @@ class StoreWriter:
         model: Mapping[str, Any],
         versions: Mapping[str, Any],
         pairs: Sequence[PairInfo] = (),
+        prompt_list: schema.PromptListInfo | None = None,
         overwrite: bool = False,
+        keep_runs: Sequence[str] | None = None,
         max_queue_bytes: int = 1 << 30,
         raw_chunks: bool = True,
         grow_calls: int = GROW_CALLS,
@@ -134,12 +141,17 @@ class StoreWriter:
             model=dict(model),
             versions=dict(versions),
             pairs=tuple(pairs),
+            prompt_list=prompt_list,
         )
-        check_target(self.path, overwrite=overwrite)  # before the lock file is made beside it
+        if keep_runs is None:
+            check_target(self.path, overwrite=overwrite)  # before the lock file is made beside it
         self._lock = StoreLock(self.path).acquire()  # held until close(); the kernel drops it if we die
         try:
-            create_store(self.path, self.info.to_json(), overwrite=overwrite)
+            if keep_runs is None:
+                create_store(self.path, self.info.to_json(), overwrite=overwrite)
             self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+            if keep_runs is not None:
+                self._keep_only(tuple(keep_runs))
         except BaseException:
             self._lock.release()
             raise
@@ -323,6 +335,27 @@ class StoreWriter:
         self._raise_if_failed()
 
     # ------------------------------------------------------------------ internals
+
+    def _keep_only(self, keep: tuple[str, ...]) -> None:
+        """Take the existing root's attributes with only the runs ``keep`` listed; remove every other run's folder.
+
+        The root is rewritten first: a kill between the two leaves folders no run lists, which
+        readers never open and the next resume removes. Files (the group's ``zarr.json``) and
+        links stay.
+        """
+        import shutil
+
+        old = RootAttrs.from_json(dict(self.root.attrs), str(self.path))
+        missing = [run for run in keep if run not in old.runs]
+        if missing:
+            raise RecordError(f"{self.path}: cannot keep run {missing[0]!r}, which the store does not list")
+        self.info = replace(old, runs=keep)
+        self.root.attrs.put(self.info.to_json())
+        runs_dir = self.path / schema.RUNS_GROUP
+        if runs_dir.is_dir():
+            for folder in runs_dir.iterdir():
+                if folder.name not in keep and folder.is_dir() and not folder.is_symlink():
+                    shutil.rmtree(folder)
 
     def _write_root(self, **changes: Any) -> None:
         """Replace fields of the root attributes and rewrite them (writer thread only)."""

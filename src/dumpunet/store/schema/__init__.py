@@ -36,6 +36,7 @@ from dumpunet.store.schema.attrs import (
     BlockInfo,
     Header,
     PairInfo,
+    PromptListInfo,
     RootAttrs,
     RunAttrs,
     TokenRow,
@@ -48,6 +49,6 @@ __all__ = [
     "CALL_COORDS", "COORD_GUIDANCE", "COORD_STEP", "COORD_SUBSTEP", "COORD_TIMESTEP", "COORDINATES_KEY", "COORDS",
     "coordinates_attr", "data_group", "table_key",
     "GUIDANCE_LABELS", "HEADER_KEY", "NAME_PATTERN", "STORE_KIND", "ArrayAttrs", "BlockInfo", "Header",
-    "LayerAttrs", "PairInfo", "RootAttrs", "RunAttrs", "TokenRow", "check_name",
+    "LayerAttrs", "PairInfo", "PromptListInfo", "RootAttrs", "RunAttrs", "TokenRow", "check_name",
     "EMBEDDINGS_KEY", "LORAS_KEY", "NetworkFile", "model_networks",
 ]

@@ -37,7 +37,7 @@ from dumpunet.store.localfiles import StoreFiles, UnsafeFileError
 from dumpunet.store.location import StoreUrl, locate, open_zarr_store, read_key, unfinished_copy_hint
 from dumpunet.store.schema.attrs import HEADER_KEY, BlockInfo, Header
 
-__all__ = ["ATTENTION_FEATURES", "ArrayKind", "BLOCK_ARRAYS", "BLOCK_INPUT", "BLOCK_OUTPUT", "BlockInfo", "CALL_ARRAYS", "CALL_CHUNK", "CALL_DONE", "CALL_STEP", "CALL_SUBSTEP", "CALL_TIMESTEP", "CHUNK_KEY_ENCODING", "FORMAT_MINOR", "FORMAT_VERSION", "GROUP_DOCUMENT", "HEADER_KEY", "Header", "IMAGES", "LATENTS", "RECORD_DTYPES", "STEPS_ATTR", "array_document", "block_aliases", "blocks_group_path", "check_header", "codecs_for", "create_array", "header", "human_bytes", "node", "open_array", "open_root", "run_group_path"]
+__all__ = ["ATTENTION_FEATURES", "ArrayKind", "BLOCK_ARRAYS", "BLOCK_INPUT", "BLOCK_OUTPUT", "BlockInfo", "CALL_ARRAYS", "CALL_CHUNK", "CALL_DONE", "CALL_STEP", "CALL_SUBSTEP", "CALL_TIMESTEP", "CHUNK_KEY_ENCODING", "FORMAT_MINOR", "FORMAT_VERSION", "GROUP_DOCUMENT", "HEADER_KEY", "Header", "IMAGES", "LATENTS", "RECORD_DTYPES", "RUNS_GROUP", "STEPS_ATTR", "array_document", "block_aliases", "blocks_group_path", "check_header", "codecs_for", "create_array", "header", "human_bytes", "node", "open_array", "open_root", "run_group_path"]
 
 FORMAT_VERSION = 1
 """Major version: a reader refuses a store whose major version is newer than this."""
@@ -286,8 +286,12 @@ def open_array(root: zarr.Group, kind: ArrayKind, **names: str) -> zarr.Array:
     return arr
 
 
+RUNS_GROUP = "runs"
+"""The group that holds one group per run."""
+
+
 def run_group_path(run: str) -> str:
-    return f"runs/{run}"
+    return f"{RUNS_GROUP}/{run}"
 
 
 def blocks_group_path(run: str) -> str:

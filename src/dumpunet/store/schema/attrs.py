@@ -17,7 +17,7 @@ from dumpunet.errors import StoreError
 from dumpunet.store.schema.fields import NAME_PATTERN, Fields, check_name, drop_none
 
 __all__ = ["GUIDANCE_LABELS", "HEADER_KEY", "NAME_PATTERN", "STORE_KIND", "BlockInfo", "Header",
-           "PairInfo", "RootAttrs", "RunAttrs", "TokenRow", "check_name"]
+           "PairInfo", "PromptListInfo", "RootAttrs", "RunAttrs", "TokenRow", "check_name"]
 
 STORE_KIND = "dumpunet-store"
 HEADER_KEY = "dumpunet"
@@ -114,6 +114,33 @@ class PairInfo:
 
 
 @dataclass(frozen=True)
+class PromptListInfo:
+    """Root attribute ``prompt_list``: the prompt file a ``record --prompts`` store was recorded from.
+
+    A rerun of the same command compares itself with this (and with each recorded run's prompt
+    and seed) before it records the prompts not recorded yet.
+    """
+
+    source: str  # the file as the command line named it
+    count: int  # prompts in it
+    sha256: str  # of its rows with the defaults filled in (dumpunet.prompt_lists.PromptList.sha256)
+    seed: int  # the seed of rows without their own (the command line's --seed; drawn once for -1)
+    options: dict[str, Any] = field(default_factory=dict)  # the recording options every prompt shares
+    index: int | None = None  # --out-dir: the prompt this store holds (its runs are main, or base + layered)
+
+    def to_json(self) -> dict[str, Any]:
+        return drop_none({"source": self.source, "count": self.count, "sha256": self.sha256, "seed": self.seed,
+                          "options": self.options, "index": self.index})
+
+    @classmethod
+    def from_json(cls, doc: Any, where: str = "prompt_list") -> PromptListInfo:
+        f = Fields(doc, where)
+        return cls(source=f.str("source", required=True), count=f.int("count", required=True, minimum=1),
+                   sha256=f.str("sha256", required=True), seed=f.int("seed", required=True, minimum=0),
+                   options=f.obj("options"), index=f.int("index", minimum=0))
+
+
+@dataclass(frozen=True)
 class RootAttrs:
     """The root group's attributes: header, model identity, versions, block table, runs, pairs."""
 
@@ -123,6 +150,7 @@ class RootAttrs:
     blocks: tuple[BlockInfo, ...] = ()
     runs: tuple[str, ...] = ()
     pairs: tuple[PairInfo, ...] = ()
+    prompt_list: PromptListInfo | None = None  # record --prompts
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -134,6 +162,7 @@ class RootAttrs:
             "blocks": [b.to_json() for b in self.blocks],
             "runs": list(self.runs),
             "pairs": [p.to_json() for p in self.pairs],
+            **({"prompt_list": self.prompt_list.to_json()} if self.prompt_list is not None else {}),
         }
 
     @classmethod
@@ -144,8 +173,10 @@ class RootAttrs:
         blocks = tuple(BlockInfo.from_json(b, f"{where}: block table entry {i}") for i, b in enumerate(f.list("blocks")))
         runs = f.strs("runs", names=True)
         pairs = tuple(PairInfo.from_json(p, f"{where}: pairs entry {i}") for i, p in enumerate(f.list("pairs")))
+        listed = f.obj("prompt_list")
+        prompt_list = PromptListInfo.from_json(listed, f"{where}: prompt_list") if listed else None
         return cls(header=header, model=f.obj("model"), versions=f.obj("versions"), blocks=blocks, runs=runs,
-                   pairs=pairs, extra=f.extra())
+                   pairs=pairs, prompt_list=prompt_list, extra=f.extra())
 
     def with_run(self, run: str) -> RootAttrs:
         return replace(self, runs=(*self.runs, run))
@@ -230,6 +261,7 @@ class RunAttrs:
     requested_steps: int | None = None
     init_image: str | None = None
     strength: float | None = None
+    prompt_line: int | None = None  # record --prompts: the line of the prompt file the prompt came from
     # completion
     complete: bool = False
     interrupted: str | None = None
@@ -304,6 +336,7 @@ class RunAttrs:
             requested_steps=f.int("requested_steps"),
             init_image=f.str("init_image"),
             strength=f.float("strength"),
+            prompt_line=f.int("prompt_line", minimum=1),
             complete=f.bool("complete"),
             interrupted=f.str("interrupted"),
             writer_wait_seconds=f.float("writer_wait_seconds"),
