@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-
 from zarr.abc.store import (
     ByteRequest,
     OffsetByteRequest,
