@@ -74,6 +74,8 @@ class StoreFiles:
     >>> files = StoreFiles(d)
     >>> files.read("a"), files.size("a"), files.read("missing")
     (b'xyz', 3, None)
+    >>> files.read_exact("a", 3)[1].tobytes(), files.read_exact("a", 4), files.read_exact("missing", 3)
+    (b'xyz', (3, None), None)
     >>> files.read("b")
     Traceback (most recent call last):
     ...
