@@ -20,7 +20,7 @@ from dumpunet.store import schema
 from dumpunet.store.validate import validate
 from dumpunet.errors import IncompleteStepError, RecordError, SelectionError, StoreError, StoreNotFoundError
 from dumpunet.store.schema import BlockInfo, RunAttrs
-from dumpunet.store.localfiles import SafeLocalStore
+from dumpunet.store.localfiles import SafeLocalStore, StoreFiles
 from dumpunet.store.writer import StoreWriter
 
 BLOCKS = [
@@ -97,15 +97,24 @@ def test_every_array_has_schema_dims_so_xarray_names_them(tmp_path):
 
 
 def spy_reads(monkeypatch, *, roots: bool = False) -> list:
-    """The keys any local store reads from now on (by any thread), in order; ``roots``: (store root, key) pairs."""
+    """The keys any local store reads from now on (by any thread), in order; ``roots``: (store root, key) pairs.
+
+    Reads through zarr (``SafeLocalStore.get``) and the reader's direct chunk reads (``StoreFiles.read_exact``).
+    """
     reads: list = []
     orig = SafeLocalStore.get
+    orig_exact = StoreFiles.read_exact
 
     async def spy(self, key, *a, **kw):
         reads.append((str(self.root), key) if roots else key)
         return await orig(self, key, *a, **kw)
 
+    def spy_exact(self, key, *a, **kw):
+        reads.append((str(self.root), key) if roots else key)
+        return orig_exact(self, key, *a, **kw)
+
     monkeypatch.setattr(SafeLocalStore, "get", spy)
+    monkeypatch.setattr(StoreFiles, "read_exact", spy_exact)
     return reads
 
 

@@ -16,7 +16,7 @@ import zarr
 from click.testing import CliRunner
 from PIL import Image
 from viewer_stores import SIZE, make_attention_store
-from waiting import BACKSTOP
+from waiting import BACKSTOP, wait_until
 
 from dumpunet.analyzer.color.colorize import ColorSpec
 from dumpunet.analyzer.grid import grid_shape
@@ -176,6 +176,45 @@ def test_views_are_cached_by_state(server):
     assert other[1]["X-Cache"] == "miss" and other[2] != first[2]
     grid = get(server, "api/image?block=IN04&step=1")[1]["X-Grid"]
     assert grid == ",".join(map(str, (*grid_shape(6, 4, 4), 4, 4)))  # 6 channels of 4x4: columns, rows, tile
+
+
+def test_a_moving_step_slider_gets_the_next_step_rendered_ahead(stores):
+    server, plain = start(stores[:1]), start(stores[:1], ahead=False)
+    try:
+        query = "api/image?block=OUT11&method=Red/Blue&step="
+        assert get(server, query + "1")[1]["X-Cache"] == "miss"
+        assert server._ahead_thread is None  # a first view is not a slider move
+        assert get(server, query + "2")[1]["X-Cache"] == "miss"  # the slider moved up: step 3 is drawn ahead
+        step3 = server.state({"block": "OUT11", "method": "Red/Blue", "step": "3"})[1]
+        wait_until(lambda: step3 in server.cache, what="step 3 rendered ahead")
+        first, again = get(server, query + "3"), get(server, query + "3")
+        assert (first[1]["X-Cache"], again[1]["X-Cache"]) == ("ahead", "hit") and first[2] == again[2]
+        rendered = get(plain, query + "3")
+        assert rendered[1]["X-Cache"] == "miss" and rendered[2] == first[2]  # the very PNG of a render on request
+        for step in (1, 2):  # the slider moves there too, without rendering anything ahead
+            get(plain, query + str(step))
+        assert plain._ahead_thread is None
+    finally:
+        for srv in (server, plain):
+            srv.shutdown()
+            srv.server_close()
+
+
+def test_only_a_step_change_renders_ahead(stores):
+    server = start(stores[:1])
+    try:
+        get(server, "api/image?block=OUT11&step=1")
+        get(server, "api/image?block=IN02&step=2")  # the block changed too
+        get(server, "api/image?block=IN02&step=2&gain=2")  # the step did not change
+        get(server, "api/image?view=heatmap&token=2&step=1")
+        get(server, "api/image?view=heatmap&token=2&step=2")  # a heatmap sums every step: none is drawn ahead
+        get(server, "api/image?block=IN02&step=2&gain=2")
+        assert server._ahead_thread is None
+        get(server, "api/image?block=IN02&step=3&gain=2")  # 2 -> 3: the last step, nothing follows
+        assert server._ahead_thread is None
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_recording_in_progress_shows_new_steps(tmp_path):

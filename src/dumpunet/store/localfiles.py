@@ -18,6 +18,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 from zarr.abc.store import (
     ByteRequest,
     OffsetByteRequest,
@@ -73,6 +74,8 @@ class StoreFiles:
     >>> files = StoreFiles(d)
     >>> files.read("a"), files.size("a"), files.read("missing")
     (b'xyz', 3, None)
+    >>> files.read_exact("a", 3)[1].tobytes(), files.read_exact("a", 4), files.read_exact("missing", 3)
+    (b'xyz', (3, None), None)
     >>> files.read("b")
     Traceback (most recent call last):
     ...
@@ -146,6 +149,29 @@ class StoreFiles:
             else:
                 raise TypeError(f"unexpected byte range {byte_range!r}")
             return fh.read()
+
+    def read_exact(self, key: str, nbytes: int) -> tuple[int, np.ndarray | None] | None:
+        """``(size, bytes)`` of the regular file at ``key`` if it holds exactly ``nbytes``, ``(size, None)``
+        (not read) if it holds another number; None if it does not exist.
+
+        The bytes are read into a fresh, writable uint8 array (no zero-filling, no second copy for an
+        array over them).
+        """
+        fd = self._open(key)
+        if fd is None:
+            return None
+        with os.fdopen(fd, "rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size != nbytes:
+                return size, None
+            buf = np.empty(nbytes, np.uint8)
+            view, got = memoryview(buf).cast("B"), 0
+            while got < nbytes:
+                n = fh.readinto(view[got:])
+                if not n:  # shorter than fstat said: cut while we read
+                    return got, None
+                got += n
+            return size, buf
 
     def unsafe_entries(self) -> Iterator[tuple[str, str]]:
         """Every entry below the root that is neither a regular file nor a folder: (key, what it is).

@@ -19,7 +19,11 @@ named when it starts, by index; no request parameter ever reaches the file syste
 ========================  ===================================================================
 
 PNG bytes (deflate level ``png_level``, default 0: stored) are cached per resolved view state
-(an LRU of ``cache_bytes``); the ``X-Cache`` header says ``hit`` or ``miss``.
+(an LRU of ``cache_bytes``); the ``X-Cache`` header says ``hit``, ``miss`` or ``ahead``. While
+the step slider moves (a grid or attention view asked for at another step, all else the same),
+the server renders the next step in the same direction on a background thread (``ahead``, on by
+default), so the slider's next position is ready, or under way, when the page asks for it:
+``ahead`` answers such a view the first time it is served.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from dumpunet.errors import DumpUnetError
 from dumpunet.store import Store, open_store
 from dumpunet.store.location import StoreUrl, locate
 from dumpunet.viewer.state import ViewState
-from dumpunet.viewer.structure import resolve, structure
+from dumpunet.viewer.structure import resolve, run_for, structure
 
 __all__ = ["ViewerServer", "start"]
 
@@ -52,35 +56,51 @@ _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=
           ".png": "image/png", ".svg": "image/svg+xml"}
 
 
+AHEAD_VIEWS = ("grid", "attention")
+"""Views whose next step is rendered ahead: one step is one chunk read (a heatmap sums every step up to its own)."""
+
+
 class PngCache:
-    """Least-recently-used PNG bytes by key, within a byte budget."""
+    """Least-recently-used PNG bytes by key, within a byte budget; remembers which were rendered ahead."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.items: OrderedDict[Any, bytes] = OrderedDict()
+        self.ahead: set[Any] = set()  # rendered ahead and not served yet
         self.size = 0
         self.hits = self.misses = 0
         self.lock = threading.Lock()
 
-    def get(self, key: Any) -> bytes | None:
+    def get(self, key: Any) -> tuple[bytes | None, str]:
+        """The bytes of ``key`` and how they got here: ``hit``, ``ahead`` (first served now), or None and ``miss``."""
         with self.lock:
             data = self.items.get(key)
             if data is None:
                 self.misses += 1
-                return None
+                return None, "miss"
             self.items.move_to_end(key)
             self.hits += 1
-            return data
+            if key in self.ahead:
+                self.ahead.discard(key)
+                return data, "ahead"
+            return data, "hit"
 
-    def put(self, key: Any, data: bytes) -> None:
+    def __contains__(self, key: Any) -> bool:
+        with self.lock:
+            return key in self.items
+
+    def put(self, key: Any, data: bytes, *, ahead: bool = False) -> None:
         with self.lock:
             if key in self.items or len(data) > self.max_bytes:
                 return
             self.items[key] = data
             self.size += len(data)
+            if ahead:
+                self.ahead.add(key)
             while self.size > self.max_bytes:
-                _, old = self.items.popitem(last=False)
+                old_key, old = self.items.popitem(last=False)
                 self.size -= len(old)
+                self.ahead.discard(old_key)
 
 
 class ViewerServer(ThreadingHTTPServer):
@@ -89,7 +109,7 @@ class ViewerServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, paths: Sequence[str | Path | StoreUrl], *, port: int = 0, cache_bytes: int = 256 << 20,
-                 png_level: int = 0, quiet: bool = True) -> None:
+                 png_level: int = 0, quiet: bool = True, ahead: bool = True) -> None:
         self.paths = [locate(p) for p in paths]  # folders or URLs
         self.stores: list[Store] = [open_store(p) for p in self.paths]
         self.cache = PngCache(cache_bytes)
@@ -99,6 +119,11 @@ class ViewerServer(ThreadingHTTPServer):
         # Level 0 (stored deflate): over loopback, bytes are free and deflate is most of a view's time
         # (benchmarks/view.py: an SD1.5 OUT11 grid encodes in 15 ms CPU at level 0, 83 ms at level 1).
         self.png_level = png_level
+        self.ahead = ahead  # render the slider's next step in the background (module docstring)
+        self._last: ViewState | None = None  # the view served last: a step away from it, the slider moves
+        self._next: tuple[Store, ViewState, Store | None] | None = None  # the view to render ahead
+        self._wake = threading.Condition()
+        self._ahead_thread: threading.Thread | None = None
         static = resources.files("dumpunet.viewer") / "static"
         self.static = {f.name: f for f in static.iterdir() if f.is_file() and Path(f.name).suffix in _TYPES}
         try:
@@ -150,15 +175,58 @@ class ViewerServer(ThreadingHTTPServer):
         st, state = self.state(params)
         layout = grid_layout(st, state)
         headers = {"X-Grid": ",".join(map(str, layout))} if layout else {}
-        data = self.cache.get(state)
-        if data is not None:
-            return data, state, {"X-Cache": "hit", **headers}
         minus = self.stores[state.minus] if state.minus >= 0 else None
-        with self.render_lock:
-            pixels = render_view(st, state, minus)
-        data = encode_png(pixels, level=self.png_level)
-        self.cache.put(state, data)
-        return data, state, {"X-Cache": "miss", **headers}
+        data, how = self.cache.get(state)
+        if data is None:
+            with self.render_lock:
+                data, how = self.cache.get(state)  # rendered ahead while this request waited
+                pixels = render_view(st, state, minus) if data is None else None
+            if pixels is not None:
+                data = encode_png(pixels, level=self.png_level)
+                self.cache.put(state, data)
+        self._plan_ahead(st, state, minus)
+        return data, state, {"X-Cache": how, **headers}
+
+    def _plan_ahead(self, st: Store, state: ViewState, minus: Store | None) -> None:
+        """After a step change of a grid or attention view, render the next step in the same direction in the background."""
+        last, self._last = self._last, state
+        if not self.ahead or state.view not in AHEAD_VIEWS or last is None or last.step == state.step:
+            return
+        if last.with_(step=state.step) != state:
+            return  # not the slider: something else changed too
+        steps = run_for(st, state.run, state.pair, state.mode).steps
+        following = [s for s in steps if (s > state.step if state.step > last.step else s < state.step)]
+        if not following:
+            return
+        nxt = state.with_(step=min(following) if state.step > last.step else max(following))
+        if nxt in self.cache:
+            return
+        with self._wake:
+            self._next = (st, nxt, minus)  # replaces a view not yet started: the slider has moved on
+            if self._ahead_thread is None:
+                self._ahead_thread = threading.Thread(target=self._render_ahead, name="dumpunet-view-ahead", daemon=True)
+                self._ahead_thread.start()
+            self._wake.notify()
+
+    def _render_ahead(self) -> None:
+        from dumpunet.analyzer.png import encode_png
+        from dumpunet.viewer.views import render_view
+
+        while True:
+            with self._wake:
+                while self._next is None:
+                    self._wake.wait()
+                st, state, minus = self._next
+                self._next = None
+            with self.render_lock:  # a request for this view waits here, then finds it in the cache
+                if state in self.cache:
+                    continue
+                try:
+                    data: bytes | None = encode_png(render_view(st, state, minus), level=self.png_level)
+                except Exception:  # noqa: BLE001  a view that cannot be drawn shows its error when it is asked for
+                    data = None
+                if data is not None:
+                    self.cache.put(state, data, ahead=True)
 
 
 class _NotFound(Exception):
@@ -258,7 +326,8 @@ def _file_name(server: ViewerServer, state: ViewState) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
-def start(paths: Sequence[str | Path | StoreUrl], *, port: int = 0, png_level: int = 0, quiet: bool = True) -> ViewerServer:
+def start(paths: Sequence[str | Path | StoreUrl], *, port: int = 0, png_level: int = 0, quiet: bool = True,
+          ahead: bool = True) -> ViewerServer:
     """Start a viewer server on a background thread; ``server.url`` is its address, ``server.shutdown()`` stops it.
 
     Examples
@@ -267,7 +336,7 @@ def start(paths: Sequence[str | Path | StoreUrl], *, port: int = 0, png_level: i
     >>> server.url  # doctest: +SKIP
     'http://127.0.0.1:40123/'
     """
-    server = ViewerServer(paths, port=port, png_level=png_level, quiet=quiet)
+    server = ViewerServer(paths, port=port, png_level=png_level, quiet=quiet, ahead=ahead)
     server.thread = threading.Thread(target=server.serve_forever, name="dumpunet-view", daemon=True)
     server.thread.start()
     return server
