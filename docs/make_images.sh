@@ -75,10 +75,14 @@ dumpunet sweep --prompt "a cute school girl, pink hair, wide shot" --insert "bad
 dumpunet render sweep.zarr --sweep "${q[@]}" --out sheet
 keep sheet/sweep-img0.png sweep-img0.png
 
-# the viewer page on the first recording (Playwright + chromium)
-if python "$here/viewer_screenshot.py" girl.zarr viewer.png; then
-    keep viewer.png viewer.png
-else
+# the viewer page on the first recording (Playwright + chromium; exit status 3: one of them is missing)
+shot=0
+python "$here/viewer_screenshot.py" girl.zarr viewer.png || shot=$?
+if [ "$shot" -eq 3 ]; then
     echo "make_images: no viewer screenshot (needs playwright and chromium); viewer.png left as it is" >&2
+elif [ "$shot" -ne 0 ]; then
+    exit "$shot"
+else
+    keep viewer.png viewer.png
 fi
 ls -l "$out"

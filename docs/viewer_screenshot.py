@@ -3,7 +3,7 @@
     python docs/viewer_screenshot.py STORE OUT.png [WORD]
 
 Opens the viewer on STORE in headless chromium (Playwright; chromium from PATH), clicks WORD
-(default ``hair``) in the prompt and shows its word heatmap, then saves the page. Exits with 1
+(default ``hair``) in the prompt and shows its word heatmap, then saves the page. Exits with 3
 (and a line on stderr) where Playwright or chromium is missing, so the caller can keep the old picture.
 """
 
@@ -16,6 +16,7 @@ from dumpunet.viewer.server import start
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
+MISSING = 3  # the exit status where Playwright or chromium is missing
 TIMEOUT_MS = 300_000  # a loaded machine's first render compiles numba kernels
 
 
@@ -36,7 +37,7 @@ def main(store: str, out: str, word: str = "hair") -> int:
         chromium = None
     if chromium is None:
         print("viewer_screenshot: needs playwright (pip install playwright) and chromium on PATH", file=sys.stderr)
-        return 1
+        return MISSING
     server = start([store])
     try:
         with sync_playwright() as p:
