@@ -1,7 +1,7 @@
 """docs/images: every picture README.md and docs/*.md show exists, and docs/make_images.sh makes each one.
 
 The quick tests read the script's ``keep GLOB NAME`` lines (the names it writes); the slow one runs
-the script into a temporary folder (about two minutes of CPU on the embedded tiny-sd1) and compares
+the script into a temporary folder (3 to 4 minutes of CPU on the embedded tiny-sd1) and compares
 the files and their pixel sizes with the committed ones.
 """
 
