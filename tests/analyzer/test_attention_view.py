@@ -347,6 +347,11 @@ def test_labelled_grid_is_the_plain_grid_with_a_title_and_a_colour_bar_saying_th
     assert labelled.params["legend"] == "range per head row: " + ", ".join(
         f"h{h} {number(lo)} to {number(hi)}" for h, (lo, hi) in enumerate(ranges))
     assert labelled.params["title"][-1] == labelled.params["legend"]  # the title strip's last line
+    # drawn with spaces a reader sees between the numbers and "to" (they once ran together: "0.005524to")
+    from test_labels import text, word_gaps
+
+    legend = labelled.params["legend"]
+    assert _find(img[:y, :, 0], text(legend)) and sum(g >= 3 for g in word_gaps(text(legend))) == legend.count(" ")
     assert labelled.params["colorbar"] == {"min": None, "max": None, "spans": "head row"} and "colorbar" not in plain.params
     # below the grid: the colour bar, each row's lowest to highest value in the grid's colours
     want = colorize(np.linspace(0.0, 1.0, 256, dtype=np.float32)[None, None], ATTENTION_COLOR, minmax=(0.0, 1.0))[0, 0]

@@ -26,8 +26,10 @@ from dumpunet.errors import OptionError
 
 
 def text(line: str, pad: int = 2) -> np.ndarray:
-    """White text on black, as Pillow's default font at 11 px draws it."""
+    """White text on black, as Pillow's default font at 11 px draws it with each space doubled
+    (its own space is 2 px wide: too narrow to part a number from the next word)."""
     font = ImageFont.load_default(size=11)
+    line = line.replace(" ", "  ")
     left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), line, font=font)
     img = Image.new("L", (right - min(0, left) + 2 * pad, bottom - min(0, top) + 2 * pad), 0)
     ImageDraw.Draw(img).text((pad, pad), line, fill=255, font=font)
@@ -106,6 +108,30 @@ def test_a_narrow_grid_wraps_its_title_instead_of_widening(girl, tmp_path):
     top = assert_title(img, lines)
     # the grid starts below the title: its first tile row at the left edge (channel 0's number on it)
     assert img[top + 4 : top + 4 + g["tile"][0] * g["scale"], grid_w].max() == 0  # the black margin right of the grid
+
+
+def word_gaps(glyphs: np.ndarray) -> list[int]:
+    """The widths of the runs of empty columns between the first and the last inked column."""
+    ink = glyphs.any(axis=0)
+    cols = np.nonzero(ink)[0]
+    gaps, run = [], 0
+    for inked in ink[cols[0] : cols[-1] + 1]:
+        if inked:
+            gaps, run = gaps + [run] if run else gaps, 0
+        else:
+            run += 1
+    return gaps
+
+
+def test_a_space_parts_a_number_from_the_next_word():
+    # the attention legend read "h0 0.005524to 0.01234": a 2 px space after a digit looked like none
+    from dumpunet.analyzer.labels import MIN_SPACE, text_image
+
+    for line in ("h0 0.005524 to 0.01234", "-0.5 to 2 | x8 | Red/Blue"):
+        gaps = word_gaps(text_image(line))
+        assert sum(g >= MIN_SPACE - 1 for g in gaps) == line.count(" "), (line, gaps)  # one wide gap per space
+        assert sorted(gaps)[-line.count(" ")] >= 3  # and none of them narrow
+    assert MIN_SPACE >= 4
 
 
 def test_each_tile_carries_its_channel_number(girl, tmp_path):
