@@ -231,9 +231,17 @@ class S3:
     """moto's S3 server at 127.0.0.1:9000, with the buckets the docs' examples name."""
 
     def __init__(self) -> None:
+        # the test extra; the s3:// commands need the remote extra
+        pytest.importorskip("moto.server")
+        pytest.importorskip("s3fs")
         from s3server import ENV, S3Server
 
-        self.server = S3Server(port=S3_PORT)
+        try:
+            self.server = S3Server(port=S3_PORT)
+        except OSError as exc:
+            pytest.fail(
+                f"cannot serve S3 at 127.0.0.1:{S3_PORT}, the address docs/remote.md names: {exc}"
+            )
         self.env = {
             **ENV,
             "AWS_ENDPOINT_URL": self.server.endpoint,
@@ -261,8 +269,18 @@ class S3:
 
 
 def command_env(home: Path, s3: S3 | None) -> dict[str, str]:
+    """The commands' environment: the dumpunet this test imported, offline, no real AWS, a HOME of their own."""
+    import dumpunet
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    # the commands run in other folders: a relative PYTHONPATH (PYTHONPATH=src) would miss the code under test
+    # and import whatever dumpunet is installed
+    paths = [str(Path(dumpunet.__file__).resolve().parents[1])]
+    paths += [
+        str(Path(p).resolve()) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p
+    ]
     env.update(
+        PYTHONPATH=os.pathsep.join(paths),
         HOME=str(home),
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
