@@ -64,7 +64,7 @@ OPTIONS = {o.name: o for o in [
     OptionSpec("finals", "Skip the final images (for runs that did not finish).", default=True, flag_value=False,
                flag="--no-finals"),
     OptionSpec("tokens", "Words of the prompt and/or token indices, e.g. 'pink,hair' or '0-10'; empty = the "
-               "prompt's tokens.", default=""),
+               "prompt's tokens (of an empty prompt: <start> and <end>).", default=""),
     OptionSpec("feature", "qk: attention probabilities; k: keys; vqk: per-head output.", default="qk",
                choices=("qk", "k", "vqk")),
     OptionSpec("query", "The query pixel as x,y fractions of the image: self-attention layers (recorded with "

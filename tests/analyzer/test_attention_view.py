@@ -241,6 +241,7 @@ def test_heatmap_on_a_pair_store_says_which_run_and_prompt_it_used(tmp_path):
 
 def test_an_empty_prompt_says_so():
     empty = ["<|startoftext|>", "<|endoftext|>", "<|endoftext|>"]
+    assert select_tokens("", empty, 2) == [0, 1]  # by default: what the U-Net saw, <start> and <end>
     with pytest.raises(SelectionError, match=r"^'hair' is not a word of the prompt; the prompt is empty \(or give token indices 0..2\)$"):
         select_tokens("hair", empty, 2)
 

@@ -34,13 +34,13 @@ class Request:
 
 
 class S3Server:
-    """moto's S3 on ``127.0.0.1:<free port>``, logging each request."""
+    """moto's S3 on ``127.0.0.1:<port>`` (a free one by default), logging each request."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"

@@ -3,7 +3,8 @@
 The store keeps the token strings the text encoder read (CLIP BPE: ``girl</w>`` ends a word).
 A selection is a comma-separated list of words of the prompt (``pink,hair``; a word split into
 several tokens selects all of them), token indices and index ranges (``1-5``, ``0-76(+4)``).
-The default is the prompt's own tokens: no start/end token, no padding.
+The default is the prompt's own tokens: no start/end token, no padding; for an empty prompt (an
+unset negative prompt) the start and end tokens, which are all the U-Net saw.
 
 Examples
 --------
@@ -12,6 +13,8 @@ Examples
 [1, 2, 3, 4]
 >>> select_tokens("mars, 0", toks, 6)
 [0, 3, 4]
+>>> select_tokens("", ["<|startoftext|>", "<|endoftext|>", "<|endoftext|>"], 2)
+[0, 1]
 >>> [label(toks[i]) for i in (0, 2, 5)]
 ['<start>', 'pink', '<end>']
 """
@@ -80,7 +83,7 @@ def _word_spans(word: str, tokens: list[str], length: int) -> list[list[int]]:
 def select_tokens(spec: str, tokens: list[str], length: int) -> list[int]:
     """Token positions a selection names, ascending; errors list the prompt's words."""
     if not spec.strip():
-        return list(range(1, max(1, length - 1)))
+        return list(range(1, length - 1)) or list(range(max(1, length)))
     chosen: set[int] = set()
     for part in spec.split(","):
         if not part.strip():
