@@ -448,6 +448,8 @@ def test_every_doc_command_runs_as_written(tmp_path):
     assert not failures, (
         f"{len(failures)} of {ran} doc commands failed:\n\n" + "\n\n".join(failures)
     )
+    # the README's demo: one labelled grid per recorded step of OUT11
+    assert len(list((readme / "demo-renders").glob("OUT11-step*.png"))) == 20
 
 
 def prepare_remote(folder: Path, readme: Path, s3: S3 | None) -> None:
