@@ -137,6 +137,15 @@ def test_pca_is_one_picture_whose_command_names_only_the_method(server):
     assert status == 400 and "every channel" in json.loads(body)["error"]
 
 
+@pytest.mark.parametrize("view", ["view=attention", "view=heatmap&token=1", "view=query"])
+def test_a_pairs_difference_refuses_attention_views(server, view):
+    status, _, body = get(server, "api/image?store=1&pair=layered&mode=diff&" + view)
+    assert status == 400, body  # not the layered run's picture under the difference's name
+    name = view.split("&")[0][len("view="):]
+    assert json.loads(body)["error"] == (f"a pair's difference shows channel grids, final images and the summary "
+                                         f"chart, not the {name} view (choose base or layered to see either run's)")
+
+
 @pytest.mark.parametrize("path", [
     "/static/../../../../etc/passwd",
     "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
