@@ -135,6 +135,17 @@ def test_scrub_steps_pick_blocks_channels_and_colours(page, server):
     assert (pix[..., 1] == 0).all()  # Red/Blue has no green
 
 
+def test_play_moves_the_step_and_pause_stops_it(page, server):
+    page.goto(server.url + "?block=OUT11&step=1")
+    first = settle(page)
+    page.click("#play")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('step') === '2'")
+    page.click("#play")
+    assert page.evaluate("playing") is None and page.inner_text("#play") == "\u25b6"  # the timer is gone
+    paused = settle(page, first)
+    assert f"--steps {url_state(page)['step']} " in paused["command"]  # the picture shows where play stopped
+
+
 def test_pca_colours_a_block_as_one_picture(page, server):
     page.goto(server.url + "?block=IN04&step=1")
     grid = settle(page)
