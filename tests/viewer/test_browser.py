@@ -15,9 +15,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
+import zarr
 from PIL import Image
+from viewer_stores import make_attention_store
 
 from dumpunet.analyzer.grid import grid_shape, grid_size
+from dumpunet.viewer.server import start
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -130,6 +133,57 @@ def test_scrub_steps_pick_blocks_channels_and_colours(page, server):
     pix = png_of(server, red["query"])
     assert not np.array_equal(pix, png_of(server, tile["query"]))
     assert (pix[..., 1] == 0).all()  # Red/Blue has no green
+
+
+def test_play_moves_the_step_and_pause_stops_it(page, server):
+    page.goto(server.url + "?block=OUT11&step=1")
+    first = settle(page)
+    page.click("#play")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('step') === '2'")
+    page.click("#play")
+    assert page.evaluate("playing") is None and page.inner_text("#play") == "\u25b6"  # the timer is gone
+    paused = settle(page, first)
+    assert f"--steps {url_state(page)['step']} " in paused["command"]  # the picture shows where play stopped
+
+
+def test_pca_colours_a_block_as_one_picture(page, server):
+    page.goto(server.url + "?block=IN04&step=1")
+    grid = settle(page)
+    assert page.locator("#transform").is_visible()
+    page.select_option("#method", "PCA")
+    pca = settle(page, grid)
+    snap(page, "06-pca")
+    assert url_state(page)["method"] == "PCA" and pca["error"] is None
+    assert "--method PCA --plain" in pca["command"] and "--transform" not in pca["command"]
+    assert (pca["height"], pca["width"]) == (4, 4)  # IN04 is 6 x 4 x 4: one picture of all six channels
+    assert page.locator("#transform").is_hidden() and page.locator("#h").is_hidden()  # a basis colours it
+    box = page.locator("#picture").bounding_box()
+    page.mouse.click(box["x"] + 2, box["y"] + 2)  # no tiles: a click picks no channel
+    assert "channel" not in url_state(page) and page.evaluate("document.body.dataset.requested") == str(pca["settled"])
+    page.select_option("#method", "Custom")
+    back = settle(page, pca)
+    assert page.locator("#transform").is_visible() and "--transform auto01" in back["command"]
+
+
+def test_a_recording_in_progress_shows_its_steps_as_they_complete(page, tmp_path):
+    path = make_attention_store(tmp_path / "live.zarr", finish=False)
+    done = zarr.open_array(path / "runs/main/call_done", mode="r+")
+    done[2] = 0  # step 3 still being written
+    live = start([path])
+    try:
+        page.goto(live.url)
+        first = settle(page)
+        assert page.inner_text("#live") == "recording in progress: 2 steps so far"
+        assert page.inner_text("#steplabel") == "step 2 of 3" and "--steps 2" in first["command"]
+        done[2] = 1  # step 3 completes: the page's poll (every 1.5 s) finds it
+        later = settle(page, first)  # the slider, left at the last step, follows
+        snap(page, "16-live")
+        assert page.inner_text("#live") == "recording in progress: 3 steps so far"
+        assert page.inner_text("#steplabel") == "step 3 of 3" and "--steps 3" in later["command"]
+        assert "step" not in url_state(page)
+    finally:
+        live.shutdown()
+        live.server_close()
 
 
 def test_a_bad_expression_shows_its_caret_message(page, server):

@@ -93,6 +93,7 @@ def test_structure_lists_blocks_steps_layers_tokens_and_pairs(server):
     ("block=OUT08&channel=5&method=White/Black&transform=sigmoid&gain=2&offset=0.5", ""),
     ("block=M00&average=2-norm&guidance=uncond&auto_scope=block", ""),
     ("block=OUT11&space=rgb&r=clip(v*2,0,1)&g=0&b=v*v", ""),
+    ("block=IN04&step=1&method=PCA&transform=linear&h=v", ""),
     ("view=attention&layer=IN01.attn2&step=2", ""),
     ("view=attention&layer=IN01.attn2&step=2&auto_scope=channel", ""),
     ("view=attention&layer=M00.attn2&token=2&method=Red/Blue", ""),
@@ -123,6 +124,26 @@ def test_one_head_and_the_final_image(server):
     assert json.loads(get(server, "api/command?view=attention&head=mean")[2])["command"] is None
     final = pixels(get(server, "api/image?view=final")[2])
     assert np.array_equal(final, zarr.open_array(server.paths[0] / "runs/main/images", mode="r")[0])
+
+
+def test_pca_is_one_picture_whose_command_names_only_the_method(server):
+    status, headers, body = get(server, "api/image?block=IN04&step=1&method=PCA&transform=sigmoid&gain=3")
+    assert status == 200 and "X-Grid" not in headers  # no tiles: a click picks no channel
+    assert pixels(body).shape[:2] == (4, 4)  # IN04 is 6 x 4 x 4: one 4 x 4 picture of all six channels
+    assert body == get(server, "api/image?block=IN04&step=1&method=PCA")[2]  # the transform changes nothing
+    command = json.loads(get(server, "api/command?block=IN04&step=1&method=PCA&transform=sigmoid")[2])["command"]
+    assert "--method PCA --plain" in command and "--transform" not in command
+    status, _, body = get(server, "api/image?block=IN04&step=1&method=PCA&channel=2")
+    assert status == 400 and "every channel" in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize("view", ["view=attention", "view=heatmap&token=1", "view=query"])
+def test_a_pairs_difference_refuses_attention_views(server, view):
+    status, _, body = get(server, "api/image?store=1&pair=layered&mode=diff&" + view)
+    assert status == 400, body  # not the layered run's picture under the difference's name
+    name = view.split("&")[0][len("view="):]
+    assert json.loads(body)["error"] == (f"a pair's difference shows channel grids, final images and the summary "
+                                         f"chart, not the {name} view (choose base or layered to see either run's)")
 
 
 @pytest.mark.parametrize("path", [

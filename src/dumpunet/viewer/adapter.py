@@ -57,8 +57,11 @@ def draw(store: Store, state: ViewState, minus: Store | None = None) -> np.ndarr
 
 
 def grid_layout(store: Store, state: ViewState) -> tuple[int, int, int, int] | None:
-    """``(cols, rows, tile height, tile width)`` of a state's full channel grid; None for other views."""
-    if state.view != "grid" or state.channel >= 0 or state.average:
+    """``(cols, rows, tile height, tile width)`` of a state's full channel grid; None for other views.
+
+    None too for method PCA: one picture of every channel, no tile to click.
+    """
+    if state.view != "grid" or state.channel >= 0 or state.average or state.pca:
         return None
     c, h, w = run_for(store, state.run, state.pair, state.mode).array(state.block, state.which).shape[3:]
     return (*grid_shape(c, h, w), h, w)

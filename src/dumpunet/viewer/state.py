@@ -141,12 +141,19 @@ class ViewState:
         return out
 
     @property
+    def pca(self) -> bool:
+        """Method PCA (any case): the block's top three principal components colour one picture, no tiles."""
+        return self.method.upper() == "PCA"
+
+    @property
     def _default_scope(self) -> str:
         """The Auto scope the view's command uses when ``--auto-scope`` is not given."""
         return ATTENTION_SCOPE if self.view == "attention" else "channel"
 
     def color_args(self) -> list[str]:
         """Command-line options of the colorization: those that change pixels under this method."""
+        if self.pca:
+            return ["--method", self.method]  # a basis colours the pixels: no transform, range or expressions
         args = ["--method", self.method, "--transform", self.transform]
         if self.transform == "linear":
             args += ["--clamp-min", _text(self.clamp_min), "--clamp-max", _text(self.clamp_max)]

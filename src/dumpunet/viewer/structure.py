@@ -95,6 +95,9 @@ def resolve(store: Store, state):
         if state.view not in ("grid", "final", "summary"):
             raise SelectionError(f"the difference of two stores shows channel grids, final images and the summary "
                                  f"chart, not the {state.view} view")
+    if state.pair and state.mode == "diff" and state.view in ("attention", "heatmap", "query"):
+        raise SelectionError(f"a pair's difference shows channel grids, final images and the summary chart, not the "
+                             f"{state.view} view (choose base or layered to see either run's)")
     if state.view == "summary":
         if state.minus < 0 and not state.pair:
             raise SelectionError("the summary chart compares two runs: choose a pair, or another store to subtract")

@@ -286,9 +286,11 @@ function sync() {
   }
   const col = $("colour");
   const show = (cls, on) => col.querySelectorAll("." + cls).forEach((e) => { e.hidden = !on; });
-  show("linear", state.transform === "linear");
-  show("sigmoid", state.transform === "sigmoid");
-  show("auto", state.transform.startsWith("auto"));
+  const pca = state.method === "PCA";  // a basis colours the pixels: no transform, range or expressions
+  show("notpca", !pca);
+  show("linear", !pca && state.transform === "linear");
+  show("sigmoid", !pca && state.transform === "sigmoid");
+  show("auto", !pca && state.transform.startsWith("auto"));
   const perHead = $("auto_scope").querySelector('option[value="head"]');
   perHead.hidden = perHead.disabled = state.view !== "attention";  // offered only where it applies
   show("custom", state.method === "Custom");
