@@ -52,9 +52,10 @@ def test_docs_images_holds_what_the_script_makes_and_the_docs_show():
     assert [name for name in sorted(on_disk) if (IMAGES / name).resolve() not in everywhere] == []  # none unshown
 
 
-def test_the_readme_shows_two_of_them_and_all_stay_small():
+def test_the_readme_shows_two_pictures_and_the_viewer_and_all_stay_small():
     readme = shown(ROOT / "README.md")
-    assert len(readme) == 2 and all(p.parent == IMAGES.resolve() for p in readme)
+    assert len(readme) == 3 and all(p.parent == IMAGES.resolve() for p in readme)
+    assert IMAGES.resolve() / "viewer.png" in readme
     assert sum(p.stat().st_size for p in IMAGES.iterdir()) < BUDGET
 
 
