@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from dumpunet.analyzer.pick import Pick
-from dumpunet.cli_options import PATH, click_option, take, value_options, with_options
+from dumpunet.cli_options import STORE, click_option, storage_options, take, value_options, with_options
 from dumpunet.cli_views import OPTIONS as VIEW_OPTIONS
 from dumpunet.options import OptionSpec
 
@@ -26,7 +26,8 @@ OPTIONS = {o.name: o for o in [
 
 
 @click.command()
-@click.argument("stores", nargs=-1, required=True, type=PATH)
+@click.argument("stores", nargs=-1, required=True, type=STORE)
+@storage_options
 @with_options(value_options(Pick, skip=("channels",)))
 @with_options([click_option(OPTIONS[name]) for name in ("layers", "scheduler", "jobs", "format")])
 @with_options([click_option(VIEW_OPTIONS[name]) for name in ("out", "as_json")])
@@ -39,6 +40,7 @@ def stats(stores: tuple[Path, ...], layers: str | None, scheduler: str, jobs: in
 
     \b
     dumpunet stats runs/*.zarr --blocks OUT09-OUT11 --steps '1-20(+5)' --guidance both --out stats/
+    dumpunet stats s3://lab/a.zarr s3://lab/b.zarr --blocks OUT11 --scheduler tcp://10.0.0.5:8786 --out stats/
     """
     import json
 
