@@ -1,6 +1,6 @@
 """Reading a store at a URL: zarr's FsspecStore (s3fs) vs ObjectStore (obstore) vs the local folder.
 
-Run: ``python benchmarks/remote_read.py [--repeat 3]``
+Run: ``python benchmarks/remote_read.py [--repeat 3] [--images 2]`` (``--images 5``: 500 grids)
 
 Both remote backends read the same store from the same S3 API server: moto in server mode on
 127.0.0.1 (tests/store/s3server.py), so the figures compare the clients' overhead per request,
@@ -70,13 +70,14 @@ def measure(where: str | Path, repeat: int, out: Path, server: S3Server) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--images", type=int, default=2, help="images of the synthetic store: 100 grids each (25 blocks x 4 steps)")
     args = parser.parse_args()
     os.environ.update(ENV)
     server = S3Server()
     os.environ["AWS_ENDPOINT_URL"] = server.endpoint
     os.environ["AWS_ALLOW_HTTP"] = "true"  # obstore: the loopback server speaks plain http
     with tempfile.TemporaryDirectory() as tmp:
-        local = make_store(Path(tmp) / "girl.zarr", n_images=2)
+        local = make_store(Path(tmp) / "girl.zarr", n_images=args.images)
         bucket = server.new_bucket()
         url = f"s3://{bucket}/girl.zarr"
         from dumpunet.store.transfer import copy_store
@@ -88,7 +89,7 @@ def main() -> None:
             rows[backend] = measure(url, args.repeat, Path(tmp), server)
         location.BACKEND = "fsspec"
         n = len(dumpunet.open(local).blocks) * len(RECORDED_STEPS)
-    print(f"{n} block x step reads / grids; best of {args.repeat}; seconds (ratio to local)")
+    print(f"{n} block x step reads, {n * args.images} grids; best of {args.repeat}; seconds (ratio to local)")
     print(f"{'':8} {'open':>16} {'reads':>16} {'render':>16} {'requests':>9}")
     for name, row in rows.items():
         cells = [f"{row[k]:7.3f} ({row[k] / rows['local'][k]:5.1f}x)" for k in ("open", "reads", "render")]

@@ -10,9 +10,10 @@ import click
 from dumpunet.analyzer.pick import Pick
 from dumpunet.cli_options import (
     JOBS,
-    PATH,
+    STORE,
     click_option,
     quiet_option,
+    storage_options,
     take,
     value_options,
     with_options,
@@ -34,7 +35,8 @@ OPTIONS = {o.name: o for o in [
 
 
 @click.command()
-@click.argument("stores", nargs=-1, required=True, type=PATH)
+@click.argument("stores", nargs=-1, required=True, type=STORE)
+@storage_options
 @with_options(value_options(Pick, skip=("channels",)))
 @with_options([click_option(OPTIONS[name]) for name in ("layers", "scheduler", "jobs", "format")])
 @with_options([click_option(VIEW_OPTIONS["out"]), quiet_option(), click_option(VIEW_OPTIONS["as_json"])])
@@ -47,6 +49,7 @@ def stats(stores: tuple[Path, ...], layers: str | None, scheduler: str, jobs: in
 
     \b
     dumpunet stats runs/*.zarr --blocks OUT09-OUT11 --steps '1-20(+5)' --guidance both --out stats/
+    dumpunet stats s3://lab/a.zarr s3://lab/b.zarr --blocks OUT11 --scheduler tcp://10.0.0.5:8786 --out stats/
     """
     import json
 

@@ -141,5 +141,5 @@ def test_a_store_recorded_again_at_the_same_path_is_a_new_source(tmp_path):
     st = os.stat(path / "zarr.json")
     os.utime(path / "zarr.json", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # as a new recording leaves it
     again = Source.of(open_store(path), Pick(blocks="OUT11"))
-    assert again != first and again.path == first.path == str(path.resolve())
+    assert again != first and again.path == first.path == path.resolve()
     assert open_source(again) is not open_source(first)

@@ -130,6 +130,7 @@ def test_missing_store_bucket_and_foreign_urls_are_one_line_errors(s3, tmp_path)
         f"Error: no store at s3://{s3.bucket}/nothing.zarr (no zarr.json there)\n"
     assert "no store at s3://no-such-bucket-here/girl.zarr" in _one_line_error(["render", "s3://no-such-bucket-here/girl.zarr",
                                                                                 "--out", str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()  # nothing written
     import s3fs
 
     s3fs.S3FileSystem(endpoint_url=s3.endpoint, skip_instance_cache=True).pipe(

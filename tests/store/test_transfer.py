@@ -16,6 +16,7 @@ from dumpunet.cli import main
 from dumpunet.store.location import COPY_MARKER, list_sizes, open_zarr_store
 from dumpunet.store.schema import RunAttrs
 from dumpunet.store.transfer import Uploader, key_rank
+from dumpunet.store.validate import validate
 from dumpunet.store.writer import StoreWriter
 
 
@@ -187,3 +188,34 @@ def test_record_to_s3_leaves_the_store_there(s3, tmp_path, monkeypatch):
     assert (remote.image() == local.image()).all()
     assert (remote.features("OUT11", 2) == local.features("OUT11", 2)).all()
     assert not [p for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("dumpunet-upload-*") if (p / "girl.zarr").exists()]
+
+
+@pytest.mark.recorder
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_an_interrupted_record_to_s3_leaves_every_completed_step_readable(s3, tmp_path, monkeypatch, error):
+    """Ctrl-C (or an error) during the 4th U-Net call: the last upload round still sends steps 1-3, and nothing claims more."""
+    pytest.importorskip("torch")
+    pytest.importorskip("diffusers")
+    url = f"s3://{s3.bucket}/cut.zarr"
+    submit = StoreWriter.submit_call
+    calls = []
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise error("stopped")
+        return submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(StoreWriter, "submit_call", failing)
+    monkeypatch.setenv("DUMPUNET_UPLOAD_INTERVAL", "0.2")
+    res = CliRunner().invoke(main, ["record", "--model", "tiny-sd1", "--prompt", "a girl", "--sampling-steps", "6",
+                                    "--width", "64", "--height", "64", "--seed", "1", "--blocks", "IN01,OUT11",
+                                    "--attention", "none", "--quiet", "--out", url])
+    assert res.exit_code != 0
+    if error is KeyboardInterrupt:
+        assert res.output == f"Error: interrupted; complete steps (1-3) stay readable in {url}\n"
+    remote = dumpunet.open(url)
+    assert remote.steps == [1, 2, 3] and not remote.run().complete
+    assert all(remote.features(b, s).shape[0] > 0 for b in ("IN01", "OUT11") for s in (1, 2, 3))
+    assert validate(url).ok
+    assert not [p for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("dumpunet-upload-*") if (p / "cut.zarr").exists()]

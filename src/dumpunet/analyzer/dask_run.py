@@ -2,7 +2,7 @@
 
 The plan is made on the client as for the local thread pool (:mod:`.pool`): the selection is
 checked, files are named, PCA bases fitted and Auto first passes run there. Then each file's work
-goes to a worker as a small task: the store's path and the pick (a :class:`Source`), the slab
+goes to a worker as a small task: the store's path (or URL with its storage options) and the pick (a :class:`Source`), the slab
 and the file's parameters, never arrays. The worker opens the store by path itself (once per
 process, :func:`open_source`), reads the chunk, draws and encodes, and sends back the file's bytes
 and manifest entry; the client writes them through the command's
@@ -35,7 +35,7 @@ from dumpunet.analyzer.damage import Damage
 from dumpunet.analyzer.selection import Selection, Slab, select, select_pair
 from dumpunet.errors import DamagedChunkError
 from dumpunet.store import Store
-from dumpunet.store.location import StoreUrl
+from dumpunet.store.location import Location, StoreUrl
 
 __all__ = ["Source", "note_damage", "open_source", "run_on_dask", "worker_call"]
 
@@ -47,7 +47,7 @@ T = TypeVar("T")
 class Source:
     """How a worker opens a selection by itself: a store's path, the pick, and for a diff the pair."""
 
-    path: str
+    path: Location
     pick: Pick
     pair: str | None = None
     diff: bool = False
@@ -57,15 +57,20 @@ class Source:
 
     @classmethod
     def of(cls, store: Store, pick: Pick, *, pair: str | None = None, diff: bool = False) -> Source:
-        """The source of a selection of ``store``: its absolute path (workers may start elsewhere)."""
-        if isinstance(store.path, StoreUrl):  # workers open the URL with the environment's credentials
-            return cls(str(store.path), pick, pair, diff, None)
+        """The source of a selection of ``store``: its absolute path (workers may start elsewhere), or its URL.
+
+        A URL travels with its storage options (:class:`~dumpunet.store.location.StoreUrl`), so the
+        workers reach the store as the client did; credentials not given as options come from the
+        workers' environment.
+        """
+        if isinstance(store.path, StoreUrl):
+            return cls(store.path, pick, pair, diff, None)
         path = store.path.resolve()
         try:
             stamp: int | None = os.stat(path / "zarr.json").st_mtime_ns
         except OSError:
             stamp = None
-        return cls(str(path), pick, pair, diff, stamp)
+        return cls(path, pick, pair, diff, stamp)
 
 
 @functools.lru_cache(maxsize=64)

@@ -18,7 +18,7 @@ worker that reduces it. Where it runs (``scheduler``):
 - ``"local"``: a :class:`distributed.LocalCluster` of worker processes (``jobs`` of them), for
   work where Python-level overhead per chunk dominates;
 - ``"tcp://HOST:PORT"``: an existing dask.distributed cluster (its workers must see the stores
-  at the same paths).
+  at the same paths, or reach their URLs: a URL's storage options travel with each task).
 
 Output (:class:`~dumpunet.analyzer.output.OutputFolder`): ``stats.csv`` (blocks) and
 ``attention-stats.csv`` (layers), or ``.parquet`` with ``format="parquet"`` (needs pyarrow).
@@ -30,7 +30,6 @@ import csv
 import io
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +39,7 @@ from dumpunet.analyzer.output import OutputFolder, WrittenFile
 from dumpunet.analyzer.pick import Pick
 from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import parse_ints
+from dumpunet.store.location import StoreUrl, locate
 
 __all__ = ["ATTENTION_COLUMNS", "BLOCK_COLUMNS", "FORMATS", "block_stats", "write_stats"]
 
@@ -102,7 +102,7 @@ def _attention_results(ds: Any) -> dict[str, Any]:
     return out
 
 
-def block_stats(sources: Sequence[str | os.PathLike[str]], pick: Pick, *, layers: str | None = None,
+def block_stats(sources: Sequence[str | os.PathLike[str] | StoreUrl], pick: Pick, *, layers: str | None = None,
                 scheduler: str = "threads", jobs: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The rows of the block table and of the attention table (empty without ``layers``), computed on dask.
 
@@ -187,7 +187,7 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str) -> byte
     return buf.getvalue().encode()
 
 
-def write_stats(sources: Sequence[str | os.PathLike[str]], pick: Pick, *, out: str | os.PathLike[str],
+def write_stats(sources: Sequence[str | os.PathLike[str] | StoreUrl], pick: Pick, *, out: str | os.PathLike[str],
                 layers: str | None = None, scheduler: str = "threads", jobs: int | None = None,
                 format: str = "csv") -> list[WrittenFile]:  # noqa: A002 - the option's name
     """Compute :func:`block_stats` and write ``stats.<format>`` (and ``attention-stats.<format>``) into ``out``."""
@@ -197,7 +197,7 @@ def write_stats(sources: Sequence[str | os.PathLike[str]], pick: Pick, *, out: s
         _table([], BLOCK_COLUMNS, format)  # refuse before computing when pyarrow is missing
     output = OutputFolder(out)
     blocks, attention = block_stats(sources, pick, layers=layers, scheduler=scheduler, jobs=jobs)
-    common = {"kind": "stats", "stores": [str(Path(s)) for s in sources], "blocks": pick.blocks, "steps": pick.steps,
+    common = {"kind": "stats", "stores": [str(locate(s)) for s in sources], "blocks": pick.blocks, "steps": pick.steps,
               "images": pick.images, "guidance": pick.guidance, "which": pick.which}
     with output:
         files = [output.write(f"stats.{format}", _table(blocks, BLOCK_COLUMNS, format), {**common, "rows": len(blocks)})]

@@ -19,7 +19,7 @@ coordinates (the mapping is documented in ``docs/store-format.md``, "Stores as x
   number (a step a run lacks reads as NaN).
 
 Every chunk is read by dumpunet's checked reader on whichever dask worker computes it (the store
-is opened there by its path), one chunk per (call, image, guidance) slab, so a damaged chunk is a
+is opened there by its path, or its URL with the storage options), one chunk per (call, image, guidance) slab, so a damaged chunk is a
 :class:`~dumpunet.errors.DamagedChunkError`, never zeros. Nothing is read until computed.
 
 Examples
@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ import numpy as np
 from dumpunet.errors import SelectionError, StoreError
 from dumpunet.specs import parse_ints
 from dumpunet.store import schema
+from dumpunet.store.location import Location, StoreUrl, locate_all
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -51,40 +52,43 @@ if TYPE_CHECKING:
 
 __all__ = ["open_dataset", "run_dataset"]
 
-Source = str | os.PathLike[str]
+Source = str | os.PathLike[str] | StoreUrl
 
-_STORES: dict[tuple[str, int | None], Store] = {}
+_STORES: dict[tuple[Location, int | None], Store] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def _store(path: str) -> Store:
-    """The store at ``path``, opened once per process (each dask worker opens its own).
+def _store(where: Location) -> Store:
+    """The store at ``where``, opened once per process (each dask worker opens its own).
 
-    Keyed by the root document's modification time too, so a store recorded again at the same
-    path (``--overwrite``) is opened afresh.
+    A URL comes with its storage options (they pickle with it). A local store is keyed by its
+    root document's modification time too, so a store recorded again at the same path
+    (``--overwrite``) is opened afresh.
     """
-    try:
-        stamp: int | None = os.stat(os.path.join(path, "zarr.json")).st_mtime_ns
-    except OSError:
-        stamp = None
+    stamp: int | None = None
+    if isinstance(where, Path):
+        try:
+            stamp = os.stat(where / "zarr.json").st_mtime_ns
+        except OSError:
+            pass
     with _STORES_LOCK:
-        if (path, stamp) not in _STORES:
+        if (where, stamp) not in _STORES:
             from dumpunet.store.reader import open_store
 
-            _STORES[(path, stamp)] = open_store(path)
-        return _STORES[(path, stamp)]
+            _STORES[(where, stamp)] = open_store(where)
+        return _STORES[(where, stamp)]
 
 
 @dataclass(frozen=True)
 class SlabReader:
     """A lazily read per-call array for :func:`dask.array.from_array`: chunks come from dumpunet's checked reader.
 
-    Holds names only (it travels to dask workers): the store path, the run, the array's kind and
+    Holds names only (it travels to dask workers): the store's path (or URL with its storage options), the run, the array's kind and
     path names, and the calls it exposes, in order. Calls outside ``written`` (self-attention
     recorded at fewer steps) read as NaN.
     """
 
-    path: str
+    path: Location
     run: str
     kind: str  # schema.BLOCK_ARRAYS / ATTENTION_FEATURES key
     names: tuple[tuple[str, str], ...]
@@ -98,7 +102,7 @@ class SlabReader:
         return len(self.shape)
 
     def __dask_tokenize__(self) -> tuple[Any, ...]:
-        return (type(self).__name__, self.path, self.run, self.kind, self.names, self.calls, self.written, self.shape, str(self.dtype))
+        return (type(self).__name__, str(self.path), self.run, self.kind, self.names, self.calls, self.written, self.shape, str(self.dtype))
 
     def _array(self, run: Run) -> Any:
         names = dict(self.names)
@@ -144,7 +148,7 @@ def _calls(run: Run) -> list[int]:
 
 def _variables(store: Store, run: Run, *, blocks: str, which: str, layers: str | None, feature: str,
                calls: list[int]) -> list[_Var]:
-    path = str(store.path)
+    path = store.path
     steps = run.calls.step
     out: list[_Var] = []
     every = tuple(True for _ in calls)
@@ -235,7 +239,7 @@ def _build(store: Store, run: Run, variables: list[_Var], calls: list[int], dims
     return ds
 
 
-def _label(path: Path) -> str:
+def _label(path: Location) -> str:
     name = path.resolve().name
     return name[: -len(".zarr")] if name.endswith(".zarr") and len(name) > 5 else name
 
@@ -254,13 +258,16 @@ def run_dataset(store: Store, run: str | None = None, *, blocks: str = "", which
 
 
 def open_dataset(sources: Source | Sequence[Source], *, run: str | None = None, blocks: str = "",
-                 which: str = "output", layers: str | None = None, feature: str = "qk") -> xr.Dataset:
+                 which: str = "output", layers: str | None = None, feature: str = "qk",
+                 storage_options: Mapping[str, Any] | None = None) -> xr.Dataset:
     """Open one or many stores as one lazy, dask-backed :class:`xarray.Dataset` (see the module).
 
     One source gives one run (``run``, default: the store's default run) without a ``run`` dim;
     several sources give every run of each (or just ``run``) stacked along ``run``. ``blocks``
     picks blocks (spec grammar, empty = every recorded one); ``layers`` attention layers (None =
-    none, empty = every recorded one) and ``feature`` their array (qk, k, vqk).
+    none, empty = every recorded one) and ``feature`` their array (qk, k, vqk). ``storage_options``
+    reach the sources given as URLs (as ``dumpunet.open``'s do), also on the dask workers that
+    read the chunks.
 
     Examples
     --------
@@ -269,8 +276,8 @@ def open_dataset(sources: Source | Sequence[Source], *, run: str | None = None, 
     """
     from dumpunet.store.reader import open_store
 
-    many = not isinstance(sources, (str, os.PathLike))
-    paths = list(sources) if many else [sources]  # type: ignore[list-item]
+    many = not isinstance(sources, (str, os.PathLike, StoreUrl))
+    paths = locate_all(list(sources) if many else [sources], storage_options)  # type: ignore[list-item, arg-type]
     if not paths:
         raise SelectionError("no stores given")
     if not many:

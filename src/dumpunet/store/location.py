@@ -40,7 +40,7 @@ from zarr.core.sync import sync
 
 from dumpunet.errors import DumpUnetError, OptionError, StoreError, StoreNotFoundError
 
-__all__ = ["BACKENDS", "COPY_MARKER", "READ_ONLY_SCHEMES", "REMOTE_SCHEMES", "Location", "StoreUrl", "is_url", "list_sizes", "locate",
+__all__ = ["BACKENDS", "COPY_MARKER", "READ_ONLY_SCHEMES", "REMOTE_SCHEMES", "Location", "StoreUrl", "is_url", "list_sizes", "locate", "locate_all",
            "open_zarr_store", "parse_storage_options", "read_key", "remote_error", "total_bytes", "unfinished_copy_hint"]
 
 REMOTE_SCHEMES = {
@@ -70,16 +70,18 @@ def is_url(text: str | os.PathLike[str]) -> bool:
     return isinstance(text, (str, StoreUrl)) and _URL.match(str(text)) is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StoreUrl:
     """A store at a URL, with the storage options that reach it; stands where a store's ``Path`` would.
 
     ``name``, ``resolve()`` and ``str()`` behave as a path's do, so outputs name a remote store the
-    way they name a local one.
+    way they name a local one. It pickles with its options, so a dask worker that gets one opens
+    the store as the client did; two are equal when URL and options are (the per-process caches of
+    open stores key on it).
     """
 
     url: str
-    options: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
+    options: tuple[tuple[str, Any], ...] = field(default=())
 
     def __post_init__(self) -> None:
         m = _URL.match(self.url)
@@ -119,6 +121,15 @@ class StoreUrl:
     def __str__(self) -> str:
         return self.url
 
+    def _key(self) -> tuple[str, str]:
+        return self.url, json.dumps(self.storage_options, sort_keys=True, default=repr)  # values may be dicts
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StoreUrl) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
 
 Location = Path | StoreUrl
 """A store's place: a local folder or a URL."""
@@ -133,6 +144,20 @@ def locate(where: str | os.PathLike[str] | StoreUrl, storage_options: Mapping[st
     if storage_options:
         raise OptionError(f"storage options are for stores given as URLs (s3://...), not for the local path {where}")
     return Path(where)
+
+
+def locate_all(sources: Iterable[str | os.PathLike[str] | StoreUrl],
+               storage_options: Mapping[str, Any] | None = None) -> list[Location]:
+    """:func:`locate` for several stores: ``storage_options`` go to each URL (local paths take none).
+
+    Refuses storage options when no store is a URL, as ``--storage-option`` does.
+    """
+    places = [locate(s) for s in sources]
+    if not storage_options:
+        return places
+    if not any(isinstance(p, StoreUrl) for p in places):
+        raise OptionError("storage options are for stores given as URLs (s3://...), and none is")
+    return [p.with_options(storage_options) if isinstance(p, StoreUrl) else p for p in places]
 
 
 def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
