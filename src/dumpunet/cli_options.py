@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import signal
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -33,7 +34,7 @@ from dumpunet.options import OptionSpec, options_of
 from dumpunet.store.location import StoreUrl, is_url, locate, parse_storage_options
 
 __all__ = [
-    "AS_JSON", "JOBS", "PATH", "QUIET", "STORE", "NonEmptyPath", "RenamedOption", "StorePlace", "click_option",
+    "AS_JSON", "JOBS", "PATH", "QUIET", "STORE", "STORE_RUN", "StoreRun", "NonEmptyPath", "RenamedOption", "StorePlace", "click_option",
     "jobs_option", "json_option", "json_spec", "quiet_option", "renamed", "sigterm_as_interrupt", "storage_options", "take",
     "take_renamed", "value_options", "with_options",
 ]
@@ -74,6 +75,64 @@ STORE = StorePlace(path_type=Path)
 """The type of every store argument (and of ``record --out``): a folder or a URL."""
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreRun:
+    """A store argument that may name one of its runs: ``girl.zarr:p0001``, ``s3://lab/girl.zarr:base``."""
+
+    place: Path | StoreUrl
+    run: str | None = None
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+def split_run(text: str) -> tuple[str, str | None]:
+    """``STORE[:RUN]`` as the store's path or URL and the run (``None``: none named).
+
+    A colon inside a URL's host part (``https://host:8080/x.zarr``) or an existing path with a
+    colon in its name is not a run.
+
+    >>> split_run("girl.zarr:p0001"), split_run("s3://lab/girl.zarr"), split_run("s3://lab/a.zarr:base")
+    (('girl.zarr', 'p0001'), ('s3://lab/girl.zarr', None), ('s3://lab/a.zarr', 'base'))
+    >>> split_run("https://host:8080/a.zarr"), split_run("https://host:8080")
+    (('https://host:8080/a.zarr', None), ('https://host:8080', None))
+    """
+    head, sep, tail = text.rpartition(":")
+    if not sep or not head or not _RUN_NAME.fullmatch(tail) or Path(text).exists():
+        return text, None
+    if is_url(head) and "/" not in head.split("://", 1)[1]:
+        return text, None
+    return head, tail
+
+
+class StoreRunPlace(StorePlace):
+    """A ``STORE[:RUN]`` argument: a :class:`StoreRun`."""
+
+    name = "store[:run]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, StoreRun):
+            return value
+        place, run = split_run(str(value))
+        return StoreRun(super().convert(place, param, ctx), run)
+
+
+STORE_RUN = StoreRunPlace(path_type=Path)
+"""The type of store arguments that may name a run (``diff A[:RUN] B[:RUN]``)."""
+
+
+def _with_storage_options(value: Any, options: Mapping[str, Any]) -> tuple[Any, int]:
+    """``value`` with ``options`` given to each URL it holds, and how many URLs it holds."""
+    if isinstance(value, StoreUrl):
+        return value.with_options(options), 1
+    if isinstance(value, StoreRun) and isinstance(value.place, StoreUrl):
+        return StoreRun(value.place.with_options(options), value.run), 1
+    if isinstance(value, tuple):
+        parts = [_with_storage_options(v, options) for v in value]
+        return tuple(v for v, _ in parts), sum(n for _, n in parts)
+    return value, 0
+
+
 def storage_options(f: Any) -> Any:
     """Add ``--storage-option KEY=VALUE`` (repeatable) to a command and give the options to its URL arguments.
 
@@ -90,11 +149,8 @@ def storage_options(f: Any) -> Any:
         if options:
             urls = 0
             for key, value in kwargs.items():
-                if isinstance(value, StoreUrl):
-                    kwargs[key], urls = value.with_options(options), urls + 1
-                elif isinstance(value, tuple) and any(isinstance(v, StoreUrl) for v in value):
-                    kwargs[key] = tuple(v.with_options(options) if isinstance(v, StoreUrl) else v for v in value)
-                    urls += 1
+                kwargs[key], n = _with_storage_options(value, options)
+                urls += n
             if not urls:
                 raise click.UsageError("--storage-option is for stores given as URLs (s3://..., gs://...), and none is")
         return f(*args, **kwargs)

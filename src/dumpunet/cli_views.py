@@ -26,6 +26,8 @@ from dumpunet.cli_options import (
     JOBS,
     QUIET,
     STORE,
+    STORE_RUN,
+    StoreRun,
     click_option,
     json_spec,
     sigterm_as_interrupt,
@@ -232,16 +234,24 @@ def export(ctx: click.Context, store: Path, layers: str | None, feature: str, fo
 
 
 @click.command()
-@click.argument("store", type=STORE)
+@click.argument("stores", nargs=-1, required=True, type=STORE_RUN, metavar="STORE[:RUN] [BASE[:RUN]]")
 @storage_options
 @with_options(_options("pair"))
 @with_options(value_options(Pick, skip=("run",)))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec, defaults=DIFF_COLOR, choices=_NO_HEAD))
 @with_options(_options("export", "finals", "jobs", "dask", "scheduler", "skip_damaged", *_WRITTEN))
-def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: Path, jobs: int | None, dask: bool,
-         scheduler: str | None, skip_damaged: bool, quiet: bool, as_json: bool, **opts: Any) -> None:
-    """Show what a per-block prompt changed: layered - base of a pair, per block and step.
+def diff(stores: tuple[StoreRun, ...], pair: str | None, export: str | None, finals: bool, out: Path,
+         jobs: int | None, dask: bool, scheduler: str | None, skip_damaged: bool, quiet: bool, as_json: bool,
+         **opts: Any) -> None:
+    """Show what changed, per block and step: layered - base of a pair, or STORE - BASE of two stores.
+
+    With one store: the two runs of a pair (record --pair, sweep; --pair picks one). With two:
+    STORE - BASE, two recordings of one model at one size (a LoRA against the base model,
+    sampler A against B, seed A against B, two checkpoints of one architecture); :RUN picks a run
+    of either (default: the first store's only or first run, and the base's run of the same name
+    or its default run). Steps are matched by step number; stores whose blocks, shapes, guidance
+    halves or steps differ are refused with a line naming what differs.
 
     Writes difference maps diff-<block>-step<NNN>-img<i>-<guidance>-...png (coloured like
     render, labelled unless --plain). The default colours are blue-white-red over [-m, m], m the
@@ -256,12 +266,23 @@ def diff(store: Path, pair: str | None, export: str | None, finals: bool, out: P
     dumpunet diff girl.zarr --blocks IN00-OUT11 --steps 1-20 --method "Red/Blue" --out diff/
     dumpunet diff sweep.zarr --pair IN04 --average 2-norm --out diff-IN04/
     dumpunet diff girl.zarr --blocks OUT11 --steps 20 --export bin --out diff-dump/
+    dumpunet diff lora.zarr girl.zarr --blocks IN00-OUT11 --out diff-lora/
     """
     from dumpunet.analyzer.diff import diff as diff_pair
 
+    if len(stores) > 2:
+        raise click.UsageError(f"diff compares a pair in one store or two stores; got {len(stores)} stores")
+    first, base = stores[0], (stores[1] if len(stores) == 2 else None)
+    if base is None and first.run is not None:
+        raise click.UsageError(f"{first.place}:{first.run} names a run; a pair in one store is picked with --pair")
+    if base is not None and pair is not None:
+        raise click.UsageError("--pair picks a pair in one store; with two stores, name their runs as STORE:RUN")
     pick, style, color = take(Pick, opts), take(GridStyle, opts), take(ColorSpec, opts)
+    if base is not None:
+        pick = dataclasses.replace(pick, run=first.run)
     sigterm_as_interrupt()
-    files = diff_pair(store, pick, color, style, out=out, pair=pair, finals=finals, export=export, jobs=jobs,
+    files = diff_pair(first.place, pick, color, style, out=out, pair=pair, base=None if base is None else base.place,
+                      base_run=None if base is None else base.run, finals=finals, export=export, jobs=jobs,
                       progress=not quiet, skip_damaged=skip_damaged, scheduler=_scheduler(dask, scheduler))
     _echo_written(files, out, "file", as_json, quiet)
 

@@ -72,9 +72,10 @@ def test_render_on_dask_writes_the_thread_pools_files(cluster, stores, tmp_path,
     ["export", "{a}", "--blocks", "IN00,OUT11", "--steps", "5,20", "--images", "0-1", "--guidance", "both"],
     ["export", "{a}", "--blocks", "OUT09-OUT11", "--format", "npy", "--guidance", "both"],
     ["diff", "{pair}", "--steps", "1,20", "--images", "0-1", "--export", "safetensors"],
-], ids=["export-bin", "export-npy", "diff"])
+    ["diff", "{a}", "{b}:main", "--blocks", "IN00,OUT11", "--steps", "5,20", "--images", "0-1", "--guidance", "both"],
+], ids=["export-bin", "export-npy", "diff", "diff-two-stores"])
 def test_export_and_diff_on_dask_write_the_local_files(cluster, stores, tmp_path, monkeypatch, command):
-    args = [a.format(a=stores[0], pair=stores[2]) for a in command] + ["--quiet"]
+    args = [a.format(a=stores[0], b=stores[1], pair=stores[2]) for a in command] + ["--quiet"]
     run([*args, "--out", str(tmp_path / "local")])
     monkeypatch.setattr(Selection, "read", lambda self, slab: pytest.fail(f"the client read {slab.name}"))
     run([*args, "--scheduler", cluster.scheduler_address, "--out", str(tmp_path / "dask")])

@@ -87,6 +87,7 @@ def test_info_and_validate(stores, remote):
     ["render", "{}", "--blocks", "IN04,OUT11", "--steps", "5,20", "--images", "0-1", "--quiet"],
     ["export", "{}", "--blocks", "OUT11", "--steps", "20", "--format", "npy", "--quiet"],
     ["diff", "{}", "--blocks", "IN04,OUT11", "--steps", "20", "--quiet"],
+    ["diff", "{}:layered", "{}:base", "--blocks", "IN04,OUT11", "--steps", "20", "--quiet"],  # STORE:RUN URLs
     ["attention", "{}", "--blocks", "IN01-M00", "--steps", "1", "--tokens", "hair", "--quiet"],
     ["heatmap", "{}", "--word", "1", "--layers", "M00", "--guidance", "both", "--quiet"],
     ["view", "{}", "--blocks", "OUT11", "--steps", "20", "--quiet"],

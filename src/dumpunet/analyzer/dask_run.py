@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.damage import Damage
-from dumpunet.analyzer.selection import Selection, Slab, select, select_pair
+from dumpunet.analyzer.selection import Selection, Slab, select, select_pair, select_stores
 from dumpunet.errors import DamagedChunkError
 from dumpunet.store import Store
 from dumpunet.store.location import Location, StoreUrl
@@ -45,7 +45,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Source:
-    """How a worker opens a selection by itself: a store's path, the pick, and for a diff the pair."""
+    """How a worker opens a selection by itself: a store's path, the pick, and for a diff the pair or the other store."""
 
     path: Location
     pick: Pick
@@ -54,23 +54,32 @@ class Source:
     stamp: int | None = None
     """The root document's modification time when the client planned: a store recorded again at the
     same path is a new source, so a long-lived worker does not draw from the one it opened before."""
+    against: tuple[Location, str | None] | None = None
+    """A diff of two stores: the other store's path or URL, and its run (``None``: the matching run)."""
 
     @classmethod
-    def of(cls, store: Store, pick: Pick, *, pair: str | None = None, diff: bool = False) -> Source:
+    def of(cls, store: Store, pick: Pick, *, pair: str | None = None, diff: bool = False,
+           against: tuple[Store, str | None] | None = None) -> Source:
         """The source of a selection of ``store``: its absolute path (workers may start elsewhere), or its URL.
 
         A URL travels with its storage options (:class:`~dumpunet.store.location.StoreUrl`), so the
         workers reach the store as the client did; credentials not given as options come from the
-        workers' environment.
+        workers' environment. ``against``: the store (and run) a diff subtracts.
         """
-        if isinstance(store.path, StoreUrl):
-            return cls(store.path, pick, pair, diff, None)
-        path = store.path.resolve()
-        try:
-            stamp: int | None = os.stat(path / "zarr.json").st_mtime_ns
-        except OSError:
-            stamp = None
-        return cls(path, pick, pair, diff, stamp)
+        path, stamp = _where(store)
+        other = None if against is None else (_where(against[0])[0], against[1])
+        return cls(path, pick, pair, diff or against is not None, stamp, other)
+
+
+def _where(store: Store) -> tuple[Location, int | None]:
+    """A store's location as a worker reaches it, and its root document's modification time (local stores)."""
+    if isinstance(store.path, StoreUrl):
+        return store.path, None
+    path = store.path.resolve()
+    try:
+        return path, os.stat(path / "zarr.json").st_mtime_ns
+    except OSError:
+        return path, None
 
 
 @functools.lru_cache(maxsize=64)
@@ -79,6 +88,9 @@ def open_source(source: Source) -> Selection:
     from dumpunet.store import open_store
 
     store = open_store(source.path)
+    if source.against is not None:
+        other, run = source.against
+        return select_stores(store, source.pick, open_store(other), base_run=run)
     return select_pair(store, source.pick, pair=source.pair) if source.diff else select(store, source.pick)
 
 

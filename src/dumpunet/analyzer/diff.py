@@ -61,11 +61,11 @@ from dumpunet.analyzer.pool import check_jobs, progress_bar
 from dumpunet.analyzer.render import write_grids
 from dumpunet.analyzer.render_plan import Target, plan_grids
 from dumpunet.analyzer.scope import AutoRanges
-from dumpunet.analyzer.selection import DiffSelection, DiffStats, Slab, select_pair
+from dumpunet.analyzer.selection import DiffSelection, DiffStats, Slab, select_pair, select_stores
 from dumpunet.analyzer.step_table import step_table
 from dumpunet.analyzer.style import GridStyle
 from dumpunet.analyzer.tensor_files import check_format
-from dumpunet.errors import DamagedChunkError, SelectionError
+from dumpunet.errors import DamagedChunkError, OptionError, SelectionError
 from dumpunet.specs import format_ints
 from dumpunet.store import Store, open_store
 
@@ -82,6 +82,8 @@ def diff(
     *,
     out: str | os.PathLike[str],
     pair: str | None = None,
+    base: Store | str | os.PathLike[str] | None = None,
+    base_run: str | None = None,
     finals: bool = True,
     export: str | None = None,
     jobs: int | None = None,
@@ -90,15 +92,15 @@ def diff(
     skip_damaged: bool = False,
     scheduler: str | None = None,
 ) -> list[WrittenFile]:
-    """Render ``layered - base`` of a pair, its summary and the final images into ``out``.
+    """Render ``layered - base`` of a pair (or ``store - base`` of two stores), its summary and the final images.
 
     Parameters
     ----------
     store
-        A store with paired runs (path or :class:`~dumpunet.Store`).
+        A store with paired runs (path, URL or :class:`~dumpunet.Store`); with ``base``, any store.
     pick
-        What to compare, as for :func:`~dumpunet.analyzer.render.render` but without ``run``:
-        the pair names both runs.
+        What to compare, as for :func:`~dumpunet.analyzer.render.render`; ``run`` only with
+        ``base`` (the run of ``store``; default its only or first run): a pair names both runs.
     color
         The colorization; the default :data:`~dumpunet.analyzer.color.spec.DIFF_COLOR` is
         blue-white-red over ``[-m, m]``, ``m`` the grid's largest ``|layered - base|``
@@ -106,6 +108,12 @@ def diff(
         scale of the data, and a norm average (never negative) runs from white to red.
     pair
         The pair's label (a sweep: the block name); default: the only or first pair.
+    base, base_run
+        Compare two stores instead of a pair's runs: the maps are ``store - base`` (a LoRA
+        against the base model, sampler A against B, seed A against B, two checkpoints of one
+        architecture). ``base_run``: its run (default: the run of the same name, or its default
+        run). Both must have the same blocks with the same shapes, guidance halves and the
+        picked steps (matched by step number), or a readable error says what differs.
     finals
         Also write the final images of both runs and their pixel difference (both runs must
         have finished).
@@ -138,9 +146,18 @@ def diff(
     jobs = check_jobs(jobs)
     damage = Damage(skip_damaged)
     st = store if isinstance(store, Store) else open_store(store)
-    sel = select_pair(st, pick, pair=pair)
+    if base is None:
+        if base_run is not None:
+            raise OptionError("base_run= names a run of the base store: give base= too")
+        sel = select_pair(st, pick, pair=pair)
+        source = Source.of(st, pick, pair=pair, diff=True)
+    else:
+        if pair is not None:
+            raise OptionError("pair= compares the two runs of a pair in one store, base= two stores: give one")
+        base_st = base if isinstance(base, Store) else open_store(base)
+        sel = select_stores(st, pick, base_st, base_run=base_run)
+        source = Source.of(st, pick, against=(base_st, base_run))
     pictures = final_images(sel) if finals else {}
-    source = Source.of(st, pick, pair=pair, diff=True)
     target = Target(sel, OutputFolder(out), AutoRanges(color), source)
     with optional_client(scheduler, jobs) as client, \
             progress_bar(len(sel) * len(style.drawn()), progress, unit="png", desc="render") as bar:

@@ -277,11 +277,11 @@ def select_pair(store: Store, pick: Pick, *, pair: str | None = None) -> DiffSel
                     repr(base.name), repr(layered.name), f"of pair {label!r}")
 
 
-def select_stores(store: Store, pick: Pick, base_store: Store) -> DiffSelection:
+def select_stores(store: Store, pick: Pick, base_store: Store, *, base_run: str | None = None) -> DiffSelection:
     """Select the same from a run of each of two stores: reads give ``store - base_store``.
 
-    ``pick.run`` names the run of ``store``; ``base_store`` gives its run of the same name, or
-    its default run. Both stores must share the U-Net layout (the same blocks with the same
+    ``pick.run`` names the run of ``store``; ``base_run`` that of ``base_store`` (default: its run
+    of the same name, or its default run). Both stores must share the U-Net layout (the same blocks with the same
     shapes), and the two runs are checked as :func:`select_pair` checks a pair's.
 
     Examples
@@ -301,7 +301,7 @@ def select_stores(store: Store, pick: Pick, base_store: Store) -> DiffSelection:
             what = f"block {b} is {'x'.join(map(str, x))} in {name} but {'x'.join(map(str, y))} in {base_name}"
         raise SelectionError(f"{name} and {base_name} have different U-Net layouts: {what}; "
                              "a difference needs two recordings of one model at one size")
-    base = matching_run(base_store, sel.run.name)
+    base = base_store.run(base_run) if base_run is not None else matching_run(base_store, sel.run.name)
     label = f"{name}:{sel.run.name} - {base_name}:{base.name}"
     return _against(sel, base, {"base": base.name, "layered": sel.run.name, "label": label},
                     f"{base.name!r} of {base_name}", f"{sel.run.name!r} of {name}", "")
