@@ -125,6 +125,7 @@ def test_the_docs_hold_the_commands_this_test_prepares_for():
         *PREPARE,
         "--model ./sd15",
         "--infotext 00012-1719471015.png",
+        "--prompts prompts.txt --sampling-steps 20",
         "s3://lab/",
         "s3://public-bucket/",
         "--lora loras/pink_hair.safetensors",
@@ -143,6 +144,11 @@ def save_sd15(folder: Path) -> None:
     from dumpunet.recorder.tiny import build_tiny_pipeline
 
     build_tiny_pipeline("tiny-sd1").save_pretrained(folder / "sd15")
+
+
+def save_prompts(folder: Path) -> None:
+    """``prompts.txt``: the README's prompt list (two prompts, one with per-block prompts)."""
+    (folder / "prompts.txt").write_text("a cute girl, pink hair\n# a comment\na (~: M00: excellent :~) girl\n")
 
 
 def save_a1111_png(folder: Path) -> None:
@@ -389,6 +395,7 @@ def test_every_doc_command_runs_as_written(tmp_path):
         "README.md": lambda d: (
             save_sd15(d),
             save_a1111_png(d),
+            save_prompts(d),
             save_networks(d, home),
         ),
         # girl.zarr of the README's session; the worked example's bucket `lab` (empty); a public bucket
