@@ -188,35 +188,14 @@ def save_networks(folder: Path, home: Path) -> None:
 
 def damage_a_copy(folder: Path) -> None:
     """``damaged.zarr``: a recorded store with one chunk deleted (the README's a1111.zarr, 10 steps)."""
-    shutil.copytree(folder / "a1111.zarr", folder / "damaged.zarr")
-    chunk = (
-        folder
-        / "damaged.zarr"
-        / "runs"
-        / "main"
-        / "blocks"
-        / "OUT11"
-        / "output"
-        / "c"
-        / "1"
-        / "0"
-        / "1"
-        / "0"
-        / "0"
-        / "0"
-    )
-    if not chunk.exists():  # the flat chunk key layout
-        chunk = (
-            folder
-            / "damaged.zarr"
-            / "runs"
-            / "main"
-            / "blocks"
-            / "OUT11"
-            / "output"
-            / "c.1.0.1.0.0.0"
-        )
-    chunk.unlink()
+    import zarr
+
+    from dumpunet.store.schema import BLOCK_OUTPUT
+
+    store = shutil.copytree(folder / "a1111.zarr", folder / "damaged.zarr")
+    path = BLOCK_OUTPUT.path(run="main", block="OUT11")
+    key = zarr.open_array(store / path, mode="r").metadata.encode_chunk_key((1, 0, 1, 0, 0, 0))
+    (store / path / key).unlink()  # OUT11 at the second call, cond half
 
 
 PREPARE: dict[str, Callable[[Path], None]] = {

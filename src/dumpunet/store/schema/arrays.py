@@ -295,7 +295,7 @@ def run_group_path(run: str) -> str:
 
 
 def blocks_group_path(run: str) -> str:
-    return f"runs/{run}/blocks"
+    return f"{run_group_path(run)}/blocks"
 
 
 # --------------------------------------------------------------------------- header
