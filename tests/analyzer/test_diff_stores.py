@@ -95,3 +95,14 @@ def test_what_cannot_be_compared_is_one_line_and_writes_nothing(stores, tmp_path
     assert message in res.output
     assert "Traceback" not in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_the_title_names_both_stores_and_runs(stores):
+    from dumpunet.analyzer.color.spec import DIFF_COLOR
+    from dumpunet.analyzer.grid_labels import title_lines
+    from dumpunet.analyzer.selection import select_stores
+
+    sel = select_stores(dumpunet.open(stores / "a.zarr"), dumpunet.Pick(blocks="OUT11", steps="20"),
+                        dumpunet.open(stores / "b.zarr"))
+    first = title_lines(sel, next(iter(sel.slabs())), DIFF_COLOR, average=None, scale=1)[0]
+    assert " | diff a.zarr:main - b.zarr:main | OUT11" in first

@@ -122,7 +122,8 @@ def title_lines(sel: Selection, slab: Slab, color: ColorSpec, *, average: str | 
     """The title strip's lines: what the grid shows, then how it is drawn."""
     run = f"run {sel.run.name}"
     if isinstance(sel, DiffSelection):
-        run = f"diff {sel.run.name} - {sel.base.name}"
+        # two stores (diff A B): the label names both stores and runs, "a.zarr:main - b.zarr:main"
+        run = f"diff {sel.run.name} - {sel.base.name}" if sel.base.store is sel.store else f"diff {sel.pair['label']}"
     block = slab.block + (" input" if slab.which == "input" else "")
     module = next((b.input_module if slab.which == "input" else b.module
                    for b in sel.store.block_table if b.name == slab.block), "")
