@@ -9,6 +9,12 @@
 # Every picture is copied to OUT under the name given to `keep`: tests/test_docs.py reads those names
 # from this file, so a picture the docs show is one this script makes.
 set -euo pipefail
+# torch's CPU kernels add in another order on one thread than on several (on tiny-sd1 a 1x1
+# convolution's outputs move by ~1e-7, and the diff summary's largest value 0.0864049948 becomes
+# 0.0864050102, whose colour bar label "0.08641" is 5 px wider than "0.0864"), so the thread count
+# is pinned: the pictures are then the same byte for byte wherever the CPU kind and the package
+# versions are. 2 made the committed ones (2 and 4 threads record the same bytes here; 1 does not).
+export OMP_NUM_THREADS=2
 
 here=$(cd "$(dirname "$0")" && pwd)
 out=$(mkdir -p "${1:-$here/images}" && cd "${1:-$here/images}" && pwd)

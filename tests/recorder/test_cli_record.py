@@ -296,3 +296,28 @@ def test_disk_speed_adds_the_disk_time_to_the_estimate(tmp_path):
     assert "disk-bound" not in res.output  # a CPU U-Net is slower than any disk
     bad = invoke("record", "--disk-speed", "0", "--out", str(out), "--dry-run")
     assert bad.exit_code == 2 and "--disk-speed" in bad.output
+
+
+@pytest.mark.slow
+def test_two_processes_record_the_same_bytes_on_the_same_thread_count(tmp_path):
+    # what README's "One command records the same bytes again" promises and docs/make_images.sh relies on;
+    # the processes differ in their hash seed (set and dict orders of strings) but not in torch's threads
+    stores = []
+    for hash_seed in ("1", "2"):
+        (tmp_path / hash_seed).mkdir()
+        out = tmp_path / hash_seed / "pair.zarr"  # one name: the store's name is in its attributes
+        env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONHASHSEED": hash_seed}
+        proc = subprocess.run(
+            [sys.executable, "-m", "dumpunet.cli", "record", "--prompt", "a (~: IN00-OUT11: cute; M00: excellent :~) girl",
+             "--pair", "--seed", "3292581281", "--sampling-steps", "2", "--width", "64", "--height", "64",
+             "--quiet", "--out", str(out)],
+            capture_output=True, text=True, env=env, timeout=BACKSTOP, check=False)
+        assert proc.returncode == 0, proc.stderr
+        stores.append({p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+    first, second = stores
+    assert first.keys() == second.keys() and len(first) > 100
+    root = [json.loads(s["zarr.json"]) for s in stores]
+    for r in root:
+        r["attributes"]["dumpunet"].pop("created")  # the one value that may differ: when the store was made
+    assert root[0] == root[1]
+    assert [name for name in first if name != "zarr.json" and first[name] != second[name]] == []
