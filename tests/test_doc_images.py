@@ -88,7 +88,9 @@ def test_the_script_makes_every_picture_at_the_committed_size(tmp_path):
     assert made == {p.name for p in IMAGES.iterdir()}
     for name in sorted(made - ({"viewer.png"} if "no viewer screenshot" in proc.stderr else set())):
         new, old = Image.open(tmp_path / "images" / name), Image.open(IMAGES / name)
-        # the pixels may differ on another kind of CPU; the layout may not. A colour bar's end label prints the
-        # data's largest value, so a narrow picture (the diff summary) is as wide as its digits: a size that
-        # differs here means torch computed other floats (another thread count, CPU kind or torch version)
-        assert (new.size, getattr(new, "n_frames", 1)) == (old.size, getattr(old, "n_frames", 1)), name
+        # the pixels may differ on another kind of CPU; the layout may not, except that a colour bar's end label
+        # prints the data's largest value, so a narrow picture (the diff summary) is as wide as its digits: the
+        # pinned thread count makes them the same here, but another CPU kind or torch version computes other
+        # floats (0.0864 vs 0.08641: 312 vs 317 px), so the width may move by a character or two
+        assert (new.height, getattr(new, "n_frames", 1)) == (old.height, getattr(old, "n_frames", 1)), name
+        assert abs(new.width - old.width) <= 12, (name, new.size, old.size)
