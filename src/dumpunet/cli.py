@@ -239,9 +239,9 @@ def _record_prompts(opts: dict[str, Any], lists: PromptListOptions) -> None:
     quiet = opts["quiet"]
     plan = prompt_runs.plan(opts, lists)
     where = plan.out if plan.out is not None else plan.out_dir
-    skipped = plan.skipped_line()
-    if skipped and not quiet:
-        click.echo(skipped, err=True)
+    for line in (plan.grown_line(), plan.skipped_line()):
+        if line and not quiet:
+            click.echo(line, err=True)
     if not plan.todo:  # the model is not even loaded
         if as_json:
             click.echo(json.dumps({"out": str(where), "prompts": len(plan.targets), "seed": plan.info.seed,

@@ -117,6 +117,16 @@ class PromptList:
         doc = json.dumps(self.resolved(negative_prompt, seed), ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(doc.encode()).hexdigest()
 
+    def head(self, count: int) -> PromptList:
+        """The list's first ``count`` rows: what a list that grew by appended rows was before.
+
+        >>> rows = (PromptRow(1, "a"), PromptRow(2, "b"), PromptRow(4, "c"))
+        >>> grown, before = PromptList(Path("p.txt"), rows), PromptList(Path("p.txt"), rows[:2])
+        >>> grown.head(2).sha256("", 1) == before.sha256("", 1), grown.sha256("", 1) == before.sha256("", 1)
+        (True, False)
+        """
+        return PromptList(self.source, self.rows[:count])
+
     def error(self, row: PromptRow, exc: Exception) -> PromptListError:
         """``exc`` (raised for ``row``) as an error naming this file and the row's line, its caret kept."""
         if isinstance(exc, SyntaxErrorWithCaret):

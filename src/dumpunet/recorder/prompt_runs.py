@@ -83,6 +83,7 @@ class PromptPlan:
     out_dir: Path | None  # one store a prompt
     resume: bool  # one store that exists: add to it (its complete prompts stay)
     unet_fingerprint: str | None  # of the model the existing stores were recorded with
+    grown_from: int | None = None  # the output holds a list of this many prompts, of which this list is a longer one
 
     @property
     def todo(self) -> list[PromptTarget]:
@@ -97,6 +98,15 @@ class PromptPlan:
             return None
         where = self.out if self.out is not None else self.out_dir
         return f"skipping {len(self.done)} of {plural(len(self.targets), 'prompt')} already recorded in {where}"
+
+    def grown_line(self) -> str | None:
+        """Say that the file adds prompts to the list the output was recorded from."""
+        if self.grown_from is None:
+            return None
+        where = self.out if self.out is not None else self.out_dir
+        added = len(self.targets) - self.grown_from
+        first = f"runs {run_name(self.grown_from)}" if self.out is not None else f"stores {run_name(self.grown_from)}.zarr"
+        return f"{self.plist.source} adds {plural(added, 'prompt')} to the {self.grown_from} recorded in {where} ({first} on)"
 
 
 def _runs_of(index: int, pair: bool, *, one_store: bool) -> tuple[str, ...]:
@@ -144,8 +154,10 @@ def plan(options: Mapping[str, Any], lists: PromptListOptions) -> PromptPlan:
     info = schema.PromptListInfo(source=source, count=len(targets), sha256=plist.sha256(negative, seed), seed=seed,
                                  options=shared_options(targets[0].req))
     done = set()
+    counts = []  # of the lists the existing stores were recorded from (each one this list or its head)
     for key, (index, root, complete) in existing.items():
         _compare(key, root, info, plist, negative, seed, index)
+        counts.append(root.prompt_list.count)  # type: ignore[union-attr]
         done |= {i for i in complete if i < len(targets) and all(r in complete[i] for r in targets[i].runs)}
     fingerprint = next((str(root.model.get("unet_fingerprint")) for _, root, _ in existing.values()
                         if root.model.get("unet_fingerprint")), None)
@@ -157,7 +169,8 @@ def plan(options: Mapping[str, Any], lists: PromptListOptions) -> PromptPlan:
     if out is not None and not existing:
         check_target(out, overwrite=overwrite)
     return PromptPlan(plist, info, tuple(targets), frozenset(done), out, out_dir, resume=out is not None and bool(existing),
-                      unet_fingerprint=fingerprint)
+                      unet_fingerprint=fingerprint,
+                      grown_from=max(counts) if counts and max(counts) < info.count else None)
 
 
 def _existing(out: Path | None, out_dir: Path | None, count: int, overwrite: bool
@@ -200,7 +213,11 @@ def _existing(out: Path | None, out_dir: Path | None, count: int, overwrite: boo
 
 def _compare(path: Path, root: schema.RootAttrs, info: schema.PromptListInfo, plist: PromptList, negative: str,
              seed: int, index: int | None) -> None:
-    """Refuse to add to a store recorded from another prompt list, or with other options, naming what differs."""
+    """Refuse to add to a store recorded from another prompt list, or with other options, naming what differs.
+
+    A store recorded from a shorter version of this list (the same rows, with rows appended since)
+    is accepted: the new prompts are added to it.
+    """
     recorded = root.prompt_list
     assert recorded is not None
     again = "record into another --out (or --out-dir), or pass --overwrite to start over"
@@ -209,15 +226,20 @@ def _compare(path: Path, root: schema.RootAttrs, info: schema.PromptListInfo, pl
         differences.insert(0, f"--seed {info.seed} (recorded: {recorded.seed})")
     if differences:
         raise RecordError(f"{path} was recorded with other options: {'; '.join(differences)}; {again}")
-    if recorded.sha256 == info.sha256 and (index is None or recorded.index == index):
+    if index is not None and recorded.index != index:
+        raise RecordError(f"{path} holds prompt {recorded.index} of its list, not prompt {index}; {again}")
+    if recorded.sha256 == info.sha256:
         return
+    if recorded.count < info.count and plist.head(recorded.count).sha256(negative, seed) == recorded.sha256:
+        return  # grown by appended rows
     rows = plist.resolved(negative, seed)
     first = _first_difference(path, plist, rows, index)
-    if recorded.count != info.count and not first:
+    if recorded.count > info.count and not first:
         raise RecordError(f"{path} was recorded from a prompt list of {recorded.count} prompts ({recorded.source}), "
                           f"{plist.source} holds {info.count}; {again}")
+    grows = "; a recorded list grows only by rows appended at its end" if recorded.count < info.count else ""
     raise RecordError(f"{path} was recorded from another prompt list ({recorded.source}): {plist.source} differs "
-                      f"in its prompts, negative prompts or seeds{first}; {again}")
+                      f"in its prompts, negative prompts or seeds{first}{grows}; {again}")
 
 
 def _first_difference(path: Path, plist: PromptList, rows: list[tuple[str, str, int]], index: int | None) -> str:
