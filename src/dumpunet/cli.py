@@ -38,7 +38,7 @@ from dumpunet.cli_views import COMMANDS
 from dumpunet.errors import DumpUnetError
 from dumpunet.layouts import BUILTIN_LAYOUTS
 from dumpunet.prompt_lists import PromptListOptions, plural
-from dumpunet.store.location import StoreUrl
+from dumpunet.store.location import REMOTE_SCHEMES, StoreUrl
 from dumpunet.store.schema import human_bytes
 
 
@@ -175,8 +175,9 @@ def record(**opts: Any) -> None:
         raise click.UsageError(f"--prompts takes the prompts from its file; give {given[0]} or --prompts, not both")
     if (opts["out"] is None) == (lists.out_dir is None):
         raise click.UsageError("--prompts records into one store (--out) or one store a prompt (--out-dir): give one of them")
-    if isinstance(opts["out"], StoreUrl):
-        raise click.UsageError("--prompts records into a local folder; upload the store afterwards with dumpunet copy")
+    if lists.out_dir is not None and str(lists.out_dir).split(":/", 1)[0] in REMOTE_SCHEMES:
+        raise click.UsageError("--out-dir takes a local folder; record to a URL with --out URL (one store), or copy "
+                               "each store with dumpunet copy")
     opts.pop("infotext")
     _record_prompts(opts, lists)
 
@@ -232,13 +233,36 @@ def _estimate_json(est: Any) -> dict[str, Any]:
 def _record_prompts(opts: dict[str, Any], lists: PromptListOptions) -> None:
     """record --prompts: plan (nothing written on a bad row or a differing store), load once, record what is left."""
     _quiet_libraries()
+    remote = opts["out"] if isinstance(opts["out"], StoreUrl) else None
+    with _local_scratch(remote, opts):
+        _record_prompt_list(opts, lists, remote)
+
+
+@contextlib.contextmanager
+def _local_scratch(remote: StoreUrl | None, opts: dict[str, Any]) -> Iterator[None]:
+    """For ``--out URL``: ``opts["out"]`` becomes a store in a new local folder, removed at the end."""
+    if remote is None:
+        yield
+        return
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="dumpunet-upload-"))
+    opts["out"] = folder / remote.name
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _record_prompt_list(opts: dict[str, Any], lists: PromptListOptions, remote: StoreUrl | None) -> None:
     from dumpunet.recorder import job as recording
     from dumpunet.recorder import prompt_runs
 
     dry_run, as_json, disk_speed = opts.pop("dry_run"), opts.pop("as_json"), opts.pop("disk_speed")
     quiet = opts["quiet"]
-    plan = prompt_runs.plan(opts, lists)
-    where = plan.out if plan.out is not None else plan.out_dir
+    plan = prompt_runs.plan(opts, lists, remote=remote)
+    where = plan.where
     for line in (plan.grown_line(), plan.skipped_line()):
         if line and not quiet:
             click.echo(line, err=True)
@@ -351,18 +375,11 @@ def _scratch_for(remote: StoreUrl | None, opts: dict[str, Any], *, dry_run: bool
     if remote is None:
         yield None
         return
-    import shutil
-    import tempfile
-
     from dumpunet.store.transfer import check_upload_target
 
     check_upload_target(remote, overwrite=opts["overwrite"], delete=not dry_run)
-    folder = Path(tempfile.mkdtemp(prefix="dumpunet-upload-"))
-    opts["out"] = folder / remote.name
-    try:
+    with _local_scratch(remote, opts):
         yield opts["out"]
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _start_upload(scratch: Path | None, remote: StoreUrl | None) -> Any:

@@ -281,8 +281,9 @@ def test_a_malformed_line_is_one_error_with_its_line_and_nothing_is_written(tmp_
         (["--out", "p.zarr", "--out-dir", "stores"],
          "Error: --prompts records into one store (--out) or one store a prompt (--out-dir): give one of them"),
         ([], "Error: --prompts records into one store (--out) or one store a prompt (--out-dir): give one of them"),
-        (["--out", "s3://bucket/p.zarr"],
-         "Error: --prompts records into a local folder; upload the store afterwards with dumpunet copy"),
+        (["--out-dir", "s3://bucket/stores"],
+         "Error: --out-dir takes a local folder; record to a URL with --out URL (one store), or copy each store with "
+         "dumpunet copy"),
     ],
 )
 def test_prompts_conflicts_are_usage_errors(tmp_path, monkeypatch, args, message):

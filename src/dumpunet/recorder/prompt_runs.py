@@ -29,7 +29,9 @@ from dumpunet.recorder.identity import unet_fingerprint
 from dumpunet.recorder.recorder import open_writer
 from dumpunet.recorder.request import RecordRequest, RunPrompts, check_init_image, draw_seed, run_prompts
 from dumpunet.store import open_store, schema
+from dumpunet.store.location import StoreUrl, list_sizes, open_zarr_store
 from dumpunet.store.target import StoreLock, check_target
+from dumpunet.store.transfer import Uploader, check_upload_target, drop_other_runs, fetch_documents, upload_interval
 
 __all__ = ["Progress", "PromptPlan", "PromptTarget", "execute", "load", "plan", "shared_options"]
 
@@ -84,6 +86,15 @@ class PromptPlan:
     resume: bool  # one store that exists: add to it (its complete prompts stay)
     unet_fingerprint: str | None  # of the model the existing stores were recorded with
     grown_from: int | None = None  # the output holds a list of this many prompts, of which this list is a longer one
+    remote: StoreUrl | None = None  # --out URL: ``out`` is the local scratch store whose completed calls are uploaded
+    overwrite: bool = False
+
+    @property
+    def where(self) -> Path | StoreUrl:
+        """Where the runs go, as the command line named it: --out (a folder or a URL) or --out-dir."""
+        where = self.remote or self.out or self.out_dir
+        assert where is not None
+        return where
 
     @property
     def todo(self) -> list[PromptTarget]:
@@ -96,14 +107,13 @@ class PromptPlan:
     def skipped_line(self) -> str | None:
         if not self.done:
             return None
-        where = self.out if self.out is not None else self.out_dir
-        return f"skipping {len(self.done)} of {plural(len(self.targets), 'prompt')} already recorded in {where}"
+        return f"skipping {len(self.done)} of {plural(len(self.targets), 'prompt')} already recorded in {self.where}"
 
     def grown_line(self) -> str | None:
         """Say that the file adds prompts to the list the output was recorded from."""
         if self.grown_from is None:
             return None
-        where = self.out if self.out is not None else self.out_dir
+        where = self.where
         added = len(self.targets) - self.grown_from
         first = f"runs {run_name(self.grown_from)}" if self.out is not None else f"stores {run_name(self.grown_from)}.zarr"
         return f"{self.plist.source} adds {plural(added, 'prompt')} to the {self.grown_from} recorded in {where} ({first} on)"
@@ -116,11 +126,12 @@ def _runs_of(index: int, pair: bool, *, one_store: bool) -> tuple[str, ...]:
     return (f"{name}-base", name) if pair else (name,)
 
 
-def plan(options: Mapping[str, Any], lists: PromptListOptions) -> PromptPlan:
+def plan(options: Mapping[str, Any], lists: PromptListOptions, *, remote: StoreUrl | None = None) -> PromptPlan:
     """Read the prompt file, make each row's request, and compare them with what the output already holds.
 
     ``options`` are :class:`RecordRequest`'s fields as the command line gave them (``prompt``
-    empty: the rows give it). Raises a :class:`~dumpunet.errors.PromptListError` naming the
+    empty: the rows give it). With ``remote`` (``--out URL``), ``options["out"]`` is the local
+    scratch store the runs are recorded into, and the store compared with is the one at the URL. Raises a :class:`~dumpunet.errors.PromptListError` naming the
     file and line of a bad row, and a :class:`~dumpunet.errors.RecordError` naming what differs
     when the output was recorded from another list or with other options.
     """
@@ -135,7 +146,7 @@ def plan(options: Mapping[str, Any], lists: PromptListOptions) -> PromptPlan:
             raise RecordError(f"--out-dir {out_dir} is a file; give a folder")
         if not out_dir.resolve().parent.is_dir():
             raise RecordError(f"cannot create --out-dir {out_dir}: folder {out_dir.parent} does not exist")
-    existing = _existing(out, out_dir, len(plist.rows), overwrite)
+    existing = _existing(remote or out, out_dir, len(plist.rows), overwrite)
     recorded = next((info.prompt_list for _, info, _ in existing.values()), None)
     seed = int(options.get("seed", -1))
     if seed < 0:  # a random seed is drawn once for the list, and a rerun takes it from the store
@@ -168,24 +179,30 @@ def plan(options: Mapping[str, Any], lists: PromptListOptions) -> PromptPlan:
             StoreLock(t.req.out).check_free()
     if out is not None and not existing:
         check_target(out, overwrite=overwrite)
+        if remote is not None:
+            check_upload_target(remote, overwrite=overwrite, delete=False)  # replaced only when recording starts
     return PromptPlan(plist, info, tuple(targets), frozenset(done), out, out_dir, resume=out is not None and bool(existing),
                       unet_fingerprint=fingerprint,
-                      grown_from=max(counts) if counts and max(counts) < info.count else None)
+                      grown_from=max(counts) if counts and max(counts) < info.count else None, remote=remote,
+                      overwrite=overwrite)
 
 
-def _existing(out: Path | None, out_dir: Path | None, count: int, overwrite: bool
-              ) -> dict[Path, tuple[int | None, schema.RootAttrs, dict[int, set[str]]]]:
+def _existing(out: Path | StoreUrl | None, out_dir: Path | None, count: int, overwrite: bool
+              ) -> dict[Path | StoreUrl, tuple[int | None, schema.RootAttrs, dict[int, set[str]]]]:
     """The stores already there (none with ``--overwrite``): their root attributes and each prompt's complete runs."""
     if overwrite:
         return {}
-    if out is not None:
+    paths: list[tuple[int | None, Path | StoreUrl]]
+    if isinstance(out, StoreUrl):
+        paths = [(None, out)] if _holds_store(out) else []
+    elif out is not None:
         paths = [(None, out)] if out.exists() else []
     else:
         assert out_dir is not None
         paths = [(i, p) for i in range(count) if (p := out_dir / f"{run_name(i)}.zarr").exists()]
     found = {}
     for index, path in paths:
-        if out is not None:
+        if isinstance(path, Path) and out is not None:
             check_target(path, overwrite=True)  # a symbolic link, the current folder, ... stay refused
         try:
             store = open_store(path)
@@ -211,7 +228,15 @@ def _existing(out: Path | None, out_dir: Path | None, count: int, overwrite: boo
     return found
 
 
-def _compare(path: Path, root: schema.RootAttrs, info: schema.PromptListInfo, plist: PromptList, negative: str,
+def _holds_store(remote: StoreUrl) -> bool:
+    """Whether the URL holds a store (False: nothing); anything else there is refused, as by ``record --out URL``."""
+    there = list_sizes(open_zarr_store(remote), remote)
+    if there and "zarr.json" not in there:
+        check_upload_target(remote, overwrite=False)  # raises: it names what is there
+    return bool(there)
+
+
+def _compare(path: Path | StoreUrl, root: schema.RootAttrs, info: schema.PromptListInfo, plist: PromptList, negative: str,
              seed: int, index: int | None) -> None:
     """Refuse to add to a store recorded from another prompt list, or with other options, naming what differs.
 
@@ -242,7 +267,7 @@ def _compare(path: Path, root: schema.RootAttrs, info: schema.PromptListInfo, pl
                       f"in its prompts, negative prompts or seeds{first}{grows}; {again}")
 
 
-def _first_difference(path: Path, plist: PromptList, rows: list[tuple[str, str, int]], index: int | None) -> str:
+def _first_difference(path: Path | StoreUrl, plist: PromptList, rows: list[tuple[str, str, int]], index: int | None) -> str:
     """Name the first recorded prompt that differs from its row, where the store says what it was."""
     try:
         store = open_store(path)
@@ -268,8 +293,7 @@ def load(p: PromptPlan) -> recording.Job:
     """Load the pipeline once (for the first prompt); check every row's per-block prompt against its blocks."""
     job = recording.load(p.targets[0].req)
     if p.unet_fingerprint is not None and unet_fingerprint(job.pipe.unet) != p.unet_fingerprint:
-        where = p.out if p.out is not None else p.out_dir
-        raise RecordError(f"{where} was recorded with another model: the U-Net fingerprint differs (the weights "
+        raise RecordError(f"{p.where} was recorded with another model: the U-Net fingerprint differs (the weights "
                           "changed); record into another --out (or --out-dir), or pass --overwrite to start over")
     names, aliases = job.names
     for t in p.targets:
@@ -319,7 +343,12 @@ class Summary:
 
 
 def execute(job: recording.Job, p: PromptPlan, *, quiet: bool = False) -> Summary:
-    """Record the prompts not recorded yet: into one store (resumed where it exists), or one store each."""
+    """Record the prompts not recorded yet: into one store (resumed where it exists), or one store each.
+
+    With ``--out URL`` the runs are recorded into the local scratch store ``p.out`` and uploaded
+    while they are recorded (:class:`~dumpunet.store.transfer.Uploader`); resuming, the scratch
+    store starts from the URL's root document, and the runs not kept are deleted there first.
+    """
     one_store = p.out is not None
     todo = p.todo
     base_kwargs = recording.generation_kwargs(job)
@@ -327,15 +356,23 @@ def execute(job: recording.Job, p: PromptPlan, *, quiet: bool = False) -> Summar
     per_prompt = len(p.targets[0].runs)
     progress = Progress(len(todo), per_prompt, job.req.executed_steps, enabled=not quiet)
     calls, recorded = 0, []
-    writer = None
+    writer = uploader = None
     try:
         if p.out_dir is not None:
             p.out_dir.mkdir(exist_ok=True)
+        if p.remote is not None and p.resume:
+            fetch_documents(p.remote, p.out)  # type: ignore[arg-type]  the kept runs' arrays stay remote
+        elif p.remote is not None:
+            check_upload_target(p.remote, overwrite=p.overwrite)  # --overwrite: the store there goes now
         if one_store:
             pairs = [schema.PairInfo(f"{t.name}-base", t.name, t.name)
                      for t in p.targets] if job.req.pair else []
             writer = open_writer(p.out, job.pipe, job.model_info, pairs=pairs, prompt_list=p.info,  # type: ignore[arg-type]
                                  overwrite=job.req.overwrite, keep_runs=p.keep_runs if p.resume else None)
+        if p.remote is not None:
+            if p.resume:
+                drop_other_runs(p.remote, p.out)  # type: ignore[arg-type]  an interrupted prompt's run goes there too
+            uploader = Uploader(p.out, p.remote, interval=upload_interval()).start()  # type: ignore[arg-type]
         for t in todo:
             row_job = recording.reseeded(job, t.req.without_networks())
             runs, pairs = run_prompts(row_job.req, names, aliases, job.no_xattn)
@@ -354,7 +391,11 @@ def execute(job: recording.Job, p: PromptPlan, *, quiet: bool = False) -> Summar
             recorded.append(t.name)
     finally:
         progress.close()
-        if writer is not None:
-            writer.close()
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            if uploader is not None:
+                uploader.close()  # a last round: every completed call reaches the URL, also after an interrupt
     skipped = tuple(t.name for t in p.targets if t.index in p.done)
     return Summary(p.info.seed, tuple(recorded), skipped, calls, job.req.executed_steps)
