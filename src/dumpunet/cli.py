@@ -159,8 +159,13 @@ def record(**opts: Any) -> None:
         --sampler "DPM++ 2M Karras" --cfg 7 --seed 1719471015 --blocks IN00-OUT11 --out girl.zarr
     dumpunet record --prompts prompts.txt --sampling-steps 20 --seed 1 --blocks IN00-OUT11 --out prompts.zarr
     """
+    take_renamed(click.get_current_context(), opts)
+    _record_one_or_many(opts)
+
+
+def _record_one_or_many(opts: dict[str, Any]) -> None:
+    """record and sweep: one recording (--out), or every prompt of --prompts FILE (--out or --out-dir)."""
     ctx = click.get_current_context()
-    take_renamed(ctx, opts)
     try:
         lists = take(PromptListOptions, opts)
     except DumpUnetError as exc:
@@ -191,6 +196,7 @@ def record(**opts: Any) -> None:
          "today that is --record-blocks)")
 @click.option("--skip-no-xattn", is_flag=True,
               help="Leave out blocks without cross-attention (their runs equal the base; they are warned about otherwise).")
+@_with(value_options(PromptListOptions))
 @storage_options
 def sweep(**opts: Any) -> None:
     """Record a base run and one run per block with TEXT inserted only there, paired in one store.
@@ -201,16 +207,20 @@ def sweep(**opts: Any) -> None:
     cross-attention reaches nothing (9 of 25 SD1 blocks): a warning names them, and
     --skip-no-xattn leaves them out.
 
+    Many prompts: --prompts FILE sweeps each prompt of the file: runs p0000-base, p0000-IN00, ...
+    of one store (contact sheet: 'render --sweep --run p0000-base'), or with --out-dir one sweep
+    store each; the same command again skips the prompts already swept.
+
     \b
     dumpunet sweep --prompt "a cute school girl, pink hair, wide shot" \\
         --insert "bad anatomy" --into-blocks IN00-OUT11 --out sweep.zarr
+    dumpunet sweep --prompts prompts.txt --insert "bad anatomy" --into-blocks IN04-IN08 --out sweeps.zarr
     """
     take_renamed(click.get_current_context(), opts)
     opts["sweep_insert"] = opts.pop("insert")
     opts["sweep_blocks"] = opts.pop("into_blocks")
     opts["blocks"] = opts.pop("record_blocks")
-    _require_out(opts)
-    _record(opts)
+    _record_one_or_many(opts)
 
 
 def _require_out(opts: dict[str, Any]) -> None:

@@ -52,8 +52,9 @@ class PromptListOptions:
     """``record --prompts FILE`` and where its runs go (``--out`` one store, or ``--out-dir`` one store a prompt)."""
 
     prompts: Path | None = field(default=None, metadata=option(
-        "Record every prompt of this file (one a line; or .csv/.jsonl with prompt, negative_prompt, seed) as its own "
-        "run p0000, p0001, ... of one store; the same command again records only what is missing.", type=Path))
+        "Record every prompt of this file (one a line; or .csv/.jsonl with prompt, negative_prompt, seed) with the "
+        "same options: runs p0000, p0001, ... of one store (sweep: p0000-base, p0000-IN00, ...); the same command "
+        "again records only what is missing.", type=Path))
     out_dir: Path | None = field(default=None, metadata=option(
         "With --prompts: one store a prompt in this folder, p0000.zarr, p0001.zarr, ... (instead of --out).", type=Path))
 

@@ -252,6 +252,79 @@ def test_a_grown_pair_list_pairs_its_new_prompts_and_a_grown_out_dir_adds_stores
     assert again.exit_code == 0 and again.stderr.splitlines()[0] == f"skipping 2 of 2 prompts already recorded in {stores}"
 
 
+SWEEP = ["--insert", "ugly", "--into-blocks", "IN04,M00", "--record-blocks", "IN00,OUT11", "--attention", "none",
+         "--sampling-steps", "2", "--width", "64", "--height", "64", "--seed", "3"]
+"""A sweep over two blocks (three runs a prompt), as fast as FAST."""
+
+
+def test_sweep_prompts_sweeps_every_prompt_into_one_store_resumably_with_a_contact_sheet_per_prompt(tmp_path, monkeypatch):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n")
+    out = tmp_path / "sweeps.zarr"
+    args = ["sweep", "--prompts", str(prompts), *SWEEP, "--out", str(out)]
+    record_run = recording.record_run
+
+    def cut_in_the_last(job, writer, run, kwargs, *, on_step=None, prompt_line=None):
+        def step(n):
+            on_step(n)
+            if run.name == "p0001-M00" and n == 1:
+                raise KeyboardInterrupt
+
+        return record_run(job, writer, run, kwargs, on_step=step, prompt_line=prompt_line)
+
+    monkeypatch.setattr(recording, "record_run", cut_in_the_last)
+    cut = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert cut.exit_code == 1 and "interrupted; the prompts recorded completely stay in" in cut.output
+    assert [(n, r.complete) for n, r in dumpunet.open(out).runs.items()] == [
+        ("p0000-base", True), ("p0000-IN04", True), ("p0000-M00", True), ("p0001-base", True), ("p0001-IN04", True),
+        ("p0001-M00", False)]
+    monkeypatch.setattr(recording, "record_run", record_run)
+    again = CliRunner().invoke(main, [*args, "--json"], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert again.stderr.splitlines()[0] == f"skipping 1 of 2 prompts already recorded in {out}"
+    assert (json.loads(again.stdout)["recorded"], json.loads(again.stdout)["calls"]) == (["p0001"], 6)
+    store = dumpunet.open(out)
+    assert store.run_names == ["p0000-base", "p0000-IN04", "p0000-M00", "p0001-base", "p0001-IN04", "p0001-M00"]
+    assert all(r.complete for r in store.runs.values()) and validate(out).ok
+    assert [(p.base, p.layered, p.label) for p in store.pairs] == [
+        ("p0000-base", "p0000-IN04", "p0000-IN04"), ("p0000-base", "p0000-M00", "p0000-M00"),
+        ("p0001-base", "p0001-IN04", "p0001-IN04"), ("p0001-base", "p0001-M00", "p0001-M00")]
+    base, layered = store.pair("p0001-M00")
+    assert (base.info.prompt, layered.info.prompt) == ("a dog, ", "a dog, (~:M00:ugly:~)")
+    assert layered.info.block_prompts["cond"]["M00"] == "a dog, ugly" and layered.info.prompt_line == 2
+
+    sheet = CliRunner().invoke(main, ["render", str(out), "--sweep", "--run", "p0001-base", "--out", str(tmp_path / "s1"),
+                                      "--json"])
+    assert sheet.exit_code == 0, sheet.output
+    cells = json.loads(sheet.stdout)[0]["cells"]
+    assert cells == [{"run": "p0001-base", "caption": "base"}, {"run": "p0001-IN04", "caption": "IN04"},
+                     {"run": "p0001-M00", "caption": "M00"}]
+    wrong = CliRunner().invoke(main, ["render", str(out), "--sweep", "--run", "p0001", "--out", str(tmp_path / "s2")])
+    assert wrong.exit_code == 1
+    assert f"holds no sweep of base run 'p0001' (base runs: p0000-base, p0001-base)" in wrong.output
+    diff = CliRunner().invoke(main, ["diff", str(out), "--pair", "p0000-IN04", "--blocks", "OUT11", "--steps", "2",
+                                     "--out", str(tmp_path / "d"), "--quiet"])
+    assert diff.exit_code == 0, diff.output
+    assert (tmp_path / "d").is_dir() and any((tmp_path / "d").rglob("*.png"))
+
+
+def test_sweep_prompts_out_dir_writes_one_sweep_store_a_prompt(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n")
+    stores = tmp_path / "sweeps"
+    args = ["sweep", "--prompts", str(prompts), *SWEEP, "--out-dir", str(stores), "--quiet"]
+    assert CliRunner().invoke(main, args, catch_exceptions=False).exit_code == 0
+    for i, prompt in enumerate(["a cat", "a dog"]):
+        store = dumpunet.open(stores / f"p{i:04d}.zarr")
+        assert store.run_names == ["base", "IN04", "M00"] and [p.label for p in store.pairs] == ["IN04", "M00"]
+        assert store.run("IN04").info.prompt == f"{prompt}, (~:IN04:ugly:~)" and validate(store.path).ok
+    sheet = CliRunner().invoke(main, ["render", str(stores / "p0001.zarr"), "--sweep", "--out", str(tmp_path / "s"),
+                                      "--json"])
+    assert [c["caption"] for c in json.loads(sheet.stdout)[0]["cells"]] == ["base", "IN04", "M00"]
+    again = CliRunner().invoke(main, args[:-1], catch_exceptions=False)
+    assert again.exit_code == 0 and again.stderr.splitlines()[0] == f"skipping 2 of 2 prompts already recorded in {stores}"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -66,11 +66,29 @@ class PromptTarget:
         """``p0000``: its run's name in one store, its store's name with ``--out-dir``."""
         return run_name(self.index)
 
-    def rename(self, run: RunPrompts, *, one_store: bool) -> RunPrompts:
-        """The run as this prompt names it: ``p0000`` (``p0000-base``) in one store, as ``record`` names it alone."""
+    def run_name(self, name: str, *, one_store: bool) -> str:
+        """A run of this prompt as it is named in the output: as ``record`` (``sweep``) names it alone, or in one store
+        ``p0000`` (``p0000-base`` and ``p0000`` for ``--pair``; ``p0000-base`` and ``p0000-IN00``, ... for a sweep).
+
+        >>> t = PromptTarget(3, PromptRow(4, "a cat"), None, ())  # type: ignore[arg-type]
+        >>> [t.run_name(n, one_store=True) for n in ("main", "base", "layered", "IN04")], t.run_name("IN04", one_store=False)
+        (['p0003', 'p0003-base', 'p0003', 'p0003-IN04'], 'IN04')
+        """
         if not one_store:
-            return run
-        return replace(run, name=f"{self.name}-base" if run.name == "base" else self.name)
+            return name
+        if name == "base":
+            return f"{self.name}-base"
+        return self.name if name in ("main", "layered") else f"{self.name}-{name}"
+
+    def rename(self, run: RunPrompts, *, one_store: bool) -> RunPrompts:
+        return replace(run, name=self.run_name(run.name, one_store=one_store))
+
+    def rename_pair(self, pair: schema.PairInfo, *, one_store: bool) -> schema.PairInfo:
+        """A pair of this prompt's runs as the output names it; in one store its label is its layered run's name."""
+        if not one_store:
+            return pair
+        layered = self.run_name(pair.layered, one_store=True)
+        return schema.PairInfo(self.run_name(pair.base, one_store=True), layered, layered)
 
 
 @dataclass(frozen=True)
@@ -120,6 +138,7 @@ class PromptPlan:
 
 
 def _runs_of(index: int, pair: bool, *, one_store: bool) -> tuple[str, ...]:
+    """The runs of a prompt of ``record --prompts`` (a sweep's depend on the model's blocks: see :func:`_swept_runs`)."""
     if not one_store:
         return ("base", "layered") if pair else ("main",)
     name = run_name(index)
@@ -159,7 +178,8 @@ def plan(options: Mapping[str, Any], lists: PromptListOptions, *, remote: StoreU
             req = RecordRequest(**{**options, "out": target, "prompt": prompt, "negative_prompt": neg, "seed": row_seed})
         except DumpUnetError as exc:
             raise plist.error(row, exc) from None
-        targets.append(PromptTarget(i, row, req, _runs_of(i, req.pair, one_store=one_store)))
+        runs = () if req.sweep_insert is not None else _runs_of(i, req.pair, one_store=one_store)
+        targets.append(PromptTarget(i, row, req, runs))
     check_init_image(targets[0].req)
     source = str(lists.prompts)
     info = schema.PromptListInfo(source=source, count=len(targets), sha256=plist.sha256(negative, seed), seed=seed,
@@ -169,7 +189,11 @@ def plan(options: Mapping[str, Any], lists: PromptListOptions, *, remote: StoreU
     for key, (index, root, complete) in existing.items():
         _compare(key, root, info, plist, negative, seed, index)
         counts.append(root.prompt_list.count)  # type: ignore[union-attr]
-        done |= {i for i in complete if i < len(targets) and all(r in complete[i] for r in targets[i].runs)}
+        for i in complete:
+            if i < len(targets) and targets[i].req.sweep_insert is not None:
+                targets[i] = replace(targets[i], runs=_swept_runs(targets[i], root.pairs, one_store=one_store))
+        done |= {i for i in complete if i < len(targets) and targets[i].runs
+                 and all(r in complete[i] for r in targets[i].runs)}
     fingerprint = next((str(root.model.get("unet_fingerprint")) for _, root, _ in existing.values()
                         if root.model.get("unet_fingerprint")), None)
     for t in targets:
@@ -185,6 +209,14 @@ def plan(options: Mapping[str, Any], lists: PromptListOptions, *, remote: StoreU
                       unet_fingerprint=fingerprint,
                       grown_from=max(counts) if counts and max(counts) < info.count else None, remote=remote,
                       overwrite=overwrite)
+
+
+def _swept_runs(t: PromptTarget, pairs: tuple[schema.PairInfo, ...], *, one_store: bool) -> tuple[str, ...]:
+    """A sweep prompt's runs as the store it was recorded into lists them (its pairs are written before its runs):
+    its base run and every block run paired with it; none if the store lists no pair of it yet."""
+    base = t.run_name("base", one_store=one_store)
+    layered = tuple(p.layered for p in pairs if p.base == base)
+    return (base, *layered) if layered else ()
 
 
 def _existing(out: Path | StoreUrl | None, out_dir: Path | None, count: int, overwrite: bool
@@ -353,8 +385,8 @@ def execute(job: recording.Job, p: PromptPlan, *, quiet: bool = False) -> Summar
     todo = p.todo
     base_kwargs = recording.generation_kwargs(job)
     names, aliases = job.names
-    per_prompt = len(p.targets[0].runs)
-    progress = Progress(len(todo), per_prompt, job.req.executed_steps, enabled=not quiet)
+    planned = {t.index: run_prompts(t.req.without_networks(), names, aliases, job.no_xattn) for t in p.targets}
+    progress = Progress(len(todo), len(planned[todo[0].index][0]), job.req.executed_steps, enabled=not quiet)
     calls, recorded = 0, []
     writer = uploader = None
     try:
@@ -365,8 +397,7 @@ def execute(job: recording.Job, p: PromptPlan, *, quiet: bool = False) -> Summar
         elif p.remote is not None:
             check_upload_target(p.remote, overwrite=p.overwrite)  # --overwrite: the store there goes now
         if one_store:
-            pairs = [schema.PairInfo(f"{t.name}-base", t.name, t.name)
-                     for t in p.targets] if job.req.pair else []
+            pairs = [t.rename_pair(pair, one_store=True) for t in p.targets for pair in planned[t.index][1]]
             writer = open_writer(p.out, job.pipe, job.model_info, pairs=pairs, prompt_list=p.info,  # type: ignore[arg-type]
                                  overwrite=job.req.overwrite, keep_runs=p.keep_runs if p.resume else None)
         if p.remote is not None:
@@ -375,7 +406,7 @@ def execute(job: recording.Job, p: PromptPlan, *, quiet: bool = False) -> Summar
             uploader = Uploader(p.out, p.remote, interval=upload_interval()).start()  # type: ignore[arg-type]
         for t in todo:
             row_job = recording.reseeded(job, t.req.without_networks())
-            runs, pairs = run_prompts(row_job.req, names, aliases, job.no_xattn)
+            runs, pairs = planned[t.index]
             own = writer
             if own is None:
                 own = open_writer(t.req.out, job.pipe, job.model_info, pairs=pairs, overwrite=t.req.out.exists(),
