@@ -1,14 +1,17 @@
-"""``dumpunet record --prompts FILE``: every prompt of a file as its own run, the pipeline loaded once.
+"""``dumpunet record --prompts FILE`` (and ``sweep --prompts``): every prompt of a file as its own run(s), the
+pipeline loaded once.
 
 :func:`plan` reads the file, makes every row's request and compares them with what ``--out``
 (or ``--out-dir``) already holds, before a model loads: a bad row, or a store recorded from
-another file or with other options, stops it with nothing written. :func:`load` loads the
+another file or with other options, stops it with nothing written (a file grown by rows appended
+at its end is not another file: its new prompts are added). :func:`load` loads the
 pipeline once and checks every row's per-block prompt against its blocks; :func:`execute`
 records the prompts not recorded yet, under one progress bar.
 
 Runs: in one store, prompt ``i`` is run ``p0000`` (``--pair``: ``p0000-base`` and ``p0000``,
-paired as ``p0000``); with ``--out-dir`` it is the store ``DIR/p0000.zarr``, whose runs are those
-of a plain ``record`` (``main``; ``base`` and ``layered``). A prompt whose runs are all complete
+paired as ``p0000``; ``sweep``: ``p0000-base`` and ``p0000-IN00``, ...); with ``--out-dir`` it is
+the store ``DIR/p0000.zarr``, whose runs are those of a plain ``record`` or ``sweep`` (``main``;
+``base`` and ``layered``; ``base`` and one a block). A prompt whose runs are all complete
 is skipped by a rerun; an interrupted one is removed and recorded again.
 """
 
@@ -150,9 +153,10 @@ def plan(options: Mapping[str, Any], lists: PromptListOptions, *, remote: StoreU
 
     ``options`` are :class:`RecordRequest`'s fields as the command line gave them (``prompt``
     empty: the rows give it). With ``remote`` (``--out URL``), ``options["out"]`` is the local
-    scratch store the runs are recorded into, and the store compared with is the one at the URL. Raises a :class:`~dumpunet.errors.PromptListError` naming the
-    file and line of a bad row, and a :class:`~dumpunet.errors.RecordError` naming what differs
-    when the output was recorded from another list or with other options.
+    scratch store the runs are recorded into, and the store compared with is the one at the URL.
+    Raises a :class:`~dumpunet.errors.PromptListError` naming the file and line of a bad row, and
+    a :class:`~dumpunet.errors.RecordError` naming what differs when the output was recorded from
+    another list or with other options; a list grown by rows appended at its end is no other list.
     """
     assert lists.prompts is not None
     plist = read_prompt_list(lists.prompts)
