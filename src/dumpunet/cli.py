@@ -127,7 +127,7 @@ _GENERATION_OPTIONS = [
     click.option("--query-stride", default=1, show_default=True, type=int, help="Self-attention: every Nth query row and column."),
     click.option("--max-bytes", type=int, default=None, help="Refuse to record more than this (default: the free disk space)."),
     click.option("--out", type=STORE, default=None,
-                  help="Store to create (required; record --prompts: or --out-dir): a directory, or a URL "
+                  help="Store to create (required; with --prompts: or --out-dir): a directory, or a URL "
                        "(s3://bucket/girl.zarr, gs://...) uploaded while recording."),
     click.option("--overwrite", is_flag=True, help="Replace an existing dumpunet store at --out."),
     click.option("--dry-run", is_flag=True, help="Print the size estimate and exit."),
