@@ -43,7 +43,7 @@ def test_layer_prompt_worked_example_runs(tmp_path):
 def test_layer_prompt_sweep_of_a_prompt_list_runs(tmp_path):
     doc = (ROOT / "docs" / "layer-prompts.md").read_text()
     section = doc.split("## Paired runs, sweeps and difference maps", 1)[1].split("## Worked example", 1)[0]
-    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    block = re.search(r"```bash\n(.*?)```", section, re.DOTALL).group(1)
     for line in block.strip().splitlines():
         shell(line, tmp_path)
     import dumpunet

@@ -301,7 +301,7 @@ def test_sweep_prompts_sweeps_every_prompt_into_one_store_resumably_with_a_conta
                      {"run": "p0001-M00", "caption": "M00"}]
     wrong = CliRunner().invoke(main, ["render", str(out), "--sweep", "--run", "p0001", "--out", str(tmp_path / "s2")])
     assert wrong.exit_code == 1
-    assert f"holds no sweep of base run 'p0001' (base runs: p0000-base, p0001-base)" in wrong.output
+    assert "holds no sweep of base run 'p0001' (base runs: p0000-base, p0001-base)" in wrong.output
     diff = CliRunner().invoke(main, ["diff", str(out), "--pair", "p0000-IN04", "--blocks", "OUT11", "--steps", "2",
                                      "--out", str(tmp_path / "d"), "--quiet"])
     assert diff.exit_code == 0, diff.output
@@ -355,8 +355,8 @@ def test_a_malformed_line_is_one_error_with_its_line_and_nothing_is_written(tmp_
          "Error: --prompts records into one store (--out) or one store a prompt (--out-dir): give one of them"),
         ([], "Error: --prompts records into one store (--out) or one store a prompt (--out-dir): give one of them"),
         (["--out-dir", "s3://bucket/stores"],
-         "Error: --out-dir takes a local folder; record to a URL with --out URL (one store), or copy each store with "
-         "dumpunet copy"),
+         ("Error: --out-dir takes a local folder; record to a URL with --out URL (one store), or copy each store with "
+          "dumpunet copy")),
     ],
 )
 def test_prompts_conflicts_are_usage_errors(tmp_path, monkeypatch, args, message):

@@ -96,7 +96,7 @@ def test_prompts_to_a_url_holding_something_else_is_refused_before_the_model_loa
     url = f"s3://{s3.bucket}/p.zarr"
     import s3fs
 
-    fs = s3fs.S3FileSystem(**{"endpoint_url": s3.endpoint})
+    fs = s3fs.S3FileSystem(endpoint_url=s3.endpoint)
     fs.pipe(f"{s3.bucket}/p.zarr/notes.txt", b"mine")
     res = CliRunner().invoke(main, ["record", "--prompts", str(prompts), *FAST, "--out", url])
     assert res.exit_code == 1
