@@ -46,7 +46,8 @@ RUN_ELSEWHERE = {
     "docs/layer-prompts.md": (
         "test_docs.py",
         "test_layer_prompt_worked_example_runs",
-        "its worked example (a 26-run sweep) runs there, with checks of what it writes",
+        ("its worked example (a 26-run sweep) runs there, with checks of what it writes; its sweep of a prompt "
+         "list in test_layer_prompt_sweep_of_a_prompt_list_runs"),
     ),
 }
 """Documents whose commands another test runs as written, read from the document: file, test, why."""

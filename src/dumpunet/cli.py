@@ -38,7 +38,7 @@ from dumpunet.cli_views import COMMANDS
 from dumpunet.errors import DumpUnetError
 from dumpunet.layouts import BUILTIN_LAYOUTS
 from dumpunet.prompt_lists import PromptListOptions, plural
-from dumpunet.store.location import StoreUrl
+from dumpunet.store.location import REMOTE_SCHEMES, StoreUrl
 from dumpunet.store.schema import human_bytes
 
 
@@ -127,7 +127,7 @@ _GENERATION_OPTIONS = [
     click.option("--query-stride", default=1, show_default=True, type=int, help="Self-attention: every Nth query row and column."),
     click.option("--max-bytes", type=int, default=None, help="Refuse to record more than this (default: the free disk space)."),
     click.option("--out", type=STORE, default=None,
-                  help="Store to create (required; record --prompts: or --out-dir): a directory, or a URL "
+                  help="Store to create (required; with --prompts: or --out-dir): a directory, or a URL "
                        "(s3://bucket/girl.zarr, gs://...) uploaded while recording."),
     click.option("--overwrite", is_flag=True, help="Replace an existing dumpunet store at --out."),
     click.option("--dry-run", is_flag=True, help="Print the size estimate and exit."),
@@ -159,8 +159,13 @@ def record(**opts: Any) -> None:
         --sampler "DPM++ 2M Karras" --cfg 7 --seed 1719471015 --blocks IN00-OUT11 --out girl.zarr
     dumpunet record --prompts prompts.txt --sampling-steps 20 --seed 1 --blocks IN00-OUT11 --out prompts.zarr
     """
+    take_renamed(click.get_current_context(), opts)
+    _record_one_or_many(opts)
+
+
+def _record_one_or_many(opts: dict[str, Any]) -> None:
+    """record and sweep: one recording (--out), or every prompt of --prompts FILE (--out or --out-dir)."""
     ctx = click.get_current_context()
-    take_renamed(ctx, opts)
     try:
         lists = take(PromptListOptions, opts)
     except DumpUnetError as exc:
@@ -175,8 +180,9 @@ def record(**opts: Any) -> None:
         raise click.UsageError(f"--prompts takes the prompts from its file; give {given[0]} or --prompts, not both")
     if (opts["out"] is None) == (lists.out_dir is None):
         raise click.UsageError("--prompts records into one store (--out) or one store a prompt (--out-dir): give one of them")
-    if isinstance(opts["out"], StoreUrl):
-        raise click.UsageError("--prompts records into a local folder; upload the store afterwards with dumpunet copy")
+    if lists.out_dir is not None and str(lists.out_dir).split(":/", 1)[0] in REMOTE_SCHEMES:
+        raise click.UsageError("--out-dir takes a local folder; record to a URL with --out URL (one store), or copy "
+                               "each store with dumpunet copy")
     opts.pop("infotext")
     _record_prompts(opts, lists)
 
@@ -190,6 +196,7 @@ def record(**opts: Any) -> None:
          "today that is --record-blocks)")
 @click.option("--skip-no-xattn", is_flag=True,
               help="Leave out blocks without cross-attention (their runs equal the base; they are warned about otherwise).")
+@_with(value_options(PromptListOptions))
 @storage_options
 def sweep(**opts: Any) -> None:
     """Record a base run and one run per block with TEXT inserted only there, paired in one store.
@@ -200,16 +207,20 @@ def sweep(**opts: Any) -> None:
     cross-attention reaches nothing (9 of 25 SD1 blocks): a warning names them, and
     --skip-no-xattn leaves them out.
 
+    Many prompts: --prompts FILE sweeps each prompt of the file: runs p0000-base, p0000-IN00, ...
+    of one store (contact sheet: 'render --sweep --run p0000-base'), or with --out-dir one sweep
+    store each; the same command again skips the prompts already swept.
+
     \b
     dumpunet sweep --prompt "a cute school girl, pink hair, wide shot" \\
         --insert "bad anatomy" --into-blocks IN00-OUT11 --out sweep.zarr
+    dumpunet sweep --prompts prompts.txt --insert "bad anatomy" --into-blocks IN04-IN08 --out sweeps.zarr
     """
     take_renamed(click.get_current_context(), opts)
     opts["sweep_insert"] = opts.pop("insert")
     opts["sweep_blocks"] = opts.pop("into_blocks")
     opts["blocks"] = opts.pop("record_blocks")
-    _require_out(opts)
-    _record(opts)
+    _record_one_or_many(opts)
 
 
 def _require_out(opts: dict[str, Any]) -> None:
@@ -232,16 +243,39 @@ def _estimate_json(est: Any) -> dict[str, Any]:
 def _record_prompts(opts: dict[str, Any], lists: PromptListOptions) -> None:
     """record --prompts: plan (nothing written on a bad row or a differing store), load once, record what is left."""
     _quiet_libraries()
+    remote = opts["out"] if isinstance(opts["out"], StoreUrl) else None
+    with _local_scratch(remote, opts):
+        _record_prompt_list(opts, lists, remote)
+
+
+@contextlib.contextmanager
+def _local_scratch(remote: StoreUrl | None, opts: dict[str, Any]) -> Iterator[None]:
+    """For ``--out URL``: ``opts["out"]`` becomes a store in a new local folder, removed at the end."""
+    if remote is None:
+        yield
+        return
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="dumpunet-upload-"))
+    opts["out"] = folder / remote.name
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _record_prompt_list(opts: dict[str, Any], lists: PromptListOptions, remote: StoreUrl | None) -> None:
     from dumpunet.recorder import job as recording
     from dumpunet.recorder import prompt_runs
 
     dry_run, as_json, disk_speed = opts.pop("dry_run"), opts.pop("as_json"), opts.pop("disk_speed")
     quiet = opts["quiet"]
-    plan = prompt_runs.plan(opts, lists)
-    where = plan.out if plan.out is not None else plan.out_dir
-    skipped = plan.skipped_line()
-    if skipped and not quiet:
-        click.echo(skipped, err=True)
+    plan = prompt_runs.plan(opts, lists, remote=remote)
+    where = plan.where
+    for line in (plan.grown_line(), plan.skipped_line()):
+        if line and not quiet:
+            click.echo(line, err=True)
     if not plan.todo:  # the model is not even loaded
         if as_json:
             click.echo(json.dumps({"out": str(where), "prompts": len(plan.targets), "seed": plan.info.seed,
@@ -351,18 +385,11 @@ def _scratch_for(remote: StoreUrl | None, opts: dict[str, Any], *, dry_run: bool
     if remote is None:
         yield None
         return
-    import shutil
-    import tempfile
-
     from dumpunet.store.transfer import check_upload_target
 
     check_upload_target(remote, overwrite=opts["overwrite"], delete=not dry_run)
-    folder = Path(tempfile.mkdtemp(prefix="dumpunet-upload-"))
-    opts["out"] = folder / remote.name
-    try:
+    with _local_scratch(remote, opts):
         yield opts["out"]
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _start_upload(scratch: Path | None, remote: StoreUrl | None) -> Any:

@@ -52,7 +52,8 @@ OPTIONS = {o.name: o for o in [
     QUIET,
     json_spec("the manifest entries of the written files (one object per file)"),
     OptionSpec("sweep", "Instead: a contact sheet of a sweep store's final images, base first, one per block, "
-               "labelled (sweep-img<i>.png); takes only --images.", default=False, flag_value=True),
+               "labelled (sweep-img<i>.png); takes only --images, and --run: the base run of one sweep in a store of "
+               "several (sweep --prompts: p0001-base).", default=False, flag_value=True),
     OptionSpec("format", "bin: one float32 file per channel (the original's dump; attention: per head x token); "
                "npy/safetensors: one per block (or layer) and step.", default="bin", choices=FORMATS),
     OptionSpec("layers", "Export these attention layers instead of blocks, e.g. 'IN01.attn2' or 'IN04-OUT08' "
@@ -173,7 +174,7 @@ def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, animate: str
     _echo_written(files, out, "GIF file" if animate == "gif" else "PNG file", as_json, quiet)
 
 
-_SWEEP_PARAMS = ("stores", "sweep", "images", "out", "quiet", "as_json", "jobs")
+_SWEEP_PARAMS = ("stores", "sweep", "images", "run", "out", "quiet", "as_json", "jobs")
 
 
 def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, out: Path, as_json: bool,
@@ -183,10 +184,10 @@ def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, ou
     given = [p.opts[0] for p in ctx.command.params if p.name not in _SWEEP_PARAMS
              and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
     if given:
-        raise click.UsageError(f"--sweep lays out final images; it takes only --images, not {', '.join(given)}")
+        raise click.UsageError(f"--sweep lays out final images; it takes only --images (and --run), not {', '.join(given)}")
     if len(stores) != 1:
         raise click.UsageError(f"--sweep takes one store, got {len(stores)}")
-    files = contact_sheet(stores[0], Pick(images=pick.images), out=out)
+    files = contact_sheet(stores[0], Pick(images=pick.images, run=pick.run), out=out)
     _echo_written(files, out, "contact sheet", as_json, quiet)
 
 

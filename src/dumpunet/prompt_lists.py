@@ -52,8 +52,9 @@ class PromptListOptions:
     """``record --prompts FILE`` and where its runs go (``--out`` one store, or ``--out-dir`` one store a prompt)."""
 
     prompts: Path | None = field(default=None, metadata=option(
-        "Record every prompt of this file (one a line; or .csv/.jsonl with prompt, negative_prompt, seed) as its own "
-        "run p0000, p0001, ... of one store; the same command again records only what is missing.", type=Path))
+        "Record every prompt of this file (one a line; or .csv/.jsonl with prompt, negative_prompt, seed) with the "
+        "same options: runs p0000, p0001, ... of one store (sweep: p0000-base, p0000-IN00, ...); the same command "
+        "again records only what is missing.", type=Path))
     out_dir: Path | None = field(default=None, metadata=option(
         "With --prompts: one store a prompt in this folder, p0000.zarr, p0001.zarr, ... (instead of --out).", type=Path))
 
@@ -116,6 +117,16 @@ class PromptList:
         """
         doc = json.dumps(self.resolved(negative_prompt, seed), ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(doc.encode()).hexdigest()
+
+    def head(self, count: int) -> PromptList:
+        """The list's first ``count`` rows: what a list that grew by appended rows was before.
+
+        >>> rows = (PromptRow(1, "a"), PromptRow(2, "b"), PromptRow(4, "c"))
+        >>> grown, before = PromptList(Path("p.txt"), rows), PromptList(Path("p.txt"), rows[:2])
+        >>> grown.head(2).sha256("", 1) == before.sha256("", 1), grown.sha256("", 1) == before.sha256("", 1)
+        (True, False)
+        """
+        return PromptList(self.source, self.rows[:count])
 
     def error(self, row: PromptRow, exc: Exception) -> PromptListError:
         """``exc`` (raised for ``row``) as an error naming this file and the row's line, its caret kept."""

@@ -78,3 +78,14 @@ def test_errors(girl, tmp_path):
     with pytest.raises(SpecError):
         contact_sheet(store, Pick(images="1"), out=tmp_path / "s")
     assert not (tmp_path / "s").exists()
+
+
+def test_run_picks_the_sweep_of_one_base_run(tmp_path):
+    store = make_paired_store(tmp_path / "sweep.zarr", labels=("IN04", "M00"))
+    whole = contact_sheet(store, out=tmp_path / "all")[0]
+    picked = contact_sheet(store, Pick(run="base"), out=tmp_path / "picked")[0]
+    assert picked.params["cells"] == whole.params["cells"] and pixels(picked).tobytes() == pixels(whole).tobytes()
+    with pytest.raises(SelectionError) as err:
+        contact_sheet(store, Pick(run="IN04"), out=tmp_path / "s")
+    assert str(err.value) == f"{store} holds no sweep of base run 'IN04' (base runs: base)"
+    assert not (tmp_path / "s").exists()

@@ -165,6 +165,166 @@ def test_an_interrupted_list_resumes_skipping_the_complete_prompts_and_redoing_t
     assert CliRunner().invoke(main, ["validate", str(out)]).output.strip().endswith(": ok")
 
 
+def test_a_list_grown_by_appended_lines_adds_its_new_prompts_resumably_and_changed_rows_are_refused(tmp_path,
+                                                                                                      monkeypatch):
+    from dumpunet.prompt_lists import read_prompt_list
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n")
+    out = tmp_path / "p.zarr"
+    args = ["--prompts", str(prompts), *FAST, "--seed", "4", "--out", str(out)]
+    assert invoke(*args, "--quiet").exit_code == 0
+    images = [dumpunet.open(out).image(run=name) for name in ("p0000", "p0001")]
+
+    prompts.write_text("a cat\na dog\n# more\na bird\na fish\n")
+    record_run = recording.record_run
+
+    def cut_in_the_fourth(job, writer, run, kwargs, *, on_step=None, prompt_line=None):
+        def step(n):
+            on_step(n)
+            if run.name == "p0003" and n == 1:
+                raise KeyboardInterrupt
+
+        return record_run(job, writer, run, kwargs, on_step=step, prompt_line=prompt_line)
+
+    monkeypatch.setattr(recording, "record_run", cut_in_the_fourth)
+    grown = invoke(*args)
+    assert grown.exit_code == 1
+    assert grown.stderr.splitlines()[:2] == [f"{prompts} adds 2 prompts to the 2 recorded in {out} (runs p0002 on)",
+                                             f"skipping 2 of 4 prompts already recorded in {out}"]
+    store = dumpunet.open(out)
+    assert [(n, r.complete, r.info.prompt_line) for n, r in store.runs.items()] == [
+        ("p0000", True, 1), ("p0001", True, 2), ("p0002", True, 4), ("p0003", False, 5)]
+    grown_list = read_prompt_list(prompts)
+    assert (store.info.prompt_list.count, store.info.prompt_list.sha256) == (4, grown_list.sha256("", 4))
+    assert validate(out).ok
+
+    prompts.write_text("a cow\na dog\n# more\na bird\na fish\na crow\n")  # line 1 changed, one more appended
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    changed = invoke(*args)
+    assert changed.exit_code == 1
+    assert (f"{prompts} differs in its prompts, negative prompts or seeds (line 1: prompt 'a cow', run p0000 has "
+            "'a cat'); a recorded list grows only by rows appended at its end;") in changed.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+    monkeypatch.setattr(recording, "record_run", record_run)
+    prompts.write_text("a cat\na dog\n# more\na bird\na fish\n")
+    again = invoke(*args, "--json")
+    assert again.exit_code == 0, again.output
+    assert again.stderr.splitlines()[0] == f"skipping 3 of 4 prompts already recorded in {out}"
+    assert json.loads(again.stdout)["recorded"] == ["p0003"]
+    store = dumpunet.open(out)
+    assert [(n, r.complete, r.info.prompt, r.steps) for n, r in store.runs.items()] == [
+        ("p0000", True, "a cat", [1, 2]), ("p0001", True, "a dog", [1, 2]), ("p0002", True, "a bird", [1, 2]),
+        ("p0003", True, "a fish", [1, 2])]
+    for name, image in zip(("p0000", "p0001"), images):
+        np.testing.assert_array_equal(store.image(run=name), image)  # kept, not recorded again
+    assert validate(out).ok and validate(out).notes == []
+    shorter = tmp_path / "shorter.txt"
+    shorter.write_text("a cat\na dog\n")
+    refused = invoke("--prompts", str(shorter), *args[2:])
+    assert refused.exit_code == 1
+    assert f"{out} was recorded from a prompt list of 4 prompts ({prompts}), {shorter} holds 2;" in refused.output
+
+
+def test_a_grown_pair_list_pairs_its_new_prompts_and_a_grown_out_dir_adds_stores(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a (~: M00: cute :~) cat\n")
+    out, stores = tmp_path / "p.zarr", tmp_path / "stores"
+    for where in (["--pair", "--out", str(out)], ["--out-dir", str(stores)]):
+        assert invoke("--prompts", str(prompts), *FAST, "--seed", "2", *where, "--quiet").exit_code == 0
+    first = dumpunet.open(stores / "p0000.zarr").info.prompt_list
+    prompts.write_text("a (~: M00: cute :~) cat\na (~: OUT11: ugly :~) dog\n")
+    for where in (["--pair", "--out", str(out)], ["--out-dir", str(stores)]):
+        res = invoke("--prompts", str(prompts), *FAST, "--seed", "2", *where, "--json")
+        assert res.exit_code == 0, res.output
+        assert (json.loads(res.stdout)["recorded"], json.loads(res.stdout)["skipped"]) == (["p0001"], ["p0000"])
+    store = dumpunet.open(out)
+    assert store.run_names == ["p0000-base", "p0000", "p0001-base", "p0001"]
+    assert [p.label for p in store.pairs] == ["p0000", "p0001"]
+    assert store.info.prompt_list.count == 2 and validate(out).ok
+    # one store a prompt: the first keeps the list it was recorded from, the new one names the grown list
+    assert dumpunet.open(stores / "p0000.zarr").info.prompt_list == first
+    added = dumpunet.open(stores / "p0001.zarr").info.prompt_list
+    assert (first.count, added.count, added.index, added.sha256 != first.sha256) == (1, 2, 1, True)
+    assert dumpunet.open(stores / "p0001.zarr").run().info.prompt == "a (~: OUT11: ugly :~) dog"
+    again = invoke("--prompts", str(prompts), *FAST, "--seed", "2", "--out-dir", str(stores))
+    assert again.exit_code == 0 and again.stderr.splitlines()[0] == f"skipping 2 of 2 prompts already recorded in {stores}"
+
+
+SWEEP = ["--insert", "ugly", "--into-blocks", "IN04,M00", "--record-blocks", "IN00,OUT11", "--attention", "none",
+         "--sampling-steps", "2", "--width", "64", "--height", "64", "--seed", "3"]
+"""A sweep over two blocks (three runs a prompt), as fast as FAST."""
+
+
+def test_sweep_prompts_sweeps_every_prompt_into_one_store_resumably_with_a_contact_sheet_per_prompt(tmp_path, monkeypatch):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n")
+    out = tmp_path / "sweeps.zarr"
+    args = ["sweep", "--prompts", str(prompts), *SWEEP, "--out", str(out)]
+    record_run = recording.record_run
+
+    def cut_in_the_last(job, writer, run, kwargs, *, on_step=None, prompt_line=None):
+        def step(n):
+            on_step(n)
+            if run.name == "p0001-M00" and n == 1:
+                raise KeyboardInterrupt
+
+        return record_run(job, writer, run, kwargs, on_step=step, prompt_line=prompt_line)
+
+    monkeypatch.setattr(recording, "record_run", cut_in_the_last)
+    cut = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert cut.exit_code == 1 and "interrupted; the prompts recorded completely stay in" in cut.output
+    assert [(n, r.complete) for n, r in dumpunet.open(out).runs.items()] == [
+        ("p0000-base", True), ("p0000-IN04", True), ("p0000-M00", True), ("p0001-base", True), ("p0001-IN04", True),
+        ("p0001-M00", False)]
+    monkeypatch.setattr(recording, "record_run", record_run)
+    again = CliRunner().invoke(main, [*args, "--json"], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert again.stderr.splitlines()[0] == f"skipping 1 of 2 prompts already recorded in {out}"
+    assert (json.loads(again.stdout)["recorded"], json.loads(again.stdout)["calls"]) == (["p0001"], 6)
+    store = dumpunet.open(out)
+    assert store.run_names == ["p0000-base", "p0000-IN04", "p0000-M00", "p0001-base", "p0001-IN04", "p0001-M00"]
+    assert all(r.complete for r in store.runs.values()) and validate(out).ok
+    assert [(p.base, p.layered, p.label) for p in store.pairs] == [
+        ("p0000-base", "p0000-IN04", "p0000-IN04"), ("p0000-base", "p0000-M00", "p0000-M00"),
+        ("p0001-base", "p0001-IN04", "p0001-IN04"), ("p0001-base", "p0001-M00", "p0001-M00")]
+    base, layered = store.pair("p0001-M00")
+    assert (base.info.prompt, layered.info.prompt) == ("a dog, ", "a dog, (~:M00:ugly:~)")
+    assert layered.info.block_prompts["cond"]["M00"] == "a dog, ugly" and layered.info.prompt_line == 2
+
+    sheet = CliRunner().invoke(main, ["render", str(out), "--sweep", "--run", "p0001-base", "--out", str(tmp_path / "s1"),
+                                      "--json"])
+    assert sheet.exit_code == 0, sheet.output
+    cells = json.loads(sheet.stdout)[0]["cells"]
+    assert cells == [{"run": "p0001-base", "caption": "base"}, {"run": "p0001-IN04", "caption": "IN04"},
+                     {"run": "p0001-M00", "caption": "M00"}]
+    wrong = CliRunner().invoke(main, ["render", str(out), "--sweep", "--run", "p0001", "--out", str(tmp_path / "s2")])
+    assert wrong.exit_code == 1
+    assert "holds no sweep of base run 'p0001' (base runs: p0000-base, p0001-base)" in wrong.output
+    diff = CliRunner().invoke(main, ["diff", str(out), "--pair", "p0000-IN04", "--blocks", "OUT11", "--steps", "2",
+                                     "--out", str(tmp_path / "d"), "--quiet"])
+    assert diff.exit_code == 0, diff.output
+    assert (tmp_path / "d").is_dir() and any((tmp_path / "d").rglob("*.png"))
+
+
+def test_sweep_prompts_out_dir_writes_one_sweep_store_a_prompt(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\n")
+    stores = tmp_path / "sweeps"
+    args = ["sweep", "--prompts", str(prompts), *SWEEP, "--out-dir", str(stores), "--quiet"]
+    assert CliRunner().invoke(main, args, catch_exceptions=False).exit_code == 0
+    for i, prompt in enumerate(["a cat", "a dog"]):
+        store = dumpunet.open(stores / f"p{i:04d}.zarr")
+        assert store.run_names == ["base", "IN04", "M00"] and [p.label for p in store.pairs] == ["IN04", "M00"]
+        assert store.run("IN04").info.prompt == f"{prompt}, (~:IN04:ugly:~)" and validate(store.path).ok
+    sheet = CliRunner().invoke(main, ["render", str(stores / "p0001.zarr"), "--sweep", "--out", str(tmp_path / "s"),
+                                      "--json"])
+    assert [c["caption"] for c in json.loads(sheet.stdout)[0]["cells"]] == ["base", "IN04", "M00"]
+    again = CliRunner().invoke(main, args[:-1], catch_exceptions=False)
+    assert again.exit_code == 0 and again.stderr.splitlines()[0] == f"skipping 2 of 2 prompts already recorded in {stores}"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -194,8 +354,9 @@ def test_a_malformed_line_is_one_error_with_its_line_and_nothing_is_written(tmp_
         (["--out", "p.zarr", "--out-dir", "stores"],
          "Error: --prompts records into one store (--out) or one store a prompt (--out-dir): give one of them"),
         ([], "Error: --prompts records into one store (--out) or one store a prompt (--out-dir): give one of them"),
-        (["--out", "s3://bucket/p.zarr"],
-         "Error: --prompts records into a local folder; upload the store afterwards with dumpunet copy"),
+        (["--out-dir", "s3://bucket/stores"],
+         ("Error: --out-dir takes a local folder; record to a URL with --out URL (one store), or copy each store with "
+          "dumpunet copy")),
     ],
 )
 def test_prompts_conflicts_are_usage_errors(tmp_path, monkeypatch, args, message):

@@ -8,8 +8,10 @@ pair order (caption: the pair label, i.e. the block name), row by row in a near-
 Each cell is a caption band (white text on black, :mod:`.labels`) above the image; cells are
 :data:`GAP` pixels apart on black, with no outer border. A cell is as large as the largest
 image (smaller ones sit at its top left). A pair whose layered run never finished gets an empty
-(black) cell captioned ``<label> (unfinished)``. Several base runs (not made by ``sweep``, but
-possible with hand-built stores) each get a cell, captioned ``base (<run>)``.
+(black) cell captioned ``<label> (unfinished)``. Several base runs (``sweep --prompts`` into one
+store: ``p0000-base``, ``p0001-base``, ...) each get a cell, captioned ``base (<run>)``; a pick's
+``run`` names one base run and lays out its sweep alone, each cell captioned with its label less
+the prompt's prefix (``p0001-IN04`` reads ``IN04``).
 
 Files are written atomically and listed in ``manifest.json``.
 
@@ -68,15 +70,22 @@ def sheet_shape(n: int, cell_h: int, cell_w: int, gap: int = GAP) -> tuple[int, 
     return math.ceil(n / rows), rows
 
 
-def _cells(store: Store) -> list[_Cell]:
+def _cells(store: Store, base: str | None = None) -> list[_Cell]:
     pairs = store.pairs
     if not pairs:
         raise SelectionError(f"{store.path} holds no paired runs (record with --pair, or dumpunet sweep)")
     bases = list(dict.fromkeys(p.base for p in pairs))
+    prefix = ""
+    if base is not None:
+        if base not in bases:
+            raise SelectionError(f"{store.path} holds no sweep of base run {base!r} (base runs: {', '.join(bases)})")
+        pairs, bases = tuple(p for p in pairs if p.base == base), [base]
+        prefix = base.removesuffix("base") if base.endswith("-base") else ""
     cells = [_Cell(b, "base" if len(bases) == 1 else f"base ({b})") for b in bases]
     for p in pairs:
         done = p.layered in store.run_names and store.run(p.layered).complete
-        cells.append(_Cell(p.layered if done else None, p.label if done else f"{p.label} (unfinished)"))
+        label = p.label.removeprefix(prefix) if prefix and p.label != prefix else p.label
+        cells.append(_Cell(p.layered if done else None, label if done else f"{label} (unfinished)"))
     return cells
 
 
@@ -89,7 +98,8 @@ def contact_sheet(
 ) -> list[WrittenFile]:
     """Write one labelled contact sheet per image of a sweep (or any paired) store; return the files.
 
-    The sheets show final images: of ``pick`` only ``images`` applies.
+    The sheets show final images: of ``pick`` only ``images`` applies, and ``run``, which names
+    the base run of one sweep in a store of several (``sweep --prompts``: ``p0001-base``).
 
     Examples
     --------
@@ -97,10 +107,10 @@ def contact_sheet(
     >>> [f.path.name for f in files]  # doctest: +SKIP
     ['sweep-img0.png']
     """
-    pick.refuse("a contact sheet", "run", "blocks", "steps", "guidance", "channels", "which")
+    pick.refuse("a contact sheet", "blocks", "steps", "guidance", "channels", "which")
     st = store if isinstance(store, Store) else open_store(store)
     encoder = resolve_encoder(png_encoder)
-    cells = _cells(st)
+    cells = _cells(st, pick.run)
     first: Run = st.run(cells[0].run)
     image_list = parse_ints(pick.images, 0, first.n_images - 1, noun="image", what="image spec")
     # Read every image first: a missing one fails before anything is written.

@@ -40,10 +40,12 @@ from dumpunet.store.location import (
     list_sizes,
     locate,
     open_zarr_store,
+    read_key,
     remote_error,
 )
 
-__all__ = ["CopyReport", "Uploader", "check_upload_target", "copy_store", "key_rank", "upload_interval"]
+__all__ = ["CopyReport", "Uploader", "check_upload_target", "copy_store", "drop_other_runs", "fetch_documents", "key_rank",
+           "upload_interval"]
 
 CONCURRENCY = 16
 """Keys in flight at once: object stores answer many small requests in parallel far faster than in turn."""
@@ -251,6 +253,49 @@ def check_upload_target(remote: StoreUrl, *, overwrite: bool, delete: bool = Tru
         return
     what = "a store (--overwrite replaces a dumpunet store)" if "zarr.json" in there else f"{len(there)} object(s)"
     raise RecordError(f"--out {remote} already holds {what}; choose another URL")
+
+
+RESUME_DOCUMENTS = ("zarr.json", f"{schema.RUNS_GROUP}/zarr.json")
+"""What a writer adding runs to a store (``record --prompts`` resuming) opens: the root's and the runs group's documents."""
+
+
+def fetch_documents(remote: StoreUrl, local: Path) -> None:
+    """Fetch the root's and the runs group's documents of the store at ``remote`` into the new folder ``local``.
+
+    A writer that keeps runs opens them there and adds runs; the kept runs' arrays stay on the
+    remote store only (the :class:`Uploader` never deletes, so they are left as they are).
+    """
+    store = open_zarr_store(remote)
+    for key in RESUME_DOCUMENTS:
+        data = read_key(store, key, remote)
+        if data is None:
+            continue
+        path = local / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def drop_other_runs(remote: StoreUrl, local: Path) -> list[str]:
+    """Upload ``local``'s root document, then delete every run folder of ``remote`` it does not list; return their names.
+
+    After a writer reopened ``local`` keeping some runs (an interrupted one is recorded again):
+    the remote root stops listing the dropped runs before their folders go, as the writer does
+    on disk, so a reader never opens a run half deleted.
+    """
+    store = open_zarr_store(remote, mode="w")
+    root = (local / "zarr.json").read_bytes()
+    listed = set(schema.RootAttrs.from_json(dict(schema.open_root(local).attrs), str(local)).runs)
+    prefix = f"{schema.RUNS_GROUP}/"
+    folders = sorted({k[len(prefix):].split("/", 1)[0] for k in list_sizes(store, remote)
+                      if k.startswith(prefix) and k.count("/") >= 2})
+    dropped = [name for name in folders if name not in listed]
+    try:
+        sync(store.set("zarr.json", default_buffer_prototype().buffer.from_bytes(root)))
+        for name in dropped:
+            sync(store.delete_dir(f"{prefix}{name}"))
+    except Exception as exc:  # noqa: BLE001
+        raise remote_error(remote, exc) from None
+    return dropped
 
 
 class Uploader:

@@ -94,7 +94,8 @@ class StoreWriter:
     ``keep_runs`` (``record --prompts`` resuming) opens the existing store at ``path`` instead of
     creating one: the runs it names stay, every other run is removed (an interrupted one, to be
     recorded again), and new runs are added after them. The root's other attributes stay as they
-    were, ``prompt_list`` included.
+    were, except ``prompt_list`` and ``pairs`` where given: a list that grew by appended prompts
+    names itself and its new pairs.
 
     Memory stays bounded: :meth:`submit_call` blocks while more than ``max_queue_bytes`` wait
     (back-pressure), and :attr:`waited_seconds` adds up how long callers were blocked so.
@@ -151,7 +152,7 @@ class StoreWriter:
                 create_store(self.path, self.info.to_json(), overwrite=overwrite)
             self.root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
             if keep_runs is not None:
-                self._keep_only(tuple(keep_runs))
+                self._keep_only(tuple(keep_runs), pairs=tuple(pairs), prompt_list=prompt_list)
         except BaseException:
             self._lock.release()
             raise
@@ -336,8 +337,10 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ internals
 
-    def _keep_only(self, keep: tuple[str, ...]) -> None:
-        """Take the existing root's attributes with only the runs ``keep`` listed; remove every other run's folder.
+    def _keep_only(self, keep: tuple[str, ...], *, pairs: tuple[PairInfo, ...],
+                   prompt_list: schema.PromptListInfo | None) -> None:
+        """Take the existing root's attributes with only the runs ``keep`` listed (and ``pairs`` and
+        ``prompt_list`` where given); remove every other run's folder.
 
         The root is rewritten first: a kill between the two leaves folders no run lists, which
         readers never open and the next resume removes. Files (the group's ``zarr.json``) and
@@ -349,7 +352,7 @@ class StoreWriter:
         missing = [run for run in keep if run not in old.runs]
         if missing:
             raise RecordError(f"{self.path}: cannot keep run {missing[0]!r}, which the store does not list")
-        self.info = replace(old, runs=keep)
+        self.info = replace(old, runs=keep, pairs=pairs or old.pairs, prompt_list=prompt_list or old.prompt_list)
         self.root.attrs.put(self.info.to_json())
         runs_dir = self.path / schema.RUNS_GROUP
         if runs_dir.is_dir():
