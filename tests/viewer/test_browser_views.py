@@ -42,6 +42,7 @@ def test_download_png_saves_the_served_picture(page, server):  # noqa: F811
         page.click("#download")
     data = info.value.path().read_bytes()
     assert data.startswith(PNG_SIGNATURE) and data == served(server, final["query"])
+    assert final["command"].startswith("dumpunet render ") and " --final " in final["command"]
     assert info.value.suggested_filename == "girl-final-final-step002-img0-cond.png"
 
 

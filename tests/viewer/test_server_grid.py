@@ -20,6 +20,9 @@ from dumpunet.specs import parse_ints
     ("store=1&pair=layered&mode=diff&block=OUT11&step=5&channels=1-2", "diff-"),  # diff's own Auto scope is block
     ("store=1&pair=layered&mode=diff&block=IN04&step=10&space=rgb", "diff-"),  # diff's own r, g, b: a palette
     ("view=heatmap&token=1&guidance=uncond", "heatmap"),  # the negative prompt's "bad"
+    ("view=final", "final-img"),
+    ("store=1&pair=layered&mode=base&view=final", "final-img"),
+    ("store=1&pair=layered&mode=diff&view=final&block=OUT11&step=5", "final-diff-norm"),
 ])
 def test_a_served_png_equals_what_its_cli_command_writes(server, tmp_path, query, prefix):
     status, headers, body = get(server, "api/image?" + query)

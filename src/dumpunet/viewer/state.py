@@ -186,8 +186,9 @@ class ViewState:
         """The ``dumpunet`` command that writes this view into folder ``out`` (None: no command does).
 
         ``step`` is the resolved step (for ``step=0``); ``steps`` the heatmap's (or summary's) step spec. A
-        pair's final view names ``diff``, which writes both finals and their difference; one
-        attention head alone, a run's final image and the difference of two stores have no command.
+        pair's final difference names ``diff``, which writes both finals and their difference; a
+        run's final image ``render --final``. One attention head alone and the difference of two
+        stores have no command.
         """
         if self.minus >= 0:
             return None  # diff compares the runs of one store
@@ -220,11 +221,11 @@ class ViewState:
         elif self.view == "summary":
             which = ["--input"] if self.which == "input" else []
             args = ["diff", path, "--pair", self.pair, "--steps", steps or str(step), *where, *which, "--no-finals"]
-        elif self.pair:
+        elif self.pair and self.mode == "diff":
             args = ["diff", path, "--pair", self.pair, "--blocks", self.block, "--steps", str(step),
                     "--images", str(self.image)]
-        else:
-            return None  # no command writes a run's final image alone
+        else:  # a run's final image
+            args = ["render", path, "--final", *run, "--images", str(self.image)]
         return "dumpunet " + " ".join(shlex.quote(a) for a in args) + f" --out {shlex.quote(out)}"
 
 
