@@ -40,6 +40,7 @@ def test_a_channel_subset_is_a_smaller_grid_whose_tiles_name_their_channels(serv
     assert pixels(body).shape != pixels(full[2]).shape
     cmd = json.loads(get(server, "api/command?block=OUT08&channels=5,0-2")[2])
     assert "--channels 5,0-2 " in cmd["command"] and cmd["query"].endswith("channels=5%2C0-2")
+    assert cmd["file"] == "girl-grid-OUT08-ch5-0-2-step003-img0-cond.png"  # not the whole grid's name
 
 
 def test_a_bad_channel_subset_answers_its_caret_message(server):

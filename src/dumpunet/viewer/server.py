@@ -326,7 +326,7 @@ def _file_name(server: ViewerServer, state: ViewState) -> str:
     stem = server.paths[state.store].name.removesuffix(".zarr")
     if state.minus >= 0:
         stem += "-minus-" + server.paths[state.minus].name.removesuffix(".zarr")
-    what = {"grid": state.block, "attention": state.layer, "heatmap": f"token{state.token}",
+    what = {"grid": state.block + (f"-ch{state.channel_spec}" if state.channel_spec else ""), "attention": state.layer, "heatmap": f"token{state.token}",
             "query": f"x{state.qx:.3f}-y{state.qy:.3f}", "final": "final", "summary": "blocks"}[state.view]
     name = f"{stem}-{state.view}-{what}-step{state.step:03d}-img{state.image}-{state.guidance}.png"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
