@@ -20,6 +20,12 @@ cache hit     the same view again
 heatmap       the word heatmap of one token over the final image, summed over every layer and
               every step up to the last (the heaviest heatmap of the store)
 floor         ``encode_png`` alone of the very same images, in this process
+formats       the same images encoded as the server sends them (PNG at ``--png-level``) against
+              lossless WebP (Pillow/libwebp) at its fastest (``method=0, quality=0``) and at its
+              defaults (``method=4, quality=80``): CPU ms and bytes per image, and the ratios.
+              The issue asks for "PNG (or WebP if measured faster)"; bytes are nearly free over
+              loopback, so encode and decode times decide. ``--decode``: the browser's side too,
+              chromium's ``createImageBitmap`` of each format (median of 10), through Playwright
 
 Wall-clock medians suffer from other programs on the machine; the CPU columns (this process's CPU
 time per request, server threads included, and per encode) do much less.
@@ -30,6 +36,7 @@ Targets (issue 9): new view <= 100 ms median, step change <= 50 ms, heatmap <= 1
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import statistics
 import sys
@@ -112,6 +119,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="passes over the views (medians over all requests)")
     ap.add_argument("--dwell", type=float, default=100, help="ms between the step changes of the slider")
     ap.add_argument("--png-level", type=int, default=0, help="the server's deflate level (0: stored, its default)")
+    ap.add_argument("--decode", action="store_true", help="also time each format's decode in chromium (Playwright)")
     args = ap.parse_args()
     path = Path(tempfile.gettempdir()) / "dumpunet-bench" / "view-sd15.zarr"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -156,6 +164,8 @@ def main() -> None:
             cpu["heatmap"].append(CPU[-1])
             queries["heatmap"].append(q)
         floor: dict[str, list[float]] = {}
+        formats: dict[tuple[str, str], list[tuple[float, int]]] = {}
+        samples: dict[str, np.ndarray] = {}  # one image per kind, for --decode
         for name in ("new view", "step change", "step rendered", "heatmap"):
             for q in queries[name][: 2 * args.steps]:
                 params = dict(p.split("=", 1) for p in q.split("&"))
@@ -165,6 +175,9 @@ def main() -> None:
                 floor.setdefault(name, []).append((time.perf_counter() - t0) * 1000)
                 floor.setdefault(name + " cpu", []).append((time.process_time() - c0) * 1000)
                 floor.setdefault(name + " size", []).append(pixels.shape[0] * pixels.shape[1] / 1e6)
+                for fmt, (ms, size) in encodings(pixels, args.png_level).items():
+                    formats.setdefault((name, fmt), []).append((ms, size))
+                samples.setdefault(name, pixels)
         report = {name: {"median_ms": round(statistics.median(ms), 1), "n": len(ms),
                          "cpu_ms": round(statistics.median(cpu[name]), 1),
                          "png_floor_cpu_ms": round(statistics.median(floor[name + " cpu"]), 1) if name in floor else None,
@@ -183,7 +196,81 @@ def main() -> None:
         print(f"{name:14}{r['median_ms']:>10}{cell(r['png_floor_ms']):>10}{r['cpu_ms']:>8}"
               f"{cell(r['png_floor_cpu_ms']):>10}{cell(r['mpix']):>7}{r['n']:>4}   {targets[name]}")
     print("step changes served: " + ", ".join(f"{n} {k}" for k, n in sorted(served.items())))
+    print(f"\n{'encode':14}" + "".join(f"{f + ' ms':>16}{f + ' KB':>16}" for f in FORMATS)
+          + f"{'webp0/png ms':>14}{'webp0/png KB':>14}")
+    for name in dict.fromkeys(n for n, _ in formats):
+        med = {f: (statistics.median(ms for ms, _ in formats[(name, f)]),
+                   statistics.median(b for _, b in formats[(name, f)]) / 1024) for f in FORMATS}
+        report[name]["formats"] = {f: {"cpu_ms": round(ms, 1), "kb": round(kb, 1)} for f, (ms, kb) in med.items()}
+        print(f"{name:14}" + "".join(f"{ms:>16.1f}{kb:>16.0f}" for ms, kb in med.values())
+              + f"{med['webp0'][0] / med['png'][0]:>14.1f}{med['webp0'][1] / med['png'][1]:>14.2f}")
+    if args.decode:
+        print(f"\n{'decode':14}" + "".join(f"{f + ' ms':>16}" for f in FORMATS) + "   (chromium createImageBitmap)")
+        for name, ms in decode_in_browser(samples, args.png_level).items():
+            report[name]["decode_ms"] = ms
+            print(f"{name:14}" + "".join(f"{ms[f]:>16.1f}" for f in FORMATS))
     print(json.dumps(report), file=sys.stderr)
+
+
+def decode_in_browser(samples: dict[str, np.ndarray], png_level: int, repeats: int = 10) -> dict[str, dict[str, float]]:
+    """Median ms of chromium's ``createImageBitmap`` of one image per kind, in each of :data:`FORMATS`."""
+    import base64
+    import shutil
+
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    def encoded(pixels: np.ndarray, fmt: str) -> bytes:
+        if fmt == "png":
+            return encode_png(pixels, level=png_level)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, "WEBP", lossless=True, **({"method": 0, "quality": 0} if fmt == "webp0" else {}))
+        return buf.getvalue()
+
+    out: dict[str, dict[str, float]] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto("about:blank")
+        for name, pixels in samples.items():
+            out[name] = {}
+            for fmt in FORMATS:
+                data = base64.b64encode(encoded(pixels, fmt)).decode()
+                out[name][fmt] = page.evaluate("""async ([b64, type, n]) => {
+                    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                    const times = [];
+                    for (let i = 0; i < n; i++) {
+                        const blob = new Blob([bytes], { type });  // a fresh blob: no decoded-image cache
+                        const t0 = performance.now();
+                        (await createImageBitmap(blob)).close();
+                        times.push(performance.now() - t0);
+                    }
+                    times.sort((a, b) => a - b);
+                    return times[Math.floor(n / 2)];
+                }""", [data, "image/png" if fmt == "png" else "image/webp", repeats])
+        browser.close()
+    return out
+
+
+FORMATS = ("png", "webp0", "webp")
+"""The server's PNG; lossless WebP at its fastest (method 0, quality 0) and at Pillow's defaults (4, 80)."""
+
+
+def encodings(pixels: np.ndarray, png_level: int) -> dict[str, tuple[float, int]]:
+    """CPU ms and bytes of one image in each of :data:`FORMATS` (WebP's time includes Pillow's copy of the pixels)."""
+    from PIL import Image
+
+    out = {}
+    for fmt in FORMATS:
+        c0 = time.process_time()
+        if fmt == "png":
+            data = encode_png(pixels, level=png_level)
+        else:
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, "WEBP", lossless=True, **({"method": 0, "quality": 0} if fmt == "webp0" else {}))
+            data = buf.getvalue()
+        out[fmt] = ((time.process_time() - c0) * 1000, len(data))
+    return out
 
 
 if __name__ == "__main__":

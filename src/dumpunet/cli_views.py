@@ -54,6 +54,8 @@ OPTIONS = {o.name: o for o in [
     OptionSpec("sweep", "Instead: a contact sheet of a sweep store's final images, base first, one per block, "
                "labelled (sweep-img<i>.png); takes only --images, and --run: the base run of one sweep in a store of "
                "several (sweep --prompts: p0001-base).", default=False, flag_value=True),
+    OptionSpec("final", "Instead: the run's final images, one PNG each (final-img<i>.png); takes only --run and "
+               "--images.", default=False, flag_value=True),
     OptionSpec("format", "bin: one float32 file per channel (the original's dump; attention: per head x token); "
                "npy/safetensors: one per block (or layer) and step.", default="bin", choices=FORMATS),
     OptionSpec("layers", "Export these attention layers instead of blocks, e.g. 'IN01.attn2' or 'IN04-OUT08' "
@@ -141,11 +143,12 @@ def _point(value: str | None) -> tuple[float, float] | None:
 @with_options(value_options(Pick))
 @with_options(value_options(GridStyle))
 @with_options(value_options(ColorSpec, choices=_NO_HEAD))
-@with_options(_options("animate", "frame_ms", "mosaic", "jobs", "dask", "scheduler", "skip_damaged", "sweep", *_WRITTEN))
+@with_options(_options("animate", "frame_ms", "mosaic", "jobs", "dask", "scheduler", "skip_damaged", "sweep", "final",
+                       *_WRITTEN))
 @click.pass_context
 def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, animate: str | None, frame_ms: int, mosaic: bool,
-           jobs: int | None, dask: bool, scheduler: str | None, skip_damaged: bool, sweep: bool, quiet: bool,
-           as_json: bool, **opts: Any) -> None:
+           jobs: int | None, dask: bool, scheduler: str | None, skip_damaged: bool, sweep: bool, final: bool,
+           quiet: bool, as_json: bool, **opts: Any) -> None:
     """Render block outputs as PNG grids (one tile per channel) plus a manifest.json.
 
     Grids are labelled (title, channel numbers, colour bar) and small maps enlarged;
@@ -159,12 +162,18 @@ def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, animate: str
     dumpunet render girl.zarr --blocks OUT11 --auto-scope run --animate png --out anim/
     dumpunet render girl.zarr --average mean --mosaic --out mosaic/
     dumpunet render sweep.zarr --sweep --out sheet/
+    dumpunet render girl.zarr --final --out finals/
     dumpunet render runs/*.zarr --blocks OUT11 --dask --jobs 4 --out renders/
     """
     pick, style, color = take(Pick, opts), take(GridStyle, opts), take(ColorSpec, opts)
     sigterm_as_interrupt()  # so a killed render removes its temporary files and writes its manifest
+    if sweep and final:
+        raise click.UsageError("give --sweep (a contact sheet) or --final (each final image), not both")
     if sweep:
         _contact_sheets(ctx, stores, pick, out, as_json, quiet)
+        return
+    if final:
+        _final_images(ctx, stores, pick, out, as_json, quiet)
         return
     from dumpunet.analyzer.render import render as render_stores
 
@@ -174,21 +183,36 @@ def render(ctx: click.Context, stores: tuple[Path, ...], out: Path, animate: str
     _echo_written(files, out, "GIF file" if animate == "gif" else "PNG file", as_json, quiet)
 
 
-_SWEEP_PARAMS = ("stores", "sweep", "images", "run", "out", "quiet", "as_json", "jobs")
+_WRITING_PARAMS = ("stores", "images", "out", "quiet", "as_json", "jobs")
+
+
+def _only(ctx: click.Context, stores: tuple[Path, ...], flag: str, what: str, allowed: tuple[str, ...]) -> None:
+    """Refuse options that ``flag`` does not take (given on the command line), and more than one store."""
+    given = [p.opts[0] for p in ctx.command.params if p.name not in (*_WRITING_PARAMS, *allowed)
+             and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
+    if given:
+        takes = " and ".join(f"--{a}" for a in (*allowed[1:], "images"))
+        raise click.UsageError(f"{flag} {what}; it takes only {takes}, not {', '.join(given)}")
+    if len(stores) != 1:
+        raise click.UsageError(f"{flag} takes one store, got {len(stores)}")
 
 
 def _contact_sheets(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, out: Path, as_json: bool,
                     quiet: bool) -> None:
     from dumpunet.analyzer.sweep import contact_sheet
 
-    given = [p.opts[0] for p in ctx.command.params if p.name not in _SWEEP_PARAMS
-             and ctx.get_parameter_source(p.name) is click.core.ParameterSource.COMMANDLINE]
-    if given:
-        raise click.UsageError(f"--sweep lays out final images; it takes only --images (and --run), not {', '.join(given)}")
-    if len(stores) != 1:
-        raise click.UsageError(f"--sweep takes one store, got {len(stores)}")
+    _only(ctx, stores, "--sweep", "lays out final images", ("sweep", "run"))
     files = contact_sheet(stores[0], Pick(images=pick.images, run=pick.run), out=out)
     _echo_written(files, out, "contact sheet", as_json, quiet)
+
+
+def _final_images(ctx: click.Context, stores: tuple[Path, ...], pick: Pick, out: Path, as_json: bool,
+                  quiet: bool) -> None:
+    from dumpunet.analyzer.finals import final_images
+
+    _only(ctx, stores, "--final", "writes final images", ("final", "run"))
+    files = final_images(stores[0], Pick(run=pick.run, images=pick.images), out=out)
+    _echo_written(files, out, "final image", as_json, quiet)
 
 
 @click.command()

@@ -107,7 +107,7 @@ def test_mistakes_exit_1_with_one_message_and_bad_options_exit_2(here):
     assert (res.exit_code, res.output) == (1, "Error: plain.zarr holds no paired runs (record with --pair, or dumpunet sweep)\n")
     res = run("render", "sweep.zarr", "--sweep", "--blocks", "M00", "--method", "pca", "--out", "s")
     assert res.exit_code == 2
-    assert "Error: --sweep lays out final images; it takes only --images (and --run), not --blocks, --method" in res.output
+    assert "Error: --sweep lays out final images; it takes only --run and --images, not --blocks, --method" in res.output
     res = run("render", "sweep.zarr", "girl.zarr", "--sweep", "--out", "s")
     assert res.exit_code == 2 and "Error: --sweep takes one store, got 2" in res.output
     res = run("diff", "sweep.zarr", "--run", "base", "--out", "d")

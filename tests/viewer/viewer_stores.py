@@ -1,4 +1,5 @@
-"""A small store with blocks, cross- and self-attention, tokens and a final image, for viewer tests."""
+"""Small stores for viewer tests: SD1 blocks with cross- and self-attention, tokens (a negative prompt's too) and a
+final image; and the SDXL block layout."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 import numpy as np
 from synthetic_stores import SHAPES, block_table, features
 
+from dumpunet.specs import SDXL_BLOCKS
 from dumpunet.store import schema
-from dumpunet.store.schema import LayerAttrs, RunAttrs, TokenRow
+from dumpunet.store.schema import BlockInfo, LayerAttrs, RunAttrs, TokenRow
 from dumpunet.store.writer import StoreWriter
 
 TOKENS = ["<|startoftext|>", "a</w>", "pink</w>", "h", "air</w>", "girl</w>", "<|endoftext|>"] + ["<|endoftext|>"] * 3
@@ -55,5 +57,33 @@ def make_attention_store(path: Path, *, steps: tuple[int, ...] = STEPS, finish: 
         w.submit_call("main", step=s, substep=0, timestep=1000.0 - 100 * s, slabs=slabs)
     if finish:
         w.finish_run("main", images=final_image(), latents=np.zeros((1, 4, 1, 1), np.float32))
+    w.close()
+    return path
+
+
+# (C, H, W) per block: SDXL's layout (9 IN, M00, 9 OUT; two downsamplings), scaled down to test size.
+SDXL_SHAPES = {
+    **{b: (4, 8, 8) for b in ("IN00", "IN01", "IN02")},
+    **{b: (6, 4, 4) for b in ("IN03", "IN04", "IN05")},
+    **{b: (8, 2, 2) for b in ("IN06", "IN07", "IN08", "M00", "OUT00", "OUT01", "OUT02")},
+    **{b: (6, 4, 4) for b in ("OUT03", "OUT04", "OUT05")},
+    **{b: (4, 8, 8) for b in ("OUT06", "OUT07", "OUT08")},
+}
+
+
+def make_sdxl_store(path: Path) -> Path:
+    """The 19 SDXL blocks IN00..IN08, M00, OUT00..OUT08 (tiny shapes), all recorded at steps 1 and 2 of 2."""
+    assert tuple(SDXL_SHAPES) == SDXL_BLOCKS
+    blocks = [BlockInfo(b, f"unet.{b.lower()}", (f"unet.{b.lower()}",), f"unet.{b.lower()}", shape, shape, True)
+              for b, shape in SDXL_SHAPES.items()]
+    w = StoreWriter(path, model={"name": "tiny-sdxl-test"}, versions={})
+    w.set_block_table(blocks)
+    info = RunAttrs(prompt="a pink hair girl", n_images=1, guidance=("uncond", "cond"), steps=2, height=SIZE, width=SIZE)
+    w.begin_run("main", info, blocks, which=("output",), dtype="float16")
+    for s in (1, 2):
+        rng = np.random.default_rng([s, 19])
+        slabs = {(b.name, "output"): rng.normal(size=(2, 1, *b.output_shape)).astype(np.float16) for b in blocks}
+        w.submit_call("main", step=s, substep=0, timestep=1000.0 - 500 * s, slabs=slabs)
+    w.finish_run("main", images=final_image(), latents=np.zeros((1, 4, 1, 1), np.float32))
     w.close()
     return path

@@ -8,7 +8,7 @@
 - views built on it: :mod:`.render` (channel grids, in memory or as files; planned by
   :mod:`.render_plan`), :mod:`.export` (raw values), :mod:`.attention_grids` (heads x tokens
   grids), :mod:`.heatmap` (word heatmaps, query maps), :mod:`.diff` (layered - base),
-  :mod:`.sweep` (contact sheets);
+  :mod:`.sweep` (contact sheets), :mod:`.finals` (a run's final images as files);
 - what they share: :mod:`.selection` (a pick checked against a store), :mod:`.scope` (which maps
   share one Auto range), :mod:`.output` (the one output-folder lifecycle: atomic files and
   ``manifest.json``), :mod:`.grid` and :mod:`.reduce` (tiles and channel averages), :mod:`.pca`,

@@ -37,8 +37,8 @@ from dumpunet.specs import format_ints, parse_ints
 from dumpunet.store import Run, Store, schema
 
 __all__ = [
-    "AttentionSelection", "DiffSelection", "DiffStats", "Selection", "Slab", "matching_run", "select", "select_attention",
-    "select_pair", "select_stores",
+    "AttentionSelection", "DiffSelection", "DiffStats", "Selection", "Slab", "channel_list", "matching_run", "select",
+    "select_attention", "select_pair", "select_stores",
 ]
 
 @dataclass(frozen=True)
@@ -244,15 +244,20 @@ def select(store: Store, pick: Pick) -> Selection:
     else:
         halves = [(guidance, r.guidance_index(guidance))]
 
-    chosen: dict[str, list[int] | None] = {}
-    for b, arr in arrays.items():
-        n = int(arr.shape[3])
-        if not channels.strip():
-            chosen[b] = None
-            continue
-        picked = parse_ints(channels, 0, n - 1, noun="channel", what=f"channel spec for {b}")
-        chosen[b] = None if picked == list(range(n)) else picked
+    chosen = {b: channel_list(channels, int(arr.shape[3]), b) for b, arr in arrays.items()}
     return Selection(store, r, which, block_list, step_list, calls, image_list, halves, chosen, arrays)
+
+
+def channel_list(channels: str, n: int, block: str) -> list[int] | None:
+    """The channels a spec selects of a block's ``n``; None: every channel (an empty spec, or all ``n``).
+
+    >>> channel_list("3, 0-1", 4, "OUT11"), channel_list("0-3", 4, "OUT11")
+    ([0, 1, 3], None)
+    """
+    if not channels.strip():
+        return None
+    picked = parse_ints(channels, 0, n - 1, noun="channel", what=f"channel spec for {block}")
+    return None if picked == list(range(n)) else picked
 
 
 def select_pair(store: Store, pick: Pick, *, pair: str | None = None) -> DiffSelection:

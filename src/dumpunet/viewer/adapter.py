@@ -25,7 +25,7 @@ from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.render import draw_grid, render_image
 from dumpunet.analyzer.render_plan import read_maps
 from dumpunet.analyzer.scope import AutoRanges
-from dumpunet.analyzer.selection import DiffSelection, matching_run, select_pair, select_stores
+from dumpunet.analyzer.selection import DiffSelection, channel_list, matching_run, select_pair, select_stores
 from dumpunet.analyzer.style import GridStyle
 from dumpunet.errors import SelectionError
 from dumpunet.specs import format_ints
@@ -33,7 +33,7 @@ from dumpunet.store import Store
 from dumpunet.viewer.state import ViewState
 from dumpunet.viewer.structure import run_for
 
-__all__ = ["draw", "grid_layout", "heatmap_steps", "summary"]
+__all__ = ["draw", "grid_channels", "grid_layout", "heatmap_steps", "summary"]
 
 _TILE_TARGET = 32  # attention tiles are enlarged to at least this many pixels, as render_attention does
 
@@ -57,14 +57,25 @@ def draw(store: Store, state: ViewState, minus: Store | None = None) -> np.ndarr
 
 
 def grid_layout(store: Store, state: ViewState) -> tuple[int, int, int, int] | None:
-    """``(cols, rows, tile height, tile width)`` of a state's full channel grid; None for other views.
+    """``(cols, rows, tile height, tile width)`` of a state's channel grid; None for other views.
 
-    None too for method PCA: one picture of every channel, no tile to click.
+    None too for method PCA: one picture of every channel, no tile to click. A bad channel subset
+    raises the spec's caret error, as render's ``--channels`` does.
     """
+    chosen = grid_channels(store, state)
+    if chosen is None:
+        return None
+    h, w = run_for(store, state.run, state.pair, state.mode).array(state.block, state.which).shape[4:]
+    return (*grid_shape(len(chosen), h, w), h, w)
+
+
+def grid_channels(store: Store, state: ViewState) -> list[int] | None:
+    """The channel of each tile of a state's channel grid, in order (its ``channels`` subset); None without tiles."""
     if state.view != "grid" or state.channel >= 0 or state.average or state.pca:
         return None
-    c, h, w = run_for(store, state.run, state.pair, state.mode).array(state.block, state.which).shape[3:]
-    return (*grid_shape(c, h, w), h, w)
+    c = run_for(store, state.run, state.pair, state.mode).array(state.block, state.which).shape[3]
+    chosen = channel_list(state.channels, c, state.block)
+    return list(range(c)) if chosen is None else chosen
 
 
 def heatmap_steps(store: Store, state: ViewState) -> str:
@@ -84,7 +95,7 @@ def _grid(store: Store, state: ViewState, minus: Store | None) -> np.ndarray:
     color = ColorSpec(**state.color)
     style = GridStyle(average=state.average or None, plain=True)  # the viewer's page labels the grid
     pick = dict(blocks=state.block, steps=str(state.step), images=str(state.image), guidance=state.guidance,
-                channels=str(state.channel) if state.channel >= 0 else "", which=state.which)
+                channels=state.channel_spec, which=state.which)
     if not (state.pair and state.mode == "diff") and minus is None:
         return render_image(store, Pick(run=run_for(store, state.run, state.pair, state.mode).name, **pick), color, style)
     sel = _difference(store, state, minus, **pick)

@@ -12,7 +12,9 @@ named when it starts, by index; no request parameter ever reaches the file syste
                           a recording in progress shows its new steps)
 ``/api/image?STATE``      the PNG of a :class:`~dumpunet.viewer.state.ViewState` (``minus``: another
                           served store's index, subtracted); ``download=1``
-                          adds a file name; errors are JSON ``{"error": message}`` (status 400)
+                          adds a file name; errors are JSON ``{"error": message}`` (status 400);
+                          a channel grid's ``X-Grid: cols,rows,tile h,tile w`` and, for a subset,
+                          ``X-Channels`` (the tiles' channels, e.g. ``0-3,7``) map clicks to channels
 ``/api/command?STATE``    ``{"command", "query", "file"}``: the CLI line that writes this view
 ``/api/summary?STATE``    the numbers of the summary chart: ``{"rows", "legend", "query"}``, the
                           rows of diff's ``summary.csv`` (non-finite values as null)
@@ -168,13 +170,17 @@ class ViewerServer(ThreadingHTTPServer):
         return st, resolve(st, ViewState.from_query(params))
 
     def png(self, params: dict[str, str]) -> tuple[bytes, ViewState, dict[str, str]]:
-        """PNG bytes of a view, its resolved state, and headers: ``X-Cache`` (hit, miss), ``X-Grid``."""
+        """PNG bytes of a view, its resolved state, and headers: ``X-Cache`` (hit, miss), ``X-Grid``, ``X-Channels``."""
         from dumpunet.analyzer.png import encode_png
+        from dumpunet.specs import format_ints
+        from dumpunet.viewer.adapter import grid_channels
         from dumpunet.viewer.views import grid_layout, render_view
 
         st, state = self.state(params)
         layout = grid_layout(st, state)
         headers = {"X-Grid": ",".join(map(str, layout))} if layout else {}
+        if layout and state.channels:
+            headers["X-Channels"] = format_ints(grid_channels(st, state) or [])
         minus = self.stores[state.minus] if state.minus >= 0 else None
         data, how = self.cache.get(state)
         if data is None:
@@ -320,7 +326,7 @@ def _file_name(server: ViewerServer, state: ViewState) -> str:
     stem = server.paths[state.store].name.removesuffix(".zarr")
     if state.minus >= 0:
         stem += "-minus-" + server.paths[state.minus].name.removesuffix(".zarr")
-    what = {"grid": state.block, "attention": state.layer, "heatmap": f"token{state.token}",
+    what = {"grid": state.block + (f"-ch{state.channel_spec}" if state.channel_spec else ""), "attention": state.layer, "heatmap": f"token{state.token}",
             "query": f"x{state.qx:.3f}-y{state.qy:.3f}", "final": "final", "summary": "blocks"}[state.view]
     name = f"{stem}-{state.view}-{what}-step{state.step:03d}-img{state.image}-{state.guidance}.png"
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name)

@@ -2,7 +2,7 @@
 
 A :class:`ViewState` names everything that decides the pixels of one served image: which
 store, which picture (``view``), the selection (run or pair, block, step, image, guidance half,
-channel or average) and the colorization. It is frozen and hashable, so the server caches
+channel, channel subset or average) and the colorization. It is frozen and hashable, so the server caches
 images by it; :meth:`ViewState.query` gives the canonical query string (defaults left out) that
 the page keeps in its address bar, and :meth:`ViewState.command` the ``dumpunet`` command line
 that writes the same picture to a file.
@@ -10,7 +10,8 @@ that writes the same picture to a file.
 Views:
 
 =============  ======================================================================
-``grid``       a block's channel grid (``channel``: one channel; ``average``: one map)
+``grid``       a block's channel grid (``channels``: a subset, a spec as ``--channels`` takes;
+               ``channel``: one channel; ``average``: one map)
 ``attention``  a cross-attention layer's heads x token grid at one step (``token``: one)
 ``heatmap``    the word heatmap of ``token`` over the final image (steps up to ``step``)
 ``query``      where the pixel ``qx, qy`` looks (self-attention) over the final image
@@ -39,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from urllib.parse import urlencode
 
-from dumpunet.analyzer.color.spec import ColorSpec
+from dumpunet.analyzer.color.spec import ATTENTION_COLOR, DIFF_COLOR, ColorSpec
 from dumpunet.errors import SelectionError
 
 __all__ = ["VIEWS", "ViewState"]
@@ -50,7 +51,8 @@ AVERAGES = ("mean", "1-norm", "2-norm")
 COLOR_FIELDS = ("method", "transform", "clamp_min", "clamp_max", "gain", "offset", "space",
                 "r", "g", "b", "h", "s", "l", "auto_scope")
 DEFAULT_H = ColorSpec.h  # one default hue for every view, as for every command
-ATTENTION_SCOPE = "head"  # the attention default Auto scope: one range per head row
+RENDER_COLOR = ColorSpec()  # render's colours: its options' defaults
+ATTENTION_SCOPE = ATTENTION_COLOR.auto_scope  # the attention default Auto scope: one range per head row
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ class ViewState:
     step: int = 0  # 0: the last complete step
     image: int = 0
     guidance: str = "cond"
-    channel: int = -1  # -1: every channel (the grid)
+    channel: int = -1  # -1: every channel of ``channels`` (the grid); else this one alone
+    channels: str = ""  # the grid's channels, a spec as render's --channels takes it (empty: all)
     average: str = ""
     layer: str = ""  # attention: the layer shown
     layers: str = ""  # heatmap, query: the layers summed (empty: every recorded one)
@@ -141,6 +144,11 @@ class ViewState:
         return out
 
     @property
+    def channel_spec(self) -> str:
+        """The channels drawn, as render's ``--channels`` spec: the one clicked, else the subset (empty: all)."""
+        return str(self.channel) if self.channel >= 0 else self.channels
+
+    @property
     def pca(self) -> bool:
         """Method PCA (any case): the block's top three principal components colour one picture, no tiles."""
         return self.method.upper() == "PCA"
@@ -148,25 +156,29 @@ class ViewState:
     @property
     def _default_scope(self) -> str:
         """The Auto scope the view's command uses when ``--auto-scope`` is not given."""
-        return ATTENTION_SCOPE if self.view == "attention" else "channel"
+        return ATTENTION_SCOPE if self.view == "attention" else RENDER_COLOR.auto_scope
 
-    def color_args(self) -> list[str]:
-        """Command-line options of the colorization: those that change pixels under this method."""
+    def color_args(self, defaults: ColorSpec = RENDER_COLOR) -> list[str]:
+        """Command-line options of the colorization: those that change pixels under this method.
+
+        ``defaults``: the colours of the command that gets them (``diff``: :data:`DIFF_COLOR`,
+        ``attention``: :data:`ATTENTION_COLOR`); an Auto scope or expression that differs from
+        the command's own default is spelled out.
+        """
         if self.pca:
             return ["--method", self.method]  # a basis colours the pixels: no transform, range or expressions
+        color = self.color
         args = ["--method", self.method, "--transform", self.transform]
         if self.transform == "linear":
             args += ["--clamp-min", _text(self.clamp_min), "--clamp-max", _text(self.clamp_max)]
         elif self.transform == "sigmoid":
             args += ["--gain", _text(self.gain), "--offset", _text(self.offset)]
-        elif self.auto_scope and self.auto_scope != self._default_scope:
-            args += ["--auto-scope", self.auto_scope]
+        elif color["auto_scope"] != defaults.auto_scope:
+            args += ["--auto-scope", color["auto_scope"]]
         if self.method.lower() == "custom":
             args += ["--space", self.space]
-            color = self.color
-            default = replace(self, **{n: getattr(ViewState, n) for n in "rgbhsl"}).color
             for name in ("rgb" if self.space.lower() == "rgb" else "hsl"):
-                if color[name] != default[name]:
+                if color[name] != getattr(defaults, name):
                     args += [f"--{name}", color[name]]
         return args
 
@@ -174,8 +186,9 @@ class ViewState:
         """The ``dumpunet`` command that writes this view into folder ``out`` (None: no command does).
 
         ``step`` is the resolved step (for ``step=0``); ``steps`` the heatmap's (or summary's) step spec. A
-        pair's final view names ``diff``, which writes both finals and their difference; one
-        attention head alone, a run's final image and the difference of two stores have no command.
+        pair's final difference names ``diff``, which writes both finals and their difference; a
+        run's final image ``render --final``. One attention head alone and the difference of two
+        stores have no command.
         """
         if self.minus >= 0:
             return None  # diff compares the runs of one store
@@ -184,14 +197,14 @@ class ViewState:
         where = ["--images", str(self.image), "--guidance", self.guidance]
         if self.view == "grid":
             sel = ["--blocks", self.block, "--steps", str(step), *where]
-            if self.channel >= 0:
-                sel += ["--channels", str(self.channel)]
+            if self.channel_spec:
+                sel += ["--channels", self.channel_spec]
             if self.average:
                 sel += ["--average", self.average]
             if self.which == "input":
                 sel += ["--input"]
             if self.pair and self.mode == "diff":
-                args = ["diff", path, "--pair", self.pair, *sel, *self.color_args(), "--plain", "--no-finals"]
+                args = ["diff", path, "--pair", self.pair, *sel, *self.color_args(DIFF_COLOR), "--plain", "--no-finals"]
             else:  # --plain: the viewer shows bare grids, whose tiles a click maps to channels
                 args = ["render", path, *sel, *run, *self.color_args(), "--plain"]
         elif self.view == "attention":
@@ -199,7 +212,7 @@ class ViewState:
                 return None  # the attention command draws every head
             tokens = ["--tokens", str(self.token)] if self.token >= 0 else []
             args = ["attention", path, "--layers", self.layer, "--steps", str(step), *tokens, *where, *run,
-                    *self.color_args(), "--plain"]  # the viewer shows the headed grid without title or colour bar
+                    *self.color_args(ATTENTION_COLOR), "--plain"]  # the viewer shows the headed grid without title or colour bar
         elif self.view in ("heatmap", "query"):
             what = ["--word", str(self.token)] if self.view == "heatmap" else ["--query", f"{_text(self.qx)},{_text(self.qy)}"]
             layers = ["--layers", self.layers] if self.layers else []
@@ -208,11 +221,11 @@ class ViewState:
         elif self.view == "summary":
             which = ["--input"] if self.which == "input" else []
             args = ["diff", path, "--pair", self.pair, "--steps", steps or str(step), *where, *which, "--no-finals"]
-        elif self.pair:
+        elif self.pair and self.mode == "diff":
             args = ["diff", path, "--pair", self.pair, "--blocks", self.block, "--steps", str(step),
                     "--images", str(self.image)]
-        else:
-            return None  # no command writes a run's final image alone
+        else:  # a run's final image
+            args = ["render", path, "--final", *run, "--images", str(self.image)]
         return "dumpunet " + " ".join(shlex.quote(a) for a in args) + f" --out {shlex.quote(out)}"
 
 

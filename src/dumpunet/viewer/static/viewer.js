@@ -8,6 +8,7 @@ let state = {};
 let info = null;        // /api/structure of the current store
 let seq = 0;            // the latest image request; older answers are dropped
 let grid = null;        // X-Grid of the shown picture: cols, rows, tile h, tile w
+let tiles = null;       // X-Channels of the shown picture: the channel of each tile (null: 0, 1, 2, ...)
 let playing = null;
 
 // A static report (dumpunet view --export) carries the server's answers in report.js.
@@ -69,7 +70,8 @@ async function picture(store) {
   const [res, cmd] = await Promise.all([fetch("/api/image?" + q), fetch("/api/command?" + q)]);
   if (!res.ok) throw new Error((await res.json().catch(() => ({ error: res.statusText }))).error);
   const [blob, command] = await Promise.all([res.blob(), cmd.json()]);
-  return { src: URL.createObjectURL(blob), grid: res.headers.get("X-Grid") || "", command: command.command, query: q,
+  return { src: URL.createObjectURL(blob), grid: res.headers.get("X-Grid") || "",
+    channels: res.headers.get("X-Channels") || "", command: command.command, query: q,
     download: "/api/image?" + query({ ...(store === undefined ? {} : { store }), download: 1 }) };
 }
 
@@ -82,7 +84,7 @@ const FIELDS_COLOUR = [...FIELDS_NUMERIC, ...FIELDS_TEXT, "method", "transform",
 
 function reportPicture(store) {
   const changed = FIELDS_COLOUR.filter((k) => String(state[k]) !== String(DEFAULTS[k]));
-  if (changed.length || Number(state.channel) >= 0 || Number(state.minus) >= 0 || !KEY_FIELDS[state.view]) {
+  if (changed.length || Number(state.channel) >= 0 || state.channels || Number(state.minus) >= 0 || !KEY_FIELDS[state.view]) {
     throw new Error("this static report holds whole grids, attention, word heatmaps and final images in the "
       + "default colours; `dumpunet view STORE` serves every other view");
   }
@@ -93,7 +95,8 @@ function reportPicture(store) {
   const entry = REPORT.views[Object.keys(key).sort().map((n) => `${n}=${key[n]}`).join("&")];
   if (!entry) throw new Error("this view was not exported into the report (see its --blocks, --steps, --images, --guidance)");
   if (entry.error) throw new Error(entry.error);
-  return { src: entry.file, grid: entry.grid.join(","), command: entry.command, query: entry.query, download: entry.file };
+  return { src: entry.file, grid: entry.grid.join(","), channels: "", command: entry.command, query: entry.query,
+    download: entry.file };
 }
 
 function show(img, shown) {
@@ -111,6 +114,7 @@ async function refresh() {
     const shown = await picture();
     if (mine !== seq) return;
     grid = shown.grid.split(",").filter(Boolean).map(Number);
+    tiles = shown.channels ? expandInts(shown.channels) : null;
     $("download").href = shown.download;
     $("picture").dataset.query = shown.query;
     $("command").textContent = shown.command || "(no single command writes this picture)";
@@ -281,7 +285,7 @@ function sync() {
     ["all heads", "mean", ...(layer ? [...Array(layer.heads).keys()].map((k) => `head ${k}`) : [])]);
   for (const id of FIELDS_SELECT) if (id in state) $(id).value = state[id];
   if (!state.layer && layer) $("layer").value = layer.name;
-  for (const id of [...FIELDS_NUMERIC, ...FIELDS_TEXT, "alpha"]) {
+  for (const id of [...FIELDS_NUMERIC, ...FIELDS_TEXT, "alpha", "channels"]) {
     if (document.activeElement !== $(id)) $(id).value = state[id];
   }
   const col = $("colour");
@@ -304,7 +308,8 @@ function sync() {
 
 function describe(r) {
   const v = state.view;
-  const what = v === "grid" ? `${currentBlock()} ${state.which}` + (Number(state.channel) >= 0 ? `, channel ${state.channel}` : "")
+  const what = v === "grid" ? `${currentBlock()} ${state.which}` + (Number(state.channel) >= 0 ? `, channel ${state.channel}`
+    : state.channels ? `, channels ${state.channels}` : "")
     + (state.average ? `, ${state.average} over channels` : "")
     : v === "attention" ? `${state.layer || $("layer").value}, heads ${state.head}` + (Number(state.token) >= 0 ? `, token ${state.token}` : "")
     : v === "heatmap" ? (Number(state.token) >= 0 ? `word heatmap of token ${state.token}` : "click a token below")
@@ -333,6 +338,14 @@ async function poll() {
   setTimeout(poll, info && info.runs.every((x) => x.complete) ? 10000 : 1500);
 }
 
+// "0-3,7" (the server's format_ints) -> [0, 1, 2, 3, 7]
+function expandInts(text) {
+  return text.split(",").flatMap((part) => {
+    const [a, b] = part.split("-").map(Number);
+    return Array.from({ length: (b === undefined ? a : b) - a + 1 }, (_, k) => a + k);
+  });
+}
+
 function pickOnImage(ev) {
   const img = $("picture");
   const fx = ev.offsetX / img.clientWidth, fy = ev.offsetY / img.clientHeight;
@@ -342,7 +355,8 @@ function pickOnImage(ev) {
     const [cols, rows, th, tw] = grid;
     const x = fx * img.naturalWidth, y = fy * img.naturalHeight;
     const c = Math.floor(x / (tw + 1)), rr = Math.floor(y / (th + 1));
-    if (c < cols && rr < rows) set({ channel: rr * cols + c });
+    const k = rr * cols + c;
+    if (c < cols && rr < rows && (!tiles || k < tiles.length)) set({ channel: tiles ? tiles[k] : k });
   }
 }
 
@@ -362,6 +376,10 @@ function wire() {
     $(id).oninput = () => { clearTimeout(timer); timer = setTimeout(() => set({ [id]: $(id).value }), 250); };
   }
   $("allchannels").onclick = () => set({ channel: -1 });
+  $("channels").oninput = () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => set({ channels: $("channels").value.trim(), channel: -1 }), 250);
+  };
   $("picture").onclick = pickOnImage;
   $("copy").onclick = async () => {
     const text = $("command").textContent;
