@@ -7,12 +7,13 @@ chunks of the next items, up to ``window`` chunks, are requested concurrently on
 (:meth:`~dumpunet.store.chunks.ChunkFiles.fetch_ahead`), so the round trips overlap with the
 work and with each other. The read of each chunk then takes what its request brought, so
 
-- every chunk is requested once, as without reading ahead, and only chunks of items the loop
-  will reach (none beyond its last item);
+- every chunk is requested as often as without reading ahead (a request started ahead serves
+  one read), and only chunks of the loop's own items: none beyond its last item;
 - a missing or damaged chunk, a server error, is met by that chunk's own read and reported as
   without reading ahead (:func:`~dumpunet.store.chunks.read_chunk`);
-- at most ``window`` chunks are held beyond the items already handed out; requests of items not
-  read when the loop ends (an error, Ctrl-C) are cancelled and dropped.
+- about ``window`` chunks are held beyond the items already handed out (an item's chunks are
+  started together); when the loop ends early (an error, Ctrl-C) the requests of items never
+  read are dropped, and cancelled where still open (a request already sent was sent).
 
 Local stores are read as before: :meth:`ChunkRef.start` does nothing there.
 
