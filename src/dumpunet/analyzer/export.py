@@ -53,6 +53,7 @@ from dumpunet.analyzer.tensor_files import (
 )
 from dumpunet.errors import DamagedChunkError
 from dumpunet.store import Store, open_store
+from dumpunet.store.readahead import read_ahead
 
 __all__ = ["FORMATS", "export", "group_files", "write_tensors"]
 
@@ -143,7 +144,8 @@ def write_tensors(
         return [output.write(*p) for p in _payloads(sel, maps, fmt)]
 
     batches: list[list[WrittenFile]] = []
-    run_parallel(groups, work, jobs=jobs, done=batches, on_done=lambda _: on_done())
+    with read_ahead(groups, lambda group: [c for slab in group for c in sel.chunks(slab)]) as items:
+        run_parallel(items, work, jobs=jobs, done=batches, on_done=lambda _: on_done())
     return [f for batch in batches for f in batch]
 
 

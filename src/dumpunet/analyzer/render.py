@@ -17,7 +17,8 @@ step, image, guidance half) of a :class:`~dumpunet.analyzer.pick.Pick`, named as
 ``file_stem``: :mod:`.diff` passes a :class:`~dumpunet.analyzer.selection.DiffSelection`, whose
 maps are ``layered - base`` and whose files are ``diff-OUT11-step020-...``.
 
-How the work runs: a pool of ``jobs`` threads each takes one file at a time: read the chunk, run
+How the work runs: a pool of ``jobs`` threads each takes one file at a time: read the chunk (of a
+store at a URL, already requested while earlier files were drawn: :mod:`dumpunet.store.readahead`), run
 the colorize and tile kernels (numba, without the GIL, one thread each), encode the PNG (deflate
 is most of the time and also runs without the GIL) and write it. So every core stays busy and
 throughput scales with cores. On numba's ``workqueue`` threading layer, which is not
@@ -54,6 +55,7 @@ from dumpunet.analyzer.style import GridStyle
 from dumpunet.analyzer.timeviews import FRAME_MS, check_time_view, write_animations, write_mosaics
 from dumpunet.errors import DamagedChunkError, OptionError, SelectionError
 from dumpunet.store import Store, open_store
+from dumpunet.store.readahead import read_ahead
 
 __all__ = ["draw_grid", "render", "render_image", "write_grids"]
 
@@ -284,7 +286,8 @@ def write_grids(
                                                            task.entry, encoder, lock=lock))
         return None if drawn is None else t.output.write(task.name, *drawn)
 
-    run_parallel(tasks, work, jobs=jobs, done=done, on_done=on_done)
+    with read_ahead(tasks, lambda task: task.target.sel.chunks(task.slab)) as items:
+        run_parallel(items, work, jobs=jobs, done=done, on_done=on_done)
     return [f for f in done if f is not None]
 
 

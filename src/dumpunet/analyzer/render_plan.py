@@ -50,6 +50,7 @@ from dumpunet.analyzer.selection import Selection, Slab
 from dumpunet.analyzer.style import GridStyle
 from dumpunet.errors import OptionError, OutputError, SelectionError
 from dumpunet.specs import format_ints
+from dumpunet.store.readahead import read_ahead
 
 __all__ = ["GridTask", "Target", "folders", "grid_layout", "plan_grids", "prepare_basis", "read_maps"]
 
@@ -106,10 +107,11 @@ def plan_grids(
     for t, s in planned:
         if t.ranges.first_pass:
             status("ranges")
-            for slab in t.sel.slabs():
-                maps = damage.attempt(slab, lambda: read_maps(t.sel, slab, s.average))  # noqa: B023 - called at once
-                if maps is not None:
-                    t.ranges.add(maps, **_group(slab))
+            with read_ahead(t.sel.slabs(), t.sel.chunks) as slabs:
+                for slab in slabs:
+                    maps = damage.attempt(slab, lambda: read_maps(t.sel, slab, s.average))  # noqa: B023 - called at once
+                    if maps is not None:
+                        t.ranges.add(maps, **_group(slab))
     status("render")
     tasks = [_task(t, slab, color, s, basis) for t, s in planned for slab in t.sel.slabs() if not damage.skipped(slab)]
     return tasks, basis
@@ -220,7 +222,8 @@ def prepare_basis(
         slabs = [(sel, sl) for sel in sels for sl in sel.slabs("block") if sel.basis_key(sl.block) == key]
         per = -(-pca.MAX_SAMPLES // len(slabs))
         rng = pca.seeded_rng(key)
-        read = [(sl, damage.attempt(sl, lambda sel=sel, sl=sl: sel.read(sl))) for sel, sl in slabs]
+        with read_ahead(slabs, lambda pair: pair[0].chunks(pair[1])) as ordered:
+            read = [(sl, damage.attempt(sl, lambda sel=sel, sl=sl: sel.read(sl))) for sel, sl in ordered]
         maps = [x for _, x in read if x is not None]
         if not maps:
             raise SelectionError(f"every selected map of {key} is damaged; there is nothing to fit its PCA basis on")

@@ -35,6 +35,7 @@ from dumpunet.analyzer.reduce import difference
 from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import format_ints, parse_ints
 from dumpunet.store import Run, Store, schema
+from dumpunet.store.readahead import ChunkRef
 
 __all__ = [
     "AttentionSelection", "DiffSelection", "DiffStats", "Selection", "Slab", "channel_list", "matching_run", "select",
@@ -124,6 +125,10 @@ class Selection:
         chosen = self.channels[slab.block]
         return x if chosen is None else x[chosen]
 
+    def chunks(self, slab: Slab) -> list[ChunkRef]:
+        """The chunks :meth:`read` reads for ``slab`` (:func:`~dumpunet.store.readahead.read_ahead` fetches them early)."""
+        return [self.run.slab_chunk(self.arrays[slab.block], slab.call, slab.image, slab.guidance_index)]
+
     def file_stem(self, slab: Slab) -> str:
         """How a file showing ``slab`` starts: ``OUT11-step020-img0-cond``."""
         return self.prefix + slab.name
@@ -180,6 +185,11 @@ class DiffSelection(Selection):
         x = self.base.read_slab(self.base_arrays[slab.block], self.base_calls[slab.step], slab.image, slab.guidance_index)
         chosen = self.channels[slab.block]
         return x if chosen is None else x[chosen]
+
+    def chunks(self, slab: Slab) -> list[ChunkRef]:
+        """The base run's chunk, then the layered run's."""
+        base = self.base.slab_chunk(self.base_arrays[slab.block], self.base_calls[slab.step], slab.image, slab.guidance_index)
+        return [base, *super().chunks(slab)]
 
     def read(self, slab: Slab) -> np.ndarray:
         """``layered - base`` of the selected channels, float32 ``[C, H, W]`` (reads two chunks).

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -47,6 +48,7 @@ from dumpunet.analyzer.png import encode_png
 from dumpunet.analyzer.render_plan import GridTask
 from dumpunet.errors import OptionError
 from dumpunet.specs import format_ints
+from dumpunet.store.readahead import read_ahead
 
 __all__ = ["ANIMATIONS", "FRAME_MS", "check_time_view", "encode_animation", "write_animations", "write_mosaics"]
 
@@ -89,6 +91,16 @@ def _draw(task: GridTask, color: ColorSpec, basis: pca.Basis | None, damage: Dam
     return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
 
 
+def _drawn(groups: Sequence[list[GridTask]], color: ColorSpec, basis: pca.Basis | None, damage: Damage,
+           cell: bool = False) -> Iterator[list[tuple[GridTask, np.ndarray | None]]]:
+    """Each group's tasks drawn (:func:`_draw`) in order, the chunks of the tasks after them read ahead."""
+    ordered = [k for group in groups for k in group]
+    with read_ahead(ordered, lambda k: k.target.sel.chunks(k.slab)) as stream:
+        tasks = iter(stream)
+        for group in groups:
+            yield [(k, _draw(k, color, basis, damage, cell)) for k in islice(tasks, len(group))]
+
+
 def _groups(tasks: Sequence[GridTask], key) -> dict[Any, list[GridTask]]:
     groups: dict[Any, list[GridTask]] = {}
     for task in tasks:
@@ -127,8 +139,8 @@ def write_animations(tasks: Sequence[GridTask], color: ColorSpec, basis: pca.Bas
                                        k.style))
     for group in groups.values():
         group.sort(key=lambda k: k.slab.step)
-        drawn = [(k, _draw(k, color, basis, damage)) for k in group]
-        drawn = [(k, img) for k, img in drawn if img is not None]
+    for group in _drawn(list(groups.values()), color, basis, damage):
+        drawn = [(k, img) for k, img in group if img is not None]
         if not drawn:
             continue
         first = drawn[0][0]
@@ -149,10 +161,10 @@ def write_mosaics(tasks: Sequence[GridTask], color: ColorSpec, basis: pca.Basis 
     damage = damage or Damage()
     written = []
     groups = _groups(tasks, lambda k: (id(k.target), k.slab.image, k.slab.guidance, k.style))
-    for group in groups.values():
-        first = group[0]
+    for group in _drawn(list(groups.values()), color, basis, damage, cell=True):
+        first = group[0][0]
         sel = first.target.sel
-        cells = {(k.slab.block, k.slab.step): _draw(k, color, basis, damage, cell=True) for k in group}
+        cells = {(k.slab.block, k.slab.step): img for k, img in group}
         blocks = [b for b in sel.blocks if any(b == blk for blk, _ in cells)]
         steps = sorted({s for _, s in cells})
         row_h = {b: max(img.shape[0] for (blk, _), img in cells.items() if blk == b and img is not None)

@@ -15,17 +15,26 @@ local store (:class:`~dumpunet.store.localfiles.SafeLocalStore`) they go straigh
 event loop, which cost a heatmap of 96 chunks most of its time), and a link or special file in
 place of a chunk is reported as such, never read. An uncompressed chunk is read as its bytes,
 its length checked, in one read (:func:`read_chunk`).
+
+A remote chunk that :func:`read_chunk` will read in one request can be asked for ahead
+(:meth:`ChunkFiles.fetch_ahead`, through :func:`chunk_ahead`): the request starts at once on
+zarr's event loop, beside any others, and the next read of that key takes its result, or its
+error, exactly as a read of its own would have met it. :mod:`.readahead` decides what to ask for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 import zarr
 from zarr.abc.store import Store as ZarrStore
-from zarr.core.buffer import default_buffer_prototype
+from zarr.core.buffer import Buffer, default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
@@ -33,7 +42,7 @@ from dumpunet.errors import DamagedChunkError, DumpUnetError
 from dumpunet.store.localfiles import SafeLocalStore, StoreFiles, UnsafeFileError
 from dumpunet.store.schema import ArrayKind, human_bytes
 
-__all__ = ["MAX_CHUNK_BYTES", "ChunkFiles", "call_table_problem", "chunk_problem", "layout_problem",
+__all__ = ["MAX_CHUNK_BYTES", "ChunkFiles", "call_table_problem", "chunk_ahead", "chunk_problem", "layout_problem",
            "raw_chunk_bytes", "read_chunk"]
 
 MAX_CHUNK_BYTES = 4 << 30
@@ -50,13 +59,41 @@ class ChunkFiles:
         self.remote = not isinstance(store, LocalStore)
         # a local store's files are read in this thread: zarr's sync() costs ~1 ms per call here
         self.local: StoreFiles | None = store.files if isinstance(store, SafeLocalStore) else None
+        self._ahead: dict[str, Future[Buffer | None]] = {}  # requests started by fetch_ahead, not yet read
+        self._ahead_lock = threading.Lock()
 
     def read(self, array_path: str, key: str) -> bytes | None:
-        """The bytes of one chunk file; None if it is missing."""
+        """The bytes of one chunk file; None if it is missing. A key fetched ahead is not requested again."""
+        full = f"{self.prefix}{array_path}/{key}"
         if self.local is not None:
-            return self.local.read(f"{self.prefix}{array_path}/{key}")
-        buf = sync(self.store.get(f"{self.prefix}{array_path}/{key}", prototype=default_buffer_prototype()))
+            return self.local.read(full)
+        with self._ahead_lock:
+            ahead = self._ahead.pop(full, None)
+        # a request started ahead raises what sync() would have raised: the store's own exception
+        buf = ahead.result() if ahead is not None else sync(self.store.get(full, prototype=default_buffer_prototype()))
         return None if buf is None else buf.to_bytes()
+
+    def fetch_ahead(self, array_path: str, key: str) -> bool:
+        """Start the request for one key of a remote store now; the next :meth:`read` of it takes the result.
+
+        False where nothing was started: a local store (its files are read in the reading thread),
+        or a request for the key already on its way.
+        """
+        if self.local is not None:
+            return False
+        full = f"{self.prefix}{array_path}/{key}"
+        with self._ahead_lock:
+            if full in self._ahead:
+                return False
+            self._ahead[full] = _start(self.store.get(full, prototype=default_buffer_prototype()))
+        return True
+
+    def drop_ahead(self, array_path: str, key: str) -> None:
+        """Forget a key fetched ahead that will not be read after all (its request is cancelled if still open)."""
+        with self._ahead_lock:
+            ahead = self._ahead.pop(f"{self.prefix}{array_path}/{key}", None)
+        if ahead is not None:
+            ahead.cancel()
 
     def read_exact(self, array_path: str, key: str, nbytes: int) -> tuple[int, bytes | np.ndarray | None] | None:
         """``(size, bytes)`` of one chunk file of ``nbytes``; ``(size, None)`` if it has another size; None if missing.
@@ -144,6 +181,38 @@ def call_table_problem(files: ChunkFiles, full: str, arr: zarr.Array, *, strict:
     return None
 
 
+def _start(coro: Coroutine[Any, Any, Buffer | None]) -> Future[Buffer | None]:
+    """Run a store coroutine on zarr's own event loop (where ``sync`` runs it) without waiting for it."""
+    from zarr.core.sync import _get_loop
+
+    return asyncio.run_coroutine_threadsafe(coro, _get_loop())
+
+
+def _one_request(files: ChunkFiles, arr: zarr.Array, coords: Sequence[int]) -> int | None:
+    """The byte size of the chunk at ``coords`` where :func:`read_chunk` reads it whole in one read, else None.
+
+    That is an uncompressed chunk inside the array's shape, of a local or remote store; others go
+    through zarr's codec pipeline.
+    """
+    expected = raw_chunk_bytes(arr)
+    if not (files.remote or files.local is not None) or expected is None:
+        return None
+    inside = all((c + 1) * n <= size for c, n, size in zip(coords, arr.chunks, arr.shape, strict=True))
+    return expected if inside else None
+
+
+def chunk_ahead(files: ChunkFiles, arr: zarr.Array, coords: Sequence[int]) -> str | None:
+    """Start fetching the chunk that ``read_chunk(files, arr, coords, ...)`` will read; return its key.
+
+    None where nothing started: a local store, a chunk that read_chunk reads through zarr, or one
+    already on its way. The read that follows reports a missing or damaged chunk as without this.
+    """
+    if _one_request(files, arr, coords) is None:
+        return None
+    key = arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
+    return key if files.fetch_ahead(arr.path, key) else None
+
+
 def read_chunk(files: ChunkFiles, arr: zarr.Array, coords: Sequence[int], what: str) -> np.ndarray:
     """Read the one chunk at ``coords`` (chunk coordinates of a one-chunk selection) after checking its file.
 
@@ -153,8 +222,8 @@ def read_chunk(files: ChunkFiles, arr: zarr.Array, coords: Sequence[int], what: 
     full = arr.path
     key = arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
     index = tuple(slice(c * n, (c + 1) * n) for c, n in zip(coords, arr.chunks, strict=True))
-    expected = raw_chunk_bytes(arr)
-    if (files.remote or files.local is not None) and expected is not None and all(s.stop <= n for s, n in zip(index, arr.shape, strict=True)):
+    expected = _one_request(files, arr, coords)
+    if expected is not None:
         return _read_raw(files, arr, key, expected, what)
     problem = chunk_problem(files, full, arr, key)
     if problem is not None:

@@ -18,6 +18,7 @@ from dumpunet.store import schema
 from dumpunet.store.calls import CallTable, read_call_table
 from dumpunet.store.chunks import ChunkFiles, layout_problem, read_chunk
 from dumpunet.store.location import Location, StoreUrl, locate, total_bytes
+from dumpunet.store.readahead import ChunkRef
 from dumpunet.errors import IncompleteStepError, SelectionError, StoreError
 from dumpunet.specs import format_ints, parse_blocks, parse_ints, parse_layers, resolve_block
 
@@ -138,7 +139,11 @@ class Run:
         :class:`~dumpunet.errors.DamagedChunkError` naming the array, call and step (never fill values).
         """
         what = f"call {call} (step {int(self.calls.step[call])}), image {image}, {self.guidance_labels[guidance]}"
-        return read_chunk(self.store.files, arr, (call, image, guidance) + (0,) * (arr.ndim - 3), what)[0, 0, 0]
+        return read_chunk(self.store.files, arr, self.slab_chunk(arr, call, image, guidance).coords, what)[0, 0, 0]
+
+    def slab_chunk(self, arr: zarr.Array, call: int, image: int, guidance: int) -> ChunkRef:
+        """The chunk that :meth:`read_slab` reads (for :func:`~dumpunet.store.readahead.read_ahead`)."""
+        return ChunkRef(self.store.files, arr, (call, image, guidance) + (0,) * (arr.ndim - 3))
 
     def guidance_index(self, guidance: str) -> int:
         labels = self.guidance_labels
