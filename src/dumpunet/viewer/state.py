@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from urllib.parse import urlencode
 
-from dumpunet.analyzer.color.spec import ColorSpec
+from dumpunet.analyzer.color.spec import ATTENTION_COLOR, DIFF_COLOR, ColorSpec
 from dumpunet.errors import SelectionError
 
 __all__ = ["VIEWS", "ViewState"]
@@ -150,37 +150,55 @@ class ViewState:
         """The Auto scope the view's command uses when ``--auto-scope`` is not given."""
         return ATTENTION_SCOPE if self.view == "attention" else "channel"
 
-    def color_args(self) -> list[str]:
-        """Command-line options of the colorization: those that change pixels under this method."""
+    def color_args(self, defaults: ColorSpec = ColorSpec()) -> list[str]:
+        """Command-line options of the colorization: those that change pixels under this method.
+
+        ``defaults`` are the colours of the command when an option is not given (``render``'s
+        :class:`ColorSpec`, ``attention``'s ``ATTENTION_COLOR``, a difference's ``DIFF_COLOR``):
+        the Auto scope and the colour expressions are stated where this view's differ from them.
+        """
         if self.pca:
             return ["--method", self.method]  # a basis colours the pixels: no transform, range or expressions
         args = ["--method", self.method, "--transform", self.transform]
+        color = self.color
         if self.transform == "linear":
             args += ["--clamp-min", _text(self.clamp_min), "--clamp-max", _text(self.clamp_max)]
         elif self.transform == "sigmoid":
             args += ["--gain", _text(self.gain), "--offset", _text(self.offset)]
-        elif self.auto_scope and self.auto_scope != self._default_scope:
-            args += ["--auto-scope", self.auto_scope]
+        elif color["auto_scope"] != defaults.auto_scope:
+            args += ["--auto-scope", str(color["auto_scope"])]
         if self.method.lower() == "custom":
             args += ["--space", self.space]
-            color = self.color
-            default = replace(self, **{n: getattr(ViewState, n) for n in "rgbhsl"}).color
             for name in ("rgb" if self.space.lower() == "rgb" else "hsl"):
-                if color[name] != default[name]:
-                    args += [f"--{name}", color[name]]
+                if color[name] != getattr(defaults, name):
+                    args += [f"--{name}", str(color[name])]
         return args
 
-    def command(self, path: str, *, step: int | None = None, steps: str | None = None, out: str = "view") -> str | None:
+    @property
+    def difference(self) -> bool:
+        """A pair's difference, or the difference of two stores (``minus``)."""
+        return self.minus >= 0 or bool(self.pair and self.mode == "diff")
+
+    def command(self, path: str, *, minus: str | None = None, step: int | None = None, steps: str | None = None,
+                out: str = "view") -> str | None:
         """The ``dumpunet`` command that writes this view into folder ``out`` (None: no command does).
 
-        ``step`` is the resolved step (for ``step=0``); ``steps`` the heatmap's (or summary's) step spec. A
-        pair's final view names ``diff``, which writes both finals and their difference; one
-        attention head alone, a run's final image and the difference of two stores have no command.
+        ``minus`` is the path of the store that ``self.minus`` names; ``step`` the resolved step (for
+        ``step=0``); ``steps`` the heatmap's (or summary's) step spec. A pair's final view names
+        ``diff``, which writes both finals and their difference; the difference of two stores is
+        ``diff A[:RUN] B`` (grids, final images, the summary chart), ``attention A[:RUN] B`` or
+        ``heatmap A[:RUN] B``, a pair's difference ``attention --pair`` or ``heatmap --pair``. A
+        run's final image alone has no command.
         """
-        if self.minus >= 0:
-            return None  # diff compares the runs of one store
+        if self.minus >= 0 and minus is None:
+            return None  # the store to subtract is not known here
         step = step or self.step
-        run = ["--run", self.run] if self.run and not (self.pair and self.mode == "diff") else []
+        if self.minus >= 0:  # STORE[:RUN] BASE, as diff A B: BASE's run of the same name or its default run
+            stores, run, pair = [f"{path}:{self.run}" if self.run else path, minus], [], []
+        else:
+            stores = [path]
+            run = ["--run", self.run] if self.run and not (self.pair and self.mode == "diff") else []
+            pair = ["--pair", self.pair] if self.pair and self.mode == "diff" else []
         where = ["--images", str(self.image), "--guidance", self.guidance]
         if self.view == "grid":
             sel = ["--blocks", self.block, "--steps", str(step), *where]
@@ -190,27 +208,27 @@ class ViewState:
                 sel += ["--average", self.average]
             if self.which == "input":
                 sel += ["--input"]
-            if self.pair and self.mode == "diff":
-                args = ["diff", path, "--pair", self.pair, *sel, *self.color_args(), "--plain", "--no-finals"]
+            if self.difference:
+                args = ["diff", *stores, *pair, *sel, *self.color_args(DIFF_COLOR), "--plain", "--no-finals"]
             else:  # --plain: the viewer shows bare grids, whose tiles a click maps to channels
                 args = ["render", path, *sel, *run, *self.color_args(), "--plain"]
         elif self.view == "attention":
-            if self.head != "all":
-                return None  # the attention command draws every head
             tokens = ["--tokens", str(self.token)] if self.token >= 0 else []
-            args = ["attention", path, "--layers", self.layer, "--steps", str(step), *tokens, *where, *run,
-                    *self.color_args(), "--plain"]  # the viewer shows the headed grid without title or colour bar
+            heads = {"all": [], "mean": ["--average", "mean"]}.get(self.head, ["--heads", self.head])
+            colours = self.color_args(DIFF_COLOR if self.difference else ATTENTION_COLOR)
+            args = ["attention", *stores, *pair, "--layers", self.layer, "--steps", str(step), *tokens, *heads, *where,
+                    *run, *colours, "--plain"]  # the viewer shows the headed grid without title or colour bar
         elif self.view in ("heatmap", "query"):
             what = ["--word", str(self.token)] if self.view == "heatmap" else ["--query", f"{_text(self.qx)},{_text(self.qy)}"]
             layers = ["--layers", self.layers] if self.layers else []
-            args = ["heatmap", path, *what, *layers, "--steps", steps or str(step), *where, *run,
+            args = ["heatmap", *stores, *pair, *what, *layers, "--steps", steps or str(step), *where, *run,
                     "--alpha", _text(self.alpha), "--plain"]  # the viewer shows the bare overlay
         elif self.view == "summary":
             which = ["--input"] if self.which == "input" else []
-            args = ["diff", path, "--pair", self.pair, "--steps", steps or str(step), *where, *which, "--no-finals"]
-        elif self.pair:
-            args = ["diff", path, "--pair", self.pair, "--blocks", self.block, "--steps", str(step),
-                    "--images", str(self.image)]
+            args = ["diff", *stores, *pair, "--steps", steps or str(step), *where, *which, "--no-finals"]
+        elif self.pair or self.minus >= 0:
+            pair = ["--pair", self.pair] if self.pair and self.minus < 0 else []
+            args = ["diff", *stores, *pair, "--blocks", self.block, "--steps", str(step), "--images", str(self.image)]
         else:
             return None  # no command writes a run's final image alone
         return "dumpunet " + " ".join(shlex.quote(a) for a in args) + f" --out {shlex.quote(out)}"
