@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-
 from viewer_stores import make_attention_store
 
 from dumpunet.analyzer.pick import Pick

@@ -157,8 +157,8 @@ def compared(tmp_path_factory):
     ("view=attention&layer=IN01.attn2&head=1&token=2", ""),
     ("view=attention&layer=M00.attn2&head=mean&method=Red/Blue", ""),
     ("store=2&pair=layered&mode=diff&view=attention&layer=IN01.attn2&step=2", "diff-"),
-    ("store=2&pair=layered&mode=diff&view=attention&layer=IN01.attn2&head=0&method=Red/Blue&transform=linear"
-     "&clamp_min=-0.2&clamp_max=0.2", "diff-"),
+    (("store=2&pair=layered&mode=diff&view=attention&layer=IN01.attn2&head=0&method=Red/Blue&transform=linear"
+      "&clamp_min=-0.2&clamp_max=0.2"), "diff-"),
     ("store=2&pair=layered&mode=diff&view=attention&layer=M00.attn2&space=rgb&auto_scope=block", "diff-"),
     ("view=attention&layer=IN01.attn2&minus=1&head=mean", "diff-"),
     ("store=2&pair=layered&mode=base&view=attention&minus=1&step=2&token=5", "diff-"),

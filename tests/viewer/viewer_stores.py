@@ -52,7 +52,7 @@ def make_attention_store(path: Path, *, steps: tuple[int, ...] = STEPS, finish: 
     return path
 
 
-def _write_run(w: StoreWriter, name: str, blocks, steps: tuple[int, ...], finish: bool, seed: int,  # noqa: ANN001
+def _write_run(w: StoreWriter, name: str, blocks: list, steps: tuple[int, ...], finish: bool, seed: int,
                words: list[str], prompt: str) -> None:
     tokens = {"cond": (TokenRow(tuple(range(T)), tuple(words), 7),),
               "uncond": (TokenRow(tuple(range(T)), tuple(NEG), 3),)}

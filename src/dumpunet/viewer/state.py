@@ -51,6 +51,7 @@ COLOR_FIELDS = ("method", "transform", "clamp_min", "clamp_max", "gain", "offset
                 "r", "g", "b", "h", "s", "l", "auto_scope")
 DEFAULT_H = ColorSpec.h  # one default hue for every view, as for every command
 ATTENTION_SCOPE = "head"  # the attention default Auto scope: one range per head row
+_RENDER_COLOR = ColorSpec()  # render's colours when no option is given
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class ViewState:
         """The Auto scope the view's command uses when ``--auto-scope`` is not given."""
         return ATTENTION_SCOPE if self.view == "attention" else "channel"
 
-    def color_args(self, defaults: ColorSpec = ColorSpec()) -> list[str]:
+    def color_args(self, defaults: ColorSpec = _RENDER_COLOR) -> list[str]:
         """Command-line options of the colorization: those that change pixels under this method.
 
         ``defaults`` are the colours of the command when an option is not given (``render``'s
