@@ -32,6 +32,12 @@ scope ``head`` the bar runs from "row min" to "row max". ``plain`` leaves the he
 ``aggregate="resolution"`` (prompt-to-prompt's aggregate): per map size, the cross-attention
 layers of that size averaged over their heads and then over the layers, one row of token maps.
 
+``heads`` keeps some heads (one row each). The difference of two runs (``pair``: a pair's
+``layered - base``; ``base``: another store's run, as ``diff A B``) is drawn the same way from
+``run - base`` in float32 (:mod:`.attention_diff` checks that the runs compare), in diff's
+colours by default; its files start with ``diff-``. :func:`attention_grid` is one plain grid in
+memory, the viewer's attention view, drawn by the same functions as the files.
+
 File names: ``{layer}-step{step:03}-img{image}-{guidance}[-tok-{tokens}][-query-x{x}-y{y}]-{feature}[-avg-{kind}]-{colorization}.png``
 (an aggregate: ``res{h}x{w}`` in place of the layer, ``-aggregate`` after the feature, and a ``.npy``
 of its maps beside it): the tokens, the query pixel and the average are in the name, so ``--tokens girl`` and then

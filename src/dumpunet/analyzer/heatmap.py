@@ -15,6 +15,10 @@ selects (``blocks`` names layers or blocks); a map is of one image and one half,
 title strip with a colour bar (:func:`~dumpunet.analyzer.grid_labels.frame`, as render's grids),
 colours from :mod:`~dumpunet.analyzer.colormaps`, and the map itself as ``.npy``; a query map's
 overlay has a cross-hair at the query pixel (:func:`mark_point`).
+
+The difference of two runs (a pair's, or two stores': :mod:`.attention_diff`) is
+:func:`heatmap_difference`, ``run - base`` of the summed attention before normalizing, drawn by
+:func:`difference_overlay` in diff's blue-white-red over the run's final image.
 """
 
 from __future__ import annotations

@@ -19,9 +19,10 @@ Views:
                (the steps up to ``step``)
 =============  ======================================================================
 
-With ``minus`` (another store's index), grids, final images and the summary chart show the
-difference of two stores, ``store - minus``: the run shown minus the other store's run of the
-same name (or its default run).
+With ``minus`` (another store's index), every view but a pair's difference shows the difference
+of two stores, ``store - minus``: the run shown minus the other store's run of the same name (or
+its default run). A pair's ``mode=diff`` shows ``layered - base`` in every view (attention,
+heatmaps and query maps too: :mod:`dumpunet.analyzer.attention_diff`).
 
 Examples
 --------
@@ -59,7 +60,7 @@ class ViewState:
     """Everything that decides one served picture; see the module for the views."""
 
     store: int = 0
-    minus: int = -1  # another store's index: show ``store - minus`` (grids, final images, summary)
+    minus: int = -1  # another store's index: show ``store - minus``
     view: str = "grid"
     run: str = ""  # empty: the store's default run
     pair: str = ""  # a pair's label: then ``mode`` picks base, layered or their difference
