@@ -66,6 +66,9 @@ OPTIONS = {o.name: o for o in [
                "original's 1-norm and 2-norm (divided by the count); l1, l2: not divided.", choices=AVERAGES,
                case_sensitive=False, flag="--average"),
     OptionSpec("pair", "The pair to compare, by label (a sweep: the block name); default: the only or first pair."),
+    OptionSpec("pair_difference", "Draw the difference layered - base of this pair of the store (by label; a sweep: "
+               "the block name), in diff's colours.", flag="--pair"),
+    OptionSpec("heads", "Only these heads, e.g. '0' or '0-3' (default: every head); with --average, their average."),
     OptionSpec("finals", "Skip the final images (for runs that did not finish).", default=True, flag_value=False,
                flag="--no-finals"),
     OptionSpec("tokens", "Words of the prompt and/or token indices, e.g. 'pink,hair' or '0-10'; empty = the "
@@ -312,43 +315,89 @@ def diff(stores: tuple[StoreRun, ...], pair: str | None, export: str | None, fin
     _echo_written(files, out, "file", as_json, quiet)
 
 
+_STORES_OR_DIFFERENCE = click.argument("stores", nargs=-1, required=True, type=STORE_RUN,
+                                       metavar="STORE[:RUN] [BASE[:RUN]]")
+"""attention's and heatmap's stores: one, or two whose difference STORE - BASE is drawn (as ``diff A B``)."""
+
+
+def _difference(stores: tuple[StoreRun, ...], pick: Pick, pair: str | None,
+                command: str) -> tuple[Any, Pick, dict[str, Any]]:
+    """The store, the pick and the library's difference arguments (``pair``, ``base``, ``base_run``) of
+    ``STORE[:RUN] [BASE[:RUN]]`` and ``--pair``, in diff's vocabulary (:func:`~dumpunet.cli_options.split_run`)."""
+    if len(stores) > 2:
+        raise click.UsageError(f"{command} draws one store, or the difference of two; got {len(stores)} stores")
+    first, base = stores[0], (stores[1] if len(stores) == 2 else None)
+    if base is None:
+        if first.run is not None:
+            raise click.UsageError(f"{first.place}:{first.run} names a run; with one store, pick it with --run")
+        return first.place, pick, {"pair": pair} if pair is not None else {}
+    if pair is not None:
+        raise click.UsageError("--pair picks a pair in one store; with two stores, name their runs as STORE:RUN")
+    if pick.run is not None:
+        raise click.UsageError("with two stores, name their runs as STORE:RUN, not with --run")
+    return first.place, dataclasses.replace(pick, run=first.run), {"base": base.place, "base_run": base.run}
+
+
+def _difference_colour(ctx: click.Context, color: ColorSpec) -> ColorSpec:
+    """A difference's colours: the options given on the command line over diff's defaults (:data:`DIFF_COLOR`)."""
+    given = {f.name: getattr(color, f.name) for f in dataclasses.fields(ColorSpec)
+             if f.init and ctx.get_parameter_source(f.name) is click.core.ParameterSource.COMMANDLINE}
+    return dataclasses.replace(DIFF_COLOR, **given)
+
+
 @click.command()
-@click.argument("store", type=STORE)
+@_STORES_OR_DIFFERENCE
 @storage_options
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
-@with_options(_options("tokens", "feature", "query", "head_average", "aggregate"))
+@with_options(_options("pair_difference", "tokens", "feature", "query", "heads", "head_average", "aggregate"))
 @with_options([_AUTO_SCALE])
 @with_options(value_options(ColorSpec, defaults=ATTENTION_COLOR, choices=_NO_PCA))
 @with_options(_options("plain_grid", "jobs", *_WRITTEN))
-def attention(store: Path, tokens: str, feature: str, query: str | None, head_average: str | None,
-              aggregate: str | None, scale: int | None, plain_grid: bool, jobs: int | None, out: Path, quiet: bool,
-              as_json: bool, **opts: Any) -> None:
+@click.pass_context
+def attention(ctx: click.Context, stores: tuple[StoreRun, ...], pair_difference: str | None, tokens: str, feature: str,
+              query: str | None, heads: str | None, head_average: str | None, aggregate: str | None,
+              scale: int | None, plain_grid: bool, jobs: int | None, out: Path, quiet: bool, as_json: bool,
+              **opts: Any) -> None:
     """Render heads x tokens grids of attention maps: which token each head looks at.
 
     Without --scale, tiles are enlarged to at least 32 pixels on a side. Grids get a title
     strip (with the colour scope and its ranges) and a colour bar; --plain leaves them out.
 
+    The difference of two runs, as diff draws block outputs: with --pair, layered - base of
+    that pair; with two stores, STORE - BASE (BASE's run of the same name or its default run;
+    :RUN picks another, and STORE:RUN the first store's). Maps are subtracted before any
+    --average, tokens compared by position; colours default to diff's (blue-white-red over
+    [-m, m], white = no change; options given override them); files start with diff-.
+    Stores of another U-Net layout or runs with other halves, layers or steps are refused.
+
     \b
     dumpunet attention girl.zarr --layers IN04-OUT08 --steps 1,5,10 --tokens "pink,hair" --out attn/
     dumpunet attention girl.zarr --layers IN04.attn2 --average 2-norm --out attn/
     dumpunet attention girl.zarr --steps 20 --aggregate resolution --out attn-p2p/
+    dumpunet attention pair.zarr --pair layered --layers M00 --steps 20 --out attn-diff/
+    dumpunet attention a.zarr b.zarr --layers IN04.attn2 --heads 0 --out attn-ab/
     """
     from dumpunet.analyzer.attention_grids import render_attention
 
-    files = render_attention(store, take(Pick, opts), take(ColorSpec, opts), out=out, tokens=tokens, feature=feature,
-                             query=_point(query), scale=scale, average=head_average, aggregate=aggregate,
-                             plain=plain_grid, progress=not quiet, jobs=jobs)
+    store, pick, difference = _difference(stores, take(Pick, opts), pair_difference, "attention")
+    color = take(ColorSpec, opts)
+    if difference:
+        color = _difference_colour(ctx, color)
+    files = render_attention(store, pick, color, out=out, tokens=tokens, feature=feature, query=_point(query),
+                             scale=scale, heads=heads or "", average=head_average, aggregate=aggregate,
+                             plain=plain_grid, progress=not quiet, jobs=jobs, **difference)
     _echo_written(files, out, "PNG file", as_json, quiet)
 
 
 @click.command()
-@click.argument("store", type=STORE)
+@_STORES_OR_DIFFERENCE
 @storage_options
-@with_options(_options("word", "merge", "query"))
+@with_options(_options("word", "merge", "query", "pair_difference"))
 @with_options(value_options(Pick, skip=("channels", "which"), aliases=_LAYERS))
 @with_options(_options("colormap", "alpha", "plain_overlay", "jobs", *_WRITTEN))
-def heatmap(store: Path, word: str | None, merge: bool, query: str | None, colormap: str, alpha: float,
-            plain_overlay: bool, jobs: int | None, out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
+def heatmap(stores: tuple[StoreRun, ...], word: str | None, merge: bool, query: str | None,
+            pair_difference: str | None, colormap: str, alpha: float, plain_overlay: bool, jobs: int | None,
+            out: Path, quiet: bool, as_json: bool, **opts: Any) -> None:
     """Overlay where a word acts (or where a pixel looks) on the final image, DAAM-style.
 
     Each PNG has the word in a title strip and a colour bar (the summed attention's range);
@@ -357,10 +406,17 @@ def heatmap(store: Path, word: str | None, merge: bool, query: str | None, color
     On a pair or sweep store a line on stderr names the run and prompt used (--run picks one);
     the manifest records both.
 
+    The difference of two runs (--pair: layered - base of that pair; two stores: STORE - BASE,
+    runs as for attention): the summed attention of each run (each finds the word in its own
+    prompt) subtracted, not normalized, over the first run's final image in diff's colours
+    (blue-white-red over [-m, m], white = no change; no --colormap); files start with diff-,
+    the .npy holds the difference.
+
     \b
     dumpunet heatmap girl.zarr --word hair --out heat/
     dumpunet heatmap girl.zarr --word pink,hair --colormap viridis --out heat/
     dumpunet heatmap girl.zarr --query 0.5,0.3 --layers OUT09-OUT11 --out heat/
+    dumpunet heatmap pair.zarr --pair layered --word girl --out heat-diff/
     """
     from dumpunet.analyzer.heatmap import run_note, write_heatmaps
     from dumpunet.store import open_store
@@ -369,13 +425,13 @@ def heatmap(store: Path, word: str | None, merge: bool, query: str | None, color
         raise click.UsageError("give exactly one of --word and --query")
     if merge and word is None:
         raise click.UsageError("--merge sums the heatmaps of several --word")
-    pick = take(Pick, opts)
-    st = open_store(store)
-    note = run_note(st, pick)
+    place, pick, difference = _difference(stores, take(Pick, opts), pair_difference, "heatmap")
+    st = open_store(place)
+    note = None if difference else run_note(st, pick)
     if note and not quiet:
         click.echo(note, err=True)
     files = write_heatmaps(st, pick, out=out, word=word, query=_point(query), alpha=alpha,
-                           merge=merge, colormap=colormap, plain=plain_overlay, jobs=jobs)
+                           merge=merge, colormap=colormap, plain=plain_overlay, jobs=jobs, **difference)
     _echo_written(files, out, "file", as_json, quiet)
 
 

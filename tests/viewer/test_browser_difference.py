@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from synthetic_stores import make_paired_store, make_store
 from test_browser import CHROMIUM, browser, page, png_of, snap, url_state  # noqa: F401 - fixtures; skips without playwright
+from viewer_stores import make_attention_store
 
 from dumpunet.viewer.server import start
 
@@ -53,7 +54,7 @@ def test_minus_shows_a_minus_b_and_its_summary_chart(page, three):  # noqa: F811
     snap(page, "minus-01-grid")
     assert url_state(page)["minus"] == "1" and "minus=1" in minus["query"]
     assert minus["error"] is None and minus["where"].endswith("\u2212 store b.zarr")
-    assert minus["command"] == "(no single command writes this picture)" and minus["summary"]
+    assert minus["command"].startswith("dumpunet diff ") and minus["summary"]  # diff A B writes A - B
     assert np.array_equal(png_of(three, minus["query"]), png_of(three, "block=OUT11&step=5&method=Red/Blue&minus=1"))
     assert not np.array_equal(png_of(three, minus["query"]), png_of(three, alone["query"]))
 
@@ -64,9 +65,8 @@ def test_minus_shows_a_minus_b_and_its_summary_chart(page, three):  # noqa: F811
     assert "view=summary" in chart["query"] and "summary chart" in chart["where"]
 
     page.click("#views [data-view=attention]")
-    refused = picture(page, chart["query"])
-    assert refused["error"].startswith("the difference of two stores shows channel grids, final images and the "
-                                       "summary chart, not the attention view")
+    refused = picture(page, chart["query"])  # these stores hold no attention: the page says so
+    assert refused["error"] == "run 'main' was recorded without cross-attention"
 
 
 def test_a_pairs_summary_chart_tab(page, three):  # noqa: F811
@@ -81,3 +81,41 @@ def test_a_pairs_summary_chart_tab(page, three):  # noqa: F811
     page.click("#ladder [data-block=IN04]")  # a block leads back to its grid
     grid = picture(page, chart["query"])
     assert "view" not in url_state(page) and url_state(page)["block"] == "IN04" and grid["error"] is None  # grid: the default
+
+
+@pytest.fixture(scope="module")
+def attention_pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attention-pair")
+    srv = start([make_attention_store(root / "pair.zarr", pair=True), make_attention_store(root / "other.zarr", seed=5)])
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_difference_on_an_attention_view_and_its_command(page, attention_pair):  # noqa: F811
+    page.goto(attention_pair.url + "?view=attention&layer=IN01.attn2&step=2&head=1")
+    layered = picture(page)
+    assert layered["error"] is None and layered["command"].startswith("dumpunet attention ")
+    assert "--heads 1 " in layered["command"] and "--run layered " in layered["command"]
+    page.click("#mode [data-mode=diff]")
+    diff = picture(page, layered["query"])
+    snap(page, "attention-difference")
+    assert diff["error"] is None and url_state(page)["mode"] == "diff" and "pair layered: diff" in diff["where"]
+    assert not np.array_equal(png_of(attention_pair, diff["query"]), png_of(attention_pair, layered["query"]))
+    path = attention_pair.paths[0]
+    assert diff["command"].startswith(f"dumpunet attention {path} --pair layered --layers IN01.attn2 --steps 2 "
+                                      "--heads 1 ") and "--run" not in diff["command"]
+
+    page.click(".token[data-index='5']")  # girl (car in the base's prompt): the grid narrows to it
+    token = picture(page, diff["query"])
+    assert token["error"] is None and "--tokens 5 --heads 1 " in token["command"]
+    page.click("#views [data-view=heatmap]")  # and its word heatmap's difference
+    heat = picture(page, token["query"])
+    assert heat["error"] is None and "view=heatmap" in heat["query"] and "mode=diff" in heat["query"]
+    assert heat["command"].startswith(f"dumpunet heatmap {path} --pair layered --word 5 ")
+
+    page.click("#mode [data-mode=layered]")  # the layered run minus the other store
+    page.select_option("#minus", "1")
+    minus = picture(page, picture(page, heat["query"])["query"])
+    assert minus["error"] is None and "minus=1" in minus["query"]
+    assert minus["command"].startswith(f"dumpunet heatmap {path}:layered {attention_pair.paths[1]} --word 5 ")

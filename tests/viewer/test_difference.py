@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import reference
 from click.testing import CliRunner
-from test_server import get, pixels
+from test_server import cli_picture, get, pixels
 
 from dumpunet.analyzer.color.spec import ColorSpec
 from dumpunet.cli import main
@@ -67,7 +67,7 @@ def raw(path, block: str, step: int, guidance: str = "cond") -> np.ndarray:
     ("block=OUT11&step=2&method=Red/Blue&transform=linear", ColorSpec("Red/Blue", "linear")),
     ("block=IN04&step=3&guidance=uncond", ColorSpec()),  # Custom HSL, each tile's own Auto range
 ])
-def test_a_minus_b_grid_is_the_coloured_difference_of_the_raw_arrays(served, recorded, query, spec):
+def test_a_minus_b_grid_is_the_coloured_difference_of_the_raw_arrays(served, recorded, tmp_path, query, spec):
     status, headers, body = get(served, f"api/image?{query}&minus=1")
     assert status == 200, body
     params = dict(p.split("=") for p in query.split("&"))
@@ -79,12 +79,27 @@ def test_a_minus_b_grid_is_the_coloured_difference_of_the_raw_arrays(served, rec
     assert (th, tw) == d.shape[1:] and cols * rows >= d.shape[0]
     expected = reference.tile(reference.colorize(d, spec), cols, rows)
     assert np.array_equal(pixels(body), expected)
-    # A alone and B alone are other pictures; A - B has no single CLI command
+    # A alone is another picture; A - B is what `diff A B` writes
     assert not np.array_equal(pixels(get(served, f"api/image?{query}")[2]), expected)
-    assert json.loads(get(served, f"api/command?{query}&minus=1")[2])["command"] is None
+    command = json.loads(get(served, f"api/command?{query}&minus=1")[2])["command"]
+    assert command.startswith(f"dumpunet diff {recorded[0]} {recorded[1]} ")
+    assert np.array_equal(cli_picture(command, tmp_path, "diff-"), expected)
     # and the other way round is B - A
     back = pixels(get(served, f"api/image?{query.replace('block', 'store=1&block')}&minus=0")[2])
     assert np.array_equal(back, reference.tile(reference.colorize(reference.diff(b, a), spec), cols, rows))
+
+
+@pytest.mark.parametrize("query, prefix", [
+    ("view=attention&step=2&head=mean", "diff-"),
+    ("view=heatmap&token=2&step=2", "diff-heatmap"),
+])
+def test_a_minus_b_attention_and_word_heatmap_are_what_their_commands_write(served, recorded, tmp_path, query, prefix):
+    status, _, body = get(served, f"api/image?{query}&minus=1")
+    assert status == 200, body
+    command = json.loads(get(served, f"api/command?{query}&minus=1")[2])["command"]
+    assert command.split()[1:4] == [query.split("&")[0][len("view="):], str(recorded[0]), str(recorded[1])]
+    assert np.array_equal(pixels(body), cli_picture(command, tmp_path, prefix))
+    assert body != get(served, f"api/image?{query}")[2]  # A alone is another picture
 
 
 def test_a_minus_b_channel_average_and_final_image(served, recorded):
@@ -126,8 +141,8 @@ def test_a_minus_b_summary_numbers_are_the_raw_arrays(served, recorded):
     ("minus=2", ("a.zarr and small.zarr have different U-Net layouts: block IN00 is 8x8x8 in a.zarr but 8x4x4 in "
                  "small.zarr; a difference needs two recordings of one model at one size")),
     ("minus=2&view=summary", "a.zarr and small.zarr have different U-Net layouts"),
-    ("minus=1&view=attention", ("the difference of two stores shows channel grids, final images and the summary "
-                                "chart, not the attention view")),
+    ("minus=2&view=attention", "a.zarr and small.zarr have different U-Net layouts"),
+    ("minus=2&view=heatmap&token=2", "a.zarr and small.zarr have different U-Net layouts"),
     ("minus=0", "minus names the shown store itself (0); choose another store"),
     ("view=summary", "the summary chart compares two runs: choose a pair, or another store to subtract"),
 ])

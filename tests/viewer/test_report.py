@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from viewer_stores import make_attention_store
 
 from dumpunet.analyzer.pick import Pick
 from dumpunet.cli import main
@@ -62,6 +63,24 @@ def test_the_report_covers_runs_pairs_blocks_steps_layers_and_tokens(report, sto
     for p in pair.pairs:
         key = view_key(ViewState(store=1, pair=p.label, mode="diff", block="OUT11", step=pair.steps[-1]))
         assert key in views
+
+
+def test_a_pairs_difference_of_attention_and_word_heatmaps_is_in_the_report(tmp_path):
+    store = make_attention_store(tmp_path / "pair.zarr", pair=True)
+    out = tmp_path / "report"
+    export_report([store], out, Pick(blocks="IN01", steps="2"), progress=False)
+    views = _data(out)["views"]
+    opened = open_store(store)
+    wanted = [ViewState(view="attention", pair="layered", mode="diff", layer="IN01.attn2", head=h, step=2)
+              for h in ("all", "mean")]
+    wanted += [ViewState(view="heatmap", pair="layered", mode="diff", token=t, step=2) for t in (2, 5)]
+    for state in wanted:
+        entry = views[view_key(state)]
+        assert "error" not in entry, entry
+        assert np.array_equal(np.asarray(Image.open(out / entry["file"])), render_view(opened, state))
+        assert f" {store} --pair layered " in entry["command"]
+    layered = views[view_key(ViewState(view="attention", run="layered", layer="IN01.attn2", step=2))]
+    assert (out / layered["file"]).read_bytes() != (out / views[view_key(wanted[0])]["file"]).read_bytes()
 
 
 def test_the_report_is_self_contained_and_listed_in_its_manifest(report):

@@ -23,6 +23,7 @@ from dumpunet.analyzer.grid import grid_shape
 from dumpunet.cli import main
 from dumpunet.errors import ExpressionError
 from dumpunet.viewer.server import start
+from dumpunet.viewer.state import MODES
 
 
 def get(server, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -121,7 +122,11 @@ def test_one_head_and_the_final_image(server):
     one = pixels(get(server, "api/image?view=attention&layer=IN01.attn2&head=1&token=2")[2])
     both = pixels(get(server, "api/image?view=attention&layer=IN01.attn2&token=2")[2])
     assert one.shape[0] < both.shape[0] and one.shape[1] == both.shape[1]  # one row of tiles instead of two
-    assert json.loads(get(server, "api/command?view=attention&head=mean")[2])["command"] is None
+    assert np.array_equal(one[-32:], both[-32:])  # head 1 is the second row (8 x 8 maps, 4 times enlarged)
+    assert "--heads 1 " in json.loads(get(server, "api/command?view=attention&head=1")[2])["command"]
+    assert "--average mean " in json.loads(get(server, "api/command?view=attention&head=mean")[2])["command"]
+    status, _, body = get(server, "api/image?view=attention&layer=IN01.attn2&head=2")
+    assert status == 400 and json.loads(body)["error"].startswith("bad head selection of IN01.attn2: head 2 out of range 0..1")
     final = pixels(get(server, "api/image?view=final")[2])
     assert np.array_equal(final, zarr.open_array(server.paths[0] / "runs/main/images", mode="r")[0])
 
@@ -137,13 +142,49 @@ def test_pca_is_one_picture_whose_command_names_only_the_method(server):
     assert status == 400 and "every channel" in json.loads(body)["error"]
 
 
-@pytest.mark.parametrize("view", ["view=attention", "view=heatmap&token=1", "view=query"])
-def test_a_pairs_difference_refuses_attention_views(server, view):
-    status, _, body = get(server, "api/image?store=1&pair=layered&mode=diff&" + view)
-    assert status == 400, body  # not the layered run's picture under the difference's name
-    name = view.split("&")[0][len("view="):]
-    assert json.loads(body)["error"] == (f"a pair's difference shows channel grids, final images and the summary "
-                                         f"chart, not the {name} view (choose base or layered to see either run's)")
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """girl.zarr, other.zarr (other attention, features and final image) and a pair with attention."""
+    root = tmp_path_factory.mktemp("compared")
+    srv = start([make_attention_store(root / "girl.zarr"), make_attention_store(root / "other.zarr", seed=5),
+                 make_attention_store(root / "pair.zarr", pair=True)])
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("query, prefix", [
+    ("view=attention&layer=IN01.attn2&head=1&token=2", ""),
+    ("view=attention&layer=M00.attn2&head=mean&method=Red/Blue", ""),
+    ("store=2&pair=layered&mode=diff&view=attention&layer=IN01.attn2&step=2", "diff-"),
+    (("store=2&pair=layered&mode=diff&view=attention&layer=IN01.attn2&head=0&method=Red/Blue&transform=linear"
+      "&clamp_min=-0.2&clamp_max=0.2"), "diff-"),
+    ("store=2&pair=layered&mode=diff&view=attention&layer=M00.attn2&space=rgb&auto_scope=block", "diff-"),
+    ("view=attention&layer=IN01.attn2&minus=1&head=mean", "diff-"),
+    ("store=2&pair=layered&mode=base&view=attention&minus=1&step=2&token=5", "diff-"),
+    ("store=2&pair=layered&mode=diff&view=heatmap&token=5&step=2", "diff-heatmap"),
+    ("view=heatmap&token=4&minus=1&alpha=0.8&layers=IN01", "diff-heatmap"),
+    ("store=2&pair=layered&mode=diff&view=query&qx=0.2&qy=0.7", "diff-querymap"),
+    ("block=OUT11&step=2&minus=1", "diff-"),
+    ("store=2&pair=layered&mode=diff&block=IN04&step=1", "diff-"),  # the page's default colours, Auto per tile
+    ("view=final&minus=1", "final-diff-norm"),
+])
+def test_differences_and_heads_served_equal_what_their_cli_command_writes(compared, tmp_path, query, prefix):
+    status, headers, body = get(compared, "api/image?" + query)
+    assert status == 200 and headers["Content-Type"] == "image/png", body
+    command = json.loads(get(compared, "api/command?" + query)[2])["command"]
+    assert np.array_equal(pixels(body), cli_picture(command, tmp_path, prefix)), command
+
+
+@pytest.mark.parametrize("view", ["view=attention&layer=IN01.attn2", "view=heatmap&token=5", "view=query"])
+def test_a_pairs_difference_of_attention_views_is_another_picture_than_either_run(compared, view):
+    shown = {mode: get(compared, f"api/image?store=2&pair=layered&step=2&mode={mode}&{view}") for mode in MODES}
+    assert all(status == 200 for status, _, _ in shown.values()), shown
+    assert len({body for _, _, body in shown.values()}) == 3
+    command = json.loads(get(compared, f"api/command?store=2&pair=layered&step=2&mode=diff&{view}")[2])["command"]
+    assert " --pair layered " in command and "--run" not in command
+    minus = json.loads(get(compared, f"api/command?step=2&minus=1&{view}")[2])["command"]
+    assert minus.split()[2:4] == [str(compared.paths[0]), str(compared.paths[1])]  # dumpunet VIEW A B ...
 
 
 @pytest.mark.parametrize("path", [

@@ -32,6 +32,12 @@ scope ``head`` the bar runs from "row min" to "row max". ``plain`` leaves the he
 ``aggregate="resolution"`` (prompt-to-prompt's aggregate): per map size, the cross-attention
 layers of that size averaged over their heads and then over the layers, one row of token maps.
 
+``heads`` keeps some heads (one row each). The difference of two runs (``pair``: a pair's
+``layered - base``; ``base``: another store's run, as ``diff A B``) is drawn the same way from
+``run - base`` in float32 (:mod:`.attention_diff` checks that the runs compare), in diff's
+colours by default; its files start with ``diff-``. :func:`attention_grid` is one plain grid in
+memory, the viewer's attention view, drawn by the same functions as the files.
+
 File names: ``{layer}-step{step:03}-img{image}-{guidance}[-tok-{tokens}][-query-x{x}-y{y}]-{feature}[-avg-{kind}]-{colorization}.png``
 (an aggregate: ``res{h}x{w}`` in place of the layer, ``-aggregate`` after the feature, and a ``.npy``
 of its maps beside it): the tokens, the query pixel and the average are in the name, so ``--tokens girl`` and then
@@ -46,13 +52,14 @@ import math
 import os
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from dumpunet.analyzer.attention_diff import compare_runs
 from dumpunet.analyzer.color.colorize import colorize
-from dumpunet.analyzer.color.spec import ATTENTION_COLOR, ColorSpec
+from dumpunet.analyzer.color.spec import ATTENTION_COLOR, DIFF_COLOR, ColorSpec
 from dumpunet.analyzer.grid import tile
 from dumpunet.analyzer.grid_labels import bar_info, bar_range, colour_bar, frame, number
 from dumpunet.analyzer.heatmap import by_resolution, check_point, mark_point, nearest_query
@@ -61,7 +68,7 @@ from dumpunet.analyzer.output import OutputFolder, WrittenFile, name_part, text_
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png, resolve_encoder
 from dumpunet.analyzer.pool import check_jobs, kernel_lock, progress_bar, run_parallel
-from dumpunet.analyzer.reduce import AVERAGES, average_label
+from dumpunet.analyzer.reduce import AVERAGES, average_label, difference
 from dumpunet.analyzer.reduce import channel_average as reduce_channels
 from dumpunet.analyzer.scope import AutoRanges, json_range
 from dumpunet.analyzer.selection import select_attention, store_label
@@ -73,7 +80,7 @@ from dumpunet.specs import parse_ints
 from dumpunet.store import Run, Store, open_store
 from dumpunet.store.schema import TokenRow
 
-__all__ = ["AGGREGATES", "ATTENTION_COLOR", "render_attention"]
+__all__ = ["AGGREGATES", "ATTENTION_COLOR", "attention_grid", "render_attention", "tile_scale"]
 
 AGGREGATES = ("resolution",)
 """What ``aggregate`` may average: ``resolution``, the cross-attention layers of one map size."""
@@ -89,13 +96,16 @@ class _Item:
 
 
 def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[float] | None, average: str | None = None,
-           lock: AbstractContextManager[Any] | None = None):
+           lock: AbstractContextManager[Any] | None = None, heads: str = "", base: Run | None = None):
     """Return (maps [rows*cols, h, w], rows, cols, row labels, column labels) for one item.
 
-    With ``average``, the heads of each token (qk), the heads (k) or every channel (vqk) are
+    ``heads`` (a spec such as ``0`` or ``0-3``; empty: every head) keeps those heads. With
+    ``average``, the heads of each token (qk), the heads (k) or every channel (vqk) are
     reduced to one map by :func:`~dumpunet.analyzer.reduce.channel_average` (a numba kernel,
     run holding ``lock``: :func:`~dumpunet.analyzer.pool.kernel_lock`): one row of tiles.
-    An aggregate item is :func:`_resolution_mean`'s one row.
+    With ``base`` (a run checked by :class:`~dumpunet.analyzer.attention_diff.RunPair`), the maps
+    are ``run - base`` in float32, subtracted before the average; tokens are chosen in ``run``'s
+    prompt and compared by position. An aggregate item is :func:`_resolution_mean`'s one row.
     """
     lock = lock or nullcontext()
 
@@ -104,11 +114,14 @@ def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[flo
             return reduce_channels(x, kind)  # type: ignore[arg-type]
 
     if item.layers:
-        return _resolution_mean(run, item, tokens)
-    data = run.attention(item.layer, item.step, feature=feature, guidance=item.guidance, image=item.image, dtype=np.float32)
-    heads = data.shape[0]
+        return _resolution_mean(run, item, tokens, base, lock)
+    data = _read(run, base, item.layer, item.step, feature, item.guidance, item.image, lock)
     info = run.layer_info(item.layer, feature)
-    head_labels = [f"h{i}" for i in range(heads)] if heads > 1 or info.heads != "mean" else ["mean"]
+    head_labels = [f"h{i}" for i in range(data.shape[0])] if data.shape[0] > 1 or info.heads != "mean" else ["mean"]
+    if heads.strip():
+        chosen = parse_ints(heads, 0, data.shape[0] - 1, noun="head", what=f"head selection of {item.layer}")
+        data, head_labels = data[chosen], [head_labels[i] for i in chosen]
+    n_heads = data.shape[0]
     if average is not None:
         head_labels = [average]
     hw = info.layer_hw
@@ -122,32 +135,59 @@ def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[flo
         return maps, 1, len(maps), [], head_labels
     if feature == "vqk":
         h, w = hw
-        maps = data.transpose(0, 2, 1).reshape(heads * data.shape[2], h, w)
+        maps = data.transpose(0, 2, 1).reshape(n_heads * data.shape[2], h, w)
         if average is not None:  # the original's V*Q*K average: over all channels (heads x dims)
             return channel_average(maps, average)[None], 1, 1, head_labels, ["all"]
-        return maps, heads, data.shape[2], head_labels, [str(d) for d in range(data.shape[2])]
+        return maps, n_heads, data.shape[2], head_labels, [str(d) for d in range(data.shape[2])]
     if not cross:
         if query is None:
             raise SelectionError(f"{item.layer} is a self-attention layer: give --query x,y to choose the query pixel")
         q, (px, py) = nearest_query(info, query)
-        maps = data[:, q, :].reshape(heads, *hw)
+        maps = data[:, q, :].reshape(n_heads, *hw)
         if average is not None:
             maps = channel_average(maps, average)[None]
         return maps, len(maps), 1, head_labels, [f"query ({px},{py})"]
     row = run.token_row(guidance=item.guidance, image=item.image, block=item.layer)
     idx = _token_index(tokens, row, data.shape[2])
-    per_token = data[:, :, idx].transpose(2, 0, 1).reshape(len(idx), heads, *hw)  # [token, head, h, w]
+    per_token = data[:, :, idx].transpose(2, 0, 1).reshape(len(idx), n_heads, *hw)  # [token, head, h, w]
     if average is not None:
         maps = np.stack([channel_average(x, average) for x in per_token])
     else:
-        maps = per_token.transpose(1, 0, 2, 3).reshape(heads * len(idx), *hw)
-    names = row.tokens if row is not None else [str(i) for i in range(data.shape[2])]
-    return maps, len(maps) // len(idx), len(idx), head_labels, [f"{i}:{label(names[i])}" for i in idx]
+        maps = per_token.transpose(1, 0, 2, 3).reshape(n_heads * len(idx), *hw)
+    base_row = base.token_row(guidance=item.guidance, image=item.image, block=item.layer) if base else None
+    return maps, len(maps) // len(idx), len(idx), head_labels, _token_labels(row, base_row, idx)
 
 
-def _resolution_mean(run: Run, item: _Item, tokens: str):
+def _read(run: Run, base: Run | None, layer: str, step: int, feature: str, guidance: str, image: int,
+          lock: AbstractContextManager[Any]) -> np.ndarray:
+    """One layer's attention at a step in float32: of ``run``, or ``run - base``."""
+    data = run.attention(layer, step, feature=feature, guidance=guidance, image=image, dtype=np.float32)
+    if base is None:
+        return data
+    other = base.attention(layer, step, feature=feature, guidance=guidance, image=image, dtype=np.float32)
+    with lock:
+        return difference(data, other)
+
+
+def _token_labels(row: TokenRow | None, base_row: TokenRow | None, idx: list[int]) -> list[str]:
+    """Column labels ``5:girl``; of a difference, ``5:girl-car`` where the base's token at 5 differs."""
+    def name(r: TokenRow | None, i: int) -> str:
+        return label(r.tokens[i]) if r is not None and i < len(r.tokens) else str(i)
+
+    labels = []
+    for i in idx:
+        text = name(row, i)
+        if base_row is not None and name(base_row, i) != text:
+            text += f"-{name(base_row, i)}"
+        labels.append(f"{i}:{text}")
+    return labels
+
+
+def _resolution_mean(run: Run, item: _Item, tokens: str, base: Run | None = None,
+                     lock: AbstractContextManager[Any] | None = None):
     """One row of token maps: the probabilities of ``item.layers`` (one map size) averaged over
-    each layer's heads, then over the layers (the mean of the layers' head means; no resampling)."""
+    each layer's heads, then over the layers (the mean of the layers' head means; no resampling);
+    with ``base``, of ``run - base``."""
     first = item.layers[0]
     row = run.token_row(guidance=item.guidance, image=item.image, block=first)
     for layer in item.layers[1:]:
@@ -157,15 +197,15 @@ def _resolution_mean(run: Run, item: _Item, tokens: str):
                                  "the layers of one prompt; pick them with --layers")
     acc = None
     for layer in item.layers:
-        data = run.attention(layer, item.step, feature="qk", guidance=item.guidance, image=item.image, dtype=np.float32)
+        data = _read(run, base, layer, item.step, "qk", item.guidance, item.image, lock or nullcontext())
         if acc is None:
             idx = _token_index(tokens, row, data.shape[2])
             acc = np.zeros((len(idx), data.shape[1]), np.float64)
         acc += data[:, :, idx].mean(axis=0, dtype=np.float64).T  # [token, query]
     h, w = run.layer_info(first).layer_hw
     maps = (acc / len(item.layers)).astype(np.float32).reshape(len(idx), h, w)
-    names = row.tokens if row is not None else [str(i) for i in range(max(idx) + 1)]
-    return maps, 1, len(idx), ["mean"], [f"{i}:{label(names[i])}" for i in idx]
+    base_row = base.token_row(guidance=item.guidance, image=item.image, block=first) if base else None
+    return maps, 1, len(idx), ["mean"], _token_labels(row, base_row, idx)
 
 
 def _token_index(spec: str, row: TokenRow | None, n: int) -> list[int]:
@@ -199,23 +239,37 @@ def _framed(grid: np.ndarray, rows: int, cols: int, cell: tuple[int, int], row_l
 def render_attention(
     store: Store | str | os.PathLike[str],
     pick: Pick = Pick(),
-    color: ColorSpec = ATTENTION_COLOR,
+    color: ColorSpec | None = None,
     *,
     out: str | os.PathLike[str],
     tokens: str = "",
     feature: str = "qk",
     query: Sequence[float] | None = None,
     scale: int | None = None,
+    heads: str = "",
     average: str | None = None,
     aggregate: str | None = None,
     plain: bool = False,
+    pair: str | None = None,
+    base: Store | str | os.PathLike[str] | None = None,
+    base_run: str | None = None,
     png_encoder: str | None = None,
     progress: bool = True,
     jobs: int | None = None,
 ) -> list[WrittenFile]:
     """Render heads x tokens grids of the attention layers ``pick`` selects; return the written files.
 
-    ``pick.blocks`` names layers or blocks; ``channels`` and ``which`` do not apply.
+    ``pick.blocks`` names layers or blocks; ``channels`` and ``which`` do not apply. ``heads``
+    keeps some heads (``"0"``, ``"0-3"``; empty: all). ``color`` defaults to
+    :data:`~dumpunet.analyzer.color.spec.ATTENTION_COLOR`.
+
+    ``pair`` (a pair's label) or ``base`` (another store; ``base_run`` its run) draw the
+    difference of two runs instead, as :func:`~dumpunet.analyzer.diff.diff` draws block outputs:
+    ``layered - base`` of the pair, or ``pick.run`` of ``store`` minus the base store's run
+    (:func:`~dumpunet.analyzer.attention_diff.compare_runs` checks that they compare), in float32,
+    before any head average; ``color`` then defaults to diff's
+    :data:`~dumpunet.analyzer.color.spec.DIFF_COLOR` (blue-white-red, white = no change). File
+    names start with ``diff-``, titles name both runs, and the manifest the base.
 
     A grid is labelled (:func:`_legend`): a title strip (store, run, layer, step, image, half,
     what the tiles show, the colorization in words, and the Auto scope with its ranges, e.g.
@@ -238,23 +292,15 @@ def render_attention(
     ...                  out="attn")  # doctest: +SKIP
     >>> render_attention("girl.zarr", Pick(steps="20"), aggregate="resolution", out="p2p")  # doctest: +SKIP
     """
-    if color.pca:
-        raise OptionError("method PCA colours block features; attention maps take White/Black, Red/Blue or Custom")
-    if average is not None and average not in AVERAGES:
-        raise OptionError(f"unknown head average {average!r} (valid: {', '.join(AVERAGES)})")
     if aggregate is not None:
         if aggregate not in AGGREGATES:
             raise OptionError(f"unknown aggregate {aggregate!r} (valid: {', '.join(AGGREGATES)})")
         if feature != "qk" or average is not None or query is not None:
             raise OptionError("aggregate averages the cross-attention probabilities over layers and heads: "
                               "it takes no feature other than qk, no head average and no query")
-    if scale is not None:
-        check_scale(scale)
-    if query is not None:
-        query = check_point(query)
     jobs = check_jobs(jobs)
-    st = store if isinstance(store, Store) else open_store(store)
-    sel = select_attention(st, pick, "attention")
+    st, sel, compared, color, query = _prepare(store, pick, color, scale=scale, query=query, average=average,
+                                               pair=pair, base=base, base_run=base_run)
     layer_list = sel.layers
     r = sel.run
     if aggregate is not None:
@@ -265,6 +311,9 @@ def render_attention(
         layer_list = [name for name in layer_list if ".attn1" not in name]
         if not layer_list:
             raise SelectionError(f"only self-attention layers match {pick.blocks!r}: give --query x,y to choose the query pixel")
+    if compared is not None:
+        compared.check(layer_list, sel.steps, feature)
+    against = compared.base if compared is not None else None
     encoder = resolve_encoder(png_encoder)
     output = OutputFolder(out)
     if aggregate is not None:
@@ -276,8 +325,8 @@ def render_attention(
     # Read and check everything first (on the pool), so a bad token or a missing step writes nothing.
     lock = kernel_lock()
     read: list[tuple[_Item, tuple]] = []  # type: ignore[type-arg]
-    run_parallel(items, lambda item: (item, _grids(r, item, feature, tokens, query, average, lock)), jobs=jobs,
-                 done=read)
+    run_parallel(items, lambda item: (item, _grids(r, item, feature, tokens, query, average, lock, heads, against)),
+                 jobs=jobs, done=read)
     grids = dict(read)
     ranges = AutoRanges(color, rows=True)
     if ranges.first_pass:
@@ -289,21 +338,23 @@ def render_attention(
                 col_labels: list[str]) -> tuple[np.ndarray, dict[str, Any], str]:
         """One grid's pixels, manifest entry and file stem (colours, tiles and bars are numba kernels)."""
         h, w = maps.shape[1:]
-        k = scale or max(1, min(16, math.ceil(ATTENTION_TILE_TARGET / max(1, min(h, w)))))
+        k = tile_scale(h, w, scale)
         minmax = ranges.minmax(maps, step=item.step, image=item.image, guidance=item.guidance, rows=rows)
-        tiles = tile(colorize(maps, color, minmax=minmax), cols, rows, scale=k)
         marker = _query_marker(r, item, feature, query) if not plain else None
-        if marker is not None:  # every tile marks the query pixel it shows
-            _mark_tiles(tiles, rows, cols, (h, w), k, marker)
-        grid = _framed(tiles, rows, cols, (h * k, w * k), row_labels, col_labels)
+        grid = _plain_grid(maps, rows, cols, row_labels, col_labels, color, minmax, k, marker)
         avg = f"-{average_label(average)}" if average is not None else ("-aggregate" if item.layers else "")
-        stem = f"{name_part(item.layer, 'layer')}-step{item.step:03d}-img{item.image}-{item.guidance}{which}-{feature}{avg}"
+        stem = (f"{'diff-' if compared else ''}{name_part(item.layer, 'layer')}-step{item.step:03d}-img{item.image}-"
+                f"{item.guidance}{which}-{feature}{avg}")
         entry = {
             "kind": "attention-aggregate" if item.layers else "attention", "store": str(st.path), "run": r.name,
             "layer": item.layer, "step": item.step, "image": item.image, "guidance": item.guidance, "feature": feature,
             "average": average, "rows": row_labels, "columns": col_labels, "scale": k, "color": color.to_json(),
             "plain": plain,
         }
+        if heads:
+            entry["heads"] = heads
+        if compared is not None:
+            entry.update(kind=f"{entry['kind']}-difference", **compared.describe())
         if item.layers:
             entry.update(resolution=[h, w], layers=list(item.layers))
         if marker is not None:
@@ -313,9 +364,9 @@ def render_attention(
         elif ranges.per_row:  # one [min, max] per row, in row order
             entry["ranges"] = [json_range(tuple(minmax[i * cols])) for i in range(rows)]
         if not plain:
-            heads = average is None and not item.layers and feature != "k"  # else one row that is no head
-            scope, bar_pixels, entry["colorbar"] = _legend(color, minmax, rows, cols, row_labels, heads)
-            lines = _title(st, r, item, feature, average, k, color) + [scope]
+            head_rows = average is None and not item.layers and feature != "k"  # else one row that is no head
+            scope, bar_pixels, entry["colorbar"] = _legend(color, minmax, rows, cols, row_labels, head_rows)
+            lines = _title(st, r, item, feature, average, k, color, compared.label if compared else None) + [scope]
             entry.update(title=lines, legend=scope)
             grid = frame(grid, lines=lines, bar=bar_pixels)[0]
         return grid, entry, stem
@@ -338,6 +389,90 @@ def render_attention(
     return [f for batch in batches for f in batch]
 
 
+def _prepare(store: Store | str | os.PathLike[str], pick: Pick, color: ColorSpec | None, *, scale: int | None,
+             query: Sequence[float] | None, average: str | None, pair: str | None,
+             base: Store | str | os.PathLike[str] | None, base_run: str | None):
+    """Check the options, open the store and select; return (store, selection, compared runs or None, colour, query)."""
+    if color is not None and color.pca:
+        raise OptionError("method PCA colours block features; attention maps take White/Black, Red/Blue or Custom")
+    if average is not None and average not in AVERAGES:
+        raise OptionError(f"unknown head average {average!r} (valid: {', '.join(AVERAGES)})")
+    if scale is not None:
+        check_scale(scale)
+    if query is not None:
+        query = check_point(query)
+    st = store if isinstance(store, Store) else open_store(store)
+    compared = None
+    if pair is not None or base is not None or base_run is not None:
+        compared = compare_runs(st, pick, pair=pair, base=base, base_run=base_run)
+        pick = replace(pick, run=compared.run.name)
+    if color is None:
+        color = DIFF_COLOR if compared is not None else ATTENTION_COLOR
+    return st, select_attention(st, pick, "attention"), compared, color, query
+
+
+def tile_scale(h: int, w: int, scale: int | None = None) -> int:
+    """How many times a map's tiles are enlarged: ``scale``, or enough for 32 pixels on a side (at most 16).
+
+    >>> tile_scale(8, 8), tile_scale(64, 64), tile_scale(1, 1), tile_scale(8, 8, 3)
+    (4, 1, 16, 3)
+    """
+    return scale or max(1, min(16, math.ceil(ATTENTION_TILE_TARGET / max(1, min(h, w)))))
+
+
+def _plain_grid(maps: np.ndarray, rows: int, cols: int, row_labels: list[str], col_labels: list[str],
+                color: ColorSpec, minmax: Any, k: int, marker: tuple[int, int] | None = None) -> np.ndarray:
+    """The coloured tiles, enlarged ``k`` times, (marked at ``marker``), under their head and token headers."""
+    h, w = maps.shape[1:]
+    tiles = tile(colorize(maps, color, minmax=minmax), cols, rows, scale=k)
+    if marker is not None:  # every tile marks the query pixel it shows
+        _mark_tiles(tiles, rows, cols, (h, w), k, marker)
+    return _framed(tiles, rows, cols, (h * k, w * k), row_labels, col_labels)
+
+
+def attention_grid(
+    store: Store | str | os.PathLike[str],
+    pick: Pick,
+    color: ColorSpec | None = None,
+    *,
+    tokens: str = "",
+    heads: str = "",
+    average: str | None = None,
+    query: Sequence[float] | None = None,
+    pair: str | None = None,
+    base: Store | str | os.PathLike[str] | None = None,
+    base_run: str | None = None,
+) -> np.ndarray:
+    """The pixels of one plain grid: the file :func:`render_attention` writes with ``plain=True`` for a pick of
+    one layer, step, image and guidance half (the viewer's attention view). Options as there.
+
+    Examples
+    --------
+    >>> attention_grid("pair.zarr", Pick(blocks="IN01.attn2", steps="20", images="0", guidance="cond"),
+    ...                pair="layered", heads="1").shape  # doctest: +SKIP
+    (60, 260, 3)
+    """
+    _, sel, compared, color, query = _prepare(store, pick, color, scale=None, query=query, average=average,
+                                              pair=pair, base=base, base_run=base_run)
+    items = list(sel.items())
+    if len(items) != 1:
+        raise SelectionError(f"one grid is one layer, step, image and guidance half; the pick selects {len(items)}")
+    step, layer, image, guidance = items[0]
+    if compared is not None:
+        compared.check([layer], [step])
+    item = _Item(layer, step, image, guidance)
+    maps, rows, cols, row_labels, col_labels = _grids(sel.run, item, "qk", tokens, query, average, None, heads,
+                                                      compared.base if compared is not None else None)
+    maps = np.ascontiguousarray(maps)
+    ranges = AutoRanges(color, rows=True)
+    where = {"step": step, "image": image, "guidance": guidance}
+    if ranges.first_pass:
+        ranges.add(maps, **where)
+    h, w = maps.shape[1:]
+    return _plain_grid(maps, rows, cols, row_labels, col_labels, color, ranges.minmax(maps, **where, rows=rows),
+                       tile_scale(h, w))
+
+
 def _query_marker(r: Run, item: _Item, feature: str, query: Sequence[float] | None) -> tuple[int, int] | None:
     """The (x, y) map pixel of a self-attention grid's query (the stored one nearest ``query``); None for others."""
     if query is None or item.layers or feature != "qk":
@@ -357,8 +492,9 @@ def _mark_tiles(tiles: np.ndarray, rows: int, cols: int, hw: tuple[int, int], k:
             tiles[y0 : y0 + th, x0 : x0 + tw] = mark_point(tiles[y0 : y0 + th, x0 : x0 + tw], x, y)
 
 
-def _title(st: Store, r: Run, item: _Item, feature: str, average: str | None, k: int, color: ColorSpec) -> list[str]:
-    """The title strip's first lines: what the grid shows, then how it is drawn."""
+def _title(st: Store, r: Run, item: _Item, feature: str, average: str | None, k: int, color: ColorSpec,
+           difference: str | None = None) -> list[str]:
+    """The title strip's first lines: what the grid shows (``difference``: which runs subtracted), then how it is drawn."""
     call = r.calls.index(item.step, 0)
     t = float(r.calls.timestep[call])
     step = f"step {item.step}" + (f" (t={t:g})" if math.isfinite(t) else "")
@@ -366,7 +502,8 @@ def _title(st: Store, r: Run, item: _Item, feature: str, average: str | None, k:
     if item.layers:
         h, w = r.layer_info(item.layers[0]).layer_hw
         layer = f"{h}x{w} cross-attention: mean of {', '.join(item.layers)}"
-    first = " | ".join([store_label(st), f"run {r.name}", layer, step, f"image {item.image}", item.guidance])
+    runs = [f"difference {difference}"] if difference else [store_label(st), f"run {r.name}"]
+    first = " | ".join([*runs, layer, step, f"image {item.image}", item.guidance])
     what = {"qk": "rows: heads, columns: tokens", "k": "keys: one tile per head", "vqk": "rows: heads, columns: head dims"}[feature]
     if item.layers:
         what = "each token's attention averaged over the layers and their heads"

@@ -15,6 +15,10 @@ selects (``blocks`` names layers or blocks); a map is of one image and one half,
 title strip with a colour bar (:func:`~dumpunet.analyzer.grid_labels.frame`, as render's grids),
 colours from :mod:`~dumpunet.analyzer.colormaps`, and the map itself as ``.npy``; a query map's
 overlay has a cross-hair at the query pixel (:func:`mark_point`).
+
+The difference of two runs (a pair's, or two stores': :mod:`.attention_diff`) is
+:func:`heatmap_difference`, ``run - base`` of the summed attention before normalizing, drawn by
+:func:`difference_overlay` in diff's blue-white-red over the run's final image.
 """
 
 from __future__ import annotations
@@ -30,7 +34,17 @@ import numpy as np
 from PIL import Image
 
 from dumpunet.analyzer import colormaps as cmaps
-from dumpunet.analyzer.grid_labels import BAR_HEIGHT, BAR_WIDTH, frame, number
+from dumpunet.analyzer.attention_diff import RunPair, compare_runs
+from dumpunet.analyzer.color.colorize import colorize
+from dumpunet.analyzer.color.spec import DIFF_COLOR
+from dumpunet.analyzer.grid_labels import (
+    BAR_HEIGHT,
+    BAR_WIDTH,
+    bar_range,
+    colour_bar,
+    frame,
+    number,
+)
 from dumpunet.analyzer.output import OutputFolder, WrittenFile, text_part
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png
@@ -155,6 +169,50 @@ def _query_sum(store: Store, point: Sequence[float], pick: Pick) -> np.ndarray:
     return _aggregate(store, r, _layers(store, r, pick.blocks, cross=False), pixel_map, pick.steps, guidance, image)
 
 
+def heatmap_difference(runs: RunPair, pick: Pick, *, word: str | None = None,
+                       query: Sequence[float] | None = None) -> np.ndarray:
+    """``run - base`` of a word's (or query pixel's) summed attention, ``[H, W]`` float32, not normalized.
+
+    Both maps are summed as :func:`word_heatmap` sums them (each run finds the word in its own
+    prompt), over the same layers and steps, which both runs must hold (:meth:`RunPair.check`).
+    """
+    if (word is None) == (query is None):
+        raise OptionError("give exactly one of word and query")
+    r, _, _ = _one_map(runs.store, replace(pick, run=runs.run.name))
+    layers = _layers(runs.store, r, pick.blocks, cross=word is not None)
+    runs.check(layers, runs.store.select_steps(pick.steps, run=r.name))
+    base_layers = _layers(runs.base_store, runs.base, pick.blocks, cross=word is not None)
+    if base_layers != layers:
+        raise SelectionError(f"{runs.runs} differ: {pick.blocks or 'all layers'!r} picks layers {', '.join(layers)} in "
+                             f"{runs.desc} but {', '.join(base_layers)} in {runs.base_desc}")
+
+    def total(store: Store, run: Run) -> np.ndarray:
+        one = replace(pick, run=run.name)
+        return _word_sum(store, word, one) if word is not None else _query_sum(store, query, one)  # type: ignore[arg-type]
+
+    a = total(runs.store, runs.run)
+    try:
+        b = total(runs.base_store, runs.base)
+    except SelectionError as exc:
+        raise SelectionError(f"base run {runs.base_desc}: {exc}") from None
+    if a.shape != b.shape:
+        raise SelectionError(f"{runs.runs} differ: the images are {a.shape[1]}x{a.shape[0]} in {runs.desc} but "
+                             f"{b.shape[1]}x{b.shape[0]} in {runs.base_desc}")
+    return (a - b).astype(np.float32)
+
+
+def difference_overlay(image: np.ndarray, d: np.ndarray, *, alpha: float = 0.5) -> np.ndarray:
+    """Blend a difference map over an uint8 RGB image in diff's colours (blue-white-red over ``[-m, m]``,
+    ``m`` the largest ``|d|``: white is no change): ``(1-a)·image + a·color``."""
+    colours = colorize(d[None].astype(np.float32), DIFF_COLOR, minmax=difference_range(d))[0]
+    return _blend(image, colours, alpha)
+
+
+def difference_range(d: np.ndarray) -> tuple[float, float]:
+    """The range a difference map is coloured over: ``(min, max)``, made symmetric by the colours' autosym."""
+    return float(d.min()), float(d.max())
+
+
 def _one_map(store: Store, pick: Pick) -> tuple[Run, int, str]:
     """The run, image and guidance half of a pick that must select one of each."""
     pick.refuse("a heatmap", "channels", "which")
@@ -221,10 +279,13 @@ colormap = cmaps.colormap
 def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5,
             colormap: str = cmaps.DEFAULT_COLORMAP) -> np.ndarray:
     """Blend the colormapped heatmap over an uint8 RGB image: ``(1-a)·image + a·color``."""
-    if image.shape[:2] != heat.shape:
-        raise SelectionError(f"heatmap {heat.shape} and image {image.shape[:2]} differ in size")
-    color = cmaps.colormap(heat, colormap).astype(np.float32)
-    out = (1.0 - alpha) * image.astype(np.float32) + alpha * color
+    return _blend(image, cmaps.colormap(heat, colormap), alpha)
+
+
+def _blend(image: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
+    if image.shape[:2] != colours.shape[:2]:
+        raise SelectionError(f"heatmap {colours.shape[:2]} and image {image.shape[:2]} differ in size")
+    out = (1.0 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)
     return np.clip(out.round(), 0, 255).astype(np.uint8)
 
 
@@ -305,6 +366,9 @@ def write_heatmaps(
     merge: bool = False,
     colormap: str = cmaps.DEFAULT_COLORMAP,
     plain: bool = False,
+    pair: str | None = None,
+    base: Store | str | os.PathLike[str] | None = None,
+    base_run: str | None = None,
     jobs: int | None = None,
 ) -> list[WrittenFile]:
     """Write the overlays of the word's heatmaps (or the query pixel's map) on the final image, with their maps.
@@ -320,6 +384,12 @@ def write_heatmaps(
     shows it: no title, bar or marker). ``jobs``: threads each making one file's map and picture
     (default: every CPU, :mod:`.pool`); all are made before any is written, and the files do not
     depend on the count.
+
+    ``pair`` (a pair's label) or ``base`` (another store; ``base_run`` its run) write the
+    difference of two runs instead (:func:`heatmap_difference`: ``run - base`` of the summed
+    attention, not normalized), over the run's final image in diff's colours
+    (:func:`difference_overlay`; ``colormap`` does not apply); files start with ``diff-``, the
+    ``.npy`` holds the difference itself, and the colour bar runs from ``-m`` to ``m``.
     """
     if (word is None) == (query is None):
         raise OptionError("give exactly one of word and query")
@@ -334,7 +404,12 @@ def write_heatmaps(
     if query is not None:
         query = check_point(query)
     st = store if isinstance(store, Store) else open_store(store)
-    r = st.run(pick.run)
+    compared = None
+    if pair is not None or base is not None or base_run is not None:
+        if colormap != cmaps.DEFAULT_COLORMAP:
+            raise OptionError("a difference is drawn in diff's colours (blue-white-red); a colour map colours a heatmap")
+        compared = compare_runs(st, pick, pair=pair, base=base, base_run=base_run)
+    r = compared.run if compared is not None else st.run(pick.run)
     image_list = parse_ints(pick.images, 0, r.n_images - 1, noun="image", what="image spec")
     output = OutputFolder(out)
     tasks = [(i, g, w) for i in image_list for g in pick.halves or r.guidance_labels for w in words or [None]]
@@ -343,35 +418,48 @@ def write_heatmaps(
         i, g, w = task
         one = replace(pick, run=r.name, images=str(i), guidance=g)
         if w is not None:
-            raw = _word_sum(st, w, one)
+            raw = _word_sum(st, w, one) if compared is None else heatmap_difference(compared, one, word=w)
             stem = f"heatmap-{text_part(w)}-img{i}-{g}"
             parts = [p.strip() for p in w.split(",") if p.strip()]
             what = f"word {w!r}" if len(parts) == 1 else f"words {' + '.join(parts)} (summed)"
         else:
-            raw = _query_sum(st, query, one)
+            raw = _query_sum(st, query, one) if compared is None else heatmap_difference(compared, one, query=query)
             stem = f"querymap-x{query[0]:.3f}-y{query[1]:.3f}-img{i}-{g}"
             what = f"query pixel x={query[0]:.3f} y={query[1]:.3f} (marked +)"
-        heat = _normalize(raw)
-        value_range = (float(raw.min()), float(raw.max()))
-        how = f"layers {pick.blocks or 'all'} | steps {pick.steps or 'all'} | {colormap}, alpha {alpha:g}"
-        lines = [f"{what} | run {r.name} | image {i} | {g}",
-                 f"{how} | bar: attention summed over layers and steps"]
+        kind = "heatmap" if word is not None else "querymap"
         entry = {
-            "kind": "heatmap" if word is not None else "querymap", "store": str(st.path), "run": r.name,
-            "prompt": prompt_of(r, g),
+            "kind": kind, "store": str(st.path), "run": r.name, "prompt": prompt_of(r, g),
             "word": w, "query": list(query) if query is not None else None, "layers": pick.blocks,
             "steps": pick.steps, "image": i, "guidance": g, "alpha": alpha, "colormap": colormap, "plain": plain,
-            "colorbar": {"min": value_range[0], "max": value_range[1], "spans": "map"},
         }
-        picture = overlay(r.image(i), heat, alpha=alpha, colormap=colormap)
+        layers = f"layers {pick.blocks or 'all'} | steps {pick.steps or 'all'}"
+        if compared is None:
+            heat = _normalize(raw)
+            value_range = (float(raw.min()), float(raw.max()))
+            picture = overlay(r.image(i), heat, alpha=alpha, colormap=colormap)
+            lines = [f"{what} | run {r.name} | image {i} | {g}",
+                     f"{layers} | {colormap}, alpha {alpha:g} | bar: attention summed over layers and steps"]
+            values = "the map in [0, 1], float32"
+        else:
+            heat, stem, entry["kind"], entry["colormap"] = raw, f"diff-{stem}", f"{kind}-difference", None
+            entry.update(compared.describe())
+            rng = bar_range(DIFF_COLOR, difference_range(raw))
+            value_range = rng if rng is not None else (0.0, 0.0)
+            picture = difference_overlay(r.image(i), raw, alpha=alpha)
+            lines = [f"{what} | difference {compared.label} | image {i} | {g}",
+                     (f"{layers} | blue-white-red, alpha {alpha:g} | bar: difference of the attention summed "
+                      "over layers and steps")]
+            values = "run - base of the attention summed over layers and steps, float32"
+        entry["colorbar"] = {"min": value_range[0], "max": value_range[1], "spans": "map"}
         if not plain and query is not None:
             entry["marker"] = list(query_pixel(query, heat.shape))
             picture = mark_point(picture, *entry["marker"])
-        if not plain:
+        if not plain and compared is None:
             picture = labelled_overlay(picture, lines=lines, value_range=value_range, colormap=colormap)
+        elif not plain:
+            picture = frame(picture, lines=lines, bar=colour_bar(DIFF_COLOR, bar_range(DIFF_COLOR, value_range)))[0]
         return [(f"{stem}.png", encode_png(picture), entry),
-                (f"{stem}.npy", _npy(heat), {**entry, "kind": f"{entry['kind']}-map",
-                                             "values": "the map in [0, 1], float32"})]
+                (f"{stem}.npy", _npy(heat), {**entry, "kind": f"{entry['kind']}-map", "values": values})]
 
     # every map is made before any file is written, so a word missing from one half writes nothing
     results: list[list[tuple[str, bytes, dict[str, Any]]]] = []

@@ -38,8 +38,8 @@ from dumpunet.store import Run, Store, schema
 from dumpunet.store.readahead import ChunkRef
 
 __all__ = [
-    "AttentionSelection", "DiffSelection", "DiffStats", "Selection", "Slab", "channel_list", "matching_run", "select",
-    "select_attention", "select_pair", "select_stores",
+    "AttentionSelection", "DiffSelection", "DiffStats", "Selection", "Slab", "base_call", "channel_list", "check_halves",
+    "check_layouts", "matching_run", "select", "select_attention", "select_pair", "select_stores",
 ]
 
 @dataclass(frozen=True)
@@ -305,6 +305,16 @@ def select_stores(store: Store, pick: Pick, base_store: Store, *, base_run: str 
     >>> sel = select_stores(a, Pick(blocks="OUT11", steps="20"), b)  # doctest: +SKIP
     """
     sel = select(store, pick)
+    check_layouts(store, base_store)
+    base = base_store.run(base_run) if base_run is not None else matching_run(base_store, sel.run.name)
+    name, base_name = store.path.name, base_store.path.name
+    label = f"{name}:{sel.run.name} - {base_name}:{base.name}"
+    return _against(sel, base, {"base": base.name, "layered": sel.run.name, "label": label},
+                    f"{base.name!r} of {base_name}", f"{sel.run.name!r} of {name}", "")
+
+
+def check_layouts(store: Store, base_store: Store) -> None:
+    """Refuse two stores whose U-Net layouts differ (other blocks, or a block of another shape)."""
     name, base_name = store.path.name, base_store.path.name
     layout = [(b.name, b.output_shape) for b in store.block_table]
     base_layout = [(b.name, b.output_shape) for b in base_store.block_table]
@@ -316,10 +326,23 @@ def select_stores(store: Store, pick: Pick, base_store: Store, *, base_run: str 
             what = f"block {b} is {'x'.join(map(str, x))} in {name} but {'x'.join(map(str, y))} in {base_name}"
         raise SelectionError(f"{name} and {base_name} have different U-Net layouts: {what}; "
                              "a difference needs two recordings of one model at one size")
-    base = base_store.run(base_run) if base_run is not None else matching_run(base_store, sel.run.name)
-    label = f"{name}:{sel.run.name} - {base_name}:{base.name}"
-    return _against(sel, base, {"base": base.name, "layered": sel.run.name, "label": label},
-                    f"{base.name!r} of {base_name}", f"{sel.run.name!r} of {name}", "")
+
+
+def check_halves(base: Run, layered: Run, runs: str, base_desc: str, desc: str) -> None:
+    """Refuse two runs with different guidance halves (``runs`` names both in the message)."""
+    if base.guidance_labels != layered.guidance_labels:
+        raise SelectionError(
+            f"{runs} differ: guidance halves "
+            f"{', '.join(base.guidance_labels)} in {base_desc} but {', '.join(layered.guidance_labels)} in {desc}"
+        )
+
+
+def base_call(base: Run, step: int, base_desc: str) -> int:
+    """The call of ``step`` in the base run; its error names the base run."""
+    try:
+        return base.calls.index(step, 0)
+    except SelectionError as exc:  # IncompleteStepError too
+        raise type(exc)(f"base run {base_desc}: {exc}") from None
 
 
 def matching_run(store: Store, name: str) -> Run:
@@ -331,11 +354,7 @@ def _against(sel: Selection, base: Run, pair: dict[str, str], base_desc: str, de
     """``sel`` as a :class:`DiffSelection` against run ``base``, checked to hold the same blocks, halves and steps."""
     layered, which = sel.run, sel.which
     runs = f"runs {base_desc} and {desc}" + (f" {of}" if of else "")
-    if base.guidance_labels != layered.guidance_labels:
-        raise SelectionError(
-            f"{runs} differ: guidance halves "
-            f"{', '.join(base.guidance_labels)} in {base_desc} but {', '.join(layered.guidance_labels)} in {desc}"
-        )
+    check_halves(base, layered, runs, base_desc, desc)
     base_arrays: dict[str, zarr.Array] = {}
     for b in sel.blocks:
         try:
@@ -356,10 +375,7 @@ def _against(sel: Selection, base: Run, pair: dict[str, str], base_desc: str, de
         base_arrays[b] = arr
     base_calls: dict[int, int] = {}
     for s in sel.steps:
-        try:
-            base_calls[s] = base.calls.index(s, 0)
-        except SelectionError as exc:  # IncompleteStepError too
-            raise type(exc)(f"base run {base_desc}: {exc}") from None
+        base_calls[s] = base_call(base, s, base_desc)
         late = [b for b, arr in base_arrays.items() if base_calls[s] >= arr.shape[0]]
         if late:
             raise SelectionError(f"base run {base_desc}: step {s} of block {late[0]} was not written")

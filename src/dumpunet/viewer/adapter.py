@@ -4,23 +4,30 @@ The one entry point, :func:`draw`, returns exactly the pixels the matching ``dum
 command (:meth:`ViewState.command`) writes, so a view and its downloaded PNG and CLI render
 agree. Grids are :func:`dumpunet.analyzer.render.render_image` (a pair's difference, or two
 stores' (``minus``): the same :func:`~dumpunet.analyzer.render.draw_grid` on a
-:class:`~dumpunet.analyzer.selection.DiffSelection`); attention grids, heatmaps, final-image
-differences and the summary chart follow :mod:`.attention_grids`, :mod:`.heatmap` and :mod:`.diff`.
+:class:`~dumpunet.analyzer.selection.DiffSelection`); attention grids are
+:func:`~dumpunet.analyzer.attention_grids.attention_grid`, heatmaps :mod:`.heatmap`'s (their
+differences, of a pair or two stores, the same functions given the runs to subtract: ``attention
+--pair`` / ``attention A B``), final-image differences and the summary chart :mod:`.diff`'s.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from dumpunet.analyzer.attention_grids import _framed, _grids, _Item
-from dumpunet.analyzer.color.colorize import colorize
+from dumpunet.analyzer.attention_diff import compare_runs
+from dumpunet.analyzer.attention_grids import attention_grid
 from dumpunet.analyzer.color.spec import ColorSpec
 from dumpunet.analyzer.diff import final_difference, summary_chart, summary_rows
-from dumpunet.analyzer.grid import grid_shape, tile
-from dumpunet.analyzer.heatmap import overlay, query_map, word_heatmap
+from dumpunet.analyzer.grid import grid_shape
+from dumpunet.analyzer.heatmap import (
+    difference_overlay,
+    heatmap_difference,
+    overlay,
+    query_map,
+    word_heatmap,
+)
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.render import draw_grid, render_image
 from dumpunet.analyzer.render_plan import read_maps
@@ -35,9 +42,6 @@ from dumpunet.viewer.structure import run_for
 
 __all__ = ["draw", "grid_channels", "grid_layout", "heatmap_steps", "summary"]
 
-_TILE_TARGET = 32  # attention tiles are enlarged to at least this many pixels, as render_attention does
-
-
 def draw(store: Store, state: ViewState, minus: Store | None = None) -> np.ndarray:
     """Return the picture of a resolved state: uint8 ``[H, W]`` (White/Black grids) or ``[H, W, 3]``.
 
@@ -48,9 +52,9 @@ def draw(store: Store, state: ViewState, minus: Store | None = None) -> np.ndarr
     if state.view == "grid":
         return _grid(store, state, minus)
     if state.view == "attention":
-        return _attention(store, state)
+        return _attention(store, state, minus)
     if state.view in ("heatmap", "query"):
-        return _overlay(store, state)
+        return _overlay(store, state, minus)
     if state.view == "summary":
         return summary(store, state, minus)[0]
     return _final(store, state, minus)
@@ -107,43 +111,37 @@ def _grid(store: Store, state: ViewState, minus: Store | None) -> np.ndarray:
     return image
 
 
-def _attention(store: Store, state: ViewState) -> np.ndarray:
-    color = ColorSpec(**state.color)
-    r = run_for(store, state.run, state.pair, state.mode)
-    item = _Item(state.layer, state.step, state.image, state.guidance)
-    tokens = str(state.token) if state.token >= 0 else ""
-    maps, rows, cols, row_labels, col_labels = _grids(r, item, "qk", tokens, None)
-    if state.head != "all":
-        heads = maps.reshape(rows, cols, *maps.shape[1:])
-        if state.head == "mean":
-            maps, row_labels = heads.mean(axis=0, dtype=np.float32), ["mean"]
-        else:
-            k = int(state.head)
-            if k >= rows:
-                raise SelectionError(f"layer {state.layer} has heads 0..{rows - 1}, not {k}")
-            maps, row_labels = heads[k], [row_labels[k]]
-        rows = 1
-    maps = np.ascontiguousarray(maps)
-    h, w = maps.shape[1:]
-    k = max(1, min(16, math.ceil(_TILE_TARGET / max(1, min(h, w)))))
-    ranges = AutoRanges(color, rows=True)
-    where = dict(step=item.step, image=item.image, guidance=item.guidance)
-    if ranges.first_pass:
-        ranges.add(maps, **where)
-    pixels = colorize(maps, color, minmax=ranges.minmax(maps, **where, rows=rows))
-    return _framed(tile(pixels, cols, rows, scale=k), rows, cols, (h * k, w * k), row_labels, col_labels)
+def _compared(store: Store, state: ViewState, minus: Store | None) -> dict[str, Any]:
+    """The difference arguments of the analyzer's attention and heatmap functions: a pair's, two stores', or none."""
+    if minus is not None:
+        return {"base": minus}
+    if state.pair and state.mode == "diff":
+        return {"pair": state.pair}
+    return {}
 
 
-def _overlay(store: Store, state: ViewState) -> np.ndarray:
+def _attention(store: Store, state: ViewState, minus: Store | None) -> np.ndarray:
+    """The plain heads x tokens grid: :func:`~dumpunet.analyzer.attention_grids.attention_grid`, as ``attention --plain``."""
+    compared = _compared(store, state, minus)
+    run = None if "pair" in compared else run_for(store, state.run, state.pair, state.mode).name
+    pick = Pick(run=run, blocks=state.layer, steps=str(state.step), images=str(state.image), guidance=state.guidance)
+    return attention_grid(store, pick, ColorSpec(**state.color), tokens=str(state.token) if state.token >= 0 else "",
+                          heads=state.head if state.head.isdigit() else "",
+                          average="mean" if state.head == "mean" else None, **compared)
+
+
+def _overlay(store: Store, state: ViewState, minus: Store | None) -> np.ndarray:
     r = run_for(store, state.run, state.pair, state.mode)
     pick = Pick(run=r.name, blocks=state.layers, steps=heatmap_steps(store, state), images=str(state.image),
                 guidance=state.guidance)
-    if state.view == "heatmap":
-        if state.token < 0:
-            raise SelectionError("choose a token of the prompt for the word heatmap")
-        heat = word_heatmap(store, str(state.token), pick)
-    else:
-        heat = query_map(store, (state.qx, state.qy), pick)
+    if state.view == "heatmap" and state.token < 0:
+        raise SelectionError("choose a token of the prompt for the word heatmap")
+    what = {"word": str(state.token)} if state.view == "heatmap" else {"query": (state.qx, state.qy)}
+    compared = _compared(store, state, minus)
+    if compared:  # heatmap --pair / heatmap A B: the difference of the summed attention, in diff's colours
+        runs = compare_runs(store, Pick(run=None if "pair" in compared else r.name), **compared)
+        return difference_overlay(r.image(state.image), heatmap_difference(runs, pick, **what), alpha=state.alpha)
+    heat = word_heatmap(store, what["word"], pick) if "word" in what else query_map(store, what["query"], pick)
     return overlay(r.image(state.image), heat, alpha=state.alpha)
 
 

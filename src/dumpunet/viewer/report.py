@@ -12,8 +12,7 @@ A report holds the views a reader scrubs through, with the default colours:
 ``grid``       every recorded block (outputs and inputs), each selected step: the channel
                grid and the mean, 1-norm and 2-norm over channels
 ``attention``  every cross-attention layer, each selected step: all heads, and their mean
-               (runs only: a pair's difference has none)
-``heatmap``    every token of both guidance halves' prompts, each selected step (runs only)
+``heatmap``    every token of both guidance halves' prompts, each selected step
 ``final``      each image
 =============  =========================================================================
 
@@ -172,10 +171,10 @@ def _states(store: Store, index: int, pick: Pick) -> Iterator[ViewState]:
                         if chosen_blocks is None or block in chosen_blocks:
                             for average in ("", *AVERAGES):
                                 yield ViewState(view="grid", which=which, block=block, average=average, **at)
-                for layer in layers if "mode" not in where else ():  # a pair's difference has no attention view
+                for layer in layers:
                     if chosen_blocks is None or layer.split(".")[0] in chosen_blocks:
                         yield from (ViewState(view="attention", layer=layer, head=h, **at) for h in ("all", "mean"))
-                if "mode" not in where and layers:
+                if layers:  # a pair's difference: the layered run's tokens, compared by position
                     row = run.token_row(guidance=guidance)
                     for token in range(row.length if row is not None else 0):
                         yield ViewState(view="heatmap", token=token, **at)

@@ -297,7 +297,9 @@ class _Handler(BaseHTTPRequestHandler):
         from dumpunet.viewer.views import command_for
 
         st, state = self.server.state(params)
-        self._json({"command": command_for(st, state), "query": state.query(), "file": _file_name(self.server, state)})
+        minus = self.server.stores[state.minus] if state.minus >= 0 else None
+        self._json({"command": command_for(st, state, minus), "query": state.query(),
+                    "file": _file_name(self.server, state)})
 
     def _summary(self, params: dict[str, str]) -> None:
         from dumpunet.viewer.adapter import summary

@@ -20,9 +20,10 @@ Views:
                (the steps up to ``step``)
 =============  ======================================================================
 
-With ``minus`` (another store's index), grids, final images and the summary chart show the
-difference of two stores, ``store - minus``: the run shown minus the other store's run of the
-same name (or its default run).
+With ``minus`` (another store's index), every view but a pair's difference shows the difference
+of two stores, ``store - minus``: the run shown minus the other store's run of the same name (or
+its default run). A pair's ``mode=diff`` shows ``layered - base`` in every view (attention,
+heatmaps and query maps too: :mod:`dumpunet.analyzer.attention_diff`).
 
 Examples
 --------
@@ -60,7 +61,7 @@ class ViewState:
     """Everything that decides one served picture; see the module for the views."""
 
     store: int = 0
-    minus: int = -1  # another store's index: show ``store - minus`` (grids, final images, summary)
+    minus: int = -1  # another store's index: show ``store - minus``
     view: str = "grid"
     run: str = ""  # empty: the store's default run
     pair: str = ""  # a pair's label: then ``mode`` picks base, layered or their difference
@@ -174,26 +175,39 @@ class ViewState:
         elif self.transform == "sigmoid":
             args += ["--gain", _text(self.gain), "--offset", _text(self.offset)]
         elif color["auto_scope"] != defaults.auto_scope:
-            args += ["--auto-scope", color["auto_scope"]]
+            args += ["--auto-scope", str(color["auto_scope"])]
         if self.method.lower() == "custom":
             args += ["--space", self.space]
             for name in ("rgb" if self.space.lower() == "rgb" else "hsl"):
                 if color[name] != getattr(defaults, name):
-                    args += [f"--{name}", color[name]]
+                    args += [f"--{name}", str(color[name])]
         return args
 
-    def command(self, path: str, *, step: int | None = None, steps: str | None = None, out: str = "view") -> str | None:
+    @property
+    def difference(self) -> bool:
+        """A pair's difference, or the difference of two stores (``minus``)."""
+        return self.minus >= 0 or bool(self.pair and self.mode == "diff")
+
+    def command(self, path: str, *, minus: str | None = None, step: int | None = None, steps: str | None = None,
+                out: str = "view") -> str | None:
         """The ``dumpunet`` command that writes this view into folder ``out`` (None: no command does).
 
-        ``step`` is the resolved step (for ``step=0``); ``steps`` the heatmap's (or summary's) step spec. A
-        pair's final difference names ``diff``, which writes both finals and their difference; a
-        run's final image ``render --final``. One attention head alone and the difference of two
-        stores have no command.
+        ``minus`` is the path of the store that ``self.minus`` names; ``step`` the resolved step (for
+        ``step=0``); ``steps`` the heatmap's (or summary's) step spec. A pair's final difference names
+        ``diff``, which writes both finals and their difference; a run's final image ``render
+        --final``; the difference of two stores is ``diff A[:RUN] B`` (grids, final images, the
+        summary chart), ``attention A[:RUN] B`` or ``heatmap A[:RUN] B``, a pair's difference
+        ``attention --pair`` or ``heatmap --pair``.
         """
-        if self.minus >= 0:
-            return None  # diff compares the runs of one store
+        if self.minus >= 0 and minus is None:
+            return None  # the store to subtract is not known here
         step = step or self.step
-        run = ["--run", self.run] if self.run and not (self.pair and self.mode == "diff") else []
+        if self.minus >= 0:  # STORE[:RUN] BASE, as diff A B: BASE's run of the same name or its default run
+            stores, run, pair = [f"{path}:{self.run}" if self.run else path, minus], [], []
+        else:
+            stores = [path]
+            run = ["--run", self.run] if self.run and not (self.pair and self.mode == "diff") else []
+            pair = ["--pair", self.pair] if self.pair and self.mode == "diff" else []
         where = ["--images", str(self.image), "--guidance", self.guidance]
         if self.view == "grid":
             sel = ["--blocks", self.block, "--steps", str(step), *where]
@@ -203,27 +217,26 @@ class ViewState:
                 sel += ["--average", self.average]
             if self.which == "input":
                 sel += ["--input"]
-            if self.pair and self.mode == "diff":
-                args = ["diff", path, "--pair", self.pair, *sel, *self.color_args(DIFF_COLOR), "--plain", "--no-finals"]
+            if self.difference:
+                args = ["diff", *stores, *pair, *sel, *self.color_args(DIFF_COLOR), "--plain", "--no-finals"]
             else:  # --plain: the viewer shows bare grids, whose tiles a click maps to channels
                 args = ["render", path, *sel, *run, *self.color_args(), "--plain"]
         elif self.view == "attention":
-            if self.head != "all":
-                return None  # the attention command draws every head
             tokens = ["--tokens", str(self.token)] if self.token >= 0 else []
-            args = ["attention", path, "--layers", self.layer, "--steps", str(step), *tokens, *where, *run,
-                    *self.color_args(ATTENTION_COLOR), "--plain"]  # the viewer shows the headed grid without title or colour bar
+            heads = {"all": [], "mean": ["--average", "mean"]}.get(self.head, ["--heads", self.head])
+            colours = self.color_args(DIFF_COLOR if self.difference else ATTENTION_COLOR)
+            args = ["attention", *stores, *pair, "--layers", self.layer, "--steps", str(step), *tokens, *heads, *where,
+                    *run, *colours, "--plain"]  # the viewer shows the headed grid without title or colour bar
         elif self.view in ("heatmap", "query"):
             what = ["--word", str(self.token)] if self.view == "heatmap" else ["--query", f"{_text(self.qx)},{_text(self.qy)}"]
             layers = ["--layers", self.layers] if self.layers else []
-            args = ["heatmap", path, *what, *layers, "--steps", steps or str(step), *where, *run,
+            args = ["heatmap", *stores, *pair, *what, *layers, "--steps", steps or str(step), *where, *run,
                     "--alpha", _text(self.alpha), "--plain"]  # the viewer shows the bare overlay
         elif self.view == "summary":
             which = ["--input"] if self.which == "input" else []
-            args = ["diff", path, "--pair", self.pair, "--steps", steps or str(step), *where, *which, "--no-finals"]
-        elif self.pair and self.mode == "diff":
-            args = ["diff", path, "--pair", self.pair, "--blocks", self.block, "--steps", str(step),
-                    "--images", str(self.image)]
+            args = ["diff", *stores, *pair, "--steps", steps or str(step), *where, *which, "--no-finals"]
+        elif self.difference:
+            args = ["diff", *stores, *pair, "--blocks", self.block, "--steps", str(step), "--images", str(self.image)]
         else:  # a run's final image
             args = ["render", path, "--final", *run, "--images", str(self.image)]
         return "dumpunet " + " ".join(shlex.quote(a) for a in args) + f" --out {shlex.quote(out)}"

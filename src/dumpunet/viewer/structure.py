@@ -88,16 +88,9 @@ def run_for(store: Store, run: str, pair: str, mode: str) -> Run:
 
 def resolve(store: Store, state):
     """Fill a state's defaults from the store: the last complete step, the first recorded block or layer."""
-    if state.minus >= 0:
-        if state.pair and state.mode == "diff":
-            raise SelectionError("show either the pair's difference or the difference of two stores, not both "
-                                 "(choose base or layered to subtract the other store from it)")
-        if state.view not in ("grid", "final", "summary"):
-            raise SelectionError(f"the difference of two stores shows channel grids, final images and the summary "
-                                 f"chart, not the {state.view} view")
-    if state.pair and state.mode == "diff" and state.view in ("attention", "heatmap", "query"):
-        raise SelectionError(f"a pair's difference shows channel grids, final images and the summary chart, not the "
-                             f"{state.view} view (choose base or layered to see either run's)")
+    if state.minus >= 0 and state.pair and state.mode == "diff":
+        raise SelectionError("show either the pair's difference or the difference of two stores, not both "
+                             "(choose base or layered to subtract the other store from it)")
     if state.view == "summary":
         if state.minus < 0 and not state.pair:
             raise SelectionError("the summary chart compares two runs: choose a pair, or another store to subtract")

@@ -44,12 +44,15 @@ def grid_layout(store: Store, state: ViewState) -> tuple[int, int, int, int] | N
     return layout(store, state)
 
 
-def command_for(store: Store, state: ViewState) -> str | None:
-    """The ``dumpunet`` command line that writes the picture of a resolved view (None: none does)."""
+def command_for(store: Store, state: ViewState, minus: Store | None = None) -> str | None:
+    """The ``dumpunet`` command line that writes the picture of a resolved view (None: none does).
+
+    ``minus``: the store that ``state.minus`` names (the difference of two stores).
+    """
     from dumpunet.viewer.adapter import heatmap_steps
 
     steps = heatmap_steps(store, state) if state.view in ("heatmap", "query", "summary") else None
-    return state.command(str(store.path), steps=steps)
+    return state.command(str(store.path), minus=str(minus.path) if minus is not None else None, steps=steps)
 
 
 @dataclass(frozen=True)
