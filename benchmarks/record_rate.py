@@ -8,13 +8,15 @@ recorder's real processor wrappers and to_q/to_k hooks; their q and k are preall
 the real shapes. Everything else is dumpunet's: hooks, host buffers, attention maps (computed on
 the CPU here, where a GPU would compute them on the device), the store writer and its queue.
 
-The stand-in's cross-attention layers compute softmax(q·kᵀ·scale)·v per head in float32 on the
-CPU, in the plain and the recorded runs alike (``--attention-compute cpu``, the default), as a
-pipeline computes its attention: the recorder computes the same maps once more beside the
-pipeline's own (it cannot take them from a fused attention kernel), and that second computation
-is what the recorded run adds. ``--attention-compute none`` skips the pipeline's own (the sleep
-stands for it, as on a GPU) and leaves the recorder's maps as the only CPU attention work. The
-"maps s" column is the recorder's own attention-map time (work a GPU does on the device).
+Recording cross-attention is compared with a stand-in whose cross-attention layers compute their
+attention on the CPU as diffusers' ``AttnProcessor2_0`` does (``scaled_dot_product_attention`` of
+the fp16 q, k and v; the keys stand in for the values, of the same shape), in its plain and its
+recorded runs alike (``--attention-compute cpu``, the default): the recorder computes the maps once
+more beside the pipeline's own (a fused kernel does not hand them out), and that second
+computation is what recording adds. Recording blocks only is compared with the sleeping stand-in
+alone. ``--attention-compute none`` compares both with the sleeping stand-in, whose sleep stands
+for the pipeline's attention as on a GPU. The "maps s" column is the recorder's own attention-map
+time, which a GPU spends on the device, not the CPU.
 
 One run prints, side by side:
 
@@ -78,8 +80,8 @@ MODES = {
 class _FakeProcessor:
     """Stands in for AttnProcessor2_0: calls to_q and to_k (the recorder's hooks see them), returns its input.
 
-    With ``compute``, a cross-attention layer also computes its attention as a CPU pipeline would
-    (softmax(q·kᵀ·scale)·v per head, float32; the keys stand in for the values, of the same shape).
+    With ``compute``, a cross-attention layer also computes its attention as AttnProcessor2_0 does
+    (``scaled_dot_product_attention`` per head; the keys stand in for the values, of the same shape).
     """
 
     def __init__(self, compute: bool) -> None:
@@ -90,16 +92,16 @@ class _FakeProcessor:
         k = attn.to_k(hidden_states if encoder_hidden_states is None else encoder_hidden_states)
         if self.compute and encoder_hidden_states is not None:
             b, heads = q.shape[0], int(attn.heads)
-            qh = q.reshape(b, -1, heads, q.shape[-1] // heads).transpose(1, 2).float()
-            kh = k.reshape(b, -1, heads, k.shape[-1] // heads).transpose(1, 2).float()
-            torch.softmax(qh @ kh.transpose(-1, -2) * float(attn.scale), dim=-1) @ kh
+            qh = q.reshape(b, -1, heads, q.shape[-1] // heads).transpose(1, 2)
+            kh = k.reshape(b, -1, heads, k.shape[-1] // heads).transpose(1, 2)
+            torch.nn.functional.scaled_dot_product_attention(qh, kh, kh, scale=float(attn.scale))
         return hidden_states
 
 
 class StandIn:
     """A diffusers U-Net on the meta device whose blocks return real-size tensors and whose calls sleep."""
 
-    def __init__(self, model: str, size: int, step_ms: float, batch: int = 2, attention_compute: bool = True) -> None:
+    def __init__(self, model: str, size: int, step_ms: float, batch: int = 2, attention_compute: bool = False) -> None:
         from diffusers import UNet2DConditionModel
 
         config, self.n_tokens = MODELS[model]
@@ -268,7 +270,8 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--writers", default="default", help=f"store writer variants, each mode with each: {','.join(WRITERS)}")
     ap.add_argument("--attention-compute", choices=("cpu", "none"), default="cpu",
-                    help="cpu: the stand-in computes its cross-attention on the CPU (plain and recorded); none: it sleeps instead")
+                    help="cpu: for the cross-attention modes the stand-in computes its cross-attention on the CPU, "
+                         "plain and recorded; none: its sleep stands for it")
     ap.add_argument("--queue-mb", type=float, default=1024, help="the writer's queue bound (max_queue_bytes)")
     ap.add_argument("--growth-steps", default="20,50,100")
     ap.add_argument("--growth-sizes", default="256,512,768")
@@ -292,34 +295,42 @@ def main() -> None:
     where = Path(tempfile.mkdtemp(prefix="dumpunet-rate-", dir=base if os.access(base, os.W_OK) else None))
     queue = int(args.queue_mb * 2**20)
     compute = args.attention_compute == "cpu"
+    computes = {m: compute and MODES[m]["attention"] is not None for m in modes}  # which stand-in a mode runs on
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"load average {os.getloadavg()[0]:.1f}; {args.model} {size}x{size}, batch 2 (cfg), fp16, stand-in {args.step_ms:.0f} ms per call "
           f"({1000 / args.step_ms:.0f} steps/s), cross-attention computed by the stand-in: {args.attention_compute}; "
           f"{args.steps} steps, {args.repeats} repeat(s); writing in {where}; torch {torch.__version__}, {os.cpu_count()} CPUs")
     try:
-        standin = StandIn(args.model, size, args.step_ms, attention_compute=compute)
-        standin.generate(1)
+        standins = {c: StandIn(args.model, size, args.step_ms, attention_compute=c) for c in sorted(set(computes.values()) | {False})}
+        for si in standins.values():
+            si.generate(1)
+        standin = standins[False]
         res: dict[tuple[str, str], list[dict]] = {r: [] for r in runs}
-        plain: list[float] = []
+        plains: dict[bool, list[float]] = {c: [] for c in standins}
         disk: list[float] = []
         warm = int(args.prewarm * 1e9)
         for _ in range(args.repeats):
-            prewarm(warm)
-            plain.append(run_plain(standin, args.steps))
+            for c, si in standins.items():
+                prewarm(warm)
+                plains[c].append(run_plain(si, args.steps))
             for m, w in runs:
                 prewarm(warm)
-                r = run_recorded(standin, args.steps, m, where, queue, WRITERS[w])
+                r = run_recorded(standins[computes[m]], args.steps, m, where, queue, WRITERS[w])
                 disk.append(disk_speed(where, r["bytes"]))
                 res[(m, w)].append(r)
-        p, d = statistics.median(plain), statistics.median(disk)
-        print(f"\nplain stand-in: {p:.2f} s ({args.steps / p:.1f} steps/s; {min(plain):.2f}-{max(plain):.2f}); disk write+fsync in "
-              f"{where.parent}: {gb(d)} GB/s (median of {len(disk)}, {gb(min(disk))}-{gb(max(disk))}); medians of {args.repeats}\n")
+        plain = {c: statistics.median(x) for c, x in plains.items()}
+        p, d = plain[False], statistics.median(disk)
+        print(f"\nplain stand-in: {p:.2f} s ({args.steps / p:.1f} steps/s; {min(plains[False]):.2f}-{max(plains[False]):.2f})", end="")
+        if True in plain:
+            print(f"; with its cross-attention computed on the CPU: {plain[True]:.2f} s ({min(plains[True]):.2f}-{max(plains[True]):.2f})", end="")
+        print(f"\ndisk write+fsync in {where.parent}: {gb(d)} GB/s (median of {len(disk)}, {gb(min(disk))}-{gb(max(disk))}); "
+              f"medians of {args.repeats}; limit = max(plain of the mode's stand-in, bytes / disk)\n")
         print(f"{'mode':<13} {'writer':<8} {'recorded s':>10} {'U-Net s':>8} {'close s':>8} {'maps s':>7} {'GB':>6} {'MB/step':>8} "
               f"{'bytes/disk s':>12} {'limit s':>8} {'ratio':>6} {'ratios':>11} {'waited s':>8} {'peak queue MB':>13} {'peak RSS +MB':>12}")
         for m, w in runs:
             rs = res[(m, w)]
             nb = statistics.median(r["bytes"] for r in rs)
-            limit = max(p, nb / d)
+            limit = max(plain[computes[m]], nb / d)
             ratios = [r["sync"] / limit for r in rs]
 
             def med(key: str, rs: list[dict] = rs) -> float:
@@ -336,7 +347,7 @@ def main() -> None:
         rows = [(f"{size}x{size}", size, int(n)) for n in args.growth_steps.split(",")]
         rows += [(f"{s}x{s}", int(s), args.growth_at) for s in args.growth_sizes.split(",")]
         for label, s, n in rows:
-            si = standin if s == size else StandIn(args.model, s, args.step_ms, attention_compute=compute)
+            si = standin if s == size else StandIn(args.model, s, args.step_ms)
             prewarm(warm)
             r = run_recorded(si, n, "blocks", where, queue)
             print(f"{label:<16} {n:5d} {r['sync']:7.2f} {1000 * r['sync'] / n:8.1f} {r['bytes'] / n / 1e6:8.1f} "
