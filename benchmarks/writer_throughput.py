@@ -77,7 +77,6 @@ COMPARE: dict[str, dict] = {
     "2 threads, O_DIRECT": {"threads": 2, "direct": True},
     "no early write-back": {"back": False},
     "early write-back": {"back": True},
-    "1 write thread": {"threads": 1},
     "2 threads, no early write-back": {"threads": 2, "back": False},
     "2 threads, early write-back": {"threads": 2, "back": True},
 }
