@@ -46,6 +46,8 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -210,26 +212,24 @@ def run_plain(standin: StandIn, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-class MapTimer:
-    """Adds up the time the recorder spends computing attention maps (its ``attention_probs``)."""
+@contextmanager
+def map_timer() -> Iterator[SimpleNamespace]:
+    """Add up the time the recorder spends computing attention maps (its ``attention_probs``) in ``.seconds``."""
+    spent = SimpleNamespace(seconds=0.0)
+    inner = attention_capture.attention_probs
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self._inner = attention_capture.attention_probs
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            spent.seconds += time.perf_counter() - t0
 
-    def __enter__(self) -> MapTimer:
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return self._inner(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - t0
-
-        attention_capture.attention_probs = timed
-        return self
-
-    def __exit__(self, *exc) -> None:
-        attention_capture.attention_probs = self._inner
+    attention_capture.attention_probs = timed
+    try:
+        yield spent
+    finally:
+        attention_capture.attention_probs = inner
 
 
 def run_recorded(standin: StandIn, steps: int, mode: str, where: Path, queue_bytes: int, writer_kw: dict | None = None) -> dict:
@@ -238,7 +238,7 @@ def run_recorded(standin: StandIn, steps: int, mode: str, where: Path, queue_byt
     opts = RecordOptions(**MODES[mode])
     rec = Recorder(standin.pipe(steps), writer=writer, options=opts, progress=False)
     t0 = time.perf_counter()
-    with Sampler(writer) as sampler, MapTimer() as maps:
+    with Sampler(writer) as sampler, map_timer() as maps:
         with rec:
             standin.generate(steps)
         t_exit = time.perf_counter()

@@ -34,7 +34,13 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from dumpunet.diskspeed import measure_write_speed
 from dumpunet.store import schema
 from dumpunet.store.schema import BlockInfo, RunAttrs
-from dumpunet.store.writer import DIRECT_IO, GROW_CALLS, WRITE_BACK, WRITE_THREADS, StoreWriter
+from dumpunet.store.writer import (
+    DIRECT_IO,
+    GROW_CALLS,
+    WRITE_BACK,
+    WRITE_THREADS,
+    StoreWriter,
+)
 
 SD15_512 = [
     *[(f"IN{i:02d}", (320, 64, 64)) for i in range(3)],
