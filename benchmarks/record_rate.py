@@ -23,7 +23,8 @@ One run prints, side by side:
 - plain: the stand-in alone; recorded: with dumpunet recording (wall time until the store is
   closed and ``os.sync()`` returned, so every byte is on the disk); U-Net: of that, the time until
   the recorder's ``with`` block ended (hooks and copies included; the rest is the writer
-  draining its queue); bytes written;
+  draining its queue); close: until the writer's ``close()`` returned (the rest is the final
+  ``os.sync()``); bytes written;
 - the disk's own speed in the same folder (write + fsync of the same byte count, interleaved);
 - recorded ÷ max(plain, bytes ÷ disk speed): the distance from the physical limit;
 - the time the U-Net waited on the writer's full queue, peak queue bytes and peak RSS growth;
