@@ -161,7 +161,7 @@ def _softmax_into(p: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: floa
     """``p`` = softmax(q·kᵀ·scale) over the last axis, computed in place in ``p`` (float32).
 
     torch's own softmax, in place: one fused pass instead of four (max, subtract and exp, sum,
-    divide), which took 5-7x as long on the CPU (benchmarks/record_rate.py, docs/benchmarks.md).
+    divide), which took 4-12x as long on the CPU (docs/benchmarks.md, issue 14).
     """
     torch.matmul(q, k.transpose(-1, -2), out=p)
     p.mul_(scale)
