@@ -72,8 +72,9 @@ WRITE_BACK = True
 """Start each chunk file's write-back as soon as it is written (:mod:`dumpunet.store.call_arrays`).
 
 Without it the kernel holds a recording's pages until its dirty thresholds (10 % of memory) or a
-final sync, so the disk idles during the recording and writes everything after it
-(docs/benchmarks.md, issue 14)."""
+final sync, so the disk idles during the recording and writes everything after it. On the
+development VM under heavy load it shortened the GPU-rate simulation's recordings (5 of 6 pairs)
+and slowed the writer benchmark's saturated writer once (docs/benchmarks.md, issue 14)."""
 
 
 def _nice() -> None:
