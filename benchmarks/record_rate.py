@@ -8,18 +8,32 @@ recorder's real processor wrappers and to_q/to_k hooks; their q and k are preall
 the real shapes. Everything else is dumpunet's: hooks, host buffers, attention maps (computed on
 the CPU here, where a GPU would compute them on the device), the store writer and its queue.
 
+Recording cross-attention is compared with a stand-in whose cross-attention layers compute their
+attention on the CPU as diffusers' ``AttnProcessor2_0`` does (``scaled_dot_product_attention`` of
+the fp16 q, k and v; the keys stand in for the values, of the same shape), in its plain and its
+recorded runs alike (``--attention-compute cpu``, the default): the recorder computes the maps once
+more beside the pipeline's own (a fused kernel does not hand them out), and that second
+computation is what recording adds. Recording blocks only is compared with the sleeping stand-in
+alone. ``--attention-compute none`` compares both with the sleeping stand-in, whose sleep stands
+for the pipeline's attention as on a GPU. The "maps s" column is the recorder's own attention-map
+time, which a GPU spends on the device, not the CPU.
+
 One run prints, side by side:
 
 - plain: the stand-in alone; recorded: with dumpunet recording (wall time until the store is
   closed and ``os.sync()`` returned, so every byte is on the disk); U-Net: of that, the time until
   the recorder's ``with`` block ended (hooks and copies included; the rest is the writer
-  draining its queue); bytes written;
+  draining its queue); close: until the writer's ``close()`` returned (the rest is the final
+  ``os.sync()``); bytes written;
 - the disk's own speed in the same folder (write + fsync of the same byte count, interleaved);
 - recorded ÷ max(plain, bytes ÷ disk speed): the distance from the physical limit;
 - the time the U-Net waited on the writer's full queue, peak queue bytes and peak RSS growth;
+- ``--writers default,before``: each mode with today's writer and with the writer before issue
+  14's changes (one thread, no early write-back), interleaved in one run;
 - growth: time and bytes per step at 20/50/100 steps and at 256²/512²/768² (blocks only).
 
     python benchmarks/record_rate.py --quick
+    python benchmarks/record_rate.py --quick --writers default,before --no-growth
     python benchmarks/record_rate.py --steps 100 --repeats 3
     python benchmarks/record_rate.py --model sdxl --size 1024 --step-ms 100 --quick
 """
@@ -33,6 +47,8 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -40,6 +56,7 @@ import numpy as np
 import torch
 
 from dumpunet.diskspeed import measure_write_speed
+from dumpunet.recorder import attention_capture
 from dumpunet.recorder.attention_layers import AttentionOptions
 from dumpunet.recorder.blocks import block_table, unet_blocks
 from dumpunet.recorder.plan import RecordOptions
@@ -53,6 +70,10 @@ SDXL = dict(sample_size=128, block_out_channels=(320, 640, 1280), cross_attentio
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), use_linear_projection=True)
 MODELS = {"sd15": (SD15, 77), "sdxl": (SDXL, 77)}
+WRITERS = {  # StoreWriter keyword arguments
+    "default": {},
+    "before": {"write_threads": 1, "write_back": False},  # the writer before issue 14's changes
+}
 MODES = {
     "blocks": dict(blocks="", attention=None),
     "blocks+xattn": dict(blocks="", attention=AttentionOptions(features=("qk",))),
@@ -60,24 +81,36 @@ MODES = {
 
 
 class _FakeProcessor:
-    """Stands in for AttnProcessor2_0: calls to_q and to_k (the recorder's hooks see them), returns its input."""
+    """Stands in for AttnProcessor2_0: calls to_q and to_k (the recorder's hooks see them), returns its input.
+
+    With ``compute``, a cross-attention layer also computes its attention as AttnProcessor2_0 does
+    (``scaled_dot_product_attention`` per head; the keys stand in for the values, of the same shape).
+    """
+
+    def __init__(self, compute: bool) -> None:
+        self.compute = compute
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        attn.to_q(hidden_states)
-        attn.to_k(hidden_states if encoder_hidden_states is None else encoder_hidden_states)
+        q = attn.to_q(hidden_states)
+        k = attn.to_k(hidden_states if encoder_hidden_states is None else encoder_hidden_states)
+        if self.compute and encoder_hidden_states is not None:
+            b, heads = q.shape[0], int(attn.heads)
+            qh = q.reshape(b, -1, heads, q.shape[-1] // heads).transpose(1, 2)
+            kh = k.reshape(b, -1, heads, k.shape[-1] // heads).transpose(1, 2)
+            torch.nn.functional.scaled_dot_product_attention(qh, kh, kh, scale=float(attn.scale))
         return hidden_states
 
 
 class StandIn:
     """A diffusers U-Net on the meta device whose blocks return real-size tensors and whose calls sleep."""
 
-    def __init__(self, model: str, size: int, step_ms: float, batch: int = 2) -> None:
+    def __init__(self, model: str, size: int, step_ms: float, batch: int = 2, attention_compute: bool = False) -> None:
         from diffusers import UNet2DConditionModel
 
         config, self.n_tokens = MODELS[model]
         with torch.device("meta"):
             self.unet = UNet2DConditionModel(**config).eval()
-        self.unet.set_attn_processor(_FakeProcessor())
+        self.unet.set_attn_processor(_FakeProcessor(attention_compute))
         self.latent = (size // 8, size // 8)
         self.batch = batch
         self.units = unet_blocks(self.unet)
@@ -180,13 +213,33 @@ def run_plain(standin: StandIn, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def run_recorded(standin: StandIn, steps: int, mode: str, where: Path, queue_bytes: int) -> dict:
+@contextmanager
+def map_timer() -> Iterator[SimpleNamespace]:
+    """Add up the time the recorder spends computing attention maps (its ``attention_probs``) in ``.seconds``."""
+    spent = SimpleNamespace(seconds=0.0)
+    inner = attention_capture.attention_probs
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            spent.seconds += time.perf_counter() - t0
+
+    attention_capture.attention_probs = timed
+    try:
+        yield spent
+    finally:
+        attention_capture.attention_probs = inner
+
+
+def run_recorded(standin: StandIn, steps: int, mode: str, where: Path, queue_bytes: int, writer_kw: dict | None = None) -> dict:
     path = where / "rate.zarr"
-    writer = StoreWriter(path, model={}, versions={}, max_queue_bytes=queue_bytes)
+    writer = StoreWriter(path, model={}, versions={}, max_queue_bytes=queue_bytes, **(writer_kw or {}))
     opts = RecordOptions(**MODES[mode])
     rec = Recorder(standin.pipe(steps), writer=writer, options=opts, progress=False)
     t0 = time.perf_counter()
-    with Sampler(writer) as sampler:
+    with Sampler(writer) as sampler, map_timer() as maps:
         with rec:
             standin.generate(steps)
         t_exit = time.perf_counter()
@@ -197,7 +250,7 @@ def run_recorded(standin: StandIn, steps: int, mode: str, where: Path, queue_byt
     nbytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     shutil.rmtree(path)
     return dict(exit=t_exit - t0, close=t_close - t0, sync=t_sync - t0, bytes=nbytes, waited=rec.writer_wait_seconds,
-                busy=writer.busy_seconds, rss=sampler.peak_rss, queue=max(sampler.peak_queue, writer.peak_queue_bytes))
+                busy=writer.busy_seconds, maps=maps.seconds, rss=sampler.peak_rss, queue=max(sampler.peak_queue, writer.peak_queue_bytes))
 
 
 def disk_speed(where: Path, nbytes: int) -> float:
@@ -214,57 +267,83 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=None, help="image size (default: 512 for sd15, 1024 for sdxl)")
     ap.add_argument("--step-ms", type=float, default=50.0, help="stand-in time per U-Net call (50 ms = 20 steps/s)")
     ap.add_argument("--steps", type=int, default=100)
-    ap.add_argument("--repeats", type=int, default=2, help="interleaved rounds of plain / disk / each mode")
+    ap.add_argument("--repeats", type=int, default=None, help="interleaved rounds of plain / disk / each mode (default 2; 1 with --quick)")
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--writers", default="default", help=f"store writer variants, each mode with each: {','.join(WRITERS)}")
+    ap.add_argument("--attention-compute", choices=("cpu", "none"), default="cpu",
+                    help="cpu: for the cross-attention modes the stand-in computes its cross-attention on the CPU, "
+                         "plain and recorded; none: its sleep stands for it")
     ap.add_argument("--queue-mb", type=float, default=1024, help="the writer's queue bound (max_queue_bytes)")
     ap.add_argument("--growth-steps", default="20,50,100")
     ap.add_argument("--growth-sizes", default="256,512,768")
     ap.add_argument("--growth-at", type=int, default=20, help="steps of each size in the size growth check")
-    ap.add_argument("--quick", action="store_true", help="a short run: 10 steps, 1 repeat, growth 5/10/20 steps and 5 steps per size")
+    ap.add_argument("--no-growth", action="store_true", help="skip the growth rows")
+    ap.add_argument("--quick", action="store_true", help="a short run: 10 steps, 1 repeat unless --repeats, growth 5/10/20 steps and 5 steps per size")
     ap.add_argument("--prewarm", type=float, default=3.0, help="GB of memory to touch before each timed run (0: off)")
     ap.add_argument("--dir", type=Path, help="where to write (default: a temp dir beside the repo, else /tmp)")
     args = ap.parse_args()
     if args.quick:
-        args.steps, args.repeats, args.growth_steps, args.growth_at = 10, 1, "5,10,20", 5
+        args.steps, args.growth_steps, args.growth_at = 10, "5,10,20", 5
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 2
     size = args.size or (1024 if args.model == "sdxl" else 512)
     modes = [m for m in args.modes.split(",") if m]
+    writers = [w for w in args.writers.split(",") if w]
+    if unknown := [x for x in modes if x not in MODES] + [x for x in writers if x not in WRITERS]:
+        ap.error(f"unknown mode or writer {unknown[0]!r}: modes {', '.join(MODES)}; writers {', '.join(WRITERS)}")
+    runs = [(m, w) for m in modes for w in writers]
     base = args.dir or Path(__file__).resolve().parents[2]
     where = Path(tempfile.mkdtemp(prefix="dumpunet-rate-", dir=base if os.access(base, os.W_OK) else None))
     queue = int(args.queue_mb * 2**20)
+    compute = args.attention_compute == "cpu"
+    computes = {m: compute and MODES[m]["attention"] is not None for m in modes}  # which stand-in a mode runs on
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"load average {os.getloadavg()[0]:.1f}; {args.model} {size}x{size}, batch 2 (cfg), fp16, stand-in {args.step_ms:.0f} ms per call "
-          f"({1000 / args.step_ms:.0f} steps/s), {args.steps} steps, {args.repeats} repeat(s); writing in {where}; "
-          f"torch {torch.__version__}, {os.cpu_count()} CPUs")
+          f"({1000 / args.step_ms:.0f} steps/s), cross-attention computed by the stand-in: {args.attention_compute}; "
+          f"{args.steps} steps, {args.repeats} repeat(s); writing in {where}; torch {torch.__version__}, {os.cpu_count()} CPUs")
     try:
-        standin = StandIn(args.model, size, args.step_ms)
-        standin.generate(1)
-        res: dict[str, list[dict]] = {m: [] for m in modes}
-        plain: list[float] = []
+        standins = {c: StandIn(args.model, size, args.step_ms, attention_compute=c) for c in sorted(set(computes.values()) | {False})}
+        for si in standins.values():
+            si.generate(1)
+        standin = standins[False]
+        res: dict[tuple[str, str], list[dict]] = {r: [] for r in runs}
+        plains: dict[bool, list[float]] = {c: [] for c in standins}
         disk: list[float] = []
         warm = int(args.prewarm * 1e9)
         for _ in range(args.repeats):
-            prewarm(warm)
-            plain.append(run_plain(standin, args.steps))
-            for m in modes:
+            for c, si in standins.items():
                 prewarm(warm)
-                r = run_recorded(standin, args.steps, m, where, queue)
+                plains[c].append(run_plain(si, args.steps))
+            for m, w in runs:
+                prewarm(warm)
+                r = run_recorded(standins[computes[m]], args.steps, m, where, queue, WRITERS[w])
                 disk.append(disk_speed(where, r["bytes"]))
-                res[m].append(r)
-        p, d = statistics.median(plain), statistics.median(disk)
-        print(f"\nplain stand-in: {p:.2f} s ({args.steps / p:.1f} steps/s); disk write+fsync in {where.parent}: "
-              f"{gb(d)} GB/s (median of {len(disk)}, {gb(min(disk))}-{gb(max(disk))})\n")
-        print(f"{'mode':<13} {'recorded s':>10} {'U-Net s':>8} {'GB':>6} {'MB/step':>8} {'bytes/disk s':>12} "
-              f"{'limit s':>8} {'ratio':>6} {'waited s':>8} {'peak queue MB':>13} {'peak RSS +MB':>12}")
-        for m in modes:
-            rs = res[m]
-            rec = statistics.median(r["sync"] for r in rs)
-            unet = statistics.median(r["exit"] for r in rs)
+                res[(m, w)].append(r)
+        plain = {c: statistics.median(x) for c, x in plains.items()}
+        p, d = plain[False], statistics.median(disk)
+        print(f"\nplain stand-in: {p:.2f} s ({args.steps / p:.1f} steps/s; {min(plains[False]):.2f}-{max(plains[False]):.2f})", end="")
+        if True in plain:
+            print(f"; with its cross-attention computed on the CPU: {plain[True]:.2f} s ({min(plains[True]):.2f}-{max(plains[True]):.2f})", end="")
+        print(f"\ndisk write+fsync in {where.parent}: {gb(d)} GB/s (median of {len(disk)}, {gb(min(disk))}-{gb(max(disk))}); "
+              f"medians of {args.repeats}; limit = max(plain of the mode's stand-in, bytes / disk)\n")
+        print(f"{'mode':<13} {'writer':<8} {'recorded s':>10} {'U-Net s':>8} {'close s':>8} {'maps s':>7} {'GB':>6} {'MB/step':>8} "
+              f"{'bytes/disk s':>12} {'limit s':>8} {'ratio':>6} {'ratios':>11} {'waited s':>8} {'peak queue MB':>13} {'peak RSS +MB':>12}")
+        for m, w in runs:
+            rs = res[(m, w)]
             nb = statistics.median(r["bytes"] for r in rs)
-            limit = max(p, nb / d)
-            print(f"{m:<13} {rec:10.2f} {unet:8.2f} {gb(nb):>6} {nb / args.steps / 1e6:8.1f} {nb / d:12.2f} {limit:8.2f} "
-                  f"{rec / limit:6.2f} {statistics.median(r['waited'] for r in rs):8.2f} "
+            limit = max(plain[computes[m]], nb / d)
+            ratios = [r["sync"] / limit for r in rs]
+
+            def med(key: str, rs: list[dict] = rs) -> float:
+                return statistics.median(r[key] for r in rs)
+
+            print(f"{m:<13} {w:<8} {med('sync'):10.2f} {med('exit'):8.2f} {med('close'):8.2f} {med('maps'):7.2f} {gb(nb):>6} "
+                  f"{nb / args.steps / 1e6:8.1f} {nb / d:12.2f} {limit:8.2f} {med('sync') / limit:6.2f} "
+                  f"{min(ratios):5.2f}-{max(ratios):<5.2f} {med('waited'):8.2f} "
                   f"{max(r['queue'] for r in rs) / 2**20:13.0f} {max(r['rss'] for r in rs) / 2**20:12.0f}")
-        print("\ngrowth (blocks only; one run each): time and bytes per step should stay constant")
+        if args.no_growth:
+            return
+        print("\ngrowth (blocks only, default writer; one run each): time and bytes per step should stay constant")
         print(f"{'run':<16} {'steps':>5} {'s':>7} {'ms/step':>8} {'MB/step':>8} {'disk-limit ms/step':>18} {'peak RSS +MB':>12}")
         rows = [(f"{size}x{size}", size, int(n)) for n in args.growth_steps.split(",")]
         rows += [(f"{s}x{s}", int(s), args.growth_at) for s in args.growth_sizes.split(",")]

@@ -34,7 +34,13 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from dumpunet.diskspeed import measure_write_speed
 from dumpunet.store import schema
 from dumpunet.store.schema import BlockInfo, RunAttrs
-from dumpunet.store.writer import DIRECT_IO, GROW_CALLS, WRITE_THREADS, StoreWriter
+from dumpunet.store.writer import (
+    DIRECT_IO,
+    GROW_CALLS,
+    WRITE_BACK,
+    WRITE_THREADS,
+    StoreWriter,
+)
 
 SD15_512 = [
     *[(f"IN{i:02d}", (320, 64, 64)) for i in range(3)],
@@ -59,7 +65,7 @@ BZSTD = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=2)
 # sep (chunk key separator), shard (one shard per call and array), grow
 # (StoreWriter's grow_calls), raw (StoreWriter's raw_chunks: False = zarr's Array API), coords
 # (StoreWriter's coordinates: False = format 1.0's layout, no coordinate arrays),
-# threads (StoreWriter's write_threads), direct (StoreWriter's direct_io).
+# threads (StoreWriter's write_threads), direct (StoreWriter's direct_io), back (StoreWriter's write_back).
 COMPARE: dict[str, dict] = {
     "schema default": {},
     "zstd-1": {"compressors": ZstdCodec(level=1)},
@@ -75,6 +81,10 @@ COMPARE: dict[str, dict] = {
     "O_DIRECT": {"direct": True},
     "2 write threads": {"threads": 2},
     "2 threads, O_DIRECT": {"threads": 2, "direct": True},
+    "no early write-back": {"back": False},
+    "early write-back": {"back": True},
+    "2 threads, no early write-back": {"threads": 2, "back": False},
+    "2 threads, early write-back": {"threads": 2, "back": True},
 }
 DEFAULTS = {
     "codecs_for": schema.codecs_for,
@@ -83,6 +93,7 @@ DEFAULTS = {
     "raw": True,
     "threads": WRITE_THREADS,
     "direct": DIRECT_IO,
+    "back": WRITE_BACK,
     "create_array": zarr.Group.create_array,
 }
 
@@ -130,7 +141,7 @@ def time_writer(where: Path, blocks: list[BlockInfo], data: list[dict], steps: i
     path = where / "bench.zarr"
     w = StoreWriter(path, model={}, versions={}, grow_calls=v.get("grow", DEFAULTS["grow"]),
                     raw_chunks=v.get("raw", DEFAULTS["raw"]), write_threads=v.get("threads", DEFAULTS["threads"]),
-                    direct_io=v.get("direct", DEFAULTS["direct"]),
+                    direct_io=v.get("direct", DEFAULTS["direct"]), write_back=v.get("back", DEFAULTS["back"]),
                     coordinates=v.get("coords", True))
     w.set_block_table(blocks)
     w.begin_run("main", RunAttrs(n_images=N_IMAGES, guidance=("uncond", "cond")), blocks, which=("output",), dtype="float16")

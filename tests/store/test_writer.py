@@ -62,7 +62,8 @@ def test_an_unbounded_wait_never_happens_for_a_lone_call_larger_than_the_bound(t
     assert dumpunet.open(tmp_path / "s.zarr").steps == [1]
 
 
-@pytest.mark.parametrize("kw", [{"write_threads": 3}, {"direct_io": True}, {"write_threads": 2, "direct_io": True}])
+@pytest.mark.parametrize("kw", [{"write_threads": 3}, {"direct_io": True}, {"write_threads": 2, "direct_io": True},
+                                {"write_back": False}, {"write_threads": 1, "write_back": False}])
 def test_every_write_variant_writes_the_same_files(tmp_path, monkeypatch, kw):
     import dumpunet.store.writer as writer_module
 
@@ -72,6 +73,29 @@ def test_every_write_variant_writes_the_same_files(tmp_path, monkeypatch, kw):
     a, b = _files(tmp_path / "a.zarr"), _files(tmp_path / "b.zarr")
     assert a.keys() == b.keys() and len(a) > 20
     assert all(a[k] == b[k] for k in a if not k.endswith("zarr.json") or "runs/main/blocks" in k)
+
+
+@pytest.mark.parametrize("write_back", [True, False])
+def test_early_write_back_hands_every_chunk_file_to_the_disk_once_and_nothing_else(tmp_path, monkeypatch, write_back):
+    import os
+
+    from dumpunet.store import call_arrays
+
+    calls = []
+    monkeypatch.setattr(call_arrays, "_FADVISE", lambda fd, offset, length, advice: calls.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length, advice)))
+    w = _writer(tmp_path / "s.zarr", write_back=write_back)
+    for step in (1, 2):
+        w.submit_call("main", step=step, substep=0, timestep=0.0, slabs=_slabs(step))
+    w.finish_run("main")
+    w.close()
+    chunks = sorted(str(p) for p in (tmp_path / "s.zarr/runs/main/blocks").rglob("output/c.*"))  # not coordinates
+    assert len(chunks) == 2 * len(BLOCKS) * 2 * 2  # calls x blocks x images x guidance
+    if write_back:
+        assert sorted(c[0] for c in calls) == chunks  # each chunk file once, no call table or document
+        assert {c[1:] for c in calls} == {(0, 0, os.POSIX_FADV_DONTNEED)}
+    else:
+        assert calls == []
+    np.testing.assert_array_equal(dumpunet.open(tmp_path / "s.zarr").features("IN01", 2), slab(2, BLOCKS[1])[1, 0])
 
 
 def test_write_threads_must_be_positive(tmp_path):

@@ -158,11 +158,14 @@ class AttentionCapture:
 
 
 def _softmax_into(p: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:
-    """``p`` = softmax(q·kᵀ·scale) over the last axis, computed in place in ``p`` (float32)."""
+    """``p`` = softmax(q·kᵀ·scale) over the last axis, computed in place in ``p`` (float32).
+
+    torch's own softmax, in place: one fused pass instead of four (max, subtract and exp, sum,
+    divide), which took 4-12x as long on the CPU (docs/benchmarks.md, issue 14).
+    """
     torch.matmul(q, k.transpose(-1, -2), out=p)
     p.mul_(scale)
-    p.sub_(p.amax(dim=-1, keepdim=True)).exp_()
-    p.div_(p.sum(dim=-1, keepdim=True))
+    torch.softmax(p, dim=-1, out=p)
 
 
 def _buffer(scratch: dict[tuple[Any, ...], torch.Tensor] | None, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
@@ -191,8 +194,8 @@ def attention_probs(
     matmul, in place in a buffer from ``scratch`` that is reused on every call (fresh buffers
     cost page faults every call); larger ones (full self-attention maps, 4096² per head at 512²)
     one head at a time, so that no more than one head's scores exist in float32 at once. Both
-    branches run the same float32 operations on each head (matmul, scale, max-subtracted exp,
-    divide by the sum; the head mean adds heads in order, then divides), so on the CPU they give
+    branches run the same float32 operations on each head (matmul, scale, softmax over each
+    row; the head mean adds heads in order, then divides), so on the CPU they give
     bit-identical maps (tested); on a GPU, cuBLAS may pick another matmul kernel for another
     batch count, which can move a probability by a rounding step (measured: up to 6e-8).
     """

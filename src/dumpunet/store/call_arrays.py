@@ -11,6 +11,11 @@ multiple of 4096 bytes go straight to the disk (``O_DIRECT``, Linux) from page-a
 slab itself, or one reused aligned buffer per thread), skipping the copy into fresh page-cache
 pages; other sizes, file systems that refuse ``O_DIRECT`` (tmpfs) and other systems write through
 the page cache. Whether it pays is measured by ``benchmarks/writer_throughput.py`` (docs/benchmarks.md).
+
+With ``write_back`` (the store writer's ``write_back``), each chunk file written through the page
+cache is handed to the disk at once (``posix_fadvise(DONTNEED)``, which on Linux starts the
+write-back without waiting for it) instead of when the kernel's dirty-page thresholds or a final
+sync get to it: the disk writes while the recording goes on, not after it.
 """
 
 from __future__ import annotations
@@ -67,12 +72,13 @@ class CallArray:
             path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def write_slab(self, k: int, slab: np.ndarray, *, direct: bool = False) -> None:
+    def write_slab(self, k: int, slab: np.ndarray, *, direct: bool = False, write_back: bool = False) -> None:
         """Store call ``k``'s ``[guidance, image, ...]`` slab: one chunk file per (image, guidance)."""
-        for job in self.slab_files(k, slab, direct=direct):
+        for job in self.slab_files(k, slab, direct=direct, write_back=write_back):
             job()
 
-    def slab_files(self, k: int, slab: np.ndarray, *, direct: bool = False) -> list[Callable[[], None]]:
+    def slab_files(self, k: int, slab: np.ndarray, *, direct: bool = False,
+                   write_back: bool = False) -> list[Callable[[], None]]:
         """The writes that store call ``k``'s slab, one per chunk file, in any order or thread."""
         ax = self.kind.axis
         want = (self.shape[ax("guidance")], self.shape[ax("image")], *self.shape[ax("guidance") + 1 :])
@@ -87,7 +93,7 @@ class CallArray:
             return [encoded]
         tail = (0,) * (x.ndim - 2)
         return [
-            _chunk_writer(self.chunk_file((k, i, g, *tail)), x[g, i], direct)
+            _chunk_writer(self.chunk_file((k, i, g, *tail)), x[g, i], direct, write_back)
             for g in range(x.shape[0]) for i in range(x.shape[1])
         ]
 
@@ -161,7 +167,10 @@ def _aligned(data: memoryview) -> memoryview:
     return memoryview(out).cast("B")
 
 
-def _chunk_writer(path: Path, data: np.ndarray, direct: bool) -> Callable[[], None]:
+_FADVISE = getattr(os, "posix_fadvise", None)  # not on macOS or Windows: no early write-back there
+
+
+def _chunk_writer(path: Path, data: np.ndarray, direct: bool, write_back: bool) -> Callable[[], None]:
     def write() -> None:
         # in place, not atomic: call_done is set only after every chunk of the call is written
         view = memoryview(np.ascontiguousarray(data)).cast("B")
@@ -178,6 +187,8 @@ def _chunk_writer(path: Path, data: np.ndarray, direct: bool) -> Callable[[], No
                 return
         with open(path, "wb", buffering=0) as fh:  # unbuffered: one write() of the whole chunk
             _write_all(fh, view)
+            if write_back and _FADVISE is not None:
+                _FADVISE(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # start the write-back; does not wait
 
     return write
 
@@ -212,11 +223,12 @@ class RunFiles:
 
 
 def write_call(st: RunFiles, k: int, values: Mapping[str, Any], data: Mapping[tuple[str, str], np.ndarray],
-                grow_calls: int, *, run: Runner = run_here, direct: bool = False) -> None:
+                grow_calls: int, *, run: Runner = run_here, direct: bool = False, write_back: bool = False) -> None:
     """Write call ``k``: its call-table row (not done), every slab, then ``call_done`` = 1 last.
 
     ``run`` runs the chunk writes (a thread pool's may run them at once); ``direct`` writes chunk
-    files of a suitable size with ``O_DIRECT`` (module docstring).
+    files of a suitable size with ``O_DIRECT``, ``write_back`` starts each chunk file's write-back
+    at once (module docstring).
     """
     unknown = data.keys() - st.arrays.keys()
     if unknown:
@@ -232,7 +244,7 @@ def write_call(st: RunFiles, k: int, values: Mapping[str, Any], data: Mapping[tu
         if arr.shape[0] <= k:
             arr.resize(-(-(k + 1) // grow_calls) * grow_calls)
         if key in data:
-            jobs += arr.slab_files(k, data[key], direct=direct)
+            jobs += arr.slab_files(k, data[key], direct=direct, write_back=write_back)
     run(jobs)
     for group in st.groups.values():  # labelled in batches, as the arrays grow (GroupCoords)
         if group.grown():

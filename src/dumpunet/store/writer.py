@@ -68,6 +68,14 @@ DIRECT_IO = False
 on the development VM it measured 2x the page cache's speed in a plain file test and 0.6x in the
 writer benchmark, both under heavy load (docs/benchmarks.md); to decide on a quiet machine."""
 
+WRITE_BACK = True
+"""Start each chunk file's write-back as soon as it is written (:mod:`dumpunet.store.call_arrays`).
+
+Without it the kernel holds a recording's pages until its dirty thresholds (10 % of memory) or a
+final sync, so the disk idles during the recording and writes everything after it. On the
+development VM under heavy load it shortened the GPU-rate simulation's recordings (5 of 6 pairs)
+and slowed the writer benchmark's saturated writer once (docs/benchmarks.md, issue 14)."""
+
 
 def _nice() -> None:
     # Yield the CPU to the U-Net's threads: the queue absorbs what the writer cannot do at once.
@@ -85,10 +93,11 @@ class StoreWriter:
     attributes are held as typed values (:class:`RootAttrs`, :class:`RunAttrs`) and rewritten
     whole from them.
 
-    ``raw_chunks``, ``grow_calls``, ``write_threads`` and ``direct_io`` choose how per-call
+    ``raw_chunks``, ``grow_calls``, ``write_threads``, ``direct_io`` and ``write_back`` choose how per-call
     arrays are written (the benchmarks compare variants): ``raw_chunks=False`` writes chunks
     through zarr's Array API; ``write_threads`` > 1 writes a call's chunk files from that many
     threads; ``direct_io=True`` writes chunk files of a page multiple with ``O_DIRECT``;
+    ``write_back=False`` leaves chunk files to the kernel's own write-back timing;
     ``coordinates=False`` leaves out the coordinate arrays (format 1.0's layout).
 
     ``keep_runs`` (``record --prompts`` resuming) opens the existing store at ``path`` instead of
@@ -130,6 +139,7 @@ class StoreWriter:
         coordinates: bool = True,
         write_threads: int = WRITE_THREADS,
         direct_io: bool = DIRECT_IO,
+        write_back: bool = WRITE_BACK,
     ) -> None:
         if grow_calls < 1:
             raise ValueError(f"grow_calls must be at least 1, got {grow_calls}")
@@ -160,6 +170,7 @@ class StoreWriter:
         self.grow_calls = grow_calls
         self.coordinates = coordinates
         self.direct_io = direct_io
+        self.write_back = write_back
         self._pool = ThreadPoolExecutor(write_threads, "dumpunet-chunks", initializer=_nice) if write_threads > 1 else None
         self._runs: dict[str, RunFiles] = {}
         self._error: BaseException | None = None
@@ -274,7 +285,8 @@ class StoreWriter:
                 data = {key: src() if callable(src) else src for key, src in slabs.items()}
                 values = {"call_step": step, "call_substep": substep,
                           "call_timestep": timestep() if callable(timestep) else timestep}
-                write_call(st, k, values, data, self.grow_calls, run=self._run_jobs, direct=self.direct_io)
+                write_call(st, k, values, data, self.grow_calls, run=self._run_jobs, direct=self.direct_io,
+                           write_back=self.write_back)
             finally:
                 if on_written is not None:
                     on_written()
