@@ -25,5 +25,4 @@ def stores(tmp_path_factory) -> list[Path]:
 def server(stores):
     srv = start(stores)
     yield srv
-    srv.shutdown()
-    srv.server_close()
+    srv.stop()

@@ -182,8 +182,7 @@ def test_a_recording_in_progress_shows_its_steps_as_they_complete(page, tmp_path
         assert page.inner_text("#steplabel") == "step 3 of 3" and "--steps 3" in later["command"]
         assert "step" not in url_state(page)
     finally:
-        live.shutdown()
-        live.server_close()
+        live.stop()
 
 
 def test_a_bad_expression_shows_its_caret_message(page, server):

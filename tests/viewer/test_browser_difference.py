@@ -23,8 +23,7 @@ def three(tmp_path_factory):
     srv = start([make_store(root / "a.zarr", seed=0), make_store(root / "b.zarr", seed=3),
                  make_paired_store(root / "pair.zarr")])
     yield srv
-    srv.shutdown()
-    srv.server_close()
+    srv.stop()
 
 
 def picture(tab, before: str = "") -> dict:
@@ -88,8 +87,7 @@ def attention_pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("attention-pair")
     srv = start([make_attention_store(root / "pair.zarr", pair=True), make_attention_store(root / "other.zarr", seed=5)])
     yield srv
-    srv.shutdown()
-    srv.server_close()
+    srv.stop()
 
 
 def test_difference_on_an_attention_view_and_its_command(page, attention_pair):  # noqa: F811

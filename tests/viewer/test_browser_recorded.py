@@ -31,8 +31,7 @@ def xl(tmp_path_factory):
              guidance_scale=7.0, height=64, width=64, generator=torch.Generator().manual_seed(1), output_type="np")
     srv = start([path])
     yield srv
-    srv.shutdown()
-    srv.server_close()
+    srv.stop()
 
 
 def test_a_tiny_sdxl_recording_with_a_negative_prompt(page, xl):  # noqa: F811

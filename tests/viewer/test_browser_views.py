@@ -73,8 +73,7 @@ def test_the_negative_prompts_tokens_are_words_to_click(page, server):  # noqa: 
 def sdxl(tmp_path_factory):
     srv = start([make_sdxl_store(tmp_path_factory.mktemp("sdxl") / "xl.zarr")])
     yield srv
-    srv.shutdown()
-    srv.server_close()
+    srv.stop()
 
 
 def test_an_sdxl_store_shows_its_19_blocks_in_the_ladder(page, sdxl):  # noqa: F811

@@ -55,8 +55,7 @@ def recorded(tmp_path_factory):
 def served(recorded):
     srv = start(recorded)
     yield srv
-    srv.shutdown()
-    srv.server_close()
+    srv.stop()
 
 
 def raw(path, block: str, step: int, guidance: str = "cond") -> np.ndarray:

@@ -103,6 +103,16 @@ def test_structure_lists_blocks_steps_layers_tokens_and_pairs(server):
     ("view=query&qx=0.2&qy=0.7", "querymap"),
     ("store=1&pair=layered&mode=diff&block=OUT11&step=5&method=Red/Blue&transform=linear", "diff-"),
     ("store=1&pair=layered&mode=base&block=IN04&step=10", ""),
+    # channel subsets, final images and the negative prompt's tokens
+    ("block=OUT08&channels=0,2-4&method=Red/Blue", ""),
+    ("block=IN04&step=1&channels=1-5(%2B2)&average=mean", ""),
+    ("block=IN04&step=1&channels=0-3&channel=5", ""),  # a clicked channel wins over the subset
+    ("store=1&pair=layered&mode=diff&block=OUT11&step=5&channels=1-2", "diff-"),  # diff's own Auto scope is block
+    ("store=1&pair=layered&mode=diff&block=IN04&step=10&space=rgb", "diff-"),  # diff's own r, g, b: a palette
+    ("view=heatmap&token=1&guidance=uncond", "heatmap"),  # the negative prompt's "bad"
+    ("view=final", "final-img"),
+    ("store=1&pair=layered&mode=base&view=final", "final-img"),
+    ("store=1&pair=layered&mode=diff&view=final&block=OUT11&step=5", "final-diff-norm"),
 ])
 def test_a_served_png_equals_what_its_cli_command_writes(server, tmp_path, query, prefix):
     status, headers, body = get(server, "api/image?" + query)
@@ -149,8 +159,7 @@ def compared(tmp_path_factory):
     srv = start([make_attention_store(root / "girl.zarr"), make_attention_store(root / "other.zarr", seed=5),
                  make_attention_store(root / "pair.zarr", pair=True)])
     yield srv
-    srv.shutdown()
-    srv.server_close()
+    srv.stop()
 
 
 @pytest.mark.parametrize("query, prefix", [
@@ -258,8 +267,7 @@ def test_a_moving_step_slider_gets_the_next_step_rendered_ahead(stores):
         assert plain._ahead_thread is None
     finally:
         for srv in (server, plain):
-            srv.shutdown()
-            srv.server_close()
+            srv.stop()
 
 
 def test_only_a_step_change_renders_ahead(stores):
@@ -275,8 +283,7 @@ def test_only_a_step_change_renders_ahead(stores):
         get(server, "api/image?block=IN02&step=3&gain=2")  # 2 -> 3: the last step, nothing follows
         assert server._ahead_thread is None
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def test_a_recording_in_progress_shows_new_steps(tmp_path):
@@ -296,8 +303,7 @@ def test_a_recording_in_progress_shows_new_steps(tmp_path):
         assert get(server, "api/image?step=3")[0] == 200
         assert json.loads(get(server, "api/command")[2])["query"] == "block=OUT11&step=3"
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
 
 def test_view_command_help_a_missing_store_and_a_busy_port(tmp_path, server, stores):

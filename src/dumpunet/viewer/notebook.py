@@ -84,9 +84,7 @@ def close() -> None:
     with _lock:
         srv, _server = _server, None
     if srv is not None:
-        srv.shutdown()  # returns once serve_forever has stopped
-        srv.server_close()
-        srv.thread.join(timeout=10)
+        srv.stop()
 
 
 atexit.register(close)

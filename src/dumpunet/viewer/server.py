@@ -133,6 +133,13 @@ class ViewerServer(ThreadingHTTPServer):
         except OSError as exc:
             raise DumpUnetError(f"cannot serve on {HOST}:{port}: {exc.strerror or exc} (try another --port)") from None
 
+    def stop(self) -> None:
+        """Stop a server that :func:`start` started: end its loop, close its socket, wait for its thread."""
+        self.shutdown()  # returns once serve_forever has stopped
+        self.server_close()
+        if self.thread is not None:
+            self.thread.join(timeout=10)
+
     def add(self, path: str | Path | StoreUrl) -> int:
         """Serve one more store (a notebook's ``show()``); return its index (the old one if already served)."""
         path = locate(path)
