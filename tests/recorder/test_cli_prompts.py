@@ -11,10 +11,10 @@ pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from click.testing import CliRunner  # noqa: E402
+from interrupts import interrupt_run  # noqa: E402
 
 import dumpunet  # noqa: E402
 from dumpunet.cli import main  # noqa: E402
-from dumpunet.recorder import job as recording  # noqa: E402
 from dumpunet.store.validate import validate  # noqa: E402
 
 pytestmark = pytest.mark.recorder
@@ -125,19 +125,7 @@ def test_an_interrupted_list_resumes_skipping_the_complete_prompts_and_redoing_t
     prompts.write_text("a cat\na dog\na bird\n")
     out = tmp_path / "p.zarr"
     args = ["--prompts", str(prompts), *FAST, "--seed", "4", "--out", str(out)]
-    record_run, runs = recording.record_run, []
-
-    def interrupted_in_the_third(job, writer, run, kwargs, *, on_step=None, prompt_line=None):
-        runs.append(run.name)
-
-        def step(n):
-            on_step(n)
-            if run.name == "p0002" and n == 1:
-                raise KeyboardInterrupt  # as Ctrl-C after the third prompt's first step
-
-        return record_run(job, writer, run, kwargs, on_step=step, prompt_line=prompt_line)
-
-    monkeypatch.setattr(recording, "record_run", interrupted_in_the_third)
+    restore = interrupt_run(monkeypatch, "p0002")  # after its first step
     cut = invoke(*args)
     assert cut.exit_code == 1
     assert cut.output.splitlines()[-1] == (
@@ -149,7 +137,7 @@ def test_an_interrupted_list_resumes_skipping_the_complete_prompts_and_redoing_t
     report = validate(out)
     assert report.ok  # a cut run is sound: its complete step stays readable
 
-    monkeypatch.setattr(recording, "record_run", record_run)
+    restore()
     images = [store.image(run=name) for name in ("p0000", "p0001")]
     again = invoke(*args)
     assert again.exit_code == 0, again.output
@@ -177,17 +165,7 @@ def test_a_list_grown_by_appended_lines_adds_its_new_prompts_resumably_and_chang
     images = [dumpunet.open(out).image(run=name) for name in ("p0000", "p0001")]
 
     prompts.write_text("a cat\na dog\n# more\na bird\na fish\n")
-    record_run = recording.record_run
-
-    def cut_in_the_fourth(job, writer, run, kwargs, *, on_step=None, prompt_line=None):
-        def step(n):
-            on_step(n)
-            if run.name == "p0003" and n == 1:
-                raise KeyboardInterrupt
-
-        return record_run(job, writer, run, kwargs, on_step=step, prompt_line=prompt_line)
-
-    monkeypatch.setattr(recording, "record_run", cut_in_the_fourth)
+    restore = interrupt_run(monkeypatch, "p0003")  # after its first step
     grown = invoke(*args)
     assert grown.exit_code == 1
     assert grown.stderr.splitlines()[:2] == [f"{prompts} adds 2 prompts to the 2 recorded in {out} (runs p0002 on)",
@@ -207,7 +185,7 @@ def test_a_list_grown_by_appended_lines_adds_its_new_prompts_resumably_and_chang
             "'a cat'); a recorded list grows only by rows appended at its end;") in changed.output
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
-    monkeypatch.setattr(recording, "record_run", record_run)
+    restore()
     prompts.write_text("a cat\na dog\n# more\na bird\na fish\n")
     again = invoke(*args, "--json")
     assert again.exit_code == 0, again.output
@@ -262,23 +240,13 @@ def test_sweep_prompts_sweeps_every_prompt_into_one_store_resumably_with_a_conta
     prompts.write_text("a cat\na dog\n")
     out = tmp_path / "sweeps.zarr"
     args = ["sweep", "--prompts", str(prompts), *SWEEP, "--out", str(out)]
-    record_run = recording.record_run
-
-    def cut_in_the_last(job, writer, run, kwargs, *, on_step=None, prompt_line=None):
-        def step(n):
-            on_step(n)
-            if run.name == "p0001-M00" and n == 1:
-                raise KeyboardInterrupt
-
-        return record_run(job, writer, run, kwargs, on_step=step, prompt_line=prompt_line)
-
-    monkeypatch.setattr(recording, "record_run", cut_in_the_last)
+    restore = interrupt_run(monkeypatch, "p0001-M00")  # after its first step
     cut = CliRunner().invoke(main, args, catch_exceptions=False)
     assert cut.exit_code == 1 and "interrupted; the prompts recorded completely stay in" in cut.output
     assert [(n, r.complete) for n, r in dumpunet.open(out).runs.items()] == [
         ("p0000-base", True), ("p0000-IN04", True), ("p0000-M00", True), ("p0001-base", True), ("p0001-IN04", True),
         ("p0001-M00", False)]
-    monkeypatch.setattr(recording, "record_run", record_run)
+    restore()
     again = CliRunner().invoke(main, [*args, "--json"], catch_exceptions=False)
     assert again.exit_code == 0, again.output
     assert again.stderr.splitlines()[0] == f"skipping 1 of 2 prompts already recorded in {out}"

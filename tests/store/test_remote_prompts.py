@@ -13,10 +13,10 @@ pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from click.testing import CliRunner
+from interrupts import interrupt_run
 
 import dumpunet
 from dumpunet.cli import main
-from dumpunet.recorder import job as recording
 from dumpunet.store.validate import validate
 
 pytestmark = pytest.mark.recorder
@@ -35,17 +35,7 @@ def test_a_prompt_list_recorded_to_s3_resumes_and_grows_against_the_bucket(s3, t
     prompts.write_text("a cat\na dog\na bird\n")
     url = f"s3://{s3.bucket}/p.zarr"
     args = ["record", "--prompts", str(prompts), *FAST, "--out", url]
-    record_run = recording.record_run
-
-    def cut_in_the_third(job, writer, run, kwargs, *, on_step=None, prompt_line=None):
-        def step(n):
-            on_step(n)
-            if run.name == "p0002" and n == 1:
-                raise KeyboardInterrupt
-
-        return record_run(job, writer, run, kwargs, on_step=step, prompt_line=prompt_line)
-
-    monkeypatch.setattr(recording, "record_run", cut_in_the_third)
+    restore = interrupt_run(monkeypatch, "p0002")  # after its first step
     cut = CliRunner().invoke(main, args, catch_exceptions=False)
     assert cut.exit_code == 1
     assert cut.output.splitlines()[-1].startswith(f"Error: interrupted; the prompts recorded completely stay in {url}:")
@@ -56,7 +46,7 @@ def test_a_prompt_list_recorded_to_s3_resumes_and_grows_against_the_bucket(s3, t
     images = [remote.image(run=n) for n in ("p0000", "p0001")]
     assert not scratch_left("p.zarr")
 
-    monkeypatch.setattr(recording, "record_run", record_run)
+    restore()
     s3.clear()
     again = CliRunner().invoke(main, [*args, "--json"], catch_exceptions=False)
     assert again.exit_code == 0, again.output
