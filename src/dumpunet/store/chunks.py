@@ -207,7 +207,7 @@ def chunk_ahead(files: ChunkFiles, arr: zarr.Array, coords: Sequence[int]) -> st
     None where nothing started: a local store, a chunk that read_chunk reads through zarr, or one
     already on its way. The read that follows reports a missing or damaged chunk as without this.
     """
-    if _one_request(files, arr, coords) is None:
+    if not files.remote or _one_request(files, arr, coords) is None:
         return None
     key = arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
     return key if files.fetch_ahead(arr.path, key) else None
