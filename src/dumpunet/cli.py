@@ -582,8 +582,9 @@ for _command in (*COMMANDS, *STATS_COMMANDS):
 @click.option("--no-browser", is_flag=True, help="Do not open the default browser; just print the address.")
 @click.option("--export", "export_to", type=PATH, default=None,
               help="Instead of serving: write a static, self-contained report folder that opens from disk "
-                   "(default colours; --blocks, --steps, --images, --guidance narrow it).")
-@_with(value_options(Pick, only=("blocks", "steps", "images", "guidance")))
+                   "(default colours; --blocks, --steps, --images, --guidance narrow it; --channels: grids of that "
+                   "subset).")
+@_with(value_options(Pick, only=("blocks", "steps", "images", "guidance", "channels")))
 @jobs_option()
 @quiet_option()
 @json_option("with --export, the manifest entries of the written files (one object per file)")
@@ -593,18 +594,21 @@ def view(stores: tuple[Path, ...], port: int, no_browser: bool, export_to: Path 
 
     Serves a local page on 127.0.0.1 only, for the stores named here; Ctrl-C stops it.
     Several stores: one beside another, or their difference (the page's "minus" menu).
-    With --export, writes the page and its pictures to a folder instead (open its index.html).
+    With --export, writes the page and its pictures to a folder instead (open its index.html),
+    with several stores their differences too.
 
     \b
     dumpunet view girl.zarr
     dumpunet view girl.zarr --port 8765 --no-browser
     dumpunet view a.zarr b.zarr
     dumpunet view girl.zarr --export report --steps '1-20(+5)'
+    dumpunet view a.zarr b.zarr --export report --steps 20 --channels 0-15
     """
     pick = take(Pick, opts)
     if export_to is None:
         if pick != Pick() or as_json or jobs is not None:
-            raise click.UsageError("--blocks, --steps, --images, --guidance, --jobs and --json go with --export")
+            raise click.UsageError("--blocks, --steps, --images, --guidance, --channels, --jobs and --json go with "
+                                   "--export")
         from dumpunet.viewer.server import serve
 
         serve(list(stores), port=port, open_browser=not no_browser)

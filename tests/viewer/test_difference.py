@@ -17,7 +17,7 @@ import reference
 from click.testing import CliRunner
 from test_server import cli_picture, get, pixels
 
-from dumpunet.analyzer.color.spec import ColorSpec
+from dumpunet.analyzer.color.spec import DIFF_COLOR, ColorSpec
 from dumpunet.cli import main
 from dumpunet.viewer.server import start
 
@@ -62,9 +62,16 @@ def raw(path, block: str, step: int, guidance: str = "cond") -> np.ndarray:
     return dumpunet.open(path).features(block, step=step, guidance=guidance)
 
 
+def coloured(d: np.ndarray, spec: ColorSpec) -> np.ndarray:
+    """The tiles of ``d`` [C, H, W] coloured by ``spec``: an Auto range per tile, or (scope block) one over them all."""
+    whole = None if spec.auto_scope == "channel" else np.tile([np.nanmin(d), np.nanmax(d)], (len(d), 1))
+    return reference.colorize(d, spec, whole)
+
+
 @pytest.mark.parametrize("query, spec", [
     ("block=OUT11&step=2&method=Red/Blue&transform=linear", ColorSpec("Red/Blue", "linear")),
-    ("block=IN04&step=3&guidance=uncond", ColorSpec()),  # Custom HSL, each tile's own Auto range
+    ("block=IN04&step=3&guidance=uncond&transform=auto01&space=hsl&auto_scope=channel", ColorSpec()),  # per tile
+    ("block=OUT11&step=1", DIFF_COLOR),  # by default diff's blue-white-red over the grid's [-m, m]
 ])
 def test_a_minus_b_grid_is_the_coloured_difference_of_the_raw_arrays(served, recorded, tmp_path, query, spec):
     status, headers, body = get(served, f"api/image?{query}&minus=1")
@@ -76,7 +83,7 @@ def test_a_minus_b_grid_is_the_coloured_difference_of_the_raw_arrays(served, rec
     assert np.abs(d).max() > 0.01  # different seeds and prompts: a real difference
     cols, rows, th, tw = map(int, headers["X-Grid"].split(","))
     assert (th, tw) == d.shape[1:] and cols * rows >= d.shape[0]
-    expected = reference.tile(reference.colorize(d, spec), cols, rows)
+    expected = reference.tile(coloured(d, spec), cols, rows)
     assert np.array_equal(pixels(body), expected)
     # A alone is another picture; A - B is what `diff A B` writes
     assert not np.array_equal(pixels(get(served, f"api/image?{query}")[2]), expected)
@@ -85,7 +92,7 @@ def test_a_minus_b_grid_is_the_coloured_difference_of_the_raw_arrays(served, rec
     assert np.array_equal(cli_picture(command, tmp_path, "diff-"), expected)
     # and the other way round is B - A
     back = pixels(get(served, f"api/image?{query.replace('block', 'store=1&block')}&minus=0")[2])
-    assert np.array_equal(back, reference.tile(reference.colorize(reference.diff(b, a), spec), cols, rows))
+    assert np.array_equal(back, reference.tile(coloured(reference.diff(b, a), spec), cols, rows))
 
 
 @pytest.mark.parametrize("query, prefix", [
@@ -102,7 +109,7 @@ def test_a_minus_b_attention_and_word_heatmap_are_what_their_commands_write(serv
 
 
 def test_a_minus_b_channel_average_and_final_image(served, recorded):
-    status, _, body = get(served, "api/image?block=M00&step=1&average=2-norm&method=White/Black&minus=1")
+    status, _, body = get(served, "api/image?block=M00&step=1&average=2-norm&method=White/Black&transform=auto01&minus=1")
     assert status == 200, body
     d = reference.diff(raw(recorded[0], "M00", 1), raw(recorded[1], "M00", 1))
     expected = reference.colorize(reference.channel_reduce(d, "2-norm")[None], ColorSpec("White/Black"))[0]

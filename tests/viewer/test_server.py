@@ -19,6 +19,7 @@ from viewer_stores import SIZE, make_attention_store
 from waiting import BACKSTOP, wait_until
 
 from dumpunet.analyzer.color.colorize import ColorSpec
+from dumpunet.analyzer.color.spec import DIFF_COLOR
 from dumpunet.analyzer.grid import grid_shape
 from dumpunet.cli import main
 from dumpunet.errors import ExpressionError
@@ -175,7 +176,12 @@ def compared(tmp_path_factory):
     ("view=heatmap&token=4&minus=1&alpha=0.8&layers=IN01", "diff-heatmap"),
     ("store=2&pair=layered&mode=diff&view=query&qx=0.2&qy=0.7", "diff-querymap"),
     ("block=OUT11&step=2&minus=1", "diff-"),
-    ("store=2&pair=layered&mode=diff&block=IN04&step=1", "diff-"),  # the page's default colours, Auto per tile
+    ("store=2&pair=layered&mode=diff&block=IN04&step=1", "diff-"),  # diff's colours by default
+    # a difference's colours default to diff's; fields set keep their value, the rest stay diff's
+    ("store=2&pair=layered&mode=diff&view=attention&layer=M00.attn2&head=mean&token=3", "diff-"),
+    ("view=attention&layer=IN01.attn2&minus=1&step=2&transform=auto01", "diff-"),
+    ("block=OUT11&step=2&minus=1&average=1-norm", "diff-"),  # a norm cannot be negative: white to red
+    ("store=2&pair=layered&mode=diff&block=IN04&step=1&space=hsl&auto_scope=channel", "diff-"),
     ("view=final&minus=1", "final-diff-norm"),
 ])
 def test_differences_and_heads_served_equal_what_their_cli_command_writes(compared, tmp_path, query, prefix):
@@ -183,6 +189,25 @@ def test_differences_and_heads_served_equal_what_their_cli_command_writes(compar
     assert status == 200 and headers["Content-Type"] == "image/png", body
     command = json.loads(get(compared, "api/command?" + query)[2])["command"]
     assert np.array_equal(pixels(body), cli_picture(command, tmp_path, prefix)), command
+
+
+@pytest.mark.parametrize("query", ["store=2&pair=layered&mode=diff&view=attention&layer=IN01.attn2&step=2",
+                                   "view=attention&layer=IN01.attn2&step=2&minus=1", "block=OUT11&step=2&minus=1"])
+def test_a_difference_defaults_to_diffs_diverging_colours(compared, query):
+    answer = json.loads(get(compared, "api/command?" + query)[2])
+    assert answer["color"] == json.loads(DIFF_COLOR.to_json())
+    assert "--transform autosym --space rgb --plain" in answer["command"]  # diff's r, g, b and Auto scope: no option
+    tiles = pixels(get(compared, "api/image?" + query)[2]).astype(int)
+    drawn = tiles[(tiles[..., 0] != tiles[..., 1]) | (tiles[..., 1] != tiles[..., 2])]  # not the grey labels and gaps
+    # blue (-) white (0) red (+): a pixel is saturated in red or in blue, with green at most the weaker of the two
+    assert ((drawn[:, 0] == 255) | (drawn[:, 2] == 255)).all() and (drawn[:, 1] <= drawn[:, [0, 2]].min(axis=1) + 1).all()
+    assert ((drawn[:, 0] == 255) & (drawn[:, 2] < 128)).any() and ((drawn[:, 2] == 255) & (drawn[:, 0] < 128)).any()
+    # a colour field set keeps its value when the difference is turned off; the fields left empty follow the view
+    linear = json.loads(get(compared, "api/command?" + query + "&transform=linear")[2])["color"]
+    assert (linear["transform"], linear["space"]) == ("linear", "rgb")
+    undone = query.replace("mode=diff", "mode=layered").replace("&minus=1", "")
+    alone = json.loads(get(compared, "api/command?" + undone + "&transform=linear")[2])["color"]
+    assert (alone["transform"], alone["space"], alone["h"]) == ("linear", "hsl", ColorSpec().h)
 
 
 @pytest.mark.parametrize("view", ["view=attention&layer=IN01.attn2", "view=heatmap&token=5", "view=query"])

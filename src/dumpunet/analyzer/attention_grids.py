@@ -34,7 +34,8 @@ layers of that size averaged over their heads and then over the layers, one row 
 
 ``heads`` keeps some heads (one row each). The difference of two runs (``pair``: a pair's
 ``layered - base``; ``base``: another store's run, as ``diff A B``) is drawn the same way from
-``run - base`` in float32 (:mod:`.attention_diff` checks that the runs compare), in diff's
+``run - base`` in float32 (:mod:`.attention_diff` checks that the runs compare; :mod:`.attention_maps`
+reads the maps of a run or of a difference), in diff's
 colours by default; its files start with ``diff-``. :func:`attention_grid` is one plain grid in
 memory, the viewer's attention view, drawn by the same functions as the files.
 
@@ -51,13 +52,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from dumpunet.analyzer.attention_diff import compare_runs
+from dumpunet.analyzer.attention_maps import GridItem, grid_maps
 from dumpunet.analyzer.color.colorize import colorize
 from dumpunet.analyzer.color.spec import ATTENTION_COLOR, DIFF_COLOR, ColorSpec
 from dumpunet.analyzer.grid import tile
@@ -68,154 +69,18 @@ from dumpunet.analyzer.output import OutputFolder, WrittenFile, name_part, text_
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png, resolve_encoder
 from dumpunet.analyzer.pool import check_jobs, kernel_lock, progress_bar, run_parallel
-from dumpunet.analyzer.reduce import AVERAGES, average_label, difference
-from dumpunet.analyzer.reduce import channel_average as reduce_channels
+from dumpunet.analyzer.reduce import AVERAGES, average_label
 from dumpunet.analyzer.scope import AutoRanges, json_range
 from dumpunet.analyzer.selection import select_attention, store_label
 from dumpunet.analyzer.tensor_files import array_file
 from dumpunet.analyzer.style import ATTENTION_TILE_TARGET, check_scale
-from dumpunet.analyzer.tokens import label, select_tokens
 from dumpunet.errors import OptionError, SelectionError
-from dumpunet.specs import parse_ints
 from dumpunet.store import Run, Store, open_store
-from dumpunet.store.schema import TokenRow
 
 __all__ = ["AGGREGATES", "ATTENTION_COLOR", "attention_grid", "render_attention", "tile_scale"]
 
 AGGREGATES = ("resolution",)
 """What ``aggregate`` may average: ``resolution``, the cross-attention layers of one map size."""
-
-@dataclass(frozen=True)
-class _Item:
-    layer: str
-    step: int
-    image: int
-    guidance: str
-    layers: tuple[str, ...] = ()
-    """An aggregate's layers (``layer`` then names their resolution, e.g. ``res16x16``)."""
-
-
-def _grids(run: Run, item: _Item, feature: str, tokens: str, query: Sequence[float] | None, average: str | None = None,
-           lock: AbstractContextManager[Any] | None = None, heads: str = "", base: Run | None = None):
-    """Return (maps [rows*cols, h, w], rows, cols, row labels, column labels) for one item.
-
-    ``heads`` (a spec such as ``0`` or ``0-3``; empty: every head) keeps those heads. With
-    ``average``, the heads of each token (qk), the heads (k) or every channel (vqk) are
-    reduced to one map by :func:`~dumpunet.analyzer.reduce.channel_average` (a numba kernel,
-    run holding ``lock``: :func:`~dumpunet.analyzer.pool.kernel_lock`): one row of tiles.
-    With ``base`` (a run checked by :class:`~dumpunet.analyzer.attention_diff.RunPair`), the maps
-    are ``run - base`` in float32, subtracted before the average; tokens are chosen in ``run``'s
-    prompt and compared by position. An aggregate item is :func:`_resolution_mean`'s one row.
-    """
-    lock = lock or nullcontext()
-
-    def channel_average(x: np.ndarray, kind: str) -> np.ndarray:
-        with lock:
-            return reduce_channels(x, kind)  # type: ignore[arg-type]
-
-    if item.layers:
-        return _resolution_mean(run, item, tokens, base, lock)
-    data = _read(run, base, item.layer, item.step, feature, item.guidance, item.image, lock)
-    info = run.layer_info(item.layer, feature)
-    head_labels = [f"h{i}" for i in range(data.shape[0])] if data.shape[0] > 1 or info.heads != "mean" else ["mean"]
-    if heads.strip():
-        chosen = parse_ints(heads, 0, data.shape[0] - 1, noun="head", what=f"head selection of {item.layer}")
-        data, head_labels = data[chosen], [head_labels[i] for i in chosen]
-    n_heads = data.shape[0]
-    if average is not None:
-        head_labels = [average]
-    hw = info.layer_hw
-    cross = info.cross_attention
-    if feature == "k":
-        row = run.token_row(guidance=item.guidance, image=item.image, block=item.layer)
-        idx = _token_index(tokens, row, data.shape[1])
-        maps = data[:, idx, :]  # [head, token, dim]: one tile per head
-        if average is not None:
-            maps = channel_average(maps, average)[None]
-        return maps, 1, len(maps), [], head_labels
-    if feature == "vqk":
-        h, w = hw
-        maps = data.transpose(0, 2, 1).reshape(n_heads * data.shape[2], h, w)
-        if average is not None:  # the original's V*Q*K average: over all channels (heads x dims)
-            return channel_average(maps, average)[None], 1, 1, head_labels, ["all"]
-        return maps, n_heads, data.shape[2], head_labels, [str(d) for d in range(data.shape[2])]
-    if not cross:
-        if query is None:
-            raise SelectionError(f"{item.layer} is a self-attention layer: give --query x,y to choose the query pixel")
-        q, (px, py) = nearest_query(info, query)
-        maps = data[:, q, :].reshape(n_heads, *hw)
-        if average is not None:
-            maps = channel_average(maps, average)[None]
-        return maps, len(maps), 1, head_labels, [f"query ({px},{py})"]
-    row = run.token_row(guidance=item.guidance, image=item.image, block=item.layer)
-    idx = _token_index(tokens, row, data.shape[2])
-    per_token = data[:, :, idx].transpose(2, 0, 1).reshape(len(idx), n_heads, *hw)  # [token, head, h, w]
-    if average is not None:
-        maps = np.stack([channel_average(x, average) for x in per_token])
-    else:
-        maps = per_token.transpose(1, 0, 2, 3).reshape(n_heads * len(idx), *hw)
-    base_row = base.token_row(guidance=item.guidance, image=item.image, block=item.layer) if base else None
-    return maps, len(maps) // len(idx), len(idx), head_labels, _token_labels(row, base_row, idx)
-
-
-def _read(run: Run, base: Run | None, layer: str, step: int, feature: str, guidance: str, image: int,
-          lock: AbstractContextManager[Any]) -> np.ndarray:
-    """One layer's attention at a step in float32: of ``run``, or ``run - base``."""
-    data = run.attention(layer, step, feature=feature, guidance=guidance, image=image, dtype=np.float32)
-    if base is None:
-        return data
-    other = base.attention(layer, step, feature=feature, guidance=guidance, image=image, dtype=np.float32)
-    with lock:
-        return difference(data, other)
-
-
-def _token_labels(row: TokenRow | None, base_row: TokenRow | None, idx: list[int]) -> list[str]:
-    """Column labels ``5:girl``; of a difference, ``5:girl-car`` where the base's token at 5 differs."""
-    def name(r: TokenRow | None, i: int) -> str:
-        return label(r.tokens[i]) if r is not None and i < len(r.tokens) else str(i)
-
-    labels = []
-    for i in idx:
-        text = name(row, i)
-        if base_row is not None and name(base_row, i) != text:
-            text += f"-{name(base_row, i)}"
-        labels.append(f"{i}:{text}")
-    return labels
-
-
-def _resolution_mean(run: Run, item: _Item, tokens: str, base: Run | None = None,
-                     lock: AbstractContextManager[Any] | None = None):
-    """One row of token maps: the probabilities of ``item.layers`` (one map size) averaged over
-    each layer's heads, then over the layers (the mean of the layers' head means; no resampling);
-    with ``base``, of ``run - base``."""
-    first = item.layers[0]
-    row = run.token_row(guidance=item.guidance, image=item.image, block=first)
-    for layer in item.layers[1:]:
-        other = run.token_row(guidance=item.guidance, image=item.image, block=layer)
-        if (other is None) != (row is None) or (row is not None and other.tokens != row.tokens):
-            raise SelectionError(f"{first} and {layer} saw different prompts (per-block prompts): an aggregate averages "
-                                 "the layers of one prompt; pick them with --layers")
-    acc = None
-    for layer in item.layers:
-        data = _read(run, base, layer, item.step, "qk", item.guidance, item.image, lock or nullcontext())
-        if acc is None:
-            idx = _token_index(tokens, row, data.shape[2])
-            acc = np.zeros((len(idx), data.shape[1]), np.float64)
-        acc += data[:, :, idx].mean(axis=0, dtype=np.float64).T  # [token, query]
-    h, w = run.layer_info(first).layer_hw
-    maps = (acc / len(item.layers)).astype(np.float32).reshape(len(idx), h, w)
-    base_row = base.token_row(guidance=item.guidance, image=item.image, block=first) if base else None
-    return maps, 1, len(idx), ["mean"], _token_labels(row, base_row, idx)
-
-
-def _token_index(spec: str, row: TokenRow | None, n: int) -> list[int]:
-    if row is None:  # no tokens recorded (e.g. SDXL's zeroed empty negative prompt): indices only
-        return parse_ints(spec, 0, n - 1, noun="token", what="token selection") if spec.strip() else list(range(n))
-    idx = select_tokens(spec, list(row.tokens), row.length)
-    if not idx:
-        raise SelectionError("the prompt has no tokens to show; give token indices, e.g. --tokens 0-76")
-    return idx
-
 
 def _framed(grid: np.ndarray, rows: int, cols: int, cell: tuple[int, int], row_labels: list[str], col_labels: list[str]) -> np.ndarray:
     """Add a header band of (vertical) column labels and a left band of row labels."""
@@ -318,14 +183,14 @@ def render_attention(
     output = OutputFolder(out)
     if aggregate is not None:
         groups = by_resolution(r, layer_list)
-        items = [_Item(f"res{h}x{w}", s, i, g, tuple(group))
+        items = [GridItem(f"res{h}x{w}", s, i, g, tuple(group))
                  for s in sel.steps for (h, w), group in groups.items() for i in sel.images for g in sel.halves]
     else:
-        items = [_Item(layer, s, i, g) for s, layer, i, g in sel.items() if layer in layer_list]
+        items = [GridItem(layer, s, i, g) for s, layer, i, g in sel.items() if layer in layer_list]
     # Read and check everything first (on the pool), so a bad token or a missing step writes nothing.
     lock = kernel_lock()
-    read: list[tuple[_Item, tuple]] = []  # type: ignore[type-arg]
-    run_parallel(items, lambda item: (item, _grids(r, item, feature, tokens, query, average, lock, heads, against)),
+    read: list[tuple[GridItem, tuple]] = []  # type: ignore[type-arg]
+    run_parallel(items, lambda item: (item, grid_maps(r, item, feature, tokens, query, average, lock, heads, against)),
                  jobs=jobs, done=read)
     grids = dict(read)
     ranges = AutoRanges(color, rows=True)
@@ -334,7 +199,7 @@ def render_attention(
             ranges.add(np.ascontiguousarray(g[0]), step=item.step, image=item.image, guidance=item.guidance)
     which = _which_part(tokens, query)
 
-    def picture(item: _Item, maps: np.ndarray, rows: int, cols: int, row_labels: list[str],
+    def picture(item: GridItem, maps: np.ndarray, rows: int, cols: int, row_labels: list[str],
                 col_labels: list[str]) -> tuple[np.ndarray, dict[str, Any], str]:
         """One grid's pixels, manifest entry and file stem (colours, tiles and bars are numba kernels)."""
         h, w = maps.shape[1:]
@@ -371,7 +236,7 @@ def render_attention(
             grid = frame(grid, lines=lines, bar=bar_pixels)[0]
         return grid, entry, stem
 
-    def draw(pair: tuple[_Item, tuple]) -> list[WrittenFile]:  # type: ignore[type-arg]
+    def draw(pair: tuple[GridItem, tuple]) -> list[WrittenFile]:  # type: ignore[type-arg]
         item, (maps, rows, cols, row_labels, col_labels) = pair
         maps = np.ascontiguousarray(maps)
         with lock:  # pool.kernel_lock: the kernels take turns where numba's threading layer needs it
@@ -460,8 +325,8 @@ def attention_grid(
     step, layer, image, guidance = items[0]
     if compared is not None:
         compared.check([layer], [step])
-    item = _Item(layer, step, image, guidance)
-    maps, rows, cols, row_labels, col_labels = _grids(sel.run, item, "qk", tokens, query, average, None, heads,
+    item = GridItem(layer, step, image, guidance)
+    maps, rows, cols, row_labels, col_labels = grid_maps(sel.run, item, "qk", tokens, query, average, None, heads,
                                                       compared.base if compared is not None else None)
     maps = np.ascontiguousarray(maps)
     ranges = AutoRanges(color, rows=True)
@@ -473,7 +338,7 @@ def attention_grid(
                        tile_scale(h, w))
 
 
-def _query_marker(r: Run, item: _Item, feature: str, query: Sequence[float] | None) -> tuple[int, int] | None:
+def _query_marker(r: Run, item: GridItem, feature: str, query: Sequence[float] | None) -> tuple[int, int] | None:
     """The (x, y) map pixel of a self-attention grid's query (the stored one nearest ``query``); None for others."""
     if query is None or item.layers or feature != "qk":
         return None
@@ -492,7 +357,7 @@ def _mark_tiles(tiles: np.ndarray, rows: int, cols: int, hw: tuple[int, int], k:
             tiles[y0 : y0 + th, x0 : x0 + tw] = mark_point(tiles[y0 : y0 + th, x0 : x0 + tw], x, y)
 
 
-def _title(st: Store, r: Run, item: _Item, feature: str, average: str | None, k: int, color: ColorSpec,
+def _title(st: Store, r: Run, item: GridItem, feature: str, average: str | None, k: int, color: ColorSpec,
            difference: str | None = None) -> list[str]:
     """The title strip's first lines: what the grid shows (``difference``: which runs subtracted), then how it is drawn."""
     call = r.calls.index(item.step, 0)

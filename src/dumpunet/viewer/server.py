@@ -15,7 +15,8 @@ named when it starts, by index; no request parameter ever reaches the file syste
                           adds a file name; errors are JSON ``{"error": message}`` (status 400);
                           a channel grid's ``X-Grid: cols,rows,tile h,tile w`` and, for a subset,
                           ``X-Channels`` (the tiles' channels, e.g. ``0-3,7``) map clicks to channels
-``/api/command?STATE``    ``{"command", "query", "file"}``: the CLI line that writes this view
+``/api/command?STATE``    ``{"command", "query", "file", "color"}``: the CLI line that writes this
+                          view, and its colours (the state's, the view's defaults for the rest)
 ``/api/summary?STATE``    the numbers of the summary chart: ``{"rows", "legend", "query"}``, the
                           rows of diff's ``summary.csv`` (non-finite values as null)
 ========================  ===================================================================
@@ -306,7 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
         st, state = self.server.state(params)
         minus = self.server.stores[state.minus] if state.minus >= 0 else None
         self._json({"command": command_for(st, state, minus), "query": state.query(),
-                    "file": _file_name(self.server, state)})
+                    "file": _file_name(self.server, state), "color": state.color})
 
     def _summary(self, params: dict[str, str]) -> None:
         from dumpunet.viewer.adapter import summary

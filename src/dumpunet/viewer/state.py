@@ -25,6 +25,12 @@ of two stores, ``store - minus``: the run shown minus the other store's run of t
 its default run). A pair's ``mode=diff`` shows ``layered - base`` in every view (attention,
 heatmaps and query maps too: :mod:`dumpunet.analyzer.attention_diff`).
 
+Colours: a colour field left empty takes the default of the view's command
+(:attr:`ViewState.default_color`), as an option not given on the command line does: a
+difference's grid or attention view is drawn in ``diff``'s blue-white-red
+(:data:`~dumpunet.analyzer.color.spec.DIFF_COLOR`) until a field is set, and a field set keeps
+its value in every view.
+
 Examples
 --------
 >>> s = ViewState.from_query({"block": "OUT11", "step": "20", "method": "Red/Blue"})
@@ -51,9 +57,7 @@ MODES = ("base", "layered", "diff")
 AVERAGES = ("mean", "1-norm", "2-norm")
 COLOR_FIELDS = ("method", "transform", "clamp_min", "clamp_max", "gain", "offset", "space",
                 "r", "g", "b", "h", "s", "l", "auto_scope")
-DEFAULT_H = ColorSpec.h  # one default hue for every view, as for every command
 RENDER_COLOR = ColorSpec()  # render's colours: its options' defaults
-ATTENTION_SCOPE = ATTENTION_COLOR.auto_scope  # the attention default Auto scope: one range per head row
 
 
 @dataclass(frozen=True)
@@ -81,20 +85,22 @@ class ViewState:
     qx: float = 0.5
     qy: float = 0.5
     alpha: float = 0.5
+    # Colours. An empty text field takes the view's default (:attr:`default_color`: a difference's
+    # DIFF_COLOR, attention's ATTENTION_COLOR, else render's), as a command's options not given do.
     method: str = "Custom"
-    transform: str = "auto01"
+    transform: str = ""
     clamp_min: float = -1.0
     clamp_max: float = 1.0
     gain: float = 1.0
     offset: float = 0.0
-    space: str = "hsl"
-    r: str = "abs(v)"
-    g: str = "abs(v)"
-    b: str = "abs(v)"
-    h: str = ""  # empty: the default hue, DEFAULT_H
-    s: str = "1.0"
-    l: str = "0.5"  # noqa: E741 - the original's name for lightness
-    auto_scope: str = ""  # empty: the view's default (attention: ATTENTION_SCOPE, else "channel")
+    space: str = ""
+    r: str = ""
+    g: str = ""
+    b: str = ""
+    h: str = ""
+    s: str = ""
+    l: str = ""  # noqa: E741 - the original's name for lightness
+    auto_scope: str = ""
 
     def __post_init__(self) -> None:
         _one_of(self.view, VIEWS, "view")
@@ -137,12 +143,20 @@ class ViewState:
         return replace(self, **changes)
 
     @property
+    def default_color(self) -> ColorSpec:
+        """The colours of this view's command where no option is given: a difference's
+        :data:`DIFF_COLOR` (blue-white-red, white = no change), attention's :data:`ATTENTION_COLOR`,
+        else render's."""
+        if self.difference:
+            return DIFF_COLOR
+        return ATTENTION_COLOR if self.view == "attention" else RENDER_COLOR
+
+    @property
     def color(self) -> dict[str, object]:
-        """The :class:`~dumpunet.analyzer.color.colorize.ColorSpec` fields."""
-        out = {name: getattr(self, name) for name in COLOR_FIELDS}
-        out["h"] = self.h or DEFAULT_H
-        out["auto_scope"] = self.auto_scope or self._default_scope
-        return out
+        """The :class:`~dumpunet.analyzer.color.colorize.ColorSpec` fields: those set, the view's defaults for the rest."""
+        defaults = self.default_color
+        return {name: getattr(self, name) if getattr(self, name) != "" else getattr(defaults, name)
+                for name in COLOR_FIELDS}
 
     @property
     def channel_spec(self) -> str:
@@ -154,31 +168,28 @@ class ViewState:
         """Method PCA (any case): the block's top three principal components colour one picture, no tiles."""
         return self.method.upper() == "PCA"
 
-    @property
-    def _default_scope(self) -> str:
-        """The Auto scope the view's command uses when ``--auto-scope`` is not given."""
-        return ATTENTION_SCOPE if self.view == "attention" else RENDER_COLOR.auto_scope
-
-    def color_args(self, defaults: ColorSpec = RENDER_COLOR) -> list[str]:
+    def color_args(self) -> list[str]:
         """Command-line options of the colorization: those that change pixels under this method.
 
-        ``defaults``: the colours of the command that gets them (``diff``: :data:`DIFF_COLOR`,
-        ``attention``: :data:`ATTENTION_COLOR`); an Auto scope or expression that differs from
-        the command's own default is spelled out.
+        Over the colours of the view's command (:attr:`default_color`: ``diff``'s and the
+        differences' :data:`DIFF_COLOR`, ``attention``'s :data:`ATTENTION_COLOR`), an Auto scope
+        or expression that differs from the command's own default is spelled out.
         """
+        defaults = self.default_color
         if self.pca:
             return ["--method", self.method]  # a basis colours the pixels: no transform, range or expressions
         color = self.color
-        args = ["--method", self.method, "--transform", self.transform]
-        if self.transform == "linear":
+        transform, space = str(color["transform"]), str(color["space"])
+        args = ["--method", self.method, "--transform", transform]
+        if transform == "linear":
             args += ["--clamp-min", _text(self.clamp_min), "--clamp-max", _text(self.clamp_max)]
-        elif self.transform == "sigmoid":
+        elif transform == "sigmoid":
             args += ["--gain", _text(self.gain), "--offset", _text(self.offset)]
         elif color["auto_scope"] != defaults.auto_scope:
             args += ["--auto-scope", str(color["auto_scope"])]
         if self.method.lower() == "custom":
-            args += ["--space", self.space]
-            for name in ("rgb" if self.space.lower() == "rgb" else "hsl"):
+            args += ["--space", space]
+            for name in ("rgb" if space.lower() == "rgb" else "hsl"):
                 if color[name] != getattr(defaults, name):
                     args += [f"--{name}", str(color[name])]
         return args
@@ -218,15 +229,14 @@ class ViewState:
             if self.which == "input":
                 sel += ["--input"]
             if self.difference:
-                args = ["diff", *stores, *pair, *sel, *self.color_args(DIFF_COLOR), "--plain", "--no-finals"]
+                args = ["diff", *stores, *pair, *sel, *self.color_args(), "--plain", "--no-finals"]
             else:  # --plain: the viewer shows bare grids, whose tiles a click maps to channels
                 args = ["render", path, *sel, *run, *self.color_args(), "--plain"]
         elif self.view == "attention":
             tokens = ["--tokens", str(self.token)] if self.token >= 0 else []
             heads = {"all": [], "mean": ["--average", "mean"]}.get(self.head, ["--heads", self.head])
-            colours = self.color_args(DIFF_COLOR if self.difference else ATTENTION_COLOR)
             args = ["attention", *stores, *pair, "--layers", self.layer, "--steps", str(step), *tokens, *heads, *where,
-                    *run, *colours, "--plain"]  # the viewer shows the headed grid without title or colour bar
+                    *run, *self.color_args(), "--plain"]  # the viewer shows the headed grid without title or colour bar
         elif self.view in ("heatmap", "query"):
             what = ["--word", str(self.token)] if self.view == "heatmap" else ["--query", f"{_text(self.qx)},{_text(self.qy)}"]
             layers = ["--layers", self.layers] if self.layers else []

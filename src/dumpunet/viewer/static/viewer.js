@@ -10,6 +10,7 @@ let seq = 0;            // the latest image request; older answers are dropped
 let grid = null;        // X-Grid of the shown picture: cols, rows, tile h, tile w
 let tiles = null;       // X-Channels of the shown picture: the channel of each tile (null: 0, 1, 2, ...)
 let playing = null;
+let colours = {};       // the shown view's colours (/api/command's "color"): an empty colour field is the view's default
 
 // A static report (dumpunet view --export) carries the server's answers in report.js.
 const REPORT = window.DUMPUNET_REPORT || null;
@@ -18,6 +19,12 @@ const FIELDS_NUMERIC = ["clamp_min", "clamp_max", "gain", "offset"];
 const FIELDS_TEXT = ["r", "g", "b", "h", "s", "l"];
 const FIELDS_SELECT = ["method", "transform", "auto_scope", "space", "image", "guidance", "which", "average",
   "layer", "head"];
+const FIELDS_DEFAULTED = ["transform", "space", ...FIELDS_TEXT];  // empty: the view's default (a difference's: diff's)
+
+// A colour field as drawn: the state's, or (left empty) the view's default that the server reported.
+function colour(k) {
+  return state[k] !== "" ? state[k] : (colours[k] ?? "");
+}
 
 function run() {
   if (!info) return null;
@@ -71,32 +78,36 @@ async function picture(store) {
   if (!res.ok) throw new Error((await res.json().catch(() => ({ error: res.statusText }))).error);
   const [blob, command] = await Promise.all([res.blob(), cmd.json()]);
   return { src: URL.createObjectURL(blob), grid: res.headers.get("X-Grid") || "",
-    channels: res.headers.get("X-Channels") || "", command: command.command, query: q,
+    channels: res.headers.get("X-Channels") || "", command: command.command, query: q, color: command.color,
     download: "/api/image?" + query({ ...(store === undefined ? {} : { store }), download: 1 }) };
 }
 
 // The report's views are keyed by the fields that decide them, resolved as the server resolves
 // them (dumpunet.viewer.report.view_key builds the same keys).
-const KEY_FIELDS = { grid: ["which", "block", "average", "step", "image", "guidance"],
+const KEY_FIELDS = { grid: ["which", "block", "channels", "average", "step", "image", "guidance"],
   attention: ["layer", "head", "token", "step", "image", "guidance"], heatmap: ["token", "step", "image", "guidance"],
-  final: ["image"] };
+  summary: ["which", "step", "image", "guidance"], final: ["image"] };
 const FIELDS_COLOUR = [...FIELDS_NUMERIC, ...FIELDS_TEXT, "method", "transform", "auto_scope", "space", "alpha"];
 
 function reportPicture(store) {
   const changed = FIELDS_COLOUR.filter((k) => String(state[k]) !== String(DEFAULTS[k]));
-  if (changed.length || Number(state.channel) >= 0 || state.channels || Number(state.minus) >= 0 || !KEY_FIELDS[state.view]) {
-    throw new Error("this static report holds whole grids, attention, word heatmaps and final images in the "
-      + "default colours; `dumpunet view STORE` serves every other view");
+  if (changed.length || Number(state.channel) >= 0 || !KEY_FIELDS[state.view]) {
+    throw new Error("this static report holds channel grids, attention, word heatmaps, summary charts and final "
+      + "images in the default colours; `dumpunet view STORE` serves every other view");
   }
   const resolved = { ...state, store, step: currentStep(), block: currentBlock(), layer: state.layer || $("layer").value };
   const key = Object.fromEntries(["store", "view", ...KEY_FIELDS[state.view]].map((n) => [n, resolved[n]]));
-  if (state.pair && state.mode === "diff") Object.assign(key, { pair: state.pair, mode: "diff" });
+  if (Number(state.minus) >= 0) Object.assign(key, { run: run().name, minus: state.minus });
+  else if (state.pair && (state.mode === "diff" || state.view === "summary")) Object.assign(key, { pair: state.pair, mode: "diff" });
   else key.run = run().name;
   const entry = REPORT.views[Object.keys(key).sort().map((n) => `${n}=${key[n]}`).join("&")];
-  if (!entry) throw new Error("this view was not exported into the report (see its --blocks, --steps, --images, --guidance)");
+  if (!entry) {
+    throw new Error("this view was not exported into the report (see its --blocks, --steps, --images, --guidance, "
+      + "--channels)");
+  }
   if (entry.error) throw new Error(entry.error);
   return { src: entry.file, grid: entry.grid.join(","), channels: "", command: entry.command, query: entry.query,
-    download: entry.file };
+    download: entry.file, color: entry.color };
 }
 
 function show(img, shown) {
@@ -118,6 +129,8 @@ async function refresh() {
     $("download").href = shown.download;
     $("picture").dataset.query = shown.query;
     $("command").textContent = shown.command || "(no single command writes this picture)";
+    colours = shown.color || {};
+    syncColour();
     show($("picture"), shown);
     showError("");
     await $("picture").decode().catch(() => {});  // drawn (a broken picture settles too)
@@ -285,25 +298,34 @@ function sync() {
     ["all heads", "mean", ...(layer ? [...Array(layer.heads).keys()].map((k) => `head ${k}`) : [])]);
   for (const id of FIELDS_SELECT) if (id in state) $(id).value = state[id];
   if (!state.layer && layer) $("layer").value = layer.name;
-  for (const id of [...FIELDS_NUMERIC, ...FIELDS_TEXT, "alpha", "channels"]) {
+  for (const id of [...FIELDS_NUMERIC, "alpha", "channels"]) {
     if (document.activeElement !== $(id)) $(id).value = state[id];
   }
-  const col = $("colour");
-  const show = (cls, on) => col.querySelectorAll("." + cls).forEach((e) => { e.hidden = !on; });
-  const pca = state.method === "PCA";  // a basis colours the pixels: no transform, range or expressions
-  show("notpca", !pca);
-  show("linear", !pca && state.transform === "linear");
-  show("sigmoid", !pca && state.transform === "sigmoid");
-  show("auto", !pca && state.transform.startsWith("auto"));
-  const perHead = $("auto_scope").querySelector('option[value="head"]');
-  perHead.hidden = perHead.disabled = state.view !== "attention";  // offered only where it applies
-  show("custom", state.method === "Custom");
-  if (state.method === "Custom") { show("rgb", state.space === "rgb"); show("hsl", state.space === "hsl"); }
+  syncColour();
   $("allchannels").hidden = Number(state.channel) < 0;
   $("where").textContent = describe(r);
   buildLadder();
   for (const b of document.querySelectorAll("#ladder .block")) b.classList.toggle("on", b.dataset.block === currentBlock());
   buildTokens();
+}
+
+// The colour controls: each field as drawn (colour()), and only the controls that apply.
+function syncColour() {
+  for (const id of FIELDS_DEFAULTED) {
+    if (document.activeElement !== $(id)) $(id).value = colour(id);
+  }
+  const col = $("colour");
+  const show = (cls, on) => col.querySelectorAll("." + cls).forEach((e) => { e.hidden = !on; });
+  const pca = state.method === "PCA";  // a basis colours the pixels: no transform, range or expressions
+  const transform = colour("transform"), space = colour("space");
+  show("notpca", !pca);
+  show("linear", !pca && transform === "linear");
+  show("sigmoid", !pca && transform === "sigmoid");
+  show("auto", !pca && transform.startsWith("auto"));
+  const perHead = $("auto_scope").querySelector('option[value="head"]');
+  perHead.hidden = perHead.disabled = state.view !== "attention";  // offered only where it applies
+  show("custom", state.method === "Custom");
+  if (state.method === "Custom") { show("rgb", space === "rgb"); show("hsl", space === "hsl"); }
 }
 
 function describe(r) {
@@ -361,7 +383,7 @@ function pickOnImage(ev) {
 }
 
 function wire() {
-  $("store").onchange = async () => { state = { ...DEFAULTS, store: $("store").value }; info = null; await start(); };
+  $("store").onchange = async () => { state = { ...fresh(), store: $("store").value }; info = null; await start(); };
   $("compare").onchange = () => set({ compare: $("compare").value });
   $("minus").onchange = () => set({ minus: $("minus").value });
   $("run").onchange = () => set({ run: $("run").value, step: 0 });
@@ -411,12 +433,17 @@ async function start() {
   await refresh();
 }
 
+// A state with nothing chosen yet: the defaults, and a report's channel subset (its grids show no other).
+function fresh() {
+  return { ...DEFAULTS, ...(REPORT && REPORT.channels ? { channels: REPORT.channels } : {}) };
+}
+
 async function main() {
   const stores = await getJSON("/api/stores");
   DEFAULTS = { ...stores.defaults, compare: "" };
   option($("store"), stores.stores.map((s) => String(s.index)), stores.stores.map((s) => s.name));
   $("store").hidden = stores.stores.length < 2;
-  state = { ...DEFAULTS, ...Object.fromEntries(new URLSearchParams(location.search)) };
+  state = { ...fresh(), ...Object.fromEntries(new URLSearchParams(location.search)) };
   wire();
   $("colour").hidden = Boolean(REPORT);
   try { await start(); } catch (err) { showError(String(err.message || err)); }
