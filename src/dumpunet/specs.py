@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from dumpunet.errors import SpecError
 
 __all__ = [
+    "INT_ITEM",
     "SD1_BLOCKS",
     "SDXL_BLOCKS",
-    "INT_ITEM",
     "block_names",
     "check_ints",
     "format_ints",

@@ -10,16 +10,15 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-import zarr  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
+import zarr
+from click.testing import CliRunner
+from test_attention import generate, make_pipe
 
-import dumpunet  # noqa: E402
-from dumpunet.cli import main  # noqa: E402
-from dumpunet.errors import OptionError  # noqa: E402
-from dumpunet.recorder.attention_layers import AttentionOptions  # noqa: E402
-from dumpunet.store.validate import validate  # noqa: E402
-
-from test_attention import generate, make_pipe  # noqa: E402
+import dumpunet
+from dumpunet.cli import main
+from dumpunet.errors import OptionError
+from dumpunet.recorder.attention_layers import AttentionOptions
+from dumpunet.store.validate import validate
 
 pytestmark = pytest.mark.recorder
 
@@ -75,7 +74,7 @@ def test_kept_tokens_are_the_columns_of_an_all_tokens_recording(tmp_path, all_he
     k_full, _ = _qk(all_heads[1], feature="k")
     k_kept, k_attrs = _qk(path, feature="k")
     assert k_attrs["kept_tokens"] == [1, 5, 6] and np.array_equal(k_kept, k_full[:, :, :, :, [1, 5, 6]])
-    both, _ = _record(tmp_path, "both.zarr", heads="mean", tokens="1,5,6")
+    _record(tmp_path, "both.zarr", heads="mean", tokens="1,5,6")
     mean, _ = _qk(tmp_path / "both.zarr")
     all_mean, _ = _qk(_record(tmp_path, "m.zarr", heads="mean")[1])
     assert np.array_equal(mean, all_mean[..., [1, 5, 6]])
@@ -98,13 +97,13 @@ def test_cuts_shrink_the_estimate_by_the_head_count_and_the_kept_share(tmp_path)
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--attention-tokens", "1,girl"], "--attention-tokens takes token positions such as 1-8 or 1,4,5 (as attention "
-                                       "grids label them: 5:girl), not words: 'girl'"),
+    (["--attention-tokens", "1,girl"], ("--attention-tokens takes token positions such as 1-8 or 1,4,5 (as attention "
+                                        "grids label them: 5:girl), not words: 'girl'")),
     (["--attention-tokens", "3-90"], "bad --attention-tokens: token 90 out of range 0..76\n  3-90\n    ^^"),
-    (["--attention-heads", "mean", "--attention", "k"], "--attention-heads mean averages the cross-attention qk maps; "
-                                                        "--attention 'k' records none (add qk)"),
-    (["--attention-tokens", "1", "--attention", "vqk"], "--attention-tokens keeps token columns of cross-attention qk "
-                                                        "and k; --attention 'vqk' records neither"),
+    (["--attention-heads", "mean", "--attention", "k"], ("--attention-heads mean averages the cross-attention qk maps; "
+                                                         "--attention 'k' records none (add qk)")),
+    (["--attention-tokens", "1", "--attention", "vqk"], ("--attention-tokens keeps token columns of cross-attention qk "
+                                                         "and k; --attention 'vqk' records neither")),
 ])
 def test_bad_cuts_are_one_line_errors_and_write_nothing(tmp_path, extra, message):
     out = tmp_path / "x.zarr"
@@ -173,3 +172,13 @@ def test_xarray_stats_and_info_show_the_kept_positions(tmp_path, cut):
     assert (layer.heads, layer.heads_mode, layer.tokens, layer.kept_tokens) == (1, "mean", 3, (1, 5, 6))
     row = next(line.split() for line in describe(summarize(cut[1])).splitlines() if line.split()[:1] == ["IN01.attn2"])
     assert row[3:7] == ["1", "(mean)", "3", "(1,5-6)"]
+
+
+def test_prompt_list_options_name_the_cuts_only_when_used(tmp_path):
+    from dumpunet.recorder.prompt_runs import shared_options
+    from dumpunet.recorder.request import RecordRequest
+
+    plain = shared_options(RecordRequest(out=tmp_path / "x.zarr"))
+    assert "attention_heads" not in plain and "attention_tokens" not in plain  # stores recorded before them compare equal
+    cut = shared_options(RecordRequest(out=tmp_path / "x.zarr", attention_heads="mean", attention_tokens="1-8"))
+    assert (cut["attention_heads"], cut["attention_tokens"]) == ("mean", "1-8")
