@@ -122,7 +122,7 @@ _GENERATION_OPTIONS = [
                   help="Cross-attention qk: store every head, or their mean (1/heads of the bytes)."),
     click.option("--attention-tokens", default="",
                   help="Cross-attention qk and k: keep only these token positions, e.g. '1-8' or '1,4,5' (as attention "
-                       "grids label them: 5:girl); empty = all 77."),
+                       "grids label them: 5:girl); empty = every token."),
     click.option("--self-attention", is_flag=True, help="Also record self-attention maps (large: see the filters)."),
     click.option("--self-attention-blocks", default="", help="Blocks whose self-attention is recorded; empty = all."),
     click.option("--self-attention-steps", default="", help="Steps at which self-attention is recorded; empty = all."),
