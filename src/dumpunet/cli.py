@@ -118,6 +118,11 @@ _GENERATION_OPTIONS = [
     click.option("--attention", default="qk", show_default=True,
                   help="Cross-attention features to record: qk (probabilities), k, vqk, comma-separated, or none."),
     click.option("--attention-blocks", default="", help="Blocks whose cross-attention is recorded; empty = all."),
+    click.option("--attention-heads", type=click.Choice(["all", "mean"]), default="all", show_default=True,
+                  help="Cross-attention qk: store every head, or their mean (1/heads of the bytes)."),
+    click.option("--attention-tokens", default="",
+                  help="Cross-attention qk and k: keep only these token positions, e.g. '1-8' or '1,4,5' (as attention "
+                       "grids label them: 5:girl); empty = every token."),
     click.option("--self-attention", is_flag=True, help="Also record self-attention maps (large: see the filters)."),
     click.option("--self-attention-blocks", default="", help="Blocks whose self-attention is recorded; empty = all."),
     click.option("--self-attention-steps", default="", help="Steps at which self-attention is recorded; empty = all."),

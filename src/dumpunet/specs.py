@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from dumpunet.errors import SpecError
 
 __all__ = [
+    "INT_ITEM",
     "SD1_BLOCKS",
     "SDXL_BLOCKS",
     "block_names",
@@ -67,6 +68,9 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 
+
+INT_ITEM = re.compile(r"^\s*\d+\s*(-\s*\d+\s*(\(\s*\+\s*\d+\s*\)\s*)?)?$")
+"""One item of an integer spec (``5``, ``1-8``, ``0-76(+4)``): how token selections tell positions from words."""
 
 MAX_DIGITS = 18
 """Longer numbers are refused before ``int()`` reads them (Python refuses over 4,300 digits with a ValueError)."""

@@ -31,6 +31,7 @@ from dumpunet.analyzer.selection import (
     store_label,
 )
 from dumpunet.errors import OptionError, SelectionError
+from dumpunet.specs import format_ints
 from dumpunet.store import Run, Store, open_store
 
 __all__ = ["RunPair", "compare_runs"]
@@ -71,6 +72,14 @@ class RunPair:
 
                 raise SelectionError(f"{self.runs} differ: layer {layer} is {dims(other)} in {self.base_desc} but "
                                      f"{dims(arr)} in {self.desc} ([image, guidance, head, query, key])")
+            mine, theirs = (r.layer_info(layer, feature) for r in (self.run, self.base))
+            if (mine.kept_tokens, mine.heads) != (theirs.kept_tokens, theirs.heads):
+                def cut(info) -> str:
+                    kept = "every token" if info.kept_tokens is None else f"tokens {format_ints(info.kept_tokens)}"
+                    return f"{kept}, heads {info.heads}"
+
+                raise SelectionError(f"{self.runs} differ: layer {layer} holds {cut(theirs)} in {self.base_desc} but "
+                                     f"{cut(mine)} in {self.desc} (--attention-tokens, --attention-heads)")
         for s in steps:
             base_call(self.base, s, self.base_desc)
 

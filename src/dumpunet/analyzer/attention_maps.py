@@ -29,7 +29,7 @@ from dumpunet.analyzer.tokens import label, select_tokens
 from dumpunet.errors import SelectionError
 from dumpunet.specs import parse_ints
 from dumpunet.store import Run
-from dumpunet.store.schema import TokenRow
+from dumpunet.store.schema import LayerAttrs, TokenRow
 
 __all__ = ["GridItem", "grid_maps"]
 
@@ -69,6 +69,10 @@ def grid_maps(run: Run, item: GridItem, feature: str, tokens: str, query: Sequen
     data = _read(run, base, item.layer, item.step, feature, item.guidance, item.image, lock)
     info = run.layer_info(item.layer, feature)
     head_labels = [f"h{i}" for i in range(data.shape[0])] if data.shape[0] > 1 or info.heads != "mean" else ["mean"]
+    if heads.strip() and info.heads == "mean":
+        flag = "--attention-heads" if info.cross_attention else "--self-attention-heads"
+        raise SelectionError(f"{item.layer} holds only the mean of its heads (recorded with {flag} mean): "
+                             f"--heads {heads.strip()} has no head to pick")
     if heads.strip():
         chosen = parse_ints(heads, 0, data.shape[0] - 1, noun="head", what=f"head selection of {item.layer}")
         data, head_labels = data[chosen], [head_labels[i] for i in chosen]
@@ -79,8 +83,8 @@ def grid_maps(run: Run, item: GridItem, feature: str, tokens: str, query: Sequen
     cross = info.cross_attention
     if feature == "k":
         row = run.token_row(guidance=item.guidance, image=item.image, block=item.layer)
-        idx = _token_index(tokens, row, data.shape[1])
-        maps = data[:, idx, :]  # [head, token, dim]: one tile per head
+        _, cols = _token_index(tokens, row, info, data.shape[1], item.layer)
+        maps = data[:, cols, :]  # [head, token, dim]: one tile per head
         if average is not None:
             maps = channel_average(maps, average)[None]
         return maps, 1, len(maps), [], head_labels
@@ -99,8 +103,8 @@ def grid_maps(run: Run, item: GridItem, feature: str, tokens: str, query: Sequen
             maps = channel_average(maps, average)[None]
         return maps, len(maps), 1, head_labels, [f"query ({px},{py})"]
     row = run.token_row(guidance=item.guidance, image=item.image, block=item.layer)
-    idx = _token_index(tokens, row, data.shape[2])
-    per_token = data[:, :, idx].transpose(2, 0, 1).reshape(len(idx), n_heads, *hw)  # [token, head, h, w]
+    idx, cols = _token_index(tokens, row, info, data.shape[2], item.layer)
+    per_token = data[:, :, cols].transpose(2, 0, 1).reshape(len(idx), n_heads, *hw)  # [token, head, h, w]
     if average is not None:
         maps = np.stack([channel_average(x, average) for x in per_token])
     else:
@@ -149,20 +153,29 @@ def _resolution_mean(run: Run, item: GridItem, tokens: str, base: Run | None = N
     acc = None
     for layer in item.layers:
         data = _read(run, base, layer, item.step, "qk", item.guidance, item.image, lock or nullcontext())
+        idx, cols = _token_index(tokens, row, run.layer_info(layer), data.shape[2], layer)
         if acc is None:
-            idx = _token_index(tokens, row, data.shape[2])
             acc = np.zeros((len(idx), data.shape[1]), np.float64)
-        acc += data[:, :, idx].mean(axis=0, dtype=np.float64).T  # [token, query]
+        acc += data[:, :, cols].mean(axis=0, dtype=np.float64).T  # [token, query]
     h, w = run.layer_info(first).layer_hw
     maps = (acc / len(item.layers)).astype(np.float32).reshape(len(idx), h, w)
     base_row = base.token_row(guidance=item.guidance, image=item.image, block=first) if base else None
     return maps, 1, len(idx), ["mean"], _token_labels(row, base_row, idx)
 
 
-def _token_index(spec: str, row: TokenRow | None, n: int) -> list[int]:
-    if row is None:  # no tokens recorded (e.g. SDXL's zeroed empty negative prompt): indices only
-        return parse_ints(spec, 0, n - 1, noun="token", what="token selection") if spec.strip() else list(range(n))
-    idx = select_tokens(spec, list(row.tokens), row.length)
+def _token_index(spec: str, row: TokenRow | None, info: LayerAttrs, n: int, layer: str) -> tuple[list[int], list[int]]:
+    """The prompt positions ``spec`` names and the entries of the stored token axis (``n`` long) that hold them.
+
+    Where only some tokens were recorded (``--attention-tokens``), no selection means those, and a
+    position that was not kept is a :class:`SelectionError`.
+    """
+    positions = info.token_positions(n)
+    if not spec.strip() and info.kept_tokens is not None:
+        idx = list(positions)
+    elif row is None:  # no tokens recorded (e.g. SDXL's zeroed empty negative prompt): indices only
+        idx = parse_ints(spec, 0, positions[-1], noun="token", what="token selection") if spec.strip() else list(positions)
+    else:
+        idx = select_tokens(spec, list(row.tokens), row.length)
     if not idx:
         raise SelectionError("the prompt has no tokens to show; give token indices, e.g. --tokens 0-76")
-    return idx
+    return idx, info.token_columns(idx, layer)

@@ -115,7 +115,7 @@ def _word_sum(store: Store, word: str, pick: Pick) -> np.ndarray:
                              + "; ".join(f"{layer}: {exc}" for layer, exc in missing.items()))
 
     def token_map(layer: str) -> Callable[[np.ndarray], np.ndarray]:
-        idx = found[layer]
+        idx = r.layer_info(layer).token_columns(found[layer], layer)  # --attention-tokens: kept ones only
         return lambda probs: probs[:, :, idx].astype(np.float32).sum(axis=-1).mean(axis=0)
 
     return _aggregate(store, r, list(found), token_map, pick.steps, guidance, image)

@@ -141,7 +141,9 @@ def block_stats(sources: Sequence[str | os.PathLike[str] | StoreUrl], pick: Pick
         for name, entropy in a.items():
             token_dim = ds[f"{name}.qk"].dims[-1]
             labels = next((ds[c] for c in ds.coords if str(c).startswith("token_label") and token_dim in ds[c].dims), None)
-            attention.extend(_attention_rows(where, name, entropy, *axes, labels))
+            kept = next((ds[c].values.tolist() for c in ds.coords if str(c).startswith("token_position")
+                         and ds[c].dims == (token_dim,)), None)  # --attention-tokens: positions, not entries
+            attention.extend(_attention_rows(where, name, entropy, *axes, labels, kept))
     return blocks, attention
 
 
@@ -156,7 +158,8 @@ def _rows(where: dict[str, Any], block: str, stats: np.ndarray, steps: list[int]
 
 
 def _attention_rows(where: dict[str, Any], layer: str, e: np.ndarray, steps: list[int], timesteps: list[float],
-                    images: list[int], halves: list[str], labels: Any) -> Iterator[dict[str, Any]]:
+                    images: list[int], halves: list[str], labels: Any,
+                    positions: list[int] | None = None) -> Iterator[dict[str, Any]]:
     label_of = {g: labels.sel(guidance=g).values.tolist() for g in halves} if labels is not None else {}
     for a, (step, timestep) in enumerate(zip(steps, timesteps, strict=True)):
         for b, image in enumerate(images):
@@ -164,7 +167,7 @@ def _attention_rows(where: dict[str, Any], layer: str, e: np.ndarray, steps: lis
                 for h in range(e.shape[3]):
                     for t in range(e.shape[4]):
                         yield {**where, "layer": layer, "step": step, "timestep": timestep, "image": image,
-                               "guidance": g, "head": h, "token": t,
+                               "guidance": g, "head": h, "token": positions[t] if positions is not None else t,
                                "token_label": label_of[g][t] if g in label_of else "", "entropy": float(e[a, b, c, h, t])}
 
 

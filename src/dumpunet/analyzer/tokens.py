@@ -21,13 +21,10 @@ Examples
 
 from __future__ import annotations
 
-import re
-
 from dumpunet.errors import OptionError, SelectionError
-from dumpunet.specs import parse_ints
+from dumpunet.specs import INT_ITEM, parse_ints
 
 _SPECIAL = {"<|startoftext|>": "<start>", "<|endoftext|>": "<end>"}
-_INDEX = re.compile(r"^\s*\d+\s*(-\s*\d+\s*(\(\s*\+\s*\d+\s*\)\s*)?)?$")
 
 
 MAX_WORD_CHARS = 200
@@ -88,7 +85,7 @@ def select_tokens(spec: str, tokens: list[str], length: int) -> list[int]:
     for part in spec.split(","):
         if not part.strip():
             continue
-        if _INDEX.match(part):
+        if INT_ITEM.match(part):
             chosen.update(parse_ints(part.strip(), 0, len(tokens) - 1, noun="token", what="token selection"))
             continue
         spans = _word_spans(part, tokens, length)

@@ -3,8 +3,10 @@
 The wrapper calls the layer's own processor and returns its output untouched, so the image
 stays bit-identical. What is stored is computed on the side from the query and key projections,
 which forward hooks on ``to_q``/``to_k`` hand over as the processor computes them (nothing is
-projected twice): ``qk`` = softmax(q·kᵀ·scale) per head, ``k`` = the keys per head, ``vqk`` =
-the per-head attention output, taken from the input of ``to_out[0]``.
+projected twice): ``qk`` = softmax(q·kᵀ·scale) per head (or the heads' mean, accumulated in
+float32 on the U-Net's device), ``k`` = the keys per head, ``vqk`` = the per-head attention
+output, taken from the input of ``to_out[0]``. Kept tokens (``--attention-tokens``) are cut
+from ``qk`` after the softmax over every token, and from ``k``, before the copy off the device.
 
 Which layers exist and which are kept: :mod:`.attention_layers`; their shapes: :mod:`.plan`.
 """
@@ -78,7 +80,7 @@ class AttentionCapture:
         self.stash: dict[str, torch.Tensor] = {}
         self._restore: Callable[[], None] | None = None
         self._scratch: dict[tuple[Any, ...], torch.Tensor] = {}  # score buffers, reused every call
-        self._query_index: dict[tuple[str, torch.device], torch.Tensor] = {}
+        self._indices: dict[tuple[str, str, torch.device], torch.Tensor] = {}  # kept queries and tokens
         self._handles: list[Any] = []
 
     def use(self, plans: Iterable[LayerPlan]) -> None:
@@ -137,11 +139,13 @@ class AttentionCapture:
             kh = attn.norm_k(kh)
         name = plan.layer.name
         index = self._index(plan, q.device)
+        tokens = self._tokens(plan, q.device)
         if "qk" in plan.features:
-            self.sink(name, "qk", attention_probs(qh, kh, float(attn.scale), index, plan.head_mean,
-                                                  scratch=self._scratch, one_shot_bytes=self.one_shot_bytes))
+            probs = attention_probs(qh, kh, float(attn.scale), index, plan.head_mean,
+                                    scratch=self._scratch, one_shot_bytes=self.one_shot_bytes)
+            self.sink(name, "qk", probs if tokens is None else probs.index_select(-1, tokens))  # softmax over every token first
         if "k" in plan.features:
-            self.sink(name, "k", kh)
+            self.sink(name, "k", kh if tokens is None else kh.index_select(2, tokens))
         if "vqk" in plan.features:
             v = self.stash["vqk"].reshape(b, -1, heads, hd).transpose(1, 2)
             if index is not None:
@@ -149,12 +153,19 @@ class AttentionCapture:
             self.sink(name, "vqk", v)
 
     def _index(self, plan: LayerPlan, device: torch.device) -> torch.Tensor | None:
-        if plan.query_index is None:
+        return self._on_device("query", plan.query_index, plan, device)
+
+    def _tokens(self, plan: LayerPlan, device: torch.device) -> torch.Tensor | None:
+        return self._on_device("token", plan.token_index, plan, device)
+
+    def _on_device(self, what: str, index: tuple[int, ...] | None, plan: LayerPlan, device: torch.device) -> torch.Tensor | None:
+        """``index`` as a tensor on ``device``, made once per layer and device (None: keep everything)."""
+        if index is None:
             return None
-        key = (plan.layer.module, device)
-        if key not in self._query_index:
-            self._query_index[key] = torch.tensor(plan.query_index, dtype=torch.long, device=device)
-        return self._query_index[key]
+        key = (what, plan.layer.module, device)
+        if key not in self._indices:
+            self._indices[key] = torch.tensor(index, dtype=torch.long, device=device)
+        return self._indices[key]
 
 
 def _softmax_into(p: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 from dumpunet.errors import OptionError
 from dumpunet.layouts import BlockUnit
 from dumpunet.recorder.blocks import select_blocks
-from dumpunet.specs import check_ints
+from dumpunet.specs import INT_ITEM, check_ints, parse_ints
 
 FEATURES = ("qk", "k", "vqk")
 
@@ -69,7 +69,10 @@ def attention_layers(unet: nn.Module, units: Sequence[BlockUnit]) -> list[Attent
 class AttentionOptions:
     """Which attention maps to record.
 
-    Cross-attention (``attn2``) layers record ``features`` in every recorded step; self-attention
+    Cross-attention (``attn2``) layers record ``features`` in every recorded step: their ``qk``
+    with every head or the heads' mean (``heads="mean"``), and their ``qk`` and ``k`` for every
+    token or only the token positions ``tokens`` names (``"1-8"``, ``"1,4,5"``: the index grammar
+    of the analyzer's ``--tokens``, :func:`~dumpunet.specs.parse_ints`). Self-attention
     (``attn1``, ``[head, HW, HW]``: 4096² per head at 512²) is opt-in and filtered: by block
     (``self_blocks``), by step (``self_steps``), head-averaged (``self_heads="mean"``), and/or only
     for query pixels in ``query_region`` (fractions ``x0, y0, x1, y1`` of the image) at a stride.
@@ -77,6 +80,8 @@ class AttentionOptions:
 
     features: tuple[str, ...] = ("qk",)
     blocks: str = ""
+    heads: str = "all"  # cross-attention qk: "all", or "mean" (computed on the device, in float32)
+    tokens: str = ""  # cross-attention qk and k: the token positions kept (index spec); empty = all
     self_attention: bool = False
     self_blocks: str = ""
     self_steps: str = ""
@@ -89,8 +94,11 @@ class AttentionOptions:
         bad = [f for f in self.features if f not in FEATURES]
         if bad:
             raise OptionError(f"unknown attention feature {bad[0]!r}; choose from {', '.join(FEATURES)}")
-        if self.self_heads not in ("all", "mean"):
-            raise OptionError(f"self-attention heads must be 'all' or 'mean', got {self.self_heads!r}")
+        for flag, value in (("attention", self.heads), ("self-attention", self.self_heads)):
+            if value not in ("all", "mean"):
+                raise OptionError(f"{flag} heads must be 'all' or 'mean', got {value!r}")
+        if self.tokens.strip():
+            check_token_positions(self.tokens)
         if self.query_stride < 1:
             raise OptionError(f"query stride must be at least 1, got {self.query_stride}")
         if self.query_region is not None:
@@ -112,6 +120,37 @@ class AttentionOptions:
             if names[p] not in out:
                 out.append(names[p])
         return tuple(out)
+
+
+def check_token_positions(spec: str) -> None:
+    """Refuse an ``--attention-tokens`` spec that is not token positions, with a message naming the bad part.
+
+    Words of the prompt are not taken: one recording writes one token axis for every run,
+    image and guidance half, whose prompts put a word at different positions.
+
+    >>> check_token_positions("1-8, 12")
+    >>> check_token_positions("1,girl")
+    Traceback (most recent call last):
+    ...
+    dumpunet.errors.OptionError: --attention-tokens takes token positions such as 1-8 or 1,4,5 (as attention grids label them: 5:girl), not words: 'girl'
+    """
+    words = [p.strip() for p in spec.split(",") if p.strip() and not INT_ITEM.match(p)]
+    if words:
+        raise OptionError(f"--attention-tokens takes token positions such as 1-8 or 1,4,5 (as attention grids label "
+                          f"them: 5:girl), not words: {words[0]!r}")
+    check_ints(spec, 0, noun="token", what="--attention-tokens")
+
+
+def kept_tokens(spec: str, n_tokens: int) -> tuple[int, ...] | None:
+    """The token positions an ``--attention-tokens`` spec keeps of ``n_tokens`` keys, ascending; None = all.
+
+    >>> kept_tokens("3,1-2", 77), kept_tokens("", 77)
+    ((1, 2, 3), None)
+    """
+    if not spec.strip():
+        return None
+    check_token_positions(spec)
+    return tuple(sorted(set(parse_ints(spec, 0, n_tokens - 1, noun="token", what="--attention-tokens"))))
 
 
 def query_grid(hw: tuple[int, int], region: tuple[float, float, float, float] | None, stride: int) -> tuple[list[int], list[int]]:

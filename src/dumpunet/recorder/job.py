@@ -116,8 +116,8 @@ GPU_CALL_SECONDS = 0.05
 """What a U-Net call takes on a GPU, for the disk-bound warning: SD1.5 at 512², batch 2, is
 25-50 ms on current GPUs (and SDXL at 1024² ~100-200 ms, so the warning errs towards warning)."""
 
-CUT_BYTES_OPTIONS = ("--record-steps", "--blocks", "--attention-blocks", "--attention none", "--self-attention-heads mean",
-                     "--query-stride")
+CUT_BYTES_OPTIONS = ("--record-steps", "--blocks", "--attention-blocks", "--attention-heads mean", "--attention-tokens",
+                     "--attention none", "--self-attention-heads mean", "--query-stride")
 """The options that cut a recording's bytes, named by the disk-bound warning (all exist on record and sweep)."""
 
 
@@ -147,7 +147,7 @@ class DiskTime:
         >>> for line in DiskTime(2_720_000_000, 20, 1e9, "--disk-speed", call_seconds=0.05).lines():
         ...     print(line)
         disk time: at least 2.7 s to write 2.72 GB at 1000 MB/s (--disk-speed)
-        warning: disk-bound: the disk needs 136 ms per U-Net call, a GPU computes one in about 50 ms; cut bytes with --record-steps, --blocks, --attention-blocks, --attention none, --self-attention-heads mean, --query-stride
+        warning: disk-bound: the disk needs 136 ms per U-Net call, a GPU computes one in about 50 ms; cut bytes with --record-steps, --blocks, --attention-blocks, --attention-heads mean, --attention-tokens, --attention none, --self-attention-heads mean, --query-stride
         """
         mb = self.bytes_per_second / 1e6
         out = [f"disk time: at least {self.seconds:.1f} s to write {schema.human_bytes(self.total_bytes)} "

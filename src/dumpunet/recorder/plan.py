@@ -34,7 +34,7 @@ from torch import nn
 
 from dumpunet.errors import OptionError
 from dumpunet.layouts import BlockUnit
-from dumpunet.recorder.attention_layers import AttentionLayer, AttentionOptions, query_grid, select_layers
+from dumpunet.recorder.attention_layers import AttentionLayer, AttentionOptions, kept_tokens, query_grid, select_layers
 from dumpunet.recorder.blocks import block_table, select_blocks, unet_blocks
 from dumpunet.specs import check_ints, format_ints, parse_ints
 from dumpunet.store import schema
@@ -105,7 +105,13 @@ class LayerPlan:
     steps: frozenset[int]  # steps whose calls store this layer
     query_rows: tuple[int, ...] | None = None  # self-attention with a region or stride: the kept rows
     query_cols: tuple[int, ...] | None = None
-    head_mean: bool = False
+    head_mean: bool = False  # qk: the heads' mean (the head axis has length 1)
+    token_index: tuple[int, ...] | None = None  # cross-attention qk, k: the kept token positions; None = all
+
+    @property
+    def n_token(self) -> int:
+        """Entries of the stored token axis (qk, k)."""
+        return self.n_key if self.token_index is None else len(self.token_index)
 
     @property
     def n_query(self) -> int:
@@ -124,15 +130,17 @@ class LayerPlan:
     def shape(self, feature: str) -> tuple[int, ...]:
         """Per-call, per-(image, guidance) shape of one stored feature."""
         if feature == "qk":
-            return (1 if self.head_mean else self.heads, self.n_query, self.n_key)
+            return (1 if self.head_mean else self.heads, self.n_query, self.n_token)
         if feature == "k":
-            return (self.heads, self.n_key, self.head_dim)
+            return (self.heads, self.n_token, self.head_dim)
         return (self.heads, self.n_query, self.head_dim)
 
-    def attrs(self) -> schema.LayerAttrs:
-        """The layer's array attributes."""
+    def attrs(self, feature: str = "qk") -> schema.LayerAttrs:
+        """The attributes of the layer's ``feature`` array."""
         if self.layer.cross:
-            return schema.LayerAttrs(layer_hw=self.layer_hw, module=self.layer.module, cross_attention=True)
+            return schema.LayerAttrs(layer_hw=self.layer_hw, module=self.layer.module, cross_attention=True,
+                                     heads="mean" if self.head_mean and feature == "qk" else "all",
+                                     kept_tokens=self.token_index if feature != "vqk" else None)
         h, w = self.layer_hw
         return schema.LayerAttrs(
             layer_hw=self.layer_hw, module=self.layer.module, cross_attention=False,
@@ -196,6 +204,7 @@ class RecordingPlan:
             assert att is not None
             mods = dict(unet.named_modules())
             self_steps = _steps(att.self_steps, total_steps, "self-attention step spec") & record_steps
+            kept = kept_tokens(att.tokens, n_tokens)
             for layer in sel.layers:
                 attn = mods[layer.module]
                 heads = int(attn.heads)
@@ -203,7 +212,8 @@ class RecordingPlan:
                 common = dict(layer=layer, features=sel.features(layer), heads=heads,
                               head_dim=int(attn.to_k.out_features) // heads, layer_hw=(hw[0], hw[1]))
                 if layer.cross:
-                    layers.append(LayerPlan(**common, n_key=n_tokens, steps=record_steps))  # type: ignore[arg-type]
+                    layers.append(LayerPlan(**common, n_key=n_tokens, steps=record_steps,  # type: ignore[arg-type]
+                                            head_mean=att.heads == "mean", token_index=kept))
                     continue
                 ys, xs = query_grid((hw[0], hw[1]), att.query_region, att.query_stride)
                 full = len(ys) * len(xs) == hw[0] * hw[1]

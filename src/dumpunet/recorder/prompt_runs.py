@@ -42,15 +42,18 @@ PER_PROMPT = ("out", "prompt", "negative_prompt", "seed", "steps")
 """Request fields that each prompt has its own of (``steps`` is the old spelling of sampling_steps)."""
 NOT_COMPARED = ("overwrite", "quiet", "device", "max_bytes", "extra")
 """Request fields that do not change what is recorded: a rerun may change them."""
+LATER_DEFAULTS = {"attention_heads": "all", "attention_tokens": ""}
+"""Request fields added after stores kept their options, left out of them at these defaults, so that a
+store recorded before them still compares equal to a rerun that does not use them."""
 
 
 def shared_options(req: RecordRequest) -> dict[str, Any]:
     """The options every prompt of a list is recorded with, as JSON (the store's ``prompt_list.options``)."""
     out = {}
     for f in fields(req):
-        if f.name in PER_PROMPT or f.name in NOT_COMPARED:
-            continue
         value = getattr(req, f.name)
+        if f.name in PER_PROMPT or f.name in NOT_COMPARED or LATER_DEFAULTS.get(f.name, object()) == value:
+            continue
         out[f.name] = [str(v) for v in value] if isinstance(value, tuple) else str(value) if isinstance(value, Path) else value
     return out
 

@@ -357,7 +357,7 @@ class Recorder:
             self._attn.use(plan.layers)
             writer.add_arrays(self.run_name, {
                 (lp.layer.name, f): (schema.ATTENTION_FEATURES[f], (plan.n_images, n_guidance, *lp.shape(f)),
-                                     self.options.store_dtype, {"layer": lp.layer.name}, lp.attrs())
+                                     self.options.store_dtype, {"layer": lp.layer.name}, lp.attrs(f))
                 for lp in plan.layers for f in lp.features
             })
         self._bar = tqdm(total=plan.total_steps, desc=f"record {self.run_name}", unit="step", file=sys.stderr,

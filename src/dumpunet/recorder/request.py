@@ -78,6 +78,8 @@ class RecordRequest:
     dtype: str = "fp16"
     attention: str = "qk"
     attention_blocks: str = ""
+    attention_heads: str = "all"
+    attention_tokens: str = ""
     self_attention: bool = False
     self_attention_blocks: str = ""
     self_attention_steps: str = ""
@@ -137,6 +139,13 @@ class RecordRequest:
             if ignored:
                 verb = "filters" if len(ignored) == 1 else "filter"
                 raise OptionError(f"{', '.join(ignored)} only {verb} self-attention maps; add --self-attention")
+        features = AttentionOptions.parse_features(self.attention)
+        if self.attention_heads != "all" and "qk" not in features:
+            raise OptionError(f"--attention-heads {self.attention_heads} averages the cross-attention qk maps; "
+                              f"--attention {self.attention!r} records none (add qk)")
+        if self.attention_tokens.strip() and not {"qk", "k"} & set(features):
+            raise OptionError(f"--attention-tokens keeps token columns of cross-attention qk and k; "
+                              f"--attention {self.attention!r} records neither")
         # Everything that can be checked without weights is checked now.
         if self.record_steps.strip():
             parse_ints(self.record_steps, 1, self.executed_steps, noun="step", what="--record-steps")
@@ -224,6 +233,8 @@ class RecordRequest:
         return AttentionOptions(
             features=features,
             blocks=self.attention_blocks,
+            heads=self.attention_heads,
+            tokens=self.attention_tokens,
             self_attention=self.self_attention,
             self_blocks=self.self_attention_blocks,
             self_steps=self.self_attention_steps,

@@ -137,6 +137,7 @@ class _Var:
     dims: tuple[str, ...]  # schema dims with call -> the call dim
     reader: SlabReader
     token_labels: np.ndarray | None = None  # [guidance, token]
+    token_positions: tuple[int, ...] | None = None  # --attention-tokens: the prompt position of each token entry
 
 
 def _calls(run: Run) -> list[int]:
@@ -170,20 +171,22 @@ def _variables(store: Store, run: Run, *, blocks: str, which: str, layers: str |
         dtype = np.dtype(arr.dtype) if all(written) else np.result_type(arr.dtype, np.float32)
         reader = SlabReader(path, run.name, feature, (("layer", layer),), tuple(calls), written,
                             (len(calls), *arr.shape[1:]), dtype)
-        labels = _token_labels(run, layer, arr.shape[kind.axis("token")]) if info.cross_attention and feature != "vqk" else None
-        out.append(_Var(f"{layer}.{feature}", kind.dims, reader, labels))
+        tokens = info.cross_attention and feature != "vqk"
+        positions = info.token_positions(arr.shape[kind.axis("token")]) if tokens else None
+        labels = _token_labels(run, layer, positions) if positions is not None else None
+        out.append(_Var(f"{layer}.{feature}", kind.dims, reader, labels, info.kept_tokens if tokens else None))
     return out
 
 
-def _token_labels(run: Run, layer: str, n: int) -> np.ndarray | None:
-    """``[guidance, token]`` token strings of a cross-attention layer's prompt ('' past its end), or None."""
+def _token_labels(run: Run, layer: str, positions: Sequence[int]) -> np.ndarray | None:
+    """``[guidance, token]`` token strings at the stored ``positions`` of a cross-attention layer's prompt
+    ('' past its end), or None."""
     rows = []
     for g in run.guidance_labels:
         row = run.token_row(guidance=g, block=layer)
         if row is None:
             return None
-        tokens = list(row.tokens[:n]) + [""] * max(0, n - len(row.tokens))
-        rows.append(tokens)
+        rows.append([row.tokens[p] if p < len(row.tokens) else "" for p in positions])
     return np.array(rows, dtype=object)
 
 
@@ -233,6 +236,10 @@ def _build(store: Store, run: Run, variables: list[_Var], calls: list[int], dims
             token_dim = vdims[v.dims.index("token")]
             coords.setdefault(f"token_label_{token_dim}" if token_dim != "token" else "token_label",
                               (("guidance", token_dim), v.token_labels))
+        if v.token_positions is not None:
+            token_dim = vdims[v.dims.index("token")]
+            coords.setdefault(f"token_position_{token_dim}" if token_dim != "token" else "token_position",
+                              (token_dim, np.array(v.token_positions)))
     ds = xr.Dataset(data, coords=coords, attrs={"store": str(store.path), "run": run.name, **_scalar_attrs(run)})
     if not one_call:
         ds = ds.set_xindex("step")

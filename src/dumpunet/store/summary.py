@@ -31,11 +31,12 @@ class LayerSummary:
     name: str
     cross_attention: bool
     layer_hw: tuple[int, int]
-    heads: int  # length of the head axis (1 when self-attention heads were averaged)
+    heads: int  # length of the head axis (1 when the heads were averaged)
     heads_mode: str  # "all", or "mean"
     tokens: int | None  # length of the token axis (keys); None when only vqk was recorded
     queries: int  # query pixels kept
     features: list[str]
+    kept_tokens: tuple[int, ...] | None = None  # --attention-tokens: the token positions recorded
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +48,7 @@ class LayerSummary:
             "tokens": self.tokens,
             "queries": self.queries,
             "features": self.features,
+            "kept_tokens": list(self.kept_tokens) if self.kept_tokens is not None else None,
         }
 
 
@@ -74,10 +76,11 @@ def summarize_layers(run: Run) -> list[LayerSummary]:
             cross_attention=info.cross_attention,
             layer_hw=info.layer_hw,
             heads=sizes["head"],
-            heads_mode="all" if info.cross_attention else info.heads,
+            heads_mode=info.heads,
             tokens=sizes.get("token"),
             queries=sizes.get("query", len(rows) * len(cols)),
             features=list(arrays),
+            kept_tokens=info.kept_tokens,
         ))
     return out
 
@@ -207,6 +210,8 @@ def describe(s: Summary) -> str:
                 size = "x".join(map(str, layer.layer_hw))
                 heads = f"{layer.heads}" + (" (mean)" if layer.heads_mode == "mean" else "")
                 tokens = "-" if layer.tokens is None else str(layer.tokens)
+                if layer.kept_tokens is not None:  # the positions, not just how many
+                    tokens += f" ({format_ints(layer.kept_tokens)})"
                 lines.append(f"  {'':<16} {layer.name:<14} {kind:<5} {size:<7} {heads:<7} {tokens:<7} {layer.queries:<8} "
                              + "+".join(layer.features))
         for b in run.recorded_outputs:

@@ -30,7 +30,10 @@ def _layers(run: Run) -> list[dict[str, Any]]:
         except SelectionError:  # recorded as k or vqk only: nothing the viewer draws
             continue
         info = run.layer_info(name)
-        out.append({"name": name, "hw": list(info.layer_hw), "heads": int(arr.shape[3]), "cross": info.cross_attention})
+        layer = {"name": name, "hw": list(info.layer_hw), "heads": int(arr.shape[3]), "cross": info.cross_attention}
+        if info.kept_tokens is not None:  # --attention-tokens: only these token positions can be shown
+            layer["kept_tokens"] = list(info.kept_tokens)
+        out.append(layer)
     return out
 
 

@@ -41,8 +41,9 @@ __all__ = ["ATTENTION_FEATURES", "ArrayKind", "BLOCK_ARRAYS", "BLOCK_INPUT", "BL
 
 FORMAT_VERSION = 1
 """Major version: a reader refuses a store whose major version is newer than this."""
-FORMAT_MINOR = 1
-"""Minor version: additions that older readers can ignore (1: coordinate arrays, :mod:`.coords`; run attribute ``writer_wait_seconds``)."""
+FORMAT_MINOR = 2
+"""Minor version: additions that older readers can ignore (1: coordinate arrays, :mod:`.coords`; run attribute
+``writer_wait_seconds``; 2: cross-attention arrays' ``heads`` and ``kept_tokens``, see ``LayerAttrs``)."""
 
 RECORD_DTYPES = {"fp16": "float16", "fp32": "float32"}
 
