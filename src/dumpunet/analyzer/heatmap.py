@@ -51,6 +51,7 @@ from dumpunet.analyzer.output import OutputFolder, WrittenFile, text_part
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png
 from dumpunet.analyzer.pool import check_jobs, run_parallel
+from dumpunet.analyzer.style import attention_scale
 from dumpunet.analyzer.tokens import check_word, select_tokens
 from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import parse_ints
@@ -437,9 +438,11 @@ def write_heatmaps(
     :func:`~dumpunet.analyzer.output.text_part` writes it) or ``querymap-x{x}-y{y}-img{i}-{guidance}.png``.
     Each PNG has a title strip (the word, run, image, half, layers, steps) and a colour bar whose ends
     are the summed attention's minimum and maximum; a query map's overlay has a cross-hair at the
-    query pixel (the manifest's ``marker``, x and y in image pixels). Beside it, the map itself in
-    [0, 1] as a float32 ``.npy`` of the same stem. ``plain`` writes the bare overlay (as the viewer
-    shows it: no title, bar or marker). ``jobs``: threads each making one file's map and picture
+    query pixel (the manifest's ``marker``, x and y in image pixels); an image under 32 pixels on a
+    side is enlarged (nearest neighbour) by the rule that enlarges attention grids' tiles
+    (:func:`~dumpunet.analyzer.style.attention_scale`: an 8-pixel image 4 times). Beside it, the map
+    itself in [0, 1] as a float32 ``.npy`` of the same stem, at the image's size. ``plain`` writes the
+    bare overlay at the image's size (as the viewer shows it: no title, bar or marker). ``jobs``: threads each making one file's map and picture
     (default: every CPU, :mod:`.pool`); all are made before any is written, and the files do not
     depend on the count.
 
@@ -509,9 +512,12 @@ def write_heatmaps(
                       "over layers and steps")]
             values = "run - base of the attention summed over layers and steps, float32"
         entry["colorbar"] = {"min": value_range[0], "max": value_range[1], "spans": "map"}
+        if not plain:  # a small image enlarged as attention grids enlarge their tiles (the .npy keeps its size)
+            k = attention_scale(*heat.shape)
+            picture = picture.repeat(k, axis=0).repeat(k, axis=1)
         if not plain and query is not None:
             entry["marker"] = list(query_pixel(query, heat.shape))
-            picture = mark_point(picture, *entry["marker"])
+            picture = mark_point(picture, *(k * v + k // 2 for v in entry["marker"]))
         if not plain and compared is None:
             picture = labelled_overlay(picture, lines=lines, value_range=value_range, colormap=colormap)
         elif not plain:
