@@ -9,6 +9,9 @@ involved. Kernels run ``prange`` over maps and write into preallocated outputs; 
 make passes simple enough for LLVM to vectorize (transform, then quantize or index, then
 table lookups) into a per-map scratch row. The entry kernels release the GIL (``nogil``), so
 a render's PNG-encoding threads keep running while the calling thread is inside a kernel.
+The heatmap kernels (:func:`token_rows`, :func:`turbo_overlay`) are the exceptions: serial (they
+wait on memory, and a parallel loop on a busy machine waits for its slowest thread), and in
+float32 where the numpy expressions they reproduce bit for bit are float32 (heatmap's tests).
 
 Value transforms (``code``; ``a, b, c, d`` are its parameters, ``mn, mx`` the map's range):
 
