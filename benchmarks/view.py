@@ -18,7 +18,9 @@ step change   OUT11 at the next step (the slider moving, one step every ``--dwel
 step rendered the same without rendering ahead (``ahead=False``): each step rendered on request
 cache hit     the same view again
 heatmap       the word heatmap of one token over the final image, summed over every layer and
-              every step up to the last (the heaviest heatmap of the store)
+              every step up to the last (the heaviest heatmap of the store): three tokens a pass,
+              each drawn from the store (nothing of it cached but the final image, which the
+              server keeps from the one drawn before)
 floor         ``encode_png`` alone of the very same images, in this process
 formats       the same images encoded as the server sends them (PNG at ``--png-level``) against
               lossless WebP (Pillow/libwebp) at its fastest (``method=0, quality=0``) and at its
@@ -120,6 +122,8 @@ def main() -> None:
     ap.add_argument("--dwell", type=float, default=100, help="ms between the step changes of the slider")
     ap.add_argument("--png-level", type=int, default=0, help="the server's deflate level (0: stored, its default)")
     ap.add_argument("--decode", action="store_true", help="also time each format's decode in chromium (Playwright)")
+    ap.add_argument("--heatmaps-only", action="store_true",
+                    help="time the word heatmaps alone (and their PNG floor), none of the grids nor the formats")
     args = ap.parse_args()
     path = Path(tempfile.gettempdir()) / "dumpunet-bench" / "view-sd15.zarr"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,12 +143,12 @@ def main() -> None:
         for rep in range(args.repeats):
             # each pass and kind its own offset (no change to Auto pixels): every view is new to the cache
             gain = f"&gain={1 + rep}"
-            for k, block in enumerate(big):
+            for k, block in enumerate([] if args.heatmaps_only else big):
                 q = f"block={block}&step={1 + (k + rep) % args.steps}&offset={100 + rep}{gain}"
                 rows["new view"].append(fetch(base + q)[0])
                 cpu["new view"].append(CPU[-1])
                 queries["new view"].append(q)
-            for name, offset in (("step change", 200), ("step rendered", 300)):
+            for name, offset in () if args.heatmaps_only else (("step change", 200), ("step rendered", 300)):
                 server.ahead = name == "step change"
                 for s in range(1, args.steps + 1):
                     q = f"block=OUT11&step={s}&offset={offset + rep}{gain}"
@@ -159,10 +163,11 @@ def main() -> None:
                     rows["cache hit"].append(ms)
                     cpu["cache hit"].append(CPU[-1])
                     time.sleep(args.dwell / 1000)
-            q = f"view=heatmap&token={2 + rep % 5}&step={args.steps}&alpha=0.{5 + rep % 4}"
-            rows["heatmap"].append(fetch(base + q)[0])
-            cpu["heatmap"].append(CPU[-1])
-            queries["heatmap"].append(q)
+            for k in range(3):  # three words of the prompt in turn, each new to the server
+                q = f"view=heatmap&token={1 + (3 * rep + k) % 76}&step={args.steps}&alpha=0.{5 + rep % 4}"
+                rows["heatmap"].append(fetch(base + q)[0])
+                cpu["heatmap"].append(CPU[-1])
+                queries["heatmap"].append(q)
         floor: dict[str, list[float]] = {}
         formats: dict[tuple[str, str], list[tuple[float, int]]] = {}
         samples: dict[str, np.ndarray] = {}  # one image per kind, for --decode
@@ -175,7 +180,7 @@ def main() -> None:
                 floor.setdefault(name, []).append((time.perf_counter() - t0) * 1000)
                 floor.setdefault(name + " cpu", []).append((time.process_time() - c0) * 1000)
                 floor.setdefault(name + " size", []).append(pixels.shape[0] * pixels.shape[1] / 1e6)
-                for fmt, (ms, size) in encodings(pixels, args.png_level).items():
+                for fmt, (ms, size) in ({} if args.heatmaps_only else encodings(pixels, args.png_level)).items():
                     formats.setdefault((name, fmt), []).append((ms, size))
                 samples.setdefault(name, pixels)
         report = {name: {"median_ms": round(statistics.median(ms), 1), "n": len(ms),
@@ -183,7 +188,7 @@ def main() -> None:
                          "png_floor_cpu_ms": round(statistics.median(floor[name + " cpu"]), 1) if name in floor else None,
                          "png_floor_ms": round(statistics.median(floor[name]), 1) if name in floor else None,
                          "mpix": round(statistics.median(floor[name + " size"]), 3) if name in floor else None}
-                  for name, ms in rows.items()}
+                  for name, ms in rows.items() if ms}
     finally:
         server.shutdown()
     print(f"{'':14}{'median ms':>10}{'PNG floor':>10}{'CPU ms':>8}{'floor CPU':>10}{'Mpix':>7}{'n':>4}   (target ms)")

@@ -402,7 +402,8 @@ def heatmap(stores: tuple[StoreRun, ...], word: str | None, merge: bool, query: 
 
     Each PNG has the word in a title strip and a colour bar (the summed attention's range);
     beside it the map in [0, 1] as float32 .npy of the same name. A --query map marks the
-    query pixel with a cross-hair. --plain: the bare overlay.
+    query pixel with a cross-hair. An image under 32 pixels on a side is enlarged as attention
+    grids enlarge their tiles (8 px: 4 times). --plain: the bare overlay, at the image's size.
     On a pair or sweep store a line on stderr names the run and prompt used (--run picks one);
     the manifest records both.
 

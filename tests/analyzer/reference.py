@@ -122,3 +122,32 @@ def tile(images: np.ndarray, cols: int, rows: int, scale: int = 1) -> np.ndarray
         big = images[k].repeat(scale, axis=0).repeat(scale, axis=1)
         out[y * (th + 1) : y * (th + 1) + th, x * (tw + 1) : x * (tw + 1) + tw] = big
     return out
+
+
+def token_head_mean(probs: np.ndarray, tokens: list[int]) -> np.ndarray:
+    """A word's map of one attention chunk [head, query, token]: its tokens summed, heads averaged (float32)."""
+    return probs[:, :, tokens].astype(np.float32).sum(axis=-1).mean(axis=0)
+
+
+def word_sum(store, word: str, pick) -> np.ndarray:
+    """The word's summed attention at the image's size, as heatmap computed it before its kernel: every
+    chunk read whole (``Run.attention``), :func:`token_head_mean` summed in float64 per resolution
+    (layers in order, steps in order), each sum upsampled once."""
+    from dumpunet.analyzer.heatmap import _upsample, by_resolution
+    from dumpunet.analyzer.tokens import select_tokens
+
+    r = store.run(pick.run)
+    image, guidance = int(pick.images or 0), pick.guidance
+    found = {}
+    for layer in store.select_layers(pick.blocks, run=r.name):
+        row = r.token_row(guidance=guidance, image=image, block=layer) if ".attn2" in layer else None
+        if row is not None:
+            found[layer] = select_tokens(word, list(row.tokens), row.length)
+    out = np.zeros((r.info.height, r.info.width), np.float32)
+    for hw, group in by_resolution(r, list(found)).items():
+        acc = np.zeros(hw, np.float64)
+        for layer in group:
+            for step in store.select_steps(pick.steps, run=r.name):
+                acc += token_head_mean(r.attention(layer, step, guidance=guidance, image=image), found[layer]).reshape(hw)
+        out += _upsample(acc, out.shape)
+    return out

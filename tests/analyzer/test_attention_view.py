@@ -207,9 +207,9 @@ def test_cli_attention_and_heatmap(store, tmp_path):
     assert sorted(p.name for p in (tmp_path / "h").glob("*.png")) == ["heatmap-1-img0-cond.png", "heatmap-1-img0-uncond.png"]
     for g in ("uncond", "cond"):
         heat = word_heatmap(store, "1", Pick(blocks="M00", guidance=g))
-        want = overlay(store.image(0), heat, alpha=0.5)
+        want = overlay(store.image(0), heat, alpha=0.5).repeat(2, axis=0).repeat(2, axis=1)  # 16 px: enlarged twice
         picture = np.asarray(Image.open(tmp_path / "h" / f"heatmap-1-img0-{g}.png"))  # below its title strip
-        assert [y for y in range(picture.shape[0]) if np.array_equal(picture[y : y + IMAGE, :IMAGE], want)] != []
+        assert [y for y in range(picture.shape[0]) if np.array_equal(picture[y : y + 2 * IMAGE, : 2 * IMAGE], want)] != []
     r = CliRunner().invoke(main, ["heatmap", str(store.path), "--word", "blue", "--out", str(tmp_path / "h2")])
     assert r.exit_code == 1 and r.output.startswith("Error: 'blue' is not a word of the prompt")
     assert not (tmp_path / "h2").exists()

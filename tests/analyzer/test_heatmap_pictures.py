@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_attention_view import IMAGE, T, TOKENS, store, write_store  # noqa: F401 - the attention store fixture
+from test_attention_view import IMAGE, TOKENS, T, store, write_store  # noqa: F401 - the attention store fixture
 
 from dumpunet import Pick
 from dumpunet.analyzer.colormaps import colormap
@@ -30,6 +30,11 @@ def _png(path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
 
+def _big(picture: np.ndarray) -> np.ndarray:
+    """The 16-pixel test image's overlay as a labelled file holds it: twice enlarged (attention_scale(16, 16))."""
+    return picture.repeat(2, axis=0).repeat(2, axis=1)
+
+
 def test_one_file_per_word_with_its_map(store, tmp_path):  # noqa: F811
     r = CliRunner().invoke(main, ["heatmap", str(store.path), "--word", "pink,hair", "--layers", "M00",
                                   "--out", str(tmp_path / "h")])
@@ -42,8 +47,8 @@ def test_one_file_per_word_with_its_map(store, tmp_path):  # noqa: F811
         saved = np.load(tmp_path / "h" / f"heatmap-{word}-img0-cond.npy", allow_pickle=False)
         assert saved.dtype == np.float32
         np.testing.assert_array_equal(saved, heat)
-        # the overlay sits in the labelled picture unchanged, below a title strip
-        where = _find(_png(tmp_path / "h" / f"heatmap-{word}-img0-cond.png"), overlay(store.image(0), heat))
+        # the overlay sits in the labelled picture, enlarged as attention tiles are, below a title strip
+        where = _find(_png(tmp_path / "h" / f"heatmap-{word}-img0-cond.png"), _big(overlay(store.image(0), heat)))
         assert len(where) == 1 and where[0][0] > 0 and where[0][1] == 0
     assert not np.array_equal(word_heatmap(store, "pink", Pick(blocks="M00")),
                               word_heatmap(store, "hair", Pick(blocks="M00")))
@@ -66,13 +71,13 @@ def test_title_strip_and_colour_bar(store, tmp_path):  # noqa: F811
     files = write_heatmaps(store, Pick(blocks="M00"), word="hair", out=tmp_path / "h", colormap="viridis")
     picture = _png(files[0].path)
     heat = word_heatmap(store, "hair", Pick(blocks="M00"))
-    plain = overlay(store.image(0), heat, colormap="viridis")
+    plain = _big(overlay(store.image(0), heat, colormap="viridis"))
     [(top, _)] = _find(picture, plain)
     assert picture[:top].any()  # the title's text above the overlay
-    assert picture.shape[1] > IMAGE  # the title is wider than the 16-pixel overlay
+    assert picture.shape[1] > 2 * IMAGE  # the title is wider than the enlarged 16-pixel overlay
     bar = np.repeat(colormap(np.linspace(0, 1, BAR_WIDTH), "viridis")[None], BAR_HEIGHT, axis=0)
     [(y, x)] = _find(picture, bar)
-    assert y > top + IMAGE and x > 0  # below the overlay, after its low end's number
+    assert y > top + 2 * IMAGE and x > 0  # below the overlay, after its low end's number
     manifest = json.loads((tmp_path / "h" / "manifest.json").read_text())["files"]
     assert manifest[0]["colormap"] == "viridis" and manifest[0]["word"] == "hair"
 
@@ -87,7 +92,7 @@ def test_default_colormap_keeps_the_overlay_byte_for_byte(store, tmp_path):  # n
                       for p in (red, green, blue)], axis=-1)
     before = np.clip(np.round(0.5 * 100 + 0.5 * np.round(turbo * 255)), 0, 255).astype(np.uint8)
     files = write_heatmaps(store, Pick(blocks="M00"), word="hair", out=tmp_path / "h")
-    assert len(_find(_png(files[0].path), before)) == 1
+    assert len(_find(_png(files[0].path), _big(before))) == 1
 
 
 @pytest.mark.parametrize(("name", "ends"), [
@@ -143,7 +148,8 @@ def test_query_map_marks_its_query_pixel_unless_plain(store, tmp_path):  # noqa:
     assert png.params["marker"] == [1, 14]  # x = 0.1 * 16, y = 0.9 * 16, rounded down
     bare = overlay(store.image(0), np.load(npy.path))
     img = _png(png.path)
-    assert _find(img, mark_point(bare, 1, 14)) and not _find(img, bare)  # the marked overlay, not the bare one
+    # the enlarged overlay, marked at the middle of the query pixel's 2x2 block; not the bare one
+    assert _find(img, mark_point(_big(bare), 3, 29)) and not _find(img, _big(bare))
     (plain, _) = write_heatmaps(store, Pick(blocks="IN01"), out=tmp_path / "p", query=(0.1, 0.9), plain=True)
     assert "marker" not in plain.params
     np.testing.assert_array_equal(_png(plain.path), bare)
@@ -174,3 +180,36 @@ def test_a_word_of_some_block_prompts_sums_the_layers_that_saw_it(tmp_path):
     message = str(err.value)
     assert message.startswith("'blue' is in no picked layer's prompt: IN01.attn2: ")
     assert "its tokens are: a cute girl" in message and "M00.attn2: " in message and "a pink h air girl" in message
+
+
+@pytest.mark.parametrize(("size", "scale"), [(8, 4), (16, 2), (32, 1)])
+def test_a_small_image_is_enlarged_as_attention_tiles_are(tmp_path, size, scale):
+    """A labelled heatmap and its difference enlarge an image under 32 pixels (attention_scale); --plain and the .npy keep its size."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "viewer"))
+    import viewer_stores
+
+    from dumpunet import open as open_store
+    from dumpunet.analyzer.attention_diff import compare_runs
+    from dumpunet.analyzer.heatmap import difference_overlay, heatmap_difference
+    from dumpunet.analyzer.style import attention_scale
+
+    assert attention_scale(size, size) == scale  # the rule attention grids' tiles follow
+    old = viewer_stores.SIZE
+    viewer_stores.SIZE = size
+    try:
+        pair = open_store(viewer_stores.make_attention_store(tmp_path / "p.zarr", pair=True))
+    finally:
+        viewer_stores.SIZE = old
+    pick = Pick(blocks="M00", steps="1-3", images="0", guidance="cond")
+    (png, npy) = write_heatmaps(pair, pick, word="2", pair="layered", out=tmp_path / "d")
+    d = heatmap_difference(compare_runs(pair, Pick(), pair="layered"), pick, word="2")
+    assert np.load(npy.path).shape == (size, size)
+    bare = difference_overlay(pair.run("layered").image(0), d)
+    big = bare.repeat(scale, axis=0).repeat(scale, axis=1)
+    [(top, left)] = _find(_png(png.path), big)
+    assert top > 0 and left == 0
+    (plain, _) = write_heatmaps(pair, pick, word="2", pair="layered", plain=True, out=tmp_path / "p")
+    np.testing.assert_array_equal(_png(plain.path), bare)

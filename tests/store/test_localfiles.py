@@ -11,11 +11,13 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_store import write_store
 
 import dumpunet
 from dumpunet.errors import DamagedChunkError, StoreError
+from dumpunet.store.chunks import read_chunk_rows
 from dumpunet.store.localfiles import StoreFiles, UnsafeFileError
 from dumpunet.store.validate import validate
 
@@ -140,3 +142,45 @@ def test_a_claimed_chunk_larger_than_a_reader_allocates_is_refused(store):
     with pytest.raises(StoreError, match=r"runs/main/blocks/IN01/output: shape \(3, 2, 2, 6, 1000000, 1000000\) claims "
                                           r"chunks of 12.00 TB, more than a reader allocates"):
         dumpunet.open(store).features("IN01", 2)
+
+
+def _rows(store: Path, scratch_bytes: int) -> list[tuple[int, np.ndarray]]:
+    """IN01's chunk of step 2 (cond) through read_chunk_rows, copied block by block (each view is reused)."""
+    run = dumpunet.open(store).run()
+    arr = run.array("IN01", "output")
+    coords = run.slab_chunk(arr, 1, 0, 1).coords
+    scratch = np.empty(scratch_bytes, np.uint8)
+    return [(first, rows.copy()) for first, rows in read_chunk_rows(run.store.files, arr, coords,
+                                                                   "call 1 (step 2), image 0, cond", scratch)]
+
+
+@pytest.mark.parametrize("scratch_bytes, firsts", [(3 * 8, [0, 3, 6, 9, 12, 15, 18, 21]), (5 * 8 + 7, [0, 5, 10, 15, 20]),
+                                                   (4, [0]), (1 << 20, [0])])
+def test_chunk_rows_come_in_blocks_of_whole_rows_that_make_the_chunk(store, scratch_bytes, firsts):
+    # rows of the last axis (4 float16 = 8 bytes); a scratch smaller than a row reads the chunk whole
+    blocks = _rows(store, scratch_bytes)
+    assert [first for first, _ in blocks] == firsts
+    np.testing.assert_array_equal(np.concatenate([rows for _, rows in blocks]),
+                                  dumpunet.open(store).features("IN01", 2).reshape(-1, 4))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:50]), f"{WHERE} is 50 bytes, expected {CHUNK_BYTES} (truncated)"),
+    (os.remove, f"{WHERE} is missing"),
+    (lambda p: _replace(p, lambda q: os.symlink("/dev/zero", q)), f"{WHERE} is a symbolic link, not a regular file (not read)"),
+])
+def test_a_damaged_chunk_read_in_rows_is_the_same_error(store, damage, message):
+    damage(store / CHUNK)
+    with pytest.raises(DamagedChunkError) as err:
+        _rows(store, 24)
+    assert str(err.value) == message
+
+
+def test_a_chunk_cut_while_its_rows_are_read_is_an_error(store):
+    files = StoreFiles(store)
+    blocks = files.read_blocks(CHUNK, CHUNK_BYTES, np.empty(64, np.uint8))
+    first = next(blocks).copy()
+    (store / CHUNK).write_bytes((store / CHUNK).read_bytes()[:100])  # in place, as a writer rewriting it would
+    with pytest.raises(StoreError, match=f"{CHUNK} ended at 100 bytes while it was read, expected {CHUNK_BYTES} \\(truncated\\)"):
+        list(blocks)
+    assert len(first) == 64

@@ -73,7 +73,8 @@ from dumpunet.analyzer.reduce import AVERAGES, average_label
 from dumpunet.analyzer.scope import AutoRanges, json_range
 from dumpunet.analyzer.selection import select_attention, store_label
 from dumpunet.analyzer.tensor_files import array_file
-from dumpunet.analyzer.style import ATTENTION_TILE_TARGET, check_scale
+from dumpunet.analyzer.style import attention_scale as tile_scale
+from dumpunet.analyzer.style import check_scale
 from dumpunet.errors import OptionError, SelectionError
 from dumpunet.store import Run, Store, open_store
 
@@ -274,15 +275,6 @@ def _prepare(store: Store | str | os.PathLike[str], pick: Pick, color: ColorSpec
     if color is None:
         color = DIFF_COLOR if compared is not None else ATTENTION_COLOR
     return st, select_attention(st, pick, "attention"), compared, color, query
-
-
-def tile_scale(h: int, w: int, scale: int | None = None) -> int:
-    """How many times a map's tiles are enlarged: ``scale``, or enough for 32 pixels on a side (at most 16).
-
-    >>> tile_scale(8, 8), tile_scale(64, 64), tile_scale(1, 1), tile_scale(8, 8, 3)
-    (4, 1, 16, 3)
-    """
-    return scale or max(1, min(16, math.ceil(ATTENTION_TILE_TARGET / max(1, min(h, w)))))
 
 
 def _plain_grid(maps: np.ndarray, rows: int, cols: int, row_labels: list[str], col_labels: list[str],

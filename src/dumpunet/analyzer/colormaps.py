@@ -18,15 +18,17 @@ import numpy as np
 
 from dumpunet.errors import OptionError
 
-__all__ = ["COLORMAPS", "DEFAULT_COLORMAP", "colormap"]
+__all__ = ["COLORMAPS", "DEFAULT_COLORMAP", "TURBO", "colormap"]
 
-_TURBO = np.array(
+TURBO = np.array(
     [
         [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
         [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
         [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
     ]
 )
+"""Turbo's polynomial coefficients per channel (R, G, B), constant term first (also the kernel's)."""
+TURBO.setflags(write=False)
 
 
 def _table(hexes: str) -> np.ndarray:
@@ -51,7 +53,7 @@ def _turbo(v: np.ndarray) -> np.ndarray:
     """
     x = v.astype(np.float64, copy=False)
     rgb = np.empty((*x.shape, 3), np.float64)
-    for c, poly in enumerate(_TURBO):
+    for c, poly in enumerate(TURBO):
         acc = np.full(x.shape, poly[-1])
         for coef in poly[-2::-1]:
             acc *= x

@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -35,7 +35,9 @@ from PIL import Image
 
 from dumpunet.analyzer import colormaps as cmaps
 from dumpunet.analyzer.attention_diff import RunPair, compare_runs
+from dumpunet.analyzer.color import kernels
 from dumpunet.analyzer.color.colorize import colorize
+from dumpunet.analyzer.color.float16 import kernel_view
 from dumpunet.analyzer.color.spec import DIFF_COLOR
 from dumpunet.analyzer.grid_labels import (
     BAR_HEIGHT,
@@ -49,6 +51,7 @@ from dumpunet.analyzer.output import OutputFolder, WrittenFile, text_part
 from dumpunet.analyzer.pick import Pick
 from dumpunet.analyzer.png import encode_png
 from dumpunet.analyzer.pool import check_jobs, run_parallel
+from dumpunet.analyzer.style import attention_scale
 from dumpunet.analyzer.tokens import check_word, select_tokens
 from dumpunet.errors import OptionError, SelectionError
 from dumpunet.specs import parse_ints
@@ -114,11 +117,34 @@ def _word_sum(store: Store, word: str, pick: Pick) -> np.ndarray:
         raise SelectionError(f"{word.strip()!r} is in no picked layer's prompt: "
                              + "; ".join(f"{layer}: {exc}" for layer, exc in missing.items()))
 
-    def token_map(layer: str) -> Callable[[np.ndarray], np.ndarray]:
-        idx = r.layer_info(layer).token_columns(found[layer], layer)  # --attention-tokens: kept ones only
-        return lambda probs: probs[:, :, idx].astype(np.float32).sum(axis=-1).mean(axis=0)
+    def token_map(layer: str) -> Callable[[Blocks, tuple[int, int], np.ndarray], None]:
+        idx = np.asarray(r.layer_info(layer).token_columns(found[layer], layer), np.intp)  # --attention-tokens: kept ones only
+        return lambda blocks, shape, acc: add_token_mean(blocks, shape, idx, acc)
 
     return _aggregate(store, r, list(found), token_map, pick.steps, guidance, image)
+
+
+Blocks = Iterable[tuple[int, np.ndarray]]
+"""One attention chunk ``[head, query, token]`` as consecutive blocks of its rows ``[n, token]``, each
+with the index of its first row (:meth:`~dumpunet.store.reader.Run.attention_rows`)."""
+
+
+def add_token_mean(blocks: Blocks, shape: tuple[int, int], tokens: np.ndarray, acc: np.ndarray) -> None:
+    """``acc += probs[:, :, tokens].astype(np.float32).sum(axis=-1).mean(axis=0)``, flattened, bit for bit.
+
+    ``blocks`` is one layer's chunk ``probs`` (``shape``: heads, queries) a block of rows at a
+    time; ``acc`` float64 with one value per query. Fewer than 8 tokens (a word's sub-tokens, the
+    viewer's one token) go through the kernel :func:`~dumpunet.analyzer.color.kernels.token_rows`,
+    which reads only those tokens of the stored values; more are summed by numpy itself.
+    """
+    heads, queries = shape
+    m = np.zeros(queries, np.float32)
+    for first, rows in blocks:
+        if len(tokens) < 8 and rows.dtype in (np.float16, np.float32, np.float64):
+            kernels.token_rows(*kernel_view(rows), tokens, m, first)
+        else:  # numpy's pairwise sums, then the heads added in order as the mean adds them
+            np.add.at(m, (first + np.arange(len(rows))) % queries, rows[:, tokens].astype(np.float32).sum(axis=-1))
+    acc.reshape(-1)[:] += m / np.float32(heads)
 
 
 def check_point(point: Sequence[float]) -> tuple[float, float]:
@@ -162,9 +188,20 @@ def _query_sum(store: Store, point: Sequence[float], pick: Pick) -> np.ndarray:
     x, y = check_point(point)
     r, image, guidance = _one_map(store, pick)
 
-    def pixel_map(layer: str) -> Callable[[np.ndarray], np.ndarray]:
+    def pixel_map(layer: str) -> Callable[[Blocks, tuple[int, int], np.ndarray], None]:
         q, _ = nearest_query(r.layer_info(layer), (x, y))
-        return lambda probs: probs[:, q, :].astype(np.float32).mean(axis=0)
+
+        def add(blocks: Blocks, shape: tuple[int, int], acc: np.ndarray) -> None:
+            heads, queries = shape
+            wanted = {h * queries + q: h for h in range(heads)}  # the query's row of each head
+            picked: list[np.ndarray | None] = [None] * heads
+            for first, rows in blocks:
+                for row, h in wanted.items():
+                    if first <= row < first + len(rows):
+                        picked[h] = rows[row - first].copy()
+            acc += np.stack(picked).astype(np.float32).mean(axis=0).reshape(acc.shape)  # type: ignore[arg-type]
+
+        return add
 
     return _aggregate(store, r, _layers(store, r, pick.blocks, cross=False), pixel_map, pick.steps, guidance, image)
 
@@ -240,18 +277,26 @@ def by_resolution(run: Run, layers: Sequence[str]) -> dict[tuple[int, int], list
     return groups
 
 
+READ_BLOCK = 512 << 10
+"""Bytes of the buffer that attention chunks are read through: about a core's L2 cache."""
+
+
 def _aggregate(
     store: Store,
     r: Run,
     layers: list[str],
-    pick: Callable[[str], Callable[[np.ndarray], np.ndarray]],
+    pick: Callable[[str], Callable[[np.ndarray, np.ndarray], None]],
     steps: str,
     guidance: str,
     image: int,
 ) -> np.ndarray:
-    """Sum ``pick(layer)(probs)`` over layers and steps, each upsampled to the image.
+    """Sum the maps ``pick(layer)`` makes over layers and steps, each upsampled to the image.
 
-    ``pick(layer)`` gets the probabilities in their stored dtype and casts only what it keeps.
+    ``pick(layer)(blocks, (heads, queries), acc)`` adds one step's map to ``acc`` (float64, the
+    layer's size), from the probabilities in their stored dtype, casting only what it keeps. Each
+    chunk comes as blocks of its rows read in turn into one small buffer
+    (:meth:`~dumpunet.store.reader.Run.attention_rows`): a heatmap of SD1.5 at 512 px reads 200 MB
+    of chunks, and whole-chunk reads moved each byte three times through memory.
     The maps of one resolution are summed before one upsampling per resolution: Pillow's bicubic
     resize of a float ("F") image is a fixed weighted sum of input pixels without clipping, so
     it is linear and the result equals upsampling every map (up to float rounding; a test ties
@@ -259,13 +304,15 @@ def _aggregate(
     """
     size = (int(r.info.height or 0), int(r.info.width or 0))
     step_list = store.select_steps(steps, run=r.name)
+    scratch = np.empty(READ_BLOCK, np.uint8)
     sums: dict[tuple[int, int], np.ndarray] = {}
     for hw, group in by_resolution(r, layers).items():
         acc = sums[hw] = np.zeros(hw, np.float64)
         for layer in group:
-            reduce = pick(layer)
+            add = pick(layer)
+            shape = tuple(r.attention_array(layer).chunks[3:5])
             for step in step_list:
-                acc += reduce(r.attention(layer, step, guidance=guidance, image=image)).reshape(hw)
+                add(r.attention_rows(layer, step, guidance=guidance, image=image, scratch=scratch), shape, acc)
     out = np.zeros(size, np.float32)
     for m in sums.values():
         out += _upsample(m, size)
@@ -278,8 +325,20 @@ colormap = cmaps.colormap
 
 def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5,
             colormap: str = cmaps.DEFAULT_COLORMAP) -> np.ndarray:
-    """Blend the colormapped heatmap over an uint8 RGB image: ``(1-a)·image + a·color``."""
-    return _blend(image, cmaps.colormap(heat, colormap), alpha)
+    """Blend the colormapped heatmap over an uint8 RGB image: ``(1-a)·image + a·color``.
+
+    Turbo (the default) colours and blends in one kernel pass
+    (:func:`~dumpunet.analyzer.color.kernels.turbo_overlay`, the same bytes as the two numpy
+    steps, which the other colour maps and a map holding NaN take).
+    """
+    heat = np.asarray(heat)
+    if (colormap != "turbo" or type(alpha) not in (float, int) or image.dtype != np.uint8 or heat.ndim != 2
+            or image.shape != (*heat.shape, 3) or heat.dtype != np.float32 or np.isnan(heat).any()):
+        return _blend(image, cmaps.colormap(heat, colormap), alpha)
+    out = np.empty(image.shape, np.uint8)
+    kernels.turbo_overlay(np.ascontiguousarray(heat).reshape(-1), np.ascontiguousarray(image).reshape(-1, 3),
+                          cmaps.TURBO, np.float32(1.0 - alpha), np.float32(alpha), out.reshape(-1, 3))
+    return out
 
 
 def _blend(image: np.ndarray, colours: np.ndarray, alpha: float) -> np.ndarray:
@@ -379,9 +438,11 @@ def write_heatmaps(
     :func:`~dumpunet.analyzer.output.text_part` writes it) or ``querymap-x{x}-y{y}-img{i}-{guidance}.png``.
     Each PNG has a title strip (the word, run, image, half, layers, steps) and a colour bar whose ends
     are the summed attention's minimum and maximum; a query map's overlay has a cross-hair at the
-    query pixel (the manifest's ``marker``, x and y in image pixels). Beside it, the map itself in
-    [0, 1] as a float32 ``.npy`` of the same stem. ``plain`` writes the bare overlay (as the viewer
-    shows it: no title, bar or marker). ``jobs``: threads each making one file's map and picture
+    query pixel (the manifest's ``marker``, x and y in image pixels); an image under 32 pixels on a
+    side is enlarged (nearest neighbour) by the rule that enlarges attention grids' tiles
+    (:func:`~dumpunet.analyzer.style.attention_scale`: an 8-pixel image 4 times). Beside it, the map
+    itself in [0, 1] as a float32 ``.npy`` of the same stem, at the image's size. ``plain`` writes the
+    bare overlay at the image's size (as the viewer shows it: no title, bar or marker). ``jobs``: threads each making one file's map and picture
     (default: every CPU, :mod:`.pool`); all are made before any is written, and the files do not
     depend on the count.
 
@@ -451,9 +512,12 @@ def write_heatmaps(
                       "over layers and steps")]
             values = "run - base of the attention summed over layers and steps, float32"
         entry["colorbar"] = {"min": value_range[0], "max": value_range[1], "spans": "map"}
+        if not plain:  # a small image enlarged as attention grids enlarge their tiles (the .npy keeps its size)
+            k = attention_scale(*heat.shape)
+            picture = picture.repeat(k, axis=0).repeat(k, axis=1)
         if not plain and query is not None:
             entry["marker"] = list(query_pixel(query, heat.shape))
-            picture = mark_point(picture, *entry["marker"])
+            picture = mark_point(picture, *(k * v + k // 2 for v in entry["marker"]))
         if not plain and compared is None:
             picture = labelled_overlay(picture, lines=lines, value_range=value_range, colormap=colormap)
         elif not plain:

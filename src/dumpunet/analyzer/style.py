@@ -20,7 +20,7 @@ from pathlib import Path
 from dumpunet.errors import OptionError
 from dumpunet.options import option
 
-__all__ = ["ATTENTION_TILE_TARGET", "AVERAGES", "MAX_SCALE", "TILE_TARGET", "GridStyle", "check_scale"]
+__all__ = ["ATTENTION_TILE_TARGET", "AVERAGES", "MAX_SCALE", "TILE_TARGET", "GridStyle", "attention_scale", "check_scale"]
 
 MAX_SCALE = 64
 """Largest tile enlargement (a 64x64 map becomes 4096x4096 pixels a tile)."""
@@ -39,7 +39,17 @@ AVERAGES = ("mean", "1-norm", "2-norm", "l1", "l2")
 TILE_TARGET = 64
 """Without ``scale``, labelled grids enlarge tiles to at least this many pixels on a side."""
 ATTENTION_TILE_TARGET = 32
-"""The same for attention grids (:mod:`~dumpunet.analyzer.attention_grids`)."""
+"""The same for attention grids (:mod:`~dumpunet.analyzer.attention_grids`) and labelled heatmaps."""
+
+
+def attention_scale(h: int, w: int, scale: int | None = None) -> int:
+    """How many times an attention map (a grid's tile, a labelled heatmap) is enlarged: ``scale``, or enough
+    for :data:`ATTENTION_TILE_TARGET` pixels on a side (at most 16).
+
+    >>> attention_scale(8, 8), attention_scale(64, 64), attention_scale(1, 1), attention_scale(8, 8, 3)
+    (4, 1, 16, 3)
+    """
+    return scale or max(1, min(16, math.ceil(ATTENTION_TILE_TARGET / max(1, min(h, w)))))
 
 
 @dataclass(frozen=True)

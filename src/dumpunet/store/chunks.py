@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -43,7 +43,7 @@ from dumpunet.store.localfiles import SafeLocalStore, StoreFiles, UnsafeFileErro
 from dumpunet.store.schema import ArrayKind, human_bytes
 
 __all__ = ["MAX_CHUNK_BYTES", "ChunkFiles", "call_table_problem", "chunk_ahead", "chunk_problem", "layout_problem",
-           "raw_chunk_bytes", "read_chunk"]
+           "raw_chunk_bytes", "read_chunk", "read_chunk_rows"]
 
 MAX_CHUNK_BYTES = 4 << 30
 """The largest decoded chunk a reader allocates (4 GiB). SD's largest slab (an SDXL self-attention
@@ -234,6 +234,47 @@ def read_chunk(files: ChunkFiles, arr: zarr.Array, coords: Sequence[int], what: 
         raise DamagedChunkError(f"{full}: {what}: {exc}") from None
     except Exception as exc:  # noqa: BLE001  any decoding failure of this one chunk means the chunk is damaged
         raise DamagedChunkError(f"{full}: {what}: chunk {key} cannot be decoded ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def read_chunk_rows(files: ChunkFiles, arr: zarr.Array, coords: Sequence[int], what: str,
+                    scratch: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """The chunk at ``coords`` as rows of its last axis, read a block at a time: ``(first row, rows [n, last])``.
+
+    The chunk's elements are taken as a C-order 2-D array (``rows``, its last axis): a local
+    uncompressed chunk is read into ``scratch`` (flat uint8) a block of whole rows at a time
+    (:meth:`StoreFiles.read_blocks`: a buffer small enough to stay in the CPU's cache), each
+    block a view of it valid until the next is read; any other chunk comes whole, as
+    :func:`read_chunk` reads it, in one block. The checks and errors are :func:`read_chunk`'s.
+    """
+    last, dtype = arr.chunks[-1], np.dtype(arr.dtype)
+    row_bytes = last * dtype.itemsize
+    expected = _one_request(files, arr, coords)
+    endian = getattr(getattr(arr.serializer, "endian", None), "value", "little")
+    native = dtype.newbyteorder(">" if endian == "big" else "<").isnative
+    if expected is None or files.local is None or not native or row_bytes == 0 or scratch.nbytes < row_bytes:
+        yield 0, read_chunk(files, arr, coords, what).reshape(-1, last)
+        return
+    key = arr.metadata.encode_chunk_key(tuple(int(c) for c in coords))
+    buf = scratch[: scratch.nbytes // row_bytes * row_bytes]
+    try:
+        found = files.local.read_blocks(f"{files.prefix}{arr.path}/{key}", expected, buf)
+    except UnsafeFileError as exc:
+        raise DamagedChunkError(f"{arr.path}: {what}: chunk {key} is {exc.what}, not a regular file (not read)") from None
+    if found is None:
+        raise DamagedChunkError(f"{arr.path}: {what}: chunk {key} is missing")
+    if isinstance(found, tuple):
+        state = "truncated" if found[0] < expected else "oversized"
+        raise DamagedChunkError(f"{arr.path}: {what}: chunk {key} is {found[0]} bytes, expected {expected} ({state})")
+    row = 0
+    try:
+        for block in found:
+            rows = block.view(dtype).reshape(-1, last)
+            yield row, rows
+            row += len(rows)
+    except DumpUnetError as exc:
+        raise DamagedChunkError(f"{arr.path}: {what}: {exc}") from None
+    finally:
+        found.close()
 
 
 def _read_raw(files: ChunkFiles, arr: zarr.Array, key: str, expected: int, what: str) -> np.ndarray:

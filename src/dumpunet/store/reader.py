@@ -7,7 +7,7 @@ Reads touch only the chunks they need: ``features(block, step=...)`` reads one
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cached_property
 from typing import Any, Literal
 
@@ -16,7 +16,7 @@ import zarr
 
 from dumpunet.store import schema
 from dumpunet.store.calls import CallTable, read_call_table
-from dumpunet.store.chunks import ChunkFiles, layout_problem, read_chunk
+from dumpunet.store.chunks import ChunkFiles, layout_problem, read_chunk, read_chunk_rows
 from dumpunet.store.location import Location, StoreUrl, locate, total_bytes
 from dumpunet.store.readahead import ChunkRef
 from dumpunet.errors import IncompleteStepError, SelectionError, StoreError
@@ -42,6 +42,7 @@ class Run:
         self._layers: dict[tuple[str, str], schema.LayerAttrs] = {}
         self._recorded: dict[str, list[str]] = {}
         self._arrays: dict[str, zarr.Array] = {}
+        self._last_image: tuple[int, np.ndarray] | None = None  # (index, pixels) of the final image read last
 
     def __repr__(self) -> str:
         a = self.info
@@ -229,14 +230,40 @@ class Run:
         dtype: str | np.dtype | None = None,
     ) -> np.ndarray:
         """Return one layer's attention feature at a step: qk ``[head, query, token]`` (reads one chunk)."""
+        arr, k, g = self._attention_slab(layer, step, feature, guidance, image, substep)
+        out = self.read_slab(arr, k, image, g)
+        return out.astype(dtype) if dtype is not None else out
+
+    def attention_rows(
+        self,
+        layer: str,
+        step: int,
+        *,
+        scratch: np.ndarray,
+        feature: str = "qk",
+        guidance: str = "cond",
+        image: int = 0,
+        substep: int = 0,
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """:meth:`attention`'s ``[head, query, token]`` as blocks of its rows ``[n, token]`` (rows ``head * query``
+        in order), each with the index of its first row, read in turn through ``scratch`` (flat uint8).
+
+        A block is valid until the next is read (:func:`~dumpunet.store.chunks.read_chunk_rows`): for
+        passes over many chunks that keep a little of each, such as a word heatmap's.
+        """
+        arr, k, g = self._attention_slab(layer, step, feature, guidance, image, substep)
+        what = f"call {k} (step {int(self.calls.step[k])}), image {image}, {self.guidance_labels[g]}"
+        return read_chunk_rows(self.store.files, arr, self.slab_chunk(arr, k, image, g).coords, what, scratch)
+
+    def _attention_slab(self, layer: str, step: int, feature: str, guidance: str, image: int,
+                        substep: int) -> tuple[zarr.Array, int, int]:
+        """The array, call index and guidance index of one attention slab, checked."""
         arr = self.attention_array(layer, feature)
         g = self.guidance_index(guidance)
         only = self.layer_info(layer, feature).recorded_steps
         if only and step not in parse_ints(only, 0, None):
             raise SelectionError(f"layer {layer} was recorded at steps {only} only, not at step {step}")
-        k = self._slab_call(arr, schema.ATTENTION_FEATURES[feature], step, substep, image, f"layer {layer}")
-        out = self.read_slab(arr, k, image, g)
-        return out.astype(dtype) if dtype is not None else out
+        return arr, self._slab_call(arr, schema.ATTENTION_FEATURES[feature], step, substep, image, f"layer {layer}"), g
 
     def token_row(self, *, guidance: str = "cond", image: int = 0, block: str | None = None) -> schema.TokenRow | None:
         """What the text encoder read for one half of the batch (ids, token strings, real length).
@@ -248,17 +275,33 @@ class Run:
         return self.info.token_row(guidance, image, block)
 
     def image(self, i: int = 0) -> np.ndarray:
-        """Return the final image ``i`` as uint8 ``[H, W, 3]``."""
+        """Return the final image ``i`` as uint8 ``[H, W, 3]``, read-only.
+
+        The image read last is kept (one per run object): a viewer draws it under every heatmap,
+        and decoding it cost a few ms each time.
+        """
+        if self._last_image is not None and self._last_image[0] == i:
+            return self._last_image[1]
         arr = self._final(schema.IMAGES, "final images (the recording did not finish)")
         h, w = self.info.height, self.info.width
         if h is not None and w is not None and tuple(arr.shape[1:3]) != (h, w):
             raise StoreError(f"{self.store.path}: {arr.path}: {arr.shape[2]}x{arr.shape[1]} pixels, run attributes say {w}x{h}")
         if not 0 <= i < self.n_images:
             raise SelectionError(f"image {i} out of range 0..{self.n_images - 1}")
-        return read_chunk(self.store.files, arr, (i, 0, 0, 0), f"final image {i}")[0]
+        image = read_chunk(self.store.files, arr, (i, 0, 0, 0), f"final image {i}")[0]
+        image.setflags(write=False)
+        self._last_image = (i, image)
+        return image
 
     def _final(self, kind: schema.ArrayKind, what: str) -> zarr.Array:
-        """The images or latents array, its layout and image axis checked against the run attributes."""
+        """The images or latents array, its layout and image axis checked against the run attributes.
+
+        Opened once per run object, as :meth:`_open` opens the per-call arrays (a viewer draws the
+        final image under every heatmap; opening reads metadata, which cost more than the image).
+        """
+        path = kind.path(run=self.name)
+        if path in self._arrays:
+            return self._arrays[path]
         try:
             arr = schema.open_array(self.store.root, kind, run=self.name)
         except KeyError:
@@ -268,6 +311,7 @@ class Run:
             problem = f"{arr.path}: {arr.shape[kind.axis('image')]} images, run attributes say {self.n_images}"
         if problem is not None:
             raise StoreError(f"{self.store.path}: {problem}")
+        self._arrays[path] = arr
         return arr
 
     def latents(self) -> np.ndarray:

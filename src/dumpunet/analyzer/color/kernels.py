@@ -9,6 +9,9 @@ involved. Kernels run ``prange`` over maps and write into preallocated outputs; 
 make passes simple enough for LLVM to vectorize (transform, then quantize or index, then
 table lookups) into a per-map scratch row. The entry kernels release the GIL (``nogil``), so
 a render's PNG-encoding threads keep running while the calling thread is inside a kernel.
+The heatmap kernels (:func:`token_rows`, :func:`turbo_overlay`) are the exceptions: serial (they
+wait on memory, and a parallel loop on a busy machine waits for its slowest thread), and in
+float32 where the numpy expressions they reproduce bit for bit are float32 (heatmap's tests).
 
 Value transforms (``code``; ``a, b, c, d`` are its parameters, ``mn, mx`` the map's range):
 
@@ -279,3 +282,58 @@ def tile(images, cols, scale, out):
             dst_rows[r0 + rep] = dst
     for ty in prange(rows - 1):
         dst_rows[ty * (th + 1) + th] = 0
+
+
+@njit(cache=True, nogil=True)
+def token_rows(rows, half, tokens, m, first):
+    """m[(first + j) % len(m)] += the float32 sum of ``rows[j, tokens]``, in order of j.
+
+    ``rows`` are consecutive rows of one attention chunk ``[head, query, token]`` seen as
+    ``[head * query, token]`` (uint16 float16 bits with ``half``, or floats with ``half=None``),
+    the first being row ``first``; ``m`` has one float32 per query. Fed the chunk's rows in
+    order, ``m / heads`` is numpy's ``probs[:, :, tokens].astype(np.float32).sum(axis=-1).mean(axis=0)``
+    operation for operation for fewer than 8 tokens (numpy sums 8 or more pairwise, in another
+    order): each sum starts at 0 and adds in order, heads one after another. Serial: it waits on
+    memory, not on arithmetic.
+    """
+    queries = m.shape[0]
+    k = tokens.shape[0]
+    q = first % queries
+    for j in range(rows.shape[0]):
+        s = np.float32(0.0)
+        for u in range(k):
+            if half is None:
+                s += np.float32(rows[j, tokens[u]])
+            else:
+                s += half[rows[j, tokens[u]]]
+        m[q] += s
+        q += 1
+        if q == queries:
+            q = 0
+
+
+@njit(cache=True, nogil=True)
+def turbo_overlay(heat, image, poly, keep, alpha, out):
+    """out = image blended with Turbo's colours of ``heat`` ([P] float32, no NaN; image and out [P, 3] uint8).
+
+    heatmap.overlay's two numpy steps in one pass: the colour is Turbo's polynomial ``poly``
+    ([3, 6], by Horner's rule in float64) of the value clipped to [0, 1], clipped, times 255,
+    rounded half to even; the blend ``keep * image + alpha * colour`` is float32 (``keep`` =
+    float32(1 - alpha)), rounded half to even and clipped to 0..255.
+    """
+    for j in range(heat.shape[0]):
+        v = heat[j]
+        v = np.float32(0.0) if v < 0.0 else v
+        v = np.float32(1.0) if v > 1.0 else v
+        x = np.float64(v)
+        for c in range(3):
+            acc = poly[c, 5]
+            for d in range(4, -1, -1):
+                acc *= x
+                acc += poly[c, d]
+            acc = min(max(acc, 0.0), 1.0)
+            colour = np.float32(np.rint(acc * 255.0))
+            o = np.rint(keep * np.float32(image[j, c]) + alpha * colour)
+            o = np.float32(0.0) if o < 0.0 else o
+            o = np.float32(255.0) if o > 255.0 else o
+            out[j, c] = np.uint8(o)
