@@ -151,7 +151,7 @@ def main() -> None:
         figures[name]["render"] = min(row.renders)
     print(f"{n} block x step reads, {n * args.images} grids; moto: {', '.join(kinds)}; best of {args.repeat}; "
           f"seconds (ratio to local); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"{'':24} {'open':>16} {'reads':>16} {'render':>16} {'cpu':>6} {'server':>6} {'requests':>8}  renders")
+    print(f"{'':26} {'open':>16} {'reads':>16} {'render':>16} {'cpu':>6} {'server':>6} {'requests':>8}  renders")
     base = figures["local"]
     for name, row in figures.items():
         cells = [f"{row[k]:7.3f} ({row[k] / base[k]:5.1f}x)" for k in ("open", "reads", "render")]
@@ -159,7 +159,7 @@ def main() -> None:
         server_cpu = f"{statistics.median(r.server_cpu):6.2f}" if r.server_cpu else f"{'-':>6}"
         requests = "-" if row["requests"] is None else row["requests"]
         every = " ".join(f"{t:.2f}" for t in r.renders)
-        print(f"{name:24} {' '.join(f'{c:>16}' for c in cells)} {statistics.median(r.cpu):6.2f} {server_cpu} "
+        print(f"{name:26} {' '.join(f'{c:>16}' for c in cells)} {statistics.median(r.cpu):6.2f} {server_cpu} "
               f"{requests:>8}  {every}")
 
 
