@@ -38,7 +38,7 @@ from dumpunet.cli_views import COMMANDS
 from dumpunet.errors import DumpUnetError
 from dumpunet.layouts import BUILTIN_LAYOUTS
 from dumpunet.prompt_lists import PromptListOptions, plural
-from dumpunet.store.location import REMOTE_SCHEMES, StoreUrl
+from dumpunet.store.location import StoreUrl
 from dumpunet.store.schema import human_bytes
 
 
@@ -185,7 +185,7 @@ def _record_one_or_many(opts: dict[str, Any]) -> None:
         raise click.UsageError(f"--prompts takes the prompts from its file; give {given[0]} or --prompts, not both")
     if (opts["out"] is None) == (lists.out_dir is None):
         raise click.UsageError("--prompts records into one store (--out) or one store a prompt (--out-dir): give one of them")
-    if lists.out_dir is not None and str(lists.out_dir).split(":/", 1)[0] in REMOTE_SCHEMES:
+    if isinstance(lists.out_dir, StoreUrl):
         raise click.UsageError("--out-dir takes a local folder; record to a URL with --out URL (one store), or copy "
                                "each store with dumpunet copy")
     opts.pop("infotext")

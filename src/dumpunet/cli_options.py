@@ -31,7 +31,13 @@ import click
 
 from dumpunet.errors import DumpUnetError
 from dumpunet.options import OptionSpec, options_of
-from dumpunet.store.location import StoreUrl, is_url, locate, parse_storage_options
+from dumpunet.store.location import (
+    Location,
+    StoreUrl,
+    is_url,
+    locate,
+    parse_storage_options,
+)
 
 __all__ = [
     "AS_JSON", "JOBS", "PATH", "QUIET", "STORE", "STORE_RUN", "StoreRun", "NonEmptyPath", "RenamedOption", "StorePlace", "click_option",
@@ -156,9 +162,9 @@ def storage_options(f: Any) -> Any:
         return f(*args, **kwargs)
 
     return click.option("--storage-option", multiple=True, metavar="KEY=VALUE",
-                        help="An option of the URL's storage backend (fsspec/s3fs names, e.g. endpoint_url=http://..., "
-                             "anon=true); repeatable; JSON values are parsed. Credentials also come from the usual "
-                             "environment variables.")(command)
+                        help="An option of the URL's storage, in fsspec/s3fs names (e.g. endpoint_url=http://..., "
+                             "anon=true; translated for s3:// and gs://, which obstore opens); repeatable; JSON values "
+                             "are parsed. Credentials also come from the usual environment variables.")(command)
 
 
 class AliasChoice(click.Choice):  # type: ignore[type-arg]
@@ -192,6 +198,8 @@ def click_option(spec: OptionSpec, *, aliases: Iterable[str] = ()) -> Decorator:
         kw["type"] = ranges(min=spec.minimum, max=spec.maximum)
     elif spec.type is Path:
         kw["type"] = PATH
+    elif spec.type is Location:
+        kw["type"] = STORE
     else:
         kw["type"] = spec.type
     kw["show_default"] = spec.default not in (None, "") and not spec.required

@@ -37,6 +37,7 @@ from dumpunet.a1111_networks import extract_networks
 from dumpunet.errors import OptionError, PromptListError, SyntaxErrorWithCaret
 from dumpunet.options import option
 from dumpunet.prompts import parse_layer_prompt
+from dumpunet.store.location import Location
 
 __all__ = ["COLUMNS", "PromptList", "PromptListOptions", "PromptRow", "option_differences", "plural", "read_prompt_list",
            "run_name"]
@@ -55,8 +56,8 @@ class PromptListOptions:
         "Record every prompt of this file (one a line; or .csv/.jsonl with prompt, negative_prompt, seed) with the "
         "same options: runs p0000, p0001, ... of one store (sweep: p0000-base, p0000-IN00, ...); the same command "
         "again records only what is missing.", type=Path))
-    out_dir: Path | None = field(default=None, metadata=option(
-        "With --prompts: one store a prompt in this folder, p0000.zarr, p0001.zarr, ... (instead of --out).", type=Path))
+    out_dir: Location | None = field(default=None, metadata=option(  # a URL is parsed as one, then refused by record
+        "With --prompts: one store a prompt in this folder, p0000.zarr, p0001.zarr, ... (instead of --out).", type=Location))
 
     def __post_init__(self) -> None:
         if self.out_dir is not None and self.prompts is None:

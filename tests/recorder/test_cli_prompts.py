@@ -325,6 +325,11 @@ def test_a_malformed_line_is_one_error_with_its_line_and_nothing_is_written(tmp_
         (["--out-dir", "s3://bucket/stores"],
          ("Error: --out-dir takes a local folder; record to a URL with --out URL (one store), or copy each store with "
           "dumpunet copy")),
+        (["--out-dir", "gs://bucket/stores"],  # any URL: the option is typed as --out is, so is_url decides
+         ("Error: --out-dir takes a local folder; record to a URL with --out URL (one store), or copy each store with "
+          "dumpunet copy")),
+        (["--out-dir", "ftp://host/stores"], ("Error: Invalid value for '--out-dir': ftp://host/stores: unknown URL scheme 'ftp' (stores are local folders or "
+                                          "s3://, s3a://, gs://, gcs://, az://, abfs://, http://, https:// URLs)")),
     ],
 )
 def test_prompts_conflicts_are_usage_errors(tmp_path, monkeypatch, args, message):

@@ -8,6 +8,7 @@ import json
 import socket
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
@@ -16,6 +17,7 @@ from synthetic_stores import make_store
 import dumpunet
 from dumpunet.cli import main
 from dumpunet.errors import OptionError, StoreError, StoreNotFoundError
+from dumpunet.store import location
 from dumpunet.store.location import StoreUrl, locate, parse_storage_options
 
 BLOCKS = "IN04,OUT11"
@@ -56,6 +58,24 @@ def test_locate_tells_urls_from_paths():
     assert parse_storage_options(["a=1", "b=x=y", "c=true"]) == {"a": 1, "b": "x=y", "c": True}
     with pytest.raises(OptionError, match="expected KEY=VALUE"):
         parse_storage_options(["novalue"])
+
+
+def test_fsspec_storage_options_are_translated_for_obstore_in_one_place():
+    from dumpunet.store.location import backend_of, obstore_options
+
+    url = locate("s3://b/girl.zarr", {"endpoint_url": "https://minio:9000", "key": "K", "secret": "S", "token": "T",
+                                      "client_kwargs": {"region_name": "eu-west-1"}, "virtual_hosted_style_request": False})
+    assert obstore_options(url, {}) == {"endpoint": "https://minio:9000", "access_key_id": "K", "secret_access_key": "S",
+                                        "session_token": "T", "region": "eu-west-1", "virtual_hosted_style_request": False}
+    plain = locate("s3://b/girl.zarr")
+    assert obstore_options(plain, {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"}) == {"client_options": {"allow_http": True}}
+    assert obstore_options(plain, {"AWS_ENDPOINT_URL": "https://s3.example"}) == {}
+    assert obstore_options(locate("s3://b/g.zarr", {"anon": True}), {}) == {"skip_signature": True}
+    assert obstore_options(locate("gs://b/g.zarr", {"token": "anon"}), {}) == {"skip_signature": True}
+    assert obstore_options(locate("gs://b/g.zarr", {"token": "/k.json"}), {}) == {"application_credentials": "/k.json"}
+    assert [backend_of(locate(u)) for u in ("s3://b/g", "gcs://b/g", "https://h/g", "memory://g")] == \
+        ["obstore", "obstore", "fsspec", "fsspec"]
+    assert backend_of(locate("s3://b/g"), "fsspec") == "fsspec"
 
 
 def test_info_validate_and_render_from_s3_equal_the_local_ones(s3, local, tmp_path):
@@ -148,16 +168,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_an_unreachable_server_is_one_line_error(s3):
+@pytest.mark.parametrize(("backend", "fail_fast"), [
+    ("obstore", []),  # the default; it gives up on a refused connection within seconds
+    ("fsspec", ["--storage-option", 'config_kwargs={"retries": {"max_attempts": 1}}']),  # botocore's name
+])
+def test_an_unreachable_server_is_one_line_error(s3, monkeypatch, backend, fail_fast):
+    monkeypatch.setattr(location, "BACKEND", backend)
     text = _one_line_error(["info", "s3://bucket/girl.zarr", "--storage-option", f"endpoint_url=http://127.0.0.1:{_free_port()}",
-                            "--storage-option", 'config_kwargs={"retries": {"max_attempts": 1}}'])
+                            *fail_fast])
     assert "cannot reach the server" in text
 
 
 class _Forbidden(http.server.BaseHTTPRequestHandler):
     """An S3 endpoint that refuses every request as S3 does for a wrong key."""
 
+    authorizations: ClassVar[list[str]] = []
+
     def _deny(self) -> None:
+        self.authorizations.append(self.headers.get("Authorization", ""))
         body = (b'<?xml version="1.0"?><Error><Code>InvalidAccessKeyId</Code><Message>The AWS Access Key Id you '
                 b"provided does not exist in our records.</Message></Error>")
         self.send_response(403)
@@ -182,6 +210,24 @@ def test_wrong_credentials_are_one_line_error(s3):
     finally:
         server.shutdown()
     assert "access denied" in text and "check the credentials" in text
+
+
+def test_keys_of_an_aws_profile_reach_obstore(s3, tmp_path, monkeypatch):
+    (tmp_path / "credentials").write_text("[lab]\naws_access_key_id = PROFILEKEY\naws_secret_access_key = secret\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_PROFILE", "lab")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Forbidden)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Forbidden.authorizations.clear()
+    try:
+        _one_line_error(["info", "s3://bucket/girl.zarr", "--storage-option", f"endpoint_url=http://127.0.0.1:{server.server_address[1]}"])
+    finally:
+        server.shutdown()
+    assert _Forbidden.authorizations and all("Credential=PROFILEKEY/" in a for a in _Forbidden.authorizations)
+    monkeypatch.setenv("AWS_PROFILE", "nosuchprofile")
+    assert "nosuchprofile" in _one_line_error(["info", "s3://bucket/girl.zarr"])
 
 
 def test_https_stores_are_read_only_urls(local, tmp_path):

@@ -229,3 +229,18 @@ def test_a_failing_request_started_ahead_is_reported_by_its_read():
                 assert (read_chunk(files, arr, (i, 0), f"row {i}") == arr[i:i + 1]).all()
     mem.failing = ""
     assert (read_chunk(files, arr, (2, 0), "row 2") == [[6, 7, 8]]).all()  # nothing of the failure kept
+
+
+def test_selecting_from_s3_opens_each_array_once_with_the_metadata_requests_overlapping(s3, local):
+    url = upload(s3, local)
+    store = dumpunet.open(url)
+    s3.clear()
+    sel = select(store, Pick())
+    docs = [r for r in s3.log() if r.path.endswith("/output/zarr.json")]
+    prefix = f"/{s3.bucket}/{NAME}/runs/main/blocks/"
+    assert Counter(r.path for r in docs) == {f"{prefix}{b}/output/zarr.json": 1 for b in store.blocks}  # once each
+    assert sel.blocks == store.blocks and all(r.status == 200 for r in docs)
+    assert max(r.in_flight for r in docs) >= 1  # requested concurrently, not one after another
+    s3.clear()
+    sel.read(next(iter(sel.slabs())))  # the arrays are open: a read requests its chunk, no metadata again
+    assert not [r for r in s3.log() if r.path.endswith("zarr.json")]

@@ -55,11 +55,12 @@ from dumpunet.analyzer.style import GridStyle
 from dumpunet.analyzer.timeviews import FRAME_MS, check_time_view, write_animations, write_mosaics
 from dumpunet.errors import DamagedChunkError, OptionError, SelectionError
 from dumpunet.store import Store, open_store
+from dumpunet.store.location import StoreUrl
 from dumpunet.store.readahead import read_ahead
 
 __all__ = ["draw_grid", "render", "render_image", "write_grids"]
 
-StoreLike = Store | str | os.PathLike[str]
+StoreLike = Store | StoreUrl | str | os.PathLike[str]
 Alloc = Callable[[str, tuple[int, ...]], np.ndarray]
 
 
@@ -213,7 +214,7 @@ def render(
     encoder = resolve_encoder(png_encoder)
     jobs = check_jobs(jobs)
     damage = Damage(skip_damaged)
-    listed = [stores] if isinstance(stores, (str, os.PathLike, Store)) else list(stores)
+    listed = [stores] if isinstance(stores, (str, os.PathLike, StoreUrl, Store)) else list(stores)
     if not listed:
         raise OptionError("no store to render")
     sels = [select(s if isinstance(s, Store) else open_store(s), pick) for s in listed]

@@ -2,14 +2,15 @@
 
 Every read path (``info``, ``render``, ``view``, ``dumpunet.open`` ...) opens its store through
 :func:`open_zarr_store`: a local path becomes a :class:`~dumpunet.store.localfiles.SafeLocalStore`
-(regular files below the root only), a URL (``s3://bucket/girl.zarr``, ``gs://...``,
-``https://host/girl.zarr``) zarr v3's own ``FsspecStore`` (fsspec, with s3fs or gcsfs for the
-cloud schemes; read-only for http and https). docs/benchmarks.md compares it with ``ObjectStore``
-(obstore) on the same data; :data:`BACKENDS` keeps both for that comparison.
+(regular files below the root only), an ``s3://`` or ``gs://`` URL zarr v3's ``ObjectStore``
+(obstore: less client time per request than fsspec, docs/benchmarks.md), any other URL
+(``https://host/girl.zarr``, read-only; ``az://``) zarr's ``FsspecStore``. ``BACKEND = "fsspec"``
+opens every URL with fsspec (s3fs, gcsfs), as dumpunet did before; :data:`BACKENDS` keeps both.
 
 Credentials and endpoints come from the usual environment variables (``AWS_ACCESS_KEY_ID``,
-``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS`` ...) or from storage options, which a
-:class:`StoreUrl` carries (``--storage-option KEY=VALUE`` on the command line). Every failure to
+``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, ``GOOGLE_APPLICATION_CREDENTIALS`` ...) or from storage
+options in fsspec's names, which a :class:`StoreUrl` carries (``--storage-option KEY=VALUE`` on the
+command line) and :func:`obstore_options` translates for obstore. Every failure to
 reach a store (unknown scheme, missing bucket, wrong credentials, no server) is one
 :class:`~dumpunet.errors.StoreError` naming the URL.
 
@@ -40,8 +41,8 @@ from zarr.core.sync import sync
 
 from dumpunet.errors import DumpUnetError, OptionError, StoreError, StoreNotFoundError
 
-__all__ = ["BACKENDS", "COPY_MARKER", "READ_ONLY_SCHEMES", "REMOTE_SCHEMES", "Location", "StoreUrl", "is_url", "list_sizes", "locate", "locate_all",
-           "open_zarr_store", "parse_storage_options", "read_key", "remote_error", "total_bytes", "unfinished_copy_hint"]
+__all__ = ["BACKENDS", "COPY_MARKER", "OBSTORE_SCHEMES", "READ_ONLY_SCHEMES", "REMOTE_SCHEMES", "Location", "StoreUrl", "backend_of",
+           "is_url", "list_sizes", "locate", "locate_all", "obstore_options", "open_zarr_store", "parse_storage_options", "read_key", "remote_error", "total_bytes", "unfinished_copy_hint"]
 
 REMOTE_SCHEMES = {
     "s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
@@ -179,6 +180,72 @@ def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
 
 Backend = Literal["fsspec", "obstore"]
 
+OBSTORE_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs"})
+"""Schemes opened with obstore by default; the others (http(s): folder listings, az, memory) with fsspec."""
+
+_OBSTORE_NAMES = {
+    # fsspec (s3fs, gcsfs) names -> obstore's; any other name goes to obstore as it is (its own names work too)
+    "endpoint_url": "endpoint", "key": "access_key_id", "secret": "secret_access_key", "region_name": "region",
+}
+
+
+def obstore_options(url: StoreUrl, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """obstore's ``from_url`` keywords for ``url``: its storage options in fsspec's names, translated.
+
+    The one place that maps what a user gives (``--storage-option``, xarray-style
+    ``storage_options``) to obstore: ``endpoint_url`` -> ``endpoint``, ``key``/``secret``/``token``
+    -> ``access_key_id``/``secret_access_key``/``session_token`` (gs: ``token`` a credentials file ->
+    ``application_credentials``), ``anon`` -> ``skip_signature``, ``client_kwargs``'s ``region_name``
+    and ``endpoint_url``. An ``http://`` endpoint, given or from ``AWS_ENDPOINT_URL(_S3)``, is
+    allowed (fsspec needs no flag for it). Other credentials come from the environment, as obstore reads it.
+
+    >>> obstore_options(StoreUrl("s3://b/girl.zarr", (("anon", True), ("endpoint_url", "http://127.0.0.1:9000"))), {})
+    {'skip_signature': True, 'endpoint': 'http://127.0.0.1:9000', 'client_options': {'allow_http': True}}
+    """
+    env = os.environ if environ is None else environ
+    given = url.storage_options
+    given.update(given.pop("client_kwargs", None) or {})
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        if key == "anon":
+            out["skip_signature"] = bool(value)
+        elif key == "token":
+            if url.scheme in ("gs", "gcs"):
+                out.update({"skip_signature": True} if value == "anon" else {"application_credentials": value})
+            else:
+                out["session_token"] = value
+        else:
+            out[_OBSTORE_NAMES.get(key, key)] = value
+    if url.scheme in ("s3", "s3a"):
+        endpoint = out.get("endpoint") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
+        if str(endpoint).startswith("http://"):
+            out["client_options"] = {"allow_http": True, **out.get("client_options", {})}
+        if not ({"access_key_id", "skip_signature"} & out.keys()):
+            out.update(_profile_credentials(env))
+    return out
+
+
+def _profile_credentials(env: Mapping[str, str]) -> dict[str, str]:
+    """Keys of an AWS profile (``AWS_PROFILE``, ``~/.aws/``), which obstore does not read; botocore (s3fs's) resolves them.
+
+    Nothing where the environment has keys (obstore reads those) or there is no profile to read.
+    """
+    if env.get("AWS_ACCESS_KEY_ID"):
+        return {}
+    files = (env.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"), env.get("AWS_CONFIG_FILE", "~/.aws/config"))
+    if not env.get("AWS_PROFILE") and not any(Path(f).expanduser().is_file() for f in files):
+        return {}
+    try:
+        import botocore.session
+    except ImportError:
+        return {}
+    creds = botocore.session.Session(profile=env.get("AWS_PROFILE")).get_credentials()
+    if creds is None:
+        return {}
+    frozen = creds.get_frozen_credentials()
+    out = {"access_key_id": frozen.access_key, "secret_access_key": frozen.secret_key}
+    return {**out, "session_token": frozen.token} if frozen.token else out
+
 
 def _fsspec_store(url: StoreUrl, read_only: bool) -> ZarrStore:
     from zarr.storage import FsspecStore
@@ -191,13 +258,21 @@ def _obstore_store(url: StoreUrl, read_only: bool) -> ZarrStore:
     from obstore.store import from_url
     from zarr.storage import ObjectStore
 
-    return ObjectStore(from_url(url.url, **url.storage_options), read_only=read_only)
+    target = url.url.replace("gcs://", "gs://", 1).replace("s3a://", "s3://", 1)
+    return ObjectStore(from_url(target, **obstore_options(url)), read_only=read_only)
 
 
 BACKENDS: dict[str, Callable[[StoreUrl, bool], ZarrStore]] = {"fsspec": _fsspec_store, "obstore": _obstore_store}
-"""How a URL becomes a zarr store. ``fsspec`` is the one dumpunet uses (docs/benchmarks.md says why)."""
+"""How a URL becomes a zarr store (docs/benchmarks.md compares the two)."""
 
-BACKEND: Backend = "fsspec"
+BACKEND: Backend = "obstore"
+"""The backend of :data:`OBSTORE_SCHEMES` (``"fsspec"``: every scheme through fsspec, as before)."""
+
+
+def backend_of(url: StoreUrl, backend: Backend | None = None) -> Backend:
+    """The backend that opens ``url``: ``backend`` or :data:`BACKEND` where obstore serves the scheme, else fsspec."""
+    chosen = backend or BACKEND
+    return chosen if chosen == "fsspec" or url.scheme in OBSTORE_SCHEMES else "fsspec"
 
 
 def open_zarr_store(where: str | os.PathLike[str] | StoreUrl, *, mode: Literal["r", "r+", "w"] = "r",
@@ -219,10 +294,12 @@ def open_zarr_store(where: str | os.PathLike[str] | StoreUrl, *, mode: Literal["
         return SafeLocalStore(loc, read_only=mode == "r")
     if mode != "r" and loc.read_only:
         raise StoreError(f"{loc}: {loc.scheme}:// URLs are read-only; write to a local folder or s3://, gs://")
+    chosen = backend_of(loc, backend)
     try:
-        return BACKENDS[backend or BACKEND](loc, mode == "r")
+        return BACKENDS[chosen](loc, mode == "r")
     except ImportError as exc:
-        raise StoreError(f"{loc}: reading {loc.scheme}:// URLs needs the package {REMOTE_SCHEMES[loc.scheme]} "
+        package = "obstore" if chosen == "obstore" else REMOTE_SCHEMES[loc.scheme]
+        raise StoreError(f"{loc}: reading {loc.scheme}:// URLs needs the package {package} "
                          f"(pip install 'dumpunet[remote]'): {exc}") from None
     except Exception as exc:  # noqa: BLE001  a bad storage option or URL fails inside the backend's constructor
         raise remote_error(loc, exc) from None

@@ -7,9 +7,10 @@ Reads touch only the chunks they need: ``features(block, step=...)`` reads one
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import zarr
@@ -24,8 +25,24 @@ from dumpunet.specs import format_ints, parse_blocks, parse_ints, parse_layers, 
 
 Which = Literal["output", "input"]
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 REPR_RUNS = 6
 """A store's repr names this many runs at most (a prompt list may hold thousands)."""
+
+
+def concurrently(fn: Callable[[T], R], items: Sequence[T], where: Location) -> list[R]:
+    """``[fn(item) for item in items]``; for a store at a URL on up to zarr's ``async.concurrency`` threads.
+
+    Opening an array reads its metadata document, one request each; from a URL they overlap
+    instead of adding up (each thread's request runs on zarr's event loop). The first failure,
+    in ``items``' order, is raised, as the loop would raise it.
+    """
+    if not isinstance(where, StoreUrl) or len(items) < 2:
+        return [fn(item) for item in items]
+    with ThreadPoolExecutor(min(len(items), max(1, int(zarr.config.get("async.concurrency"))))) as pool:
+        return list(pool.map(fn, items))
 
 
 class Run:
@@ -43,6 +60,7 @@ class Run:
         self._recorded: dict[str, list[str]] = {}
         self._arrays: dict[str, zarr.Array] = {}
         self._last_image: tuple[int, np.ndarray] | None = None  # (index, pixels) of the final image read last
+        self._opened: dict[str, zarr.Array] = {}  # opened by recorded(), after the call table; checked by _open
 
     def __repr__(self) -> str:
         a = self.info
@@ -66,7 +84,9 @@ class Run:
         path = kind.path(run=self.name, **names)
         if path not in self._arrays:
             self.calls  # noqa: B018 - load the call table before the array (see above)
-            arr = schema.open_array(self.store.root, kind, run=self.name, **names)
+            arr = self._opened.pop(path, None)
+            if arr is None:
+                arr = schema.open_array(self.store.root, kind, run=self.name, **names)
             self._check_slab_array(arr, kind, slab)
             self._arrays[path] = arr
         return self._arrays[path]
@@ -94,17 +114,21 @@ class Run:
         if which in self._recorded:
             return list(self._recorded[which])
         kind = schema.BLOCK_ARRAYS[which]
-        out = []
-        for b in self.store.blocks:  # one node per block, so a damaged zarr.json is named by its path
+        self.calls  # noqa: B018 - as _open does, so that it may take the arrays opened here
+
+        def open_block(b: str) -> zarr.Array | None:  # one node per block, so a damaged zarr.json is named by its path
             try:
-                schema.open_array(self.store.root, kind, run=self.name, block=b)
+                return schema.open_array(self.store.root, kind, run=self.name, block=b)
             except KeyError:
-                continue
-            except StoreError as exc:
-                raise StoreError(f"{self.store.path}: {exc}") from None
-            out.append(b)
-        self._recorded[which] = out
-        return list(out)
+                return None
+
+        try:
+            arrays = dict(zip(self.store.blocks, concurrently(open_block, self.store.blocks, self.store.path), strict=True))
+        except StoreError as exc:
+            raise StoreError(f"{self.store.path}: {exc}") from None
+        self._opened.update({arr.path: arr for arr in arrays.values() if arr is not None})
+        self._recorded[which] = [b for b, arr in arrays.items() if arr is not None]
+        return list(self._recorded[which])
 
     def array(self, block: str, which: Which = "output") -> zarr.Array:
         """The zarr array ``[call, image, guidance, channel, y, x]`` of one block."""
@@ -495,7 +519,8 @@ class Store:
 def open_store(path: str | os.PathLike[str] | StoreUrl, *, storage_options: Mapping[str, Any] | None = None) -> Store:
     """Open a dumpunet store read-only: a local folder, or a URL (``s3://``, ``gs://``, ``https://``).
 
-    ``storage_options`` reach a URL's backend (fsspec: ``endpoint_url``, ``anon``, ``key`` ...);
+    ``storage_options`` reach a URL's backend, in fsspec's names (``endpoint_url``, ``anon``, ``key`` ...;
+    translated for obstore, which opens s3:// and gs://);
     credentials otherwise come from the usual environment variables (docs/remote.md).
 
     Examples
