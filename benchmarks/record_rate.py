@@ -28,12 +28,16 @@ One run prints, side by side:
 - the disk's own speed in the same folder (write + fsync of the same byte count, interleaved);
 - recorded ÷ max(plain, bytes ÷ disk speed): the distance from the physical limit;
 - the time the U-Net waited on the writer's full queue, peak queue bytes and peak RSS growth;
-- ``--writers default,before``: each mode with today's writer and with the writer before issue
-  14's changes (one thread, no early write-back), interleaved in one run;
+- ``--writers default,before,2threads``: each mode with today's writer, with the writer before issue
+  14's changes (one thread, no early write-back) and with 2 writer threads, interleaved in one run;
+- fresh MB: host memory the recording's buffer pool allocated (the rest of its copies went into
+  reused buffers); ``--shared-pool`` hands one pool to every recording of the script, as
+  ``dumpunet record`` does to the runs of one job (prompt lists, pairs), where the default gives
+  each recording its own, as a single recording has;
 - growth: time and bytes per step at 20/50/100 steps and at 256²/512²/768² (blocks only).
 
     python benchmarks/record_rate.py --quick
-    python benchmarks/record_rate.py --quick --writers default,before --no-growth
+    python benchmarks/record_rate.py --quick --writers default,before,2threads --no-growth
     python benchmarks/record_rate.py --steps 100 --repeats 3
     python benchmarks/record_rate.py --model sdxl --size 1024 --step-ms 100 --quick
 """
@@ -59,6 +63,7 @@ from dumpunet.diskspeed import measure_write_speed
 from dumpunet.recorder import attention_capture
 from dumpunet.recorder.attention_layers import AttentionOptions
 from dumpunet.recorder.blocks import block_table, unet_blocks
+from dumpunet.recorder.buffers import HostBuffers
 from dumpunet.recorder.plan import RecordOptions
 from dumpunet.recorder.recorder import Recorder
 from dumpunet.store.writer import StoreWriter
@@ -73,6 +78,7 @@ MODELS = {"sd15": (SD15, 77), "sdxl": (SDXL, 77)}
 WRITERS = {  # StoreWriter keyword arguments
     "default": {},
     "before": {"write_threads": 1, "write_back": False},  # the writer before issue 14's changes
+    "2threads": {"write_threads": 2},  # a call's chunk files written by 2 threads
 }
 MODES = {
     "blocks": dict(blocks="", attention=None),
@@ -233,11 +239,13 @@ def map_timer() -> Iterator[SimpleNamespace]:
         attention_capture.attention_probs = inner
 
 
-def run_recorded(standin: StandIn, steps: int, mode: str, where: Path, queue_bytes: int, writer_kw: dict | None = None) -> dict:
+def run_recorded(standin: StandIn, steps: int, mode: str, where: Path, queue_bytes: int, writer_kw: dict | None = None,
+                 buffers: HostBuffers | None = None) -> dict:
     path = where / "rate.zarr"
     writer = StoreWriter(path, model={}, versions={}, max_queue_bytes=queue_bytes, **(writer_kw or {}))
     opts = RecordOptions(**MODES[mode])
-    rec = Recorder(standin.pipe(steps), writer=writer, options=opts, progress=False)
+    rec = Recorder(standin.pipe(steps), writer=writer, options=opts, progress=False, buffers=buffers)
+    fresh0 = rec.buffers.fresh_bytes
     t0 = time.perf_counter()
     with Sampler(writer) as sampler, map_timer() as maps:
         with rec:
@@ -250,7 +258,8 @@ def run_recorded(standin: StandIn, steps: int, mode: str, where: Path, queue_byt
     nbytes = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     shutil.rmtree(path)
     return dict(exit=t_exit - t0, close=t_close - t0, sync=t_sync - t0, bytes=nbytes, waited=rec.writer_wait_seconds,
-                busy=writer.busy_seconds, maps=maps.seconds, rss=sampler.peak_rss, queue=max(sampler.peak_queue, writer.peak_queue_bytes))
+                busy=writer.busy_seconds, maps=maps.seconds, rss=sampler.peak_rss, queue=max(sampler.peak_queue, writer.peak_queue_bytes),
+                fresh=rec.buffers.fresh_bytes - fresh0)
 
 
 def disk_speed(where: Path, nbytes: int) -> float:
@@ -274,6 +283,8 @@ def main() -> None:
                     help="cpu: for the cross-attention modes the stand-in computes its cross-attention on the CPU, "
                          "plain and recorded; none: its sleep stands for it")
     ap.add_argument("--queue-mb", type=float, default=1024, help="the writer's queue bound (max_queue_bytes)")
+    ap.add_argument("--shared-pool", action="store_true",
+                    help="one host-buffer pool for every recording of the script (as the runs of one job share one)")
     ap.add_argument("--growth-steps", default="20,50,100")
     ap.add_argument("--growth-sizes", default="256,512,768")
     ap.add_argument("--growth-at", type=int, default=20, help="steps of each size in the size growth check")
@@ -310,13 +321,14 @@ def main() -> None:
         plains: dict[bool, list[float]] = {c: [] for c in standins}
         disk: list[float] = []
         warm = int(args.prewarm * 1e9)
+        pool = HostBuffers(0) if args.shared_pool else None
         for _ in range(args.repeats):
             for c, si in standins.items():
                 prewarm(warm)
                 plains[c].append(run_plain(si, args.steps))
             for m, w in runs:
                 prewarm(warm)
-                r = run_recorded(standins[computes[m]], args.steps, m, where, queue, WRITERS[w])
+                r = run_recorded(standins[computes[m]], args.steps, m, where, queue, WRITERS[w], pool)
                 disk.append(disk_speed(where, r["bytes"]))
                 res[(m, w)].append(r)
         plain = {c: statistics.median(x) for c, x in plains.items()}
@@ -327,7 +339,8 @@ def main() -> None:
         print(f"\ndisk write+fsync in {where.parent}: {gb(d)} GB/s (median of {len(disk)}, {gb(min(disk))}-{gb(max(disk))}); "
               f"medians of {args.repeats}; limit = max(plain of the mode's stand-in, bytes / disk)\n")
         print(f"{'mode':<13} {'writer':<8} {'recorded s':>10} {'U-Net s':>8} {'close s':>8} {'maps s':>7} {'GB':>6} {'MB/step':>8} "
-              f"{'bytes/disk s':>12} {'limit s':>8} {'ratio':>6} {'ratios':>11} {'waited s':>8} {'peak queue MB':>13} {'peak RSS +MB':>12}")
+              f"{'bytes/disk s':>12} {'limit s':>8} {'ratio':>6} {'ratios':>11} {'waited s':>8} {'peak queue MB':>13} {'peak RSS +MB':>12} "
+              f"{'fresh MB':>8}")
         for m, w in runs:
             rs = res[(m, w)]
             nb = statistics.median(r["bytes"] for r in rs)
@@ -340,7 +353,7 @@ def main() -> None:
             print(f"{m:<13} {w:<8} {med('sync'):10.2f} {med('exit'):8.2f} {med('close'):8.2f} {med('maps'):7.2f} {gb(nb):>6} "
                   f"{nb / args.steps / 1e6:8.1f} {nb / d:12.2f} {limit:8.2f} {med('sync') / limit:6.2f} "
                   f"{min(ratios):5.2f}-{max(ratios):<5.2f} {med('waited'):8.2f} "
-                  f"{max(r['queue'] for r in rs) / 2**20:13.0f} {max(r['rss'] for r in rs) / 2**20:12.0f}")
+                  f"{max(r['queue'] for r in rs) / 2**20:13.0f} {max(r['rss'] for r in rs) / 2**20:12.0f} {med('fresh') / 2**20:8.0f}")
         if args.no_growth:
             return
         print("\ngrowth (blocks only, default writer; one run each): time and bytes per step should stay constant")

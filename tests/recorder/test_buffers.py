@@ -14,7 +14,7 @@ pytestmark = pytest.mark.recorder
 
 
 def test_cpu_copies_are_taken_at_once_and_later_changes_do_not_reach_them():
-    cap = Capture(torch.float16, n_guidance=2, n_images=1)
+    cap = Capture(torch.float16, n_guidance=2, n_images=1, buffers=buffers.HostBuffers(1 << 20))
     cap.start_call({("IN00", "output"): (3, 2)})
     t = torch.arange(12, dtype=torch.float32).reshape(2, 3, 2)
     cap.add(("IN00", "output"), t)
@@ -119,7 +119,7 @@ def test_gpu_copies_run_on_a_side_stream_and_only_the_writer_waits_for_their_eve
         return _FakeHost(shape, dtype, log)
 
     monkeypatch.setattr(buffers.HostBuffers, "take", take)
-    cap = Capture(torch.float16, n_guidance=2, n_images=1)
+    cap = Capture(torch.float16, n_guidance=2, n_images=1, buffers=buffers.HostBuffers(1 << 20))
     keys = [("IN00", "output"), ("OUT11", "output")]
     cap.start_call({k: (3, 2) for k in keys})
     for i, k in enumerate(keys):
@@ -146,9 +146,29 @@ def test_gpu_copies_run_on_a_side_stream_and_only_the_writer_waits_for_their_eve
 
 
 def test_host_buffers_start_on_a_page_and_are_reused():
-    bufs = buffers.HostBuffers()
+    bufs = buffers.HostBuffers(1 << 20)
     a = bufs.take((2, 320, 7, 7), torch.float16)
     assert a.data_ptr() % 4096 == 0 and a.shape == (2, 320, 7, 7) and a.dtype == torch.float16
     bufs.give_back([a])
     assert bufs.take((2, 320, 7, 7), torch.float16) is a
     assert bufs.take((2, 320, 7, 7), torch.float16) is not a
+
+
+def test_the_pool_keeps_no_more_than_its_bound_and_makes_room_for_new_shapes():
+    small, big = (2, 4, 8, 8), (2, 4, 16, 16)  # 1 KiB and 4 KiB of fp16
+    pool = buffers.HostBuffers(3 * 1024)
+    a, b, c, d = (pool.take(small, torch.float16) for _ in range(4))  # lent out beyond the bound: allowed
+    assert pool.held_bytes == 4096 and pool.fresh_bytes == 4096
+    pool.give_back([a, b, c, d])  # only what fits is kept: held never exceeds the bound once given back
+    assert pool.held_bytes == 3 * 1024
+    kept = [pool.take(small, torch.float16) for _ in range(3)]
+    assert len({id(t) for t in kept} & {id(a), id(b), id(c), id(d)}) == 3 and pool.reused_bytes == 3 * 1024
+    assert pool.take(small, torch.float16) is not None and pool.fresh_bytes == 5 * 1024  # the fourth is new again
+    pool.give_back(kept)  # the fourth stays lent out
+    pool.fit(5 * 1024)
+    e = pool.take(big, torch.float16)  # free buffers of another shape make room
+    assert pool.held_bytes == 5 * 1024 and pool.fresh_bytes == 5 * 1024 + 4096
+    pool.give_back([e])
+    assert pool.take(big, torch.float16) is e
+    pool.fit(1024)  # fit never shrinks
+    assert pool.max_bytes == 5 * 1024

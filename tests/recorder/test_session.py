@@ -293,3 +293,59 @@ def test_the_wait_on_a_slow_writer_is_printed_and_stored_in_the_run(tmp_path, mo
     assert info.writer_wait_seconds == round(rec.writer_wait_seconds, 3)
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"record main: waited {rec.writer_wait_seconds:.2f} s on the store writer (")
+
+
+def _chunk_files(store) -> dict[str, bytes]:
+    """Every file of a store but its zarr.json documents (which hold the time of writing)."""
+    return {str(f.relative_to(store)): f.read_bytes() for f in sorted(store.rglob("*")) if f.is_file() and f.name != "zarr.json"}
+
+
+def test_reused_host_buffers_write_the_same_chunk_files_and_are_never_reused_before_written(tmp_path, monkeypatch):
+    import time
+
+    from dumpunet.recorder.attention_layers import AttentionOptions
+    from dumpunet.recorder.buffers import HostBuffers
+    from dumpunet.recorder.plan import RecordOptions
+    from dumpunet.recorder.recorder import Recorder
+    from dumpunet.store import writer as writer_module
+
+    write_call = writer_module.write_call
+
+    def slow(*a, **kw):  # a slow disk: the U-Net captures the next call while this one is being written
+        time.sleep(0.05)
+        return write_call(*a, **kw)
+
+    class Poisoning(HostBuffers):
+        """Fills every buffer given back with a value no recording holds: one reused too early shows in the store."""
+
+        def give_back(self, tensors):
+            for t in tensors:
+                t.fill_(-777.0)
+            super().give_back(tensors)
+
+    class NoPool(HostBuffers):
+        """Keeps nothing: every buffer is a new one."""
+
+        def fit(self, max_bytes):
+            pass
+
+    options = RecordOptions(inputs=True, attention=AttentionOptions(features=("qk",)))
+    pipe = make_pipe()
+    stores = {}
+    for name, pool in (("no pool", NoPool(0)), ("pool", Poisoning(0))):
+        monkeypatch.setattr(writer_module, "write_call", slow if name == "pool" else write_call)
+        rec = Recorder(pipe, tmp_path / f"{name}.zarr", options=options, progress=False, buffers=pool,
+                       max_queue_bytes=1)  # one call waits for the writer at a time
+        with rec:
+            generate(pipe, steps=6)
+        stores[name] = _chunk_files(tmp_path / f"{name}.zarr")
+        call = rec.plan.call_bytes(1)
+        if name == "no pool":
+            assert pool.reused_bytes == 0 and pool.fresh_bytes == 6 * call  
+        else:
+            # steady state: the call being written and the call being captured, then reuse only
+            assert pool.fresh_bytes <= 2 * call and pool.reused_bytes >= 4 * call
+            assert pool.held_bytes <= pool.max_bytes == 2 * call
+    assert len(stores["pool"]) > 100 and stores["pool"].keys() == stores["no pool"].keys()
+    different = [f for f in stores["pool"] if stores["pool"][f] != stores["no pool"][f]]
+    assert different == []  # byte-identical chunk files, no poison

@@ -2,16 +2,16 @@
 
 A recording copies every captured tensor to the host once per U-Net call. Fresh buffers for
 each copy cost page faults on every call (and on VMs that hand freed memory back to the host,
-first touches are slow), which shows up as recording overhead; so the recorder takes buffers
-from this pool and the store writer gives them back once a call is on disk. The pool holds
-about as many calls' worth as the writer's queue lets wait.
+first touches are slow: docs/benchmarks.md measured a copy into fresh memory 7x slower than
+into reused memory), which shows up as recording overhead; so the recorder takes buffers from a
+bounded pool (:class:`HostBuffers`) and the store writer gives them back once a call is on disk.
+The same pool serves the CPU path (page-aligned buffers) and the CUDA path (pinned buffers).
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -26,26 +26,59 @@ PAGE = 4096
 
 def _page_aligned(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An empty host tensor starting on a page: the store writer writes such memory to disk directly (O_DIRECT)."""
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * _itemsize(dtype)
     raw = torch.empty(nbytes + PAGE, dtype=torch.uint8)
     start = -raw.data_ptr() % PAGE
     return raw[start : start + nbytes].view(dtype).view(shape)
 
 
 class HostBuffers:
-    """Reusable host tensors, keyed by shape and dtype (pinned for copies from a GPU)."""
+    """A bounded pool of reusable host tensors, keyed by shape, dtype and pinning (pinned: copies from a GPU).
 
-    def __init__(self) -> None:
-        self._free: dict[tuple[tuple[int, ...], torch.dtype, bool], list[torch.Tensor]] = defaultdict(list)
+    :meth:`take` hands out a tensor given back earlier, else a new one; :meth:`give_back` (the
+    store writer's thread, once a call's chunk files are written) returns tensors for reuse. The
+    pool keeps at most ``max_bytes`` of host memory, counting what is lent out and what is kept
+    free: a tensor given back beyond that is dropped, and free tensors of other shapes and dtypes
+    make room for a new one. It never blocks: what is lent out is bounded by the store writer's
+    queue (the recorder sizes the pool to that queue's bound plus the call being captured, so a
+    recording past its first calls allocates nothing). A tensor is never handed out twice before
+    it is given back.
+
+    ``fresh_bytes`` and ``reused_bytes`` count what :meth:`take` allocated and what it reused.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._free: dict[tuple[tuple[int, ...], torch.dtype, bool], list[torch.Tensor]] = {}
+        self._free_bytes = 0
+        self._lent_bytes = 0
         self._lock = threading.Lock()
+        self.fresh_bytes = 0
+        self.reused_bytes = 0
+
+    def fit(self, max_bytes: int) -> None:
+        """Keep at least ``max_bytes`` from now on (a pool shared by several recordings fits the largest)."""
+        with self._lock:
+            self.max_bytes = max(self.max_bytes, max_bytes)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the pool's tensors, lent out or free."""
+        return self._free_bytes + self._lent_bytes
 
     def take(self, shape: tuple[int, ...], dtype: torch.dtype, *, pinned: bool = False) -> torch.Tensor:
         """A host tensor of this shape and dtype, reused if one was given back, else new."""
         key = (tuple(shape), dtype, pinned)
+        nbytes = math.prod(shape) * _itemsize(dtype)
         with self._lock:
-            free = self._free[key]
+            self._lent_bytes += nbytes
+            free = self._free.get(key)
             if free:
+                self._free_bytes -= nbytes
+                self.reused_bytes += nbytes
                 return free.pop()
+            self.fresh_bytes += nbytes
+            self._evict()
         if pinned:  # CUDA's pinned allocations start on a page already
             return torch.empty(shape, dtype=dtype, pin_memory=True)
         return _page_aligned(shape, dtype)
@@ -54,7 +87,26 @@ class HostBuffers:
         """Return tensors whose contents were written (called from the writer thread)."""
         with self._lock:
             for t in tensors:
-                self._free[(tuple(t.shape), t.dtype, t.is_pinned())].append(t)
+                nbytes = t.numel() * t.element_size()
+                self._lent_bytes -= nbytes
+                if self._free_bytes + self._lent_bytes + nbytes <= self.max_bytes:
+                    key = (tuple(t.shape), t.dtype, t.is_pinned())
+                    free = self._free.pop(key, [])  # re-inserted last: eviction drops the least recently used first
+                    free.append(t)
+                    self._free[key] = free
+                    self._free_bytes += nbytes
+
+    def _evict(self) -> None:
+        """Drop free tensors, of the shapes least recently given back first, until the pool fits its bound (lock held)."""
+        for key in list(self._free):
+            if self._free_bytes + self._lent_bytes <= self.max_bytes:
+                return
+            for t in self._free.pop(key):
+                self._free_bytes -= t.numel() * t.element_size()
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 class DeviceCopies:
@@ -95,17 +147,18 @@ class Capture:
     A CPU tensor is copied (and converted to the store dtype) at once; a GPU tensor is copied
     asynchronously into a pinned buffer (:class:`DeviceCopies`) and handed over as a callable that
     waits for the copy's CUDA event, so the U-Net does not wait for the host. Later in-place
-    changes to a captured tensor cannot reach its copy.
+    changes to a captured tensor cannot reach its copy. Host buffers come from ``buffers`` and go
+    back to it through :meth:`take_call`'s callback.
     """
 
-    def __init__(self, dtype: torch.dtype, n_guidance: int, n_images: int) -> None:
+    def __init__(self, dtype: torch.dtype, n_guidance: int, n_images: int, *, buffers: HostBuffers) -> None:
         self.dtype = dtype
         self.batch = n_guidance * n_images
         self.rows = (n_guidance, n_images)
         self.expect: dict[tuple[str, str], tuple[int, ...]] = {}  # what this call stores, per-row shapes
         self.slabs: dict[tuple[str, str], np.ndarray | Callable[[], np.ndarray]] = {}
         self.nbytes = 0
-        self._buffers = HostBuffers()
+        self._buffers = buffers
         self._taken: list[torch.Tensor] = []
         self.device = DeviceCopies()  # the copies of GPU tensors (the recorder's timestep copy too)
 

@@ -20,6 +20,7 @@ from dumpunet.a1111_chunks import expand_embeddings
 from dumpunet.errors import OptionError, RecordError
 from dumpunet.recorder.a1111_run import a1111_conditioning, uses_a1111
 from dumpunet.recorder.blocks import unet_blocks
+from dumpunet.recorder.buffers import HostBuffers
 from dumpunet.recorder.conditioning import BlockConditioning
 from dumpunet.recorder.models import load_pipeline
 from dumpunet.recorder.networks import apply_networks, resolve_loras
@@ -300,9 +301,10 @@ def execute(job: Job) -> Summary:
     base_kwargs = generation_kwargs(job)
     writer = open_writer(req.out, pipe, job.model_info, pairs=pairs, overwrite=req.overwrite)
     calls = 0
+    buffers = HostBuffers(0)  # the runs reuse each other's host buffers
     try:
         for run in runs:
-            calls += record_run(job, writer, run, base_kwargs)
+            calls += record_run(job, writer, run, base_kwargs, buffers=buffers)
     finally:
         writer.close()
     return Summary(req.out, req.seed, req.executed_steps, calls, tuple(r.name for r in runs))
@@ -332,11 +334,13 @@ def generation_kwargs(job: Job) -> dict[str, Any]:
 
 
 def record_run(job: Job, writer: Any, run: RunPrompts, base_kwargs: dict[str, Any], *,
-               on_step: Callable[[int], None] | None = None, prompt_line: int | None = None) -> int:
+               on_step: Callable[[int], None] | None = None, prompt_line: int | None = None,
+               buffers: HostBuffers | None = None) -> int:
     """Generate one run into an open store writer; return its U-Net calls.
 
     ``on_step`` replaces the run's own progress bar (``record --prompts``: one bar over every
-    prompt); ``prompt_line`` goes into the run's attributes.
+    prompt); ``prompt_line`` goes into the run's attributes; ``buffers``: host buffers shared
+    with the job's other runs (:class:`~dumpunet.recorder.recorder.Recorder`).
     """
     req, pipe = job.req, job.pipe
     attrs = schema.RunAttrs(
@@ -375,7 +379,7 @@ def record_run(job: Job, writer: Any, run: RunPrompts, base_kwargs: dict[str, An
     else:
         kwargs.update(prompt=run.prompt, negative_prompt=run.negative or None)
     rec = Recorder(pipe, writer=writer, options=req.record_options(), run=run.name, attrs=attrs,
-                   progress=not req.quiet and on_step is None, on_step=on_step)
+                   progress=not req.quiet and on_step is None, on_step=on_step, buffers=buffers)
     if conditioning is not None:
         with conditioning, rec:
             images = np.asarray(pipe(**kwargs).images)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from dumpunet.errors import DumpUnetError, RecordError, StoreError
 from dumpunet.prompt_lists import PromptList, PromptListOptions, PromptRow, option_differences, plural, read_prompt_list, run_name
 from dumpunet.recorder import job as recording
+from dumpunet.recorder.buffers import HostBuffers
 from dumpunet.recorder.identity import unet_fingerprint
 from dumpunet.recorder.recorder import open_writer
 from dumpunet.recorder.request import RecordRequest, RunPrompts, check_init_image, draw_seed, run_prompts
@@ -396,6 +397,7 @@ def execute(job: recording.Job, p: PromptPlan, *, quiet: bool = False) -> Summar
     progress = Progress(len(todo), len(planned[todo[0].index][0]), job.req.executed_steps, enabled=not quiet)
     calls, recorded = 0, []
     writer = uploader = None
+    buffers = HostBuffers(0)  # every prompt's runs reuse the host buffers of the first
     try:
         if p.out_dir is not None:
             p.out_dir.mkdir(exist_ok=True)
@@ -421,7 +423,7 @@ def execute(job: recording.Job, p: PromptPlan, *, quiet: bool = False) -> Summar
             try:
                 for run in runs:
                     calls += recording.record_run(row_job, own, t.rename(run, one_store=one_store), base_kwargs,
-                                                  on_step=progress.on_step, prompt_line=t.row.line)
+                                                  on_step=progress.on_step, prompt_line=t.row.line, buffers=buffers)
                     progress.next_run()
             finally:
                 if own is not writer:

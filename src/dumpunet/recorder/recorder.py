@@ -29,7 +29,7 @@ from tqdm import tqdm
 from dumpunet.errors import RecordError
 from dumpunet.recorder.attention_capture import AttentionCapture
 from dumpunet.recorder.attention_layers import AttentionOptions
-from dumpunet.recorder.buffers import Capture
+from dumpunet.recorder.buffers import Capture, HostBuffers
 from dumpunet.recorder.identity import model_attrs, software_versions
 from dumpunet.recorder.plan import LayerPlan, RecordingPlan, RecordOptions, Selection, token_length, token_row
 from dumpunet.recorder.step_clock import StepClock, executed_steps
@@ -78,7 +78,8 @@ class Recorder:
     Use it through :func:`dumpunet.record`; see there for the parameters. ``writer`` (instead of
     a path) records one more run into a store that is already open (``dumpunet record --pair``);
     ``attrs`` holds the run's generation parameters (``dumpunet record`` fills them), to which the
-    recorder adds what it sees.
+    recorder adds what it sees. ``buffers``: the pool of host buffers to copy into, shared by the
+    runs of one job so that later runs reuse the first one's memory (default: the run's own).
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class Recorder:
         max_queue_bytes: int = 1 << 30,
         writer: StoreWriter | None = None,
         on_step: Callable[[int], None] | None = None,
+        buffers: HostBuffers | None = None,
     ) -> None:
         if (path is None) == (writer is None):
             raise ValueError("pass exactly one of path and writer")
@@ -114,6 +116,7 @@ class Recorder:
         self.clock = StepClock()
         self.plan: RecordingPlan | None = None  # made at the first U-Net call
         self._capture: Capture | None = None
+        self.buffers = buffers or HostBuffers(0)  # sized at the first call, to the writer's queue
         self._attn: AttentionCapture | None = None
         self._handles: list[Any] = []
         self._seen = _Seen()
@@ -329,7 +332,11 @@ class Recorder:
         )
         self.plan = plan
         self._started = (time.perf_counter(), self._writer().waited_seconds)
-        self._capture = Capture(_TORCH_DTYPES[self.options.dtype], n_guidance, plan.n_images)
+        # what may wait for the writer (its queue admits one call over the bound when empty), plus the
+        # call being captured: past the first calls, a recording allocates no host memory
+        call = max((plan.call_bytes(s) for s in plan.record_steps), default=0)
+        self.buffers.fit(max(self._writer().max_queue_bytes, call) + call)
+        self._capture = Capture(_TORCH_DTYPES[self.options.dtype], n_guidance, plan.n_images, buffers=self.buffers)
         vae_sf = int(getattr(self.pipe, "vae_scale_factor", 8))
         attrs = replace(
             self.attrs,

@@ -174,7 +174,7 @@ class StoreWriter:
         self._pool = ThreadPoolExecutor(write_threads, "dumpunet-chunks", initializer=_nice) if write_threads > 1 else None
         self._runs: dict[str, RunFiles] = {}
         self._error: BaseException | None = None
-        self._max_bytes = max_queue_bytes
+        self.max_queue_bytes = max_queue_bytes  # the queue's bound (the recorder sizes its host-buffer pool to it)
         self._pending_bytes = 0
         self._cond = threading.Condition()
         self._queue: queue.SimpleQueue[tuple[Callable[[], None], int] | None] = queue.SimpleQueue()
@@ -421,9 +421,9 @@ class StoreWriter:
         if self._closed:
             raise RuntimeError("the store writer is closed")
         with self._cond:
-            if self._pending_bytes > 0 and self._pending_bytes + size > self._max_bytes:
+            if self._pending_bytes > 0 and self._pending_bytes + size > self.max_queue_bytes:
                 start = time.perf_counter()
-                while self._pending_bytes > 0 and self._pending_bytes + size > self._max_bytes and self._error is None:
+                while self._pending_bytes > 0 and self._pending_bytes + size > self.max_queue_bytes and self._error is None:
                     self._cond.wait(0.1)
                 self.waited_seconds += time.perf_counter() - start
             self._pending_bytes += size
