@@ -13,13 +13,13 @@ def interrupt_run(monkeypatch: pytest.MonkeyPatch, name: str, *, step: int = 1) 
 
     record_run = recording.record_run
 
-    def cut(job, writer, run, kwargs, *, on_step=None, prompt_line=None):
+    def cut(job, writer, run, kwargs, *, on_step=None, **rest):
         def on(n):
             on_step(n)
             if run.name == name and n == step:
                 raise KeyboardInterrupt  # as Ctrl-C right after that step
 
-        return record_run(job, writer, run, kwargs, on_step=on, prompt_line=prompt_line)
+        return record_run(job, writer, run, kwargs, on_step=on, **rest)
 
     monkeypatch.setattr(recording, "record_run", cut)
     return lambda: monkeypatch.setattr(recording, "record_run", record_run)
